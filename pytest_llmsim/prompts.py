@@ -1,0 +1,56 @@
+"""jinja2 prompt templates with strict variables.
+
+Templates are rendered in a sandbox with ``StrictUndefined``: a variable the scenario does not define is
+an error naming the template, the variable and the scenario. Variable *values* are data, never templates,
+so a value such as ``{{ 7*7 }}`` reaches the model literally.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+from .errors import PromptError
+
+_UNDEFINED_RE = re.compile(r"'([^']+)' is undefined")
+
+
+class PromptRenderer:
+    """Renders templates from one directory; compiled templates are cached by jinja2's loader."""
+
+    def __init__(self, prompts_dir: Path) -> None:
+        self.prompts_dir = Path(prompts_dir)
+        self._env = SandboxedEnvironment(
+            loader=jinja2.FileSystemLoader(str(self.prompts_dir)),
+            undefined=jinja2.StrictUndefined,
+            autoescape=False,
+            keep_trailing_newline=False,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+
+    def render(self, template_name: str, context: dict[str, Any], *, scenario_label: str) -> str:
+        try:
+            template = self._env.get_template(template_name)
+            return template.render(**context).strip()
+        except jinja2.TemplateNotFound:
+            raise PromptError(
+                f"{scenario_label}: prompt template {template_name!r} not found in {self.prompts_dir}; "
+                "create it or set llmsim_prompts_dir / the role's 'template'"
+            ) from None
+        except jinja2.UndefinedError as exc:
+            match = _UNDEFINED_RE.search(str(exc))
+            variable = match.group(1) if match else str(exc)
+            raise PromptError(
+                f"{scenario_label}: template {template_name!r} uses undefined variable {variable!r}; "
+                "add it to the scenario's 'variables' (or the file's 'defaults')"
+            ) from None
+        except jinja2.TemplateSyntaxError as exc:
+            raise PromptError(
+                f"{scenario_label}: template {exc.filename or template_name}:{exc.lineno}: "
+                f"syntax error: {exc.message}"
+            ) from None

@@ -1,0 +1,146 @@
+"""Runs scenarios: one conversation + one verdict each, many in flight on one asyncio loop.
+
+``run_scenario`` never raises for a scenario's own trouble: endpoint, template, cache-miss and verdict
+errors become a result with status ``error`` so no finished work is lost. ``Runner`` owns an event loop in
+a daemon thread; front ends submit jobs from their own thread and get ``concurrent.futures.Future``s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .cache import CallCache
+from .client import LLMClient, LLMReply, LLMRequest, RateLimiter
+from .conversation import simulate
+from .errors import LlmsimError, VerdictError
+from .judge import evaluate
+from .prompts import PromptRenderer
+from .results import ERROR, FAILED, PASSED, ModelUsage, ScenarioResult
+from .scenario import Scenario
+from .settings import RunSettings
+
+
+@dataclass(frozen=True)
+class ScenarioJob:
+    nodeid: str
+    source: str
+    scenario: Scenario
+
+    @property
+    def label(self) -> str:
+        return self.nodeid
+
+
+class MeteredClient:
+    """Wraps the shared client for one scenario and tallies its usage per (role, model)."""
+
+    def __init__(self, client: LLMClient) -> None:
+        self._client = client
+        self.usage: dict[tuple[str, str], ModelUsage] = {}
+
+    async def complete(self, request: LLMRequest, *, label: str) -> LLMReply:
+        reply = await self._client.complete(request, label=label)
+        key = (request.role, request.model)
+        meter = self.usage.setdefault(key, ModelUsage(request.role, request.model))
+        meter.add(reply.prompt_tokens, reply.completion_tokens, reply.cached)
+        return reply
+
+
+async def run_scenario(
+    job: ScenarioJob, settings: RunSettings, client: LLMClient, renderer: PromptRenderer
+) -> ScenarioResult:
+    scenario = job.scenario
+    min_score = scenario.min_score or settings.min_score
+    result = ScenarioResult(scenario=scenario.name, nodeid=job.nodeid, source=job.source, status=ERROR,
+                            min_score=min_score)
+    metered = MeteredClient(client)
+    started = time.perf_counter()
+    try:
+        transcript = await simulate(scenario, settings, metered, renderer, label=job.label, cache=client.cache)
+        result.transcript = transcript.to_dicts()
+        result.ended_by, result.end_reason = transcript.ended_by, transcript.end_reason
+        verdict = await evaluate(scenario, transcript, settings, metered, renderer, label=job.label)
+    except VerdictError as exc:
+        result.error_kind, result.error_message, result.raw_verdict = exc.kind, str(exc), exc.raw_reply
+    except LlmsimError as exc:
+        result.error_kind, result.error_message = exc.kind, str(exc)
+    except Exception as exc:  # a bug or an unexpected library error: keep it visible as an error result
+        result.error_kind = "internal_error"
+        result.error_message = (f"{job.label}: internal error {type(exc).__name__}: {exc} (please report this "
+                                f"with the traceback below)\n{traceback.format_exc(limit=-8)}")
+    else:
+        result.score, result.comment, result.raw_verdict = verdict.score, verdict.comment, verdict.raw_reply
+        result.status = PASSED if verdict.score >= min_score else FAILED
+    result.usage = list(metered.usage.values())
+    result.duration_seconds = round(time.perf_counter() - started, 4)
+    return result
+
+
+class Runner:
+    """An event loop in a daemon thread running up to ``settings.concurrency`` scenarios at once."""
+
+    def __init__(self, settings: RunSettings, *, rpm: float | None = None) -> None:
+        self.settings = settings
+        self._rpm = rpm
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="llmsim-loop", daemon=True)
+        self._thread.start()
+        self._closed = False
+        self.client, self.renderer, self._slots = asyncio.run_coroutine_threadsafe(
+            self._make_services(), self._loop
+        ).result()
+
+    async def _make_services(self) -> tuple[LLMClient, PromptRenderer, asyncio.Semaphore]:
+        cache = CallCache(self.settings.cache_dir, self.settings.record_mode)
+        client = LLMClient(self.settings.endpoint, cache, RateLimiter(rpm=self._rpm))
+        return client, PromptRenderer(self.settings.prompts_dir), asyncio.Semaphore(self.settings.concurrency)
+
+    async def _run(self, job: ScenarioJob) -> ScenarioResult:
+        async with self._slots:
+            return await run_scenario(job, self.settings, self.client, self.renderer)
+
+    def submit(self, job: ScenarioJob) -> concurrent.futures.Future[ScenarioResult]:
+        if self._closed:
+            raise RuntimeError("runner is closed")
+        return asyncio.run_coroutine_threadsafe(self._run(job), self._loop)
+
+    def run_all(self, jobs: Iterable[ScenarioJob]) -> list[ScenarioResult]:
+        """Run ``jobs`` concurrently and return their results in the given order."""
+        futures = [self.submit(job) for job in jobs]
+        return [f.result() for f in futures]
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Cancel unfinished work, close the HTTP client and the cache, stop the loop thread."""
+        if self._closed:
+            return
+        self._closed = True
+
+        async def shutdown() -> None:
+            current = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not current]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.client.aclose()
+            self.client.cache.close()
+
+        try:
+            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout)
+        except (concurrent.futures.TimeoutError, RuntimeError):
+            pass
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,103 @@
+"""Resolved run settings: plain frozen data handed from a front end (pytest, a script) to the engine."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+
+from .scenario import RoleOverride, Scenario
+
+
+class RecordMode(StrEnum):
+    """What the disk cache may do. ``once``: replay hits, call and store misses; ``none``: replay only,
+    a miss is an error (CI with a committed cache); ``all``: call everything and overwrite."""
+
+    ONCE = "once"
+    NONE = "none"
+    ALL = "all"
+
+    @classmethod
+    def parse(cls, value: str) -> RecordMode:
+        try:
+            return cls(value.strip().lower())
+        except ValueError:
+            valid = ", ".join(m.value for m in cls)
+            raise ValueError(f"invalid record mode {value!r}; valid modes: {valid}") from None
+
+
+ROLES = ("agent", "client", "evaluator")
+
+
+@dataclass(frozen=True)
+class RoleSettings:
+    model: str
+    template: str
+    temperature: float
+    max_tokens: int
+
+    def with_override(self, override: RoleOverride | None) -> RoleSettings:
+        if override is None:
+            return self
+        return replace(
+            self,
+            model=override.model or self.model,
+            template=override.template or self.template,
+            temperature=self.temperature if override.temperature is None else override.temperature,
+            max_tokens=override.max_tokens or self.max_tokens,
+        )
+
+
+@dataclass(frozen=True)
+class EndpointSettings:
+    """Where LLM calls go. ``endpoint_id`` is what the cache key sees instead of the URL (a local
+    server on a random port keeps one identity); the API key is never part of any key, report or log.
+    ``connect``, when set, is called once on the first uncached call and returns the base URL: the local
+    model server starts only when a call really needs it, so a fully cached run starts no model."""
+
+    base_url: str | None
+    api_key: str = field(default="", repr=False)
+    endpoint_id: str = ""
+    request_timeout: float = 60.0
+    max_retries: int = 4
+    backoff_base: float = 0.5
+    backoff_max: float = 20.0
+    connect: Callable[[], str] | None = field(default=None, repr=False, compare=False)
+    description: str = ""
+
+    @property
+    def identity(self) -> str:
+        return self.endpoint_id or (self.base_url or "https://api.openai.com/v1").rstrip("/")
+
+    def describe(self) -> str:
+        """Where calls go, for people: a URL or the local model, never the key."""
+        return self.description or self.base_url or "https://api.openai.com/v1"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    endpoint: EndpointSettings
+    agent: RoleSettings
+    client: RoleSettings
+    evaluator: RoleSettings
+    prompts_dir: Path
+    cache_dir: Path
+    record_mode: RecordMode = RecordMode.ONCE
+    default_seed: int = 1234
+    min_score: int = 2
+    max_turns: int = 30
+    timeout: float = 90.0
+    first_speaker: str = "client"
+    end_marker: str = "[END_CALL]"
+    language: str = "English"
+    judge_attempts: int = 3
+    concurrency: int = 16
+
+    def role(self, name: str, scenario: Scenario) -> RoleSettings:
+        base: RoleSettings = getattr(self, name)
+        return base.with_override(getattr(scenario, name))
+
+    def describe_backend(self) -> str:
+        """One line naming the endpoint and models, never the key."""
+        return f"endpoint={self.endpoint.describe()}"

@@ -1,0 +1,1 @@
+"""Test support shipped with pytest-llmsim: a scripted OpenAI-compatible server for deterministic tests."""

@@ -1,0 +1,320 @@
+"""A scripted, deterministic OpenAI-compatible chat server on 127.0.0.1, over real HTTP.
+
+Tests and benchmarks point the plugin at it instead of a model. A *script* is a list of rules; the first rule
+whose ``match`` fits a request decides the response::
+
+    {"rules": [
+        {"match": {"system_contains": "EVALUATOR"}, "reply": "{\\"score\\": 3, \\"comment\\": \\"ok\\"}"},
+        {"match": {"system_contains": "AGENT"}, "replies": ["Hello", "Bye [END_CALL]"]},
+        {"match": {"model": "m"}, "status": 429, "times": 2, "retry_after": 1, "reply": "late"},
+    ]}
+
+Match keys (all optional, all must hold): ``model``, ``system_contains``, ``last_user_contains``,
+``response_format_type``. Actions: ``reply`` (fixed text) or ``replies`` (indexed by the number of assistant
+messages already in the request, the last one repeating), ``status`` (an HTTP error, for the first ``times``
+matching requests only when ``times`` is given, then the rule replies normally), ``retry_after`` (seconds, sent
+as the Retry-After header), ``delay`` (extra seconds before answering), ``raw_body`` (sent verbatim with 200),
+``reject_response_format`` (types answered with ``reject_status``, default 500 as llama.cpp does for
+``json_schema``). Replies may use the placeholders ``{seed}``, ``{model}`` and ``{n_assistant}``.
+
+Every request waits ``latency`` seconds. :meth:`ScriptedOpenAIServer.stats` counts requests, completions, status
+codes, the peak number of requests in flight and requests per model. Usage is counted in words.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 512
+    owner: ScriptedOpenAIServer
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silence the default stderr access log."""
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.owner._track(self.connection, add=True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.owner._track(self.connection, add=False)
+
+    def do_GET(self) -> None:
+        if self.path.rstrip("/").endswith("/models"):
+            self._send_json(200, {"object": "list", "data": [{"id": "scripted", "object": "model"}]})
+        else:
+            self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if not self.path.rstrip("/").endswith("/chat/completions"):
+            self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+            return
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            self._send_json(400, {"error": {"message": "request body is not JSON", "type": "invalid_request"}})
+            return
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        status, payload, extra_headers, delay = self.server.owner._respond(body, headers)
+        if delay:
+            time.sleep(delay)
+        try:
+            if isinstance(payload, str):
+                self._send_raw(status, payload.encode(), extra_headers)
+            else:
+                self._send_json(status, payload, extra_headers)
+        finally:
+            self.server.owner._finish(status)
+
+    def _send_json(self, status: int, payload: Any, extra_headers: dict[str, str] | None = None) -> None:
+        self._send_raw(status, json.dumps(payload).encode(), extra_headers)
+
+    def _send_raw(self, status: int, data: bytes, extra_headers: dict[str, str] | None = None) -> None:
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for key, value in (extra_headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(data)
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            self.close_connection = True  # the client gave up (a request timeout); nothing to deliver
+
+
+def _words(text: Any) -> int:
+    return len(str(text or "").split())
+
+
+def _matches(match: dict[str, Any], body: dict[str, Any]) -> bool:
+    messages = body.get("messages") or []
+    system = "\n".join(str(m.get("content", "")) for m in messages if m.get("role") == "system")
+    users = [str(m.get("content", "")) for m in messages if m.get("role") == "user"]
+    response_format = (body.get("response_format") or {}).get("type")
+    if "model" in match and body.get("model") != match["model"]:
+        return False
+    if "system_contains" in match and match["system_contains"] not in system:
+        return False
+    if "last_user_contains" in match and (not users or match["last_user_contains"] not in users[-1]):
+        return False
+    return not ("response_format_type" in match and response_format != match["response_format_type"])
+
+
+class ScriptedOpenAIServer:
+    """An OpenAI-compatible ``/v1/chat/completions`` server whose replies follow a script."""
+
+    def __init__(self, script: dict[str, Any] | None = None, latency: float = 0.0, host: str = "127.0.0.1",
+                 port: int = 0, log_requests: bool = True) -> None:
+        self.latency = latency
+        self.log_requests = log_requests
+        self._host = host
+        self._port = port
+        self._lock = threading.Lock()
+        self._script: dict[str, Any] = {"rules": []}
+        self._rule_hits: Counter[int] = Counter()
+        self._httpd: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._connections: set[socket.socket] = set()
+        self.reset()
+        self.set_script(script or {"rules": []})
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def start(self) -> str:
+        httpd = _Server((self._host, self._port), _Handler)
+        httpd.owner = self
+        self._httpd = httpd
+        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="scripted-openai-server", daemon=True)
+        self._thread.start()
+        return self.base_url
+
+    def stop(self) -> None:
+        """Stop listening and cut open keep-alive connections, so a stopped server really is unreachable."""
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        httpd.shutdown()
+        httpd.server_close()
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> ScriptedOpenAIServer:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._httpd is None:
+            raise RuntimeError("the scripted server is not running; call start() first")
+        return self._httpd.server_address[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self._host}:{self.port}/v1"
+
+    # -- script and statistics -------------------------------------------------------------------------------
+    def set_script(self, script: dict[str, Any]) -> None:
+        rules = script.get("rules")
+        if not isinstance(rules, list):
+            raise ValueError("a script is a mapping with a 'rules' list")
+        with self._lock:
+            self._script = script
+            self._rule_hits = Counter()
+
+    def reset(self) -> None:
+        """Forget statistics and the request log (the script stays)."""
+        with self._lock:
+            self._requests = 0
+            self._completed = 0
+            self._in_flight = 0
+            self._peak_in_flight = 0
+            self._by_model: Counter[str] = Counter()
+            self._status_counts: Counter[str] = Counter()
+            self._log: list[dict[str, Any]] = []
+            self._rule_hits = Counter()
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "requests": self._requests,
+                "completed": self._completed,
+                "in_flight": self._in_flight,
+                "peak_in_flight": self._peak_in_flight,
+                "by_model": dict(self._by_model),
+                "status_counts": dict(self._status_counts),
+            }
+
+    def requests_log(self) -> list[dict[str, Any]]:
+        """Every chat request received, in arrival order: ``{"body": ..., "headers": {lowercase: value}}``."""
+        with self._lock:
+            return list(self._log)
+
+    # -- request handling (called from handler threads) ------------------------------------------------------
+    def _track(self, conn: socket.socket, add: bool) -> None:
+        with self._lock:
+            if add:
+                self._connections.add(conn)
+            else:
+                self._connections.discard(conn)
+
+    def _finish(self, status: int) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            self._status_counts[str(status)] += 1
+            if status == 200:
+                self._completed += 1
+
+    def _respond(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, Any, dict[str, str], float]:
+        with self._lock:
+            self._requests += 1
+            self._in_flight += 1
+            self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
+            self._by_model[str(body.get("model"))] += 1
+            if self.log_requests:
+                self._log.append({"body": body, "headers": headers})
+            index, rule = self._pick_rule(body)
+            hits = self._rule_hits[index]
+            self._rule_hits[index] += 1
+        delay = self.latency + float(rule.get("delay", 0.0))
+        if rule is _NO_RULE:
+            return 404, {"error": {"message": "no script rule matches this request", "type": "not_found"}}, {}, delay
+        response_format = (body.get("response_format") or {}).get("type")
+        if response_format and response_format in rule.get("reject_response_format", ()):
+            status = int(rule.get("reject_status", 500))
+            message = f"response_format type {response_format!r} is not supported"
+            return status, {"error": {"message": message, "type": "server_error"}}, {}, delay
+        if "status" in rule and ("times" not in rule or hits < int(rule["times"])):
+            status = int(rule["status"])
+            extra = {"Retry-After": str(rule["retry_after"])} if "retry_after" in rule else {}
+            return status, {"error": {"message": f"scripted HTTP {status}", "type": "scripted"}}, extra, delay
+        if "raw_body" in rule:
+            return 200, str(rule["raw_body"]), {}, delay
+        return 200, self._completion(rule, body), {}, delay
+
+    def _pick_rule(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        for index, rule in enumerate(self._script["rules"]):
+            if _matches(rule.get("match") or {}, body):
+                return index, rule
+        return -1, _NO_RULE
+
+    @staticmethod
+    def _completion(rule: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+        messages = body.get("messages") or []
+        n_assistant = sum(1 for m in messages if m.get("role") == "assistant")
+        if rule.get("replies"):
+            replies = rule["replies"]
+            text = str(replies[min(n_assistant, len(replies) - 1)])
+        else:
+            text = str(rule.get("reply", ""))
+        text = (text.replace("{seed}", str(body.get("seed")))
+                .replace("{model}", str(body.get("model")))
+                .replace("{n_assistant}", str(n_assistant)))
+        prompt_tokens = sum(_words(m.get("content")) for m in messages)
+        completion_tokens = _words(text)
+        return {
+            "id": f"chatcmpl-scripted-{n_assistant}",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body.get("model") or "scripted",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        }
+
+
+_NO_RULE: dict[str, Any] = {}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve a scripted OpenAI-compatible chat API on 127.0.0.1.")
+    parser.add_argument("--script", type=Path, help="JSON file with {'rules': [...]} (default: echo rule)")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds every request waits")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    script = json.loads(args.script.read_text()) if args.script else {"rules": [{"reply": "ok"}]}
+    server = ScriptedOpenAIServer(script, latency=args.latency, port=args.port, log_requests=False)
+    server.start()
+    print(f"LISTENING {server.base_url}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Which files become scenario items, their ids, markers and selection."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import SimProject, scenario
+
+
+def test_each_scenario_is_an_item_with_the_scenario_name_as_id(sim: SimProject) -> None:
+    sim.write_scenarios("sample.json", [scenario("calm_reorder"), scenario("impatient")])
+    result = sim.run("--collect-only", "-q")
+    result.stdout.fnmatch_lines(["scenarios/sample.json::calm_reorder", "scenarios/sample.json::impatient",
+                                 "*2 tests collected*"])
+    assert sim.server.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize(
+    ("filename", "data"),
+    [
+        ("suite.yaml", {"defaults": {"max_turns": 4}, "scenarios": [scenario("a"), scenario("b")]}),
+        ("suite.yml", [scenario("a"), scenario("b")]),
+        ("single.json", scenario("a")),
+    ],
+)
+def test_accepted_shapes(sim: SimProject, filename: str, data: object) -> None:
+    sim.write_scenarios(filename, data)
+    result = sim.run("--collect-only", "-q")
+    result.stdout.fnmatch_lines([f"scenarios/{filename}::a"])
+    assert result.ret == 0
+
+
+def test_unrelated_json_and_yaml_are_never_collected(sim: SimProject) -> None:
+    sim.write_scenarios("ok.json", [scenario("a")])
+    (sim.path / "package.json").write_text(json.dumps({"name": "web", "version": "1.0.0"}))
+    (sim.path / ".github" / "workflows").mkdir(parents=True)
+    (sim.path / ".github" / "workflows" / "ci.yml").write_text("on: push\njobs: {}\n")
+    (sim.path / "config.yaml").write_text("name: not-a-scenario\n")
+    result = sim.run("--collect-only", "-q", ".")
+    result.stdout.fnmatch_lines(["scenarios/ok.json::a", "*1 test collected*"])
+    result.stdout.no_fnmatch_line("*package.json*")
+    result.stdout.no_fnmatch_line("*ci.yml*")
+
+
+def test_explicit_file_outside_llmsim_paths_is_collected(sim: SimProject) -> None:
+    (sim.path / "elsewhere").mkdir()
+    (sim.path / "elsewhere" / "extra.yaml").write_text("name: extra\nvariables: {LOCATIONS: x, PERSONALITY: y}\n")
+    result = sim.run("--collect-only", "-q", "elsewhere/extra.yaml")
+    result.stdout.fnmatch_lines(["elsewhere/extra.yaml::extra"])
+
+
+def test_llmsim_paths_accepts_globs(sim: SimProject) -> None:
+    (sim.path / "suites" / "checkout").mkdir(parents=True)
+    (sim.path / "suites" / "checkout" / "flows.llmsim.yaml").write_text("- name: g\n  variables: {}\n")
+    (sim.path / "suites" / "checkout" / "other.yaml").write_text("- name: nope\n  variables: {}\n")
+    sim.write_ini(llmsim_paths="suites/**/*.llmsim.yaml")
+    result = sim.run("--collect-only", "-q", ".")
+    result.stdout.fnmatch_lines(["suites/checkout/flows.llmsim.yaml::g"])
+    result.stdout.no_fnmatch_line("*nope*")
+
+
+def test_k_selects_scenarios_and_only_they_call_the_endpoint(sim: SimProject) -> None:
+    sim.write_scenarios("s.json", [scenario("calm_reorder"), scenario("impatient"), scenario("confused")])
+    result = sim.run("-k", "calm_reorder", "-v")
+    result.assert_outcomes(passed=1, deselected=2)
+    prompts = [r["body"]["messages"][0]["content"] for r in sim.server.requests_log()]
+    assert prompts and all("calm_reorder" in p for p in prompts)
+
+
+def test_tags_become_markers(sim: SimProject) -> None:
+    sim.write_scenarios("s.json", [scenario("a", tags=["impatient"]), scenario("b", tags=["calm"])])
+    result = sim.run("-m", "impatient", "--strict-markers", "-v")
+    result.assert_outcomes(passed=1, deselected=1)
+    result.stdout.fnmatch_lines(["*s.json::a PASSED*"])
+    result = sim.run("-m", "llmsim", "--collect-only", "-q")
+    result.stdout.fnmatch_lines(["*2 tests collected*"])
+
+
+def test_skip_and_xfail_fields(sim: SimProject) -> None:
+    sim.write_scenarios("s.json", [
+        scenario("skipped", skip="prompt not ready"),
+        scenario("low_expected", xfail="known weakness"),
+        scenario("fine"),
+    ])
+    result = sim.run("-rsx")
+    result.assert_outcomes(passed=1, skipped=1, xfailed=1)
+    result.stdout.fnmatch_lines(["*SKIPPED*prompt not ready*", "*XFAIL*known weakness*"])
+    prompts = [r["body"]["messages"][0]["content"] for r in sim.server.requests_log()]
+    assert not any("skipped" in p for p in prompts), "a skipped scenario must not call the endpoint"
+
+
+def test_collect_only_makes_no_requests(sim: SimProject) -> None:
+    sim.write_scenarios("s.json", [scenario(f"s{i}") for i in range(5)])
+    sim.run("--collect-only")
+    assert sim.server.stats()["requests"] == 0
