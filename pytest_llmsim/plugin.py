@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
+import queue
 import tempfile
 from collections.abc import Generator
 from pathlib import Path
@@ -29,6 +31,7 @@ class LlmsimSession:
         self.runner: Runner | None = None
         self._futures: dict[str, concurrent.futures.Future[ScenarioResult]] = {}
         self._consumed: set[str] = set()
+        self._messages: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.unconsumed_finished = 0
         self.nextitem: pytest.Item | None = None
         self.lookahead_enabled = not (
@@ -76,10 +79,20 @@ class LlmsimSession:
         )
 
     def _say(self, line: str) -> None:
+        """Queue a line for the terminal; may be called from the engine's threads."""
+        self._messages.put(line)
+
+    def flush_messages(self) -> None:
+        """Print queued lines past output capturing (main thread only; workers' lines go nowhere)."""
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None and not hasattr(self.config, "workerinput"):
-            reporter.ensure_newline()
-            reporter.write_line(line)
+        capman = self.config.pluginmanager.get_plugin("capturemanager")
+        while not self._messages.empty():
+            line = self._messages.get()
+            if reporter is None or hasattr(self.config, "workerinput"):
+                continue
+            with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
+                reporter.ensure_newline()
+                reporter.write_line(line)
 
     # -- lookahead ------------------------------------------------------------------------------------------
     def _eligible(self, item: pytest.Item) -> bool:
@@ -114,6 +127,7 @@ class LlmsimSession:
 
     def top_up(self, item: ScenarioItem) -> None:
         """Called while pytest waits on ``item``: start newly queued items (xdist refills the queue meanwhile)."""
+        self.flush_messages()
         if hasattr(self.config, "workerinput"):
             self.prefetch(upcoming_items(item, self.nextitem))
 
@@ -127,6 +141,7 @@ class LlmsimSession:
 
     def consumed(self, item: ScenarioItem, waited: float) -> None:
         self._consumed.add(item.nodeid)
+        self.flush_messages()
 
     def cancel_unconsumed(self) -> None:
         for nodeid, future in self._futures.items():
