@@ -218,7 +218,8 @@ class ScriptedOpenAIServer:
             }
 
     def requests_log(self) -> list[dict[str, Any]]:
-        """Every chat request received, in arrival order: ``{"body": ..., "headers": {lowercase: value}}``."""
+        """Every chat request received, in arrival order: ``{"body", "headers" (lowercase), "time"}``
+        (``time``: ``time.monotonic()`` at arrival)."""
         with self._lock:
             return list(self._log)
 
@@ -244,7 +245,7 @@ class ScriptedOpenAIServer:
             self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
             self._by_model[str(body.get("model"))] += 1
             if self.log_requests:
-                self._log.append({"body": body, "headers": headers})
+                self._log.append({"body": body, "headers": headers, "time": time.monotonic()})
             index, rule = self._pick_rule(body)
             hits = self._rule_hits[index]
             self._rule_hits[index] += 1

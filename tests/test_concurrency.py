@@ -1,0 +1,102 @@
+"""Many conversations in flight: same results as sequential, real concurrency, shared back-off, xdist."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from conftest import SimProject, scenario
+
+# Replies carry the seed and turn, so a conversation that received another's reply would show it.
+SEEDED_SCRIPT = {"rules": [
+    {"match": {"system_contains": "EVALUATOR for low_"}, "reply": '{"score": 1, "comment": "bad {seed}"}'},
+    {"match": {"system_contains": "EVALUATOR"}, "reply": '{"score": 3, "comment": "good {seed}"}'},
+    {"match": {"system_contains": "AGENT"},
+     "replies": ["agent {seed} a", "agent {seed} b", "agent {seed} bye [END_CALL]"]},
+    {"match": {"system_contains": "CLIENT"}, "replies": ["client {seed} x", "client {seed} y", "client {seed} z"]},
+]}
+
+
+def _suite(sim: SimProject, count: int = 12) -> None:
+    sim.server.set_script(SEEDED_SCRIPT)
+    sim.write_scenarios("s.json", [scenario(f"{'low_' if i % 4 == 0 else ''}c{i:02d}", variables={"SEED": 100 + i})
+                                   for i in range(count)])
+
+
+def _junit(sim: SimProject, name: str) -> list[tuple[str, dict[str, str], str]]:
+    root = ET.parse(sim.path / name).getroot()
+    return [(case.get("name"), {p.get("name"): p.get("value") for p in case.iter("property")},
+             "".join(node.text or "" for node in case.iter("system-out")))
+            for case in root.iter("testcase")]
+
+
+def _outcome_lines(result: pytest.RunResult) -> list[str]:
+    return [line.split(" [")[0] for line in result.stdout.lines if line.startswith("scenarios/s.json::")]
+
+
+def test_concurrent_run_equals_sequential_run(sim: SimProject) -> None:
+    sim.server.latency = 0.05
+    _suite(sim)
+    sequential = sim.run("-v", "-rA", "--llmsim-concurrency=1", "--llmsim-cache-dir=seq", "--junitxml=seq.xml")
+    concurrent = sim.run("-v", "-rA", "--llmsim-concurrency=8", "--llmsim-cache-dir=conc", "--junitxml=conc.xml")
+    sequential.assert_outcomes(passed=9, failed=3)
+    concurrent.assert_outcomes(passed=9, failed=3)
+    assert _outcome_lines(concurrent) == _outcome_lines(sequential), "same items, same order, same verdicts"
+    assert _junit(sim, "conc.xml") == _junit(sim, "seq.xml")
+    transcripts = [line for line in concurrent.stdout.lines if "Customer:" in line or "Agent:" in line]
+    assert transcripts == [line for line in sequential.stdout.lines if "Customer:" in line or "Agent:" in line]
+    assert "agent 105 bye" in concurrent.stdout.str()
+
+
+def test_peak_in_flight_reaches_the_configured_concurrency(sim: SimProject) -> None:
+    sim.server.latency = 0.3
+    _suite(sim)
+    sim.run("--llmsim-concurrency=6").assert_outcomes(passed=9, failed=3)
+    assert sim.server.stats()["peak_in_flight"] == 6
+
+
+def test_sequential_setting_keeps_one_call_in_flight(sim: SimProject) -> None:
+    sim.server.latency = 0.02
+    _suite(sim, 4)
+    sim.run("--llmsim-concurrency=1").assert_outcomes(passed=3, failed=1)
+    assert sim.server.stats()["peak_in_flight"] == 1
+
+
+def test_a_429_pauses_every_conversation_of_the_process(sim: SimProject) -> None:
+    sim.server.latency = 0.1
+    burst = {"match": {"system_contains": "CLIENT for c01"}, "status": 429, "times": 3, "retry_after": 1,
+             "replies": SEEDED_SCRIPT["rules"][3]["replies"]}
+    sim.write_scenarios("s.json", [scenario(f"c{i:02d}", variables={"SEED": i}) for i in range(8)])
+    sim.server.set_script({"rules": [burst, *SEEDED_SCRIPT["rules"]]})
+    sim.run("--llmsim-concurrency=8", "-o", "llmsim_max_retries=4").assert_outcomes(passed=8)
+    stats = sim.server.stats()
+    assert stats["status_counts"]["429"] == 3
+    log = sim.server.requests_log()
+    first_429 = next(r["time"] for r in log if "CLIENT for c01" in r["body"]["messages"][0]["content"])
+    # While the process is paused (Retry-After: 1 after the 429 answered at ~+0.1 s), nobody sends anything.
+    paused = [r for r in log if first_429 + 0.3 < r["time"] < first_429 + 1.0]
+    assert paused == [], f"{len(paused)} requests were sent during the shared back-off"
+    assert stats["completed"] == 8 * 7
+
+
+@pytest.mark.parametrize("dist_args", [["-n", "2"], ["--dist", "load", "--tx", "2*popen"]],
+                         ids=["n2", "tx-popen"])
+def test_xdist_gives_the_same_results_as_one_process(sim: SimProject, dist_args: list[str]) -> None:
+    sim.server.latency = 0.02
+    _suite(sim)
+    single = sim.run("--llmsim-cache-dir=one", "--junitxml=one.xml")
+    single.assert_outcomes(passed=9, failed=3)
+    before = sim.server.stats()["requests"]
+    spread = sim.run(*dist_args, "--llmsim-cache-dir=many", "--junitxml=many.xml")
+    spread.assert_outcomes(passed=9, failed=3)
+    assert sim.server.stats()["requests"] == 2 * before, "every call made once per run, none lost or doubled"
+    assert sorted(_junit(sim, "many.xml")) == sorted(_junit(sim, "one.xml"))
+
+
+def test_xdist_workers_share_the_cache(sim: SimProject) -> None:
+    _suite(sim)
+    sim.run("-n", "2").assert_outcomes(passed=9, failed=3)
+    recorded = sim.server.stats()["requests"]
+    sim.run("-n", "2", "--llmsim-record=none").assert_outcomes(passed=9, failed=3)
+    assert sim.server.stats()["requests"] == recorded
