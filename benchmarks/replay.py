@@ -29,7 +29,8 @@ def main() -> None:
         url = srv.base_url
         record = run_pytest(suite, f"--llmsim-base-url={url}")
         srv.stop()
-        print(f"recorded: {record.tail.splitlines()[-1]} in {record.wall_s:.1f}s")
+        print(f"recorded: {record.tail.splitlines()[-1]} in {record.wall_s:.1f}s, "
+              f"peak_rss_mb={record.peak_rss_mb:.1f}")
         replays, plains = [], []
         for _ in range(args.repeat):
             replays.append(run_pytest(suite, f"--llmsim-base-url={url}", "--llmsim-record=none"))

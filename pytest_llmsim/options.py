@@ -217,6 +217,18 @@ def build_settings(
     )
 
 
+def uses_local_model(config: pytest.Config) -> bool:
+    """No endpoint configured: the bundled (or --llmsim-local-model) model serves every role."""
+    base_url, api_key = configured_endpoint(config)
+    return not (base_url or api_key)
+
+
+def effective_concurrency(config: pytest.Config) -> int:
+    """Conversations in flight per process, after the local model's defaults."""
+    fallbacks = LOCAL_MODEL_DEFAULTS if uses_local_model(config) else None
+    return int(_number(config, "llmsim_concurrency", int, 1, fallbacks))
+
+
 def rpm(config: pytest.Config) -> float | None:
     raw = option_or_ini(config, "llmsim_rpm")
     if raw in (None, ""):

@@ -16,6 +16,7 @@ import pytest
 from . import options
 from .errors import BackendMissingError
 from .items import ScenarioFile, ScenarioItem, ScenarioRunError, is_scenario_file
+from .report_plugin import ReportPlugin, add_report_options, scenario_cost_usd
 from .results import ScenarioResult
 from .runner import Runner, ScenarioJob
 from .settings import RunSettings
@@ -161,6 +162,7 @@ class LlmsimSession:
 # -- hooks --------------------------------------------------------------------------------------------------
 def pytest_addoption(parser: pytest.Parser) -> None:
     options.add_options(parser)
+    add_report_options(parser)
 
 def controller_pid(config: pytest.Config) -> int:
     """pid of the process that owns the session (the xdist controller, or this process)."""
@@ -188,8 +190,10 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.pluginmanager.hasplugin("xdist"):
         from .xdist_support import XdistHooks
 
-        window = 2 * int(options.option_or_ini(config, "llmsim_concurrency")) + 1
+        window = 2 * options.effective_concurrency(config) + 1
         config.pluginmanager.register(XdistHooks(window), "llmsim-xdist")
+    if not hasattr(config, "workerinput"):  # summary, gates and exports are computed once, on the controller
+        config.pluginmanager.register(ReportPlugin(config), ReportPlugin.name)
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     if is_scenario_file(parent.config, file_path):
@@ -205,7 +209,7 @@ def pytest_report_header(config: pytest.Config) -> str:
         endpoint = f"local model {local_model_path(config) or '(not installed)'} (started on the first uncached call)"
     cache_dir = options.resolve_path(config, options.option_or_ini(config, "llmsim_cache_dir"))
     seed = options.option_or_ini(config, "llmsim_seed")
-    concurrency = options.option_or_ini(config, "llmsim_concurrency")
+    concurrency = options.effective_concurrency(config)
     return (f"llmsim: record mode={mode.value}, cache={cache_dir}, seed={seed}, concurrency={concurrency}, "
             f"endpoint={endpoint}")
 
@@ -254,6 +258,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 ("score", result.score), ("min_score", result.min_score), ("comment", result.comment),
                 ("turns", result.total_turns), ("ended_by", result.ended_by),
                 ("prompt_tokens", result.prompt_tokens), ("completion_tokens", result.completion_tokens),
+                ("cost_usd", scenario_cost_usd(item.config, report.llmsim)),  # type: ignore[attr-defined]
                 ("cached", result.fully_cached),
             ):
                 # The current report gets a copy; the item's list reaches the teardown report (which

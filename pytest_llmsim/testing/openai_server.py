@@ -79,13 +79,13 @@ class _Handler(BaseHTTPRequestHandler):
         status, payload, extra_headers, delay = self.server.owner._respond(body, headers)
         if delay:
             time.sleep(delay)
-        try:
-            if isinstance(payload, str):
-                self._send_raw(status, payload.encode(), extra_headers)
-            else:
-                self._send_json(status, payload, extra_headers)
-        finally:
-            self.server.owner._finish(status)
+        # Count the request as answered before the client can see the answer, so statistics read right
+        # after a client call are exact.
+        self.server.owner._finish(status)
+        if isinstance(payload, str):
+            self._send_raw(status, payload.encode(), extra_headers)
+        else:
+            self._send_json(status, payload, extra_headers)
 
     def _send_json(self, status: int, payload: Any, extra_headers: dict[str, str] | None = None) -> None:
         self._send_raw(status, json.dumps(payload).encode(), extra_headers)

@@ -1,0 +1,107 @@
+"""Result exports: JSON, CSV and NDJSON, chosen by the file's extension, each written atomically.
+
+* ``.json``: one document ``{"run_id", "generated_at", "summary": {...}, "results": [...], "total_results"}``.
+* ``.ndjson`` / ``.jsonl``: one record per line (transcripts included), so the file streams into pandas, jq or
+  a warehouse; the summary goes next to it in ``<name>.summary.json``.
+* ``.csv``: one row per record with the flat fields of ``summary.RECORD_FIELDS`` (no transcript); summary
+  in ``<name>.summary.json`` as for NDJSON.
+
+Every file is written to a temporary file in the target directory and renamed over the target, so a reader
+never sees a half-written export and an interrupted run leaves the previous export intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .summary import RECORD_FIELDS
+
+FORMATS = {".json": "json", ".ndjson": "ndjson", ".jsonl": "ndjson", ".csv": "csv"}
+
+
+def export_format(path: Path) -> str:
+    """The export format for ``path``'s extension; ValueError naming the supported ones otherwise."""
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"unsupported results file extension {path.suffix or '(none)'!r} in {path}; "
+                         f"use one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def summary_path_for(path: Path) -> Path:
+    """Where the summary of a CSV/NDJSON export goes: ``results.ndjson`` -> ``results.summary.json``."""
+    return path.with_name(f"{path.stem}.summary.json")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _json(data: Any, *, indent: int | None = None) -> str:
+    return json.dumps(data, ensure_ascii=False, indent=indent, allow_nan=False)
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return ";".join(str(v) for v in value)
+    return value
+
+
+def render_csv(records: Sequence[Mapping[str, Any]]) -> str:
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=list(RECORD_FIELDS), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for record in records:
+        writer.writerow({name: _csv_value(record.get(name)) for name in RECORD_FIELDS})
+    return buffer.getvalue()
+
+
+def render_ndjson(records: Sequence[Mapping[str, Any]]) -> str:
+    return "".join(_json(record) + "\n" for record in records)
+
+
+def summary_document(summary: Mapping[str, Any], *, run_id: str, generated_at: str) -> dict[str, Any]:
+    return {"run_id": run_id, "generated_at": generated_at, **summary}
+
+
+def write_results(path: Path, records: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], *,
+                  run_id: str, generated_at: str) -> list[Path]:
+    """Write ``records`` and ``summary`` to ``path`` in the format its extension names; return the files written."""
+    fmt = export_format(path)
+    if fmt == "json":
+        document = {"run_id": run_id, "generated_at": generated_at, "summary": dict(summary),
+                    "results": list(records), "total_results": len(records)}
+        atomic_write_text(path, _json(document, indent=2) + "\n")
+        return [path]
+    atomic_write_text(path, render_csv(records) if fmt == "csv" else render_ndjson(records))
+    side = summary_path_for(path)
+    atomic_write_text(side, _json(summary_document(summary, run_id=run_id, generated_at=generated_at),
+                                  indent=2) + "\n")
+    return [path, side]

@@ -1,0 +1,164 @@
+"""HTML fragments for the pytest-html report: a scenario's chat and the run summary (no pytest, no pytest-html).
+
+pytest-html inserts these fragments as raw HTML, so every value that came from a model, a scenario file or
+the user is passed through ``html.escape`` here: a reply containing ``<script>`` shows as text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from html import escape
+from typing import Any
+
+from .summary import Gates, RunSummary
+
+SPEAKERS = {"client": "Customer", "agent": "Agent"}
+
+STYLE = """<style>
+.llmsim-card{font-family:Helvetica,Arial,sans-serif;font-size:13px;color:#222;margin:6px 0 10px;max-width:980px}
+.llmsim-meta{display:flex;flex-wrap:wrap;gap:6px;margin-bottom:8px;align-items:center}
+.llmsim-pill{background:#eef1f4;border:1px solid #d5dbe1;border-radius:10px;padding:2px 8px;color:#333}
+.llmsim-score{font-weight:bold;border-radius:10px;padding:2px 10px;color:#fff}
+.llmsim-score-1{background:#c9302c}.llmsim-score-2{background:#d58512}.llmsim-score-3{background:#449d44}
+.llmsim-score-none{background:#777}
+.llmsim-status-failed,.llmsim-status-error{border-color:#c9302c;color:#a94442;font-weight:bold}
+.llmsim-judge{background:#fcf8e3;border-left:4px solid #d58512;padding:6px 10px;margin:6px 0;white-space:pre-wrap}
+.llmsim-error{background:#f2dede;border-left:4px solid #c9302c;padding:6px 10px;margin:6px 0;
+  white-space:pre-wrap;font-family:monospace}
+.llmsim-chat{display:flex;flex-direction:column;gap:6px;margin:8px 0}
+.llmsim-turn{max-width:72%;display:flex;flex-direction:column}
+.llmsim-client{align-self:flex-start}.llmsim-agent{align-self:flex-end;align-items:flex-end}
+.llmsim-who{font-size:11px;color:#555;margin:0 6px 2px}
+.llmsim-bubble{border-radius:12px;padding:6px 10px;white-space:pre-wrap;word-break:break-word;line-height:1.35}
+.llmsim-client .llmsim-bubble{background:#e3eefc;border:1px solid #b9d2f3;border-top-left-radius:2px}
+.llmsim-agent .llmsim-bubble{background:#e4f5e1;border:1px solid #bfe3b8;border-top-right-radius:2px}
+.llmsim-tag{font-size:10px;color:#888;margin-left:4px}
+.llmsim-end{color:#555;font-style:italic;border-top:1px dashed #ccc;padding-top:4px}
+.llmsim-summary{font-family:Helvetica,Arial,sans-serif;color:#222;margin:8px 0 14px;padding:10px 14px;
+  border:1px solid #d5dbe1;border-radius:6px;background:#fafbfc;max-width:820px}
+.llmsim-summary h3{margin:0 0 8px;font-size:15px}
+.llmsim-totals{border-collapse:collapse;font-size:13px}
+.llmsim-totals th{text-align:left;padding:3px 14px 3px 0;color:#555;font-weight:normal;white-space:nowrap}
+.llmsim-totals td{padding:3px 0;color:#222}
+.llmsim-dist{display:flex;gap:10px;align-items:flex-end}
+.llmsim-dist-col{display:flex;flex-direction:column;align-items:center;font-size:11px}
+.llmsim-dist-bar{width:28px;border-radius:3px 3px 0 0}
+.llmsim-gate-missed{color:#a94442;font-weight:bold;margin-top:6px}
+.llmsim-gate-ok{color:#3c763d;margin-top:6px}
+</style>"""
+
+
+def _e(value: Any) -> str:
+    return escape("" if value is None else str(value), quote=True)
+
+
+def usd(value: float) -> str:
+    return f"${value:.6f}"
+
+
+def cache_state(record: Mapping[str, Any]) -> str:
+    live, cached = int(record.get("live_calls") or 0), int(record.get("cached_calls") or 0)
+    if cached and not live:
+        return "replayed from the cache"
+    if cached:
+        return f"partly replayed ({cached} of {live + cached} calls from the cache)"
+    return "live" if live else "no LLM calls"
+
+
+def score_badge(record: Mapping[str, Any]) -> str:
+    score = record.get("score")
+    kind = score if score in (1, 2, 3) else "none"
+    shown = "no score" if score is None else f"score {score}"
+    minimum = record.get("min_score")
+    suffix = f" / min {_e(minimum)}" if minimum is not None else ""
+    return f'<span class="llmsim-score llmsim-score-{kind}">{_e(shown)}{suffix}</span>'
+
+
+def scenario_html(record: Mapping[str, Any]) -> str:
+    """The chat of one scenario run with its verdict, tokens, cost, duration and cache state."""
+    status = str(record.get("status", ""))
+    pills = [
+        f'<span class="llmsim-pill llmsim-status-{_e(status)}">{_e(status)}</span>',
+        f'<span class="llmsim-pill">{_e(record.get("total_turns", 0))} turns</span>',
+        f'<span class="llmsim-pill">tokens {_e(record.get("prompt_tokens", 0))} prompt + '
+        f'{_e(record.get("completion_tokens", 0))} completion</span>',
+        f'<span class="llmsim-pill">cost {usd(float(record.get("cost_usd") or 0))}'
+        f' (saved {usd(float(record.get("saved_cost_usd") or 0))})</span>',
+        f'<span class="llmsim-pill">{float(record.get("duration_seconds") or 0):.2f} s</span>',
+        f'<span class="llmsim-pill">{_e(cache_state(record))}</span>',
+    ]
+    if record.get("unpriced_models"):
+        pills.append(f'<span class="llmsim-pill">unpriced: {_e(", ".join(record["unpriced_models"]))}</span>')
+    parts = [f'<div class="llmsim-card"><div class="llmsim-meta">{score_badge(record)}{"".join(pills)}</div>']
+    if record.get("comment"):
+        parts.append(f'<div class="llmsim-judge"><strong>Judge:</strong> {_e(record["comment"])}</div>')
+    if record.get("error_message"):
+        parts.append(f'<div class="llmsim-error">{_e(record.get("error_kind") or "error")}: '
+                     f'{_e(record["error_message"])}</div>')
+    turns: Sequence[Mapping[str, Any]] = record.get("transcript") or []
+    if turns:
+        parts.append('<div class="llmsim-chat">')
+        for number, turn in enumerate(turns, 1):
+            role = "client" if turn.get("role") == "client" else "agent"
+            tags = []
+            if turn.get("scripted"):
+                tags.append("scripted")
+            if turn.get("cached"):
+                tags.append("replayed")
+            tag_html = "".join(f'<span class="llmsim-tag">{t}</span>' for t in tags)
+            parts.append(f'<div class="llmsim-turn llmsim-{role}"><div class="llmsim-who">#{number} '
+                         f'{SPEAKERS[role]}{tag_html}</div><div class="llmsim-bubble">{_e(turn.get("text"))}'
+                         f'</div></div>')
+        parts.append("</div>")
+    if record.get("ended_by"):
+        parts.append(f'<div class="llmsim-end">Call ended by {_e(record["ended_by"])}: '
+                     f'{_e(record.get("end_reason", ""))}</div>')
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def _distribution(summary: RunSummary) -> str:
+    counts = [(label, summary.score_distribution.get(f"score_{label}", 0)) for label in ("1", "2", "3")]
+    if summary.errored_scenarios:
+        counts.append(("error", summary.errored_scenarios))
+    top = max([c for _, c in counts] + [1])
+    colours = {"1": "#c9302c", "2": "#d58512", "3": "#449d44", "error": "#777"}
+    cols = []
+    for label, count in counts:
+        height = max(2, round(48 * count / top))
+        cols.append(f'<div class="llmsim-dist-col"><span>{count}</span><div class="llmsim-dist-bar" '
+                    f'style="height:{height}px;background:{colours[label]}"></div><span>{label}</span></div>')
+    return f'<div class="llmsim-dist">{"".join(cols)}</div>'
+
+
+def summary_html(summary: RunSummary, gates: Gates, missed: Sequence[str]) -> str:
+    """The run totals shown at the top of the report."""
+    stats = summary.score_statistics
+    rate = "n/a" if summary.success_rate is None else f"{summary.success_rate:.1%}"
+    if stats.mean is None:
+        scores = "no scored scenario"
+    else:
+        scores = (f"mean {stats.mean:g} · median {stats.median:g} · std {stats.std:g} · min {stats.min} · "
+                  f"max {stats.max}")
+    rows = [
+        ("Scenarios", f"{summary.total_scenarios} ({summary.successful_scenarios} passed, "
+                      f"{summary.failed_scenarios} failed, {summary.errored_scenarios} errored)"),
+        ("Pass rate", rate),
+        ("Score", scores),
+        ("Distribution", None),
+        ("Tokens", f"{summary.total_tokens} live + {summary.replayed_tokens} replayed "
+                   f"({summary.prompt_tokens} prompt, {summary.completion_tokens} completion)"),
+        ("LLM calls", f"{summary.total_requests} live · {summary.replayed_requests} replayed from the cache"),
+        ("Cost", f"{usd(summary.total_cost_usd)} spent · {usd(summary.saved_cost_usd)} saved by replays"),
+    ]
+    if summary.unpriced_models:
+        rows.append(("Unpriced models", f"{', '.join(summary.unpriced_models)} (counted at $0)"))
+    body = "".join(
+        f"<tr><th>{_e(name)}</th><td>{_distribution(summary) if value is None else _e(value)}</td></tr>"
+        for name, value in rows
+    )
+    gate_html = "".join(f'<div class="llmsim-gate-missed">Gate missed: {_e(line)}</div>' for line in missed)
+    if gates.any and not missed and summary.total_scenarios:
+        gate_html = '<div class="llmsim-gate-ok">All suite gates met.</div>'
+    return (f'<div class="llmsim-summary"><h3>LLM scenarios (pytest-llmsim)</h3><table class="llmsim-totals">'
+            f"{body}</table>{gate_html}</div>")

@@ -1,0 +1,167 @@
+"""Summary maths, gates, export writers and the histogram, as pure functions (no inner pytest session)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_llmsim.exports import export_format, summary_path_for, write_results
+from pytest_llmsim.histogram import HistogramUnavailable, draw_histogram
+from pytest_llmsim.pricing import PriceTable, scenario_cost
+from pytest_llmsim.results import ModelUsage, ScenarioResult
+from pytest_llmsim.summary import RECORD_FIELDS, Gates, make_record, missed_gates, summarize
+
+
+def _result(name: str, score: int | None, *, min_score: int = 2, live: int = 3, cached: int = 0,
+            error_kind: str = "") -> dict[str, Any]:
+    usage = ModelUsage("agent", "gpt-4o-mini")
+    for _ in range(live):
+        usage.add(100, 10, cached=False)
+    for _ in range(cached):
+        usage.add(100, 10, cached=True)
+    status = "error" if score is None else ("passed" if score >= min_score else "failed")
+    result = ScenarioResult(name, f"s.json::{name}", "s.json", status, min_score, score=score,
+                            comment=f"comment <{name}>", transcript=[{"role": "client", "text": "hi, \"quoted\""},
+                                                                     {"role": "agent", "text": "bye\nnow"}],
+                            ended_by="agent", end_reason="the agent ended the call", error_kind=error_kind,
+                            error_message="boom" if error_kind else "", duration_seconds=1.5, usage=[usage])
+    return result.to_dict()
+
+
+def _records() -> list[dict[str, Any]]:
+    results = [_result("a", 3), _result("b", 3, cached=2), _result("mid_c", 2), _result("low_d", 1),
+               _result("broken", None, live=1, error_kind="endpoint_error")]
+    table = PriceTable.default()
+    return [make_record(r, scenario_cost(r, table), session_id=f"id-{i}", outcome=r["status"])
+            for i, r in enumerate(results)]
+
+
+def test_summary_maths_on_known_scores() -> None:
+    summary = summarize(_records())
+    assert (summary.total_scenarios, summary.successful_scenarios, summary.failed_scenarios,
+            summary.errored_scenarios) == (5, 3, 1, 1)
+    assert summary.success_rate == 0.6
+    stats = summary.score_statistics
+    # scores 3, 3, 2, 1: population std = sqrt(((0.75**2) * 2 + 0.25**2 + 1.25**2) / 4) = 0.8292
+    assert (stats.mean, stats.median, stats.std, stats.min, stats.max) == (2.25, 2.5, 0.8292, 1, 3)
+    assert summary.score_distribution == {"score_1": 1, "score_2": 1, "score_3": 2}
+    # 13 live calls (3+3+3+3+1) of 110 tokens; 2 replayed calls
+    assert (summary.total_requests, summary.total_tokens) == (13, 1430)
+    assert (summary.replayed_requests, summary.replayed_tokens) == (2, 220)
+    assert (summary.prompt_tokens, summary.completion_tokens) == (1500, 150)
+    per_call = (100 * 0.15 + 10 * 0.60) / 1e6
+    assert summary.total_cost_usd == round(13 * per_call, 6)
+    assert summary.saved_cost_usd == round(2 * per_call, 6)
+    assert summary.average_cost_per_request == round(summary.total_cost_usd / 13, 8)
+    assert summary.total_duration_seconds == 7.5
+
+
+def test_summary_of_bare_results_and_of_nothing() -> None:
+    bare = summarize([_result("a", 3), _result("b", 1)])  # ScenarioResult.to_dict() without cost fields
+    assert bare.total_requests == 6 and bare.total_cost_usd == 0 and bare.score_statistics.std == 1.0
+    empty = summarize([])
+    assert empty.total_scenarios == 0 and empty.success_rate is None and empty.score_statistics.mean is None
+    assert missed_gates(empty, Gates(min_mean_score=3, min_pass_rate=1, max_cost_usd=0)) == []
+
+
+def test_single_score_has_zero_std() -> None:
+    assert summarize([_result("a", 2)]).score_statistics.std == 0.0
+
+
+def test_missed_gates_give_one_line_each() -> None:
+    summary = summarize(_records())
+    assert missed_gates(summary, Gates(min_mean_score=2.25, min_pass_rate=0.6, max_cost_usd=1.0)) == []
+    lines = missed_gates(summary, Gates(min_mean_score=2.5, min_pass_rate=0.75, max_cost_usd=0.000001))
+    assert len(lines) == 3
+    assert lines[0] == "mean score 2.25 is below the minimum 2.5 (llmsim_min_mean_score)"
+    assert lines[1].startswith("pass rate 60.0% (3 of 5 scenarios) is below the minimum 75.0%")
+    assert lines[2].startswith(f"cost ${summary.total_cost_usd:.6f} spent on live calls is above the maximum")
+    unscored = summarize([_result("x", None, error_kind="endpoint_error")])
+    assert missed_gates(unscored, Gates(min_mean_score=1))[0].startswith("mean score: no scenario was scored")
+
+
+@pytest.mark.parametrize("name", ["out.json", "out.ndjson", "out.jsonl", "out.csv"])
+def test_exports_round_trip(tmp_path: Path, name: str) -> None:
+    records = _records()
+    summary = summarize(records).to_dict()
+    path = tmp_path / "sub" / name
+    written = write_results(path, records, summary, run_id="run-1", generated_at="2026-01-01T00:00:00+00:00")
+    fmt = export_format(path)
+    if fmt == "json":
+        assert written == [path]
+        document = json.loads(path.read_text(encoding="utf-8"))
+        assert document["run_id"] == "run-1" and document["total_results"] == 5
+        assert document["summary"] == summary
+        assert document["results"] == records
+        return
+    assert written == [path, summary_path_for(path)]
+    side = json.loads(summary_path_for(path).read_text(encoding="utf-8"))
+    assert side == {"run_id": "run-1", "generated_at": "2026-01-01T00:00:00+00:00", **summary}
+    if fmt == "ndjson":
+        loaded = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        assert loaded == records
+        assert summarize(loaded).to_dict() == summary  # the export alone reproduces its summary
+    else:
+        with path.open(encoding="utf-8", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        assert list(rows[0]) == list(RECORD_FIELDS)
+        assert [r["scenario"] for r in rows] == ["a", "b", "mid_c", "low_d", "broken"]
+        assert rows[0]["comment"] == "comment <a>" and rows[4]["score"] == "" and rows[1]["cached"] == "false"
+        assert float(rows[0]["cost_usd"]) == records[0]["cost_usd"]
+
+
+def test_export_is_atomic_and_a_failed_write_keeps_the_old_file(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "out.json"
+    records = _records()
+    write_results(path, records, summarize(records).to_dict(), run_id="one", generated_at="t")
+    before = path.read_bytes()
+    broken = [{**records[0], "score": float("nan")}]  # not valid JSON: the writer refuses it
+    with pytest.raises(ValueError):
+        write_results(path, broken, {}, run_id="two", generated_at="t")
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]  # no temporary file left behind
+
+    def failing_replace(src: str, dst: str) -> None:
+        assert Path(src).read_bytes().startswith(b"{") and Path(src).parent == path.parent
+        raise OSError("disk full")
+
+    monkeypatch.setattr("pytest_llmsim.exports.os.replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        write_results(path, records, summarize(records).to_dict(), run_id="three", generated_at="t")
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+def test_unsupported_extension_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"'\.txt'.*\.json, \.ndjson, \.jsonl, \.csv"):
+        export_format(tmp_path / "results.txt")
+
+
+def test_histogram_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "h.png"
+    draw_histogram(summarize(_records()), path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_histogram_without_matplotlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
+    with pytest.raises(HistogramUnavailable, match=r"matplotlib.*pytest-llmsim\[histogram\]"):
+        draw_histogram(summarize(_records()), tmp_path / "h.png")
+    assert not (tmp_path / "h.png").exists()
+
+
+def test_reporting_engine_does_not_import_pytest() -> None:
+    code = ("import sys; sys.modules['pytest'] = None; sys.modules['_pytest'] = None\n"
+            "import pytest_llmsim.pricing, pytest_llmsim.summary, pytest_llmsim.exports\n"
+            "import pytest_llmsim.histogram, pytest_llmsim.html_report\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
