@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -103,14 +102,13 @@ class ScenarioItem(pytest.Item):
             raise ScenarioRunError(self.problem)
         session = self.llmsim_session
         future = session.future_for(self)
-        start = time.perf_counter()
         while True:  # wait in slices so Ctrl-C stays responsive and newly queued items start early
             try:
                 result = future.result(timeout=_WAIT_SLICE_S)
                 break
             except TimeoutError:
                 session.top_up(self)
-        session.consumed(self, waited=time.perf_counter() - start)
+        session.consumed(self)
         self.result = result
         if result.transcript or result.ended_by:
             self.add_report_section("call", "llmsim transcript", _transcript_text(result))

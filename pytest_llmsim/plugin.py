@@ -140,14 +140,15 @@ class LlmsimSession:
             future = self._submit(item)
         return future
 
-    def consumed(self, item: ScenarioItem, waited: float) -> None:
+    def consumed(self, item: ScenarioItem) -> None:
         self._consumed.add(item.nodeid)
         self.flush_messages()
 
     def cancel_unconsumed(self) -> None:
-        for nodeid, future in self._futures.items():
-            if nodeid in self._consumed:
-                continue
+        """Cancel conversations whose items will not run (``-x``, ``--maxfail``, end of session); count the
+        ones that had already finished, so the summary can say so."""
+        for nodeid in [n for n in self._futures if n not in self._consumed]:
+            future = self._futures.pop(nodeid)
             if future.done() and not future.cancelled():
                 self.unconsumed_finished += 1
             else:
@@ -274,6 +275,16 @@ def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -
     word = f"{report.outcome.upper()} (score {data['score']}, min {data['min_score']})"
     letter = "." if report.passed else "F"
     return report.outcome, letter, (word, {"green": report.passed, "red": report.failed})
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    llmsim = terminalreporter.config.stash.get(SESSION_KEY, None)
+    if llmsim is not None and llmsim.unconsumed_finished:
+        terminalreporter.write_line(
+            f"llmsim: the run stopped early; {llmsim.unconsumed_finished} conversation(s) that had already "
+            "finished ahead of their items were not reported (their LLM calls are cached and replay next run)",
+            yellow=True,
+        )
+
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     session.config.stash[SESSION_KEY].close()

@@ -98,6 +98,3 @@ class RunSettings:
         base: RoleSettings = getattr(self, name)
         return base.with_override(getattr(scenario, name))
 
-    def describe_backend(self) -> str:
-        """One line naming the endpoint and models, never the key."""
-        return f"endpoint={self.endpoint.describe()}"

@@ -100,3 +100,19 @@ def test_xdist_workers_share_the_cache(sim: SimProject) -> None:
     recorded = sim.server.stats()["requests"]
     sim.run("-n", "2", "--llmsim-record=none").assert_outcomes(passed=9, failed=3)
     assert sim.server.stats()["requests"] == recorded
+
+
+def test_exitfirst_stops_and_says_what_finished_ahead(sim: SimProject) -> None:
+    sim.server.latency = 0.02
+    sim.write_scenarios("s.json", [scenario("low_first", variables={"SEED": 1}),
+                                   *(scenario(f"c{i}", variables={"SEED": 10 + i}) for i in range(5))])
+    slow_verdict = {"match": {"system_contains": "EVALUATOR for low_first"}, "delay": 1.5,
+                    "reply": '{"score": 1, "comment": "bad"}'}
+    sim.server.set_script({"rules": [slow_verdict, *SEEDED_SCRIPT["rules"]]})
+    result = sim.run("-x", "--llmsim-concurrency=6")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*llmsim: the run stopped early; 5 conversation(s) that had already finished*"])
+    # What finished ahead was recorded: the next run replays it instead of calling the endpoint again.
+    calls = sim.server.stats()["requests"]
+    sim.run("--llmsim-record=none").assert_outcomes(passed=5, failed=1)
+    assert sim.server.stats()["requests"] == calls
