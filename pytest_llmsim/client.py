@@ -18,7 +18,7 @@ from openai.types.chat import ChatCompletion
 
 from .cache import CallCache, request_key
 from .errors import BackendMissingError, CacheMissError, EndpointError
-from .settings import EndpointSettings
+from .settings import EndpointSettings, redact_url
 
 # Wire formats tried, in order, for a request that wants JSON matching a schema. llama.cpp's server
 # rejects ``json_schema`` with HTTP 500 but honours ``json_object`` with a ``schema``.
@@ -254,7 +254,7 @@ class LLMClient:
         return random.uniform(ceiling / 2, ceiling)
 
     def _where(self) -> str:
-        return self._base_url or self.endpoint.describe()
+        return redact_url(self._base_url) if self._base_url else self.endpoint.describe()
 
     def _status_message(self, label: str, exc: openai.APIStatusError, attempt: int) -> str:
         body = ""

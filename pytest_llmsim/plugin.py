@@ -19,7 +19,7 @@ from .items import ScenarioFile, ScenarioItem, ScenarioRunError, is_scenario_fil
 from .report_plugin import ReportPlugin, add_report_options, scenario_cost_usd
 from .results import ScenarioResult
 from .runner import Runner, ScenarioJob
-from .settings import RunSettings
+from .settings import RunSettings, redact_url
 
 SESSION_KEY = pytest.StashKey["LlmsimSession"]()
 
@@ -205,7 +205,7 @@ def pytest_report_header(config: pytest.Config) -> str:
     mode = options.record_mode(config)
     base_url, api_key = options.configured_endpoint(config)
     if base_url or api_key:
-        endpoint = base_url or "https://api.openai.com/v1"
+        endpoint = redact_url(base_url or "https://api.openai.com/v1")
     else:
         endpoint = f"local model {local_model_path(config) or '(not installed)'} (started on the first uncached call)"
     cache_dir = options.resolve_path(config, options.option_or_ini(config, "llmsim_cache_dir"))

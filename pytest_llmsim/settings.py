@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from .scenario import RoleOverride, Scenario
 
@@ -49,6 +50,20 @@ class RoleSettings:
         )
 
 
+def redact_url(url: str) -> str:
+    """``url`` without credentials: user info and query values (``?api-key=...``) become ``***``."""
+    parts = urlsplit(url)
+    if not (parts.username or parts.password or parts.query):
+        return url
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc = f"{netloc}:{parts.port}"
+    if parts.username or parts.password:
+        netloc = f"***@{netloc}"
+    query = "&".join(f"{name}=***" for name, _ in parse_qsl(parts.query, keep_blank_values=True))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
 @dataclass(frozen=True)
 class EndpointSettings:
     """Where LLM calls go. ``endpoint_id`` is what the cache key sees instead of the URL (a local
@@ -68,11 +83,11 @@ class EndpointSettings:
 
     @property
     def identity(self) -> str:
-        return self.endpoint_id or (self.base_url or "https://api.openai.com/v1").rstrip("/")
+        return self.endpoint_id or redact_url(self.base_url or "https://api.openai.com/v1").rstrip("/")
 
     def describe(self) -> str:
         """Where calls go, for people: a URL or the local model, never the key."""
-        return self.description or self.base_url or "https://api.openai.com/v1"
+        return self.description or redact_url(self.base_url or "https://api.openai.com/v1")
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,24 @@ def test_secret_key_is_sent_but_never_stored(sim: SimProject, monkeypatch) -> No
             assert secret.encode() not in path.read_bytes(), f"API key leaked into {path}"
 
 
+def test_credentials_in_the_base_url_are_redacted_everywhere(sim: SimProject) -> None:
+    secret = "pw-SECRET-in-url-789"
+    url = sim.server.base_url.replace("http://", f"http://token:{secret}@")
+    sim.write_scenarios("s.json", [scenario("a")])
+    result = sim.run("-v", "--junitxml=junit.xml", "--llmsim-results=r.json", base_url=url)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["llmsim: *endpoint=http://***@127.0.0.1:*/v1*"])
+    stopped = sim.server.base_url
+    sim.server.stop()  # errors name the endpoint too
+    sim.write_scenarios("s.json", [scenario("b")])
+    failed = sim.run("-o", "llmsim_max_retries=0", base_url=stopped.replace("http://", f"http://token:{secret}@"))
+    failed.stdout.fnmatch_lines(["*cannot connect to http://***@127.0.0.1:*"])
+    assert secret not in result.stdout.str() + failed.stdout.str()
+    for path in sim.path.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), f"URL credentials leaked into {path}"
+
+
 def test_end_marker_is_stripped_and_agent_end_recorded(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a")])
     result = sim.run("-rP")

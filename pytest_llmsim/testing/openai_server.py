@@ -33,6 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class _Server(ThreadingHTTPServer):
@@ -59,7 +60,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.owner._track(self.connection, add=False)
 
     def do_GET(self) -> None:
-        if self.path.rstrip("/").endswith("/models"):
+        if urlsplit(self.path).path.rstrip("/").endswith("/models"):
             self._send_json(200, {"object": "list", "data": [{"id": "scripted", "object": "model"}]})
         else:
             self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
@@ -67,7 +68,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
-        if not self.path.rstrip("/").endswith("/chat/completions"):
+        if not urlsplit(self.path).path.rstrip("/").endswith("/chat/completions"):
             self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
             return
         try:
