@@ -114,6 +114,7 @@ class LLMClient:
         self._connect_lock = asyncio.Lock()
         self._connect_error: str | None = None
         self._connect_kind_missing = False
+        self._endpoint_down = False
 
     async def _api(self, label: str) -> openai.AsyncOpenAI:
         """The HTTP client, created on the first live call (after ``endpoint.connect``, if any)."""
@@ -229,10 +230,16 @@ class LLMClient:
                 if status == 429:
                     self.limiter.back_off(delay)
             except (openai.APIConnectionError, openai.APITimeoutError) as exc:
-                if attempt >= self.endpoint.max_retries:
-                    what = "timed out" if isinstance(exc, openai.APITimeoutError) else "cannot connect"
+                refused = not isinstance(exc, openai.APITimeoutError)
+                # Once a call has used up its retries on a refused connection, later calls try once: a
+                # suite against a dead endpoint fails in seconds instead of backing off per conversation.
+                known_down = refused and self._endpoint_down
+                if attempt >= self.endpoint.max_retries or known_down:
+                    self._endpoint_down = self._endpoint_down or refused
+                    what = "cannot connect" if refused else "timed out"
+                    note = " (not retried: the endpoint was already unreachable)" if known_down else ""
                     raise EndpointError(
-                        f"{label}: {what} to {self._where()} after {attempt + 1} attempt(s) "
+                        f"{label}: {what} to {self._where()} after {attempt + 1} attempt(s){note} "
                         f"({type(exc).__name__}: {exc}); check --llmsim-base-url / OPENAI_BASE_URL "
                         "and that the server is running"
                     ) from None
@@ -242,6 +249,7 @@ class LLMClient:
                     f"{label}: malformed completion from {self._where()}: {type(exc).__name__}: {str(exc)[:200]}"
                 ) from None
             else:
+                self._endpoint_down = False
                 return self._to_reply(response, time.perf_counter() - started, request, label)
             attempt += 1
             self.stats.retries += 1

@@ -61,3 +61,13 @@ def test_malformed_completion_is_an_error(sim: SimProject) -> None:
     result = sim.run()
     result.assert_outcomes(errors=2)
     result.stdout.fnmatch_lines(["*agent turn 2: malformed completion*"])
+
+
+def test_dead_endpoint_fails_fast_after_the_first_exhausted_call(sim: SimProject) -> None:
+    sim.write_scenarios("s.json", [scenario(f"s{i}") for i in range(6)])
+    result = sim.run("--llmsim-concurrency=1", "-o", "llmsim_max_retries=2", base_url="http://127.0.0.1:9/v1")
+    result.assert_outcomes(errors=6)
+    out = result.stdout.str()
+    assert out.count("cannot connect to http://127.0.0.1:9/v1 after 3 attempt(s) (") == 1
+    assert out.count("after 1 attempt(s) (not retried: the endpoint was already unreachable)") == 5
+
