@@ -26,7 +26,7 @@ from .histogram import HistogramUnavailable, draw_histogram
 from .options import IniKey
 from .pricing import PriceTable, load_price_table, scenario_cost
 from .results import ERROR, FAILED, PASSED
-from .scenario import SCENARIO_SUFFIXES
+from .scenario import is_scenario_nodeid
 from .summary import Gates, RunSummary, make_record, missed_gates, summarize
 
 REPORT_INI_KEYS = [
@@ -132,8 +132,7 @@ def scenario_cost_usd(config: pytest.Config, result: dict[str, Any]) -> str:
 
 # -- helpers ------------------------------------------------------------------------------------------------
 def _is_scenario_report(report: pytest.TestReport) -> bool:
-    return "llmsim" in getattr(report, "keywords", {}) or \
-        report.nodeid.split("::", 1)[0].endswith(SCENARIO_SUFFIXES)
+    return "llmsim" in getattr(report, "keywords", {}) or is_scenario_nodeid(report.nodeid)
 
 
 def _outcome(report: pytest.TestReport) -> str:

@@ -19,16 +19,13 @@ from typing import Any
 
 import pytest
 
+from .scenario import is_scenario_nodeid
+
 try:
     from xdist.scheduler import LoadScheduling
 except ImportError:  # pragma: no cover - module only imported when xdist is present
     LoadScheduling = object  # type: ignore[assignment,misc]
 
-SCENARIO_SUFFIXES = (".json", ".yaml", ".yml")
-
-
-def _is_scenario_nodeid(nodeid: str) -> bool:
-    return nodeid.split("::", 1)[0].endswith(SCENARIO_SUFFIXES)
 
 
 class WindowScheduling(LoadScheduling):  # type: ignore[misc,valid-type]
@@ -42,7 +39,7 @@ class WindowScheduling(LoadScheduling):  # type: ignore[misc,valid-type]
     def _use_window(self) -> bool:
         if self._windowed is None:
             collection = self.collection or []
-            self._windowed = any(_is_scenario_nodeid(nodeid) for nodeid in collection)
+            self._windowed = any(is_scenario_nodeid(nodeid) for nodeid in collection)
         return self._windowed
 
     def schedule(self) -> None:
