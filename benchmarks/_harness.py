@@ -73,20 +73,50 @@ with open(sys.argv[1], "w") as fh:
 
 
 def run_pytest(root: Path, *args: str) -> RunFigures:
-    """Run pytest in ``root``; CPU and peak RSS come from the kernel's accounting of that run alone."""
+    """Run pytest in ``root``; CPU and peak RSS come from the kernel's accounting of that run alone.
+
+    Bytecode caching is left on, as on a user's machine: with ``PYTHONDONTWRITEBYTECODE`` set, pytest
+    re-does its assertion rewriting of every plugin package (openai's anyio included) in every process,
+    which costs each process about 0.5 s here.
+    """
+    return run_measured(root, [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args])
+
+
+def run_measured(root: Path, command: list[str]) -> RunFigures:
+    """Run ``command`` in ``root`` under the kernel's child accounting (see ``run_pytest``)."""
     figures_file = root / ".figures.json"
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args]
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", _MEASURE, str(figures_file), *command], cwd=root,
-                          capture_output=True, text=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+                          capture_output=True, text=True, env=_bytecode_cache_on())
     wall = time.perf_counter() - started
     figures = json.loads(figures_file.read_text())
     tail = "\n".join(proc.stdout.strip().splitlines()[-3:])
     return RunFigures(wall, figures["cpu"], figures["rss_kb"] / 1024, figures["code"], tail)
 
 
+def _bytecode_cache_on() -> dict[str, str]:
+    return {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+
+
 def ideal_seconds(scenarios: int, concurrency: int, calls_per_conversation: int, latency: float) -> float:
     return math.ceil(scenarios / concurrency) * calls_per_conversation * latency
+
+
+def reference_loop_seconds() -> float:
+    """Best of three runs of a fixed pure-Python loop: how fast this machine is, to compare figures across
+    machines (seen here: 0.6-1.8 s on the same kind of 2-core VM, from run to run)."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for number in range(10_000_000):
+            total += number
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def print_machine_reference() -> None:
+    print(f"machine reference: 10^7-step Python loop in {reference_loop_seconds():.2f} s (best of 3)")
 
 
 def server(script: dict, latency: float) -> ScriptedOpenAIServer:

@@ -14,7 +14,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from _harness import conversation_script, make_suite, make_trivial_suite, run_pytest, server
+from _harness import conversation_script, make_suite, make_trivial_suite, print_machine_reference, run_pytest, server
 
 
 def main() -> None:
@@ -22,6 +22,7 @@ def main() -> None:
     parser.add_argument("--scenarios", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    print_machine_reference()
     with tempfile.TemporaryDirectory() as tmp:
         suite = make_suite(Path(tmp) / "suite", args.scenarios)
         trivial = make_trivial_suite(Path(tmp) / "trivial", args.scenarios)

@@ -13,7 +13,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from _harness import conversation_script, ideal_seconds, make_suite, run_pytest, server
+from _harness import conversation_script, ideal_seconds, make_suite, print_machine_reference, run_pytest, server
 
 
 def main() -> None:
@@ -24,6 +24,7 @@ def main() -> None:
     parser.add_argument("--agent-turns", type=int, default=5)
     parser.add_argument("--modes", default="n0,n2", help="comma list of n0, n2")
     args = parser.parse_args()
+    print_machine_reference()
     calls = 2 * args.agent_turns + 1
     srv = server(conversation_script(args.agent_turns), args.latency)
     rows = []

@@ -1,30 +1,60 @@
 """pytest-llmsim: conversational regression testing of LLM agents.
 
-The engine (this package minus ``plugin``/``items``/``options``) never imports pytest and can be used from a
-script::
+The engine (this package minus ``plugin``/``items``/``options``/``report_plugin``) never imports pytest and
+can be used from a script::
 
     from pytest_llmsim import Runner, ScenarioJob, load_scenario_file
+
+Names are imported on first use (PEP 562): the pytest plugin is loaded into every pytest run of an
+environment that has this package installed, and a run without scenarios must not pay for importing openai.
 """
 
 from __future__ import annotations
 
-from .errors import (
-    CacheMissError,
-    ConfigError,
-    EndpointError,
-    LlmsimError,
-    PromptError,
-    ScenarioError,
-    VerdictError,
-)
-from .results import ScenarioResult
-from .runner import Runner, ScenarioJob, run_scenario
-from .scenario import Scenario, load_scenario_file
-from .settings import EndpointSettings, RecordMode, RoleSettings, RunSettings
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "CacheMissError": "errors", "ConfigError": "errors", "EndpointError": "errors", "LlmsimError": "errors",
+    "PromptError": "errors", "ScenarioError": "errors", "VerdictError": "errors",
+    "ScenarioResult": "results",
+    "Runner": "runner", "ScenarioJob": "runner", "run_scenario": "runner",
+    "Scenario": "scenario", "load_scenario_file": "scenario",
+    "EndpointSettings": "settings", "RecordMode": "settings", "RoleSettings": "settings", "RunSettings": "settings",
+}
 __all__ = [
     "CacheMissError", "ConfigError", "EndpointError", "EndpointSettings", "LlmsimError", "PromptError",
     "RecordMode", "RoleSettings", "RunSettings", "Runner", "Scenario", "ScenarioError", "ScenarioJob",
     "ScenarioResult", "VerdictError", "load_scenario_file", "run_scenario",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+if TYPE_CHECKING:
+    from .errors import (
+        CacheMissError,
+        ConfigError,
+        EndpointError,
+        LlmsimError,
+        PromptError,
+        ScenarioError,
+        VerdictError,
+    )
+    from .results import ScenarioResult
+    from .runner import Runner, ScenarioJob, run_scenario
+    from .scenario import Scenario, load_scenario_file
+    from .settings import EndpointSettings, RecordMode, RoleSettings, RunSettings

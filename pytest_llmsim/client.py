@@ -11,14 +11,16 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-import openai
-from openai.types.chat import ChatCompletion
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .cache import CallCache, request_key
 from .errors import BackendMissingError, CacheMissError, EndpointError
 from .settings import EndpointSettings, redact_url
+
+if TYPE_CHECKING:
+    # openai is imported on the first live call only: importing it costs about a second of CPU, and a run that
+    # replays everything from the cache never needs it.
+    import openai
 
 # Wire formats tried, in order, for a request that wants JSON matching a schema. llama.cpp's server
 # rejects ``json_schema`` with HTTP 500 but honours ``json_object`` with a ``schema``.
@@ -86,6 +88,13 @@ class CallStats:
     retries: int = 0
 
 
+def _token_count(usage: Any, name: str) -> int:
+    try:
+        return int(usage.get(name) or 0)
+    except (AttributeError, TypeError, ValueError):
+        return 0
+
+
 def _retry_after_seconds(exc: openai.APIStatusError) -> float | None:
     headers = getattr(exc.response, "headers", None) or {}
     for name in ("retry-after-ms", "retry-after"):
@@ -133,6 +142,8 @@ class LLMClient:
                         except Exception as exc:
                             self._connect_error = f"cannot reach {self.endpoint.describe()}: {exc}"
                             raise EndpointError(f"{label}: {self._connect_error}") from None
+                    import openai
+
                     self._openai = openai.AsyncOpenAI(
                         base_url=self._base_url,
                         api_key=self.endpoint.api_key or "no-key-needed",
@@ -203,6 +214,8 @@ class LLMClient:
         return kwargs
 
     async def _call_with_retries(self, request: LLMRequest, label: str) -> LLMReply:
+        import openai
+
         attempt = 0
         api = await self._api(label)
         while True:
@@ -211,10 +224,11 @@ class LLMClient:
             await self.limiter.acquire()
             started = time.perf_counter()
             try:
-                # ``post`` with a plain JSON body: ``chat.completions.create`` would first walk every message
-                # through its TypedDict transform, which costs more CPU than the HTTP exchange itself.
+                # ``post`` with a plain JSON body and the reply as plain JSON: ``chat.completions.create`` would
+                # walk every message through its TypedDict transform and build a ChatCompletion model, which
+                # together cost more CPU than the HTTP exchange itself.
                 response = await api.post("/chat/completions", body=self._wire_kwargs(request, mode),
-                                          cast_to=ChatCompletion)
+                                          cast_to=object)
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 if (request.json_schema is not None and status in _FORMAT_REJECTED
@@ -280,20 +294,25 @@ class LLMClient:
                 f"{body}; {hint}")
 
     def _to_reply(self, response: Any, latency: float, request: LLMRequest, label: str) -> LLMReply:
+        """Read the reply from the completion's JSON (a dict: building openai's ChatCompletion model for it
+        cost more CPU than the rest of the plugin's work on a call)."""
         try:
-            message = response.choices[0].message
-            text = message.content or ""
-        except (AttributeError, IndexError, TypeError):
-            raise EndpointError(f"{label}: malformed completion from {self._where()}: no choices[0].message") \
-                from None
-        usage = getattr(response, "usage", None)
+            message = response["choices"][0]["message"]
+            text = message.get("content") or ""
+            if not isinstance(text, str):
+                raise TypeError(f"content is {type(text).__name__}")
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise EndpointError(f"{label}: malformed completion from {self._where()}: no choices[0].message "
+                                f"with text content ({type(exc).__name__}: {str(exc)[:100]}); "
+                                f"body starts {str(response)[:200]!r}") from None
+        usage = response.get("usage") or {}
         return LLMReply(
             text=text,
-            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            prompt_tokens=_token_count(usage, "prompt_tokens"),
+            completion_tokens=_token_count(usage, "completion_tokens"),
             latency_s=round(latency, 4),
             cached=False,
-            model=str(getattr(response, "model", None) or request.model),
+            model=str(response.get("model") or request.model),
         )
 
     async def aclose(self) -> None:

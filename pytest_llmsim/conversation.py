@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from .cache import CallCache, marker_key
@@ -36,7 +36,7 @@ class Transcript:
     duration_s: float = 0.0
 
     def to_dicts(self) -> list[dict[str, Any]]:
-        return [asdict(t) for t in self.turns]
+        return [dict(vars(t)) for t in self.turns]  # Turn holds only scalars: a shallow copy is a full one
 
     def as_text(self, last: int | None = None, *, client_name: str = "Customer",
                 agent_name: str = "Agent") -> str:

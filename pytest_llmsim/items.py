@@ -11,10 +11,11 @@ import pytest
 
 from .errors import ScenarioError
 from .results import ERROR, FAILED, ScenarioResult
-from .scenario import SCENARIO_SUFFIXES, Scenario, load_scenario_file
+from .scenario_paths import SCENARIO_SUFFIXES
 
 if TYPE_CHECKING:
     from .plugin import LlmsimSession
+    from .scenario import Scenario
 
 INVALID_FILE_ITEM = "invalid-file"
 _WAIT_SLICE_S = 0.2
@@ -64,6 +65,8 @@ class ScenarioFailed(Exception):
 class ScenarioFile(pytest.File):
     def collect(self) -> Iterator[ScenarioItem]:
         try:
+            from .scenario import load_scenario_file  # pydantic and yaml: only when there are scenarios
+
             entries = load_scenario_file(self.path)
         except ScenarioError as exc:
             yield ScenarioItem.from_parent(self, name=INVALID_FILE_ITEM, scenario=None, problem=str(exc))

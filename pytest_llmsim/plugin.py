@@ -9,7 +9,7 @@ import queue
 import tempfile
 from collections.abc import Generator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -18,8 +18,10 @@ from .errors import BackendMissingError
 from .items import ScenarioFile, ScenarioItem, ScenarioRunError, is_scenario_file
 from .report_plugin import ReportPlugin, add_report_options, scenario_cost_usd
 from .results import ScenarioResult
-from .runner import Runner, ScenarioJob
 from .settings import RunSettings, redact_url
+
+if TYPE_CHECKING:  # the runner pulls in openai and diskcache: imported only when a scenario runs
+    from .runner import Runner
 
 SESSION_KEY = pytest.StashKey["LlmsimSession"]()
 
@@ -45,6 +47,8 @@ class LlmsimSession:
     def ensure_runner(self) -> Runner:
         if self.runner is None:
             self.settings = self._resolve_settings()
+            from .runner import Runner
+
             self.runner = Runner(self.settings, rpm=options.rpm(self.config))
         return self.runner
 
@@ -107,6 +111,8 @@ class LlmsimSession:
     def _submit(self, item: ScenarioItem) -> concurrent.futures.Future[ScenarioResult]:
         assert item.scenario is not None
         runner = self.ensure_runner()
+        from .runner import ScenarioJob
+
         future = runner.submit(ScenarioJob(item.nodeid, str(item.path), item.scenario))
         self._futures[item.nodeid] = future
         return future
@@ -191,8 +197,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.pluginmanager.hasplugin("xdist"):
         from .xdist_support import XdistHooks
 
-        window = 2 * options.effective_concurrency(config) + 1
-        config.pluginmanager.register(XdistHooks(window), "llmsim-xdist")
+        slots = options.effective_concurrency(config)
+        config.pluginmanager.register(XdistHooks(2 * slots + 1, slots), "llmsim-xdist")
     if not hasattr(config, "workerinput"):  # summary, gates and exports are computed once, on the controller
         config.pluginmanager.register(ReportPlugin(config), ReportPlugin.name)
 

@@ -31,6 +31,7 @@ class PromptRenderer:
             keep_trailing_newline=False,
             trim_blocks=True,
             lstrip_blocks=True,
+            auto_reload=False,  # templates don't change during a run: skip a stat() per render
         )
 
     def render(self, template_name: str, context: dict[str, Any], *, scenario_label: str) -> str:

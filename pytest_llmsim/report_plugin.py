@@ -26,7 +26,7 @@ from .histogram import HistogramUnavailable, draw_histogram
 from .options import IniKey
 from .pricing import PriceTable, load_price_table, scenario_cost
 from .results import ERROR, FAILED, PASSED
-from .scenario import is_scenario_nodeid
+from .scenario_paths import is_scenario_nodeid
 from .summary import Gates, RunSummary, make_record, missed_gates, summarize
 
 REPORT_INI_KEYS = [

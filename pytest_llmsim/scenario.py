@@ -24,12 +24,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ScenarioError
 
-SCENARIO_SUFFIXES = (".json", ".yaml", ".yml")
-
-
-def is_scenario_nodeid(nodeid: str) -> bool:
-    """True for a pytest node id whose file part is a scenario file (``dir/file.json::name``)."""
-    return nodeid.split("::", 1)[0].endswith(SCENARIO_SUFFIXES)
 _TAG_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 

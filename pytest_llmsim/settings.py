@@ -6,9 +6,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-from .scenario import RoleOverride, Scenario
+if TYPE_CHECKING:
+    from .scenario import RoleOverride, Scenario
 
 
 class RecordMode(StrEnum):

@@ -118,3 +118,20 @@ def test_two_processes_share_one_cache_safely(tmp_path: Path) -> None:
     assert all(cache.lookup(f"k{i}")["text"] == f"v{i}" for i in range(300))
     json.dumps(cache.lookup("k0"))  # values stay plain data
     cache.close()
+
+
+def test_a_full_replay_never_imports_the_http_client(sim: SimProject) -> None:
+    """openai costs about a second to import; a run served entirely from the cache must not pay for it."""
+    sim.write_scenarios("s.json", [scenario("a"), scenario("low_b")])
+    sim.run().assert_outcomes(passed=1, failed=1)
+    sim.pytester.makeconftest("""
+        import sys
+
+        def pytest_unconfigure(config):
+            with open("imported.txt", "w") as fh:
+                fh.write(str("openai" in sys.modules))
+    """)
+    sim.run("--llmsim-record=none", subprocess=True).assert_outcomes(passed=1, failed=1)
+    assert (sim.path / "imported.txt").read_text() == "False"
+    sim.run("--llmsim-record=all", subprocess=True).assert_outcomes(passed=1, failed=1)
+    assert (sim.path / "imported.txt").read_text() == "True"

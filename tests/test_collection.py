@@ -95,3 +95,18 @@ def test_collect_only_makes_no_requests(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario(f"s{i}") for i in range(5)])
     sim.run("--collect-only")
     assert sim.server.stats()["requests"] == 0
+
+
+def test_a_run_without_scenarios_does_not_import_the_engine(pytester: pytest.Pytester) -> None:
+    """The plugin loads into every pytest run of the environment: plain test suites must not pay for openai,
+    diskcache or pydantic."""
+    pytester.makepyfile(test_plain="""
+        import sys
+
+        def test_engine_not_imported():
+            heavy = ("openai", "diskcache", "pydantic", "pytest_llmsim.runner")
+            assert [name for name in heavy if name in sys.modules] == []
+            assert "pytest_llmsim.plugin" in sys.modules
+    """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from conftest import SimProject, default_script, scenario
 
 
@@ -55,8 +57,11 @@ def test_request_timeout_is_retried_then_reported(sim: SimProject) -> None:
     result.stdout.fnmatch_lines(["*client turn 1: timed out to http://127.0.0.1:*after 2 attempt(s)*"])
 
 
-def test_malformed_completion_is_an_error(sim: SimProject) -> None:
-    _with_first_rule(sim, {"match": {"system_contains": "AGENT"}, "raw_body": '{"object": "chat.completion"}'})
+@pytest.mark.parametrize("body", ['{"object": "chat.completion"}', "<html>502 Bad Gateway</html>",
+                                  '{"choices": [{"message": {"content": 42}}]}', '{"choices": []}', "[1, 2]"],
+                         ids=["no-choices", "not-json", "content-not-text", "empty-choices", "json-list"])
+def test_malformed_completion_is_an_error(sim: SimProject, body: str) -> None:
+    _with_first_rule(sim, {"match": {"system_contains": "AGENT"}, "raw_body": body})
     sim.write_scenarios("s.json", [scenario("a"), scenario("b")])
     result = sim.run()
     result.assert_outcomes(errors=2)
