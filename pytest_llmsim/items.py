@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,6 +78,8 @@ class ScenarioFile(pytest.File):
 
 
 class ScenarioItem(pytest.Item):
+    conversation_wait_s: float = 0.0  # how long setup waited for the conversation (it ran in the background)
+
     def __init__(self, *, scenario: Scenario | None, problem: str | None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.scenario = scenario
@@ -105,12 +108,14 @@ class ScenarioItem(pytest.Item):
             raise ScenarioRunError(self.problem)
         session = self.llmsim_session
         future = session.future_for(self)
+        waiting_since = time.perf_counter()
         while True:  # wait in slices so Ctrl-C stays responsive and newly queued items start early
             try:
                 result = future.result(timeout=_WAIT_SLICE_S)
                 break
             except TimeoutError:
                 session.top_up(self)
+        self.conversation_wait_s = time.perf_counter() - waiting_since
         session.consumed(self)
         self.result = result
         if result.transcript or result.ended_by:

@@ -258,9 +258,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = item.repr_failure(call.excinfo)
     if isinstance(item, ScenarioItem) and item.result is not None:
         decided = "setup" if item.result.status == "error" else "call"
+        if report.when == "setup":
+            # Setup waited for a conversation that ran in the background; that time is the conversation's,
+            # reported once below, not the item's own setup work.
+            report.duration = max(0.0, report.duration - item.conversation_wait_s)
         if report.when == decided:
             result = item.result
             report.llmsim = result.to_dict()  # type: ignore[attr-defined]
+            # The phase that carries the verdict reports the conversation's own wall time, so --durations,
+            # JUnit and pytest-html show how long each conversation took, not how long its item waited.
+            report.duration = result.duration_seconds
             for name, value in (
                 ("score", result.score), ("min_score", result.min_score), ("comment", result.comment),
                 ("turns", result.total_turns), ("ended_by", result.ended_by),

@@ -116,3 +116,20 @@ def test_exitfirst_stops_and_says_what_finished_ahead(sim: SimProject) -> None:
     calls = sim.server.stats()["requests"]
     sim.run("--llmsim-record=none").assert_outcomes(passed=5, failed=1)
     assert sim.server.stats()["requests"] == calls
+
+
+def test_item_duration_is_the_conversations_own_time(sim: SimProject) -> None:
+    """Conversations run ahead of their items; the decided phase reports the conversation's wall time, not
+    the milliseconds pytest spent collecting an already finished result."""
+    sim.server.latency = 0.1
+    _suite(sim, 4)
+    reprec = sim.pytester.inline_run("-p", "no:randomly", f"--llmsim-base-url={sim.server.base_url}",
+                                     "--llmsim-concurrency=4")
+    reports = reprec.getreports("pytest_runtest_logreport")
+    calls = [r for r in reports if r.when == "call"]
+    assert len(calls) == 4
+    for report in calls:
+        assert report.duration == report.llmsim["duration_seconds"]
+        assert report.duration >= 0.1 * report.llmsim["live_calls"] * 0.9
+    # The first item's setup waited for its whole conversation; that wait is not counted a second time.
+    assert all(r.duration < 0.05 for r in reports if r.when == "setup")

@@ -19,8 +19,9 @@ def test_429_is_retried_honouring_retry_after(sim: SimProject) -> None:
     result = sim.run("-o", "llmsim_max_retries=3", "--durations=0")
     result.assert_outcomes(passed=1)
     assert sim.server.stats()["status_counts"]["429"] == 2
-    setup = next(line for line in result.stdout.lines if "setup" in line and "::a" in line)
-    assert float(setup.split("s")[0]) >= 2.0, "two Retry-After: 1 pauses must be waited out"
+    # The call phase reports the conversation's own wall time (see test_item_duration_is_the_conversations_own_time).
+    call = next(line for line in result.stdout.lines if " call " in line and "::a" in line)
+    assert float(call.split("s")[0]) >= 2.0, "two Retry-After: 1 pauses must be waited out"
 
 
 def test_500_is_retried_then_succeeds(sim: SimProject) -> None:
