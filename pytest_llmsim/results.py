@@ -78,6 +78,16 @@ class ScenarioResult:
         return sum(u.completion_tokens + u.cached_completion_tokens for u in self.usage)
 
     @property
+    def live_tokens(self) -> int:
+        """Tokens of the calls that went to the endpoint (what was paid for)."""
+        return sum(u.prompt_tokens + u.completion_tokens for u in self.usage)
+
+    @property
+    def replayed_tokens(self) -> int:
+        """Tokens of the calls replayed from the cache (what the cache saved)."""
+        return sum(u.cached_prompt_tokens + u.cached_completion_tokens for u in self.usage)
+
+    @property
     def fully_cached(self) -> bool:
         """Every LLM call was replayed from the cache (and there was at least one)."""
         return self.cached_calls > 0 and self.live_calls == 0

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .pricing import ScenarioCost
-from .results import ERROR, FAILED, PASSED
+from .results import ERROR, FAILED, PASSED, ScenarioResult
 
 STAT_DECIMALS = 4
 RUN_COST_DECIMALS = 6
@@ -49,48 +49,39 @@ RECORD_FIELDS = (
 def make_record(result: Mapping[str, Any], cost: ScenarioCost, *, session_id: str, outcome: str,
                 worker: str = "") -> dict[str, Any]:
     """One export record from a ``ScenarioResult.to_dict()`` and its cost."""
-    usage = result.get("usage") or []
-    live_tokens = sum(int(u.get("prompt_tokens", 0)) + int(u.get("completion_tokens", 0)) for u in usage)
-    replayed_tokens = sum(int(u.get("cached_prompt_tokens", 0)) + int(u.get("cached_completion_tokens", 0))
-                          for u in usage)
-    transcript = list(result.get("transcript") or [])
-    prompt_tokens = int(result.get("prompt_tokens", sum(
-        int(u.get("prompt_tokens", 0)) + int(u.get("cached_prompt_tokens", 0)) for u in usage)))
-    completion_tokens = int(result.get("completion_tokens", sum(
-        int(u.get("completion_tokens", 0)) + int(u.get("cached_completion_tokens", 0)) for u in usage)))
-    record: dict[str, Any] = {
+    scenario = ScenarioResult.from_dict(result)
+    return {
         "session_id": session_id,
-        "nodeid": result.get("nodeid", ""),
-        "scenario": result.get("scenario", ""),
-        "source": result.get("source", ""),
-        "status": result.get("status", ERROR),
+        "nodeid": scenario.nodeid,
+        "scenario": scenario.scenario,
+        "source": scenario.source,
+        "status": scenario.status,
         "outcome": outcome,
-        "score": result.get("score"),
-        "min_score": result.get("min_score"),
-        "comment": result.get("comment", ""),
-        "total_turns": int(result.get("total_turns", len(transcript))),
-        "ended_by": result.get("ended_by", ""),
-        "end_reason": result.get("end_reason", ""),
-        "duration_seconds": float(result.get("duration_seconds", 0.0)),
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-        "live_calls": int(result.get("live_calls", sum(int(u.get("live_calls", 0)) for u in usage))),
-        "cached_calls": int(result.get("cached_calls", sum(int(u.get("cached_calls", 0)) for u in usage))),
-        "live_tokens": live_tokens,
-        "replayed_tokens": replayed_tokens,
-        "cached": bool(result.get("cached", False)),
+        "score": scenario.score,
+        "min_score": scenario.min_score,
+        "comment": scenario.comment,
+        "total_turns": scenario.total_turns,
+        "ended_by": scenario.ended_by,
+        "end_reason": scenario.end_reason,
+        "duration_seconds": float(scenario.duration_seconds),
+        "prompt_tokens": scenario.prompt_tokens,
+        "completion_tokens": scenario.completion_tokens,
+        "total_tokens": scenario.prompt_tokens + scenario.completion_tokens,
+        "live_calls": scenario.live_calls,
+        "cached_calls": scenario.cached_calls,
+        "live_tokens": scenario.live_tokens,
+        "replayed_tokens": scenario.replayed_tokens,
+        "cached": scenario.fully_cached,
         "cost_usd": round(cost.spent_usd, RECORD_COST_DECIMALS),
         "saved_cost_usd": round(cost.saved_usd, RECORD_COST_DECIMALS),
         "unpriced_models": list(cost.unpriced_models),
-        "error_kind": result.get("error_kind", ""),
-        "error_message": result.get("error_message", ""),
+        "error_kind": scenario.error_kind,
+        "error_message": scenario.error_message,
         "worker": worker,
-        "raw_verdict": result.get("raw_verdict", ""),
-        "transcript": transcript,
-        "usage": list(usage),
+        "raw_verdict": scenario.raw_verdict,
+        "transcript": scenario.transcript,
+        "usage": [dict(vars(usage)) for usage in scenario.usage],
     }
-    return record
 
 
 @dataclass(frozen=True)
