@@ -230,7 +230,14 @@ def effective_concurrency(config: pytest.Config) -> int:
 
 
 def rpm(config: pytest.Config) -> float | None:
+    """This process's share of the requests-per-minute cap.
+
+    The cap is the endpoint's, so it is split evenly between xdist workers (``-n 4 --llmsim-rpm 600``: 150 each).
+    """
     raw = option_or_ini(config, "llmsim_rpm")
     if raw in (None, ""):
         return None
-    return _number(config, "llmsim_rpm", float, 0.001)
+    total = _number(config, "llmsim_rpm", float, 0.001)
+    workerinput = getattr(config, "workerinput", None)
+    workers = int(workerinput.get("workercount", 1)) if workerinput else 1
+    return total / max(1, workers)

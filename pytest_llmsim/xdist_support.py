@@ -85,9 +85,11 @@ class WindowScheduling(LoadScheduling):  # type: ignore[misc,valid-type]
         queued = len(self.node2pending[node])
         if queued >= self.window or not self.pending:
             return
-        # Stealing only fills idle conversation slots (fewer queued items than slots): a stolen item must start
-        # at once here, not wait in this queue while its own worker would have run it just as soon.
-        chosen = pick_items(self.pending, self._owner, node, set(self.node2pending),
+        # Stealing only fills idle conversation slots (fewer queued items than slots), and only takes from
+        # workers whose own queue is full: a stolen item must start at once here, not wait in this queue while
+        # its own worker would have run it just as soon (at the first fill, no queue is full yet).
+        full = {other for other, queue in self.node2pending.items() if len(queue) >= self.window}
+        chosen = pick_items(self.pending, self._owner, node, set(self.node2pending), stealable_from=full,
                             own_count=self.window - queued, steal_count=self.slots - queued)
         if not chosen:
             return
@@ -110,11 +112,12 @@ def split_evenly(count: int, nodes: list[Any]) -> dict[int, Any]:
 
 
 def pick_items(pending: list[int], owner: dict[int, Any], node: Any, live_nodes: set[Any], *,
-               own_count: int, steal_count: int) -> list[int]:
+               stealable_from: set[Any], own_count: int, steal_count: int) -> list[int]:
     """Choose unsent items for ``node``: up to ``own_count`` of its own, up to ``steal_count`` in all if stealing.
 
     Its own share in order comes first; then items whose owner is gone (a crashed worker's re-queued items);
-    then items stolen one by one from the end of whichever live share has the most unsent items left.
+    then items stolen one by one from the end of whichever share of ``stealable_from`` has the most unsent
+    items left.
     """
     own = [index for index in pending if owner.get(index) is node]
     chosen = own[:own_count]
@@ -126,7 +129,7 @@ def pick_items(pending: list[int], owner: dict[int, Any], node: Any, live_nodes:
         shares: dict[Any, list[int]] = {}
         picked = set(chosen)
         for index in pending:
-            if index not in picked and owner.get(index) in live_nodes:
+            if index not in picked and owner.get(index) in live_nodes and owner[index] in stealable_from:
                 shares.setdefault(owner[index], []).append(index)
         while len(chosen) < count and shares:
             victim = max(shares, key=lambda other: len(shares[other]))

@@ -133,3 +133,24 @@ def test_item_duration_is_the_conversations_own_time(sim: SimProject) -> None:
         assert report.duration >= 0.1 * report.llmsim["live_calls"] * 0.9
     # The first item's setup waited for its whole conversation; that wait is not counted a second time.
     assert all(r.duration < 0.05 for r in reports if r.when == "setup")
+
+
+@pytest.mark.parametrize("dist_args", [[], ["-n", "2"]], ids=["one-process", "n2"])
+def test_rpm_caps_the_request_rate_of_the_whole_run(sim: SimProject, dist_args: list[str]) -> None:
+    """``--llmsim-rpm`` is the endpoint's limit: xdist workers split it instead of each taking all of it."""
+    _suite(sim, 4)
+    sim.run(*dist_args, "--llmsim-rpm=600", "--llmsim-concurrency=4").assert_outcomes(passed=3, failed=1)
+    times = sorted(request["time"] for request in sim.server.requests_log())
+    assert len(times) >= 20
+    rate = (len(times) - 1) / (times[-1] - times[0])
+    assert rate <= 10 * 1.15, f"{rate:.1f} requests/s against a cap of 600/min"
+
+
+def test_xdist_spreads_a_small_suite_over_every_worker(sim: SimProject) -> None:
+    """Fewer scenarios than conversation slots: each worker still runs its own share."""
+    _suite(sim, 4)
+    result = sim.run("-n", "2", "-v", "--llmsim-concurrency=4")
+    result.assert_outcomes(passed=3, failed=1)
+    reported_by = {line.split("]")[0] + "]" for line in result.stdout.lines
+                   if line.startswith("[gw") and "scenarios/s.json::" in line}
+    assert reported_by == {"[gw0]", "[gw1]"}
