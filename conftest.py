@@ -74,14 +74,18 @@ def _import_http_stack_once() -> None:
                         {"match": {"model": "bad"}, "status": 500}, {"reply": "ok"}]}
     with ScriptedOpenAIServer(script) as server:
         async def exercise() -> None:
-            for base_url, model in ((server.base_url, "ok"), (server.base_url, "bad"),
-                                    (server.base_url, "slow"), ("http://127.0.0.1:9/v1", "ok")):
-                client = openai.AsyncOpenAI(base_url=base_url, api_key="x", timeout=0.2, max_retries=0)
-                try:
-                    await client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
-                except openai.APIError:
-                    pass
-                await client.close()
+            for aiohttp_transport in (False, True):  # both transports the plugin can use
+                for base_url, model in ((server.base_url, "ok"), (server.base_url, "bad"),
+                                        (server.base_url, "slow"), ("http://127.0.0.1:9/v1", "ok")):
+                    transport = {"http_client": openai.DefaultAioHttpClient()} if aiohttp_transport else {}
+                    client = openai.AsyncOpenAI(base_url=base_url, api_key="x", timeout=0.2, max_retries=0,
+                                                **transport)
+                    try:
+                        await client.chat.completions.create(model=model,
+                                                             messages=[{"role": "user", "content": "x"}])
+                    except openai.APIError:
+                        pass
+                    await client.close()
 
         asyncio.run(exercise())
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from _harness import conversation_script, make_suite, print_machine_reference, run_measured, run_pytest, server
 
+from pytest_llmsim.settings import resolve_http_backend
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -43,7 +45,8 @@ def main() -> None:
     net_ms = 1000 * (fig.cpu_s - base.cpu_s) / calls
     print(f"scenarios={args.scenarios} calls={calls} wall_s={fig.wall_s:.2f} cpu_s={fig.cpu_s:.2f} "
           f"startup_cpu_s={base.cpu_s:.2f} rss_mb={fig.peak_rss_mb:.1f} exit={fig.exit_code}")
-    print(f"bare openai client: {floor_ms - base_ms:.3f} ms CPU per call excluding its import "
+    print(f"bare openai client ({resolve_http_backend('auto')} transport): {floor_ms - base_ms:.3f} ms CPU per call "
+          f"excluding its import "
           f"({floor_ms:.3f} ms including it)")
     print(f"plugin CPU per LLM call: {per_call_ms:.3f} ms total, {net_ms:.3f} ms excluding start-up/collection; "
           f"{net_ms - (floor_ms - base_ms):.3f} ms above the bare openai client")
@@ -54,7 +57,8 @@ import asyncio, sys
 import openai
 
 async def main(base_url, calls, concurrency):
-    api = openai.AsyncOpenAI(base_url=base_url, api_key="none", max_retries=0)
+    transport = {"http_client": openai.DefaultAioHttpClient()} if sys.argv[4] == "aiohttp" else {}
+    api = openai.AsyncOpenAI(base_url=base_url, api_key="none", max_retries=0, **transport)
     gate = asyncio.Semaphore(concurrency)
     system = {"role": "system", "content": "AGENT s00001 city1. End with [END_CALL]."}
 
@@ -77,8 +81,9 @@ if sys.argv[2] != "0":
 def _bare_client_ms(tmp: Path, base_url: str, calls: int, concurrency: int) -> tuple[float, float]:
     """CPU ms per call of the bare client: (import only, import + calls), each divided by ``calls``."""
     script = [sys.executable, "-c", _BARE_CLIENT, base_url]
-    imported = run_measured(tmp, [*script, "0", str(concurrency)])
-    full = run_measured(tmp, [*script, str(calls), str(concurrency)])
+    transport = resolve_http_backend("auto")  # the transport the plugin uses by default
+    imported = run_measured(tmp, [*script, "0", str(concurrency), transport])
+    full = run_measured(tmp, [*script, str(calls), str(concurrency), transport])
     return 1000 * imported.cpu_s / calls, 1000 * full.cpu_s / calls
 
 

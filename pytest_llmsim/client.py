@@ -12,10 +12,11 @@ import random
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
 from .cache import CallCache, request_key
-from .errors import BackendMissingError, CacheMissError, EndpointError
-from .settings import EndpointSettings, redact_url
+from .errors import BackendMissingError, CacheMissError, ConfigError, EndpointError
+from .settings import EndpointSettings, redact_url, resolve_http_backend
 
 if TYPE_CHECKING:
     # openai is imported on the first live call only: importing it costs about a second of CPU, and a run that
@@ -88,6 +89,46 @@ class CallStats:
     retries: int = 0
 
 
+def _aiohttp_transport(backend: str, base_url: str | None) -> Any | None:
+    """openai's aiohttp transport when ``backend`` resolves to it (see ``settings.resolve_http_backend``).
+
+    aiohttp refuses credentials in the URL next to the client's Authorization header, so such an endpoint
+    keeps httpx under ``auto``.
+    """
+    if resolve_http_backend(backend) != "aiohttp":
+        return None
+    parts = urlsplit(base_url or "")
+    if parts.username or parts.password:
+        if backend.strip().lower() == "aiohttp":
+            raise ConfigError("llmsim_http_backend = aiohttp cannot send credentials embedded in the base URL; "
+                              "use httpx (or auto) for this endpoint")
+        return None
+    import openai
+
+    try:
+        return openai.DefaultAioHttpClient()
+    except Exception as exc:  # an openai release without it, or without its aiohttp helper package
+        if backend.strip().lower() == "aiohttp":
+            raise ConfigError(f"llmsim_http_backend = aiohttp is not usable here ({type(exc).__name__}: {exc}); "
+                              "pip install -U 'openai[aiohttp]' or use httpx") from None
+        return None
+
+
+def _really_timed_out(exc: BaseException, timeout_type: type[BaseException]) -> bool:
+    """A timeout, not a refused connection dressed as one (openai's aiohttp transport reports a refused
+    connection as a connect timeout; the ConnectionRefusedError is further down the exception chain)."""
+    if not isinstance(exc, timeout_type):
+        return False
+    cause: BaseException | None = exc
+    for _ in range(10):
+        if cause is None:
+            break
+        if isinstance(cause, ConnectionRefusedError):
+            return False
+        cause = cause.__cause__ or cause.__context__
+    return True
+
+
 def _token_count(usage: Any, name: str) -> int:
     try:
         return int(usage.get(name) or 0)
@@ -144,7 +185,12 @@ class LLMClient:
                             raise EndpointError(f"{label}: {self._connect_error}") from None
                     import openai
 
+                    transport: dict[str, Any] = {}
+                    http_client = _aiohttp_transport(self.endpoint.http_backend, self._base_url)
+                    if http_client is not None:
+                        transport["http_client"] = http_client
                     self._openai = openai.AsyncOpenAI(
+                        **transport,
                         base_url=self._base_url,
                         api_key=self.endpoint.api_key or "no-key-needed",
                         timeout=self.endpoint.request_timeout,
@@ -244,7 +290,7 @@ class LLMClient:
                 if status == 429:
                     self.limiter.back_off(delay)
             except (openai.APIConnectionError, openai.APITimeoutError) as exc:
-                refused = not isinstance(exc, openai.APITimeoutError)
+                refused = not _really_timed_out(exc, openai.APITimeoutError)
                 # Once a call has used up its retries on a refused connection, later calls try once: a
                 # suite against a dead endpoint fails in seconds instead of backing off per conversation.
                 known_down = refused and self._endpoint_down

@@ -11,10 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
-from .settings import ROLES, EndpointSettings, RecordMode, RoleSettings, RunSettings
+from .errors import ConfigError
+from .settings import ROLES, EndpointSettings, RecordMode, RoleSettings, RunSettings, resolve_http_backend
 
 DEFAULT_MODEL = "gpt-4o-mini"
 ROLE_DEFAULTS = {
@@ -54,7 +56,10 @@ INI_KEYS = [
            "[END_CALL]"),
     IniKey("llmsim_first_speaker", "Who opens the call: client or agent.", "client"),
     IniKey("llmsim_concurrency", "Conversations in flight at once in one process.", "16"),
-    IniKey("llmsim_rpm", "Cap on LLM requests per minute per process (empty: none).", ""),
+    IniKey("llmsim_rpm", "Cap on LLM requests per minute for the whole run, split between xdist workers "
+           "(empty: none).", ""),
+    IniKey("llmsim_http_backend", "HTTP transport of the openai client: auto (aiohttp when installed, else "
+           "httpx), aiohttp or httpx.", "auto"),
     IniKey("llmsim_local_model", "GGUF file for the local server (default: the bundled SmolLM2).", ""),
 ]
 for _role, _defaults in ROLE_DEFAULTS.items():
@@ -94,7 +99,7 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption("--llmsim-concurrency", dest="llmsim_concurrency", metavar="N", type=int,
                     help="Conversations in flight at once per process (default 16).")
     group.addoption("--llmsim-rpm", dest="llmsim_rpm", metavar="N", type=float,
-                    help="Cap on LLM requests per minute per process.")
+                    help="Cap on LLM requests per minute for the whole run (xdist workers split it).")
     group.addoption("--llmsim-local-model", dest="llmsim_local_model", metavar="PATH",
                     help="GGUF model for the local server used when no endpoint is configured.")
     for key in INI_KEYS:
@@ -196,6 +201,7 @@ def build_settings(
         max_retries=_number(config, "llmsim_max_retries", int, 0),
         connect=connect,
         description=description,
+        http_backend=configured_http_backend(config),
     )
     return RunSettings(
         endpoint=endpoint,
@@ -215,6 +221,29 @@ def build_settings(
         judge_attempts=_number(config, "llmsim_judge_attempts", int, 1),
         concurrency=_number(config, "llmsim_concurrency", int, 1, fallbacks),
     )
+
+
+def configured_http_backend(config: pytest.Config) -> str:
+    """``llmsim_http_backend`` as written (auto, aiohttp or httpx), checked; a bad value is a usage error."""
+    name = str(config.getini("llmsim_http_backend")).strip().lower() or "auto"
+    http_backend_in_use(config)
+    return name
+
+
+def http_backend_in_use(config: pytest.Config, base_url: str | None = None) -> str:
+    """The openai client's transport, resolved (``aiohttp`` or ``httpx``); a bad value is a usage error.
+
+    Under ``auto`` an endpoint with credentials in its URL keeps httpx (aiohttp refuses them beside the key).
+    """
+    try:
+        resolved = resolve_http_backend(str(config.getini("llmsim_http_backend")))
+    except ConfigError as exc:
+        raise pytest.UsageError(f"llmsim: {exc}") from None
+    configured = str(config.getini("llmsim_http_backend")).strip().lower() or "auto"
+    parts = urlsplit(base_url or "")
+    if resolved == "aiohttp" and configured == "auto" and (parts.username or parts.password):
+        return "httpx"
+    return resolved
 
 
 def uses_local_model(config: pytest.Config) -> bool:

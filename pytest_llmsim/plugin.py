@@ -218,7 +218,7 @@ def pytest_report_header(config: pytest.Config) -> str:
     seed = options.option_or_ini(config, "llmsim_seed")
     concurrency = options.effective_concurrency(config)
     return (f"llmsim: record mode={mode.value}, cache={cache_dir}, seed={seed}, concurrency={concurrency}, "
-            f"endpoint={endpoint}")
+            f"http={options.http_backend_in_use(config, base_url)}, endpoint={endpoint}")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

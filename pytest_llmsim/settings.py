@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .scenario import RoleOverride, Scenario
@@ -82,6 +85,7 @@ class EndpointSettings:
     backoff_max: float = 20.0
     connect: Callable[[], str] | None = field(default=None, repr=False, compare=False)
     description: str = ""
+    http_backend: str = "auto"  # auto | aiohttp | httpx: the openai client's HTTP transport
 
     @property
     def identity(self) -> str:
@@ -90,6 +94,28 @@ class EndpointSettings:
     def describe(self) -> str:
         """Where calls go, for people: a URL or the local model, never the key."""
         return self.description or redact_url(self.base_url or "https://api.openai.com/v1")
+
+
+HTTP_BACKENDS = ("auto", "aiohttp", "httpx")
+
+
+def resolve_http_backend(name: str) -> str:
+    """``aiohttp`` or ``httpx``: the openai client's transport for ``llmsim_http_backend = name``.
+
+    ``auto`` prefers openai's aiohttp transport, which costs about 40% less CPU per call than its default
+    httpx one (measured here: 1.05 vs 1.7 ms per call), and takes httpx when aiohttp is not installed.
+    Checked without importing anything, so the pytest report header stays cheap.
+    """
+    name = (name or "auto").strip().lower()
+    if name not in HTTP_BACKENDS:
+        raise ConfigError(f"llmsim_http_backend must be one of {', '.join(HTTP_BACKENDS)}, got {name!r}")
+    if name == "httpx":
+        return name
+    if importlib.util.find_spec("aiohttp") is not None:
+        return "aiohttp"
+    if name == "aiohttp":
+        raise ConfigError("llmsim_http_backend = aiohttp needs the aiohttp package: pip install 'openai[aiohttp]'")
+    return "httpx"
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,6 @@ except ImportError:  # pragma: no cover - module only imported when xdist is pre
     LoadScheduling = object  # type: ignore[assignment,misc]
 
 
-
 class WindowScheduling(LoadScheduling):  # type: ignore[misc,valid-type]
     """``--dist load`` with every worker's queue kept ``window`` deep (falls back to stock for plain suites)."""
 

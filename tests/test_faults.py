@@ -7,6 +7,13 @@ import pytest
 from conftest import SimProject, default_script, scenario
 
 
+@pytest.fixture(autouse=True, params=["aiohttp", "httpx"])
+def http_backend(request: pytest.FixtureRequest, sim: SimProject) -> str:
+    """Every fault behaves the same on both of the openai client's transports."""
+    sim.write_ini(llmsim_http_backend=request.param)
+    return request.param
+
+
 def _with_first_rule(sim: SimProject, rule: dict) -> None:
     sim.server.set_script({"rules": [rule, *default_script()["rules"]]})
 

@@ -73,3 +73,15 @@ def test_bad_record_mode_is_a_usage_error(sim: SimProject) -> None:
     result = sim.run("--llmsim-record=sometimes")
     assert result.ret == 4
     result.stderr.fnmatch_lines(["*invalid choice: 'sometimes'*"])
+
+
+def test_http_backend_is_shown_and_a_bad_one_is_a_usage_error(sim: SimProject) -> None:
+    sim.write_scenarios("s.json", [scenario("a")])
+    sim.write_ini(llmsim_http_backend="httpx")
+    sim.run().stdout.fnmatch_lines(["llmsim: * http=httpx, endpoint=*"])
+    sim.write_ini(llmsim_http_backend="auto")
+    sim.run().stdout.fnmatch_lines(["llmsim: * http=aiohttp, endpoint=*"])  # aiohttp is a dependency
+    sim.write_ini(llmsim_http_backend="curl")
+    result = sim.run()
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["*llmsim_http_backend must be one of auto, aiohttp, httpx, got 'curl'*"])
