@@ -12,7 +12,6 @@ import random
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit
 
 from .cache import CallCache, request_key
 from .errors import BackendMissingError, CacheMissError, ConfigError, EndpointError
@@ -90,18 +89,8 @@ class CallStats:
 
 
 def _aiohttp_transport(backend: str, base_url: str | None) -> Any | None:
-    """openai's aiohttp transport when ``backend`` resolves to it (see ``settings.resolve_http_backend``).
-
-    aiohttp refuses credentials in the URL next to the client's Authorization header, so such an endpoint
-    keeps httpx under ``auto``.
-    """
-    if resolve_http_backend(backend) != "aiohttp":
-        return None
-    parts = urlsplit(base_url or "")
-    if parts.username or parts.password:
-        if backend.strip().lower() == "aiohttp":
-            raise ConfigError("llmsim_http_backend = aiohttp cannot send credentials embedded in the base URL; "
-                              "use httpx (or auto) for this endpoint")
+    """openai's aiohttp transport when ``backend`` resolves to it (see ``settings.resolve_http_backend``)."""
+    if resolve_http_backend(backend, base_url) != "aiohttp":
         return None
     import openai
 

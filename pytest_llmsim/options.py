@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -231,19 +230,11 @@ def configured_http_backend(config: pytest.Config) -> str:
 
 
 def http_backend_in_use(config: pytest.Config, base_url: str | None = None) -> str:
-    """The openai client's transport, resolved (``aiohttp`` or ``httpx``); a bad value is a usage error.
-
-    Under ``auto`` an endpoint with credentials in its URL keeps httpx (aiohttp refuses them beside the key).
-    """
+    """The openai client's transport, resolved (``aiohttp`` or ``httpx``); a bad value is a usage error."""
     try:
-        resolved = resolve_http_backend(str(config.getini("llmsim_http_backend")))
+        return resolve_http_backend(str(config.getini("llmsim_http_backend")), base_url)
     except ConfigError as exc:
         raise pytest.UsageError(f"llmsim: {exc}") from None
-    configured = str(config.getini("llmsim_http_backend")).strip().lower() or "auto"
-    parts = urlsplit(base_url or "")
-    if resolved == "aiohttp" and configured == "auto" and (parts.username or parts.password):
-        return "httpx"
-    return resolved
 
 
 def uses_local_model(config: pytest.Config) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from conftest import SimProject, scenario
 
 
@@ -85,3 +87,14 @@ def test_http_backend_is_shown_and_a_bad_one_is_a_usage_error(sim: SimProject) -
     result = sim.run()
     assert result.ret == 4
     result.stderr.fnmatch_lines(["*llmsim_http_backend must be one of auto, aiohttp, httpx, got 'curl'*"])
+
+
+def test_http_backend_resolution() -> None:
+    from pytest_llmsim.errors import ConfigError
+    from pytest_llmsim.settings import resolve_http_backend
+
+    assert resolve_http_backend("auto", "http://127.0.0.1:8000/v1") == "aiohttp"  # aiohttp is a dependency
+    assert resolve_http_backend("httpx", "http://127.0.0.1:8000/v1") == "httpx"
+    assert resolve_http_backend("auto", "http://user:secret@127.0.0.1:8000/v1") == "httpx"
+    with pytest.raises(ConfigError, match="cannot send credentials embedded in the base URL"):
+        resolve_http_backend("aiohttp", "http://user:secret@127.0.0.1:8000/v1")
