@@ -9,6 +9,8 @@ Hierarchy::
     ├── EndpointError            the LLM endpoint failed after bounded retries (unreachable, 4xx, 5xx)
     │   └── BackendMissingError  no endpoint is configured and the local model backend is not installed
     ├── CacheMissError           replay-only mode (record mode ``none``) met an unrecorded call
+    ├── CacheError               the cache directory cannot be opened, read or written (corrupt, not a dir)
+    ├── NoAgentReplyError        the conversation has no non-empty agent turn: nothing to judge
     └── VerdictError             the evaluator's reply never parsed as a valid verdict
 
 A failing *score* is not an error: it is a normal result with ``passed == False``.
@@ -45,6 +47,14 @@ class BackendMissingError(EndpointError):
 
 class CacheMissError(LlmsimError):
     kind = "cache_miss"
+
+
+class CacheError(LlmsimError):
+    kind = "cache_error"
+
+
+class NoAgentReplyError(LlmsimError):
+    kind = "no_agent_reply"
 
 
 class VerdictError(LlmsimError):
