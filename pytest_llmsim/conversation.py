@@ -9,6 +9,7 @@ from typing import Any
 
 from .cache import CallCache, marker_key
 from .client import Completer, LLMRequest
+from .errors import NoAgentReplyError
 from .prompts import PromptRenderer
 from .scenario import Scenario
 from .settings import RunSettings
@@ -46,6 +47,56 @@ class Transcript:
             f"{first + i:>3}. {client_name if t.role == 'client' else agent_name}: {t.text}"
             for i, t in enumerate(turns)
         )
+
+    @property
+    def agent_replied(self) -> bool:
+        """The agent said something: at least one agent turn with text (the end marker alone is empty)."""
+        return any(t.role == "agent" and t.text.strip() for t in self.turns)
+
+
+class _ReplayedTimeout(Exception):
+    """A replay reached the turn where the recorded conversation timed out."""
+
+
+def no_agent_reply_error(
+    transcript: Transcript, scenario: Scenario, settings: RunSettings, *, label: str
+) -> NoAgentReplyError | None:
+    """The error for a conversation in which the agent never said anything, or None if it did.
+
+    Such a conversation says nothing about the agent: judging it would score an empty call (and may pass).
+    """
+    if transcript.agent_replied:
+        return None
+    agent_turns = sum(1 for t in transcript.turns if t.role == "agent")
+    timeout = scenario.timeout or settings.timeout
+    if transcript.ended_by == "timeout":
+        how = f"timed out after {timeout:g}s"
+    elif transcript.ended_by == "max_turns":
+        how = f"reached max_turns={scenario.max_turns or settings.max_turns}"
+    elif transcript.ended_by in ("client", "agent"):
+        how = f"was ended by the {'customer' if transcript.ended_by == 'client' else 'agent'}"
+    elif transcript.ended_by == "script":
+        how = "ran out of scripted customer turns"
+    else:
+        how = f"ended ({transcript.end_reason or transcript.ended_by or 'no reason recorded'})"
+    model = settings.role("agent", scenario).model
+    if agent_turns:
+        what = f"all {agent_turns} agent turn(s) are empty"
+        advice = (f"that the agent model {model!r} and its template produce text: a reply with 'content: null' "
+                  "(e.g. only a tool call, or a content filter), too small a max_tokens, or a reply that is only "
+                  "the end marker counts as empty; empty replies are cached, so re-record with "
+                  "--llmsim-record=all after fixing it")
+    elif transcript.ended_by == "timeout":
+        what = "the agent never answered"
+        advice = (f"that the endpoint answers the agent model {model!r} in time (is it up, is it overloaded?) "
+                  "or raise the scenario's 'timeout'; nothing was recorded, so a rerun calls the agent again")
+    else:
+        what = "the agent never got a turn"
+        advice = "the scenario's max_turns, first_speaker and scripted turns"
+    return NoAgentReplyError(
+        f"{label}: scenario {scenario.name!r} has no agent reply to judge: the conversation {how} with "
+        f"{len(transcript.turns)} turn(s) and {what}. Check {advice}. The call was not judged."
+    )
 
 
 def strip_end_marker(text: str, marker: str) -> tuple[str, bool]:
@@ -100,8 +151,11 @@ async def simulate(
     script = list(scenario.turns) if scenario.turns is not None else None
     transcript = Transcript()
     started = time.perf_counter()
+    # Everything that decides where a conversation times out: the scenario and its timeout as well as every
+    # request of the conversation (two scenarios with identical prompts must not share a marker).
     timeout_key = marker_key("conversation_timeout", {
-        "prompts": prompts, "seed": seed, "max_turns": max_turns, "first_speaker": speaker, "script": script,
+        "scenario": scenario.name, "timeout": timeout, "prompts": prompts, "seed": seed, "max_turns": max_turns,
+        "first_speaker": speaker, "script": script,
         "roles": {side: [r.model, r.temperature, r.max_tokens] for side, r in roles.items()},
         "end_marker": settings.end_marker, "endpoint": settings.endpoint.identity,
     })
@@ -112,7 +166,7 @@ async def simulate(
         """Produce ``side``'s next message; return True when the call ends."""
         number = len(transcript.turns) + 1
         if replay_stop is not None and len(transcript.turns) >= replay_stop:
-            raise TimeoutError
+            raise _ReplayedTimeout
         if side == "client" and script is not None:
             if not script:
                 transcript.ended_by, transcript.end_reason = "script", "scripted customer turns exhausted"
@@ -139,13 +193,18 @@ async def simulate(
             return True
         return False
 
+    deadline = asyncio.timeout(timeout)
     try:
-        async with asyncio.timeout(timeout):
+        async with deadline:
             while not await one_turn(speaker):
                 speaker = "agent" if speaker == "client" else "client"
-    except TimeoutError:
+    except (TimeoutError, _ReplayedTimeout) as exc:
+        if isinstance(exc, TimeoutError) and not deadline.expired():
+            raise  # a TimeoutError from below (not this conversation's deadline) is trouble, not a timeout
         transcript.ended_by, transcript.end_reason = "timeout", f"conversation exceeded timeout={timeout:g}s"
-        if cache is not None and replay_stop is None:
+        # A conversation in which the agent never answered is an error, not a result to reproduce: record
+        # no marker, so a rerun after fixing the endpoint calls the agent again instead of replaying it.
+        if cache is not None and replay_stop is None and transcript.agent_replied:
             cache.store_marker(timeout_key, {"turns": len(transcript.turns)})
     transcript.duration_s = round(time.perf_counter() - started, 4)
     return transcript

@@ -15,8 +15,8 @@ from .results import ERROR, FAILED, ScenarioResult
 from .scenario_paths import SCENARIO_SUFFIXES
 
 if TYPE_CHECKING:
-    from .plugin import LlmsimSession
     from .scenario import Scenario
+    from .session import LlmsimSession
 
 INVALID_FILE_ITEM = "invalid-file"
 _WAIT_SLICE_S = 0.2
@@ -99,7 +99,7 @@ class ScenarioItem(pytest.Item):
 
     @property
     def llmsim_session(self) -> LlmsimSession:
-        from .plugin import SESSION_KEY
+        from .session import SESSION_KEY
 
         return self.config.stash[SESSION_KEY]
 

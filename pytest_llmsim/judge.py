@@ -1,9 +1,12 @@
 """The evaluator: a judge LLM scores a transcript 1-3 with a comment.
 
-The verdict is requested as structured output (see ``client.STRUCTURED_MODES``); whatever comes back is
-parsed tolerantly (code fences, text around a JSON object, ``score: 2`` lines). An unparsable verdict is
-re-requested with a new attempt index (a new cache key and seed); if every attempt fails the result is a
-``VerdictError`` carrying the raw reply, never a made-up score.
+The verdict is requested as structured output (see ``client.STRUCTURED_MODES``). Whatever comes back is
+parsed strictly by ``parse_verdict``, which never guesses: a JSON object with ``score`` and ``comment``
+decides; otherwise an explicit ``Score:`` label does; several different candidate scores make the reply
+invalid. An invalid verdict is re-requested with a new attempt index (a new cache key and seed); if every
+attempt fails the result is a ``VerdictError`` carrying the raw reply, never a made-up score.
+
+A conversation in which the agent never said anything is not judged at all (``NoAgentReplyError``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .client import Completer, LLMRequest
-from .conversation import Transcript
+from .conversation import Transcript, no_agent_reply_error
 from .errors import VerdictError
 from .prompts import PromptRenderer
 from .scenario import Scenario
@@ -30,9 +33,22 @@ VERDICT_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
 }
 
-_FENCE_RE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
-_SCORE_LINE_RE = re.compile(r"\bscore\b\W{0,5}([123])\b", re.IGNORECASE)
-_COMMENT_LINE_RE = re.compile(r"\bcomment\b\W{0,5}(.+)", re.IGNORECASE | re.DOTALL)
+# A label name may be wrapped in markdown emphasis or quotes: **Score:** 2, **Score**: 2, "score": 2.
+_LABEL_WRAP = r"[*_`\"' \t]*"
+_SCORE_LABEL_RE = re.compile(rf"\bscore\b{_LABEL_WRAP}:", re.IGNORECASE)
+_COMMENT_LABEL_RE = re.compile(rf"\bcomments?\b{_LABEL_WRAP}:", re.IGNORECASE)
+# What may precede a label on its line for it to count as starting the line: blanks, bullets, headings,
+# quote marks, emphasis.
+_LINE_START_RE = re.compile(r"[\s>#*_`\"'\-•]*")
+# A score value: "2", "**2**", "2.", "2/3", "2 out of 3". The number is checked afterwards.
+_VALUE_RE = re.compile(r"[\s*_`\"']*(\d+(?:\.\d+)?)(?:\s*(?:/|out of|of)\s*(\d+(?:\.\d+)?))?", re.IGNORECASE)
+# A score mentioned in prose: "a score 3", "score of 2", "scored 1", "score is 3".
+_MENTION_RE = re.compile(
+    r"\bscor(?:e|ed|es)\b(?:\s+(?:of|is|was|would be))?[\s:=*_`\"']*(\d+(?:\.\d+)?)"
+    r"(?:\s*(?:/|out of)\s*(\d+(?:\.\d+)?))?",
+    re.IGNORECASE,
+)
+_MAX_JSON_STARTS = 200  # bound the scan of a long reply full of braces
 
 
 @dataclass
@@ -47,6 +63,7 @@ class Verdict:
 
 
 def _coerce_score(value: Any) -> int | None:
+    """1, 2 or 3 from a JSON value (2, 2.0, "2"); None for anything else (booleans included)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float) and float(value).is_integer() and int(value) in (1, 2, 3):
@@ -56,37 +73,193 @@ def _coerce_score(value: Any) -> int | None:
     return None
 
 
-def _json_objects(text: str) -> list[Any]:
-    candidates = [m.group(1) for m in _FENCE_RE.finditer(text)] + [text]
-    found = []
-    decoder = json.JSONDecoder()
-    for candidate in candidates:
-        for start in [i for i, ch in enumerate(candidate) if ch == "{"][:20]:
-            try:
-                obj, _ = decoder.raw_decode(candidate[start:])
-            except json.JSONDecodeError:
-                continue
-            found.append(obj)
-            break
+def _number_score(number: str, out_of: str | None) -> int | None:
+    """1, 2 or 3 from a number written in text ("2", "2.0", "2/3"); None if it is not one."""
+    if out_of is not None and float(out_of) != 3:
+        return None
+    value = float(number)
+    return int(value) if value.is_integer() and int(value) in (1, 2, 3) else None
+
+
+def _has_words(text: str) -> bool:
+    """A comment must say something: "...", "-" or "" copied from a template is not a comment."""
+    return any(ch.isalnum() for ch in text)
+
+
+def _show(values: list[str]) -> str:
+    return ", ".join(dict.fromkeys(values))
+
+
+@dataclass
+class _JsonFound:
+    objects: list[Any]
+    spans: list[tuple[int, int]]
+    duplicate_scores: list[list[Any]]
+
+
+def _find_json_objects(text: str) -> _JsonFound:
+    """Every JSON object in ``text`` (fenced, bare, or embedded in prose), outermost only, with its span."""
+    duplicates: list[list[Any]] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        scores = [value for key, value in items if isinstance(key, str) and key.lower() == "score"]
+        if len({json.dumps(v, sort_keys=True) for v in scores}) > 1:
+            duplicates.append(scores)  # {"score": 3, "score": 1}: json.loads would silently keep the last
+        return dict(items)
+
+    decoder = json.JSONDecoder(object_pairs_hook=pairs)
+    found = _JsonFound([], [], duplicates)
+    position = tries = 0
+    while tries < _MAX_JSON_STARTS and (start := text.find("{", position)) != -1:
+        tries += 1
+        try:
+            obj, end = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            position = start + 1
+            continue
+        found.objects.append(obj)
+        found.spans.append((start, end))
+        position = end
     return found
 
 
+def _verdict_dicts(obj: Any) -> list[dict[str, Any]]:
+    """Objects with a ``score`` key (any case), searched recursively; keys lower-cased."""
+    found: list[dict[str, Any]] = []
+    if isinstance(obj, dict):
+        lowered = {str(k).lower(): v for k, v in obj.items()}
+        if "score" in lowered:
+            found.append(lowered)
+        else:
+            for value in obj.values():
+                found.extend(_verdict_dicts(value))
+    elif isinstance(obj, list):
+        for value in obj:
+            found.extend(_verdict_dicts(value))
+    return found
+
+
+@dataclass
+class _Label:
+    start: int  # where the label name starts
+    value_start: int  # just after the colon
+    line_start: bool  # the label opens its line (after bullets / markdown)
+    text: str  # the label's line from the label on, for messages
+
+
+def _score_labels(text: str) -> list[_Label]:
+    """Every ``Score:`` label, noting whether it opens its line."""
+    labels = []
+    for match in _SCORE_LABEL_RE.finditer(text):
+        line_begin = text.rfind("\n", 0, match.start()) + 1
+        line_end = text.find("\n", match.start())
+        shown = text[match.start():len(text) if line_end == -1 else line_end].strip()[:80]
+        line_start = _LINE_START_RE.fullmatch(text, line_begin, match.start()) is not None
+        labels.append(_Label(match.start(), match.end(), line_start, shown))
+    return labels
+
+
+def _label_score(text: str, label: _Label) -> tuple[int | None, str]:
+    """(score or None, the value as written) of a ``Score:`` label."""
+    match = _VALUE_RE.match(text, label.value_start)
+    if match is None:
+        return None, label.text
+    written = match.group(1) + (f"/{match.group(2)}" if match.group(2) else "")
+    return _number_score(match.group(1), match.group(2)), written
+
+
+def _masked(text: str, spans: list[tuple[int, int]]) -> str:
+    """``text`` with the given spans blanked out (line breaks kept, so line starts stay line starts)."""
+    chars = list(text)
+    for start, end in spans:
+        for i in range(start, end):
+            if chars[i] != "\n":
+                chars[i] = " "
+    return "".join(chars)
+
+
+def _json_verdict(text: str, found: _JsonFound, candidates: list[dict[str, Any]]) -> tuple[int, str]:
+    if found.duplicate_scores:
+        shown = _show([json.dumps(v) for v in found.duplicate_scores[0]])
+        raise ValueError(f"a JSON object repeats 'score' with different values ({shown}); not guessing which "
+                         "one is the verdict")
+    scores = []
+    for candidate in candidates:
+        score = _coerce_score(candidate["score"])
+        if score is None:
+            raise ValueError(f"'score' must be 1, 2 or 3, got {candidate['score']!r}")
+        scores.append(score)
+    if len(set(scores)) > 1:
+        raise ValueError(f"the reply holds {len(candidates)} JSON verdicts with different scores "
+                         f"({_show([str(s) for s in scores])}); not guessing which one is meant")
+    rest = _masked(text, found.spans)
+    for label in _score_labels(rest):
+        other, written = _label_score(rest, label)
+        if other != scores[0]:
+            raise ValueError(f"the JSON verdict says score {scores[0]} but the text around it says "
+                             f"{label.text!r} ({written}); not guessing which one is meant")
+    comment = candidates[0].get("comment")
+    if not isinstance(comment, str) or not _has_words(comment):
+        raise ValueError(f"'comment' is missing or empty (got {comment!r}); a verdict needs a reason")
+    return scores[0], comment.strip()
+
+
+def _text_comment(text: str, labels: list[_Label]) -> str | None:
+    """The text after the first ``Comment:`` label, up to the next ``Score:`` label or the end."""
+    match = _COMMENT_LABEL_RE.search(text)
+    if match is None:
+        return None
+    ends = [label.start for label in labels if label.start > match.end()]
+    comment = text[match.end():min(ends) if ends else len(text)]
+    return comment.strip().strip("*_`\"'").strip()
+
+
+def _text_verdict(text: str) -> tuple[int, str]:
+    labels = _score_labels(text)
+    deciding = [label for label in labels if label.line_start] or labels
+    if deciding:
+        values = [_label_score(text, label) for label in deciding]
+        bad = [label.text for label, (score, _) in zip(deciding, values, strict=True) if score is None]
+        if bad:
+            raise ValueError(f"a 'Score:' label without a score 1, 2 or 3: {bad[0]!r}")
+        if len({score for score, _ in values}) > 1:
+            raise ValueError(f"'Score:' labels disagree: {_show([written for _, written in values])}; "
+                             "not guessing which one is the verdict")
+        score = values[0][0]
+        assert score is not None
+    else:
+        mentions = [(m.group(1), m.group(2)) for m in _MENTION_RE.finditer(text)]
+        if not mentions:
+            raise ValueError("no JSON object with 'score' and 'comment' and no 'Score: N' / 'Comment: ...' lines")
+        written = [number + (f"/{out_of}" if out_of else "") for number, out_of in mentions]
+        if len({_number_score(*mention) or shown for mention, shown in zip(mentions, written, strict=True)}) > 1:
+            raise ValueError(f"no 'Score:' line, and the reply mentions several different scores "
+                             f"({_show(written)}); not guessing which one is the verdict")
+        parsed = _number_score(*mentions[0])
+        if parsed is None:
+            raise ValueError(f"the score must be 1, 2 or 3, got {written[0]}")
+        score = parsed
+    comment = _text_comment(text, labels)
+    if comment is None:
+        raise ValueError(f"found score {score} but no 'Comment: ...' line; a verdict needs a reason")
+    if not _has_words(comment):
+        raise ValueError(f"the 'Comment:' line is empty (got {comment!r}); a verdict needs a reason")
+    return score, comment
+
+
 def parse_verdict(text: str) -> tuple[int, str]:
-    """Return (score, comment) from a judge reply or raise ValueError saying what is wrong."""
-    for obj in _json_objects(text):
-        if isinstance(obj, dict) and "score" in obj:
-            score = _coerce_score(obj.get("score"))
-            comment = obj.get("comment")
-            if score is None:
-                raise ValueError(f"'score' must be 1, 2 or 3, got {obj.get('score')!r}")
-            if not isinstance(comment, str) or not comment.strip():
-                raise ValueError("'comment' is missing or empty")
-            return score, comment.strip()
-    score_match = _SCORE_LINE_RE.search(text)
-    comment_match = _COMMENT_LINE_RE.search(text)
-    if score_match and comment_match and comment_match.group(1).strip():
-        return int(score_match.group(1)), comment_match.group(1).strip().strip('"').strip()
-    raise ValueError("no JSON object with 'score' and 'comment' and no 'score: N' / 'comment: ...' lines")
+    """Return (score, comment) from a judge reply or raise ValueError saying what is wrong.
+
+    Order: JSON objects with a ``score`` key (all must agree, and no ``Score:`` label around them may
+    contradict them); else ``Score:`` labels, those opening a line if there are any, else all of them (they
+    must agree); else prose mentions like ``a score of 2`` (they must agree). The comment comes from the
+    JSON object or the ``Comment:`` label and must contain words.
+    """
+    found = _find_json_objects(text)
+    candidates = [d for obj in found.objects for d in _verdict_dicts(obj)]
+    if candidates or found.duplicate_scores:
+        return _json_verdict(text, found, candidates)
+    return _text_verdict(text)
 
 
 async def evaluate(
@@ -98,6 +271,10 @@ async def evaluate(
     *,
     label: str,
 ) -> Verdict:
+    """Judge ``transcript``; a transcript without a single non-empty agent turn is refused, not judged."""
+    refusal = no_agent_reply_error(transcript, scenario, settings, label=label)
+    if refusal is not None:
+        raise refusal
     role = settings.role("evaluator", scenario)
     context = {
         **scenario.variables,

@@ -1,15 +1,28 @@
-"""Command-line options and ini keys, and their resolution into engine settings.
+"""The option table: every flag and ini key of pytest-llmsim, declared once, resolved once.
 
-Precedence, highest first: command-line option, environment variable (endpoint only), ini key, default.
-Per-scenario fields (``min_score``, ``max_turns``, ``timeout``, role overrides) beat all of these.
+Each ``Option`` row names its ini key, command-line flag, environment variable, type and bounds, default,
+local-model default, and help text. ``add_options`` registers the rows with pytest; ``resolve`` reads them
+once, at ``pytest_configure``, into a frozen ``ResolvedOptions`` that every other part reads (with where each
+value came from); ``build_settings`` turns that into the engine's ``RunSettings``. The README's configuration
+table is generated from the same rows (``markdown_table``; ``tests/test_docs.py`` keeps them in step).
+
+Precedence, highest first: command line, environment variable (rows that name one), ini file, local-model
+default (only when no endpoint is configured and the user set the option nowhere), default. Per-scenario fields
+(``min_score``, ``max_turns``, ``timeout``, role overrides) beat all of these.
+
+Paths given on the command line or in the environment are relative to the directory pytest was started in;
+paths in the ini file are relative to the ini file's directory (the rootdir when there is no ini file), as
+pytest's own ``paths`` ini values are.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -18,13 +31,319 @@ from .errors import ConfigError
 from .settings import ROLES, EndpointSettings, RecordMode, RoleSettings, RunSettings, resolve_http_backend
 
 DEFAULT_MODEL = "gpt-4o-mini"
-ROLE_DEFAULTS = {
-    "agent": {"template": "agent.j2", "temperature": "0.3", "max_tokens": "300"},
-    "client": {"template": "client.j2", "temperature": "0.7", "max_tokens": "150"},
-    "evaluator": {"template": "evaluator.j2", "temperature": "0.0", "max_tokens": "300"},
-}
+HTTP_BACKENDS = ("auto", "aiohttp", "httpx")
 
 
+@dataclass(frozen=True)
+class Option:
+    """One row of the table. ``default`` and ``local_default`` are written as a user would write them."""
+
+    ini: str
+    help: str
+    default: str | list[str] = ""
+    flag: str | None = None
+    kind: str = "str"  # str | int | float | path | lines | choice
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    local_default: str | None = None
+    env: str | None = None
+    metavar: str | None = None
+    shown_default: str | None = None  # the README's wording when the default is not a plain value
+
+    @property
+    def dest(self) -> str:
+        return self.ini
+
+
+def _role_rows() -> list[Option]:
+    defaults = {
+        "agent": ("agent.j2", "0.3", "300", "80"),
+        "client": ("client.j2", "0.7", "150", "48"),
+        "evaluator": ("evaluator.j2", "0.0", "300", "120"),
+    }
+    rows = []
+    for role, (template, temperature, max_tokens, local_max_tokens) in defaults.items():
+        rows += [
+            Option(f"llmsim_{role}_model", f"Model of the {role} role (default: llmsim_model).",
+                   flag=f"--llmsim-{role}-model", metavar="NAME"),
+            Option(f"llmsim_{role}_template", f"Prompt template of the {role} role.", template),
+            Option(f"llmsim_{role}_temperature", f"Temperature of the {role} role.", temperature, kind="float",
+                   low=0, high=2),
+            Option(f"llmsim_{role}_max_tokens", f"Max tokens per reply of the {role} role.", max_tokens,
+                   kind="int", low=1, local_default=local_max_tokens),
+        ]
+    return rows
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("llmsim_paths", "Paths (dirs, files or globs, relative to rootdir) whose .json/.yaml/.yml files are "
+           "scenario files.", ["scenarios"], kind="lines"),
+    Option("llmsim_prompts_dir", "Directory of the jinja2 prompt templates.", "prompts", kind="path"),
+    Option("llmsim_cache_dir", "Directory of the LLM call cache.", ".llmsim_cache", flag="--llmsim-cache-dir",
+           kind="path", metavar="DIR"),
+    Option("llmsim_record_mode", "Cache record mode: once (replay hits, record misses), none (replay only, a miss "
+           "is an error), all (call everything, overwrite).", "once", flag="--llmsim-record", kind="choice",
+           choices=tuple(m.value for m in RecordMode), metavar="MODE"),
+    Option("llmsim_base_url", "OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (empty: OpenAI when an "
+           "API key is set, else the local model).", flag="--llmsim-base-url", env="OPENAI_BASE_URL",
+           metavar="URL"),
+    Option("llmsim_api_key_env", "Environment variable holding the API key.", "OPENAI_API_KEY"),
+    Option("llmsim_endpoint_id", "Identity of the endpoint in cache keys (default: its URL without credentials).",
+           ""),
+    Option("llmsim_model", "Model for every role unless a role sets its own.", flag="--llmsim-model",
+           metavar="NAME", shown_default=f"(empty: `{DEFAULT_MODEL}`, or the local model)"),
+    Option("llmsim_seed", "Seed sent with every call when a scenario has no SEED variable.", "1234",
+           flag="--llmsim-seed", kind="int", metavar="N"),
+    Option("llmsim_min_score", "Minimum passing score (1-3) when a scenario sets none.", "2",
+           flag="--llmsim-min-score", kind="int", low=1, high=3, metavar="N"),
+    Option("llmsim_max_turns", "Messages (both sides) after which a conversation stops.", "30",
+           flag="--llmsim-max-turns", kind="int", low=1, metavar="N"),
+    Option("llmsim_timeout", "Seconds per conversation before it is stopped (and judged if the agent spoke).",
+           "90", flag="--llmsim-timeout", kind="float", low=0.001, local_default="300", metavar="SECONDS"),
+    Option("llmsim_request_timeout", "Seconds per LLM request, reading the whole reply included.", "30",
+           flag="--llmsim-request-timeout", kind="float", low=0.001, local_default="300", metavar="SECONDS"),
+    Option("llmsim_max_retries", "Retries per LLM request on 429, 5xx, timeouts and connection errors.", "4",
+           flag="--llmsim-max-retries", kind="int", low=0, metavar="N"),
+    Option("llmsim_judge_attempts", "Evaluator attempts before an unparsable verdict is an error.", "3",
+           kind="int", low=1),
+    Option("llmsim_language", "Language of the evaluator's comment.", "English", flag="--llmsim-language",
+           metavar="LANG"),
+    Option("llmsim_end_marker", "Text either side writes to end the call (stripped from transcripts).",
+           "[END_CALL]"),
+    Option("llmsim_first_speaker", "Who opens the call: client or agent.", "client", kind="choice",
+           choices=("client", "agent")),
+    Option("llmsim_concurrency", "Conversations in flight at once in one process.", "16",
+           flag="--llmsim-concurrency", kind="int", low=1, local_default="2", metavar="N"),
+    Option("llmsim_rpm", "Cap on LLM requests per minute for the whole run, split evenly between xdist workers "
+           "(empty: none).", flag="--llmsim-rpm", kind="float", low=0.001, metavar="N"),
+    Option("llmsim_http_backend", "HTTP transport of the openai client: auto (openai's aiohttp transport when "
+           "aiohttp is installed, else httpx), aiohttp or httpx.", "auto", kind="choice", choices=HTTP_BACKENDS),
+    Option("llmsim_local_model", "GGUF file for the local server used when no endpoint is configured (default: "
+           "the bundled SmolLM2).", flag="--llmsim-local-model", kind="path", metavar="PATH"),
+    *_role_rows(),
+)
+
+ROWS: Mapping[str, Option] = MappingProxyType({row.ini: row for row in OPTIONS})
+
+
+def add_options(parser: pytest.Parser, rows: Iterable[Option] = OPTIONS) -> None:
+    """Register ``rows`` with pytest. Ini keys are registered without a default (except line lists), so that
+    ``resolve`` can tell a value the user wrote from one left out, even when the two are equal."""
+    group = parser.getgroup("llmsim", "conversational regression testing of LLM agents (pytest-llmsim)")
+    for row in rows:
+        default_text = _shown_default(row)
+        if row.flag:
+            extra: dict[str, Any] = {"choices": list(row.choices)} if row.kind == "choice" else {}
+            group.addoption(row.flag, dest=row.dest, metavar=row.metavar or "VALUE", default=None,
+                            help=f"{row.help} Default {default_text}; ini {row.ini}"
+                                 + (f"; env {row.env}" if row.env else "") + ".", **extra)
+        if row.kind == "lines":
+            parser.addini(row.ini, f"{row.help} Default {default_text}.", type="linelist", default=row.default)
+        else:
+            parser.addini(row.ini, f"{row.help} Default {default_text}.", default=None)
+
+
+def _shown_default(row: Option) -> str:
+    if row.shown_default:
+        return row.shown_default
+    if isinstance(row.default, list):
+        return ", ".join(f"`{value}`" for value in row.default)
+    text = f"`{row.default}`" if row.default != "" else "(empty)"
+    if row.local_default is not None:
+        text += f" (local model: `{row.local_default}`)"
+    return text
+
+
+def markdown_table(rows: Iterable[Option] = OPTIONS) -> str:
+    """The README's configuration table, generated from the rows."""
+    lines = ["| ini key | command line | environment | default | meaning |", "| --- | --- | --- | --- | --- |"]
+    for row in rows:
+        flag = f"`{row.flag}`" if row.flag else ""
+        env = f"`{row.env}`" if row.env else ""
+        lines.append(f"| `{row.ini}` | {flag} | {env} | {_shown_default(row)} | {row.help} |")
+    return "\n".join(lines)
+
+
+# -- resolution ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ResolvedOptions:
+    """Every option's value (parsed) and where it came from: ``command line``, ``env NAME``, ``ini``,
+    ``local-model default`` or ``default``. Frozen: resolved once per process at configure time."""
+
+    values: Mapping[str, Any]
+    sources: Mapping[str, str]
+    local: bool  # no endpoint configured: the local model serves every role
+    invocation_dir: Path = field(compare=False)
+    ini_dir: Path = field(compare=False)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+    def source(self, name: str) -> str:
+        return self.sources[name]
+
+    def with_values(self, **values: Any) -> ResolvedOptions:
+        """A copy with some values replaced (front ends other than pytest, tests)."""
+        merged = {**self.values, **values}
+        sources = {**self.sources, **{name: "given" for name in values}}
+        return ResolvedOptions(MappingProxyType(merged), MappingProxyType(sources), self.local,
+                               self.invocation_dir, self.ini_dir)
+
+
+def _parse(row: Option, raw: Any, base: Path) -> Any:
+    """``raw`` (a string, or a list for line lists) as the row's type; ConfigError naming the option."""
+    if row.kind == "lines":
+        return [str(line).strip() for line in raw if str(line).strip()]
+    text = str(raw).strip()
+    where = f"{row.ini}" + (f" ({row.flag})" if row.flag else "")
+    if row.kind == "str":
+        return text
+    if row.kind == "path":
+        if not text:
+            return None
+        path = Path(os.path.expanduser(text))
+        return path if path.is_absolute() else base / path
+    if row.kind == "choice":
+        value = text.lower()
+        if value not in row.choices:
+            raise ConfigError(f"{where} must be one of {', '.join(row.choices)}, got {text!r}")
+        return value
+    if text == "":
+        return None
+    try:
+        value = int(text) if row.kind == "int" else float(text)
+    except ValueError:
+        kind = "a whole number" if row.kind == "int" else "a number"
+        raise ConfigError(f"{where} must be {kind}, got {text!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {text!r}")
+    if row.low is not None and value < row.low:
+        raise ConfigError(f"{where} must be >= {row.low:g}, got {text}")
+    if row.high is not None and value > row.high:
+        raise ConfigError(f"{where} must be <= {row.high:g}, got {text}")
+    return value
+
+
+def _is_set(raw: Any) -> bool:
+    return raw is not None and raw != "" and raw != []
+
+
+def resolve_values(
+    rows: Iterable[Option], *, cli: Mapping[str, Any], env: Mapping[str, str], ini: Mapping[str, Any],
+    invocation_dir: Path, ini_dir: Path, local: Callable[[Mapping[str, Any]], bool] | None = None,
+) -> ResolvedOptions:
+    """Resolve ``rows`` from raw command-line, environment and ini values (pure: no pytest).
+
+    ``local`` decides, from the values resolved so far, whether the local model serves the run; rows with a
+    ``local_default`` the user did not set then take it.
+    """
+    rows = list(rows)
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    unset: list[Option] = []
+    for row in rows:
+        if _is_set(cli.get(row.ini)):
+            raw, source, base = cli[row.ini], "command line", invocation_dir
+        elif row.env and _is_set(env.get(row.env)):
+            raw, source, base = env[row.env], f"env {row.env}", invocation_dir
+        elif _is_set(ini.get(row.ini)):
+            raw, source, base = ini[row.ini], "ini", ini_dir
+        else:
+            raw, source, base = row.default, "default", ini_dir
+            unset.append(row)
+        values[row.ini] = _parse(row, raw, base)
+        sources[row.ini] = source
+    is_local = bool(local(values)) if local is not None else False
+    if is_local:
+        for row in unset:
+            if row.local_default is not None:
+                values[row.ini] = _parse(row, row.local_default, ini_dir)
+                sources[row.ini] = "local-model default"
+    return ResolvedOptions(MappingProxyType(values), MappingProxyType(sources), is_local, invocation_dir, ini_dir)
+
+
+def api_key(values: Mapping[str, Any], env: Mapping[str, str] | None = None) -> str:
+    """The API key from the environment variable the options name (never stored in any resolved object)."""
+    env = os.environ if env is None else env
+    return env.get(str(values.get("llmsim_api_key_env") or "OPENAI_API_KEY"), "")
+
+
+def endpoint_configured(values: Mapping[str, Any], env: Mapping[str, str] | None = None) -> bool:
+    """A base URL or an API key is set: calls go to that endpoint; otherwise the local model serves them."""
+    return bool(values.get("llmsim_base_url") or api_key(values, env))
+
+
+def resolve(config: pytest.Config, rows: Iterable[Option] = OPTIONS) -> ResolvedOptions:
+    """Read ``rows`` from pytest's command line, the environment and the ini file; UsageError on a bad value."""
+    rows = list(rows)
+    cli = {row.ini: config.getoption(row.dest, default=None) for row in rows if row.flag}
+    ini = {row.ini: config.getini(row.ini) for row in rows}
+    ini_dir = config.inipath.parent if config.inipath is not None else config.rootpath
+    try:
+        resolved = resolve_values(rows, cli=cli, env=os.environ, ini=ini,
+                                  invocation_dir=config.invocation_params.dir, ini_dir=ini_dir,
+                                  local=lambda values: not endpoint_configured(values))
+        resolve_http_backend(resolved["llmsim_http_backend"], resolved["llmsim_base_url"] or None)
+    except ConfigError as exc:
+        raise pytest.UsageError(f"llmsim: {exc}") from None
+    return resolved
+
+
+def build_settings(
+    resolved: ResolvedOptions, *, endpoint_id: str = "", default_model: str = DEFAULT_MODEL,
+    connect: Callable[[], str] | None = None, description: str = "", env: Mapping[str, str] | None = None,
+) -> RunSettings:
+    """The engine's settings from resolved options. For the local model, pass its ``connect`` callable (which
+    starts the server on the first uncached call and returns its URL), identity and description."""
+    shared_model = resolved["llmsim_model"] or default_model
+    roles = {
+        role: RoleSettings(
+            model=resolved[f"llmsim_{role}_model"] or shared_model,
+            template=resolved[f"llmsim_{role}_template"],
+            temperature=resolved[f"llmsim_{role}_temperature"],
+            max_tokens=resolved[f"llmsim_{role}_max_tokens"],
+        )
+        for role in ROLES
+    }
+    endpoint = EndpointSettings(
+        base_url=None if resolved.local else (resolved["llmsim_base_url"] or None),
+        api_key="" if resolved.local else api_key(resolved.values, env),
+        endpoint_id=endpoint_id or resolved["llmsim_endpoint_id"],
+        request_timeout=resolved["llmsim_request_timeout"],
+        max_retries=resolved["llmsim_max_retries"],
+        connect=connect,
+        description=description,
+        http_backend=resolved["llmsim_http_backend"],
+    )
+    return RunSettings(
+        endpoint=endpoint,
+        agent=roles["agent"],
+        client=roles["client"],
+        evaluator=roles["evaluator"],
+        prompts_dir=resolved["llmsim_prompts_dir"],
+        cache_dir=resolved["llmsim_cache_dir"],
+        record_mode=RecordMode(resolved["llmsim_record_mode"]),
+        default_seed=resolved["llmsim_seed"],
+        min_score=resolved["llmsim_min_score"],
+        max_turns=resolved["llmsim_max_turns"],
+        timeout=resolved["llmsim_timeout"],
+        first_speaker=resolved["llmsim_first_speaker"],
+        end_marker=resolved["llmsim_end_marker"],
+        language=resolved["llmsim_language"],
+        judge_attempts=resolved["llmsim_judge_attempts"],
+        concurrency=resolved["llmsim_concurrency"],
+    )
+
+
+def rpm_share(resolved: ResolvedOptions, workers: int) -> float | None:
+    """This process's share of the requests-per-minute cap: the cap is the endpoint's, so xdist workers split
+    it evenly (``-n 4 --llmsim-rpm 600``: 150 each)."""
+    total = resolved["llmsim_rpm"]
+    return None if total is None else total / max(1, workers)
+
+
+# -- report options (registered by report_options.py; folded into the table once it moves here) ------------
 @dataclass(frozen=True)
 class IniKey:
     name: str
@@ -33,231 +352,14 @@ class IniKey:
     type: str | None = None  # None = string
 
 
-INI_KEYS = [
-    IniKey("llmsim_paths", "Paths (dirs, files or globs, relative to rootdir) whose .json/.yaml/.yml files "
-           "are scenario files.", ["scenarios"], "linelist"),
-    IniKey("llmsim_prompts_dir", "Directory of the jinja2 prompt templates.", "prompts"),
-    IniKey("llmsim_cache_dir", "Directory of the LLM call cache.", ".llmsim_cache"),
-    IniKey("llmsim_record_mode", "Cache record mode: once, none or all.", "once"),
-    IniKey("llmsim_base_url", "OpenAI-compatible endpoint (OPENAI_BASE_URL and --llmsim-base-url win).", ""),
-    IniKey("llmsim_api_key_env", "Environment variable holding the API key.", "OPENAI_API_KEY"),
-    IniKey("llmsim_endpoint_id", "Identity of the endpoint in cache keys (default: its URL).", ""),
-    IniKey("llmsim_model", "Model for every role unless a role sets its own.", ""),
-    IniKey("llmsim_seed", "Seed sent with every call when a scenario has no SEED variable.", "1234"),
-    IniKey("llmsim_min_score", "Minimum passing score (1-3) when a scenario sets none.", "2"),
-    IniKey("llmsim_max_turns", "Messages (both sides) after which a conversation stops.", "30"),
-    IniKey("llmsim_timeout", "Seconds per conversation before it is stopped and judged.", "90"),
-    IniKey("llmsim_request_timeout", "Seconds per LLM request.", "60"),
-    IniKey("llmsim_max_retries", "Retries per LLM request on 429, 5xx, timeouts and connection errors.", "4"),
-    IniKey("llmsim_judge_attempts", "Evaluator attempts before an unparsable verdict is an error.", "3"),
-    IniKey("llmsim_language", "Language of the evaluator's comment.", "English"),
-    IniKey("llmsim_end_marker", "Text either side writes to end the call (stripped from transcripts).",
-           "[END_CALL]"),
-    IniKey("llmsim_first_speaker", "Who opens the call: client or agent.", "client"),
-    IniKey("llmsim_concurrency", "Conversations in flight at once in one process.", "16"),
-    IniKey("llmsim_rpm", "Cap on LLM requests per minute for the whole run, split between xdist workers "
-           "(empty: none).", ""),
-    IniKey("llmsim_http_backend", "HTTP transport of the openai client: auto (aiohttp when installed, else "
-           "httpx), aiohttp or httpx.", "auto"),
-    IniKey("llmsim_local_model", "GGUF file for the local server (default: the bundled SmolLM2).", ""),
-]
-for _role, _defaults in ROLE_DEFAULTS.items():
-    INI_KEYS += [
-        IniKey(f"llmsim_{_role}_model", f"Model of the {_role} role (default: llmsim_model).", ""),
-        IniKey(f"llmsim_{_role}_template", f"Prompt template of the {_role} role.", _defaults["template"]),
-        IniKey(f"llmsim_{_role}_temperature", f"Temperature of the {_role} role.", _defaults["temperature"]),
-        IniKey(f"llmsim_{_role}_max_tokens", f"Max tokens per reply of the {_role} role.",
-               _defaults["max_tokens"]),
-    ]
-
-
-def add_options(parser: pytest.Parser) -> None:
-    group = parser.getgroup("llmsim", "conversational regression testing of LLM agents (pytest-llmsim)")
-    group.addoption("--llmsim-base-url", dest="llmsim_base_url", metavar="URL",
-                    help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (env OPENAI_BASE_URL).")
-    group.addoption("--llmsim-model", dest="llmsim_model", metavar="NAME", help="Model for every role.")
-    for role in ROLES:
-        group.addoption(f"--llmsim-{role}-model", dest=f"llmsim_{role}_model", metavar="NAME",
-                        help=f"Model of the {role} role.")
-    group.addoption("--llmsim-record", dest="llmsim_record_mode", metavar="MODE",
-                    choices=[m.value for m in RecordMode],
-                    help="Cache record mode: once (default: replay hits, record misses), none (replay only, "
-                         "a miss is an error), all (call everything, overwrite).")
-    group.addoption("--llmsim-cache-dir", dest="llmsim_cache_dir", metavar="DIR",
-                    help="LLM call cache directory (default .llmsim_cache).")
-    group.addoption("--llmsim-seed", dest="llmsim_seed", metavar="N", type=int,
-                    help="Seed for scenarios without a SEED variable (default 1234).")
-    group.addoption("--llmsim-min-score", dest="llmsim_min_score", metavar="N", type=int, choices=[1, 2, 3],
-                    help="Minimum passing score for scenarios that set none (default 2).")
-    group.addoption("--llmsim-max-turns", dest="llmsim_max_turns", metavar="N", type=int,
-                    help="Messages per conversation before it stops (default 30).")
-    group.addoption("--llmsim-timeout", dest="llmsim_timeout", metavar="SECONDS", type=float,
-                    help="Seconds per conversation (default 90).")
-    group.addoption("--llmsim-language", dest="llmsim_language", metavar="LANG",
-                    help="Language of the evaluator's comments (default English).")
-    group.addoption("--llmsim-concurrency", dest="llmsim_concurrency", metavar="N", type=int,
-                    help="Conversations in flight at once per process (default 16).")
-    group.addoption("--llmsim-rpm", dest="llmsim_rpm", metavar="N", type=float,
-                    help="Cap on LLM requests per minute for the whole run (xdist workers split it).")
-    group.addoption("--llmsim-local-model", dest="llmsim_local_model", metavar="PATH",
-                    help="GGUF model for the local server used when no endpoint is configured.")
-    for key in INI_KEYS:
-        parser.addini(key.name, key.help, type=key.type, default=key.default)  # type: ignore[arg-type]
-
-
 def option_or_ini(config: pytest.Config, name: str) -> Any:
     """The command-line value of ``name`` if given, else its ini value."""
     value = config.getoption(name, default=None)
-    if value is not None:
-        return value
-    return config.getini(name)
-
-
-# Generation settings that suit the bundled 135M-parameter model on 2 CPU cores: short replies keep the chat
-# history (which the model re-reads every turn) small, and the local server answers one request at a time.
-LOCAL_MODEL_DEFAULTS = {
-    "llmsim_agent_max_tokens": "80",
-    "llmsim_client_max_tokens": "48",
-    "llmsim_evaluator_max_tokens": "120",
-    "llmsim_concurrency": "2",
-    "llmsim_timeout": "300",
-}
-
-
-def is_left_default(config: pytest.Config, name: str) -> bool:
-    """True when neither the command line nor the ini file changed ``name`` from its declared default."""
-    if config.getoption(name, default=None) is not None:
-        return False
-    declared = next(key.default for key in INI_KEYS if key.name == name)
-    return config.getini(name) == declared
-
-
-def _number(config: pytest.Config, name: str, kind: type, low: float | None = None,
-            fallbacks: dict[str, str] | None = None) -> Any:
-    raw = option_or_ini(config, name)
-    if fallbacks and name in fallbacks and is_left_default(config, name):
-        raw = fallbacks[name]
-    try:
-        value = kind(raw)
-    except (TypeError, ValueError):
-        raise pytest.UsageError(f"llmsim: {name} must be a {kind.__name__}, got {raw!r}") from None
-    if low is not None and value < low:
-        raise pytest.UsageError(f"llmsim: {name} must be >= {low}, got {value!r}")
-    return value
+    return value if value is not None else config.getini(name)
 
 
 def resolve_path(config: pytest.Config, raw: str) -> Path:
+    """An ini path: relative to the ini file's directory (the rootdir when there is none)."""
     path = Path(os.path.expanduser(raw))
-    return path if path.is_absolute() else config.rootpath / path
-
-
-def record_mode(config: pytest.Config) -> RecordMode:
-    try:
-        return RecordMode.parse(str(option_or_ini(config, "llmsim_record_mode")))
-    except ValueError as exc:
-        raise pytest.UsageError(f"llmsim: llmsim_record_mode: {exc}") from None
-
-
-def configured_endpoint(config: pytest.Config) -> tuple[str | None, str]:
-    """(base_url, api_key) from option, environment and ini; both empty means 'no endpoint configured'."""
-    base_url = (config.getoption("llmsim_base_url", default=None) or os.environ.get("OPENAI_BASE_URL")
-                or config.getini("llmsim_base_url") or None)
-    key_env = config.getini("llmsim_api_key_env") or "OPENAI_API_KEY"
-    return base_url, os.environ.get(key_env, "")
-
-
-def build_settings(
-    config: pytest.Config, *, base_url: str | None, api_key: str, endpoint_id: str = "",
-    default_model: str = DEFAULT_MODEL, local: bool = False, connect: Callable[[], str] | None = None,
-    description: str = "",
-) -> RunSettings:
-    """Resolve every option into RunSettings; raises pytest.UsageError naming the bad option.
-
-    ``local``: the bundled local model serves every role; settings the user left at their defaults take
-    ``LOCAL_MODEL_DEFAULTS`` instead.
-    """
-    fallbacks = LOCAL_MODEL_DEFAULTS if local else None
-    shared_model = option_or_ini(config, "llmsim_model") or default_model
-    roles = {}
-    for role in ROLES:
-        roles[role] = RoleSettings(
-            model=option_or_ini(config, f"llmsim_{role}_model") or shared_model,
-            template=config.getini(f"llmsim_{role}_template"),
-            temperature=_number(config, f"llmsim_{role}_temperature", float, 0),
-            max_tokens=_number(config, f"llmsim_{role}_max_tokens", int, 1, fallbacks),
-        )
-    first_speaker = str(config.getini("llmsim_first_speaker")).strip()
-    if first_speaker not in ("client", "agent"):
-        raise pytest.UsageError(f"llmsim: llmsim_first_speaker must be client or agent, got {first_speaker!r}")
-    min_score = _number(config, "llmsim_min_score", int, 1)
-    if min_score > 3:
-        raise pytest.UsageError(f"llmsim: llmsim_min_score must be 1, 2 or 3, got {min_score}")
-    endpoint = EndpointSettings(
-        base_url=base_url,
-        api_key=api_key,
-        endpoint_id=endpoint_id or config.getini("llmsim_endpoint_id"),
-        request_timeout=_number(config, "llmsim_request_timeout", float, 0.001),
-        max_retries=_number(config, "llmsim_max_retries", int, 0),
-        connect=connect,
-        description=description,
-        http_backend=configured_http_backend(config),
-    )
-    return RunSettings(
-        endpoint=endpoint,
-        agent=roles["agent"],
-        client=roles["client"],
-        evaluator=roles["evaluator"],
-        prompts_dir=resolve_path(config, config.getini("llmsim_prompts_dir")),
-        cache_dir=resolve_path(config, option_or_ini(config, "llmsim_cache_dir")),
-        record_mode=record_mode(config),
-        default_seed=_number(config, "llmsim_seed", int),
-        min_score=min_score,
-        max_turns=_number(config, "llmsim_max_turns", int, 1),
-        timeout=_number(config, "llmsim_timeout", float, 0.001, fallbacks),
-        first_speaker=first_speaker,
-        end_marker=str(config.getini("llmsim_end_marker")),
-        language=str(option_or_ini(config, "llmsim_language")),
-        judge_attempts=_number(config, "llmsim_judge_attempts", int, 1),
-        concurrency=_number(config, "llmsim_concurrency", int, 1, fallbacks),
-    )
-
-
-def configured_http_backend(config: pytest.Config) -> str:
-    """``llmsim_http_backend`` as written (auto, aiohttp or httpx), checked; a bad value is a usage error."""
-    name = str(config.getini("llmsim_http_backend")).strip().lower() or "auto"
-    http_backend_in_use(config)
-    return name
-
-
-def http_backend_in_use(config: pytest.Config, base_url: str | None = None) -> str:
-    """The openai client's transport, resolved (``aiohttp`` or ``httpx``); a bad value is a usage error."""
-    try:
-        return resolve_http_backend(str(config.getini("llmsim_http_backend")), base_url)
-    except ConfigError as exc:
-        raise pytest.UsageError(f"llmsim: {exc}") from None
-
-
-def uses_local_model(config: pytest.Config) -> bool:
-    """No endpoint configured: the bundled (or --llmsim-local-model) model serves every role."""
-    base_url, api_key = configured_endpoint(config)
-    return not (base_url or api_key)
-
-
-def effective_concurrency(config: pytest.Config) -> int:
-    """Conversations in flight per process, after the local model's defaults."""
-    fallbacks = LOCAL_MODEL_DEFAULTS if uses_local_model(config) else None
-    return int(_number(config, "llmsim_concurrency", int, 1, fallbacks))
-
-
-def rpm(config: pytest.Config) -> float | None:
-    """This process's share of the requests-per-minute cap.
-
-    The cap is the endpoint's, so it is split evenly between xdist workers (``-n 4 --llmsim-rpm 600``: 150 each).
-    """
-    raw = option_or_ini(config, "llmsim_rpm")
-    if raw in (None, ""):
-        return None
-    total = _number(config, "llmsim_rpm", float, 0.001)
-    workerinput = getattr(config, "workerinput", None)
-    workers = int(workerinput.get("workercount", 1)) if workerinput else 1
-    return total / max(1, workers)
+    base = config.inipath.parent if config.inipath is not None else config.rootpath
+    return path if path.is_absolute() else base / path

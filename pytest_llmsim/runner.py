@@ -1,8 +1,9 @@
 """Runs scenarios: one conversation + one verdict each, many in flight on one asyncio loop.
 
-``run_scenario`` never raises for a scenario's own trouble: endpoint, template, cache-miss and verdict
-errors become a result with status ``error`` so no finished work is lost. ``Runner`` owns an event loop in
-a daemon thread; front ends submit jobs from their own thread and get ``concurrent.futures.Future``s.
+``run_scenario`` never raises for a scenario's own trouble: endpoint, template, cache-miss, no-agent-reply
+and verdict errors become a result with status ``error`` so no finished work is lost. A conversation in which
+the agent said nothing is never judged. ``Runner`` owns an event loop in a daemon thread; front ends submit
+jobs from their own thread and get ``concurrent.futures.Future``s.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 from .cache import CallCache
 from .client import LLMClient, LLMReply, LLMRequest, RateLimiter
-from .conversation import simulate
+from .conversation import no_agent_reply_error, simulate
 from .errors import LlmsimError, VerdictError
 from .judge import evaluate
 from .prompts import PromptRenderer
@@ -65,6 +66,9 @@ async def run_scenario(
         transcript = await simulate(scenario, settings, metered, renderer, label=job.label, cache=client.cache)
         result.transcript = transcript.to_dicts()
         result.ended_by, result.end_reason = transcript.ended_by, transcript.end_reason
+        refusal = no_agent_reply_error(transcript, scenario, settings, label=job.label)
+        if refusal is not None:  # nothing the agent said: an error, never a verdict (the transcript stays)
+            raise refusal
         verdict = await evaluate(scenario, transcript, settings, metered, renderer, label=job.label)
     except VerdictError as exc:
         result.error_kind, result.error_message, result.raw_verdict = exc.kind, str(exc), exc.raw_reply
@@ -77,9 +81,23 @@ async def run_scenario(
     else:
         result.score, result.comment, result.raw_verdict = verdict.score, verdict.comment, verdict.raw_reply
         result.status = PASSED if verdict.score >= min_score else FAILED
+    _scrub_secrets(result, settings)
     result.usage = list(metered.usage.values())
     result.duration_seconds = round(time.perf_counter() - started, 4)
     return result
+
+
+def _scrub_secrets(result: ScenarioResult, settings: RunSettings) -> None:
+    """Replace the API key and URL credentials in every text the result stores (reports, exports, xdist)."""
+    scrub = getattr(settings.endpoint, "scrub", None)  # EndpointSettings.scrub, where available
+    if scrub is None:
+        return
+    result.error_message = scrub(result.error_message) if result.error_message else ""
+    result.raw_verdict = scrub(result.raw_verdict) if result.raw_verdict else ""
+    result.comment = scrub(result.comment) if result.comment else ""
+    for turn in result.transcript:
+        if turn.get("text"):
+            turn["text"] = scrub(turn["text"])
 
 
 class Runner:

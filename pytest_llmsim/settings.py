@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import functools
 import importlib.util
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit, urlunsplit
 
 from .errors import ConfigError
 
@@ -69,6 +72,65 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+def split_url_query(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without its query, and the query's parameters: ``http://h/v1?api-key=k`` gives
+    ``("http://h/v1", {"api-key": "k"})``. The openai client appends request paths to its base URL, so a query
+    left there lands inside the path (``/v1/?api-key=k/chat/completions``); it goes in ``default_query``."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url, {}
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", parts.fragment)), query
+
+
+MIN_SECRET_LENGTH = 4  # shorter values are not scrubbed: they would mangle ordinary words in every message
+_MIN_USERNAME_LENGTH = 8  # a user name alone ("user", "token") is rarely the secret; a key in its place is
+
+
+def url_secrets(url: str | None) -> list[str]:
+    """What ``url`` holds that must never be shown: user info, password (also as the Basic auth token an
+    echoing server may repeat) and query values; unfiltered, see ``scrub_secrets``."""
+    if not url:
+        return []
+    parts = urlsplit(url)
+    found: list[str] = []
+    userinfo = parts.netloc.rpartition("@")[0]
+    if userinfo:
+        user, _, password = userinfo.partition(":")
+        found += [userinfo, unquote(userinfo), password, unquote(password)]
+        if len(unquote(user)) >= _MIN_USERNAME_LENGTH:
+            found += [user, unquote(user)]
+        if password:
+            found.append(base64.b64encode(unquote(userinfo).encode()).decode())
+    found += [value for _, value in parse_qsl(parts.query, keep_blank_values=True)]
+    return found
+
+
+@functools.lru_cache(maxsize=64)
+def _secret_pattern(secrets: frozenset[str]) -> re.Pattern[str] | None:
+    variants: set[str] = set()
+    for secret in secrets:
+        if len(secret) >= MIN_SECRET_LENGTH:
+            variants |= {secret, quote(secret, safe=""), quote(secret), quote_plus(secret)}
+    if not variants:
+        return None
+    return re.compile("|".join(re.escape(v) for v in sorted(variants, key=len, reverse=True)))
+
+
+@functools.lru_cache(maxsize=64)
+def _endpoint_secrets(api_key: str, base_url: str | None) -> frozenset[str]:
+    return frozenset([api_key, *url_secrets(base_url)])
+
+
+def scrub_secrets(text: str, secrets: frozenset[str]) -> str:
+    """``text`` with each secret of at least ``MIN_SECRET_LENGTH`` characters, and its URL-encoded forms,
+    replaced by ``***``. Cheap on repeated calls (the pattern is cached) and safe on any text."""
+    if not text or not isinstance(text, str):
+        return text
+    pattern = _secret_pattern(secrets)
+    return pattern.sub("***", text) if pattern is not None else text
+
+
 @dataclass(frozen=True)
 class EndpointSettings:
     """Where LLM calls go. ``endpoint_id`` is what the cache key sees instead of the URL (a local
@@ -94,6 +156,15 @@ class EndpointSettings:
     def describe(self) -> str:
         """Where calls go, for people: a URL or the local model, never the key."""
         return self.description or redact_url(self.base_url or "https://api.openai.com/v1")
+
+    def secrets(self) -> frozenset[str]:
+        """The API key and the base URL's credentials and query values: what ``scrub`` hides."""
+        return _endpoint_secrets(self.api_key, self.base_url)
+
+    def scrub(self, text: str) -> str:
+        """``text`` without the API key, the base URL's user info and password, or its query values (each
+        of at least 4 characters, also URL-encoded): ``***`` instead. For every error text shown or stored."""
+        return scrub_secrets(text, self.secrets())
 
 
 HTTP_BACKENDS = ("auto", "aiohttp", "httpx")

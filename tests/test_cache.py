@@ -104,7 +104,9 @@ def test_two_processes_share_one_cache_safely(tmp_path: Path) -> None:
         for i in range(300):
             key = f"k{i}"
             if cache.lookup(key) is None:
-                cache.store(key, {"i": i}, {"text": f"v{i}", "writer": sys.argv[2]}, "label")
+                reply = {"text": f"v{i}", "prompt_tokens": 1, "completion_tokens": 1, "latency_s": 0.1,
+                         "model": sys.argv[2]}
+                cache.store(key, {"i": i}, reply, "label")
         cache.close()
         """
     )

@@ -115,7 +115,8 @@ def test_conversation_timeout_ends_and_is_judged(sim: SimProject) -> None:
     slow_client = {"match": {"system_contains": "CLIENT"}, "delay": 3.0, "reply": "slow"}
     base = default_script()["rules"]
     sim.server.set_script({"rules": [*base[:3], slow_client, *base[3:]]})
-    sim.write_scenarios("s.json", [scenario("a", timeout=0.5)])
+    # The agent opens (a conversation without an agent turn is an error, not a verdict); the customer is slow.
+    sim.write_scenarios("s.json", [scenario("a", timeout=0.5, first_speaker="agent")])
     result = sim.run("-rP")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*call ended by timeout: conversation exceeded timeout=0.5s*"])

@@ -37,6 +37,63 @@ def test_parse_verdict_rejects_invalid(text: str, problem: str) -> None:
         parse_verdict(text)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # The issue's example: a prose mention of another score must not win over the explicit label.
+        ("I would not give this call a score 3: the agent was slow. Score: 1. Comment: rude", (1, "rude")),
+        ("I would not give this call a score 3.\nScore: 1\nComment: rude", (1, "rude")),
+        ("**Score:** 2\n**Comment:** slow but correct", (2, "slow but correct")),
+        ("**Score**: 3\n**Comment**: fine", (3, "fine")),
+        ("- Score: 2/3\n- Comment: ok", (2, "ok")),
+        ("Comment: the agent was rude\nScore: 1", (1, "the agent was rude")),
+        # Line-start labels decide over labels inside a line, and prose mentions never count beside them.
+        ("A score 3 is too much. The score: 3 was tempting.\nScore: 2\nComment: ok", (2, "ok")),
+        ('{"score": 3, "comment": "cut off', (3, "cut off")),
+        ("Score: 2\nComment: a score 3 would need a confirmed order", (2, "a score 3 would need a confirmed order")),
+        ("I give it a score of 2.\nComment: slow", (2, "slow")),
+        ("It earns a score of 3/3, the full score 3.\nComment: great", (3, "great")),
+        # A JSON verdict decides; prose around it that mentions other numbers is not a label.
+        ('Not a score 3. {"score": 1, "comment": "rude"}', (1, "rude")),
+        ('{"Score": 2, "Comment": "ok"}', (2, "ok")),
+        ('{"verdict": {"score": 2, "comment": "ok"}}', (2, "ok")),
+        ('{"score": 2, "comment": "ok"} and again {"score": 2, "comment": "same"}', (2, "ok")),
+        ('Score: 3\n{"score": 3, "comment": "fine"}', (3, "fine")),
+    ],
+)
+def test_parse_verdict_explicit_score_wins(text: str, expected: tuple[int, str]) -> None:
+    assert parse_verdict(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("Score: 3\nComment: good\nScore: 1", r"'Score:' labels disagree: 3, 1"),
+        ("I would not give this a score 3. Comment: rude. Maybe a score 1", r"several different scores \(3, 1\)"),
+        ("Fine call. Score: 3. On reflection, the right score: 2. Comment: ok", r"'Score:' labels disagree: 3, 2"),
+        ("Score: 4\nComment: great", r"'Score:' label without a score 1, 2 or 3: 'Score: 4'"),
+        ("Score: 2/5\nComment: meh", r"'Score:' label without a score"),
+        ("Score: N/A\nComment: no call", r"'Score:' label without a score"),
+        ("Score: 2", r"found score 2 but no 'Comment: \.\.\.' line"),
+        ("Score: 2\nComment: ...", r"'Comment:' line is empty"),
+        ("scored 7 overall. Comment: odd", r"must be 1, 2 or 3, got 7"),
+        ('{"score": 3, "comment": "good"} {"score": 1, "comment": "rude"}',
+         r"2 JSON verdicts with different scores \(3, 1\)"),
+        ('[{"score": 3, "comment": "a"}, {"score": 2, "comment": "b"}]', r"different scores \(3, 2\)"),
+        ('{"score": 3, "score": 1, "comment": "x"}', r"repeats 'score' with different values \(3, 1\)"),
+        ('{"score": 3, "comment": "good"}\nScore: 1',
+         r"JSON verdict says score 3 but the text around it says 'Score: 1'"),
+        ('{"score": 2, "comment": "..."}', r"'comment' is missing or empty \(got '\.\.\.'\)"),
+        ('{"score": 2, "comment": "  "}', r"'comment' is missing or empty"),
+        ('{"score": 0, "comment": "x"}', r"must be 1, 2 or 3, got 0"),
+        ('{"score": "3/3", "comment": "x"}', r"must be 1, 2 or 3"),
+    ],
+)
+def test_parse_verdict_never_guesses(text: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        parse_verdict(text)
+
+
 def test_judge_uses_json_schema_when_the_server_accepts_it(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a")])
     sim.run().assert_outcomes(passed=1)

@@ -1,0 +1,227 @@
+"""Per-process run state of a pytest session: resolved options, the runner, and the run-ahead over pytest's order.
+
+pytest runs one item at a time; conversations take seconds each. ``LlmsimSession`` starts the conversations of
+the next items (a window of ``2 x concurrency``) in the runner's background loop while pytest waits on the
+current one, so many are in flight while every item still reports in pytest's order. Under xdist a worker's
+upcoming items are its queue (``xdist_support.queued_indices``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+import queue
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from . import options
+from .errors import BackendMissingError, CacheError
+from .options import ResolvedOptions
+from .results import ScenarioResult
+from .settings import RunSettings
+
+if TYPE_CHECKING:  # the runner pulls in openai and diskcache: imported only when a scenario runs
+    from .items import ScenarioItem
+    from .runner import Runner
+
+SESSION_KEY = pytest.StashKey["LlmsimSession"]()
+
+
+def controller_pid(config: pytest.Config) -> int:
+    """pid of the process that owns the session (the xdist controller, or this process)."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and "llmsim_controller_pid" in workerinput:
+        return int(workerinput["llmsim_controller_pid"])
+    return os.getpid()
+
+
+def worker_count(config: pytest.Config) -> int:
+    workerinput = getattr(config, "workerinput", None)
+    return int(workerinput.get("workercount", 1)) if workerinput else 1
+
+
+def local_state_dir(config: pytest.Config) -> Path:
+    return Path(tempfile.gettempdir()) / f"pytest-llmsim-{controller_pid(config)}"
+
+
+def local_model_path(resolved: ResolvedOptions) -> Path | None:
+    from . import local_model
+
+    configured: Path | None = resolved["llmsim_local_model"]
+    return configured if configured is not None else local_model.find_bundled_model()
+
+
+class LlmsimSession:
+    """Per-process run state: the runner, submitted conversations and the lookahead over pytest's order."""
+
+    def __init__(self, config: pytest.Config, resolved: ResolvedOptions) -> None:
+        self.config = config
+        self.options = resolved
+        self.settings: RunSettings | None = None
+        self.runner: Runner | None = None
+        self._futures: dict[str, concurrent.futures.Future[ScenarioResult]] = {}
+        self._consumed: set[str] = set()
+        self._messages: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self.unconsumed_finished = 0
+        self.nextitem: pytest.Item | None = None
+        self.lookahead_enabled = not (
+            config.getoption("collectonly") or config.getoption("usepdb", False)
+            or config.getoption("trace", False) or config.getoption("setuponly", False)
+            or config.getoption("setupplan", False)
+        )
+
+    # -- start-up -------------------------------------------------------------------------------------------
+    def ensure_runner(self) -> Runner:
+        """The runner (created on first use). A cache that cannot be opened is a usage error: one line that
+        names the directory and what to do, instead of an error on every item."""
+        if self.runner is None:
+            self.settings = self.build_settings()
+            from .runner import Runner
+
+            try:
+                self.runner = Runner(self.settings, rpm=options.rpm_share(self.options, worker_count(self.config)))
+            except CacheError as exc:
+                raise pytest.UsageError(f"llmsim: {exc}") from None
+        return self.runner
+
+    def build_settings(self) -> RunSettings:
+        if not self.options.local:
+            return options.build_settings(self.options)
+        return self._local_settings()
+
+    def _local_settings(self) -> RunSettings:
+        """No endpoint configured: the local GGUF model serves every role. Its server starts on the first
+        uncached call (a replay starts no model) and is shared by every process of this session."""
+        from . import local_model
+
+        model_path = local_model_path(self.options)
+        config = self.config
+
+        def connect() -> str:
+            if not local_model.local_backend_available():
+                raise BackendMissingError(local_model.missing_backend_message())
+            if model_path is None or not model_path.is_file():
+                raise BackendMissingError(f"local model {model_path or '(bundled SmolLM2)'} not found; "
+                                          + local_model.missing_backend_message())
+            server = local_model.ensure_local_server(model_path, local_state_dir(config), controller_pid(config),
+                                                     log=self._say)
+            return server.base_url
+
+        name = model_path.name if model_path is not None else "missing-model"
+        return options.build_settings(
+            self.options, endpoint_id=f"local:{name}", default_model=local_model.LOCAL_MODEL_NAME,
+            connect=connect, description=f"local model {model_path}",
+        )
+
+    def _say(self, line: str) -> None:
+        """Queue a line for the terminal; may be called from the engine's threads."""
+        self._messages.put(line)
+
+    def flush_messages(self) -> None:
+        """Print queued lines past output capturing (main thread only; workers' lines go nowhere)."""
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        capman = self.config.pluginmanager.get_plugin("capturemanager")
+        while not self._messages.empty():
+            line = self._messages.get()
+            if reporter is None or hasattr(self.config, "workerinput"):
+                continue
+            with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
+                reporter.ensure_newline()
+                reporter.write_line(line)
+
+    # -- lookahead ------------------------------------------------------------------------------------------
+    def eligible(self, item: pytest.Item) -> bool:
+        """A valid scenario item that will run (not skipped, not an xfail with run=False)."""
+        from .items import ScenarioItem
+
+        if not isinstance(item, ScenarioItem) or item.scenario is None:
+            return False
+        if item.get_closest_marker("skip") or item.get_closest_marker("skipif"):
+            return False
+        xfail = item.get_closest_marker("xfail")
+        return not (xfail and xfail.kwargs.get("run") is False and not self.config.getoption("runxfail"))
+
+    def _submit(self, item: ScenarioItem) -> concurrent.futures.Future[ScenarioResult]:
+        assert item.scenario is not None
+        runner = self.ensure_runner()
+        from .runner import ScenarioJob
+
+        future = runner.submit(ScenarioJob(item.nodeid, str(item.path), item.scenario))
+        self._futures[item.nodeid] = future
+        return future
+
+    def before_item(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        """pytest is about to run ``item``: make sure its conversation and the next ones are started."""
+        if self.eligible(item):
+            self.ensure_runner()
+            self.nextitem = nextitem
+            self.prefetch(upcoming_items(item, nextitem))
+
+    def prefetch(self, upcoming: list[pytest.Item]) -> None:
+        """Start conversations for the next items pytest will run, up to the lookahead window."""
+        if not self.lookahead_enabled or self.settings is None:
+            return
+        window = 2 * self.settings.concurrency
+        in_window = 0
+        for item in upcoming:
+            if in_window >= window:
+                break
+            if not self.eligible(item):
+                continue
+            in_window += 1
+            if item.nodeid not in self._futures:
+                self._submit(item)  # type: ignore[arg-type]
+
+    def top_up(self, item: ScenarioItem) -> None:
+        """Called while pytest waits on ``item``: start newly queued items (xdist refills the queue meanwhile)."""
+        self.flush_messages()
+        if hasattr(self.config, "workerinput"):
+            self.prefetch(upcoming_items(item, self.nextitem))
+
+    def future_for(self, item: ScenarioItem) -> concurrent.futures.Future[ScenarioResult]:
+        """The item's conversation; a fresh one if none was started or it was already consumed (reruns)."""
+        future = self._futures.get(item.nodeid)
+        if future is None or item.nodeid in self._consumed:
+            self._consumed.discard(item.nodeid)
+            future = self._submit(item)
+        return future
+
+    def consumed(self, item: ScenarioItem) -> None:
+        self._consumed.add(item.nodeid)
+        self.flush_messages()
+
+    def cancel_unconsumed(self) -> None:
+        """Cancel conversations whose items will not run (``-x``, ``--maxfail``, end of session); count the
+        ones that had already finished, so the summary can say so."""
+        for nodeid in [n for n in self._futures if n not in self._consumed]:
+            future = self._futures.pop(nodeid)
+            if future.done() and not future.cancelled():
+                self.unconsumed_finished += 1
+            else:
+                future.cancel()
+
+    def close(self) -> None:
+        self.cancel_unconsumed()
+        if self.runner is not None:
+            self.runner.close()
+            self.runner = None
+
+
+def upcoming_items(item: pytest.Item, nextitem: pytest.Item | None) -> list[pytest.Item]:
+    """This item and the ones pytest will run after it in this process."""
+    items = item.session.items
+    if hasattr(item.config, "workerinput"):
+        from .xdist_support import queued_indices
+
+        queued = queued_indices(item.config) or []
+        following = [nextitem] if nextitem is not None else []
+        return [item, *following, *(items[i] for i in queued if 0 <= i < len(items))]
+    try:
+        index = items.index(item)
+    except ValueError:
+        return [item]
+    return items[index:]
