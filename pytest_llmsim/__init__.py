@@ -1,7 +1,7 @@
 """pytest-llmsim: conversational regression testing of LLM agents.
 
-The engine (this package minus ``plugin``/``items``/``options``/``report_plugin``) never imports pytest and
-can be used from a script::
+The engine (this package minus the pytest front end: ``plugin``, ``session``, ``items``, ``options``,
+``report_plugin``, ``report_options``, ``html_hooks``) never imports pytest and can be used from a script::
 
     from pytest_llmsim import Runner, ScenarioJob, load_scenario_file
 
@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "CacheMissError": "errors", "ConfigError": "errors", "EndpointError": "errors", "LlmsimError": "errors",
+    "CacheMissError": "errors", "CacheError": "errors", "NoAgentReplyError": "errors",
+    "ConfigError": "errors", "EndpointError": "errors", "LlmsimError": "errors",
     "PromptError": "errors", "ScenarioError": "errors", "VerdictError": "errors",
     "ScenarioResult": "results",
     "Runner": "runner", "ScenarioJob": "runner", "run_scenario": "runner",
@@ -25,7 +26,8 @@ _EXPORTS = {
     "EndpointSettings": "settings", "RecordMode": "settings", "RoleSettings": "settings", "RunSettings": "settings",
 }
 __all__ = [
-    "CacheMissError", "ConfigError", "EndpointError", "EndpointSettings", "LlmsimError", "PromptError",
+    "CacheError", "CacheMissError", "ConfigError", "EndpointError", "EndpointSettings", "LlmsimError",
+    "NoAgentReplyError", "PromptError",
     "RecordMode", "RoleSettings", "RunSettings", "Runner", "Scenario", "ScenarioError", "ScenarioJob",
     "ScenarioResult", "VerdictError", "load_scenario_file", "run_scenario",
 ]

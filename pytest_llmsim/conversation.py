@@ -159,7 +159,7 @@ async def simulate(
         "roles": {side: [r.model, r.temperature, r.max_tokens] for side, r in roles.items()},
         "end_marker": settings.end_marker, "endpoint": settings.endpoint.identity,
     })
-    recorded_timeout = cache.lookup_marker(timeout_key) if cache is not None else None
+    recorded_timeout = cache.lookup_marker(timeout_key, label=label) if cache is not None else None
     replay_stop = recorded_timeout["turns"] if recorded_timeout else None
 
     async def one_turn(side: str) -> bool:

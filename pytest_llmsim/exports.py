@@ -1,13 +1,19 @@
 """Result exports: JSON, CSV and NDJSON, chosen by the file's extension, each written atomically.
 
-* ``.json``: one document ``{"run_id", "generated_at", "summary": {...}, "results": [...], "total_results"}``.
+* ``.json``: one document ``{"run_id", "generated_at", "interrupted", "complete", "summary": {...},
+  "results": [...], "total_results"}``.
 * ``.ndjson`` / ``.jsonl``: one record per line (transcripts included), so the file streams into pandas, jq or
   a warehouse; the summary goes next to it in ``<name>.summary.json``.
 * ``.csv``: one row per record with the flat fields of ``summary.RECORD_FIELDS`` (no transcript); summary
   in ``<name>.summary.json`` as for NDJSON.
 
 Every file is written to a temporary file in the target directory and renamed over the target, so a reader
-never sees a half-written export and an interrupted run leaves the previous export intact.
+never sees a half-written export. The temporary file is created with mode 0666 minus the umask, as
+``open()`` creates junit.xml and report.html (``mkstemp`` would make every export 0600).
+
+A run that did not finish (Ctrl-C, ``-x``) still writes its export, marked: the summary has
+``"interrupted"`` and ``"unfinished_scenarios"``, and the JSON document repeats ``"interrupted"`` and
+``"complete"`` at its top, so a partial export is never taken for a whole run.
 """
 
 from __future__ import annotations
@@ -17,11 +23,12 @@ import csv
 import io
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .results import ScenarioRecord
 from .summary import RECORD_FIELDS
 
 FORMATS = {".json": "json", ".ndjson": "ndjson", ".jsonl": "ndjson", ".csv": "csv"}
@@ -41,9 +48,21 @@ def summary_path_for(path: Path) -> Path:
     return path.with_name(f"{path.stem}.summary.json")
 
 
+def _create_temporary(path: Path) -> tuple[int, str]:
+    """A new file beside ``path``, created with mode 0666 so the umask decides (unlike ``mkstemp``'s 0600)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file beside {path}")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -75,6 +94,7 @@ def _csv_value(value: Any) -> Any:
 
 
 def render_csv(records: Sequence[Mapping[str, Any]]) -> str:
+    """CSV of export rows (``ScenarioRecord.to_dict()``)."""
     buffer = io.StringIO(newline="")
     writer = csv.DictWriter(buffer, fieldnames=list(RECORD_FIELDS), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -91,16 +111,20 @@ def summary_document(summary: Mapping[str, Any], *, run_id: str, generated_at: s
     return {"run_id": run_id, "generated_at": generated_at, **summary}
 
 
-def write_results(path: Path, records: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], *,
+def write_results(path: Path, records: Sequence[ScenarioRecord], summary: Mapping[str, Any], *,
                   run_id: str, generated_at: str) -> list[Path]:
-    """Write ``records`` and ``summary`` to ``path`` in the format its extension names; return the files written."""
+    """Write ``records`` and ``summary`` (``summary.summary_dict``) to ``path`` in the format its extension
+    names; return the files written."""
     fmt = export_format(path)
+    rows = [record.to_dict() for record in records]
     if fmt == "json":
-        document = {"run_id": run_id, "generated_at": generated_at, "summary": dict(summary),
-                    "results": list(records), "total_results": len(records)}
+        interrupted = bool(summary.get("interrupted"))
+        complete = not interrupted and not summary.get("unfinished_scenarios")
+        document = {"run_id": run_id, "generated_at": generated_at, "interrupted": interrupted,
+                    "complete": complete, "summary": dict(summary), "results": rows, "total_results": len(rows)}
         atomic_write_text(path, _json(document, indent=2) + "\n")
         return [path]
-    atomic_write_text(path, render_csv(records) if fmt == "csv" else render_ndjson(records))
+    atomic_write_text(path, render_csv(rows) if fmt == "csv" else render_ndjson(rows))
     side = summary_path_for(path)
     atomic_write_text(side, _json(summary_document(summary, run_id=run_id, generated_at=generated_at),
                                   indent=2) + "\n")

@@ -6,11 +6,20 @@ the user is passed through ``html.escape`` here: a reply containing ``<script>``
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from html import escape
 from typing import Any
 
-from .summary import Gates, RunSummary
+from .results import ScenarioRecord, ScenarioResult
+from .summary import (
+    Gates,
+    RunSummary,
+    gates_unchecked_reason,
+    incomplete_cause,
+    incomplete_text,
+    outcome_counts,
+    pass_rate_text,
+)
 
 SPEAKERS = {"client": "Customer", "agent": "Agent"}
 
@@ -45,6 +54,7 @@ STYLE = """<style>
 .llmsim-dist-bar{width:28px;border-radius:3px 3px 0 0}
 .llmsim-gate-missed{color:#a94442;font-weight:bold;margin-top:6px}
 .llmsim-gate-ok{color:#3c763d;margin-top:6px}
+.llmsim-incomplete{color:#8a6d3b;background:#fcf8e3;border-left:4px solid #d58512;padding:4px 8px;margin-top:6px}
 </style>"""
 
 
@@ -56,8 +66,8 @@ def usd(value: float) -> str:
     return f"${value:.6f}"
 
 
-def cache_state(record: Mapping[str, Any]) -> str:
-    live, cached = int(record.get("live_calls") or 0), int(record.get("cached_calls") or 0)
+def cache_state(result: ScenarioResult) -> str:
+    live, cached = result.live_calls, result.cached_calls
     if cached and not live:
         return "replayed from the cache"
     if cached:
@@ -65,40 +75,39 @@ def cache_state(record: Mapping[str, Any]) -> str:
     return "live" if live else "no LLM calls"
 
 
-def score_badge(record: Mapping[str, Any]) -> str:
-    score = record.get("score")
+def score_badge(result: ScenarioResult) -> str:
+    score = result.score
     kind = score if score in (1, 2, 3) else "none"
     shown = "no score" if score is None else f"score {score}"
-    minimum = record.get("min_score")
-    suffix = f" / min {_e(minimum)}" if minimum is not None else ""
+    suffix = f" / min {_e(result.min_score)}" if result.min_score is not None else ""
     return f'<span class="llmsim-score llmsim-score-{kind}">{_e(shown)}{suffix}</span>'
 
 
-def scenario_html(record: Mapping[str, Any]) -> str:
+def scenario_html(record: ScenarioRecord) -> str:
     """The chat of one scenario run with its verdict, tokens, cost, duration and cache state."""
-    status = str(record.get("status", ""))
+    result = record.result
+    status = str(result.status)
+    shown = status if str(record.outcome) == status else f"{status} ({record.outcome})"
     pills = [
-        f'<span class="llmsim-pill llmsim-status-{_e(status)}">{_e(status)}</span>',
-        f'<span class="llmsim-pill">{_e(record.get("total_turns", 0))} turns</span>',
-        f'<span class="llmsim-pill">tokens {_e(record.get("prompt_tokens", 0))} prompt + '
-        f'{_e(record.get("completion_tokens", 0))} completion</span>',
-        f'<span class="llmsim-pill">cost {usd(float(record.get("cost_usd") or 0))}'
-        f' (saved {usd(float(record.get("saved_cost_usd") or 0))})</span>',
-        f'<span class="llmsim-pill">{float(record.get("duration_seconds") or 0):.2f} s</span>',
-        f'<span class="llmsim-pill">{_e(cache_state(record))}</span>',
+        f'<span class="llmsim-pill llmsim-status-{_e(status)}">{_e(shown)}</span>',
+        f'<span class="llmsim-pill">{result.total_turns} turns</span>',
+        f'<span class="llmsim-pill">tokens {result.prompt_tokens} prompt + {result.completion_tokens} '
+        f'completion</span>',
+        f'<span class="llmsim-pill">cost {usd(record.cost_usd)} (saved {usd(record.saved_cost_usd)})</span>',
+        f'<span class="llmsim-pill">{float(result.duration_seconds or 0):.2f} s</span>',
+        f'<span class="llmsim-pill">{_e(cache_state(result))}</span>',
     ]
-    if record.get("unpriced_models"):
-        pills.append(f'<span class="llmsim-pill">unpriced: {_e(", ".join(record["unpriced_models"]))}</span>')
-    parts = [f'<div class="llmsim-card"><div class="llmsim-meta">{score_badge(record)}{"".join(pills)}</div>']
-    if record.get("comment"):
-        parts.append(f'<div class="llmsim-judge"><strong>Judge:</strong> {_e(record["comment"])}</div>')
-    if record.get("error_message"):
-        parts.append(f'<div class="llmsim-error">{_e(record.get("error_kind") or "error")}: '
-                     f'{_e(record["error_message"])}</div>')
-    turns: Sequence[Mapping[str, Any]] = record.get("transcript") or []
-    if turns:
+    if record.unpriced_models:
+        pills.append(f'<span class="llmsim-pill">unpriced: {_e(", ".join(record.unpriced_models))}</span>')
+    parts = [f'<div class="llmsim-card"><div class="llmsim-meta">{score_badge(result)}{"".join(pills)}</div>']
+    if result.comment:
+        parts.append(f'<div class="llmsim-judge"><strong>Judge:</strong> {_e(result.comment)}</div>')
+    if result.error_message:
+        parts.append(f'<div class="llmsim-error">{_e(result.error_kind or "error")}: '
+                     f'{_e(result.error_message)}</div>')
+    if result.transcript:
         parts.append('<div class="llmsim-chat">')
-        for number, turn in enumerate(turns, 1):
+        for number, turn in enumerate(result.transcript, 1):
             role = "client" if turn.get("role") == "client" else "agent"
             tags = []
             if turn.get("scripted"):
@@ -110,9 +119,9 @@ def scenario_html(record: Mapping[str, Any]) -> str:
                          f'{SPEAKERS[role]}{tag_html}</div><div class="llmsim-bubble">{_e(turn.get("text"))}'
                          f'</div></div>')
         parts.append("</div>")
-    if record.get("ended_by"):
-        parts.append(f'<div class="llmsim-end">Call ended by {_e(record["ended_by"])}: '
-                     f'{_e(record.get("end_reason", ""))}</div>')
+    if result.ended_by:
+        parts.append(f'<div class="llmsim-end">Call ended by {_e(result.ended_by)}: '
+                     f'{_e(result.end_reason)}</div>')
     parts.append("</div>")
     return "".join(parts)
 
@@ -134,16 +143,14 @@ def _distribution(summary: RunSummary) -> str:
 def summary_html(summary: RunSummary, gates: Gates, missed: Sequence[str]) -> str:
     """The run totals shown at the top of the report."""
     stats = summary.score_statistics
-    rate = "n/a" if summary.success_rate is None else f"{summary.success_rate:.1%}"
     if stats.mean is None:
         scores = "no scored scenario"
     else:
         scores = (f"mean {stats.mean:g} · median {stats.median:g} · std {stats.std:g} · min {stats.min} · "
                   f"max {stats.max}")
     rows = [
-        ("Scenarios", f"{summary.total_scenarios} ({summary.successful_scenarios} passed, "
-                      f"{summary.failed_scenarios} failed, {summary.errored_scenarios} errored)"),
-        ("Pass rate", rate),
+        ("Scenarios", f"{summary.total_scenarios} ({outcome_counts(summary)})"),
+        ("Pass rate", pass_rate_text(summary)),
         ("Score", scores),
         ("Distribution", None),
         ("Tokens", f"{summary.total_tokens} live + {summary.replayed_tokens} replayed "
@@ -158,7 +165,13 @@ def summary_html(summary: RunSummary, gates: Gates, missed: Sequence[str]) -> st
         for name, value in rows
     )
     gate_html = "".join(f'<div class="llmsim-gate-missed">Gate missed: {_e(line)}</div>' for line in missed)
-    if gates.any and not missed and summary.total_scenarios:
-        gate_html = '<div class="llmsim-gate-ok">All suite gates met.</div>'
+    unchecked = gates_unchecked_reason(summary)
+    if gates.any and not missed:
+        gate_html = ('<div class="llmsim-gate-ok">All suite gates met.</div>' if unchecked is None else
+                     f'<div class="llmsim-incomplete">Suite gates not checked: {_e(unchecked)}.</div>')
+    incomplete = incomplete_text(summary)
+    if incomplete is not None:
+        gate_html = (f'<div class="llmsim-incomplete">Partial run ({incomplete_cause(summary)}): '
+                     f'{_e(incomplete)}.</div>{gate_html}')
     return (f'<div class="llmsim-summary"><h3>LLM scenarios (pytest-llmsim)</h3><table class="llmsim-totals">'
             f"{body}</table>{gate_html}</div>")

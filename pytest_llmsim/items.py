@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import fnmatch
+import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +49,70 @@ def is_scenario_file(config: pytest.Config, file_path: Path) -> bool:
     return False
 
 
+# -- scenario-like files that are not collected ----------------------------------------------------------------
+UNCOLLECTED_KEY = pytest.StashKey[list[Path]]()
+_SNIFF_BYTES = 4096
+_SNIFF = {
+    ".json": (re.compile(r'"name"\s*:'), re.compile(r'"variables"\s*:')),
+    ".yaml": (re.compile(r"^[ \t]*(?:-[ \t]+)?name[ \t]*:", re.MULTILINE),
+              re.compile(r"^[ \t]*(?:-[ \t]+)?variables[ \t]*:", re.MULTILINE)),
+}
+
+
+def looks_like_scenario_file(file_path: Path) -> bool:
+    """Cheap sniff of the first few KB: a ``name`` key and a ``variables`` key (no parsing, no yaml import)."""
+    patterns = _SNIFF.get(".json" if file_path.suffix == ".json" else ".yaml")
+    try:
+        with file_path.open("rb") as handle:
+            head = handle.read(_SNIFF_BYTES).decode("utf-8", errors="ignore")
+    except OSError:
+        return False
+    return patterns is not None and all(pattern.search(head) for pattern in patterns)
+
+
+def uncollected_scenario_hint(config: pytest.Config, file_path: Path) -> bool:
+    """True for a scenario-like .json/.yaml/.yml file inside a directory the user named on the command line that
+    is not collected because it is outside ``llmsim_paths`` (``pytest my_scenarios/`` would say only "no tests
+    ran")."""
+    if file_path.suffix not in SCENARIO_SUFFIXES or config.args_source != pytest.Config.ArgsSource.ARGS:
+        return False
+    if is_scenario_file(config, file_path):
+        return False
+    resolved = file_path.resolve()
+    for arg in config.args:
+        target = Path(arg.split("::")[0])
+        target = (target if target.is_absolute() else config.invocation_params.dir / target).resolve()
+        if target.is_dir() and resolved.is_relative_to(target):
+            return looks_like_scenario_file(file_path)
+    return False
+
+
+def note_uncollected_scenario_file(config: pytest.Config, file_path: Path) -> None:
+    """Remember ``file_path`` for ``uncollected_scenarios_line`` if ``uncollected_scenario_hint`` says so."""
+    if uncollected_scenario_hint(config, file_path):
+        config.stash.setdefault(UNCOLLECTED_KEY, []).append(file_path)
+
+
+def uncollected_scenarios_line(config: pytest.Config) -> str | None:
+    """One line for the terminal summary about the remembered files, or None."""
+    paths = config.stash.get(UNCOLLECTED_KEY, [])
+    if not paths:
+        return None
+    base = config.invocation_params.dir.resolve()
+    common = Path(os.path.commonpath([p.resolve().parent for p in paths]))
+    try:
+        where = common.relative_to(base).as_posix()
+    except ValueError:
+        where = str(common)
+    where = "./" if where == "." else where.rstrip("/") + "/"
+    configured = ", ".join(p.strip() for p in config.getini("llmsim_paths") if p.strip()) or "(none)"
+    count = len(paths)
+    files, verb, they = ("file", "was", "it is") if count == 1 else ("files", "were", "they are")
+    return (f"llmsim: {count} scenario-like {files} under {where} {verb} not collected: {they} outside "
+            f"llmsim_paths ({configured}). Add the folder to llmsim_paths in your ini file, or name the files on "
+            "the command line.")
+
+
 class ScenarioRunError(Exception):
     """The scenario could not be simulated or judged (raised in setup, so pytest reports an ERROR)."""
 
@@ -71,6 +137,11 @@ class ScenarioFile(pytest.File):
             entries = load_scenario_file(self.path)
         except ScenarioError as exc:
             yield ScenarioItem.from_parent(self, name=INVALID_FILE_ITEM, scenario=None, problem=str(exc))
+            return
+        except Exception as exc:  # one bad file never stops the run, even on a bug of ours (or a MemoryError)
+            problem = (f"{self.path}: cannot load scenario file: {type(exc).__name__}: {str(exc)[:300]} "
+                       "(please report this as a pytest-llmsim bug, with the file)")
+            yield ScenarioItem.from_parent(self, name=INVALID_FILE_ITEM, scenario=None, problem=problem)
             return
         for entry in entries:
             yield ScenarioItem.from_parent(self, name=entry.item_name, scenario=entry.scenario,
@@ -119,6 +190,7 @@ class ScenarioItem(pytest.Item):
         session.consumed(self)
         self.result = result
         if result.transcript or result.ended_by:
+            # The whole conversation, once: a failure's own text (``_failure_text``) does not repeat it.
             self.add_report_section("call", "llmsim transcript", _transcript_text(result))
         if result.status == ERROR:
             raise ScenarioRunError(result.error_message, result)
@@ -146,22 +218,20 @@ def _register_marker(config: pytest.Config, tag: str) -> None:
         config.addinivalue_line("markers", f"{tag}: llmsim scenario tag")
 
 
-def _transcript_text(result: ScenarioResult, last: int | None = None) -> str:
-    turns = result.transcript if last is None else result.transcript[-last:]
-    first = len(result.transcript) - len(turns) + 1
-    lines = [f"{first + i:>3}. {'Customer' if t['role'] == 'client' else 'Agent'}: {t['text']}"
-             for i, t in enumerate(turns)]
-    lines.append(f"     [call ended by {result.ended_by}: {result.end_reason}]")
-    return "\n".join(lines)
+def _transcript_text(result: ScenarioResult) -> str:
+    from .terminal_report import result_transcript_text
+
+    return result_transcript_text(result)
 
 
 def _failure_text(result: ScenarioResult) -> str:
+    """Verdict and comment; the conversation itself is the item's ``llmsim transcript`` section, which pytest
+    prints right below (JUnit and pytest-html carry it too)."""
     lines = [
         f"scenario {result.scenario!r} scored {result.score} (min_score {result.min_score})",
         f"judge: {result.comment}",
-        f"turns: {result.total_turns}, ended by {result.ended_by} ({result.end_reason})",
-        "last turns:",
-        _transcript_text(result, last=6),
+        f"turns: {result.total_turns}, ended by {result.ended_by} ({result.end_reason}); the conversation is in "
+        f"the 'llmsim transcript' section",
     ]
     return "\n".join(lines)
 

@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 
 from . import options
-from .items import ScenarioFile, ScenarioItem, ScenarioRunError, is_scenario_file
+from .items import (
+    ScenarioFile,
+    ScenarioItem,
+    ScenarioRunError,
+    is_scenario_file,
+    note_uncollected_scenario_file,
+    uncollected_scenarios_line,
+)
 from .report_plugin import ReportPlugin, add_report_options, scenario_cost_usd
 from .session import SESSION_KEY, LlmsimSession, local_model_path, local_state_dir
 from .settings import redact_url
@@ -39,6 +46,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     if is_scenario_file(parent.config, file_path):
         return ScenarioFile.from_parent(parent, path=file_path)
+    note_uncollected_scenario_file(parent.config, file_path)
     return None
 
 
@@ -55,6 +63,25 @@ def pytest_report_header(config: pytest.Config) -> str:
     return (f"llmsim: record mode={resolved['llmsim_record_mode']}, cache={resolved['llmsim_cache_dir']}, "
             f"seed={resolved['llmsim_seed']}, concurrency={resolved['llmsim_concurrency']}, http={http}, "
             f"endpoint={endpoint}")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under xdist the controller collects nothing, and a worker that fails at start-up is an INTERNALERROR: so
+    the controller checks an existing cache directory itself, before any worker starts."""
+    config = session.config
+    if hasattr(config, "workerinput") or config.getoption("dist", "no") == "no":
+        return
+    cache_dir = config.stash[OPTIONS_KEY]["llmsim_cache_dir"]
+    if cache_dir is not None and cache_dir.exists():
+        from .cache import CallCache
+        from .errors import CacheError
+        from .settings import RecordMode
+
+        try:
+            CallCache(cache_dir, RecordMode(config.stash[OPTIONS_KEY]["llmsim_record_mode"])).close()
+        except CacheError as exc:
+            raise pytest.UsageError(str(exc)) from None
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -115,7 +142,12 @@ def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -
     return report.outcome, letter, (word, {"green": report.passed, "red": report.failed})
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    uncollected = uncollected_scenarios_line(terminalreporter.config)
+    if uncollected:
+        terminalreporter.write_line(uncollected, yellow=True)
     llmsim = terminalreporter.config.stash.get(SESSION_KEY, None)
+    for note in llmsim.notes if llmsim is not None else []:
+        terminalreporter.write_line(note, yellow=True)
     if llmsim is not None and llmsim.unconsumed_finished:
         terminalreporter.write_line(
             f"llmsim: the run stopped early; {llmsim.unconsumed_finished} conversation(s) that had already "

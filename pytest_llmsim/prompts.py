@@ -2,7 +2,8 @@
 
 Templates are rendered in a sandbox with ``StrictUndefined``: a variable the scenario does not define is
 an error naming the template, the variable and the scenario. Variable *values* are data, never templates,
-so a value such as ``{{ 7*7 }}`` reaches the model literally.
+so a value such as ``{{ 7*7 }}`` reaches the model literally. A rendered prompt is bounded
+(``MAX_PROMPT_CHARS``): rendering stops there and the scenario errors instead of sending a huge prompt.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from jinja2.sandbox import SandboxedEnvironment
 from .errors import PromptError
 
 _UNDEFINED_RE = re.compile(r"'([^']+)' is undefined")
+
+MAX_PROMPT_CHARS = 200_000
+"""Longest rendered prompt (about 50 000 tokens); no sane template with sane variables comes close."""
 
 
 class PromptRenderer:
@@ -37,7 +41,14 @@ class PromptRenderer:
     def render(self, template_name: str, context: dict[str, Any], *, scenario_label: str) -> str:
         try:
             template = self._env.get_template(template_name)
-            return template.render(**context).strip()
+            chunks: list[str] = []
+            size = 0
+            for chunk in template.generate(**context):  # streamed: stop at the limit, never build a huge prompt
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_PROMPT_CHARS:
+                    raise PromptError(_too_long(template_name, scenario_label, size, context))
+            return "".join(chunks).strip()
         except jinja2.TemplateNotFound:
             raise PromptError(
                 f"{scenario_label}: prompt template {template_name!r} not found in {self.prompts_dir}; "
@@ -55,3 +66,11 @@ class PromptRenderer:
                 f"{scenario_label}: template {exc.filename or template_name}:{exc.lineno}: "
                 f"syntax error: {exc.message}"
             ) from None
+
+
+def _too_long(template_name: str, scenario_label: str, size: int, context: dict[str, Any]) -> str:
+    sizes = {name: len(value) if isinstance(value, str) else len(str(value)) for name, value in context.items()}
+    largest = max(sizes, key=lambda name: sizes[name], default=None)
+    hint = f"; the largest variable is {largest!r} ({sizes[largest]:,} characters)" if largest is not None else ""
+    return (f"{scenario_label}: template {template_name!r} renders a prompt of at least {size:,} characters, over "
+            f"the limit of {MAX_PROMPT_CHARS:,} (MAX_PROMPT_CHARS){hint}; shorten that value or the template")

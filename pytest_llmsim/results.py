@@ -1,17 +1,81 @@
-"""The result of one scenario run: plain data that crosses process boundaries as a dict.
+"""What one scenario run produced, and the record every report is built from (no pytest).
 
-``ScenarioResult.to_dict()`` is what travels on pytest's test report (and so through xdist), what exports
-write, and what summaries are computed from; ``from_dict`` reads it back.
+* ``ScenarioResult`` is the engine's answer for one scenario: verdict (``Status``), score, transcript, usage
+  and, for an error, its ``ErrorKind``. ``to_dict()`` is what travels on pytest's test report (and so through
+  xdist); ``from_dict`` reads it back.
+* ``ScenarioRecord`` is one scenario of a *run* as the reports see it: the result plus how pytest counted it
+  (``Outcome``), its cost and the run's id. The terminal, HTML, JUnit, exports, gates and histogram all read
+  records; ``to_dict()`` is the export row, ``from_dict`` reads an export back.
+
+``Status`` is the scenario's own verdict (score against the minimum); ``Outcome`` is pytest's: an
+xfail-marked scenario that scored below its minimum has status ``failed`` and outcome ``xfailed``. The run
+totals count outcomes (see ``summary``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from typing import Any
 
-PASSED = "passed"
-FAILED = "failed"
-ERROR = "error"
+
+class Status(StrEnum):
+    """A scenario's own verdict."""
+
+    PASSED = "passed"  # scored at least its minimum
+    FAILED = "failed"  # scored below its minimum
+    ERROR = "error"  # no score: the conversation or the verdict could not be produced
+    SKIPPED = "skipped"  # not run (skip marker, ``xfail(run=False)``, a skip during setup)
+
+
+class Outcome(StrEnum):
+    """How pytest counted the scenario's item (the words of pytest's closing line)."""
+
+    PASSED = "passed"
+    FAILED = "failed"
+    ERROR = "error"
+    SKIPPED = "skipped"
+    XFAILED = "xfailed"
+    XPASSED = "xpassed"
+
+
+class ErrorKind(StrEnum):
+    """Stable labels of errors in reports and exports (``errors.LlmsimError.kind`` and a few of the plugin's)."""
+
+    ERROR = "error"  # an engine error of no more specific kind (or a kind this version does not know)
+    SCENARIO = "scenario_error"
+    PROMPT = "prompt_error"
+    CONFIG = "config_error"
+    ENDPOINT = "endpoint_error"
+    BACKEND_MISSING = "backend_missing"
+    CACHE_MISS = "cache_miss"
+    CACHE = "cache_error"
+    NO_AGENT_REPLY = "no_agent_reply"
+    INVALID_VERDICT = "invalid_verdict"
+    INTERNAL = "internal_error"  # a bug or an unexpected library error in the engine
+    CRASHED = "crashed"  # the item failed outside the engine (e.g. an xdist worker died)
+
+    @classmethod
+    def parse(cls, value: Any) -> ErrorKind | None:
+        """``value`` as an ErrorKind; None for no kind (``""``/None), ``ERROR`` for an unknown label."""
+        if value in (None, ""):
+            return None
+        try:
+            return cls(str(value))
+        except ValueError:
+            return cls.ERROR
+
+
+# Kept for the engine modules and front ends that import the plain names.
+PASSED = Status.PASSED
+FAILED = Status.FAILED
+ERROR = Status.ERROR
+
+
+def outcome_of_status(status: Status) -> Outcome:
+    """The outcome a result has when no pytest outcome is known (the engine's own front ends)."""
+    return Outcome(status.value)
 
 
 @dataclass
@@ -43,15 +107,15 @@ class ScenarioResult:
     scenario: str
     nodeid: str
     source: str
-    status: str  # passed | failed | error
-    min_score: int
+    status: Status
+    min_score: int | None  # None only for a scenario that never ran (invalid, skipped)
     score: int | None = None
     comment: str = ""
     raw_verdict: str = ""
     transcript: list[dict[str, Any]] = field(default_factory=list)
     ended_by: str = ""
     end_reason: str = ""
-    error_kind: str = ""
+    error_kind: ErrorKind | str | None = None  # the engine sets ``LlmsimError.kind``; read back as ErrorKind
     error_message: str = ""
     duration_seconds: float = 0.0
     usage: list[ModelUsage] = field(default_factory=list)
@@ -93,9 +157,12 @@ class ScenarioResult:
         return self.cached_calls > 0 and self.live_calls == 0
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data (str, int, float, bool, list, dict) for the xdist wire and the exports."""
         # Built field by field: dataclasses.asdict deep-copies every value recursively, which was a tenth of
         # the CPU of replaying a cached suite.
         data: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["status"] = str(self.status)
+        data["error_kind"] = str(self.error_kind) if self.error_kind else ""
         data["transcript"] = [dict(turn) for turn in self.transcript]
         data["usage"] = [dict(vars(usage)) for usage in self.usage]
         data.update(total_turns=self.total_turns, prompt_tokens=self.prompt_tokens,
@@ -104,9 +171,112 @@ class ScenarioResult:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ScenarioResult:
+    def from_dict(cls, data: Mapping[str, Any]) -> ScenarioResult:
         names = {f for f in cls.__dataclass_fields__}
         values = {k: v for k, v in data.items() if k in names}
-        values["usage"] = [ModelUsage(**u) for u in data.get("usage", [])]
-        values["transcript"] = [dict(t) for t in data.get("transcript", [])]
+        values["status"] = Status(str(data.get("status") or Status.ERROR))
+        values["error_kind"] = ErrorKind.parse(data.get("error_kind"))
+        values.setdefault("min_score", None)
+        if values.get("score") in ("", None):
+            values["score"] = None
+        else:
+            values["score"] = int(values["score"])
+        if values["min_score"] in ("", None):
+            values["min_score"] = None
+        else:
+            values["min_score"] = int(values["min_score"])
+        values["usage"] = [ModelUsage(**u) for u in data.get("usage") or []]
+        values["transcript"] = [dict(t) for t in data.get("transcript") or []]
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class ScenarioRecord:
+    """One scenario of a run: its result, pytest's outcome, its cost and the run it belongs to."""
+
+    result: ScenarioResult
+    outcome: Outcome
+    run_id: str = ""
+    worker: str = ""
+    cost_usd: float = 0.0  # live calls, USD (rounded to 8 decimals)
+    saved_cost_usd: float = 0.0  # what the replayed calls would have cost live
+    unpriced_models: tuple[str, ...] = ()
+
+    # The fields every report reads, straight from the result.
+    @property
+    def nodeid(self) -> str:
+        return self.result.nodeid
+
+    @property
+    def scenario(self) -> str:
+        return self.result.scenario
+
+    @property
+    def status(self) -> Status:
+        return Status(self.result.status)
+
+    @property
+    def score(self) -> int | None:
+        return self.result.score
+
+    @property
+    def min_score(self) -> int | None:
+        return self.result.min_score
+
+    @property
+    def error_kind(self) -> ErrorKind | None:
+        return ErrorKind.parse(self.result.error_kind)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The export row: the flat fields of ``summary.RECORD_FIELDS``, then raw verdict, transcript, usage."""
+        r = self.result
+        return {
+            "session_id": self.run_id,
+            "nodeid": r.nodeid,
+            "scenario": r.scenario,
+            "source": r.source,
+            "status": str(r.status),
+            "outcome": str(self.outcome),
+            "score": r.score,
+            "min_score": r.min_score,
+            "comment": r.comment,
+            "total_turns": r.total_turns,
+            "ended_by": r.ended_by,
+            "end_reason": r.end_reason,
+            "duration_seconds": float(r.duration_seconds),
+            "prompt_tokens": r.prompt_tokens,
+            "completion_tokens": r.completion_tokens,
+            "total_tokens": r.prompt_tokens + r.completion_tokens,
+            "live_calls": r.live_calls,
+            "cached_calls": r.cached_calls,
+            "live_tokens": r.live_tokens,
+            "replayed_tokens": r.replayed_tokens,
+            "cached": r.fully_cached,
+            "cost_usd": self.cost_usd,
+            "saved_cost_usd": self.saved_cost_usd,
+            "unpriced_models": list(self.unpriced_models),
+            "error_kind": str(r.error_kind) if r.error_kind else "",
+            "error_message": r.error_message,
+            "worker": self.worker,
+            "raw_verdict": r.raw_verdict,
+            "transcript": [dict(turn) for turn in r.transcript],
+            "usage": [dict(vars(usage)) for usage in r.usage],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ScenarioRecord:
+        """A record from an export row, or from a bare ``ScenarioResult.to_dict()`` (outcome from its status)."""
+        result = ScenarioResult.from_dict(data)
+        outcome = data.get("outcome")
+        unpriced = data.get("unpriced_models") or ()
+        if isinstance(unpriced, str):  # a CSV cell
+            unpriced = [m for m in unpriced.split(";") if m]
+        return cls(
+            result=result,
+            outcome=Outcome(str(outcome)) if outcome else outcome_of_status(result.status),
+            run_id=str(data.get("session_id") or ""),
+            worker=str(data.get("worker") or ""),
+            cost_usd=float(data.get("cost_usd") or 0.0),
+            saved_cost_usd=float(data.get("saved_cost_usd") or 0.0),
+            unpriced_models=tuple(str(m) for m in unpriced),
+        )

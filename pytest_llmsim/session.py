@@ -67,6 +67,7 @@ class LlmsimSession:
         self._consumed: set[str] = set()
         self._messages: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.unconsumed_finished = 0
+        self.notes: list[str] = []  # lines for the terminal summary, gathered when the runner closes
         self.nextitem: pytest.Item | None = None
         self.lookahead_enabled = not (
             config.getoption("collectonly") or config.getoption("usepdb", False)
@@ -85,7 +86,7 @@ class LlmsimSession:
             try:
                 self.runner = Runner(self.settings, rpm=options.rpm_share(self.options, worker_count(self.config)))
             except CacheError as exc:
-                raise pytest.UsageError(f"llmsim: {exc}") from None
+                raise pytest.UsageError(str(exc)) from None
         return self.runner
 
     def build_settings(self) -> RunSettings:
@@ -207,6 +208,10 @@ class LlmsimSession:
     def close(self) -> None:
         self.cancel_unconsumed()
         if self.runner is not None:
+            cache = self.runner.client.cache
+            if getattr(cache, "unstored", 0):
+                self.notes.append(f"llmsim: {cache.unstored} new LLM replies were used but not stored in the cache: "
+                                  f"{cache.store_error}")
             self.runner.close()
             self.runner = None
 

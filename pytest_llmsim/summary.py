@@ -1,23 +1,34 @@
-"""Run records and the run summary: pure functions over plain dicts (no pytest).
+"""Run records and the run summary: pure functions over ``ScenarioRecord``s (no pytest).
 
-A *record* is one scenario run as exports write it: ``ScenarioResult.to_dict()`` plus its cost, token split
-and run metadata (``make_record``). ``summarize`` turns a list of records, or of bare ``to_dict()`` results,
-into the run totals that the terminal, the HTML report, the exports and the gates all show.
+A *record* (``results.ScenarioRecord``) is one scenario of a run: its result, pytest's outcome, its cost and
+the run id (``make_record``). ``summarize`` turns the records into the run totals that the terminal, the HTML
+report, the exports, the histogram and the gates all show; it also accepts export rows and bare
+``ScenarioResult.to_dict()`` dicts, so an export alone reproduces its summary.
 
 Conventions, fixed here so every surface agrees:
 
-* ``successful_scenarios`` passed (score >= min score), ``failed_scenarios`` scored below their minimum,
-  ``errored_scenarios`` got no score (endpoint, template, verdict errors, invalid scenarios); the three add up
-  to ``total_scenarios``. ``success_rate`` = successful / total (errors count against it). ``status`` is the
-  scenario's own verdict: an xfail-marked scenario that scored below its minimum counts as failed here (its
-  pytest outcome, ``xfailed``, is in the record's ``outcome``).
-* Score statistics are over scored scenarios only. ``std`` is the *population* standard deviation
-  (``statistics.pstdev``): the run's scores are the whole population described, not a sample of one, and a
-  single score has std 0.
-* The cost block is what this run spent: ``total_cost_usd``, ``total_tokens`` and ``total_requests`` count
-  live calls only, ``average_cost_per_request`` = total_cost_usd / total_requests. Calls replayed from the cache
-  are counted apart (``replayed_requests``, ``replayed_tokens``, ``saved_cost_usd``); ``prompt_tokens`` and
-  ``completion_tokens`` count every call, live or replayed, like the per-record fields.
+* **Scenarios are counted by pytest's outcome**, so the llmsim totals say what pytest's closing line says:
+  ``successful_scenarios`` (passed), ``failed_scenarios``, ``errored_scenarios``, ``skipped_scenarios``,
+  ``xfailed_scenarios`` and ``xpassed_scenarios`` add up to ``total_scenarios`` (every scenario item that
+  was reported, run or skipped). An xfail-marked scenario that scores below its minimum (or errors) is
+  *xfailed*, not failed; one that passes is *xpassed*, or *failed* under ``xfail_strict`` (pytest counts a
+  strict XPASS as a failure). A record's ``status`` keeps the scenario's own verdict (passed/failed/error by
+  score, skipped when it did not run); its ``outcome`` is pytest's.
+* ``success_rate`` = (passed + xpassed) / (passed + xpassed + failed + errored): the share of the scenarios
+  that count which met their minimum. Skipped and xfailed scenarios are left out (they are neither passes
+  nor failures); errors count against the rate. None when no scenario counts.
+* Score statistics and the distribution are over the scored scenarios that count (passed, failed and
+  xpassed outcomes): an xfailed scenario's score is in its record but does not move the mean.
+  ``std`` is the *population* standard deviation (``statistics.pstdev``): the run's scores are the whole
+  population described, not a sample of one, and a single score has std 0.
+* The cost block is what this run spent, whatever the outcome: ``total_cost_usd``, ``total_tokens`` and
+  ``total_requests`` count live calls only, ``average_cost_per_request`` = total_cost_usd / total_requests.
+  Calls replayed from the cache are counted apart (``replayed_requests``, ``replayed_tokens``,
+  ``saved_cost_usd``); ``prompt_tokens`` and ``completion_tokens`` count every call, live or replayed, like
+  the per-record fields.
+* A run that did not finish says so: ``interrupted`` (Ctrl-C or ``pytest.exit``) and
+  ``unfinished_scenarios`` (collected scenario items that never reported: interrupted, ``-x``/``--maxfail``).
+  The totals then describe only the scenarios that finished, and the suite gates are not checked.
 * Values are rounded once, here: statistics and rates to 4 decimals, run costs to 6 (per-record costs to 8),
   so the terminal, HTML and exports print the same numbers.
 """
@@ -31,13 +42,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .pricing import ScenarioCost
-from .results import ERROR, FAILED, PASSED, ScenarioResult
+from .results import Outcome, ScenarioRecord, ScenarioResult
 
 STAT_DECIMALS = 4
 RUN_COST_DECIMALS = 6
 RECORD_COST_DECIMALS = 8
 
-# Flat per-record fields in export order (CSV columns); JSON/NDJSON records add ``transcript`` and ``usage``.
+# Flat per-record fields in export order (CSV columns); JSON/NDJSON records add ``raw_verdict``,
+# ``transcript`` and ``usage``. ``session_id`` is the run's id (the same in every record of a run).
 RECORD_FIELDS = (
     "session_id", "nodeid", "scenario", "source", "status", "outcome", "score", "min_score", "comment",
     "total_turns", "ended_by", "end_reason", "duration_seconds", "prompt_tokens", "completion_tokens",
@@ -45,43 +57,24 @@ RECORD_FIELDS = (
     "saved_cost_usd", "unpriced_models", "error_kind", "error_message", "worker",
 )
 
+# Outcomes that count towards the pass rate and the score statistics, and those of them that are passes.
+COUNTED_OUTCOMES = frozenset({Outcome.PASSED, Outcome.XPASSED, Outcome.FAILED, Outcome.ERROR})
+PASSING_OUTCOMES = frozenset({Outcome.PASSED, Outcome.XPASSED})
 
-def make_record(result: Mapping[str, Any], cost: ScenarioCost, *, session_id: str, outcome: str,
-                worker: str = "") -> dict[str, Any]:
-    """One export record from a ``ScenarioResult.to_dict()`` and its cost."""
-    scenario = ScenarioResult.from_dict(result)
-    return {
-        "session_id": session_id,
-        "nodeid": scenario.nodeid,
-        "scenario": scenario.scenario,
-        "source": scenario.source,
-        "status": scenario.status,
-        "outcome": outcome,
-        "score": scenario.score,
-        "min_score": scenario.min_score,
-        "comment": scenario.comment,
-        "total_turns": scenario.total_turns,
-        "ended_by": scenario.ended_by,
-        "end_reason": scenario.end_reason,
-        "duration_seconds": float(scenario.duration_seconds),
-        "prompt_tokens": scenario.prompt_tokens,
-        "completion_tokens": scenario.completion_tokens,
-        "total_tokens": scenario.prompt_tokens + scenario.completion_tokens,
-        "live_calls": scenario.live_calls,
-        "cached_calls": scenario.cached_calls,
-        "live_tokens": scenario.live_tokens,
-        "replayed_tokens": scenario.replayed_tokens,
-        "cached": scenario.fully_cached,
-        "cost_usd": round(cost.spent_usd, RECORD_COST_DECIMALS),
-        "saved_cost_usd": round(cost.saved_usd, RECORD_COST_DECIMALS),
-        "unpriced_models": list(cost.unpriced_models),
-        "error_kind": scenario.error_kind,
-        "error_message": scenario.error_message,
-        "worker": worker,
-        "raw_verdict": scenario.raw_verdict,
-        "transcript": scenario.transcript,
-        "usage": [dict(vars(usage)) for usage in scenario.usage],
-    }
+
+def make_record(result: ScenarioResult | Mapping[str, Any], cost: ScenarioCost, *, run_id: str,
+                outcome: Outcome | str, worker: str = "") -> ScenarioRecord:
+    """One run record from a result (or its ``to_dict()``), its cost and pytest's outcome."""
+    scenario = result if isinstance(result, ScenarioResult) else ScenarioResult.from_dict(result)
+    return ScenarioRecord(
+        result=scenario,
+        outcome=Outcome(str(outcome)),
+        run_id=run_id,
+        worker=worker,
+        cost_usd=round(cost.spent_usd, RECORD_COST_DECIMALS),
+        saved_cost_usd=round(cost.saved_usd, RECORD_COST_DECIMALS),
+        unpriced_models=tuple(cost.unpriced_models),
+    )
 
 
 @dataclass(frozen=True)
@@ -99,6 +92,9 @@ class RunSummary:
     successful_scenarios: int = 0
     failed_scenarios: int = 0
     errored_scenarios: int = 0
+    skipped_scenarios: int = 0
+    xfailed_scenarios: int = 0
+    xpassed_scenarios: int = 0
     success_rate: float | None = None
     score_statistics: ScoreStatistics = field(default_factory=ScoreStatistics)
     score_distribution: dict[str, int] = field(default_factory=lambda: {"score_1": 0, "score_2": 0, "score_3": 0})
@@ -113,34 +109,75 @@ class RunSummary:
     completion_tokens: int = 0
     total_duration_seconds: float = 0.0
     unpriced_models: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    unfinished_scenarios: int = 0
 
     @property
     def scores_count(self) -> int:
         return sum(self.score_distribution.values())
 
+    @property
+    def passing_scenarios(self) -> int:
+        """Passes that count for the pass rate: passed + xpassed."""
+        return self.successful_scenarios + self.xpassed_scenarios
+
+    @property
+    def counted_scenarios(self) -> int:
+        """The pass rate's denominator: passed + xpassed + failed + errored."""
+        return self.passing_scenarios + self.failed_scenarios + self.errored_scenarios
+
+    @property
+    def complete(self) -> bool:
+        """Every collected scenario reported and the run was not interrupted."""
+        return not self.interrupted and self.unfinished_scenarios == 0
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _int(record: Mapping[str, Any], name: str) -> int:
-    value = record.get(name)
-    return int(value) if value not in (None, "") else 0
+def outcome_counts(summary: RunSummary) -> str:
+    """``1 passed, 6 failed, 0 errored, 1 skipped, 1 xfailed``: the counts every surface prints (skipped,
+    xfailed and xpassed only when there are any)."""
+    parts = [f"{summary.successful_scenarios} passed", f"{summary.failed_scenarios} failed",
+             f"{summary.errored_scenarios} errored"]
+    for count, word in ((summary.skipped_scenarios, "skipped"), (summary.xfailed_scenarios, "xfailed"),
+                        (summary.xpassed_scenarios, "xpassed")):
+        if count:
+            parts.append(f"{count} {word}")
+    return ", ".join(parts)
 
 
-def _live_and_replayed_tokens(record: Mapping[str, Any]) -> tuple[int, int]:
-    if "live_tokens" in record and "replayed_tokens" in record:
-        return _int(record, "live_tokens"), _int(record, "replayed_tokens")
-    usage = record.get("usage") or []
-    live = sum(int(u.get("prompt_tokens", 0)) + int(u.get("completion_tokens", 0)) for u in usage)
-    replayed = sum(int(u.get("cached_prompt_tokens", 0)) + int(u.get("cached_completion_tokens", 0)) for u in usage)
-    return live, replayed
+def pass_rate_text(summary: RunSummary) -> str:
+    return "n/a" if summary.success_rate is None else f"{summary.success_rate:.1%}"
 
 
-def summarize(records: Iterable[Mapping[str, Any]]) -> RunSummary:
-    """Run totals over ``records`` (one per scenario run; see the module docstring for the conventions)."""
-    rows: Sequence[Mapping[str, Any]] = list(records)
-    statuses = [str(r.get("status", ERROR)) for r in rows]
-    scores = [int(r["score"]) for r in rows if r.get("score") not in (None, "")]
+def incomplete_text(summary: RunSummary) -> str | None:
+    """How much of the run did not finish, in words; None for a complete run."""
+    if summary.complete:
+        return None
+    finished = summary.total_scenarios
+    total = finished + summary.unfinished_scenarios
+    return (f"{summary.unfinished_scenarios} of {total} scenarios did not finish; the totals cover the "
+            f"{finished} that did")
+
+
+def incomplete_cause(summary: RunSummary) -> str:
+    return "interrupted" if summary.interrupted else "stopped early"
+
+
+def as_records(rows: Iterable[ScenarioRecord | Mapping[str, Any]]) -> list[ScenarioRecord]:
+    return [row if isinstance(row, ScenarioRecord) else ScenarioRecord.from_dict(row) for row in rows]
+
+
+def summarize(records: Iterable[ScenarioRecord | Mapping[str, Any]], *, interrupted: bool = False,
+              unfinished: int = 0) -> RunSummary:
+    """Run totals over ``records`` (one per scenario run; see the module docstring for the conventions).
+
+    ``interrupted`` and ``unfinished`` (scenario items that never reported) mark a partial run.
+    """
+    rows: Sequence[ScenarioRecord] = as_records(records)
+    outcomes = [r.outcome for r in rows]
+    scores = [int(r.score) for r in rows if r.score is not None and r.outcome in COUNTED_OUTCOMES]
     distribution = {f"score_{n}": 0 for n in (1, 2, 3)}
     for score in scores:
         key = f"score_{score}"
@@ -155,36 +192,36 @@ def summarize(records: Iterable[Mapping[str, Any]]) -> RunSummary:
         )
     else:
         stats = ScoreStatistics()
-    total = len(rows)
-    successful = statuses.count(PASSED)
-    failed = statuses.count(FAILED)
-    live_tokens = replayed_tokens = 0
-    for record in rows:
-        live, replayed = _live_and_replayed_tokens(record)
-        live_tokens += live
-        replayed_tokens += replayed
-    spent = round(math.fsum(float(r.get("cost_usd") or 0.0) for r in rows), RUN_COST_DECIMALS)
-    requests = sum(_int(r, "live_calls") for r in rows)
-    unpriced = sorted({str(m) for r in rows for m in (r.get("unpriced_models") or [])})
+    passing = sum(1 for o in outcomes if o in PASSING_OUTCOMES)
+    counted = sum(1 for o in outcomes if o in COUNTED_OUTCOMES)
+    results = [r.result for r in rows]
+    spent = round(math.fsum(r.cost_usd for r in rows), RUN_COST_DECIMALS)
+    requests = sum(r.live_calls for r in results)
+    unpriced = sorted({m for r in rows for m in r.unpriced_models})
     return RunSummary(
-        total_scenarios=total,
-        successful_scenarios=successful,
-        failed_scenarios=failed,
-        errored_scenarios=total - successful - failed,
-        success_rate=round(successful / total, STAT_DECIMALS) if total else None,
+        total_scenarios=len(rows),
+        successful_scenarios=outcomes.count(Outcome.PASSED),
+        failed_scenarios=outcomes.count(Outcome.FAILED),
+        errored_scenarios=outcomes.count(Outcome.ERROR),
+        skipped_scenarios=outcomes.count(Outcome.SKIPPED),
+        xfailed_scenarios=outcomes.count(Outcome.XFAILED),
+        xpassed_scenarios=outcomes.count(Outcome.XPASSED),
+        success_rate=round(passing / counted, STAT_DECIMALS) if counted else None,
         score_statistics=stats,
         score_distribution=distribution,
         total_cost_usd=spent,
-        total_tokens=live_tokens,
+        total_tokens=sum(r.live_tokens for r in results),
         total_requests=requests,
         average_cost_per_request=round(spent / requests, RECORD_COST_DECIMALS) if requests else 0.0,
-        saved_cost_usd=round(math.fsum(float(r.get("saved_cost_usd") or 0.0) for r in rows), RUN_COST_DECIMALS),
-        replayed_requests=sum(_int(r, "cached_calls") for r in rows),
-        replayed_tokens=replayed_tokens,
-        prompt_tokens=sum(_int(r, "prompt_tokens") for r in rows),
-        completion_tokens=sum(_int(r, "completion_tokens") for r in rows),
-        total_duration_seconds=round(math.fsum(float(r.get("duration_seconds") or 0.0) for r in rows), 4),
+        saved_cost_usd=round(math.fsum(r.saved_cost_usd for r in rows), RUN_COST_DECIMALS),
+        replayed_requests=sum(r.cached_calls for r in results),
+        replayed_tokens=sum(r.replayed_tokens for r in results),
+        prompt_tokens=sum(r.prompt_tokens for r in results),
+        completion_tokens=sum(r.completion_tokens for r in results),
+        total_duration_seconds=round(math.fsum(float(r.duration_seconds or 0.0) for r in results), 4),
         unpriced_models=unpriced,
+        interrupted=interrupted,
+        unfinished_scenarios=max(0, unfinished),
     )
 
 
@@ -204,9 +241,20 @@ class Gates:
         return asdict(self)
 
 
-def missed_gates(summary: RunSummary, gates: Gates) -> list[str]:
-    """One line per gate the run missed (empty when all hold). Gates are not checked when no scenario ran."""
+def gates_unchecked_reason(summary: RunSummary) -> str | None:
+    """Why the gates are not checked for this run (no scenario ran, or it did not finish); None to check."""
     if summary.total_scenarios == 0:
+        return "no scenario ran"
+    if not summary.complete:
+        return ("the run was interrupted" if summary.interrupted else
+                f"{summary.unfinished_scenarios} scenarios did not finish")
+    return None
+
+
+def missed_gates(summary: RunSummary, gates: Gates) -> list[str]:
+    """One line per gate the run missed (empty when all hold, or when the gates are not checked: see
+    ``gates_unchecked_reason``)."""
+    if gates_unchecked_reason(summary) is not None:
         return []
     missed = []
     if gates.min_mean_score is not None:
@@ -219,10 +267,20 @@ def missed_gates(summary: RunSummary, gates: Gates) -> list[str]:
                           f"(llmsim_min_mean_score)")
     if gates.min_pass_rate is not None and summary.success_rate is not None \
             and summary.success_rate < gates.min_pass_rate:
-        missed.append(f"pass rate {summary.success_rate:.1%} ({summary.successful_scenarios} of "
-                      f"{summary.total_scenarios} scenarios) is below the minimum {gates.min_pass_rate:.1%} "
-                      f"(llmsim_min_pass_rate)")
+        left_out = summary.skipped_scenarios + summary.xfailed_scenarios
+        note = f"; {left_out} skipped or xfailed not counted" if left_out else ""
+        missed.append(f"pass rate {summary.success_rate:.1%} ({summary.passing_scenarios} of "
+                      f"{summary.counted_scenarios} scenarios{note}) is below the minimum "
+                      f"{gates.min_pass_rate:.1%} (llmsim_min_pass_rate)")
     if gates.max_cost_usd is not None and summary.total_cost_usd > gates.max_cost_usd:
         missed.append(f"cost ${summary.total_cost_usd:.6f} spent on live calls is above the maximum "
                       f"${gates.max_cost_usd:g} (llmsim_max_cost_usd)")
     return missed
+
+
+def summary_dict(summary: RunSummary, gates: Gates, missed: Sequence[str]) -> dict[str, Any]:
+    """The summary as exports write it: the totals plus the gates, whether they were checked, and the missed."""
+    data = summary.to_dict()
+    unchecked = gates_unchecked_reason(summary)
+    data["gates"] = {**gates.to_dict(), "checked": gates.any and unchecked is None, "missed": list(missed)}
+    return data

@@ -110,3 +110,20 @@ def test_a_run_without_scenarios_does_not_import_the_engine(pytester: pytest.Pyt
     """)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+def test_scenario_files_outside_llmsim_paths_get_a_hint(sim: SimProject) -> None:
+    """``pytest my_scenarios/`` outside llmsim_paths collects nothing; one line says why and what to do."""
+    folder = sim.path / "my_scenarios"
+    folder.mkdir()
+    (folder / "a.yaml").write_text("- name: a\n  variables: {LOCATIONS: x, PERSONALITY: y}\n")
+    (folder / "b.json").write_text(json.dumps([scenario("b")]))
+    (folder / "settings.yaml").write_text("name: app\nport: 8080\n")  # not scenario-like
+    result = sim.run("my_scenarios")
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    result.stdout.fnmatch_lines([
+        "llmsim: 2 scenario-like files under my_scenarios/ were not collected: they are outside llmsim_paths "
+        "(scenarios). Add the folder to llmsim_paths in your ini file, or name the files on the command line.",
+    ])
+    quiet = sim.run()  # no folder named: pytest walks the default paths, and no hint is printed
+    quiet.stdout.no_fnmatch_line("*scenario-like*")

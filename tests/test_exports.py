@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +17,7 @@ import pytest
 from pytest_llmsim.exports import export_format, summary_path_for, write_results
 from pytest_llmsim.histogram import HistogramUnavailable, draw_histogram
 from pytest_llmsim.pricing import PriceTable, scenario_cost
-from pytest_llmsim.results import ModelUsage, ScenarioResult
+from pytest_llmsim.results import ModelUsage, ScenarioRecord, ScenarioResult
 from pytest_llmsim.summary import RECORD_FIELDS, Gates, make_record, missed_gates, summarize
 
 
@@ -34,12 +37,11 @@ def _result(name: str, score: int | None, *, min_score: int = 2, live: int = 3, 
     return result.to_dict()
 
 
-def _records() -> list[dict[str, Any]]:
+def _records() -> list[ScenarioRecord]:
     results = [_result("a", 3), _result("b", 3, cached=2), _result("mid_c", 2), _result("low_d", 1),
                _result("broken", None, live=1, error_kind="endpoint_error")]
     table = PriceTable.default()
-    return [make_record(r, scenario_cost(r, table), session_id=f"id-{i}", outcome=r["status"])
-            for i, r in enumerate(results)]
+    return [make_record(r, scenario_cost(r, table), run_id="run-1", outcome=r["status"]) for r in results]
 
 
 def test_summary_maths_on_known_scores() -> None:
@@ -98,14 +100,14 @@ def test_exports_round_trip(tmp_path: Path, name: str) -> None:
         document = json.loads(path.read_text(encoding="utf-8"))
         assert document["run_id"] == "run-1" and document["total_results"] == 5
         assert document["summary"] == summary
-        assert document["results"] == records
+        assert document["results"] == [r.to_dict() for r in records]
         return
     assert written == [path, summary_path_for(path)]
     side = json.loads(summary_path_for(path).read_text(encoding="utf-8"))
     assert side == {"run_id": "run-1", "generated_at": "2026-01-01T00:00:00+00:00", **summary}
     if fmt == "ndjson":
         loaded = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-        assert loaded == records
+        assert loaded == [r.to_dict() for r in records]
         assert summarize(loaded).to_dict() == summary  # the export alone reproduces its summary
     else:
         with path.open(encoding="utf-8", newline="") as handle:
@@ -113,7 +115,7 @@ def test_exports_round_trip(tmp_path: Path, name: str) -> None:
         assert list(rows[0]) == list(RECORD_FIELDS)
         assert [r["scenario"] for r in rows] == ["a", "b", "mid_c", "low_d", "broken"]
         assert rows[0]["comment"] == "comment <a>" and rows[4]["score"] == "" and rows[1]["cached"] == "false"
-        assert float(rows[0]["cost_usd"]) == records[0]["cost_usd"]
+        assert float(rows[0]["cost_usd"]) == records[0].cost_usd
 
 
 def test_export_is_atomic_and_a_failed_write_keeps_the_old_file(tmp_path: Path,
@@ -122,7 +124,8 @@ def test_export_is_atomic_and_a_failed_write_keeps_the_old_file(tmp_path: Path,
     records = _records()
     write_results(path, records, summarize(records).to_dict(), run_id="one", generated_at="t")
     before = path.read_bytes()
-    broken = [{**records[0], "score": float("nan")}]  # not valid JSON: the writer refuses it
+    nan_score = dataclasses.replace(records[0].result, score=float("nan"))
+    broken = [dataclasses.replace(records[0], result=nan_score)]  # not valid JSON: the writer refuses it
     with pytest.raises(ValueError):
         write_results(path, broken, {}, run_id="two", generated_at="t")
     assert path.read_bytes() == before
@@ -137,6 +140,23 @@ def test_export_is_atomic_and_a_failed_write_keeps_the_old_file(tmp_path: Path,
         write_results(path, records, summarize(records).to_dict(), run_id="three", generated_at="t")
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+@pytest.mark.parametrize("name", ["out.json", "out.csv"])
+def test_exports_respect_the_umask(tmp_path: Path, umask: int, name: str) -> None:
+    """Like junit.xml and report.html (created by ``open()``): mode 0666 minus the umask, not mkstemp's 0600."""
+    records = _records()
+    previous = os.umask(umask)
+    try:
+        written = write_results(tmp_path / name, records, summarize(records).to_dict(), run_id="r", generated_at="t")
+        (tmp_path / "plain").write_text("x")  # what open() makes under the same umask
+    finally:
+        os.umask(previous)
+    expected = stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+    assert expected == 0o666 & ~umask
+    assert [oct(stat.S_IMODE(path.stat().st_mode)) for path in written] == [oct(expected)] * len(written)
 
 
 def test_unsupported_extension_is_refused(tmp_path: Path) -> None:
@@ -163,5 +183,6 @@ def test_histogram_without_matplotlib(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_reporting_engine_does_not_import_pytest() -> None:
     code = ("import sys; sys.modules['pytest'] = None; sys.modules['_pytest'] = None\n"
             "import pytest_llmsim.pricing, pytest_llmsim.summary, pytest_llmsim.exports\n"
-            "import pytest_llmsim.histogram, pytest_llmsim.html_report\n")
+            "import pytest_llmsim.histogram, pytest_llmsim.html_report, pytest_llmsim.results\n"
+            "import pytest_llmsim.collector, pytest_llmsim.terminal_report\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

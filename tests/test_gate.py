@@ -21,11 +21,24 @@ def test_score_below_minimum_fails_with_verdict_not_traceback(sim: SimProject) -
         "*scenario 'low_service' scored 1 (min_score 2)*",
         "*judge: The agent was rude.*",
         "*ended by agent*",
-        "*last turns:*",
-        "*Agent: Your order is confirmed. Goodbye!",
+        "*Captured llmsim transcript call*",
+        "*1. Customer: Hi, I would like chicken fillet.",
+        "*6. Agent: Your order is confirmed. Goodbye!",
     ])
     out = result.stdout.str()
     assert "Traceback" not in out and "[END_CALL]" not in out
+
+
+def test_a_failure_prints_its_conversation_once(sim: SimProject) -> None:
+    sim.write_scenarios("s.json", [scenario("low_a"), scenario("low_b"), scenario("fine")])
+    result = sim.run("-q")
+    result.assert_outcomes(passed=1, failed=2)
+    out = result.stdout.str()
+    # Every turn of each failed conversation once (the transcript section), not again as "last turns".
+    for turn in ("Customer: Hi, I would like chicken fillet.", "Agent: Your order is confirmed. Goodbye!",
+                 "[call ended by agent: the agent ended the call]"):
+        assert out.count(turn) == 2, (turn, out)
+    assert out.count("Captured llmsim transcript call") == 2
 
 
 def test_min_score_precedence_scenario_then_option_then_ini(sim: SimProject) -> None:

@@ -156,7 +156,10 @@ def test_export_fields_and_summary_match_the_terminal(sim: SimProject, mode: lis
     records, summary = _load_export(sim.path / "out" / name)
     by_name = {r["scenario"]: r for r in records}
     assert len(records) == 5 and set(by_name) == {"a", "b", "mid_c", "low_d", "broken"}  # once each
-    assert len({r["session_id"] for r in records}) == 5
+    run_ids = {r["session_id"] for r in records}  # one run id for the whole session, the document's too
+    assert len(run_ids) == 1 and len(run_id := run_ids.pop()) == 36
+    side = sim.path / "out" / ("results.summary.json" if name != "results.json" else name)
+    assert json.loads(side.read_text(encoding="utf-8"))["run_id"] == run_id
     for field in ("session_id", "scenario", "status", "score", "comment", "total_turns", "duration_seconds",
                   "prompt_tokens", "completion_tokens", "cost_usd", "nodeid", "ended_by", "cached"):
         assert all(field in r for r in records), field
@@ -350,24 +353,43 @@ def test_plugin_works_without_pytest_html_and_xdist(sim: SimProject) -> None:
 # -- gates ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize(("option", "missed"), [
+    # Scores 3, 2, 1 count (mean 2); the xfailed scenario's 1 does not (with it the mean would be 1.75).
     ("--llmsim-min-mean-score=2.5", "mean score 2 is below the minimum 2.5 (llmsim_min_mean_score)"),
-    ("--llmsim-min-pass-rate=90%", "pass rate 66.7% (2 of 3 scenarios) is below the minimum 90.0% "
-                                   "(llmsim_min_pass_rate)"),
     ("--llmsim-max-cost-usd=0.01", "cost $* spent on live calls is above the maximum $0.01 (llmsim_max_cost_usd)"),
+    # Every scenario that counts passed: an xfailed scenario is not a failure, so the pass rate is 100%.
+    ("--llmsim-min-pass-rate=100%", None),
 ])
 def test_missed_gate_fails_a_session_whose_items_all_passed(sim: SimProject, mode: list[str], option: str,
-                                                            missed: str) -> None:
-    # Scores 3, 2 and 1 (mean 2, pass rate 2/3): low_c is an expected failure, so pytest itself is green.
-    sim.write_scenarios("s.json", [scenario("a"), scenario("mid_b"), scenario("low_c", xfail="known bad")])
+                                                            missed: str | None) -> None:
+    # low_c passes with its own minimum 1; low_x is an expected failure: pytest itself is green.
+    sim.write_scenarios("s.json", [scenario("a"), scenario("mid_b"), scenario("low_c", min_score=1),
+                                   scenario("low_x", xfail="known bad")])
     prices = _prices(sim)
     green = sim.run(*mode, prices, "--llmsim-record=all")
-    green.assert_outcomes(passed=2, xfailed=1)
+    green.assert_outcomes(passed=3, xfailed=1)
     assert green.ret == pytest.ExitCode.OK
     result = sim.run(*mode, prices, "--llmsim-record=all", option)  # live calls again: the cost gate sees spend
-    result.assert_outcomes(passed=2, xfailed=1)
+    result.assert_outcomes(passed=3, xfailed=1)
+    gate_lines = [line for line in result.stdout.lines if line.startswith("llmsim gate missed")]
+    if missed is None:
+        assert result.ret == pytest.ExitCode.OK and gate_lines == []
+        result.stdout.fnmatch_lines(["llmsim: all suite gates met"])
+        return
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines([f"llmsim gate missed: {missed}"])
-    assert len([line for line in result.stdout.lines if line.startswith("llmsim gate missed")]) == 1
+    assert len(gate_lines) == 1
+
+
+def test_pass_rate_gate_counts_errors_but_not_skips(sim: SimProject) -> None:
+    sim.write_scenarios("s.json", [scenario("a"), scenario("low_b"), scenario("broken", min_score=7),
+                                   scenario("skipped", skip=True), scenario("low_x", xfail=True)])
+    result = sim.run("--llmsim-min-pass-rate=0.5", "--llmsim-results=r.json")
+    result.assert_outcomes(passed=1, failed=1, errors=1, skipped=1, xfailed=1)
+    line = ("llmsim gate missed: pass rate 33.3% (1 of 3 scenarios; 2 skipped or xfailed not counted) is below "
+            "the minimum 50.0% (llmsim_min_pass_rate)")
+    result.stdout.fnmatch_lines([line])
+    _, summary = _load_export(sim.path / "r.json")
+    assert summary["success_rate"] == 0.3333 and summary["gates"]["checked"] is True
 
 
 def test_gates_from_the_ini_all_missed_and_all_met(sim: SimProject) -> None:

@@ -98,3 +98,102 @@ def test_http_backend_resolution() -> None:
     assert resolve_http_backend("auto", "http://user:secret@127.0.0.1:8000/v1") == "httpx"
     with pytest.raises(ConfigError, match="cannot send credentials embedded in the base URL"):
         resolve_http_backend("aiohttp", "http://user:secret@127.0.0.1:8000/v1")
+
+
+# -- strict values: nothing is silently coerced or ignored ------------------------------------------------------
+COERCED = [  # (fields of the bad scenario, the one-line message after "field ")
+    ({"min_score": True}, "'min_score': Input should be a valid integer (got True: true/false is not a number)"),
+    ({"min_score": "2"}, "'min_score': Input should be a valid integer (got '2': write numbers without quotes)"),
+    ({"min_score": 2.0}, "'min_score': Input should be a valid integer (got 2.0)"),
+    ({"max_turns": True}, "'max_turns': Input should be a valid integer (got True*"),
+    ({"max_turns": "5"}, "'max_turns': Input should be a valid integer (got '5'*"),
+    ({"timeout": True}, "'timeout': Input should be a valid number (got True*"),
+    ({"timeout": "30"}, "'timeout': Input should be a valid number (got '30'*"),
+    ({"skip": 1}, "'skip': must be true, false or a non-blank reason string (got 1)"),
+    ({"xfail": ""}, "'xfail': must be true, false or a non-blank reason string (got '')"),
+    ({"tags": ["skip"]}, "'tags': tag 'skip' is reserved*"),
+    ({"tags": ["calm\n"]}, "'tags': tag 'calm\\n' is not a valid marker name*"),
+    ({"agent": {"temperature": True}}, "'agent.temperature': Input should be a valid number (got True*"),
+    ({"client": {"temperature": "0.5"}}, "'client.temperature': Input should be a valid number (got '0.5'*"),
+    ({"evaluator": {"max_tokens": 100.0}}, "'evaluator.max_tokens': Input should be a valid integer (got 100.0)"),
+    ({"agent": {"max_tokens": True}}, "'agent.max_tokens': Input should be a valid integer (got True*"),
+    ({"agent": {"model": " "}}, "'agent.model': must not be blank*"),
+    ({"variables": {"SEED": "abc"}}, "'variables': 'SEED' must be an integer from 0 to 2147483647 (got 'abc')"),
+    ({"variables": {"SEED": "42"}}, "'variables': 'SEED' must be an integer * (got '42'); write it without quotes"),
+    ({"variables": {"SEED": True}}, "'variables': 'SEED' must be an integer * (got True)"),
+    ({"variables": {"language": "Russian"}}, "'variables': 'language' is set by llmsim for the templates*"),
+]
+
+
+def test_values_are_never_silently_coerced(sim: SimProject) -> None:
+    """Each bad value is one error line naming the scenario and the field; the good scenario still runs."""
+    bad = [scenario(f"bad{i}", **fields) for i, (fields, _) in enumerate(COERCED)]
+    sim.write_scenarios("s.json", [scenario("fine"), *bad])
+    result = sim.run()
+    result.assert_outcomes(passed=1, errors=len(COERCED))
+    for i, (_, message) in enumerate(COERCED):
+        result.stdout.fnmatch_lines([f"*scenarios/s.json: scenario #{i + 1} 'bad{i}': field {message}"])
+
+
+def test_defaults_are_validated_once_for_the_file(sim: SimProject) -> None:
+    sim.write_scenarios("good.json", [scenario("fine")])
+    sim.write_scenarios("list_vars.json", {"defaults": {"variables": [1, 2]}, "scenarios": [scenario("a")]})
+    sim.write_scenarios("bool_turns.yaml", {"defaults": {"max_turns": True}, "scenarios": [scenario("b")]})
+    result = sim.run()
+    result.assert_outcomes(passed=1, errors=2)
+    result.stdout.fnmatch_lines(["*list_vars.json: field 'defaults.variables': Input should be a valid dictionary"
+                                 " (got [[]1, 2])"])
+    result.stdout.fnmatch_lines(["*bool_turns.yaml: field 'defaults.max_turns': Input should be a valid integer "
+                                 "(got True: true/false is not a number)"])
+
+
+def test_duplicate_keys_are_errors_naming_the_key(sim: SimProject) -> None:
+    sim.write_scenarios("good.json", [scenario("fine")])
+    (sim.path / "scenarios" / "dup.yaml").write_text(
+        "- name: a\n  max_turns: 3\n  variables: {LOCATIONS: x, PERSONALITY: y}\n  max_turns: 30\n")
+    (sim.path / "scenarios" / "dup.json").write_text(
+        '[{"name": "b", "variables": {"LOCATIONS": "x", "PERSONALITY": "y", "LOCATIONS": "z"}}]')
+    result = sim.run()
+    result.assert_outcomes(passed=1, errors=2)
+    result.stdout.fnmatch_lines(["*scenarios/dup.yaml:4:3: duplicate key 'max_turns' (first on line 2)*"])
+    result.stdout.fnmatch_lines(["*scenarios/dup.json: duplicate key 'LOCATIONS' in an object*"])
+
+
+@pytest.mark.parametrize(("filename", "text", "why"), [
+    ("empty.yaml", "# nothing yet\n", "it is empty"),
+    ("empty_list.json", "[]", "an empty list"),
+    ("empty_suite.yaml", "scenarios: []\n", "'scenarios' is an empty list"),
+    ("empty_object.json", "{}", "an empty object"),
+])
+def test_a_file_without_scenarios_says_so(sim: SimProject, filename: str, text: str, why: str) -> None:
+    (sim.path / "scenarios" / filename).write_text(text)
+    result = sim.run()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([f"*scenarios/{filename}: the file has no scenarios ({why})*"])
+
+
+def test_generated_names_never_collide_with_real_names(sim: SimProject) -> None:
+    sim.write_scenarios("s.json", [scenario("dup"), scenario("dup"), scenario("dup#1"), scenario("scenario#3"),
+                                   {"variables": {}}])
+    result = sim.run("-v")
+    result.assert_outcomes(passed=3, errors=2)
+    result.stdout.fnmatch_lines(["*s.json::dup PASSED*", "*s.json::dup#1-2 ERROR*", "*s.json::dup#1 PASSED*",
+                                 "*s.json::scenario#3 PASSED*", "*s.json::scenario#4 ERROR*"])
+    result.stdout.fnmatch_lines(["*scenario #1 'dup': field 'name': duplicate name 'dup'*"])
+    result.stdout.fnmatch_lines(["*scenario #4: field 'name': Field required*"])
+
+
+def test_names_with_control_characters_are_rejected_and_markup_stays_plain_text(sim: SimProject) -> None:
+    markup = "<img src=x onerror=alert(1)>"
+    sim.write_scenarios("s.json", [scenario("two\nlines"), scenario("red\x1b[31mtext"), scenario(markup)])
+    result = sim.run("-v")
+    result.assert_outcomes(passed=1, errors=2)
+    result.stdout.fnmatch_lines([f"scenarios/s.json::{markup} PASSED*"])
+    result.stdout.fnmatch_lines([
+        "*scenario #0 'two\\nlines': field 'name': must not contain newlines or other control/non-printable "
+        "characters (found '\\n' at position 3)*",
+    ])
+    result.stdout.fnmatch_lines(["*scenario #1 'red\\x1b[[]31mtext': field 'name': must not contain *'\\x1b'*"])
+    assert "\x1b[31m" not in result.stdout.str()
+    prompts = [r["body"]["messages"][0]["content"] for r in sim.server.requests_log()]
+    assert any(markup in p for p in prompts), "the name reaches the templates as plain text"

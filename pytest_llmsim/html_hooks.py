@@ -1,0 +1,71 @@
+"""pytest-html 4 hooks: the chat as an extra, Score and Cost columns, the run summary, escaped test ids.
+
+Registered only when pytest-html is active and ``--html`` is given. The HTML itself is built by
+``html_report`` (no pytest); this module only hands it to pytest-html.
+
+pytest-html puts each report's node id into the row's Test cell unescaped, and its page script inserts the
+row with ``innerHTML``: a scenario named ``<img src=x onerror=...>`` would run script in the report. The row
+hook rewrites that cell with the id escaped, so names show as text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from html import escape
+from typing import Any
+
+import pytest
+
+from .html_report import STYLE, scenario_html, summary_html
+from .results import ScenarioRecord
+from .summary import Gates, RunSummary
+
+TEST_ID_CELL = '<td class="col-testId">{}</td>'
+
+
+def escaped_test_id_cells(report: Any, cells: list[str]) -> None:
+    """Replace pytest-html's raw Test cell of ``report`` with an escaped one (no-op if already escaped)."""
+    test_id = report.nodeid if report.when == "call" else f"{report.nodeid}::{report.when}"
+    raw, safe = TEST_ID_CELL.format(test_id), TEST_ID_CELL.format(escape(test_id, quote=True))
+    if raw == safe:
+        return
+    for index, cell in enumerate(cells):
+        if cell == raw:
+            cells[index] = safe
+
+
+class HtmlHooks:
+    """The pytest-html side of the report plugin; reads records and totals through the callables given."""
+
+    def __init__(self, record_for: Callable[[str], ScenarioRecord | None],
+                 totals: Callable[[], tuple[RunSummary, Gates, list[str]]]) -> None:
+        self.record_for = record_for
+        self.totals = totals
+
+    @staticmethod
+    def attach_extras(report: pytest.TestReport, record: ScenarioRecord) -> None:
+        from pytest_html import extras
+
+        report.extras = [*getattr(report, "extras", []), extras.html(scenario_html(record))]  # type: ignore[attr-defined]
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_results_table_header(self, cells: list[str]) -> None:
+        cells.insert(2, '<th class="sortable" data-column-type="score">Score</th>')
+        cells.insert(3, '<th data-column-type="cost">Cost (USD)</th>')
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_results_table_row(self, report: pytest.TestReport, cells: list[str]) -> None:
+        escaped_test_id_cells(report, cells)
+        record = self.record_for(report.nodeid)
+        score = cost = ""
+        if record is not None:
+            score = "" if record.score is None else escape(f"{record.score} (min {record.min_score})")
+            cost = f"{record.cost_usd:.6f}"
+        cells.insert(2, f'<td class="col-score">{score}</td>')
+        cells.insert(3, f'<td class="col-cost">{cost}</td>')
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_results_summary(self, prefix: list[str], summary: list[str], postfix: list[str],
+                                    session: pytest.Session) -> None:
+        run, gates, missed = self.totals()
+        prefix.extend([STYLE, summary_html(run, gates, missed)])

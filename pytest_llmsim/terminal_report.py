@@ -1,0 +1,196 @@
+"""Plain-text renderings of a run: transcripts and the llmsim terminal summary, as lines (no pytest).
+
+Every function returns text; the pytest layer only writes it (``TerminalReporter.write_line(text, **markup)``),
+so the renderings are tested without a pytest session and a CLI can print the same lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+from .results import ErrorKind, Outcome, ScenarioRecord, ScenarioResult, Status
+from .summary import (
+    Gates,
+    RunSummary,
+    gates_unchecked_reason,
+    incomplete_cause,
+    incomplete_text,
+    outcome_counts,
+    pass_rate_text,
+)
+
+TABLE_ROWS_DEFAULT = 50  # above this many scenarios the table lists only failures and errors unless -v
+NAME_WIDTH = 70
+SPEAKERS = {"client": "Customer", "agent": "Agent"}
+_SHOWN_OUTCOMES = frozenset({Outcome.FAILED, Outcome.ERROR})
+
+
+class Line(NamedTuple):
+    """One terminal line and its markup (``red``, ``green``, ``yellow``, ``bold``; ``separator``: a title
+    written across the terminal between ``=`` signs)."""
+
+    text: str
+    markup: Mapping[str, bool] = {}
+
+
+# -- transcripts ---------------------------------------------------------------------------------------------
+def transcript_lines(transcript: Sequence[Mapping[str, Any]], ended_by: str, end_reason: str, *,
+                     last: int | None = None) -> list[str]:
+    """Numbered turns (``  3. Customer: ...``), then who ended the call; ``last`` keeps only the last turns."""
+    turns = list(transcript) if last is None else list(transcript)[-last:]
+    first = len(transcript) - len(turns) + 1
+    lines = [f"{first + i:>3}. {SPEAKERS.get(str(t.get('role')), 'Agent')}: {t.get('text', '')}"
+             for i, t in enumerate(turns)]
+    if ended_by:
+        lines.append(f"     [call ended by {ended_by}: {end_reason}]")
+    return lines
+
+
+def result_transcript_text(result: ScenarioResult) -> str:
+    """A conversation as the item's ``llmsim transcript`` report section shows it."""
+    return "\n".join(transcript_lines(result.transcript, result.ended_by, result.end_reason))
+
+
+def record_text(record: ScenarioRecord) -> str:
+    """Verdict, judge's comment, error and the whole chat of one record (the JUnit ``system-out``)."""
+    r = record.result
+    lines = [f"scenario {r.scenario!r}: {r.status}, score {r.score} (min_score {r.min_score})"]
+    if record.outcome not in (Outcome.PASSED, Outcome.FAILED, Outcome.ERROR):
+        lines[0] += f" [{record.outcome}]"
+    if r.comment:
+        lines.append(f"judge: {r.comment}")
+    if r.error_message:
+        lines.append(f"error ({r.error_kind}): {r.error_message}")
+    lines.extend(transcript_lines(r.transcript, r.ended_by, r.end_reason))
+    return "\n".join(lines) + "\n"
+
+
+# -- the summary ---------------------------------------------------------------------------------------------
+def usd(value: float) -> str:
+    return f"${value:.6f}"
+
+
+def status_text(record: ScenarioRecord) -> str:
+    """The table's status cell: pytest's outcome, with the verdict where they differ."""
+    outcome, status = record.outcome, record.status
+    if outcome == Outcome.PASSED:
+        return "passed"
+    if outcome == Outcome.FAILED:
+        return "FAILED" if status != Status.PASSED else "FAILED (strict xfail passed)"
+    if outcome == Outcome.ERROR:
+        return f"ERROR ({record.error_kind or ErrorKind.ERROR})"
+    if outcome == Outcome.XFAILED and status in (Status.FAILED, Status.ERROR):
+        detail = "score below min" if status == Status.FAILED else str(record.error_kind or ErrorKind.ERROR)
+        return f"xfailed ({detail})"
+    return str(outcome)
+
+
+def table_lines(records: Sequence[ScenarioRecord], verbosity: int) -> list[Line]:
+    """The per-scenario table; above ``TABLE_ROWS_DEFAULT`` rows only failures and errors unless ``-v``."""
+    hidden = 0
+    if verbosity < 1 and len(records) > TABLE_ROWS_DEFAULT:
+        shown = [r for r in records if r.outcome in _SHOWN_OUTCOMES]
+        hidden = len(records) - len(shown)
+        records = shown
+    rows = []
+    for r in records:
+        name = r.nodeid if len(r.nodeid) <= NAME_WIDTH else "…" + r.nodeid[-(NAME_WIDTH - 1):]
+        score = "-" if r.score is None else f"{r.score} (min {r.min_score})"
+        rows.append(((name, score, str(r.result.total_turns), usd(r.cost_usd), status_text(r)),
+                     r.outcome in _SHOWN_OUTCOMES))
+    header = ("scenario", "score", "turns", "cost", "status")
+    widths = [max([len(header[i]), *(len(cells[i]) for cells, _ in rows)]) for i in range(4)]
+
+    def fmt(cells: tuple[str, ...]) -> str:
+        return (f"{cells[0]:<{widths[0]}}  {cells[1]:>{widths[1]}}  {cells[2]:>{widths[2]}}  "
+                f"{cells[3]:>{widths[3]}}  {cells[4]}")
+
+    lines = [Line(fmt(header), {"bold": True})]
+    lines.extend(Line(fmt(cells), {"red": True} if bad else {}) for cells, bad in rows)
+    if hidden:
+        lines.append(Line(f"... and {hidden} scenarios that did not fail (-v lists every scenario)"))
+    return lines
+
+
+def totals_lines(summary: RunSummary) -> list[str]:
+    """The totals under the table (default verbosity)."""
+    stats = summary.score_statistics
+    distribution = ", ".join(f"{key[-1]}: {count}" for key, count in summary.score_distribution.items())
+    scores = ("scores: none (no scenario was scored)" if stats.mean is None else
+              f"scores: mean {stats.mean:g}, median {stats.median:g}, std {stats.std:g}, min {stats.min}, "
+              f"max {stats.max}; distribution {distribution}")
+    lines = [
+        f"scenarios: {summary.total_scenarios} ({outcome_counts(summary)}), pass rate {pass_rate_text(summary)}",
+        scores,
+        f"tokens: {summary.total_tokens} live + {summary.replayed_tokens} replayed "
+        f"(prompt {summary.prompt_tokens}, completion {summary.completion_tokens})",
+        f"LLM calls: {summary.total_requests} live, {summary.replayed_requests} replayed from the cache",
+        f"cost: {usd(summary.total_cost_usd)} spent on live calls, {usd(summary.saved_cost_usd)} saved by replays",
+    ]
+    if summary.unpriced_models:
+        lines.append(f"unpriced models (counted at $0; add them to llmsim_prices): "
+                     f"{', '.join(summary.unpriced_models)}")
+    return lines
+
+
+def totals_line(summary: RunSummary) -> str:
+    """The one-line total printed under ``-q``."""
+    mean = summary.score_statistics.mean
+    unpriced = f", unpriced: {', '.join(summary.unpriced_models)}" if summary.unpriced_models else ""
+    partial = "" if summary.complete else (f", {incomplete_cause(summary).upper()}: "
+                                           f"{summary.unfinished_scenarios} did not finish")
+    return (f"llmsim: {summary.total_scenarios} scenarios, {outcome_counts(summary)}, pass rate "
+            f"{pass_rate_text(summary)}, mean score {'n/a' if mean is None else f'{mean:g}'}, tokens "
+            f"{summary.total_tokens} live + {summary.replayed_tokens} replayed, calls {summary.total_requests} "
+            f"live / {summary.replayed_requests} replayed, cost {usd(summary.total_cost_usd)} "
+            f"(saved {usd(summary.saved_cost_usd)}){unpriced}{partial}")
+
+
+def backend_messages(records: Iterable[ScenarioRecord]) -> list[str]:
+    """The distinct 'backend missing' messages, without their ``<nodeid> <role> turn <n>: `` prefix."""
+    messages: list[str] = []
+    for record in records:
+        if record.error_kind != ErrorKind.BACKEND_MISSING:
+            continue
+        message = record.result.error_message
+        if message.startswith(record.nodeid) and ": " in message:
+            message = message.split(": ", 1)[1]
+        if message not in messages:
+            messages.append(message)
+    return messages
+
+
+def summary_lines(records: Sequence[ScenarioRecord], summary: RunSummary, *, gates: Gates,
+                  missed: Sequence[str], verbosity: int, notes: Sequence[Line] = (),
+                  backend: Sequence[str] = ()) -> list[Line]:
+    """Everything the plugin prints at the end of a session, in order (``-q``: one totals line)."""
+    quiet = verbosity < 0
+    incomplete = incomplete_text(summary)
+    if not records and not notes and not backend and not summary.unfinished_scenarios:
+        if gates.any and not quiet:
+            return [Line("llmsim: no scenario ran; suite gates not checked")]
+        return []
+    lines: list[Line] = []
+    if not quiet:
+        lines.append(Line("llmsim summary", {"separator": True}))
+    lines.extend(Line(f"llmsim: {message}", {"red": True, "bold": True}) for message in backend)
+    if quiet:
+        lines.append(Line(totals_line(summary)))
+    elif records:
+        lines.extend(table_lines(records, verbosity))
+        lines.extend(Line(text) for text in totals_lines(summary))
+    if incomplete is not None and not quiet:
+        lines.append(Line(f"llmsim: run {incomplete_cause(summary)}: {incomplete} (exports say so: "
+                          f"interrupted={'true' if summary.interrupted else 'false'}, unfinished_scenarios="
+                          f"{summary.unfinished_scenarios})", {"yellow": True, "bold": True}))
+    lines.extend(Line(f"llmsim gate missed: {text}", {"red": True, "bold": True}) for text in missed)
+    if gates.any and not missed and not quiet:
+        unchecked = gates_unchecked_reason(summary)
+        if unchecked is None:
+            lines.append(Line("llmsim: all suite gates met", {"green": True}))
+        elif summary.total_scenarios:
+            lines.append(Line(f"llmsim: suite gates not checked: {unchecked}", {"yellow": True}))
+    if not quiet:
+        lines.extend(notes)
+    return lines
