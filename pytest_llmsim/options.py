@@ -42,7 +42,7 @@ class Option:
     help: str
     default: str | list[str] = ""
     flag: str | None = None
-    kind: str = "str"  # str | int | float | path | lines | choice
+    kind: str = "str"  # str | int | float | rate | path | lines | choice
     low: float | None = None
     high: float | None = None
     choices: tuple[str, ...] = ()
@@ -122,6 +122,20 @@ OPTIONS: tuple[Option, ...] = (
     Option("llmsim_local_model", "GGUF file for the local server used when no endpoint is configured (default: "
            "the bundled SmolLM2).", flag="--llmsim-local-model", kind="path", metavar="PATH"),
     *_role_rows(),
+    Option("llmsim_results", "Write one record per scenario and the run summary to this file; the format follows "
+           "the extension: .json, .csv or .ndjson/.jsonl.", flag="--llmsim-results", kind="path", metavar="PATH"),
+    Option("llmsim_histogram", "Draw the score distribution to this PNG file (needs the histogram extra).",
+           flag="--llmsim-histogram", kind="path", metavar="PATH"),
+    Option("llmsim_prices", "Price file (JSON or YAML: model -> {input, output} in USD per 1M tokens, or model -> "
+           "another model's name) extending or overriding the shipped price table.", flag="--llmsim-prices",
+           kind="path", metavar="PATH"),
+    Option("llmsim_min_mean_score", "Suite gate: the session fails if the mean score is below this (1-3).",
+           flag="--llmsim-min-mean-score", kind="float", low=1, high=3, metavar="X"),
+    Option("llmsim_min_pass_rate", "Suite gate: the session fails if a smaller share of scenarios passes (a "
+           "fraction such as 0.9, or a percentage such as 90%).", flag="--llmsim-min-pass-rate", kind="rate",
+           metavar="P"),
+    Option("llmsim_max_cost_usd", "Suite gate: the session fails if live LLM calls cost more than this (USD).",
+           flag="--llmsim-max-cost-usd", kind="float", low=0, metavar="USD"),
 )
 
 ROWS: Mapping[str, Option] = MappingProxyType({row.ini: row for row in OPTIONS})
@@ -135,9 +149,9 @@ def add_options(parser: pytest.Parser, rows: Iterable[Option] = OPTIONS) -> None
         default_text = _shown_default(row)
         if row.flag:
             extra: dict[str, Any] = {"choices": list(row.choices)} if row.kind == "choice" else {}
+            text = f"{row.help} Default {default_text}; ini {row.ini}" + (f"; env {row.env}" if row.env else "")
             group.addoption(row.flag, dest=row.dest, metavar=row.metavar or "VALUE", default=None,
-                            help=f"{row.help} Default {default_text}; ini {row.ini}"
-                                 + (f"; env {row.env}" if row.env else "") + ".", **extra)
+                            help=(text + ".").replace("%", "%%"), **extra)  # argparse %-formats help
         if row.kind == "lines":
             parser.addini(row.ini, f"{row.help} Default {default_text}.", type="linelist", default=row.default)
         else:
@@ -211,6 +225,8 @@ def _parse(row: Option, raw: Any, base: Path) -> Any:
         return value
     if text == "":
         return None
+    if row.kind == "rate":
+        return _parse_rate(where, text)
     try:
         value = int(text) if row.kind == "int" else float(text)
     except ValueError:
@@ -218,10 +234,26 @@ def _parse(row: Option, raw: Any, base: Path) -> Any:
         raise ConfigError(f"{where} must be {kind}, got {text!r}") from None
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{where} must be a finite number, got {text!r}")
+    if row.low is not None and row.high is not None and not row.low <= value <= row.high:
+        raise ConfigError(f"{where} must be between {row.low:g} and {row.high:g}, got {text}")
     if row.low is not None and value < row.low:
         raise ConfigError(f"{where} must be >= {row.low:g}, got {text}")
     if row.high is not None and value > row.high:
         raise ConfigError(f"{where} must be <= {row.high:g}, got {text}")
+    return value
+
+
+def _parse_rate(where: str, text: str) -> float:
+    """A share: a fraction (``0.9``) or a percentage (``90%``)."""
+    percent = text.endswith("%")
+    try:
+        value = float(text[:-1] if percent else text)
+    except ValueError:
+        raise ConfigError(f"{where} must be a number (0.9) or a percentage (90%), got {text!r}") from None
+    if percent:
+        value /= 100
+    if not (math.isfinite(value) and 0 <= value <= 1):
+        raise ConfigError(f"{where} must be a fraction between 0 and 1 or a percentage such as 90%, got {text!r}")
     return value
 
 
@@ -341,25 +373,3 @@ def rpm_share(resolved: ResolvedOptions, workers: int) -> float | None:
     it evenly (``-n 4 --llmsim-rpm 600``: 150 each)."""
     total = resolved["llmsim_rpm"]
     return None if total is None else total / max(1, workers)
-
-
-# -- report options (registered by report_options.py; folded into the table once it moves here) ------------
-@dataclass(frozen=True)
-class IniKey:
-    name: str
-    help: str
-    default: Any
-    type: str | None = None  # None = string
-
-
-def option_or_ini(config: pytest.Config, name: str) -> Any:
-    """The command-line value of ``name`` if given, else its ini value."""
-    value = config.getoption(name, default=None)
-    return value if value is not None else config.getini(name)
-
-
-def resolve_path(config: pytest.Config, raw: str) -> Path:
-    """An ini path: relative to the ini file's directory (the rootdir when there is none)."""
-    path = Path(os.path.expanduser(raw))
-    base = config.inipath.parent if config.inipath is not None else config.rootpath
-    return path if path.is_absolute() else base / path

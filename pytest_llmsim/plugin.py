@@ -17,7 +17,7 @@ from .items import (
     note_uncollected_scenario_file,
     uncollected_scenarios_line,
 )
-from .report_plugin import ReportPlugin, add_report_options, scenario_cost_usd
+from .report_plugin import ReportPlugin, scenario_cost_usd
 from .session import SESSION_KEY, LlmsimSession, local_model_path, local_state_dir
 from .settings import redact_url
 
@@ -26,7 +26,6 @@ OPTIONS_KEY = pytest.StashKey[options.ResolvedOptions]()
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     options.add_options(parser)
-    add_report_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -2,7 +2,7 @@
 
 Who does what:
 
-* ``report_options``: the report options (results file, histogram, prices, gates), declared and parsed;
+* ``report_options``: the report options' values (gates, output paths, the price table), from the option table;
 * ``collector.RecordCollector``: test reports -> one ``ScenarioRecord`` per scenario item, in collection order;
 * ``summary``: the run totals and the suite gates; ``exports``: the results files; ``histogram``: the PNG;
 * ``terminal_report``: the llmsim terminal summary as lines; ``html_hooks`` + ``html_report``: pytest-html;
@@ -27,20 +27,12 @@ from .collector import RecordCollector
 from .exports import export_format, write_results
 from .histogram import HistogramUnavailable, draw_histogram
 from .html_hooks import HtmlHooks
-from .report_options import (
-    REPORT_INI_KEYS,
-    WORKER_PRICES,
-    add_report_options,
-    gates_from_config,
-    path_option,
-    price_table,
-    scenario_cost_usd,
-)
+from .report_options import WORKER_PRICES, gates_from_config, path_option, price_table, scenario_cost_usd
 from .results import ScenarioRecord, Status
 from .summary import Gates, RunSummary, missed_gates, summary_dict
 from .terminal_report import Line, backend_messages, record_text, summary_lines
 
-__all__ = ["REPORT_INI_KEYS", "ReportPlugin", "add_report_options", "junit_transcript", "scenario_cost_usd"]
+__all__ = ["ReportPlugin", "junit_transcript", "scenario_cost_usd"]
 
 
 def junit_transcript(config: pytest.Config, report: pytest.TestReport, record: ScenarioRecord) -> None:

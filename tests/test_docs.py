@@ -23,3 +23,38 @@ def test_readme_configuration_table_is_generated_from_the_option_table() -> None
     from pytest_llmsim.options import markdown_table
 
     assert markdown_table() in README, "regenerate the README table with pytest_llmsim.options.markdown_table()"
+
+
+def test_an_option_set_to_its_default_still_beats_the_local_model_default() -> None:
+    """``llmsim_concurrency = 16`` in the ini file is the user's choice, even though 16 is also the default."""
+    from pathlib import Path
+
+    from pytest_llmsim.options import OPTIONS, resolve_values
+
+    def resolved(ini: dict[str, str]) -> object:
+        return resolve_values(OPTIONS, cli={}, env={}, ini=ini, invocation_dir=Path("/inv"), ini_dir=Path("/ini"),
+                              local=lambda values: True)
+
+    local = resolved({})
+    assert local["llmsim_concurrency"] == 2 and local.source("llmsim_concurrency") == "local-model default"
+    chosen = resolved({"llmsim_concurrency": "16"})
+    assert chosen["llmsim_concurrency"] == 16 and chosen.source("llmsim_concurrency") == "ini"
+
+
+def test_paths_resolve_against_the_invocation_dir_on_the_command_line_and_the_ini_dir_in_the_ini() -> None:
+    from pathlib import Path
+
+    from pytest_llmsim.options import OPTIONS, resolve_values
+
+    common = {"env": {}, "invocation_dir": Path("/inv"), "ini_dir": Path("/ini")}
+    cli = resolve_values(OPTIONS, cli={"llmsim_cache_dir": "c", "llmsim_results": "r.json"}, ini={}, **common)
+    assert (cli["llmsim_cache_dir"], cli["llmsim_results"]) == (Path("/inv/c"), Path("/inv/r.json"))
+    ini = resolve_values(OPTIONS, cli={}, ini={"llmsim_cache_dir": "c", "llmsim_results": "r.json"}, **common)
+    assert (ini["llmsim_cache_dir"], ini["llmsim_results"]) == (Path("/ini/c"), Path("/ini/r.json"))
+
+
+def test_bad_values_are_one_line_usage_errors(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nllmsim_concurrency = true\n")
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*llmsim_concurrency (--llmsim-concurrency) must be a whole number, got 'true'*"])

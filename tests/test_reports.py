@@ -409,9 +409,9 @@ def test_gates_from_the_ini_all_missed_and_all_met(sim: SimProject) -> None:
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--llmsim-min-pass-rate=150"], "llmsim_min_pass_rate must be a fraction between 0 and 1 or a percentage"),
-    (["--llmsim-min-mean-score=4"], "llmsim_min_mean_score must be between 1 and 3"),
-    (["--llmsim-max-cost-usd=cheap"], "llmsim_max_cost_usd must be a number"),
+    (["--llmsim-min-pass-rate=150"], "llmsim_min_pass_rate (--llmsim-min-pass-rate) must be a fraction between 0 and"),
+    (["--llmsim-min-mean-score=4"], "llmsim_min_mean_score (--llmsim-min-mean-score) must be between 1 and 3"),
+    (["--llmsim-max-cost-usd=cheap"], "llmsim_max_cost_usd (--llmsim-max-cost-usd) must be a number"),
     (["--llmsim-results=r.txt"], "unsupported results file extension '.txt'"),
     (["--llmsim-prices=nowhere.yaml"], "price file */nowhere.yaml: cannot read it"),
 ])
