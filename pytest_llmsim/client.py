@@ -3,19 +3,27 @@
 One ``LLMClient`` serves every conversation of a process. Retries use exponential backoff with jitter on
 429, 5xx, timeouts and connection errors and honour ``Retry-After``; a 429 pauses the whole process through
 the shared ``RateLimiter`` instead of letting each conversation hammer the endpoint on its own.
+
+Every attempt has one deadline, ``request_timeout``, for the whole exchange including the reply body (the
+transports' own timeouts are per read: an endpoint dripping a byte a second never trips them). A broken
+endpoint fails the run fast instead of once per conversation: after a request has timed out with no successful
+reply since, later requests are not sent at all, and a timeout on an endpoint that never answered is not
+retried; after one request has used up its retries on a refused (or closed-before-reply) connection, later
+requests try once. Every error text is scrubbed of the API key and the base URL's credentials.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .cache import CallCache, request_key
 from .errors import BackendMissingError, CacheMissError, ConfigError, EndpointError
-from .settings import EndpointSettings, redact_url, resolve_http_backend
+from .settings import EndpointSettings, redact_url, resolve_http_backend, scrub_secrets, split_url_query, url_secrets
 
 if TYPE_CHECKING:
     # openai is imported on the first live call only: importing it costs about a second of CPU, and a run that
@@ -23,10 +31,19 @@ if TYPE_CHECKING:
     import openai
 
 # Wire formats tried, in order, for a request that wants JSON matching a schema. llama.cpp's server
-# rejects ``json_schema`` with HTTP 500 but honours ``json_object`` with a ``schema``.
+# rejects ``json_schema`` with HTTP 500 but honours ``json_object`` with a ``schema``. A format is remembered as
+# unsupported (per endpoint and model) only on evidence: the same request succeeded with the next weaker
+# format, and the rejection was a 400/422, or its body named the format, or it happened on
+# ``_FORMAT_CONFIRMATIONS`` requests in a row. A flaky 500 must not downgrade a whole run.
 STRUCTURED_MODES = ("json_schema", "json_object", "plain")
 _FORMAT_REJECTED = {400, 422, 500}
+_FORMAT_WORDS = ("response_format", "json_schema")
+_FORMAT_CONFIRMATIONS = 3
 _RETRYABLE = {408, 409, 429, 500, 502, 503, 504}
+
+# Transport failures, as ``_transport_failure`` classifies them.
+CONNECT, CLOSED_BEFORE_REPLY, CLOSED_MID_REPLY, TIMED_OUT, CONNECTION = (
+    "connect", "closed before reply", "closed mid reply", "timed out", "connection error")
 
 
 @dataclass(frozen=True)
@@ -103,19 +120,57 @@ def _aiohttp_transport(backend: str, base_url: str | None) -> Any | None:
         return None
 
 
-def _really_timed_out(exc: BaseException, timeout_type: type[BaseException]) -> bool:
-    """A timeout, not a refused connection dressed as one (openai's aiohttp transport reports a refused
-    connection as a connect timeout; the ConnectionRefusedError is further down the exception chain)."""
-    if not isinstance(exc, timeout_type):
-        return False
-    cause: BaseException | None = exc
-    for _ in range(10):
-        if cause is None:
-            break
-        if isinstance(cause, ConnectionRefusedError):
-            return False
-        cause = cause.__cause__ or cause.__context__
-    return True
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and its causes/contexts, outermost first (bounded: chains can loop)."""
+    found: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(found) < 16 and all(current is not e for e in found):
+        found.append(current)
+        current = current.__cause__ or current.__context__
+    return found
+
+
+def _transport_failure(exc: BaseException) -> tuple[str, str] | None:
+    """``(kind, detail)`` when ``exc`` is a failure of the HTTP exchange itself, else None.
+
+    The chain is what tells: openai's aiohttp transport reports a refused connection and a server that
+    closed before replying both as a *connect timeout* (the ConnectionRefusedError or ServerDisconnectedError
+    is further down); httpx says "Server disconnected without sending a response" or "peer closed connection
+    without sending complete message body" in a RemoteProtocolError; the whole-request deadline is a bare
+    TimeoutError.
+    """
+    chain = _chain(exc)
+    # The detail shown: the innermost exception that says something (a cancellation, e.g. by the deadline,
+    # says nothing), on one line.
+    telling = [e for e in chain if not isinstance(e, asyncio.CancelledError)] or chain
+    innermost = next((e for e in reversed(telling) if str(e).strip()), telling[-1])
+    text = " ".join(str(innermost).split())  # the caller scrubs, then shortens
+    detail = f"{type(innermost).__name__}: {text}" if text else type(innermost).__name__
+    kinds = {kind for e in chain if (kind := _failure_kind(e)) is not None}
+    for kind in (CONNECT, CLOSED_BEFORE_REPLY, CLOSED_MID_REPLY, TIMED_OUT, CONNECTION):  # most telling first
+        if kind in kinds:
+            return kind, detail
+    return None
+
+
+def _failure_kind(exc: BaseException) -> str | None:
+    """What one exception of a chain says about the exchange (see ``_transport_failure``)."""
+    names = {cls.__name__ for cls in type(exc).__mro__}  # by name: aiohttp, httpx or httpx2 by release
+    if isinstance(exc, (ConnectionRefusedError, socket.gaierror)) or "ClientConnectorError" in names:
+        return CONNECT
+    if "ServerDisconnectedError" in names or ("RemoteProtocolError" in names
+                                              and "without sending a response" in str(exc)):
+        return CLOSED_BEFORE_REPLY
+    if names & {"ClientPayloadError", "ContentLengthError", "TransferEncodingError"} or (
+            "RemoteProtocolError" in names and "message body" in str(exc)):
+        return CLOSED_MID_REPLY
+    if isinstance(exc, TimeoutError) or names & {"TimeoutException", "APITimeoutError"}:
+        return TIMED_OUT
+    if "ConnectError" in names:
+        return CONNECT
+    if isinstance(exc, ConnectionError) or names & {"APIConnectionError", "TransportError", "ClientConnectionError"}:
+        return CONNECTION
+    return None
 
 
 def _token_count(usage: Any, name: str) -> int:
@@ -123,6 +178,13 @@ def _token_count(usage: Any, name: str) -> int:
         return int(usage.get(name) or 0)
     except (AttributeError, TypeError, ValueError):
         return 0
+
+
+def _response_text(exc: openai.APIStatusError) -> str:
+    try:
+        return exc.response.text
+    except Exception:
+        return str(exc)
 
 
 def _retry_after_seconds(exc: openai.APIStatusError) -> float | None:
@@ -147,13 +209,21 @@ class LLMClient:
         self.cache = cache
         self.limiter = limiter or RateLimiter()
         self.stats = CallStats()
-        self._structured_mode_index = 0
+        # Structured output: per (endpoint identity, model), the index in STRUCTURED_MODES to start from, and
+        # how many requests in a row have shown the stronger format rejected while the weaker one worked.
+        self._structured_mode: dict[tuple[str, str], int] = {}
+        self._format_strikes: dict[tuple[str, str], int] = {}
         self._base_url = endpoint.base_url
         self._openai: openai.AsyncOpenAI | None = None
         self._connect_lock = asyncio.Lock()
         self._connect_error: str | None = None
         self._connect_kind_missing = False
-        self._endpoint_down = False
+        # Endpoint health, for failing fast. ``_answered``: any HTTP reply (even an error status) this process.
+        # ``_down_kind``: a request used up its retries on this kind of connection failure, no success since.
+        # ``_hung``: a request ended in a timeout, no success since; later requests are not sent.
+        self._answered = False
+        self._down_kind: str | None = None
+        self._hung = False
 
     async def _api(self, label: str) -> openai.AsyncOpenAI:
         """The HTTP client, created on the first live call (after ``endpoint.connect``, if any)."""
@@ -170,22 +240,38 @@ class LLMClient:
                             self._connect_error, self._connect_kind_missing = str(exc), True
                             raise BackendMissingError(f"{label}: {exc}") from None
                         except Exception as exc:
-                            self._connect_error = f"cannot reach {self.endpoint.describe()}: {exc}"
+                            self._connect_error = self._scrub(f"cannot reach {self.endpoint.describe()}: {exc}")
                             raise EndpointError(f"{label}: {self._connect_error}") from None
                     import openai
 
-                    transport: dict[str, Any] = {}
+                    options: dict[str, Any] = {}
                     http_client = _aiohttp_transport(self.endpoint.http_backend, self._base_url)
                     if http_client is not None:
-                        transport["http_client"] = http_client
+                        options["http_client"] = http_client
+                    base_url = self._base_url
+                    if base_url:
+                        # ``?api-key=...``: query parameters stay query parameters of every request.
+                        base_url, query = split_url_query(base_url)
+                        if query:
+                            options["default_query"] = query
                     self._openai = openai.AsyncOpenAI(
-                        **transport,
-                        base_url=self._base_url,
+                        **options,
+                        base_url=base_url,
                         api_key=self.endpoint.api_key or "no-key-needed",
                         timeout=self.endpoint.request_timeout,
                         max_retries=0,
                     )
         return self._openai
+
+    def _scrub(self, text: str) -> str:
+        """``text`` without the API key or the base URL's credentials (also those of a ``connect``ed URL)."""
+        text = self.endpoint.scrub(text)
+        if self._base_url and self._base_url != self.endpoint.base_url:
+            text = scrub_secrets(text, frozenset(url_secrets(self._base_url)))
+        return text
+
+    def _error(self, message: str) -> EndpointError:
+        return EndpointError(self._scrub(message))
 
     def descriptor(self, request: LLMRequest) -> dict[str, Any]:
         return {
@@ -204,13 +290,13 @@ class LLMClient:
         """Reply for ``request`` from the cache or the endpoint; ``label`` names the call in errors."""
         descriptor = self.descriptor(request)
         key = request_key(descriptor)
-        hit = self.cache.lookup(key)
+        hit = self.cache.lookup(key, label=label)
         if hit is not None:
             self.stats.cached_calls += 1
             return LLMReply(hit["text"], hit["prompt_tokens"], hit["completion_tokens"],
                             hit["latency_s"], True, hit["model"])
         if not self.cache.may_call_network:
-            raise CacheMissError(self._miss_message(descriptor, label))
+            raise CacheMissError(self._scrub(self._miss_message(descriptor, label)))
         reply = await self._call_with_retries(request, label)
         self.cache.store(key, descriptor, {
             "text": reply.text, "prompt_tokens": reply.prompt_tokens,
@@ -223,7 +309,9 @@ class LLMClient:
         lines = [f"{label}: no recorded reply in {self.cache.directory} and record mode is 'none'."]
         closest = self.cache.closest(descriptor, label.split(" ")[0])
         if closest is None:
-            lines.append("The cache is empty.")
+            foreign = getattr(self.cache, "foreign_seen", 0)
+            lines.append(f"The cache holds {foreign} entries of an older llmsim version or a foreign format; they "
+                         "are never loaded." if foreign else "The cache is empty.")
         else:
             where, diffs = closest
             lines.append(f"Closest recorded call ({where}) differs in: {'; '.join(diffs) or 'nothing?'}")
@@ -248,61 +336,136 @@ class LLMClient:
             kwargs["response_format"] = {"type": "json_object", "schema": request.json_schema}
         return kwargs
 
+    def _mode_index(self, request: LLMRequest) -> int:
+        if request.json_schema is None:
+            return len(STRUCTURED_MODES) - 1
+        return self._structured_mode.get((self.endpoint.identity, request.model), 0)
+
+    def _format_evidence(self, request: LLMRequest, rejected: int, exc: openai.APIStatusError) -> None:
+        """The same request failed with ``STRUCTURED_MODES[rejected]`` and succeeded with the next weaker format:
+        remember the weaker one when that is evidence of an unsupported format, not of a flaky server."""
+        key = (self.endpoint.identity, request.model)
+        strikes = self._format_strikes.get(key, 0) + 1
+        body = _response_text(exc).lower()
+        if (exc.status_code in (400, 422) or any(word in body for word in _FORMAT_WORDS)
+                or strikes >= _FORMAT_CONFIRMATIONS):
+            # Compare first: concurrent requests may have moved it already.
+            if self._structured_mode.get(key, 0) == rejected:
+                self._structured_mode[key] = rejected + 1
+            self._format_strikes.pop(key, None)
+        else:
+            self._format_strikes[key] = strikes
+
     async def _call_with_retries(self, request: LLMRequest, label: str) -> LLMReply:
         import openai
 
         attempt = 0
         api = await self._api(label)
+        timeout = self.endpoint.request_timeout
+        # While trying the next weaker structured format after a rejection: the rejected format's index and
+        # the rejection. One such probe per request.
+        probe: tuple[int, openai.APIStatusError] | None = None
+        probed = False
+        format_note = ""
         while True:
-            mode_index = self._structured_mode_index
-            mode = STRUCTURED_MODES[mode_index]
+            mode_index = self._mode_index(request)
+            if probe is not None:
+                mode_index = max(mode_index, probe[0] + 1)
             await self.limiter.acquire()
+            if self._hung:
+                raise self._error(f"{label}: not sent: {self._where()} did not answer within {timeout:g}s on an "
+                                  "earlier request in this run; check the server")
             started = time.perf_counter()
             try:
-                # ``post`` with a plain JSON body and the reply as plain JSON: ``chat.completions.create`` would
-                # walk every message through its TypedDict transform and build a ChatCompletion model, which
-                # together cost more CPU than the HTTP exchange itself.
-                response = await api.post("/chat/completions", body=self._wire_kwargs(request, mode),
-                                          cast_to=object)
+                # One deadline for the whole exchange, reply body included: the transports' own timeouts are
+                # per read, and an endpoint that drips a byte a second never trips them.
+                async with asyncio.timeout(timeout):
+                    # ``post`` with a plain JSON body and the reply as plain JSON: ``chat.completions.create``
+                    # would walk every message through its TypedDict transform and build a ChatCompletion model,
+                    # which together cost more CPU than the HTTP exchange itself.
+                    response = await api.post("/chat/completions",
+                                              body=self._wire_kwargs(request, STRUCTURED_MODES[mode_index]),
+                                              cast_to=object)
             except openai.APIStatusError as exc:
+                self._answered = True
                 status = exc.status_code
-                if (request.json_schema is not None and status in _FORMAT_REJECTED
-                        and mode_index < len(STRUCTURED_MODES) - 1):
-                    # The server refused this structured-output form: use the next one from now on
-                    # (compare first: concurrent requests may have advanced it already).
-                    if self._structured_mode_index == mode_index:
-                        self._structured_mode_index += 1
+                if probe is not None:
+                    rejected, original = probe
+                    probe = None
+                    if status == original.status_code:
+                        # The weaker format failed the same way: the status was not about the format. Go on
+                        # as for the original error, with the original format.
+                        exc = original
+                        format_note = (f" ({STRUCTURED_MODES[rejected]} output; {STRUCTURED_MODES[rejected + 1]} "
+                                       "failed the same way, so it is not about the output format)")
+                elif (status in _FORMAT_REJECTED and not probed
+                      and request.json_schema is not None and mode_index < len(STRUCTURED_MODES) - 1):
+                    probe, probed = (mode_index, exc), True
                     continue
                 if status not in _RETRYABLE or attempt >= self.endpoint.max_retries:
-                    raise EndpointError(self._status_message(label, exc, attempt)) from None
+                    raise self._error(self._status_message(label, exc, attempt, format_note)) from None
                 delay = self._backoff(attempt, _retry_after_seconds(exc))
                 if status == 429:
                     self.limiter.back_off(delay)
-            except (openai.APIConnectionError, openai.APITimeoutError) as exc:
-                refused = not _really_timed_out(exc, openai.APITimeoutError)
-                # Once a call has used up its retries on a refused connection, later calls try once: a
-                # suite against a dead endpoint fails in seconds instead of backing off per conversation.
-                known_down = refused and self._endpoint_down
-                if attempt >= self.endpoint.max_retries or known_down:
-                    self._endpoint_down = self._endpoint_down or refused
-                    what = "cannot connect" if refused else "timed out"
-                    note = " (not retried: the endpoint was already unreachable)" if known_down else ""
-                    raise EndpointError(
-                        f"{label}: {what} to {self._where()} after {attempt + 1} attempt(s){note} "
-                        f"({type(exc).__name__}: {exc}); check --llmsim-base-url / OPENAI_BASE_URL "
-                        "and that the server is running"
-                    ) from None
+            except Exception as exc:
+                failure = _transport_failure(exc)
+                if failure is None:
+                    if isinstance(exc, (openai.APIError, ValueError)):  # a 200 whose body is not a completion
+                        raise self._error(f"{label}: malformed completion from {self._where()}: "
+                                          f"{type(exc).__name__}: {self._scrub(str(exc))[:200]}") from None
+                    raise
+                probe = None
+                error = self._transport_error(label, failure, attempt)
+                if error is not None:
+                    raise error from None
                 delay = self._backoff(attempt, None)
-            except (openai.APIError, ValueError) as exc:  # a 200 whose body is not a chat completion
-                raise EndpointError(
-                    f"{label}: malformed completion from {self._where()}: {type(exc).__name__}: {str(exc)[:200]}"
-                ) from None
             else:
-                self._endpoint_down = False
+                self._answered, self._down_kind, self._hung = True, None, False
+                if probe is not None:
+                    self._format_evidence(request, *probe)
+                elif request.json_schema is not None:
+                    self._format_strikes.pop((self.endpoint.identity, request.model), None)
                 return self._to_reply(response, time.perf_counter() - started, request, label)
             attempt += 1
             self.stats.retries += 1
             await asyncio.sleep(delay)
+
+    def _transport_error(self, label: str, failure: tuple[str, str], attempt: int) -> EndpointError | None:
+        """The error to raise for a failed exchange, or None to retry it."""
+        kind, detail = failure
+        timeout = self.endpoint.request_timeout
+        note = ""
+        if kind == TIMED_OUT:
+            if not self._answered:
+                note = " (not retried: the endpoint has not answered any request in this run)"
+            elif attempt < self.endpoint.max_retries:
+                return None
+            self._hung = True
+        elif kind in (CONNECT, CLOSED_BEFORE_REPLY) and self._down_kind == kind:
+            # An earlier request used up its retries on the same failure: try once, so a suite against a dead
+            # endpoint fails in seconds instead of backing off per conversation.
+            note = (" (not retried: the endpoint was already unreachable)" if kind == CONNECT else
+                    " (not retried: the endpoint already closed connections without replying)")
+        elif attempt < self.endpoint.max_retries:
+            return None
+        elif kind in (CONNECT, CLOSED_BEFORE_REPLY):
+            self._down_kind = kind
+        where = self._where()
+        what = {
+            CONNECT: f"cannot connect to {where}",
+            CLOSED_BEFORE_REPLY: f"{where} closed the connection before replying",
+            CLOSED_MID_REPLY: f"{where} closed the connection in the middle of its reply",
+            TIMED_OUT: f"timed out: {where} did not send a complete reply within {timeout:g}s",
+            CONNECTION: f"connection to {where} failed",
+        }[kind]
+        if kind == TIMED_OUT:  # the detail would only say "timeout" again
+            hint = "check the server, or raise llmsim_request_timeout (it covers the whole request)"
+            detail = ""
+        else:
+            hint = ("check --llmsim-base-url / OPENAI_BASE_URL and that the server is running" if kind == CONNECT
+                    else "check the server")
+            detail = f" ({self._scrub(detail)[:200]})"
+        return self._error(f"{label}: {what} after {attempt + 1} attempt(s){note}{detail}; {hint}")
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -313,19 +476,15 @@ class LLMClient:
     def _where(self) -> str:
         return redact_url(self._base_url) if self._base_url else self.endpoint.describe()
 
-    def _status_message(self, label: str, exc: openai.APIStatusError, attempt: int) -> str:
-        body = ""
-        try:
-            body = exc.response.text[:300]
-        except Exception:
-            body = str(exc)[:300]
+    def _status_message(self, label: str, exc: openai.APIStatusError, attempt: int, note: str = "") -> str:
+        body = self._scrub(_response_text(exc))[:300]  # scrub first: a cut could leave part of a secret
         hint = {
             401: "check OPENAI_API_KEY",
             403: "check the key's permissions",
             404: "check the model name and --llmsim-base-url",
             429: "rate limited; lower --llmsim-concurrency or set --llmsim-rpm",
         }.get(exc.status_code, "see the server's reply above")
-        return (f"{label}: HTTP {exc.status_code} from {self._where()} after {attempt + 1} attempt(s): "
+        return (f"{label}: HTTP {exc.status_code} from {self._where()} after {attempt + 1} attempt(s){note}: "
                 f"{body}; {hint}")
 
     def _to_reply(self, response: Any, latency: float, request: LLMRequest, label: str) -> LLMReply:
@@ -337,9 +496,9 @@ class LLMClient:
             if not isinstance(text, str):
                 raise TypeError(f"content is {type(text).__name__}")
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise EndpointError(f"{label}: malformed completion from {self._where()}: no choices[0].message "
-                                f"with text content ({type(exc).__name__}: {str(exc)[:100]}); "
-                                f"body starts {str(response)[:200]!r}") from None
+            raise self._error(f"{label}: malformed completion from {self._where()}: no choices[0].message "
+                              f"with text content ({type(exc).__name__}: {self._scrub(str(exc))[:100]}); "
+                              f"body starts {self._scrub(str(response))[:200]!r}") from None
         usage = response.get("usage") or {}
         return LLMReply(
             text=text,

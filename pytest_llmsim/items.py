@@ -166,7 +166,8 @@ class ScenarioItem(pytest.Item):
                 self.add_marker(pytest.mark.skip(reason=reason))
             if scenario.xfail:
                 reason = scenario.xfail if isinstance(scenario.xfail, str) else "expected to fail"
-                self.add_marker(pytest.mark.xfail(reason=reason))
+                # Only a low score is the expected failure: an error (no conversation, no verdict) stays an error.
+                self.add_marker(pytest.mark.xfail(reason=reason, raises=ScenarioFailed))
 
     @property
     def llmsim_session(self) -> LlmsimSession:

@@ -1,10 +1,14 @@
-"""Endpoint faults over real HTTP: 429 with Retry-After, 5xx, timeouts, malformed output."""
+"""Endpoint faults over real HTTP: 429 with Retry-After, 5xx, timeouts, closed connections, malformed output,
+structured-output fallbacks, query-string keys and secrets echoed back by a server."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from conftest import SimProject, default_script, scenario
+from conftest import SimProject, default_script, scenario, verdict
 
 
 @pytest.fixture(autouse=True, params=["aiohttp", "httpx"])
@@ -58,11 +62,132 @@ def test_401_is_not_retried(sim: SimProject) -> None:
 
 
 def test_request_timeout_is_retried_then_reported(sim: SimProject) -> None:
-    _with_first_rule(sim, {"match": {"system_contains": "CLIENT"}, "delay": 2.0, "reply": "late"})
+    """An endpoint that has answered before gets its timeouts retried (bounded); see test_hangs.py for one
+    that never answered."""
+    _with_first_rule(sim, {"match": {"system_contains": "CLIENT", "last_user_contains": "Meat Market"},
+                           "delay": 2.0, "reply": "late"})
     sim.write_scenarios("s.json", [scenario("a")])
     result = sim.run("-o", "llmsim_request_timeout=0.3", "-o", "llmsim_max_retries=1")
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*client turn 1: timed out to http://127.0.0.1:*after 2 attempt(s)*"])
+    result.stdout.fnmatch_lines(["*client turn 3: timed out: http://127.0.0.1:*/v1 did not send a complete reply "
+                                 "within 0.3s after 2 attempt(s); check the server*"])
+    assert sim.server.stats()["requests"] == 4  # client, agent, client twice
+
+
+def test_close_before_reply_says_so(sim: SimProject) -> None:
+    sim.server.set_script({"rules": [{"fault": "close_before_reply"}]})
+    sim.write_scenarios("s.json", [scenario("a"), scenario("b")])
+    result = sim.run("--llmsim-concurrency=1", "-o", "llmsim_max_retries=2")
+    result.assert_outcomes(errors=2)
+    out = result.stdout.str().split("short test summary info")[0]  # CI=true repeats messages in full there
+    assert out.count("s.json::a client turn 1: http://127.0.0.1:") == 1
+    assert out.count("/v1 closed the connection before replying after 3 attempt(s) (") == 1
+    assert out.count("closed the connection before replying after 1 attempt(s) (not retried: the endpoint "
+                     "already closed connections without replying)") == 1
+    assert "timed out" not in out and "cannot connect" not in out and "unreachable" not in out
+    assert sim.server.stats()["faults"] == {"close_before_reply": 4}
+
+
+def test_close_mid_body_says_so(sim: SimProject) -> None:
+    _with_first_rule(sim, {"match": {"system_contains": "AGENT"}, "fault": "close_mid_body",
+                           "replies": ["Hello, Meat Market, how can I help?"]})
+    sim.write_scenarios("s.json", [scenario("a")])
+    result = sim.run("-o", "llmsim_max_retries=2")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*s.json::a agent turn 2: http://127.0.0.1:*/v1 closed the connection in the "
+                                 "middle of its reply after 3 attempt(s) (*); check the server*"])
+    out = result.stdout.str()
+    assert "timed out" not in out and "cannot connect" not in out and "not retried" not in out
+    assert sim.server.stats()["faults"] == {"close_mid_body": 3}
+
+
+def _judge_formats(sim: SimProject, model: str | None = None) -> list[str | None]:
+    """response_format types of the evaluator requests the server received, in order."""
+    return [(entry["body"].get("response_format") or {}).get("type") for entry in sim.server.requests_log()
+            if "EVALUATOR" in entry["body"]["messages"][0]["content"]
+            and (model is None or entry["body"]["model"] == model)]
+
+
+def test_a_flaky_500_on_the_judge_does_not_downgrade_structured_output(sim: SimProject) -> None:
+    _with_first_rule(sim, {"match": {"system_contains": "EVALUATOR"}, "status": 500, "times": 1,
+                           "reply": verdict(3, "Polite and complete.")})
+    sim.write_scenarios("s.json", [scenario(f"s{i}") for i in range(4)])
+    sim.run("--llmsim-concurrency=1").assert_outcomes(passed=4)
+    formats = _judge_formats(sim)
+    # The failed request is tried once with the next weaker format; that is no evidence against json_schema.
+    assert formats[:2] == ["json_schema", "json_object"]
+    assert formats[2:] == ["json_schema"] * 3
+    assert sim.server.stats()["status_counts"]["500"] == 1
+
+
+def test_a_500_for_every_format_is_the_error_not_a_format_problem(sim: SimProject) -> None:
+    _with_first_rule(sim, {"match": {"system_contains": "EVALUATOR for a"}, "status": 500})
+    sim.write_scenarios("s.json", [scenario("a"), scenario("b")])
+    result = sim.run("--llmsim-concurrency=1", "-o", "llmsim_max_retries=1")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*s.json::a evaluator attempt 1: HTTP 500 from http://127.0.0.1:*/v1 after 2 "
+                                 "attempt(s) (json_schema output; json_object failed the same way, so it is not "
+                                 "about the output format): *scripted HTTP 500*"])
+    # a: json_schema, the weaker json_object failing the same way, then the retry with json_schema; b untouched.
+    assert _judge_formats(sim) == ["json_schema", "json_object", "json_schema", "json_schema"]
+
+
+def test_a_rejected_json_schema_is_remembered_per_model(sim: SimProject) -> None:
+    """llama.cpp answers json_schema with HTTP 500 and honours json_object: remembered for that model only."""
+    _with_first_rule(sim, {"match": {"system_contains": "EVALUATOR", "model": "judge-a"},
+                           "reject_response_format": ["json_schema"], "reply": verdict(3, "Polite.")})
+    names = ["a1", "b1", "a2", "a3", "b2"]
+    sim.write_scenarios("s.json", [scenario(n, evaluator={"model": f"judge-{n[0]}"}) for n in names])
+    sim.run("--llmsim-concurrency=1").assert_outcomes(passed=5)
+    assert _judge_formats(sim, "judge-a") == ["json_schema", "json_object", "json_object", "json_object"]
+    assert _judge_formats(sim, "judge-b") == ["json_schema", "json_schema"]
+
+
+def test_a_plain_500_for_json_schema_only_is_remembered_after_three_requests_in_a_row(sim: SimProject) -> None:
+    """No 400/422 and no word about the format in the body: only a repeated pattern is evidence."""
+    _with_first_rule(sim, {"match": {"system_contains": "EVALUATOR", "response_format_type": "json_schema"},
+                           "status": 500})
+    sim.write_scenarios("s.json", [scenario(f"s{i}") for i in range(5)])
+    sim.run("--llmsim-concurrency=1").assert_outcomes(passed=5)
+    assert _judge_formats(sim) == ["json_schema", "json_object"] * 3 + ["json_object"] * 2
+
+
+def test_a_query_string_key_stays_in_the_query(sim: SimProject) -> None:
+    sim.write_scenarios("s.json", [scenario("a")])
+    result = sim.run(base_url=f"{sim.server.base_url}?api-key=secret123")
+    result.assert_outcomes(passed=1)
+    paths = {entry["path"] for entry in sim.server.requests_log()}
+    assert paths == {"/v1/chat/completions?api-key=secret123"}
+    assert "secret123" not in result.stdout.str()
+
+
+@pytest.mark.parametrize(("key", "query"), [("sk-test-ECHOED-key-4242", ""),
+                                            ("sk-test-ECHOED-key-4242", "?api-key=qs-SECRET-777"),
+                                            ("sk-" + "LONGsecret" * 40, "")],
+                         ids=["header-key", "query-key", "key-longer-than-the-shown-body"])
+def test_a_key_echoed_by_the_server_is_scrubbed_everywhere(sim: SimProject, monkeypatch: pytest.MonkeyPatch,
+                                                           key: str, query: str) -> None:
+    query_secret = "qs-SECRET-777"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    _with_first_rule(sim, {"match": {"system_contains": "AGENT"}, "echo_auth": True, "status": 401})
+    sim.write_scenarios("s.json", [scenario("a")])
+    result = sim.run("--junitxml=junit.xml", "--llmsim-results=out.json", base_url=sim.server.base_url + query)
+    result.assert_outcomes(errors=1)
+    log = sim.server.requests_log()
+    assert key in log[-1]["headers"]["authorization"], "the server really got (and echoed) the key"
+    shown_query = "?api-key=[*][*][*]" if query else ""
+    result.stdout.fnmatch_lines([f"*agent turn 2: HTTP 401 from http://127.0.0.1:*/v1{shown_query} after 1 "
+                                 "attempt(s): *invalid credentials 'Bearer [*][*][*]' for "
+                                 f"/v1/chat/completions{shown_query}*"])
+    texts = {"stdout": result.stdout.str(), "junit": (sim.path / "junit.xml").read_text(),
+             "export": json.dumps(json.loads((sim.path / "out.json").read_text()))}
+    # key[:20]: the error shows the first 300 characters of the body; a key cut there must not show either.
+    for where, text in texts.items():
+        assert key[:20] not in text and query_secret not in text, f"a secret leaked into the {where}"
+    for path in Path(sim.path).rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert key[:20].encode() not in data and query_secret.encode() not in data, f"a secret leaked into {path}"
 
 
 @pytest.mark.parametrize("body", ['{"object": "chat.completion"}', "<html>502 Bad Gateway</html>",

@@ -1,11 +1,14 @@
-"""The scripted test server itself: rules, faults and statistics over real HTTP."""
+"""The scripted test server itself: rules, faults (hang, drip, closed connections, echoed keys) and statistics
+over real HTTP."""
 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -107,6 +110,113 @@ def test_a_stopped_server_refuses_connections() -> None:
     server.stop()
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"{url}/models", timeout=2)
+
+
+def raw_post(server: ScriptedOpenAIServer, body: dict[str, Any], path: str = "/v1/chat/completions",
+             headers: dict[str, str] | None = None, timeout: float = 5.0) -> socket.socket:
+    """Send a chat request on a raw socket: the faults below are about bytes, not about parsed replies."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=timeout)
+    data = json.dumps(body).encode()
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json",
+             f"Content-Length: {len(data)}", "Connection: close", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + data)
+    return sock
+
+
+def read_to_eof(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    sock.close()
+    return b"".join(chunks)
+
+
+def split_reply(raw: bytes) -> tuple[str, dict[str, str], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in header_lines)
+    return status_line, headers, body
+
+
+def test_hang_never_answers_and_stop_still_returns_promptly() -> None:
+    server = ScriptedOpenAIServer({"rules": [{"fault": "hang"}]})
+    server.start()
+    sock = raw_post(server, chat("S", "hi"), timeout=0.5)
+    with pytest.raises(TimeoutError):
+        sock.recv(1)
+    assert server.stats()["faults"] == {"hang": 1} and server.stats()["in_flight"] == 1
+    started = time.monotonic()
+    server.stop()
+    assert time.monotonic() - started < 2
+    sock.settimeout(2)
+    assert read_to_eof(sock) == b"", "a hung request ends without a byte of reply when the server stops"
+
+
+def test_drip_sends_headers_then_a_byte_at_a_time() -> None:
+    script = {"rules": [{"fault": "drip", "drip_interval": 0.05, "drip_length": 1000}]}
+    with ScriptedOpenAIServer(script) as server:
+        sock = raw_post(server, chat("S", "hi"))
+        received = b""
+        deadline = time.monotonic() + 0.6
+        while time.monotonic() < deadline:
+            received += sock.recv(65536)
+        status, headers, body = split_reply(received)
+        assert status == "HTTP/1.1 200 OK" and headers["Content-Length"] == "1000"
+        assert 2 <= len(body) < 1000 and body.strip() == b""
+        sock.close()
+        started = time.monotonic()
+    assert time.monotonic() - started < 2
+
+
+def test_close_before_reply_and_close_mid_body() -> None:
+    script = {"rules": [{"match": {"system_contains": "BEFORE"}, "fault": "close_before_reply"},
+                        {"match": {"system_contains": "MID"}, "fault": "close_mid_body", "reply": "a complete reply"}]}
+    with ScriptedOpenAIServer(script) as server:
+        assert read_to_eof(raw_post(server, chat("BEFORE", "hi"))) == b""
+        status, headers, body = split_reply(read_to_eof(raw_post(server, chat("MID", "hi"))))
+        assert status == "HTTP/1.1 200 OK"
+        assert 0 < len(body) < int(headers["Content-Length"])
+        assert server.stats()["faults"] == {"close_before_reply": 1, "close_mid_body": 1}
+        assert server.stats()["in_flight"] == 0
+
+
+def test_faults_honour_times_then_reply() -> None:
+    script = {"rules": [{"fault": "close_before_reply", "times": 1, "reply": "second time lucky"}]}
+    with ScriptedOpenAIServer(script) as server:
+        assert read_to_eof(raw_post(server, chat("S", "hi"))) == b""
+        assert post(server, chat("S", "hi"))[2]["choices"][0]["message"]["content"] == "second time lucky"
+
+
+def test_echo_auth_repeats_the_key_and_the_query() -> None:
+    with ScriptedOpenAIServer({"rules": [{"echo_auth": True}]}) as server:
+        sock = raw_post(server, chat("S", "hi"), path="/v1/chat/completions?api-key=qsecret",
+                        headers={"Authorization": "Bearer sk-echoed"})
+        status, _, body = split_reply(read_to_eof(sock))
+        assert status.startswith("HTTP/1.1 401")
+        message = json.loads(body)["error"]["message"]
+        assert "Bearer sk-echoed" in message and "/v1/chat/completions?api-key=qsecret" in message
+        assert server.requests_log()[0]["path"] == "/v1/chat/completions?api-key=qsecret"
+
+
+def test_handler_threads_are_bounded() -> None:
+    server = ScriptedOpenAIServer({"rules": [{"fault": "hang"}]}, max_threads=2)
+    server.start()
+    socks = [raw_post(server, chat("S", "hi")) for _ in range(3)]
+    deadline = time.monotonic() + 5
+    while server.stats()["requests"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    assert server.stats()["requests"] == 2, "the third connection waits for a free handler thread"
+    started = time.monotonic()
+    server.stop()
+    assert time.monotonic() - started < 2
+    for sock in socks:
+        sock.close()
+
+
+def test_unknown_fault_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown fault 'explode'"):
+        ScriptedOpenAIServer({"rules": [{"fault": "explode"}]})
 
 
 def test_invalid_script_is_rejected() -> None:

@@ -197,3 +197,13 @@ def test_html_summary_counts_by_outcome(tmp_path: Path) -> None:
     records = _records(("a", Status.PASSED, 3, Outcome.PASSED), ("x", Status.FAILED, 1, Outcome.XFAILED))
     text = html.unescape(re.sub(r"<[^>]+>", " ", summary_html(summarize(records), Gates(), [])))
     assert "2 (1 passed, 0 failed, 0 errored, 1 xfailed)" in text and "100.0%" in text
+
+
+def test_an_xfail_scenario_that_errors_is_an_error_not_an_expected_failure(sim: SimProject) -> None:
+    """xfail expects a low score; a conversation that never happened (endpoint error) is still an error."""
+    sim.server.set_script({"rules": [{"match": {"system_contains": "AGENT"}, "status": 401},
+                                     *sim.server._script["rules"]]})
+    sim.write_scenarios("s.json", [scenario("low_x", xfail="known bad"), scenario("low_y", xfail=True)])
+    result = sim.run()
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(["*HTTP 401*"])

@@ -11,14 +11,29 @@ whose ``match`` fits a request decides the response::
 
 Match keys (all optional, all must hold): ``model``, ``system_contains``, ``last_user_contains``,
 ``response_format_type``. Actions: ``reply`` (fixed text) or ``replies`` (indexed by the number of assistant
-messages already in the request, the last one repeating), ``status`` (an HTTP error, for the first ``times``
-matching requests only when ``times`` is given, then the rule replies normally), ``retry_after`` (seconds, sent
-as the Retry-After header), ``delay`` (extra seconds before answering), ``raw_body`` (sent verbatim with 200),
-``reject_response_format`` (types answered with ``reject_status``, default 500 as llama.cpp does for
-``json_schema``). Replies may use the placeholders ``{seed}``, ``{model}`` and ``{n_assistant}``.
+messages already in the request, the last one repeating), ``status`` (an HTTP error), ``retry_after`` (seconds,
+sent as the Retry-After header), ``delay`` (extra seconds before answering), ``raw_body`` (sent verbatim with
+200), ``reject_response_format`` (types answered with ``reject_status``, default 500 as llama.cpp does for
+``json_schema``, whatever else the rule says). Replies may use the placeholders ``{seed}``, ``{model}`` and
+``{n_assistant}``.
+
+Faults, for the transport-level trouble a real endpoint causes (``"fault": name``):
+
+* ``hang``: read the request and never answer; the connection stays open until the server stops.
+* ``drip``: send 200 headers with ``Content-Length: drip_length`` (default 100000), then one byte every
+  ``drip_interval`` seconds (default 1.0): every read makes progress, so only a whole-request deadline ends it.
+* ``close_before_reply``: read the request, then close the connection without a byte of reply.
+* ``close_mid_body``: send the headers and half of a normal completion's body, then close.
+
+``echo_auth: true`` answers ``status`` (default 401) with an error body that echoes the request's
+``Authorization`` header and full path with its query, as a naive or hostile server does.
+``status``, ``fault`` and ``echo_auth`` apply to the first ``times`` matching requests only when ``times`` is
+given (a flaky endpoint); later matching requests get the rule's normal reply.
 
 Every request waits ``latency`` seconds. :meth:`ScriptedOpenAIServer.stats` counts requests, completions, status
-codes, the peak number of requests in flight and requests per model. Usage is counted in words.
+codes, faults, the peak number of requests in flight and requests per model. Usage is counted in words. Handler
+threads are daemonic and at most ``max_threads`` at once (further connections wait in the listen backlog);
+:meth:`~ScriptedOpenAIServer.stop` wakes hung and dripping handlers, so it returns promptly.
 """
 
 from __future__ import annotations
@@ -29,17 +44,50 @@ import socket
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+FAULTS = ("hang", "drip", "close_before_reply", "close_mid_body")
+
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    block_on_close = False  # stop() wakes handlers itself; never wait on a hung one
     request_queue_size = 512
     owner: ScriptedOpenAIServer
+    slots: threading.BoundedSemaphore
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """One thread per connection, at most ``owner.max_threads`` at once."""
+        while not self.slots.acquire(timeout=0.05):
+            if self.owner._stopping.is_set():
+                self.shutdown_request(request)
+                return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
+@dataclass
+class _Answer:
+    status: int = 200
+    payload: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    fault: str | None = None
+    rule: dict[str, Any] = field(default_factory=dict)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -77,28 +125,66 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(400, {"error": {"message": "request body is not JSON", "type": "invalid_request"}})
             return
         headers = {k.lower(): v for k, v in self.headers.items()}
-        status, payload, extra_headers, delay = self.server.owner._respond(body, headers)
-        if delay:
-            time.sleep(delay)
+        owner = self.server.owner
+        answer = owner._respond(body, headers, self.path)
+        if answer.delay and owner._stopping.wait(answer.delay):
+            answer.fault = "hang"  # stopping: end like a hung request, without a reply
+        if answer.fault is not None:
+            self._fault(answer)
+            return
         # Count the request as answered before the client can see the answer, so statistics read right
         # after a client call are exact.
-        self.server.owner._finish(status)
-        if isinstance(payload, str):
-            self._send_raw(status, payload.encode(), extra_headers)
+        owner._finish(answer.status)
+        if isinstance(answer.payload, str):
+            self._send_raw(answer.status, answer.payload.encode(), answer.headers)
         else:
-            self._send_json(status, payload, extra_headers)
+            self._send_json(answer.status, answer.payload, answer.headers)
+
+    def _fault(self, answer: _Answer) -> None:
+        """Misbehave as ``answer.fault`` says; the connection is always closed afterwards."""
+        owner = self.server.owner
+        self.close_connection = True
+        try:
+            if answer.fault == "hang":
+                owner._stopping.wait()
+            elif answer.fault == "drip":
+                interval = float(answer.rule.get("drip_interval", 1.0))
+                length = int(answer.rule.get("drip_length", 100_000))
+                self._send_head(200, length)
+                for _ in range(length):
+                    if owner._stopping.wait(interval):
+                        break
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+            elif answer.fault == "close_mid_body":
+                data = json.dumps(answer.payload).encode()
+                self._send_head(200, len(data))
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+            # close_before_reply: nothing to send
+        except OSError:
+            pass  # the client hung up first
+        finally:
+            owner._finish(None)  # before the client can see the connection end, as for answers
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _send_head(self, status: int, length: int, extra_headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(length))
+        for key, value in (extra_headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
 
     def _send_json(self, status: int, payload: Any, extra_headers: dict[str, str] | None = None) -> None:
         self._send_raw(status, json.dumps(payload).encode(), extra_headers)
 
     def _send_raw(self, status: int, data: bytes, extra_headers: dict[str, str] | None = None) -> None:
         try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for key, value in (extra_headers or {}).items():
-                self.send_header(key, value)
-            self.end_headers()
+            self._send_head(status, len(data), extra_headers)
             self.wfile.write(data)
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError, OSError):
@@ -127,8 +213,10 @@ class ScriptedOpenAIServer:
     """An OpenAI-compatible ``/v1/chat/completions`` server whose replies follow a script."""
 
     def __init__(self, script: dict[str, Any] | None = None, latency: float = 0.0, host: str = "127.0.0.1",
-                 port: int = 0, log_requests: bool = True) -> None:
+                 port: int = 0, log_requests: bool = True, max_threads: int = 256) -> None:
         self.latency = latency
+        self.max_threads = max_threads
+        self._stopping = threading.Event()
         self.log_requests = log_requests
         self._host = host
         self._port = port
@@ -143,8 +231,10 @@ class ScriptedOpenAIServer:
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> str:
+        self._stopping.clear()
         httpd = _Server((self._host, self._port), _Handler)
         httpd.owner = self
+        httpd.slots = threading.BoundedSemaphore(self.max_threads)
         self._httpd = httpd
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="scripted-openai-server", daemon=True)
@@ -152,10 +242,12 @@ class ScriptedOpenAIServer:
         return self.base_url
 
     def stop(self) -> None:
-        """Stop listening and cut open keep-alive connections, so a stopped server really is unreachable."""
+        """Stop listening, wake hung and dripping handlers and cut open connections, so a stopped server really
+        is unreachable and stopping takes well under a second whatever the clients are doing."""
         httpd, self._httpd = self._httpd, None
         if httpd is None:
             return
+        self._stopping.set()
         httpd.shutdown()
         httpd.server_close()
         with self._lock:
@@ -191,6 +283,9 @@ class ScriptedOpenAIServer:
         rules = script.get("rules")
         if not isinstance(rules, list):
             raise ValueError("a script is a mapping with a 'rules' list")
+        for rule in rules:
+            if "fault" in rule and rule["fault"] not in FAULTS:
+                raise ValueError(f"unknown fault {rule['fault']!r}; known faults: {', '.join(FAULTS)}")
         with self._lock:
             self._script = script
             self._rule_hits = Counter()
@@ -204,6 +299,7 @@ class ScriptedOpenAIServer:
             self._peak_in_flight = 0
             self._by_model: Counter[str] = Counter()
             self._status_counts: Counter[str] = Counter()
+            self._faults: Counter[str] = Counter()
             self._log: list[dict[str, Any]] = []
             self._rule_hits = Counter()
 
@@ -216,11 +312,12 @@ class ScriptedOpenAIServer:
                 "peak_in_flight": self._peak_in_flight,
                 "by_model": dict(self._by_model),
                 "status_counts": dict(self._status_counts),
+                "faults": dict(self._faults),
             }
 
     def requests_log(self) -> list[dict[str, Any]]:
-        """Every chat request received, in arrival order: ``{"body", "headers" (lowercase), "time"}``
-        (``time``: ``time.monotonic()`` at arrival)."""
+        """Every chat request received, in arrival order: ``{"body", "headers" (lowercase), "path" (with the
+        query), "time"}`` (``time``: ``time.monotonic()`` at arrival)."""
         with self._lock:
             return list(self._log)
 
@@ -232,39 +329,57 @@ class ScriptedOpenAIServer:
             else:
                 self._connections.discard(conn)
 
-    def _finish(self, status: int) -> None:
+    def _finish(self, status: int | None) -> None:
+        """Count a request as done: answered with ``status``, or ended by a fault (``None``)."""
         with self._lock:
             self._in_flight -= 1
-            self._status_counts[str(status)] += 1
-            if status == 200:
-                self._completed += 1
+            if status is not None:
+                self._status_counts[str(status)] += 1
+                if status == 200:
+                    self._completed += 1
 
-    def _respond(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, Any, dict[str, str], float]:
+    def _respond(self, body: dict[str, Any], headers: dict[str, str], path: str) -> _Answer:
         with self._lock:
             self._requests += 1
             self._in_flight += 1
             self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
             self._by_model[str(body.get("model"))] += 1
             if self.log_requests:
-                self._log.append({"body": body, "headers": headers, "time": time.monotonic()})
+                self._log.append({"body": body, "headers": headers, "path": path, "time": time.monotonic()})
             index, rule = self._pick_rule(body)
             hits = self._rule_hits[index]
             self._rule_hits[index] += 1
-        delay = self.latency + float(rule.get("delay", 0.0))
+            active = "times" not in rule or hits < int(rule["times"])
+        fault = rule.get("fault") if active else None
+        answer = _Answer(delay=self.latency + float(rule.get("delay", 0.0)), rule=rule)
         if rule is _NO_RULE:
-            return 404, {"error": {"message": "no script rule matches this request", "type": "not_found"}}, {}, delay
+            answer.status = 404
+            answer.payload = {"error": {"message": "no script rule matches this request", "type": "not_found"}}
+            return answer
         response_format = (body.get("response_format") or {}).get("type")
         if response_format and response_format in rule.get("reject_response_format", ()):
-            status = int(rule.get("reject_status", 500))
+            answer.status = int(rule.get("reject_status", 500))
             message = f"response_format type {response_format!r} is not supported"
-            return status, {"error": {"message": message, "type": "server_error"}}, {}, delay
-        if "status" in rule and ("times" not in rule or hits < int(rule["times"])):
-            status = int(rule["status"])
-            extra = {"Retry-After": str(rule["retry_after"])} if "retry_after" in rule else {}
-            return status, {"error": {"message": f"scripted HTTP {status}", "type": "scripted"}}, extra, delay
-        if "raw_body" in rule:
-            return 200, str(rule["raw_body"]), {}, delay
-        return 200, self._completion(rule, body), {}, delay
+            answer.payload = {"error": {"message": message, "type": "server_error"}}
+        elif fault is not None:
+            answer.fault = fault
+            answer.payload = self._completion(rule, body)
+            with self._lock:
+                self._faults[fault] += 1
+        elif active and rule.get("echo_auth"):
+            answer.status = int(rule.get("status", 401))
+            message = f"invalid credentials {headers.get('authorization', '')!r} for {path}"
+            answer.payload = {"error": {"message": message, "type": "invalid_request_error"}}
+        elif active and "status" in rule:
+            answer.status = int(rule["status"])
+            if "retry_after" in rule:
+                answer.headers["Retry-After"] = str(rule["retry_after"])
+            answer.payload = {"error": {"message": f"scripted HTTP {answer.status}", "type": "scripted"}}
+        elif "raw_body" in rule:
+            answer.payload = str(rule["raw_body"])
+        else:
+            answer.payload = self._completion(rule, body)
+        return answer
 
     def _pick_rule(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         for index, rule in enumerate(self._script["rules"]):
