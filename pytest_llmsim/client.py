@@ -15,6 +15,7 @@ requests try once. Every error text is scrubbed of the API key and the base URL'
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 import socket
 import time
@@ -66,6 +67,11 @@ class LLMReply:
     latency_s: float
     cached: bool
     model: str
+
+
+# Set while a call waits to retry after a failed attempt, in the task (conversation) that made it: a
+# conversation whose deadline falls then ended because of the endpoint, not because of the conversation.
+RETRYING: contextvars.ContextVar[str | None] = contextvars.ContextVar("llmsim_retrying", default=None)
 
 
 class Completer(Protocol):
@@ -359,6 +365,8 @@ class LLMClient:
     async def _call_with_retries(self, request: LLMRequest, label: str) -> LLMReply:
         import openai
 
+        RETRYING.set(None)
+        last_failure = ""
         attempt = 0
         api = await self._api(label)
         timeout = self.endpoint.request_timeout
@@ -405,6 +413,7 @@ class LLMClient:
                 if status not in _RETRYABLE or attempt >= self.endpoint.max_retries:
                     raise self._error(self._status_message(label, exc, attempt, format_note)) from None
                 delay = self._backoff(attempt, _retry_after_seconds(exc))
+                last_failure = f"HTTP {status}"
                 if status == 429:
                     self.limiter.back_off(delay)
             except Exception as exc:
@@ -419,7 +428,9 @@ class LLMClient:
                 if error is not None:
                     raise error from None
                 delay = self._backoff(attempt, None)
+                last_failure = f"a failed exchange ({failure[0]})"
             else:
+                RETRYING.set(None)
                 self._answered, self._down_kind, self._hung = True, None, False
                 if probe is not None:
                     self._format_evidence(request, *probe)
@@ -428,6 +439,7 @@ class LLMClient:
                 return self._to_reply(response, time.perf_counter() - started, request, label)
             attempt += 1
             self.stats.retries += 1
+            RETRYING.set(f"{label} was being retried after {last_failure} ({attempt} failed attempt(s))")
             await asyncio.sleep(delay)
 
     def _transport_error(self, label: str, failure: tuple[str, str], attempt: int) -> EndpointError | None:

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .cache import CallCache, marker_key
-from .client import Completer, LLMRequest
-from .errors import NoAgentReplyError
+from .client import RETRYING, Completer, LLMRequest
+from .errors import EndpointError, NoAgentReplyError
 from .prompts import PromptRenderer
 from .scenario import Scenario
 from .settings import RunSettings
@@ -201,6 +201,12 @@ async def simulate(
     except (TimeoutError, _ReplayedTimeout) as exc:
         if isinstance(exc, TimeoutError) and not deadline.expired():
             raise  # a TimeoutError from below (not this conversation's deadline) is trouble, not a timeout
+        if isinstance(exc, TimeoutError) and (retrying := RETRYING.get()):
+            # The endpoint used up the time (429s, 5xx, dropped connections), not the conversation: judging the
+            # transcript as it stands would score the endpoint's trouble as the agent's.
+            raise EndpointError(f"{label}: the conversation reached its timeout={timeout:g}s while {retrying}; "
+                                "the endpoint, not the conversation, used up the time: check the endpoint (or "
+                                "raise the scenario's 'timeout')") from None
         transcript.ended_by, transcript.end_reason = "timeout", f"conversation exceeded timeout={timeout:g}s"
         # A conversation in which the agent never answered is an error, not a result to reproduce: record
         # no marker, so a rerun after fixing the endpoint calls the agent again instead of replaying it.

@@ -248,3 +248,17 @@ def test_secrets_are_scrubbed_from_the_result(engine_dir: Path, server: Scripted
     assert result.score == 2
     stored = json.dumps(result.to_dict())
     assert key not in stored and "***" in result.comment and "***" in result.raw_verdict
+
+
+def test_a_timeout_while_the_endpoint_is_being_retried_is_an_endpoint_error(sim: SimProject) -> None:
+    """The agent spoke once, then its endpoint answers 503 until the conversation's time is up: the endpoint
+    used the time, so the item is an error naming it, not a verdict on a cut-short call."""
+    failing_second_turn = {"match": {"system_contains": "AGENT", "last_user_contains": CLIENT_REPLIES[1]},
+                           "status": 503, "retry_after": 1}
+    sim.server.set_script({"rules": [failing_second_turn, *default_script()["rules"]]})
+    sim.write_scenarios("s.json", [scenario("a", timeout=2.5)])
+    result = sim.run("-o", "llmsim_max_retries=10")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*a agent turn 4 was being retried after HTTP 503*the endpoint, not the "
+                                 "conversation, used up the time*"])
+    assert not [r for r in sim.server.requests_log() if "EVALUATOR" in r["body"]["messages"][0]["content"]]
