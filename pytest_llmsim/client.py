@@ -474,8 +474,13 @@ class LLMClient:
             hint = "check the server, or raise llmsim_request_timeout (it covers the whole request)"
             detail = ""
         else:
-            hint = ("check --llmsim-base-url / OPENAI_BASE_URL and that the server is running" if kind == CONNECT
-                    else "check the server")
+            if self.endpoint.connect is not None:  # the local model: the user configured no URL
+                hint = f"the {self.endpoint.describe()} server stopped or failed; see its server.log in the " \
+                       "pytest-llmsim-<pid> folder of the temp directory"
+            elif kind == CONNECT:
+                hint = "check --llmsim-base-url / OPENAI_BASE_URL and that the server is running"
+            else:
+                hint = "check the server"
             detail = f" ({self._scrub(detail)[:200]})"
         return self._error(f"{label}: {what} after {attempt + 1} attempt(s){note}{detail}; {hint}")
 

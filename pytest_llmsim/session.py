@@ -123,23 +123,31 @@ class LlmsimSession:
         self._messages.put(line)
 
     def flush_messages(self) -> None:
-        """Print queued lines past output capturing (main thread only; workers' lines go nowhere)."""
+        """Print queued lines past output capturing (main thread only). An xdist worker keeps them: they go to
+        the controller on the worker's next test report (``take_messages``), which prints them."""
+        if hasattr(self.config, "workerinput"):
+            return
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         capman = self.config.pluginmanager.get_plugin("capturemanager")
-        while not self._messages.empty():
-            line = self._messages.get()
-            if reporter is None or hasattr(self.config, "workerinput"):
+        for line in self.take_messages():
+            if reporter is None:
                 continue
             with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
                 reporter.ensure_newline()
                 reporter.write_line(line)
 
+    def take_messages(self) -> list[str]:
+        """The queued lines, removed from the queue."""
+        lines = []
+        while not self._messages.empty():
+            lines.append(self._messages.get())
+        return lines
+
     # -- lookahead ------------------------------------------------------------------------------------------
     def eligible(self, item: pytest.Item) -> bool:
-        """A valid scenario item that will run (not skipped, not an xfail with run=False)."""
-        from .items import ScenarioItem
-
-        if not isinstance(item, ScenarioItem) or item.scenario is None:
+        """A valid scenario item that will run (not skipped, not an xfail with run=False). Scenario items are
+        told by their ``llmsim`` marker and ``scenario`` (this module is below items.py: it does not import it)."""
+        if getattr(item, "scenario", None) is None or item.get_closest_marker("llmsim") is None:
             return False
         if item.get_closest_marker("skip") or item.get_closest_marker("skipif"):
             return False

