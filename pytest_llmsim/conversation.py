@@ -10,7 +10,7 @@ from typing import Any
 from .cache import CallCache, marker_key
 from .client import RETRYING, Completer, LLMRequest
 from .errors import EndpointError, NoAgentReplyError
-from .prompts import PromptRenderer
+from .prompts import PromptRenderer, template_context
 from .scenario import Scenario
 from .settings import RunSettings
 
@@ -138,8 +138,7 @@ async def simulate(
     A timeout depends on wall time, which a replay does not reproduce; so where a recorded conversation
     timed out is stored in the cache (``cache``) and a replay stops at the same turn.
     """
-    context = {**scenario.variables, "scenario_name": scenario.name, "end_marker": settings.end_marker,
-               "language": settings.language}
+    context = template_context(scenario, settings)
     roles = {side: settings.role(side, scenario) for side in ("agent", "client")}
     prompts = {
         side: renderer.render(role.template, context, scenario_label=label) for side, role in roles.items()

@@ -19,7 +19,7 @@ from typing import Any
 from .client import Completer, LLMRequest
 from .conversation import Transcript, no_agent_reply_error
 from .errors import VerdictError
-from .prompts import PromptRenderer
+from .prompts import PromptRenderer, template_context
 from .scenario import Scenario
 from .settings import RunSettings
 
@@ -276,16 +276,9 @@ async def evaluate(
     if refusal is not None:
         raise refusal
     role = settings.role("evaluator", scenario)
-    context = {
-        **scenario.variables,
-        "scenario_name": scenario.name,
-        "description": scenario.description or "",
-        "language": settings.language,
-        "transcript": transcript.to_dicts(),
-        "transcript_text": transcript.as_text(),
-        "ended_by": transcript.ended_by,
-        "end_reason": transcript.end_reason,
-    }
+    context = template_context(scenario, settings, transcript=transcript.to_dicts(),
+                               transcript_text=transcript.as_text(), ended_by=transcript.ended_by,
+                               end_reason=transcript.end_reason)
     prompt = renderer.render(role.template, context, scenario_label=label)
     seed = scenario.seed if scenario.seed is not None else settings.default_seed
     problems: list[str] = []

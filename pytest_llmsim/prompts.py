@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
 from .errors import PromptError
+
+if TYPE_CHECKING:
+    from .scenario import Scenario
+    from .settings import RunSettings
 
 _UNDEFINED_RE = re.compile(r"'([^']+)' is undefined")
 
@@ -74,3 +78,16 @@ def _too_long(template_name: str, scenario_label: str, size: int, context: dict[
     hint = f"; the largest variable is {largest!r} ({sizes[largest]:,} characters)" if largest is not None else ""
     return (f"{scenario_label}: template {template_name!r} renders a prompt of at least {size:,} characters, over "
             f"the limit of {MAX_PROMPT_CHARS:,} (MAX_PROMPT_CHARS){hint}; shorten that value or the template")
+
+
+def template_context(scenario: Scenario, settings: RunSettings, **extra: Any) -> dict[str, Any]:
+    """What every prompt template sees: the scenario's variables plus the names the plugin sets (reserved in
+    scenario files). One place, so the customer's, the agent's and the judge's templates agree."""
+    return {
+        **scenario.variables,
+        "scenario_name": scenario.name,
+        "description": scenario.description or "",
+        "end_marker": settings.end_marker,
+        "language": settings.language,
+        **extra,
+    }
