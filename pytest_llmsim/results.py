@@ -14,6 +14,7 @@ totals count outcomes (see ``summary``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
@@ -76,6 +77,24 @@ ERROR = Status.ERROR
 def outcome_of_status(status: Status) -> Outcome:
     """The outcome a result has when no pytest outcome is known (the engine's own front ends)."""
     return Outcome(status.value)
+
+
+def tool_call_text(call: Mapping[str, Any], *, limit: int = 300) -> str:
+    """One tool call of an agent turn as people read it: ``issue_refund({"order_id": 7}) -> {"ok": true}``.
+
+    A turn's ``tool_calls`` is a list of ``{"name": str, "arguments": JSON value, "result": JSON value or None}``
+    (the result when the agent reports it). Every report (terminal, JUnit, HTML, the judge's transcript) shows
+    tool calls through this function, so they read the same everywhere.
+    """
+    def compact(value: Any) -> str:
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True,
+                                                                 default=str)
+        return text if len(text) <= limit else text[: limit - 1] + "…"
+
+    text = f"{call.get('name', '?')}({compact(call.get('arguments', {}))})"
+    if call.get("result") is not None:
+        text += f" -> {compact(call['result'])}"
+    return text
 
 
 @dataclass
