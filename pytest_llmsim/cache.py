@@ -511,6 +511,16 @@ class CallCache:
                 best = (rank, entry["label"], diffs)
         return None if best is None else (best[1], best[2])
 
+    def entries(self) -> Iterator[dict[str, Any]]:
+        """Every well-formed call entry (corrupt and foreign rows skipped)."""
+        for _key, value in self._items():
+            if isinstance(value, CorruptEntry):
+                continue
+            try:
+                yield _check_entry(value, "call")
+            except CorruptEntry:
+                continue
+
     def _items(self) -> Iterator[tuple[Any, Any]]:
         try:
             if self._reader is not None:

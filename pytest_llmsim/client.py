@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import random
+import re
 import socket
 import time
 from dataclasses import dataclass, field
@@ -41,6 +42,13 @@ _FORMAT_REJECTED = {400, 422, 500}
 _FORMAT_WORDS = ("response_format", "json_schema")
 _FORMAT_CONFIRMATIONS = 3
 _RETRYABLE = {408, 409, 429, 500, 502, 503, 504}
+
+_TRANSCRIPT_LINE = re.compile(r"\s*(\d+)\. ([^:]+): (.*)")  # a line of ``Transcript.as_text``
+
+
+def _shorten(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
 
 # Transport failures, as ``_transport_failure`` classifies them.
 CONNECT, CLOSED_BEFORE_REPLY, CLOSED_MID_REPLY, TIMED_OUT, CONNECTION = (
@@ -67,6 +75,7 @@ class LLMReply:
     latency_s: float
     cached: bool
     model: str
+    tool_calls: list[dict[str, Any]] | None = None  # as the endpoint sent them (OpenAI shape), when it did
 
 
 # Set while a call waits to retry after a failed attempt, in the task (conversation) that made it: a
@@ -292,26 +301,101 @@ class LLMClient:
             "attempt": request.attempt,
         }
 
-    async def complete(self, request: LLMRequest, *, label: str) -> LLMReply:
-        """Reply for ``request`` from the cache or the endpoint; ``label`` names the call in errors."""
+    async def complete(self, request: LLMRequest, *, label: str, use_cache: bool = True) -> LLMReply:
+        """Reply for ``request`` from the cache or the endpoint; ``label`` names the call in errors.
+        ``use_cache=False`` always calls the endpoint and records nothing (a code agent called live)."""
+        if not use_cache:
+            reply = await self._call_with_retries(request, label)
+            self.stats.live_calls += 1
+            return reply
         descriptor = self.descriptor(request)
         key = request_key(descriptor)
         hit = self.cache.lookup(key, label=label)
         if hit is not None:
             self.stats.cached_calls += 1
             return LLMReply(hit["text"], hit["prompt_tokens"], hit["completion_tokens"],
-                            hit["latency_s"], True, hit["model"])
+                            hit["latency_s"], True, hit["model"], hit.get("tool_calls"))
         if not self.cache.may_call_network:
-            raise CacheMissError(self._scrub(self._miss_message(descriptor, label)))
+            raise CacheMissError(self._scrub(self._miss_message(descriptor, label, request.role)))
         reply = await self._call_with_retries(request, label)
-        self.cache.store(key, descriptor, {
+        response = {
             "text": reply.text, "prompt_tokens": reply.prompt_tokens,
             "completion_tokens": reply.completion_tokens, "latency_s": reply.latency_s, "model": reply.model,
-        }, label)
+        }
+        if reply.tool_calls:  # only then: entries of replies without tool calls stay as they were
+            response["tool_calls"] = reply.tool_calls
+        self.cache.store(key, descriptor, response, label)
         self.stats.live_calls += 1
         return reply
 
-    def _miss_message(self, descriptor: dict[str, Any], label: str) -> str:
+    def _closest_request(self, descriptor: dict[str, Any], label: str) -> dict[str, Any] | None:
+        """The recorded request most like ``descriptor``: same scenario first, then fewest differing fields, the
+        same number of messages, fewest differing messages. (``CallCache.closest`` ranks by fields only, so the
+        customer's requests of one scenario all tie; the divergence needs the one of the same turn.)"""
+        wanted_messages = descriptor.get("messages") or []
+        best: tuple[tuple[int, int, int, int], dict[str, Any]] | None = None
+        for entry in self.cache.entries():
+            recorded = entry["request"]
+            fields = sum(1 for name, wanted in descriptor.items()
+                         if name != "messages" and recorded.get(name) != wanted)
+            messages = recorded.get("messages") or []
+            same_length = len(messages) == len(wanted_messages)
+            differing = sum(1 for a, b in zip(messages, wanted_messages, strict=False) if a != b) if same_length \
+                else len(wanted_messages)
+            rank = (0 if entry["label"].split(" ")[0] == label else 1, fields, 0 if same_length else 1, differing)
+            if best is None or rank < best[0]:
+                best = (rank, recorded)
+        return None if best is None else best[1]
+
+    def _divergence(self, descriptor: dict[str, Any], label: str, role: str) -> str | None:
+        """"The conversation diverged from the recording at turn N", with the recorded and the new agent text,
+        when the closest recorded request of this scenario differs only in what the agent said: the agent under
+        test changed its reply, so the customer's (or the judge's) next request is new."""
+        from .conversation import OPENING_CUE
+
+        recorded = self._closest_request(descriptor, label.split(" ")[0])
+        if recorded is None or any(recorded.get(name) != value for name, value in descriptor.items()
+                                   if name != "messages"):
+            return None
+        old, new = recorded.get("messages") or [], descriptor.get("messages") or []
+        if len(old) != len(new):
+            return None
+        changed = [i for i, (a, b) in enumerate(zip(old, new, strict=True)) if a != b]
+        if not changed:
+            return None
+        if role == "client":  # the customer's side: the agent's turns are its "user" messages
+            if any(new[i].get("role") != "user" or old[i].get("role") != "user" for i in changed):
+                return None
+            first = changed[0]
+            cue = 1 if len(new) > 1 and new[1].get("content") == OPENING_CUE else 0
+            turn = first - cue  # messages[0] is the system prompt
+            was, now = str(old[first].get("content")), str(new[first].get("content"))
+        else:  # the judge: the transcript is text inside its prompt; find the first changed transcript line
+            first = changed[0]
+            old_lines = str(old[first].get("content")).splitlines()
+            new_lines = str(new[first].get("content")).splitlines()
+            pair = next(((a, b) for a, b in zip(old_lines, new_lines, strict=False) if a != b), None)
+            if pair is None:
+                return None
+            old_match, new_match = _TRANSCRIPT_LINE.match(pair[0]), _TRANSCRIPT_LINE.match(pair[1])
+            if old_match is None or new_match is None or old_match.group(1, 2) != new_match.group(1, 2):
+                return None
+            turn, was, now = int(new_match.group(1)), old_match.group(3), new_match.group(3)
+        return (f"{label}: the conversation diverged from the recording at turn {turn}: the agent's reply "
+                f"changed, so this request is new and record mode is 'none'.\n"
+                f"  recorded agent text: {_shorten(was)!r}\n"
+                f"  new agent text:      {_shorten(now)!r}\n"
+                "If the change is intended, re-record with --llmsim-record=once (needs the endpoint), then commit "
+                "the cache.")
+
+    def _miss_message(self, descriptor: dict[str, Any], label: str, role: str = "") -> str:
+        if role in ("client", "evaluator"):
+            try:
+                diverged = self._divergence(descriptor, label, role)
+            except Exception:  # the explanation must never hide the miss itself
+                diverged = None
+            if diverged is not None:
+                return diverged
         lines = [f"{label}: no recorded reply in {self.cache.directory} and record mode is 'none'."]
         closest = self.cache.closest(descriptor, label.split(" ")[0])
         if closest is None:
@@ -512,6 +596,9 @@ class LLMClient:
             text = message.get("content") or ""
             if not isinstance(text, str):
                 raise TypeError(f"content is {type(text).__name__}")
+            tool_calls = message.get("tool_calls") or None
+            if tool_calls is not None and not isinstance(tool_calls, list):
+                raise TypeError(f"tool_calls is {type(tool_calls).__name__}")
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
             raise self._error(f"{label}: malformed completion from {self._where()}: no choices[0].message "
                               f"with text content ({type(exc).__name__}: {self._scrub(str(exc))[:100]}); "
@@ -524,6 +611,7 @@ class LLMClient:
             latency_s=round(latency, 4),
             cached=False,
             model=str(response.get("model") or request.model),
+            tool_calls=tool_calls,
         )
 
     async def aclose(self) -> None:

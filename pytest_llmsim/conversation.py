@@ -1,18 +1,28 @@
-"""The conversation loop between the agent under test and the simulated customer (the "client")."""
+"""The conversation loop between the agent under test and the simulated customer (the "client").
+
+The agent is the prompt agent (an LLM driven by a template, replayed from the cache like every LLM call) or
+a code agent (``agents.py``: python, http, openai), called live by default: it is what changes between runs.
+A code agent sees the conversation as OpenAI-style messages from its side, kept incrementally (one append per
+turn, nothing rebuilt per turn).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .cache import CallCache, marker_key
 from .client import RETRYING, Completer, LLMRequest
-from .errors import EndpointError, NoAgentReplyError
+from .errors import AgentError, EndpointError, NoAgentReplyError
 from .prompts import PromptRenderer, template_context
+from .results import tool_call_text
 from .scenario import Scenario
 from .settings import RunSettings
+
+if TYPE_CHECKING:
+    from .agents import AgentRuntime
 
 # Sent as the first user message to whichever side opens the call, so every request has a user turn.
 OPENING_CUE = "(The call has just been connected. Say your first line.)"
@@ -27,6 +37,8 @@ class Turn:
     latency_s: float = 0.0
     cached: bool = False
     scripted: bool = False
+    # The agent's tool calls in this turn: ``{"name", "arguments", "result"}`` (result None when not reported).
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -37,14 +49,20 @@ class Transcript:
     duration_s: float = 0.0
 
     def to_dicts(self) -> list[dict[str, Any]]:
-        return [dict(vars(t)) for t in self.turns]  # Turn holds only scalars: a shallow copy is a full one
+        dicts = []
+        for turn in self.turns:
+            data = dict(vars(turn))
+            data["tool_calls"] = [dict(call) for call in turn.tool_calls]
+            dicts.append(data)
+        return dicts
 
     def as_text(self, last: int | None = None, *, client_name: str = "Customer",
                 agent_name: str = "Agent") -> str:
+        """The conversation as the judge reads it; an agent turn's tool calls come before its text."""
         turns = self.turns if last is None else self.turns[-last:]
         first = len(self.turns) - len(turns) + 1
         return "\n".join(
-            f"{first + i:>3}. {client_name if t.role == 'client' else agent_name}: {t.text}"
+            f"{first + i:>3}. {client_name if t.role == 'client' else agent_name}: {_turn_text(t)}"
             for i, t in enumerate(turns)
         )
 
@@ -52,6 +70,25 @@ class Transcript:
     def agent_replied(self) -> bool:
         """The agent said something: at least one agent turn with text (the end marker alone is empty)."""
         return any(t.role == "agent" and t.text.strip() for t in self.turns)
+
+
+def _turn_text(turn: Turn) -> str:
+    if not turn.tool_calls:
+        return turn.text
+    calls = " ".join(f"[tool {tool_call_text(call)}]" for call in turn.tool_calls)
+    return f"{calls} {turn.text}" if turn.text else calls
+
+
+def _normalized_calls(calls: Any, label: str) -> list[dict[str, Any]]:
+    """Tool calls of a prompt agent's reply (OpenAI shape) as transcript entries."""
+    if not calls:
+        return []
+    from .agents import normalize_tool_calls
+
+    try:
+        return normalize_tool_calls(calls)
+    except TypeError as exc:
+        raise AgentError(f"{label}: the agent model returned unusable tool calls: {exc}") from None
 
 
 class _ReplayedTimeout(Exception):
@@ -132,18 +169,34 @@ async def simulate(
     *,
     label: str,
     cache: CallCache | None = None,
+    agents: AgentRuntime | None = None,
 ) -> Transcript:
-    """Run one conversation. Errors (endpoint, cache miss, template) propagate; the caller records them.
+    """Run one conversation. Errors (endpoint, cache miss, template, agent) propagate; the caller records them.
 
     A timeout depends on wall time, which a replay does not reproduce; so where a recorded conversation
     timed out is stored in the cache (``cache``) and a replay stops at the same turn.
     """
+    spec = settings.agent_for(scenario)
+    code_agent = spec is not None and spec.kind != "prompt"
+    if code_agent and (agents is None or cache is None):
+        raise AgentError(f"{label}: a {spec.kind} agent needs the runner's agent runtime and cache")  # type: ignore[union-attr]
     context = template_context(scenario, settings)
-    roles = {side: settings.role(side, scenario) for side in ("agent", "client")}
+    roles = {side: settings.role(side, scenario) for side in (("client",) if code_agent else ("agent", "client"))}
     prompts = {
         side: renderer.render(role.template, context, scenario_label=label) for side, role in roles.items()
     }
     seed = scenario.seed if scenario.seed is not None else settings.default_seed
+    session = None
+    agent_messages: list[dict[str, Any]] = []  # the conversation from the code agent's side
+    results_only = False
+    if code_agent:
+        from .agents import agent_view, new_context
+
+        assert agents is not None and spec is not None
+        driver, session = await agents.open(spec, new_context(scenario.name, scenario.variables, seed),
+                                            agent_cache=scenario.agent_cache, label=label)
+        results_only = driver.results_only
+        add_usage = getattr(client, "add_usage", None)
     max_turns = scenario.max_turns or settings.max_turns
     timeout = scenario.timeout or settings.timeout
     speaker = scenario.first_speaker or settings.first_speaker
@@ -157,6 +210,7 @@ async def simulate(
         "first_speaker": speaker, "script": script,
         "roles": {side: [r.model, r.temperature, r.max_tokens] for side, r in roles.items()},
         "end_marker": settings.end_marker, "endpoint": settings.endpoint.identity,
+        **({"agent": f"{spec.kind}:{driver.identity}"} if code_agent else {}),  # type: ignore[union-attr]
     })
     recorded_timeout = cache.lookup_marker(timeout_key, label=label) if cache is not None else None
     replay_stop = recorded_timeout["turns"] if recorded_timeout else None
@@ -172,6 +226,14 @@ async def simulate(
                 return True
             text, ended = strip_end_marker(script.pop(0), settings.end_marker)
             transcript.turns.append(Turn("client", text, scripted=True))
+        elif side == "agent" and session is not None:
+            reply = await session.reply(list(agent_messages), label=f"{label} agent turn {number}")
+            text, ended = strip_end_marker(reply.text.strip(), settings.end_marker)
+            ended = ended or reply.end
+            transcript.turns.append(Turn("agent", text, reply.prompt_tokens, reply.completion_tokens,
+                                         reply.latency_s, reply.cached, tool_calls=reply.tool_calls))
+            if reply.metered and add_usage is not None:
+                add_usage("agent", reply.model, reply.prompt_tokens, reply.completion_tokens, reply.cached)
         else:
             role = roles[side]
             request = LLMRequest(
@@ -180,8 +242,14 @@ async def simulate(
             )
             reply = await client.complete(request, label=f"{label} {side} turn {number}")
             text, ended = strip_end_marker(reply.text.strip(), settings.end_marker)
-            transcript.turns.append(Turn(side, text, reply.prompt_tokens, reply.completion_tokens,
-                                         reply.latency_s, reply.cached))
+            turn = Turn(side, text, reply.prompt_tokens, reply.completion_tokens, reply.latency_s, reply.cached)
+            if getattr(reply, "tool_calls", None):
+                turn.tool_calls = _normalized_calls(reply.tool_calls, f"{label} {side} turn {number}")
+            transcript.turns.append(turn)
+        if session is not None:
+            last = transcript.turns[-1]
+            agent_messages.extend(agent_view(last.role, last.text, last.tool_calls, number,
+                                             results_only=results_only))
         if ended:
             who = "customer" if side == "client" else "agent"
             transcript.ended_by = side

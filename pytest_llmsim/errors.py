@@ -11,6 +11,7 @@ Hierarchy::
     ├── CacheMissError           replay-only mode (record mode ``none``) met an unrecorded call
     ├── CacheError               the cache directory cannot be opened, read or written (corrupt, not a dir)
     ├── NoAgentReplyError        the conversation has no non-empty agent turn: nothing to judge
+    ├── AgentError               the agent under test (python, http or openai) failed: raised, 5xx, bad reply
     └── VerdictError             the evaluator's reply never parsed as a valid verdict
 
 A failing *score* is not an error: it is a normal result with ``passed == False``.
@@ -55,6 +56,15 @@ class CacheError(LlmsimError):
 
 class NoAgentReplyError(LlmsimError):
     kind = "no_agent_reply"
+
+
+class AgentError(LlmsimError):
+    """The user's agent (code, HTTP service or OpenAI-compatible endpoint) failed to answer a turn.
+
+    A crash in the user's code is not a bad conversation: the item is an error showing the agent's own
+    traceback, never a score."""
+
+    kind = "agent_error"
 
 
 class VerdictError(LlmsimError):

@@ -1,16 +1,17 @@
 """HTML fragments for the pytest-html report: a scenario's chat and the run summary (no pytest, no pytest-html).
 
 pytest-html inserts these fragments as raw HTML, so every value that came from a model, a scenario file or
-the user is passed through ``html.escape`` here: a reply containing ``<script>`` shows as text.
+the user is passed through ``html.escape`` here: a reply containing ``<script>`` shows as text, and so do a
+tool call's name, arguments and result.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-from .results import ScenarioRecord, ScenarioResult
+from .results import ScenarioRecord, ScenarioResult, tool_call_parts, turn_tool_calls
 from .summary import (
     Gates,
     RunSummary,
@@ -42,6 +43,9 @@ STYLE = """<style>
 .llmsim-client .llmsim-bubble{background:#e3eefc;border:1px solid #b9d2f3;border-top-left-radius:2px}
 .llmsim-agent .llmsim-bubble{background:#e4f5e1;border:1px solid #bfe3b8;border-top-right-radius:2px}
 .llmsim-tag{font-size:10px;color:#888;margin-left:4px}
+.llmsim-tool{font-family:monospace;font-size:11px;background:#f6f8fa;border:1px solid #d0d7de;border-radius:6px;
+  padding:3px 6px;margin:2px 0 4px;white-space:pre-wrap;word-break:break-word;text-align:left}
+.llmsim-tool-label{color:#777}.llmsim-tool-name{font-weight:bold}.llmsim-tool-result{color:#2b6a2b}
 .llmsim-end{color:#555;font-style:italic;border-top:1px dashed #ccc;padding-top:4px}
 .llmsim-summary{font-family:Helvetica,Arial,sans-serif;color:#222;margin:8px 0 14px;padding:10px 14px;
   border:1px solid #d5dbe1;border-radius:6px;background:#fafbfc;max-width:820px}
@@ -83,6 +87,18 @@ def score_badge(result: ScenarioResult) -> str:
     return f'<span class="llmsim-score llmsim-score-{kind}">{_e(shown)}{suffix}</span>'
 
 
+def tool_call_html(call: Mapping[str, Any]) -> str:
+    """One tool call as a small block of its own (name, arguments, result), every part escaped; its text reads
+    ``tool `` + ``results.tool_call_text(call)``, as in the terminal and JUnit."""
+    name, arguments, result = tool_call_parts(call)
+    shown = (f'<div class="llmsim-tool"><span class="llmsim-tool-label">tool</span> '
+             f'<span class="llmsim-tool-name">{_e(name)}</span>(<span class="llmsim-tool-args">{_e(arguments)}'
+             f'</span>)')
+    if result is not None:
+        shown += f'<span class="llmsim-tool-result"> -&gt; {_e(result)}</span>'
+    return shown + "</div>"
+
+
 def scenario_html(record: ScenarioRecord) -> str:
     """The chat of one scenario run with its verdict, tokens, cost, duration and cache state."""
     result = record.result
@@ -97,6 +113,9 @@ def scenario_html(record: ScenarioRecord) -> str:
         f'<span class="llmsim-pill">{float(result.duration_seconds or 0):.2f} s</span>',
         f'<span class="llmsim-pill">{_e(cache_state(result))}</span>',
     ]
+    if result.tool_calls:
+        pills.append(f'<span class="llmsim-pill llmsim-tools">tools called: {_e(", ".join(result.tool_calls))}'
+                     f'</span>')
     if record.unpriced_models:
         pills.append(f'<span class="llmsim-pill">unpriced: {_e(", ".join(record.unpriced_models))}</span>')
     parts = [f'<div class="llmsim-card"><div class="llmsim-meta">{score_badge(result)}{"".join(pills)}</div>']
@@ -115,9 +134,11 @@ def scenario_html(record: ScenarioRecord) -> str:
             if turn.get("cached"):
                 tags.append("replayed")
             tag_html = "".join(f'<span class="llmsim-tag">{t}</span>' for t in tags)
+            # No whitespace between the blocks: the bubble keeps its text's line breaks (pre-wrap).
+            tools = "".join(tool_call_html(call) for call in turn_tool_calls(turn))
             parts.append(f'<div class="llmsim-turn llmsim-{role}"><div class="llmsim-who">#{number} '
-                         f'{SPEAKERS[role]}{tag_html}</div><div class="llmsim-bubble">{_e(turn.get("text"))}'
-                         f'</div></div>')
+                         f'{SPEAKERS[role]}{tag_html}</div><div class="llmsim-bubble">{tools}'
+                         f'{_e(turn.get("text"))}</div></div>')
         parts.append("</div>")
     if result.ended_by:
         parts.append(f'<div class="llmsim-end">Call ended by {_e(result.ended_by)}: '

@@ -18,7 +18,7 @@ from typing import Any
 
 from .client import Completer, LLMRequest
 from .conversation import Transcript, no_agent_reply_error
-from .errors import VerdictError
+from .errors import PromptError, VerdictError
 from .prompts import PromptRenderer, template_context
 from .scenario import Scenario
 from .settings import RunSettings
@@ -276,6 +276,15 @@ async def evaluate(
     if refusal is not None:
         raise refusal
     role = settings.role("evaluator", scenario)
+    if scenario.criteria:
+        used = renderer.variables_used(role.template)
+        if used is not None and "criteria" not in used:  # the judge would silently never see them
+            raise PromptError(
+                f"{label}: the scenario has 'criteria' but the evaluator template {role.template!r} never uses "
+                "the variable 'criteria', so the judge would not see them; list them in the template "
+                "(e.g. {% for c in criteria %}{{ loop.index }}. {{ c }}{% endfor %}) or remove the project's "
+                "template to use the package's generic evaluator"
+            )
     context = template_context(scenario, settings, transcript=transcript.to_dicts(),
                                transcript_text=transcript.as_text(), ended_by=transcript.ended_by,
                                end_reason=transcript.end_reason)

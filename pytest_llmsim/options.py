@@ -121,6 +121,9 @@ OPTIONS: tuple[Option, ...] = (
            "aiohttp is installed, else httpx), aiohttp or httpx.", "auto", kind="choice", choices=HTTP_BACKENDS),
     Option("llmsim_local_model", "GGUF file for the local server used when no endpoint is configured (default: "
            "the bundled SmolLM2).", flag="--llmsim-local-model", kind="path", metavar="PATH"),
+    Option("llmsim_agent", "The agent under test for every scenario whose own 'agent' names none: an inline "
+           "mapping such as {python: \"bots.shop:ShopBot\"}, {http: {url: ...}} or {openai: {base_url: ..., "
+           "model: ...}} (empty: the prompt agent).", flag="--llmsim-agent", metavar="SPEC"),
     *_role_rows(),
     Option("llmsim_results", "Write one record per scenario and the run summary to this file; the format follows "
            "the extension: .json, .csv or .ndjson/.jsonl.", flag="--llmsim-results", kind="path", metavar="PATH"),
@@ -317,6 +320,10 @@ def resolve(config: pytest.Config, rows: Iterable[Option] = OPTIONS) -> Resolved
                                   invocation_dir=config.invocation_params.dir, ini_dir=ini_dir,
                                   local=lambda values: not endpoint_configured(values))
         resolve_http_backend(resolved["llmsim_http_backend"], resolved["llmsim_base_url"] or None)
+        if resolved["llmsim_agent"]:  # a bad agent spec is a usage error before anything is collected
+            from .agents import parse_agent_spec
+
+            parse_agent_spec(resolved["llmsim_agent"])
     except ConfigError as exc:
         raise pytest.UsageError(f"llmsim: {exc}") from None
     return resolved
@@ -325,9 +332,16 @@ def resolve(config: pytest.Config, rows: Iterable[Option] = OPTIONS) -> Resolved
 def build_settings(
     resolved: ResolvedOptions, *, endpoint_id: str = "", default_model: str = DEFAULT_MODEL,
     connect: Callable[[], str] | None = None, description: str = "", env: Mapping[str, str] | None = None,
+    rootdir: Path | None = None,
 ) -> RunSettings:
     """The engine's settings from resolved options. For the local model, pass its ``connect`` callable (which
-    starts the server on the first uncached call and returns its URL), identity and description."""
+    starts the server on the first uncached call and returns its URL), identity and description. ``rootdir``
+    is where python agents are imported from (default: the ini file's directory, pytest's rootdir)."""
+    agent_spec = None
+    if resolved["llmsim_agent"]:
+        from .agents import parse_agent_spec
+
+        agent_spec = parse_agent_spec(resolved["llmsim_agent"])
     shared_model = resolved["llmsim_model"] or default_model
     roles = {
         role: RoleSettings(
@@ -365,6 +379,8 @@ def build_settings(
         language=resolved["llmsim_language"],
         judge_attempts=resolved["llmsim_judge_attempts"],
         concurrency=resolved["llmsim_concurrency"],
+        agent_spec=agent_spec,
+        rootdir=rootdir if rootdir is not None else resolved.ini_dir,
     )
 
 

@@ -26,6 +26,23 @@ OPTIONS_KEY = pytest.StashKey[options.ResolvedOptions]()
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     options.add_options(parser)
+    parser.getgroup("llmsim").addoption(
+        "--llmsim-init", action="store_true", default=False,
+        help="Write a minimal working example (a scenario file and a Python agent) into the current folder, "
+             "without overwriting anything, print the next command and exit.")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    if not config.getoption("llmsim_init", False):
+        return None
+    from .starter import starter_lines, write_starter
+
+    root = config.invocation_params.dir
+    written, skipped = write_starter(root)
+    for line in starter_lines(root, written, skipped):
+        print(line)
+    return 0
 
 
 def pytest_configure(config: pytest.Config) -> None:

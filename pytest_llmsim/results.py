@@ -7,6 +7,10 @@
   (``Outcome``), its cost and the run's id. The terminal, HTML, JUnit, exports, gates and histogram all read
   records; ``to_dict()`` is the export row, ``from_dict`` reads an export back.
 
+A transcript turn is ``{"role": "client" | "agent", "text": ...}``; an agent turn may carry ``"tool_calls"``, a
+list of ``{"name", "arguments", "result"}`` (missing or empty: none). ``turn_tool_calls`` reads them,
+``tool_call_text`` renders one for every report, and ``ScenarioResult.tool_calls`` lists the names in call order.
+
 ``Status`` is the scenario's own verdict (score against the minimum); ``Outcome`` is pytest's: an
 xfail-marked scenario that scored below its minimum has status ``failed`` and outcome ``xfailed``. The run
 totals count outcomes (see ``summary``).
@@ -53,6 +57,7 @@ class ErrorKind(StrEnum):
     CACHE_MISS = "cache_miss"
     CACHE = "cache_error"
     NO_AGENT_REPLY = "no_agent_reply"
+    AGENT = "agent_error"
     INVALID_VERDICT = "invalid_verdict"
     INTERNAL = "internal_error"  # a bug or an unexpected library error in the engine
     CRASHED = "crashed"  # the item failed outside the engine (e.g. an xdist worker died)
@@ -95,6 +100,28 @@ def tool_call_text(call: Mapping[str, Any], *, limit: int = 300) -> str:
     if call.get("result") is not None:
         text += f" -> {compact(call['result'])}"
     return text
+
+
+def turn_tool_calls(turn: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The tool calls of one transcript turn, in call order: an agent turn's ``tool_calls`` (missing, empty,
+    or not a list: none; entries that are not objects are left out). A customer turn has none."""
+    if turn.get("role") == "client":
+        return []
+    calls = turn.get("tool_calls")
+    if not isinstance(calls, list | tuple):
+        return []
+    return [call for call in calls if isinstance(call, Mapping)]
+
+
+def tool_call_parts(call: Mapping[str, Any]) -> tuple[str, str, str | None]:
+    """``(name, arguments, result or None)`` of a tool call, each exactly as ``tool_call_text`` writes it (same
+    JSON, same truncation), for reports that lay the parts out apart (the pytest-html chat)."""
+    name = f"{call.get('name', '?')}"
+    arguments = tool_call_text({"name": "", "arguments": call.get("arguments", {})})[1:-1]
+    if call.get("result") is None:
+        return name, arguments, None
+    result = tool_call_text({"name": "", "arguments": "", "result": call["result"]}).removeprefix("() -> ")
+    return name, arguments, result
 
 
 @dataclass
@@ -144,6 +171,11 @@ class ScenarioResult:
         return len(self.transcript)
 
     @property
+    def tool_calls(self) -> list[str]:
+        """The names of the tools the agent called, in call order over every agent turn (repeats kept)."""
+        return [f"{call.get('name', '?')}" for turn in self.transcript for call in turn_tool_calls(turn)]
+
+    @property
     def live_calls(self) -> int:
         return sum(u.live_calls for u in self.usage)
 
@@ -184,7 +216,7 @@ class ScenarioResult:
         data["error_kind"] = str(self.error_kind) if self.error_kind else ""
         data["transcript"] = [dict(turn) for turn in self.transcript]
         data["usage"] = [dict(vars(usage)) for usage in self.usage]
-        data.update(total_turns=self.total_turns, prompt_tokens=self.prompt_tokens,
+        data.update(total_turns=self.total_turns, tool_calls=self.tool_calls, prompt_tokens=self.prompt_tokens,
                     completion_tokens=self.completion_tokens, live_calls=self.live_calls,
                     cached_calls=self.cached_calls, cached=self.fully_cached)
         return data
@@ -262,6 +294,7 @@ class ScenarioRecord:
             "total_turns": r.total_turns,
             "ended_by": r.ended_by,
             "end_reason": r.end_reason,
+            "tool_calls": r.tool_calls,
             "duration_seconds": float(r.duration_seconds),
             "prompt_tokens": r.prompt_tokens,
             "completion_tokens": r.completion_tokens,

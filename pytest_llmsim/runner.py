@@ -16,6 +16,7 @@ import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .agents import AgentRuntime
 from .cache import CallCache
 from .client import LLMClient, LLMReply, LLMRequest, RateLimiter
 from .conversation import no_agent_reply_error, simulate
@@ -24,7 +25,7 @@ from .judge import evaluate
 from .prompts import PromptRenderer
 from .results import ERROR, FAILED, PASSED, ModelUsage, ScenarioResult
 from .scenario import Scenario
-from .settings import RunSettings
+from .settings import RunSettings, scrub_secrets
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,30 @@ class MeteredClient:
         meter.add(reply.prompt_tokens, reply.completion_tokens, reply.cached)
         return reply
 
+    def add_usage(self, role: str, model: str, prompt_tokens: int, completion_tokens: int, cached: bool) -> None:
+        """Count an LLM call made outside this wrapper (an openai agent's, on its own endpoint)."""
+        meter = self.usage.setdefault((role, model), ModelUsage(role, model))
+        meter.add(prompt_tokens, completion_tokens, cached)
+
 
 async def run_scenario(
-    job: ScenarioJob, settings: RunSettings, client: LLMClient, renderer: PromptRenderer
+    job: ScenarioJob, settings: RunSettings, client: LLMClient, renderer: PromptRenderer,
+    agents: AgentRuntime | None = None,
+) -> ScenarioResult:
+    """One conversation and its verdict; ``agents`` runs code agents (one per run: imports happen once)."""
+    own_agents = agents is None and settings.agent_for(job.scenario) is not None
+    if own_agents:
+        agents = AgentRuntime(settings, client.cache)
+    try:
+        return await _run_scenario(job, settings, client, renderer, agents)
+    finally:
+        if own_agents and agents is not None:
+            await agents.aclose()
+
+
+async def _run_scenario(
+    job: ScenarioJob, settings: RunSettings, client: LLMClient, renderer: PromptRenderer,
+    agents: AgentRuntime | None,
 ) -> ScenarioResult:
     scenario = job.scenario
     min_score = scenario.min_score or settings.min_score
@@ -63,7 +85,8 @@ async def run_scenario(
     metered = MeteredClient(client)
     started = time.perf_counter()
     try:
-        transcript = await simulate(scenario, settings, metered, renderer, label=job.label, cache=client.cache)
+        transcript = await simulate(scenario, settings, metered, renderer, label=job.label, cache=client.cache,
+                                    agents=agents)
         result.transcript = transcript.to_dicts()
         result.ended_by, result.end_reason = transcript.ended_by, transcript.end_reason
         refusal = no_agent_reply_error(transcript, scenario, settings, label=job.label)
@@ -81,17 +104,22 @@ async def run_scenario(
     else:
         result.score, result.comment, result.raw_verdict = verdict.score, verdict.comment, verdict.raw_reply
         result.status = PASSED if verdict.score >= min_score else FAILED
-    _scrub_secrets(result, settings)
+    _scrub_secrets(result, settings, agents.secrets() if agents is not None else frozenset())
     result.usage = list(metered.usage.values())
     result.duration_seconds = round(time.perf_counter() - started, 4)
     return result
 
 
-def _scrub_secrets(result: ScenarioResult, settings: RunSettings) -> None:
-    """Replace the API key and URL credentials in every text the result stores (reports, exports, xdist)."""
-    scrub = getattr(settings.endpoint, "scrub", None)  # EndpointSettings.scrub, where available
-    if scrub is None:
+def _scrub_secrets(result: ScenarioResult, settings: RunSettings, extra: frozenset[str] = frozenset()) -> None:
+    """Replace the API key, URL credentials and the http agents' header values in every text the result stores
+    (reports, exports, xdist)."""
+    endpoint_scrub = getattr(settings.endpoint, "scrub", None)  # EndpointSettings.scrub, where available
+    if endpoint_scrub is None:
         return
+    scrub = endpoint_scrub
+    if extra:
+        def scrub(text: str) -> str:
+            return scrub_secrets(endpoint_scrub(text), extra)
     result.error_message = scrub(result.error_message) if result.error_message else ""
     result.raw_verdict = scrub(result.raw_verdict) if result.raw_verdict else ""
     result.comment = scrub(result.comment) if result.comment else ""
@@ -117,11 +145,12 @@ class Runner:
     async def _make_services(self) -> tuple[LLMClient, PromptRenderer, asyncio.Semaphore]:
         cache = CallCache(self.settings.cache_dir, self.settings.record_mode)
         client = LLMClient(self.settings.endpoint, cache, RateLimiter(rpm=self._rpm))
+        self.agents = AgentRuntime(self.settings, cache)
         return client, PromptRenderer(self.settings.prompts_dir), asyncio.Semaphore(self.settings.concurrency)
 
     async def _run(self, job: ScenarioJob) -> ScenarioResult:
         async with self._slots:
-            return await run_scenario(job, self.settings, self.client, self.renderer)
+            return await run_scenario(job, self.settings, self.client, self.renderer, self.agents)
 
     def submit(self, job: ScenarioJob) -> concurrent.futures.Future[ScenarioResult]:
         if self._closed:
@@ -145,6 +174,7 @@ class Runner:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self.agents.aclose()
             await self.client.aclose()
             self.client.cache.close()
 

@@ -25,7 +25,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ScenarioError
 
@@ -53,7 +64,9 @@ _RESERVED_TAGS = frozenset({"skip", "skipif", "xfail", "parametrize", "usefixtur
                             "llmsim", "and", "or", "not", "True", "False", "None"})
 # Names the plugin puts into the template context itself; a variable of the same name would be overridden.
 RESERVED_VARIABLES = frozenset({"scenario_name", "end_marker", "language", "description", "transcript",
-                                "transcript_text", "ended_by", "end_reason"})
+                                "transcript_text", "ended_by", "end_reason", "persona", "goal", "criteria"})
+# Reserved variable names that are scenario fields: the message says to use the field instead.
+_FIELD_VARIABLES = frozenset({"language", "description", "persona", "goal", "criteria"})
 
 
 def _shown(value: Any) -> str:
@@ -100,6 +113,104 @@ class RoleOverride(BaseModel):
         return value
 
 
+class HttpAgentSpec(BaseModel):
+    """``agent: {http: {...}}``: the agent under test is an HTTP service, POSTed once per agent turn.
+
+    ``body`` is a JSON template walked as data (never string-templated JSON): a string that is exactly one
+    placeholder (``"{{ messages }}"``) becomes that value, placeholders inside longer strings are filled as text.
+    Placeholders: ``message`` (the customer's last message), ``messages`` (the conversation, OpenAI-style, from
+    the agent's side), ``session_id`` (one per conversation), ``scenario``, ``variables``, ``turn``. ``reply`` is
+    a dotted path to the reply text in the JSON answer (``choices.0.message.content``); ``tool_calls`` and ``end``
+    optional paths. Header values may name environment variables (``${MY_TOKEN}``), read at call time and never
+    written to a report, cache key or log."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: StrictStr
+    body: Any = None
+    reply: StrictStr = "reply"
+    tool_calls: StrictStr | None = None
+    end: StrictStr | None = None
+    headers: dict[StrictStr, StrictStr] = Field(default_factory=dict)
+    timeout: FiniteFloat | None = Field(default=None, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http:// or https:// URL (got {_shown(value)})")
+        return value
+
+    @field_validator("reply", "tool_calls", "end")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or any(not part for part in value.split("."))):
+            raise ValueError(f"must be a dotted path such as 'choices.0.message.content' (got {_shown(value)})")
+        return value
+
+
+class OpenAIAgentSpec(BaseModel):
+    """``agent: {openai: {...}}``: the agent under test served as an OpenAI-compatible chat endpoint, apart from
+    the endpoint that plays the customer and the judge. ``api_key_env`` names the variable holding its key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_url: StrictStr
+    model: StrictStr
+    api_key_env: StrictStr | None = None
+    system: StrictStr | None = None
+    temperature: FiniteFloat | None = Field(default=None, ge=0, le=2)
+    max_tokens: StrictInt | None = Field(default=None, ge=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http:// or https:// URL (got {_shown(value)})")
+        return value
+
+
+_PROMPT_FIELDS = ("model", "template", "temperature", "max_tokens")
+_CODE_KINDS = ("python", "http", "openai")
+
+
+class AgentSpec(RoleOverride):
+    """The scenario's ``agent``: the prompt agent's overrides (today's form), or exactly one of ``python``
+    (``"package.module:name"``), ``http`` or ``openai``."""
+
+    python: StrictStr | None = None
+    http: HttpAgentSpec | None = None
+    openai: OpenAIAgentSpec | None = None
+
+    @field_validator("python")
+    @classmethod
+    def _import_path(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        module, sep, name = value.partition(":")
+        if not sep or not name or not all(part.isidentifier() for part in module.split(".")) \
+                or not all(part.isidentifier() for part in name.split(".")):
+            raise ValueError(f"must be 'package.module:name' (got {_shown(value)})")
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> AgentSpec:
+        kinds = [kind for kind in _CODE_KINDS if getattr(self, kind) is not None]
+        if len(kinds) > 1:
+            raise ValueError(f"sets {' and '.join(map(repr, kinds))}; an agent is exactly one of python, http or "
+                             "openai (or the prompt fields model/template/temperature/max_tokens)")
+        prompt = [name for name in _PROMPT_FIELDS if getattr(self, name) is not None]
+        if kinds and prompt:
+            raise ValueError(f"{', '.join(map(repr, prompt))} only apply to the prompt agent, not to "
+                             f"a {kinds[0]!r} agent; remove them")
+        return self
+
+    @property
+    def kind(self) -> str:
+        """``prompt``, ``python``, ``http`` or ``openai``."""
+        return next((kind for kind in _CODE_KINDS if getattr(self, kind) is not None), "prompt")
+
+
 class Scenario(BaseModel):
     """One conversation to simulate and judge."""
 
@@ -116,7 +227,12 @@ class Scenario(BaseModel):
     xfail: bool | str = False
     first_speaker: Literal["client", "agent"] | None = None
     turns: tuple[StrictStr, ...] | None = None
-    agent: RoleOverride | None = None
+    persona: StrictStr | None = None
+    goal: StrictStr | None = None
+    criteria: tuple[StrictStr, ...] | None = None
+    language: StrictStr | None = None
+    agent: AgentSpec | None = None
+    agent_cache: StrictBool = False
     client: RoleOverride | None = None
     evaluator: RoleOverride | None = None
 
@@ -128,7 +244,7 @@ class Scenario(BaseModel):
             raise ValueError(problem)
         return value
 
-    @field_validator("tags", "turns", mode="before")
+    @field_validator("tags", "turns", "criteria", mode="before")
     @classmethod
     def _a_list(cls, value: Any) -> Any:
         if value is not None and not isinstance(value, (list, tuple)):
@@ -162,14 +278,37 @@ class Scenario(BaseModel):
             raise ValueError("must list at least one customer message (or be left out)")
         return value
 
+    @field_validator("persona", "goal", "language")
+    @classmethod
+    def _text_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be blank (leave the field out instead)")
+        return value
+
+    @field_validator("criteria")
+    @classmethod
+    def _criteria(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("must list at least one criterion (or be left out)")
+        blank = next((i for i, criterion in enumerate(value) if not criterion.strip()), None)
+        if blank is not None:
+            raise ValueError(f"criterion #{blank} is blank; each criterion says what the agent must do")
+        return value
+
     @field_validator("variables")
     @classmethod
     def _variables(cls, value: dict[str, Any]) -> dict[str, Any]:
         reserved = sorted(RESERVED_VARIABLES & set(value))
         if reserved:
             verb = "is" if len(reserved) == 1 else "are"
-            raise ValueError(f"{', '.join(map(repr, reserved))} {verb} set by llmsim for the templates; "
-                             "rename the variable")
+            fields = [name for name in reserved if name in _FIELD_VARIABLES]
+            hint = "rename the variable"
+            if fields:  # a variable 'persona' beside the field 'persona': say which is which
+                hint = (f"{', '.join(f'the variable {n!r} would clash with the scenario field {n!r}' for n in fields)}"
+                        "; write it as that field (beside 'name', not inside 'variables') or rename the variable")
+            raise ValueError(f"{', '.join(map(repr, reserved))} {verb} set by llmsim for the templates; {hint}")
         if "SEED" in value:
             seed = value["SEED"]
             if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:

@@ -91,7 +91,7 @@ class LlmsimSession:
 
     def build_settings(self) -> RunSettings:
         if not self.options.local:
-            return options.build_settings(self.options)
+            return options.build_settings(self.options, rootdir=self.config.rootpath)
         return self._local_settings()
 
     def _local_settings(self) -> RunSettings:
@@ -114,8 +114,8 @@ class LlmsimSession:
 
         name = model_path.name if model_path is not None else "missing-model"
         return options.build_settings(
-            self.options, endpoint_id=f"local:{name}", default_model=local_model.LOCAL_MODEL_NAME,
-            connect=connect, description=f"local model {model_path}",
+            self.options, rootdir=self.config.rootpath, endpoint_id=f"local:{name}",
+            default_model=local_model.LOCAL_MODEL_NAME, connect=connect, description=f"local model {model_path}",
         )
 
     def _say(self, line: str) -> None:

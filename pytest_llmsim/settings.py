@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit, urluns
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from .scenario import RoleOverride, Scenario
+    from .scenario import AgentSpec, RoleOverride, Scenario
 
 
 class RecordMode(StrEnum):
@@ -214,8 +214,22 @@ class RunSettings:
     language: str = "English"
     judge_attempts: int = 3
     concurrency: int = 16
+    # The suite-wide agent under test (ini ``llmsim_agent`` / ``--llmsim-agent``): a validated
+    # ``scenario.AgentSpec``, or None for the prompt agent. A scenario's own ``agent:`` naming a kind (or only
+    # prompt fields) beats it.
+    agent_spec: AgentSpec | None = None
+    # Where ``agent: {python: "package.module:name"}`` is imported from (put on ``sys.path``); None: the cwd.
+    rootdir: Path | None = None
 
     def role(self, name: str, scenario: Scenario) -> RoleSettings:
         base: RoleSettings = getattr(self, name)
         return base.with_override(getattr(scenario, name))
 
+    def agent_for(self, scenario: Scenario) -> AgentSpec | None:
+        """The agent spec deciding ``scenario``'s agent: its own ``agent:`` when that names a kind or sets prompt
+        fields (the prompt agent, explicitly), else the suite's (``agent_spec``, always a code kind). None or a
+        spec of kind ``prompt``: the prompt (LLM) agent."""
+        own = scenario.agent
+        if own is not None and (own.kind != "prompt" or own.model_fields_set - {"python", "http", "openai"}):
+            return own
+        return self.agent_spec

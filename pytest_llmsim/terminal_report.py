@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from .results import ErrorKind, Outcome, ScenarioRecord, ScenarioResult, Status
+from .results import ErrorKind, Outcome, ScenarioRecord, ScenarioResult, Status, tool_call_text, turn_tool_calls
 from .summary import (
     Gates,
     RunSummary,
@@ -35,12 +35,22 @@ class Line(NamedTuple):
 
 
 # -- transcripts ---------------------------------------------------------------------------------------------
+def turn_text(turn: Mapping[str, Any]) -> str:
+    """A turn's text, an agent turn's tool calls before it: ``[tool issue_refund({"order_id": 7}) -> {"ok":
+    true}] Your refund is on its way.`` (a turn with tool calls and no text: just the calls)."""
+    text = f"{turn.get('text', '')}"
+    calls = [f"[tool {tool_call_text(call)}]" for call in turn_tool_calls(turn)]
+    if not calls:
+        return text
+    return " ".join([*calls, text] if turn.get("text") else calls)
+
+
 def transcript_lines(transcript: Sequence[Mapping[str, Any]], ended_by: str, end_reason: str, *,
                      last: int | None = None) -> list[str]:
     """Numbered turns (``  3. Customer: ...``), then who ended the call; ``last`` keeps only the last turns."""
     turns = list(transcript) if last is None else list(transcript)[-last:]
     first = len(transcript) - len(turns) + 1
-    lines = [f"{first + i:>3}. {SPEAKERS.get(str(t.get('role')), 'Agent')}: {t.get('text', '')}"
+    lines = [f"{first + i:>3}. {SPEAKERS.get(str(t.get('role')), 'Agent')}: {turn_text(t)}"
              for i, t in enumerate(turns)]
     if ended_by:
         lines.append(f"     [call ended by {ended_by}: {end_reason}]")
@@ -60,6 +70,8 @@ def record_text(record: ScenarioRecord) -> str:
         lines[0] += f" [{record.outcome}]"
     if r.comment:
         lines.append(f"judge: {r.comment}")
+    if r.tool_calls:
+        lines.append(f"tools called: {', '.join(r.tool_calls)}")
     if r.error_message:
         lines.append(f"error ({r.error_kind}): {r.error_message}")
     lines.extend(transcript_lines(r.transcript, r.ended_by, r.end_reason))

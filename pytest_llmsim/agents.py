@@ -1,0 +1,725 @@
+"""The agent under test when it is code: a Python callable, an HTTP service or an OpenAI-compatible endpoint.
+
+A scenario (or the suite, through ``llmsim_agent``) chooses its agent under ``agent:``; the prompt agent (an LLM
+driven by a jinja2 template) stays in ``conversation.py``. Each kind here is resolved once per spec and run
+(``AgentRuntime.driver``): the import of a python agent, its signature and whether it is async or a factory are
+worked out then, never per turn. Per conversation ``AgentDriver.open`` gives an ``AgentSession`` whose
+``reply`` answers one turn from the conversation so far, as OpenAI-style messages from the agent's side.
+
+Code agents are called live by default: they are what changes between runs, while the customer and the judge
+replay from the cache. ``agent_cache: true`` routes their replies through the cache too (``CachedSession``),
+keyed by the agent's kind and identity (``module:name``, the URL without credentials, base URL + model), never
+by header values or keys.
+
+Trouble in the agent is an ``AgentError`` (kind ``agent_error``), never a score: a python agent's exception
+is shown with its own traceback; an HTTP agent's failure after bounded retries names the URL, the status and
+the start of its reply, with every header value scrubbed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import json
+import os
+import random
+import re
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from .cache import request_key
+from .errors import AgentError, CacheMissError, ConfigError, EndpointError, LlmsimError
+from .settings import EndpointSettings, redact_url, scrub_secrets, url_secrets
+
+if TYPE_CHECKING:
+    from .cache import CallCache
+    from .client import LLMClient
+    from .scenario import AgentSpec, HttpAgentSpec, OpenAIAgentSpec
+    from .settings import RunSettings
+
+_SHOWN = 200  # characters of an agent's reply or text quoted in an error
+_RETRYABLE = {408, 409, 429, 500, 502, 503, 504}
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_PLACEHOLDER_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+FACTORY_ATTRIBUTE = "__llmsim_agent_factory__"
+
+
+@dataclass(frozen=True)
+class AgentContext:
+    """What a python agent knows about its conversation besides the messages."""
+
+    scenario: str
+    variables: Mapping[str, Any]
+    seed: int | None
+    session_id: str
+
+
+def agent_factory(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark ``function`` as a factory: called once per conversation (with the ``AgentContext`` if it takes an
+    argument), it returns the callable that answers each turn, so the agent can keep per-conversation state."""
+    setattr(function, FACTORY_ATTRIBUTE, True)
+    return function
+
+
+@dataclass
+class AgentReply:
+    """One agent turn: its text, tool calls (``{"name", "arguments", "result"}``) and whether it ends the call."""
+
+    text: str
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    end: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    cached: bool = False
+    model: str = ""
+    metered: bool = False  # an LLM call (openai agents): counted in the scenario's usage
+
+
+# -- replies and tool calls ---------------------------------------------------------------------------------------
+def _parse_arguments(arguments: Any) -> Any:
+    if isinstance(arguments, str):
+        try:
+            return json.loads(arguments)
+        except ValueError:
+            return arguments
+    return {} if arguments is None else arguments
+
+
+def normalize_tool_call(call: Any, results: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``{"name", "arguments", "result"}`` from our shape or OpenAI's (``{"id", "type": "function", "function":
+    {"name", "arguments": "<json>"}}``); arguments are parsed from JSON when they parse, else kept as text."""
+    if not isinstance(call, Mapping):
+        raise TypeError(f"a tool call must be an object, got {type(call).__name__}")
+    function = call.get("function")
+    if isinstance(function, Mapping):
+        name, arguments = function.get("name"), function.get("arguments")
+        result = call.get("result")
+        if result is None and results is not None and call.get("id") in results:
+            result = results[call["id"]]
+    else:
+        name, arguments, result = call.get("name"), call.get("arguments"), call.get("result")
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"a tool call needs a non-empty 'name' (got {_short(repr(call))})")
+    return {"name": name, "arguments": _parse_arguments(arguments), "result": _parse_arguments(result)
+            if isinstance(result, str) else result}
+
+
+def normalize_tool_calls(calls: Any, results: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    if not calls:
+        return []
+    if not isinstance(calls, list | tuple):
+        raise TypeError(f"'tool_calls' must be a list, got {type(calls).__name__}")
+    return [normalize_tool_call(call, results) for call in calls]
+
+
+def read_reply(value: Any) -> tuple[str, list[dict[str, Any]], bool]:
+    """``(text, tool_calls, end)`` from what an agent returned: a string; a message ``{"content", "tool_calls",
+    "end"}``; or a list of messages (assistant messages with ``tool_calls``, ``tool`` messages with their results,
+    the last assistant text). TypeError says what is wrong."""
+    if isinstance(value, str):
+        return value, [], False
+    if isinstance(value, Mapping):
+        content = value.get("content")
+        if content is not None and not isinstance(content, str):
+            raise TypeError(f"'content' must be a string or null, got {type(content).__name__}")
+        return content or "", normalize_tool_calls(value.get("tool_calls")), bool(value.get("end"))
+    if isinstance(value, list | tuple) and value and all(isinstance(m, Mapping) for m in value):
+        results = {m.get("tool_call_id"): m.get("content") for m in value if m.get("role") == "tool"}
+        text, calls, end = "", [], False
+        for message in value:
+            if message.get("role", "assistant") != "assistant":
+                continue
+            part, part_calls, part_end = read_reply(message)
+            calls += normalize_tool_calls(message.get("tool_calls"), results) if part_calls else []
+            text, end = part or text, end or part_end
+        return text, calls, end
+    raise TypeError(f"expected a string, a message dict with 'content' (and optional 'tool_calls', 'end') or a "
+                    f"list of messages; got {type(value).__name__} {_short(repr(value))}")
+
+
+def openai_tool_calls(turn_number: int, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Our tool calls in the OpenAI shape (ids are stable: ``call_<turn>_<i>``, so requests stay cacheable)."""
+    return [{"id": f"call_{turn_number}_{i}", "type": "function",
+             "function": {"name": c["name"], "arguments": c["arguments"] if isinstance(c["arguments"], str)
+                          else json.dumps(c["arguments"], ensure_ascii=False, sort_keys=True)}}
+            for i, c in enumerate(calls)]
+
+
+def agent_view(role: str, text: str, tool_calls: list[dict[str, Any]], turn_number: int, *,
+               results_only: bool = False) -> list[dict[str, Any]]:
+    """The OpenAI-style messages one transcript turn adds to the agent's side of the conversation: a customer
+    turn is ``user``; an agent turn ``assistant`` (with its ``tool_calls`` and one ``tool`` message per reported
+    result). ``results_only`` leaves out tool calls without a result (an OpenAI endpoint rejects a tool call
+    that no tool message answers)."""
+    if role != "agent":
+        return [{"role": "user", "content": text}]
+    if not tool_calls:
+        return [{"role": "assistant", "content": text}]
+    shown = [c for c in tool_calls if c.get("result") is not None] if results_only else tool_calls
+    if not shown:
+        return [{"role": "assistant", "content": text}]
+    wire = openai_tool_calls(turn_number, shown)
+    messages: list[dict[str, Any]] = [{"role": "assistant", "content": text or None, "tool_calls": wire}]
+    for call, sent in zip(shown, wire, strict=True):
+        if call.get("result") is not None:
+            result = call["result"]
+            messages.append({"role": "tool", "tool_call_id": sent["id"], "content": result if isinstance(result, str)
+                             else json.dumps(result, ensure_ascii=False, sort_keys=True)})
+    return messages
+
+
+# -- specs ----------------------------------------------------------------------------------------------------------
+def parse_agent_spec(text: str, where: str = "llmsim_agent") -> AgentSpec | None:
+    """The suite-wide agent spec from ini/command-line text: an inline YAML/JSON mapping such as
+    ``{python: "bots.shop:ShopBot"}``; ConfigError naming ``where`` and the field otherwise. Empty: None."""
+    if not text or not text.strip():
+        return None
+    import yaml
+    from pydantic import ValidationError
+
+    from .scenario import AgentSpec
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where} is not a YAML/JSON mapping ({str(exc).splitlines()[0]}); write e.g. "
+                          "{python: \"bots.shop:ShopBot\"}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping such as {{python: \"bots.shop:ShopBot\"}}, got {text!r}")
+    try:
+        spec = AgentSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"field '{'.'.join(str(p) for p in err['loc']) or 'agent'}': "
+                             f"{err['msg'].removeprefix('Value error, ')}" for err in exc.errors())
+        raise ConfigError(f"{where}: {problems}") from None
+    if spec.kind == "prompt":
+        raise ConfigError(f"{where} must name one of python, http or openai; the prompt agent is set with "
+                          "llmsim_agent_model / llmsim_agent_template / llmsim_agent_temperature / "
+                          "llmsim_agent_max_tokens")
+    return spec
+
+
+def spec_identity(spec: AgentSpec) -> str:
+    """What names the agent in cache keys and messages: never a header value or a key."""
+    if spec.python is not None:
+        return spec.python
+    if spec.http is not None:
+        return redact_url(spec.http.url)
+    assert spec.openai is not None
+    return f"{redact_url(spec.openai.base_url).rstrip('/')} {spec.openai.model}"
+
+
+def describe_spec(spec: AgentSpec) -> str:
+    return f"{spec.kind} agent {spec_identity(spec)!r}"
+
+
+def _short(text: str, limit: int = _SHOWN) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# -- sessions -------------------------------------------------------------------------------------------------------
+class AgentSession:
+    """One conversation with the agent under test."""
+
+    async def reply(self, messages: list[dict[str, Any]], *, label: str) -> AgentReply:
+        raise NotImplementedError
+
+
+class AgentDriver:
+    """One agent spec, resolved once per run."""
+
+    kind = ""
+    results_only = False  # see ``agent_view``
+
+    def __init__(self, spec: AgentSpec) -> None:
+        self.spec = spec
+        self.identity = spec_identity(spec)
+
+    async def open(self, context: AgentContext, *, label: str) -> AgentSession:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _positional_arity(function: Callable[..., Any]) -> int:
+    """How many positional arguments ``function`` takes (3 for ``*args``); 2 when it cannot be told."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return 2
+    count = 0
+    for parameter in parameters:
+        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+            return 3
+        if parameter.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            count += 1
+    return count
+
+
+def _is_async(function: Any) -> bool:
+    if inspect.iscoroutinefunction(function):
+        return True
+    return not inspect.isroutine(function) and inspect.iscoroutinefunction(type(function).__call__)
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """``exc`` with only the frames of the user's code (not llmsim's, asyncio's or the thread pool's)."""
+    frames = [frame for frame in traceback.extract_tb(exc.__traceback__)
+              if not frame.filename.startswith(_PACKAGE_DIR)
+              and not re.search(r"[/\\](asyncio|concurrent)[/\\]", frame.filename)]
+    lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames),
+             *traceback.format_exception_only(type(exc), exc)]
+    return "".join(lines).rstrip()
+
+
+class _Caller:
+    """Calls a user callable with 0, 1 or 2 of ``(messages, context)``: sync ones in a worker thread (a blocking
+    agent must not stall every conversation of the process), async ones on the loop. Worked out once."""
+
+    __slots__ = ("arity", "function", "is_async")
+
+    def __init__(self, function: Callable[..., Any], shape: tuple[int, bool] | None = None) -> None:
+        self.function = function
+        self.arity, self.is_async = shape if shape is not None else (min(_positional_arity(function), 2),
+                                                                     _is_async(function))
+
+    async def __call__(self, *args: Any) -> Any:
+        args = args[: self.arity]
+        if self.is_async:
+            return await self.function(*args)
+        value = await asyncio.to_thread(self.function, *args)
+        if inspect.isawaitable(value):
+            value = await value
+        return value
+
+
+class _PythonSession(AgentSession):
+    __slots__ = ("caller", "context", "driver")
+
+    def __init__(self, driver: PythonDriver, caller: _Caller, context: AgentContext) -> None:
+        self.driver, self.caller, self.context = driver, caller, context
+
+    async def reply(self, messages: list[dict[str, Any]], *, label: str) -> AgentReply:
+        started = time.perf_counter()
+        try:
+            value = await self.caller(messages, self.context)
+        except Exception as exc:
+            raise AgentError(f"{label}: the python agent {self.driver.identity!r} raised "
+                             f"{type(exc).__name__}: {_short(str(exc))}\n{_user_traceback(exc)}") from None
+        try:
+            text, calls, end = read_reply(value)
+        except TypeError as exc:
+            raise AgentError(f"{label}: the python agent {self.driver.identity!r} returned an unusable reply: "
+                             f"{exc}") from None
+        return AgentReply(text, calls, end, latency_s=round(time.perf_counter() - started, 4))
+
+
+class PythonDriver(AgentDriver):
+    """``agent: {python: "package.module:name"}``: a callable answering one turn, or a factory (a class, or a
+    function marked with ``agent_factory``) called once per conversation; sync or async."""
+
+    kind = "python"
+
+    def __init__(self, spec: AgentSpec, rootdir: Path | None) -> None:
+        super().__init__(spec)
+        assert spec.python is not None
+        module_name, _, attribute = spec.python.partition(":")
+        if rootdir is not None and str(rootdir) not in sys.path:
+            sys.path.insert(0, str(rootdir))
+        try:
+            target: Any = importlib.import_module(module_name)
+        except Exception as exc:
+            where = f" (from {rootdir})" if rootdir is not None else ""
+            details = "" if isinstance(exc, ModuleNotFoundError) and exc.name == module_name \
+                else f"\n{_user_traceback(exc)}"
+            raise AgentError(f"agent {{python: {spec.python!r}}}: cannot import module {module_name!r}{where}: "
+                             f"{type(exc).__name__}: {exc}{details}") from None
+        for part in attribute.split("."):
+            try:
+                target = getattr(target, part)
+            except AttributeError:
+                raise AgentError(f"agent {{python: {spec.python!r}}}: module {module_name!r} has no attribute "
+                                 f"{attribute!r}") from None
+        if not callable(target):
+            raise AgentError(f"agent {{python: {spec.python!r}}}: {attribute!r} is a {type(target).__name__}, not a "
+                             "callable, a class or a factory")
+        self.is_factory = inspect.isclass(target) or bool(getattr(target, FACTORY_ATTRIBUTE, False))
+        self.target = target
+        self._factory = _Caller(target) if self.is_factory and not inspect.isclass(target) else None
+        self._turn = None if self.is_factory else _Caller(target)
+        self._class_arity = _positional_arity(target) if inspect.isclass(target) else 0
+        self._shapes: dict[type, tuple[int, bool]] = {}  # per class of the per-conversation agents
+
+    async def open(self, context: AgentContext, *, label: str) -> AgentSession:
+        if self._turn is not None:
+            return _PythonSession(self, self._turn, context)
+        try:
+            if self._factory is not None:
+                agent = await self._factory(context)
+            else:
+                agent = self.target(context) if self._class_arity >= 1 else self.target()
+        except Exception as exc:
+            raise AgentError(f"{label}: creating the python agent {self.identity!r} raised {type(exc).__name__}: "
+                             f"{_short(str(exc))}\n{_user_traceback(exc)}") from None
+        turn = getattr(agent, "respond", None) or agent
+        if not callable(turn):
+            raise AgentError(f"{label}: the python agent {self.identity!r} made a {type(agent).__name__}, which has "
+                             "no respond() method and is not callable")
+        if inspect.isfunction(turn):  # a closure from a factory function: its own signature
+            caller = _Caller(turn)
+        else:  # a method or a callable object: its class's signature, worked out once
+            shape = self._shapes.get(type(agent))
+            caller = _Caller(turn, shape)
+            self._shapes.setdefault(type(agent), (caller.arity, caller.is_async))
+        return _PythonSession(self, caller, context)
+
+
+# -- http ------------------------------------------------------------------------------------------------------------
+def _lookup(data: Any, path: str) -> Any:
+    """``data`` at the dotted ``path`` (list indices are numbers); KeyError naming the step that failed."""
+    current = data
+    for step in path.split("."):
+        if isinstance(current, list) and step.lstrip("-").isdigit() and -len(current) <= int(step) < len(current):
+            current = current[int(step)]
+        elif isinstance(current, Mapping) and step in current:
+            current = current[step]
+        else:
+            raise KeyError(step)
+    return current
+
+
+def fill_template(template: Any, values: Mapping[str, Any]) -> Any:
+    """The body template with its placeholders filled, walked as data: a string that is exactly one
+    ``{{ name }}`` becomes the value itself (a list stays a list), placeholders inside text become text."""
+    if isinstance(template, str):
+        whole = _PLACEHOLDER_RE.fullmatch(template.strip())
+        if whole is not None and whole.group(1) in values:
+            return values[whole.group(1)]
+
+        def text(match: re.Match[str]) -> str:
+            value = values.get(match.group(1), match.group(0))
+            return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+        return _PLACEHOLDER_RE.sub(text, template) if "{{" in template else template
+    if isinstance(template, Mapping):
+        return {key: fill_template(value, values) for key, value in template.items()}
+    if isinstance(template, list):
+        return [fill_template(value, values) for value in template]
+    return template
+
+
+DEFAULT_HTTP_BODY = {"message": "{{ message }}", "session_id": "{{ session_id }}"}
+
+
+class _HttpSession(AgentSession):
+    __slots__ = ("context", "driver", "turn")
+
+    def __init__(self, driver: HttpDriver, context: AgentContext) -> None:
+        self.driver, self.context, self.turn = driver, context, 0
+
+    async def reply(self, messages: list[dict[str, Any]], *, label: str) -> AgentReply:
+        self.turn += 1
+        last_user = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
+        values = {"message": last_user, "messages": messages, "session_id": self.context.session_id,
+                  "scenario": self.context.scenario, "variables": dict(self.context.variables), "turn": self.turn,
+                  "seed": self.context.seed}
+        return await self.driver.post(fill_template(self.driver.body, values), label=label)
+
+
+class HttpDriver(AgentDriver):
+    """``agent: {http: {url, body, reply, headers}}``: one POST per agent turn, with bounded retries on 408/409/
+    429/5xx, timeouts and connection errors, one deadline per attempt, and every header value scrubbed."""
+
+    kind = "http"
+
+    def __init__(self, spec: AgentSpec, settings: RunSettings, secrets: set[str]) -> None:
+        super().__init__(spec)
+        assert spec.http is not None
+        self.http: HttpAgentSpec = spec.http
+        self.body = self.http.body if self.http.body is not None else DEFAULT_HTTP_BODY
+        self.endpoint = settings.endpoint
+        self.timeout = self.http.timeout or settings.endpoint.request_timeout
+        self._secrets = secrets  # the runtime's: header values as read, URL credentials
+        secrets.update(url_secrets(self.http.url))
+        self._client: Any = None
+
+    def _headers(self, label: str) -> dict[str, str]:
+        """Header values with ``${VAR}`` read from the environment now (a rotated token is picked up)."""
+        headers = {"Content-Type": "application/json"}
+        for name, raw in self.http.headers.items():
+            def env(match: re.Match[str], header: str = name) -> str:
+                value = os.environ.get(match.group(1))
+                if value is None:
+                    raise AgentError(f"{label}: environment variable {match.group(1)} (named in the http agent's "
+                                     f"header {header!r}) is not set")
+                return value
+
+            value = _ENV_RE.sub(env, raw)
+            self._secrets.add(value)
+            self._secrets.update(part for part in value.split() if len(part) >= 8)  # "Bearer <token>"
+            headers[name] = value
+        return headers
+
+    def scrub(self, text: str) -> str:
+        return scrub_secrets(text, frozenset(self._secrets))
+
+    async def post(self, body: Any, *, label: str) -> AgentReply:
+        if self._client is None:
+            import aiohttp
+
+            self._client = aiohttp.ClientSession()
+        headers = self._headers(label)
+        where = redact_url(self.http.url)
+        attempt = 0
+        while True:
+            started = time.perf_counter()
+            failure = ""
+            try:
+                # One deadline for the whole exchange, reply body included.
+                async with asyncio.timeout(self.timeout):
+                    async with self._client.post(self.http.url, json=body, headers=headers) as response:
+                        status = response.status
+                        content = await response.read()
+            except (TimeoutError, OSError) as exc:
+                failure = "timed out" if isinstance(exc, TimeoutError) else f"connection failed ({exc})"
+            except Exception as exc:  # aiohttp's ClientError family, told by name (no import on this path)
+                if "ClientError" not in {cls.__name__ for cls in type(exc).__mro__}:
+                    raise
+                failure = f"connection failed ({type(exc).__name__}: {exc})"
+            else:
+                if 200 <= status < 300:
+                    return self._read(content, status, label, where, time.perf_counter() - started)
+                failure = f"HTTP {status}"
+                if status not in _RETRYABLE:
+                    attempt = self.endpoint.max_retries  # not retried
+                failure += f": {_short(content.decode('utf-8', 'replace').strip(), 300)}"
+            if failure.startswith("timed out"):
+                failure = f"timed out: no complete reply within {self.timeout:g}s"
+            if attempt >= self.endpoint.max_retries:
+                raise AgentError(self.scrub(f"{label}: the http agent {where} failed after {attempt + 1} attempt(s): "
+                                            f"{failure}; check the agent service (and its log)"))
+            ceiling = min(self.endpoint.backoff_max, self.endpoint.backoff_base * (2 ** attempt))
+            attempt += 1
+            await asyncio.sleep(random.uniform(ceiling / 2, ceiling))
+
+    def _read(self, content: bytes, status: int, label: str, where: str, latency: float) -> AgentReply:
+        def bad(problem: str) -> AgentError:
+            return AgentError(self.scrub(f"{label}: the http agent {where} answered HTTP {status} but {problem}; body "
+                                         f"starts {_short(content.decode('utf-8', 'replace'), 300)!r}"))
+
+        try:
+            data = json.loads(content)
+        except ValueError:
+            raise bad("the body is not JSON") from None
+        try:
+            text = _lookup(data, self.http.reply)
+        except KeyError as exc:
+            raise bad(f"has no {exc.args[0]!r} on the reply path {self.http.reply!r}") from None
+        if text is None:
+            text = ""
+        if not isinstance(text, str):
+            raise bad(f"the reply path {self.http.reply!r} holds a {type(text).__name__}, not text")
+        calls: list[dict[str, Any]] = []
+        end = False
+        try:
+            if self.http.tool_calls is not None:
+                try:
+                    calls = normalize_tool_calls(_lookup(data, self.http.tool_calls))
+                except KeyError:
+                    calls = []
+            if self.http.end is not None:
+                try:
+                    end = bool(_lookup(data, self.http.end))
+                except KeyError:
+                    end = False
+        except TypeError as exc:
+            raise bad(f"its tool calls are unusable ({exc})") from None
+        # A naive agent may echo its headers: their values must not reach the customer, the judge, the cache or
+        # a report, so they are scrubbed as the reply enters the conversation.
+        text = self.scrub(text)
+        if calls:
+            calls = json.loads(self.scrub(json.dumps(calls, ensure_ascii=False)))
+        return AgentReply(text, calls, end, latency_s=round(latency, 4))
+
+    async def open(self, context: AgentContext, *, label: str) -> AgentSession:
+        return _HttpSession(self, context)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+# -- openai ----------------------------------------------------------------------------------------------------------
+class _OpenAISession(AgentSession):
+    __slots__ = ("context", "driver")
+
+    def __init__(self, driver: OpenAIDriver, context: AgentContext) -> None:
+        self.driver, self.context = driver, context
+
+    async def reply(self, messages: list[dict[str, Any]], *, label: str) -> AgentReply:
+        return await self.driver.complete(messages, self.context, label=label)
+
+
+class OpenAIDriver(AgentDriver):
+    """``agent: {openai: {base_url, model}}``: the user's agent as an OpenAI-compatible chat endpoint, with its own
+    client (retries, deadline, fail-fast) apart from the customer's and the judge's endpoint."""
+
+    kind = "openai"
+    results_only = True
+
+    def __init__(self, spec: AgentSpec, settings: RunSettings, cache: CallCache, use_cache: bool) -> None:
+        super().__init__(spec)
+        assert spec.openai is not None
+        from .client import LLMClient, RateLimiter
+
+        self.openai: OpenAIAgentSpec = spec.openai
+        key = os.environ.get(self.openai.api_key_env, "") if self.openai.api_key_env else ""
+        base = settings.endpoint
+        self.endpoint = EndpointSettings(
+            base_url=self.openai.base_url, api_key=key, request_timeout=base.request_timeout,
+            max_retries=base.max_retries, backoff_base=base.backoff_base, backoff_max=base.backoff_max,
+            description=f"the agent's endpoint {redact_url(self.openai.base_url)}", http_backend=base.http_backend)
+        self.client: LLMClient = LLMClient(self.endpoint, cache, RateLimiter())
+        self.temperature = self.openai.temperature if self.openai.temperature is not None \
+            else settings.agent.temperature
+        self.max_tokens = self.openai.max_tokens or settings.agent.max_tokens
+        self.use_cache = use_cache
+
+    async def complete(self, messages: list[dict[str, Any]], context: AgentContext, *, label: str) -> AgentReply:
+        from .client import LLMRequest
+        from .conversation import OPENING_CUE
+
+        history = list(messages) if messages else [{"role": "user", "content": OPENING_CUE}]
+        if self.openai.system:
+            history.insert(0, {"role": "system", "content": self.openai.system})
+        request = LLMRequest(role="agent", model=self.openai.model, messages=tuple(history),
+                             temperature=self.temperature, max_tokens=self.max_tokens, seed=context.seed)
+        try:
+            reply = await self.client.complete(request, label=label, use_cache=self.use_cache)
+        except EndpointError as exc:
+            raise AgentError(f"the agent's OpenAI-compatible endpoint failed: {exc}") from None
+        try:
+            calls = normalize_tool_calls(reply.tool_calls)
+        except TypeError as exc:
+            raise AgentError(f"{label}: the agent's endpoint {redact_url(self.openai.base_url)} returned unusable "
+                             f"tool calls: {exc}") from None
+        return AgentReply(reply.text, calls, False, reply.prompt_tokens, reply.completion_tokens, reply.latency_s,
+                          reply.cached, reply.model, metered=True)
+
+    async def open(self, context: AgentContext, *, label: str) -> AgentSession:
+        return _OpenAISession(self, context)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+# -- the cache around python and http agents -------------------------------------------------------------------------
+class CachedSession(AgentSession):
+    """``agent_cache: true``: replies recorded and replayed like LLM calls, keyed by the agent's kind, identity,
+    seed and messages (no session id, header value or key)."""
+
+    __slots__ = ("cache", "endpoint", "inner", "seed")
+
+    def __init__(self, inner: AgentSession, driver: AgentDriver, cache: CallCache, seed: int | None) -> None:
+        self.inner, self.cache, self.seed = inner, cache, seed
+        self.endpoint = f"agent:{driver.kind}:{driver.identity}"
+
+    async def reply(self, messages: list[dict[str, Any]], *, label: str) -> AgentReply:
+        descriptor = {"endpoint": self.endpoint, "model": self.endpoint, "messages": list(messages),
+                      "temperature": None, "seed": self.seed, "max_tokens": None, "response_format": None,
+                      "tools": None, "attempt": 0}
+        key = request_key(descriptor)
+        hit = self.cache.lookup(key, label=label)
+        if hit is not None:
+            return AgentReply(hit["text"], [dict(c) for c in hit.get("tool_calls") or []], bool(hit.get("end")),
+                              latency_s=hit["latency_s"], cached=True)
+        if not self.cache.may_call_network:
+            raise CacheMissError(f"{label}: no recorded reply of the {self.endpoint.removeprefix('agent:')} agent "
+                                 f"(agent_cache: true) in {self.cache.directory} and record mode is 'none'; record "
+                                 "it with --llmsim-record=once, then commit the cache")
+        reply = await self.inner.reply(messages, label=label)
+        response: dict[str, Any] = {"text": reply.text, "prompt_tokens": 0, "completion_tokens": 0,
+                                    "latency_s": reply.latency_s, "model": self.endpoint}
+        if reply.tool_calls:
+            response["tool_calls"] = reply.tool_calls
+        if reply.end:
+            response["end"] = True
+        self.cache.store(key, descriptor, response, label)
+        return reply
+
+
+# -- the runtime -----------------------------------------------------------------------------------------------------
+class AgentRuntime:
+    """The code agents of one run: each spec resolved once (import, signature, HTTP client), closed at the end."""
+
+    def __init__(self, settings: RunSettings, cache: CallCache) -> None:
+        self.settings = settings
+        self.cache = cache
+        self._drivers: dict[int, tuple[AgentSpec, bool, AgentDriver | AgentError]] = {}
+        self._secrets: set[str] = set()
+
+    def driver(self, spec: AgentSpec, *, agent_cache: bool = False) -> AgentDriver:
+        """The driver of ``spec`` (made on first use; a spec that cannot be used raises the same AgentError
+        every time, without importing again)."""
+        known = self._drivers.get(id(spec))
+        if known is None or known[0] is not spec or known[1] != agent_cache:
+            made: AgentDriver | AgentError
+            try:
+                made = self._make(spec, agent_cache)
+            except AgentError as exc:
+                made = exc
+            known = (spec, agent_cache, made)
+            self._drivers[id(spec)] = known
+        if isinstance(known[2], AgentError):
+            raise AgentError(str(known[2]))
+        return known[2]
+
+    def _make(self, spec: AgentSpec, agent_cache: bool) -> AgentDriver:
+        if spec.python is not None:
+            return PythonDriver(spec, self.settings.rootdir)
+        if spec.http is not None:
+            return HttpDriver(spec, self.settings, self._secrets)
+        if spec.openai is not None:
+            return OpenAIDriver(spec, self.settings, self.cache, use_cache=agent_cache)
+        raise LlmsimError(f"not a code agent: {spec!r}")
+
+    async def open(self, spec: AgentSpec, context: AgentContext, *, agent_cache: bool, label: str
+                   ) -> tuple[AgentDriver, AgentSession]:
+        try:
+            driver = self.driver(spec, agent_cache=agent_cache)
+        except AgentError as exc:
+            raise AgentError(f"{label}: {exc}") from None
+        session = await driver.open(context, label=label)
+        if agent_cache and driver.kind != "openai":  # the openai agent caches through its own LLM client
+            session = CachedSession(session, driver, self.cache, context.seed)
+        return driver, session
+
+    def secrets(self) -> frozenset[str]:
+        """Every header value the http agents sent and their URL credentials: scrubbed from every stored text."""
+        return frozenset(self._secrets)
+
+    async def aclose(self) -> None:
+        for _, _, driver in list(self._drivers.values()):
+            if isinstance(driver, AgentDriver):
+                try:
+                    await driver.aclose()
+                except Exception:
+                    pass
+        self._drivers.clear()
+
+
+def new_context(scenario_name: str, variables: Mapping[str, Any], seed: int | None) -> AgentContext:
+    """A fresh context with a new per-conversation ``session_id`` (never part of a cache key)."""
+    return AgentContext(scenario_name, MappingProxyType(dict(variables)), seed, f"llmsim-{uuid.uuid4().hex}")
