@@ -1,7 +1,8 @@
 """pytest-llmsim: conversational regression testing of LLM agents.
 
 The engine (this package minus the pytest front end: ``plugin``, ``session``, ``items``, ``options``,
-``report_plugin``, ``report_options``, ``html_hooks``) never imports pytest and can be used from a script::
+``report_plugin``, ``report_options``, ``html_hooks``, ``fixture``; ``starter`` writes files only) never
+imports pytest and can be used from a script::
 
     from pytest_llmsim import Runner, ScenarioJob, load_scenario_file
 
@@ -20,7 +21,7 @@ _EXPORTS = {
     "CacheMissError": "errors", "CacheError": "errors", "NoAgentReplyError": "errors",
     "ConfigError": "errors", "EndpointError": "errors", "LlmsimError": "errors",
     "PromptError": "errors", "ScenarioError": "errors", "VerdictError": "errors",
-    "ScenarioResult": "results",
+    "ScenarioResult": "results", "ScenarioRunError": "items",
     "AgentContext": "agents", "agent_factory": "agents", "AgentError": "errors",
     "Runner": "runner", "ScenarioJob": "runner", "run_scenario": "runner",
     "Scenario": "scenario", "load_scenario_file": "scenario",
@@ -45,6 +46,7 @@ __all__ = [
     "ScenarioError",
     "ScenarioJob",
     "ScenarioResult",
+    "ScenarioRunError",
     "VerdictError",
     "agent_factory",
     "load_scenario_file",

@@ -19,6 +19,7 @@ the start of its reply, with every header value scrubbed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import inspect
 import json
@@ -209,6 +210,41 @@ def parse_agent_spec(text: str, where: str = "llmsim_agent") -> AgentSpec | None
     return spec
 
 
+@functools.cache
+def _object_spec_class() -> type[AgentSpec]:
+    from pydantic import PrivateAttr
+
+    from .scenario import AgentSpec
+
+    class ObjectAgentSpec(AgentSpec):
+        """A python agent given as the object itself (the ``llmsim`` fixture's ``agent=``), not an import path:
+        ``python`` only names it (``module:qualname``) in messages and cache keys; ``_target`` is the object.
+        A ``Scenario`` keeps this instance as it is (pydantic does not revalidate model instances)."""
+
+        _target: Any = PrivateAttr(default=None)
+
+    return ObjectAgentSpec
+
+
+def object_agent_spec(target: Any) -> AgentSpec:
+    """An agent spec for an in-memory python agent: a callable answering one turn, a class, or an
+    ``agent_factory`` function, exactly as ``{python: "module:name"}`` would import it. TypeError if ``target``
+    is not callable."""
+    if not callable(target):
+        raise TypeError(f"must be a callable, a class, an agent_factory function or a spec mapping such as "
+                        f"{{\"http\": {{...}}}}; got {type(target).__name__} {_short(repr(target))}")
+    module = getattr(target, "__module__", None) or type(target).__module__
+    name = getattr(target, "__qualname__", None) or type(target).__qualname__
+    spec = _object_spec_class().model_construct(python=f"{module}:{name}")
+    spec._target = target
+    return spec
+
+
+def object_agent_target(spec: AgentSpec) -> Any:
+    """The in-memory object of a spec made by ``object_agent_spec``; None for any other spec."""
+    return getattr(spec, "_target", None) if type(spec) is _object_spec_class() else None
+
+
 def spec_identity(spec: AgentSpec) -> str:
     """What names the agent in cache keys and messages: never a header value or a key."""
     if spec.python is not None:
@@ -334,23 +370,10 @@ class PythonDriver(AgentDriver):
     def __init__(self, spec: AgentSpec, rootdir: Path | None) -> None:
         super().__init__(spec)
         assert spec.python is not None
-        module_name, _, attribute = spec.python.partition(":")
-        if rootdir is not None and str(rootdir) not in sys.path:
-            sys.path.insert(0, str(rootdir))
-        try:
-            target: Any = importlib.import_module(module_name)
-        except Exception as exc:
-            where = f" (from {rootdir})" if rootdir is not None else ""
-            details = "" if isinstance(exc, ModuleNotFoundError) and exc.name == module_name \
-                else f"\n{_user_traceback(exc)}"
-            raise AgentError(f"agent {{python: {spec.python!r}}}: cannot import module {module_name!r}{where}: "
-                             f"{type(exc).__name__}: {exc}{details}") from None
-        for part in attribute.split("."):
-            try:
-                target = getattr(target, part)
-            except AttributeError:
-                raise AgentError(f"agent {{python: {spec.python!r}}}: module {module_name!r} has no attribute "
-                                 f"{attribute!r}") from None
+        target: Any = object_agent_target(spec)
+        if target is None:
+            target = self._import(spec.python, rootdir)
+        attribute = spec.python.partition(":")[2]
         if not callable(target):
             raise AgentError(f"agent {{python: {spec.python!r}}}: {attribute!r} is a {type(target).__name__}, not a "
                              "callable, a class or a factory")
@@ -360,6 +383,27 @@ class PythonDriver(AgentDriver):
         self._turn = None if self.is_factory else _Caller(target)
         self._class_arity = _positional_arity(target) if inspect.isclass(target) else 0
         self._shapes: dict[type, tuple[int, bool]] = {}  # per class of the per-conversation agents
+
+    @staticmethod
+    def _import(path: str, rootdir: Path | None) -> Any:
+        module_name, _, attribute = path.partition(":")
+        if rootdir is not None and str(rootdir) not in sys.path:
+            sys.path.insert(0, str(rootdir))
+        try:
+            target: Any = importlib.import_module(module_name)
+        except Exception as exc:
+            where = f" (from {rootdir})" if rootdir is not None else ""
+            details = "" if isinstance(exc, ModuleNotFoundError) and exc.name == module_name \
+                else f"\n{_user_traceback(exc)}"
+            raise AgentError(f"agent {{python: {path!r}}}: cannot import module {module_name!r}{where}: "
+                             f"{type(exc).__name__}: {exc}{details}") from None
+        for part in attribute.split("."):
+            try:
+                target = getattr(target, part)
+            except AttributeError:
+                raise AgentError(f"agent {{python: {path!r}}}: module {module_name!r} has no attribute "
+                                 f"{attribute!r}") from None
+        return target
 
     async def open(self, context: AgentContext, *, label: str) -> AgentSession:
         if self._turn is not None:

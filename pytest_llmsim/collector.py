@@ -7,7 +7,9 @@ one record per node id (a rerun replaces the earlier record), in collection orde
 * the report that carries ``llmsim`` (call; setup for an error) gives the record;
 * a scenario item that failed without a conversation (invalid scenario, crashed worker) gets an error record;
 * a skipped scenario item (skip marker, ``xfail(run=False)``) gets a record with status ``skipped``;
-* collected scenario items that never reported (Ctrl-C, ``-x``) are counted as unfinished.
+* collected scenario items that never reported (Ctrl-C, ``-x``) are counted as unfinished;
+* a Python test that used the ``llmsim`` fixture: its first conversation on ``llmsim`` (recorded under the
+  test's node id), later ones on ``llmsim_more`` (each under its own ``<nodeid>[llmsim-N]``).
 """
 
 from __future__ import annotations
@@ -82,17 +84,22 @@ class RecordCollector:
             return None
         data = getattr(report, "llmsim", None)
         if isinstance(data, dict):
-            return self._store(report, ScenarioResult.from_dict(data), outcome)
+            record = self._store(report, ScenarioResult.from_dict(data), outcome)
+            for more in getattr(report, "llmsim_more", None) or []:  # a test's later llmsim-fixture conversations
+                if isinstance(more, dict) and more.get("nodeid"):
+                    self._store(report, ScenarioResult.from_dict(more), outcome, nodeid=str(more["nodeid"]))
+            return record
         if report.when == "teardown" or report.passed or report.nodeid in self.records \
                 or not is_scenario_report(report):
             return None
         return self._store(report, unrun_result(report), outcome)
 
-    def _store(self, report: Any, result: ScenarioResult, outcome: Outcome) -> ScenarioRecord:
+    def _store(self, report: Any, result: ScenarioResult, outcome: Outcome, nodeid: str | None = None
+               ) -> ScenarioRecord:
         cost = scenario_cost({"usage": [vars(u) for u in result.usage]}, self.prices)
         record = make_record(result, cost, run_id=self.run_id, outcome=outcome,
                              worker=str(getattr(report, "worker_id", "") or ""))
-        self.records[report.nodeid] = record
+        self.records[nodeid or report.nodeid] = record
         return record
 
     def get(self, nodeid: str) -> ScenarioRecord | None:
@@ -102,7 +109,11 @@ class RecordCollector:
         """The records in collection order (records of items not in the collection last, as they came)."""
         last = len(self.order)
         positions = {nodeid: i for i, nodeid in enumerate(self.records)}
-        return sorted(self.records.values(), key=lambda r: (self.order.get(r.nodeid, last), positions[r.nodeid]))
+
+        def place(nodeid: str) -> int:  # a test's later fixture conversations (``<nodeid>[llmsim-N]``) follow it
+            return self.order.get(nodeid, self.order.get(nodeid.rpartition("[llmsim-")[0], last))
+
+        return sorted(self.records.values(), key=lambda r: (place(r.nodeid), positions[r.nodeid]))
 
     @property
     def unfinished(self) -> int:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from . import options
+from .fixture import attach_runs, llmsim_fixture  # noqa: F401  (the llmsim fixture, registered with this plugin)
 from .items import (
     ScenarioFile,
     ScenarioItem,
@@ -18,6 +19,7 @@ from .items import (
     uncollected_scenarios_line,
 )
 from .report_plugin import ReportPlugin, scenario_cost_usd
+from .results import ScenarioResult
 from .session import SESSION_KEY, LlmsimSession, local_model_path, local_state_dir
 from .settings import redact_url
 
@@ -58,6 +60,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):  # summary, gates and exports are computed once, on the controller
         config.pluginmanager.register(ReportPlugin(config), ReportPlugin.name)
         config.pluginmanager.register(WorkerLines(config), WorkerLines.name)
+        config.pluginmanager.register(FixtureHtml(config), FixtureHtml.name)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -137,6 +140,28 @@ class WorkerLines:
                 reporter.write_line(line)
 
 
+class FixtureHtml:
+    """On the controller: the chats of a test's second and later ``llmsim`` fixture conversations
+    (``report.llmsim_more``) as pytest-html extras of the test's row, after the report plugin (tryfirst) has
+    recorded them and before pytest-html (trylast) reads the extras. The first one is attached by the report
+    plugin itself, like a scenario item's."""
+
+    name = "llmsim-fixture-html"
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        more = getattr(report, "llmsim_more", None)
+        plugin = self.config.pluginmanager.get_plugin(ReportPlugin.name)
+        if not more or not isinstance(plugin, ReportPlugin) or plugin.html is None:
+            return
+        for data in more:
+            record = plugin.collector.get(str(data.get("nodeid", ""))) if isinstance(data, dict) else None
+            if record is not None:
+                plugin.html.attach_extras(report, record)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
     report: pytest.TestReport = yield
@@ -160,18 +185,27 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             # The phase that carries the verdict reports the conversation's own wall time, so --durations,
             # JUnit and pytest-html show how long each conversation took, not how long its item waited.
             report.duration = result.duration_seconds
-            for name, value in (
-                ("score", result.score), ("min_score", result.min_score), ("comment", result.comment),
-                ("turns", result.total_turns), ("ended_by", result.ended_by),
-                ("prompt_tokens", result.prompt_tokens), ("completion_tokens", result.completion_tokens),
-                ("cost_usd", scenario_cost_usd(item.config, report.llmsim)),  # type: ignore[attr-defined]
-                ("cached", result.fully_cached),
-            ):
-                # The current report gets a copy; the item's list reaches the teardown report (which
-                # junitxml writes properties from) and every later report of this item.
-                report.user_properties.append((name, value))
-                item.user_properties.append((name, value))
+            _result_properties(item, report, result)
+    elif report.when == "call":
+        runs = attach_runs(item, report)  # tests that used the llmsim fixture
+        if runs:
+            _result_properties(item, report, runs[0])
     return report
+
+
+def _result_properties(item: pytest.Item, report: pytest.TestReport, result: ScenarioResult) -> None:
+    """The JUnit properties of the conversation ``report.llmsim`` carries."""
+    for name, value in (
+        ("score", result.score), ("min_score", result.min_score), ("comment", result.comment),
+        ("turns", result.total_turns), ("ended_by", result.ended_by),
+        ("prompt_tokens", result.prompt_tokens), ("completion_tokens", result.completion_tokens),
+        ("cost_usd", scenario_cost_usd(item.config, report.llmsim)),  # type: ignore[attr-defined]
+        ("cached", result.fully_cached),
+    ):
+        # The current report gets a copy; the item's list reaches the teardown report (which
+        # junitxml writes properties from) and every later report of this item.
+        report.user_properties.append((name, value))
+        item.user_properties.append((name, value))
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:
     data = getattr(report, "llmsim", None)

@@ -270,3 +270,44 @@ def test_hostile_tool_calls_stay_text_in_a_browser(tmp_path: Path) -> None:
     title = re.search(r"<title[^>]*>(.*?)</title>", completed.stdout, re.S)
     assert title is not None and html.unescape(title.group(1)) == "tools-1"
     assert "<img" not in completed.stdout.split("<body>", 1)[1].split("<script>", 1)[0]
+
+
+# -- end to end: a python agent's tool call in every report of a real run -------------------------------------------
+def test_a_failing_scenarios_tool_call_reaches_stdout_junit_ndjson_and_html(sim: Any) -> None:
+    """One scenario whose python agent calls ``issue_refund`` and whose judge (scripted: ``low_`` scores 1) fails
+    it, run with ``--junitxml``, ``--llmsim-results`` and ``--html``: the call reads the same in each."""
+    import xml.etree.ElementTree as ET
+
+    from conftest import scenario
+
+    bots = sim.path / "bots"
+    bots.mkdir()
+    (bots / "__init__.py").write_text("")
+    (bots / "shop.py").write_text(
+        "def reply(messages, context):\n"
+        "    if len(messages) == 1:\n"
+        "        return {'content': 'Your refund is on its way.', 'tool_calls': [\n"
+        "            {'name': 'issue_refund', 'arguments': {'order_id': 7}, 'result': {'ok': True}}]}\n"
+        "    return 'Anything else? [END_CALL]'\n")
+    sim.write_scenarios("s.json", [scenario("low_refund", agent={"python": "bots.shop:reply"})])
+    out = sim.run("--junitxml=junit.xml", "--llmsim-results=out.ndjson", "--html=report.html")
+    out.assert_outcomes(failed=1)
+    shown = 'Agent: [tool issue_refund({"order_id": 7}) -> {"ok": true}] Your refund is on its way.'
+    assert shown in out.stdout.str()
+
+    (case,) = ET.parse(sim.path / "junit.xml").getroot().iter("testcase")
+    assert case.find("failure") is not None
+    system_out = "".join(node.text or "" for node in case.iter("system-out"))
+    assert shown in system_out and "tools called: issue_refund" in system_out
+
+    (line,) = (sim.path / "out.ndjson").read_text(encoding="utf-8").splitlines()
+    row = json.loads(line)
+    assert row["status"] == "failed" and row["score"] == 1
+    assert row["tool_calls"] == ["issue_refund"]
+    agent_turns = [t for t in row["transcript"] if t["role"] == "agent"]
+    assert agent_turns[0]["tool_calls"][0]["name"] == "issue_refund"
+    assert agent_turns[0]["tool_calls"][0] == {"name": "issue_refund", "arguments": {"order_id": 7},
+                                               "result": {"ok": True}}
+
+    page = html.unescape((sim.path / "report.html").read_text(encoding="utf-8"))
+    assert "llmsim-tool" in page and "tools called: issue_refund" in page
