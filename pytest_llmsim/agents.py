@@ -27,6 +27,7 @@ import os
 import random
 import re
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -319,6 +320,37 @@ def _user_traceback(exc: BaseException) -> str:
     return "".join(lines).rstrip()
 
 
+def run_in_daemon_thread(function: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+    """``function(*args)`` in a daemon thread, awaited on the running loop.
+
+    Not ``asyncio.to_thread``: the default executor's threads are joined when the interpreter exits, so an agent
+    stuck in a blocking call (its conversation long since stopped by its timeout) would hang pytest at exit.
+    A daemon thread is left behind instead: the item has already errored, and the process still ends.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():  # cancelled meanwhile (the conversation timed out): nobody waits any more
+            outcome()
+
+    def target() -> None:
+        try:
+            value = function(*args)
+        except BaseException as exc:  # delivered to the awaiting conversation, which reports it
+            error = exc
+            call = lambda: settle(lambda: future.set_exception(error))  # noqa: E731
+        else:
+            call = lambda: settle(lambda: future.set_result(value))  # noqa: E731
+        try:
+            loop.call_soon_threadsafe(call)
+        except RuntimeError:  # the loop is closed: the run is over
+            pass
+
+    threading.Thread(target=target, name="llmsim-agent", daemon=True).start()
+    return future
+
+
 class _Caller:
     """Calls a user callable with 0, 1 or 2 of ``(messages, context)``: sync ones in a worker thread (a blocking
     agent must not stall every conversation of the process), async ones on the loop. Worked out once."""
@@ -334,7 +366,7 @@ class _Caller:
         args = args[: self.arity]
         if self.is_async:
             return await self.function(*args)
-        value = await asyncio.to_thread(self.function, *args)
+        value = await run_in_daemon_thread(self.function, *args)
         if inspect.isawaitable(value):
             value = await value
         return value
@@ -497,6 +529,10 @@ class HttpDriver(AgentDriver):
         self._secrets = secrets  # the runtime's: header values as read, URL credentials
         secrets.update(url_secrets(self.http.url))
         self._client: Any = None
+        # As for LLM calls: a service that has never answered and then times out is taken as hung, and later
+        # requests fail at once instead of each waiting out the deadline again; any answer clears it.
+        self._answered = False
+        self._hung = False
 
     def _headers(self, label: str) -> dict[str, str]:
         """Header values with ``${VAR}`` read from the environment now (a rotated token is picked up)."""
@@ -527,8 +563,13 @@ class HttpDriver(AgentDriver):
         where = redact_url(self.http.url)
         attempt = 0
         while True:
+            if self._hung:
+                raise AgentError(self.scrub(f"{label}: not sent: the http agent {where} did not answer within "
+                                            f"{self.timeout:g}s on an earlier request in this run; check the agent "
+                                            "service (and its log)"))
             started = time.perf_counter()
             failure = ""
+            give_up = attempt >= self.endpoint.max_retries
             try:
                 # One deadline for the whole exchange, reply body included.
                 async with asyncio.timeout(self.timeout):
@@ -542,15 +583,18 @@ class HttpDriver(AgentDriver):
                     raise
                 failure = f"connection failed ({type(exc).__name__}: {exc})"
             else:
+                self._answered, self._hung = True, False
                 if 200 <= status < 300:
                     return self._read(content, status, label, where, time.perf_counter() - started)
                 failure = f"HTTP {status}"
                 if status not in _RETRYABLE:
-                    attempt = self.endpoint.max_retries  # not retried
+                    give_up = True  # not retried
                 failure += f": {_short(content.decode('utf-8', 'replace').strip(), 300)}"
             if failure.startswith("timed out"):
                 failure = f"timed out: no complete reply within {self.timeout:g}s"
-            if attempt >= self.endpoint.max_retries:
+                give_up = give_up or not self._answered  # never answered: hung, not slow; not retried
+                self._hung = give_up
+            if give_up:
                 raise AgentError(self.scrub(f"{label}: the http agent {where} failed after {attempt + 1} attempt(s): "
                                             f"{failure}; check the agent service (and its log)"))
             ceiling = min(self.endpoint.backoff_max, self.endpoint.backoff_base * (2 ** attempt))
@@ -711,24 +755,29 @@ class AgentRuntime:
     def __init__(self, settings: RunSettings, cache: CallCache) -> None:
         self.settings = settings
         self.cache = cache
-        self._drivers: dict[int, tuple[AgentSpec, bool, AgentDriver | AgentError]] = {}
+        self._drivers: dict[tuple[str, Any, bool], tuple[AgentSpec, AgentDriver | AgentError]] = {}
         self._secrets: set[str] = set()
 
     def driver(self, spec: AgentSpec, *, agent_cache: bool = False) -> AgentDriver:
         """The driver of ``spec`` (made on first use; a spec that cannot be used raises the same AgentError
         every time, without importing again)."""
-        known = self._drivers.get(id(spec))
-        if known is None or known[0] is not spec or known[1] != agent_cache:
+        # Specs written alike (the same `defaults.agent` in every scenario of a file) share one driver: one
+        # import, one HTTP connection pool, one view of whether the service is hung. An in-memory agent object
+        # (the llmsim fixture) is its own driver.
+        key = (("object", id(spec), agent_cache) if object_agent_target(spec) is not None
+               else ("spec", spec.model_dump_json(), agent_cache))
+        known = self._drivers.get(key)
+        if known is None or (key[0] == "object" and known[0] is not spec):
             made: AgentDriver | AgentError
             try:
                 made = self._make(spec, agent_cache)
             except AgentError as exc:
                 made = exc
-            known = (spec, agent_cache, made)
-            self._drivers[id(spec)] = known
-        if isinstance(known[2], AgentError):
-            raise AgentError(str(known[2]))
-        return known[2]
+            known = (spec, made)
+            self._drivers[key] = known
+        if isinstance(known[1], AgentError):
+            raise AgentError(str(known[1]))
+        return known[1]
 
     def _make(self, spec: AgentSpec, agent_cache: bool) -> AgentDriver:
         if spec.python is not None:
@@ -755,7 +804,7 @@ class AgentRuntime:
         return frozenset(self._secrets)
 
     async def aclose(self) -> None:
-        for _, _, driver in list(self._drivers.values()):
+        for _, driver in list(self._drivers.values()):
             if isinstance(driver, AgentDriver):
                 try:
                     await driver.aclose()

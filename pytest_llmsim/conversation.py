@@ -117,6 +117,20 @@ def no_agent_reply_error(
     else:
         how = f"ended ({transcript.end_reason or transcript.ended_by or 'no reason recorded'})"
     model = settings.role("agent", scenario).model
+    spec = settings.agent_for(scenario)
+    if spec is not None and spec.kind != "prompt" and not agent_turns:
+        from .agents import spec_identity
+
+        what = "the agent never answered"
+        if transcript.ended_by != "timeout":
+            what = "the agent never got a turn"
+        advice = (f"that your {spec.kind} agent {spec_identity(spec)!r} answers within the conversation's "
+                  "timeout (a blocking call, a deadlock, a hung service?) or raise the scenario's 'timeout'"
+                  if transcript.ended_by == "timeout" else "the scenario's max_turns, first_speaker and scripted turns")
+        return NoAgentReplyError(
+            f"{label}: scenario {scenario.name!r} has no agent reply to judge: the conversation {how} with "
+            f"{len(transcript.turns)} turn(s) and {what}. Check {advice}. The call was not judged."
+        )
     if agent_turns:
         what = f"all {agent_turns} agent turn(s) are empty"
         advice = (f"that the agent model {model!r} and its template produce text: a reply with 'content: null' "

@@ -253,6 +253,19 @@ def test_http_agent_timeout_is_a_clear_agent_error(sim: SimProject) -> None:
     assert "timed out: no complete reply within 0.3s" in message and agent.url in message
 
 
+def test_a_hung_http_agent_fails_fast_after_its_first_timeout(sim: SimProject) -> None:
+    """As for LLM calls: a service that never answered is hung, not slow: no retries, later requests not sent."""
+    sim.write_ini(llmsim_max_retries="3")
+    with LoopbackAgentServer(lambda b, h, n: (200, {"reply": {"text": "late"}}, 10)) as agent:
+        sim.write_scenarios("s.json", [scenario(f"s{i}", agent=http_agent(agent, timeout=0.5)) for i in range(5)])
+        sim.run("--llmsim-results=out.json", "--llmsim-concurrency=1").assert_outcomes(errors=5)
+        sent = len(agent.requests)
+    messages = [record["error_message"] for record in results(sim).values()]
+    assert sent == 1
+    assert sum("failed after 1 attempt(s): timed out" in m for m in messages) == 1
+    assert sum("not sent: the http agent" in m and "did not answer within 0.5s" in m for m in messages) == 4
+
+
 def test_http_agent_header_secret_never_reaches_an_artifact(sim: SimProject, monkeypatch: pytest.MonkeyPatch) -> None:
     token = "tok-3f9a1c77e0b24d51"
     monkeypatch.setenv("MY_TOKEN", token)
@@ -356,3 +369,20 @@ def test_prompt_agent_transcripts_and_judge_text_are_unchanged(sim: SimProject, 
     record = results(sim)["a"]
     assert [t["tool_calls"] for t in record["transcript"]] == [[]] * 6
     assert "  2. Agent: Hello, Meat Market, how can I help?\n" in judge_prompts(sim)[0]
+
+
+def test_a_python_agent_stuck_in_a_blocking_call_errors_and_pytest_still_exits(sim: SimProject) -> None:
+    """The conversation's timeout stops the conversation; the agent's thread must not keep pytest alive."""
+    write_bot(sim, """
+        import time
+
+        def reply(messages, context):
+            time.sleep(3600)
+            return "never"
+    """)
+    sim.write_scenarios("s.json", [scenario("stuck", agent={"python": "bots.shop:reply"}, timeout=1.5)])
+    result = sim.run(subprocess=True)  # a real process: exiting it is what is tested (runpytest_subprocess
+    result.assert_outcomes(errors=1)   # has a 300 s timeout; a hang at exit fails the test there)
+    result.stdout.fnmatch_lines(["*no agent reply to judge*the agent never answered*python agent "
+                                 "'bots.shop:reply' answers within the conversation's timeout*"])
+    assert result.duration < 60
