@@ -551,6 +551,21 @@ class HttpDriver(AgentDriver):
             headers[name] = value
         return headers
 
+    def _url(self, label: str) -> str:
+        """The URL with ``${VAR}`` read from the environment now (a service started on a free port by a fixture
+        can say where it listens); messages and cache keys keep the URL as written."""
+        def env(match: re.Match[str]) -> str:
+            value = os.environ.get(match.group(1))
+            if value is None:
+                raise AgentError(f"{label}: environment variable {match.group(1)} (named in the http agent's url) "
+                                 "is not set")
+            return value
+
+        url = _ENV_RE.sub(env, self.http.url)
+        if url != self.http.url:
+            self._secrets.update(url_secrets(url))
+        return url
+
     def scrub(self, text: str) -> str:
         return scrub_secrets(text, frozenset(self._secrets))
 
@@ -560,6 +575,7 @@ class HttpDriver(AgentDriver):
 
             self._client = aiohttp.ClientSession()
         headers = self._headers(label)
+        url = self._url(label)
         where = redact_url(self.http.url)
         attempt = 0
         while True:
@@ -573,7 +589,7 @@ class HttpDriver(AgentDriver):
             try:
                 # One deadline for the whole exchange, reply body included.
                 async with asyncio.timeout(self.timeout):
-                    async with self._client.post(self.http.url, json=body, headers=headers) as response:
+                    async with self._client.post(url, json=body, headers=headers) as response:
                         status = response.status
                         content = await response.read()
             except (TimeoutError, OSError) as exc:

@@ -386,3 +386,20 @@ def test_a_python_agent_stuck_in_a_blocking_call_errors_and_pytest_still_exits(s
     result.stdout.fnmatch_lines(["*no agent reply to judge*the agent never answered*python agent "
                                  "'bots.shop:reply' answers within the conversation's timeout*"])
     assert result.duration < 60
+
+
+def test_http_agent_url_may_name_an_environment_variable(sim: SimProject, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service a fixture started on a free port says where it listens through the environment."""
+    with LoopbackAgentServer(lambda b, h, n: (200, {"reply": {"text": "Done [END_CALL]"}})) as agent:
+        port = agent.url.split(":")[2].split("/")[0]
+        monkeypatch.setenv("SHOP_AGENT_PORT", port)
+        spec = http_agent(agent)
+        spec["http"]["url"] = agent.url.replace(f":{port}/", ":${SHOP_AGENT_PORT}/")
+        sim.write_scenarios("s.json", [scenario("a", agent=spec)])
+        sim.run(subprocess=True).assert_outcomes(passed=1)
+        assert len(agent.requests) == 1
+    monkeypatch.delenv("SHOP_AGENT_PORT")
+    sim.write_scenarios("s.json", [scenario("a", agent=spec)])
+    result = sim.run(subprocess=True)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*environment variable SHOP_AGENT_PORT (named in the http agent's url) is not set*"])

@@ -4,20 +4,22 @@ Scenario items are not Python test functions, so a hook starts the service rathe
 process that runs pytest (under ``pytest -n`` the xdist workers call the controller's service), in a background
 thread with its own event loop, stopped when the run ends.
 
-The port is fixed because a scenario's ``agent.http.url`` is written literally in scenarios/*.yaml (only header
-values read ``${VARIABLES}``): keep PORT and the URL there in step. Port 8765 busy? Change both.
+The service listens on a free port (or on ``$SHOP_AGENT_PORT`` when it is set) and says which in the environment
+variable ``SHOP_AGENT_PORT``, which the scenarios' ``agent.http.url`` reads (``${SHOP_AGENT_PORT}``); xdist workers,
+started after this hook, inherit it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 
 import pytest
 from agent_app import make_app
 from aiohttp import web
 
-PORT = 8765
+PORT_VARIABLE = "SHOP_AGENT_PORT"
 
 
 class AgentService:
@@ -37,11 +39,13 @@ class AgentService:
         except OSError as exc:
             self.stop()
             raise pytest.UsageError(f"cannot start the agent service on 127.0.0.1:{self.port} ({exc}); "
-                                    "change PORT in conftest.py and the url in scenarios/*.yaml") from None
+                                    f"unset {PORT_VARIABLE} to use a free port") from None
 
     async def _start(self) -> None:
         await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        site = web.TCPSite(self.runner, "127.0.0.1", self.port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # the port bound (a free one when asked for 0)
 
     def stop(self) -> None:
         if self.loop.is_running():
@@ -54,6 +58,7 @@ class AgentService:
 def pytest_configure(config: pytest.Config) -> None:
     if hasattr(config, "workerinput"):  # an xdist worker: the controller serves the agent
         return
-    service = AgentService(PORT)
+    service = AgentService(int(os.environ.get(PORT_VARIABLE) or 0))
     service.start()
+    os.environ[PORT_VARIABLE] = str(service.port)  # where the scenarios' url finds it
     config.add_cleanup(service.stop)
