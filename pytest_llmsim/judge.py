@@ -262,6 +262,23 @@ def parse_verdict(text: str) -> tuple[int, str]:
     return _text_verdict(text)
 
 
+def check_judge_sees_criteria(scenario: Scenario, settings: RunSettings, renderer: PromptRenderer, *,
+                              label: str) -> None:
+    """PromptError when the scenario has ``criteria`` that its evaluator template never shows the judge. Checked
+    before the conversation too, so a template that would drop them costs no calls."""
+    if not scenario.criteria:
+        return
+    template = settings.role("evaluator", scenario).template
+    used = renderer.variables_used(template)
+    if used is not None and "criteria" not in used:  # the judge would silently never see them
+        raise PromptError(
+            f"{label}: the scenario has 'criteria' but the evaluator template {template!r} never uses the "
+            "variable 'criteria', so the judge would not see them; list them in the template "
+            "(e.g. {% for c in criteria %}{{ loop.index }}. {{ c }}{% endfor %}) or remove the project's "
+            "template to use the package's generic evaluator"
+        )
+
+
 async def evaluate(
     scenario: Scenario,
     transcript: Transcript,
@@ -276,15 +293,7 @@ async def evaluate(
     if refusal is not None:
         raise refusal
     role = settings.role("evaluator", scenario)
-    if scenario.criteria:
-        used = renderer.variables_used(role.template)
-        if used is not None and "criteria" not in used:  # the judge would silently never see them
-            raise PromptError(
-                f"{label}: the scenario has 'criteria' but the evaluator template {role.template!r} never uses "
-                "the variable 'criteria', so the judge would not see them; list them in the template "
-                "(e.g. {% for c in criteria %}{{ loop.index }}. {{ c }}{% endfor %}) or remove the project's "
-                "template to use the package's generic evaluator"
-            )
+    check_judge_sees_criteria(scenario, settings, renderer, label=label)
     context = template_context(scenario, settings, transcript=transcript.to_dicts(),
                                transcript_text=transcript.as_text(), ended_by=transcript.ended_by,
                                end_reason=transcript.end_reason)

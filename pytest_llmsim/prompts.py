@@ -44,6 +44,7 @@ class PromptRenderer:
 
     def __init__(self, prompts_dir: Path) -> None:
         self.prompts_dir = Path(prompts_dir)
+        self._variables_used: dict[str, frozenset[str] | None] = {}
         # Where templates are looked up, first match wins; a missing project directory is simply empty.
         self.search_path: tuple[Path, ...] = (self.prompts_dir, PACKAGE_TEMPLATES_DIR)
         self._env = SandboxedEnvironment(
@@ -93,7 +94,13 @@ class PromptRenderer:
 
     def variables_used(self, template_name: str) -> frozenset[str] | None:
         """The variables ``template_name`` refers to, or None when that cannot be told (it includes, imports or
-        extends other templates, or cannot be loaded or parsed: ``render`` reports those problems)."""
+        extends other templates, or cannot be loaded or parsed: ``render`` reports those problems). Worked out
+        once per template: templates do not change during a run."""
+        if template_name not in self._variables_used:
+            self._variables_used[template_name] = self._find_variables(template_name)
+        return self._variables_used[template_name]
+
+    def _find_variables(self, template_name: str) -> frozenset[str] | None:
         try:
             source, _, _ = self._env.loader.get_source(self._env, template_name)  # type: ignore[union-attr]
             parsed = self._env.parse(source)

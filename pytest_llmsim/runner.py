@@ -21,7 +21,7 @@ from .cache import CallCache
 from .client import LLMClient, LLMReply, LLMRequest, RateLimiter
 from .conversation import no_agent_reply_error, simulate
 from .errors import LlmsimError, VerdictError
-from .judge import evaluate
+from .judge import check_judge_sees_criteria, evaluate
 from .prompts import PromptRenderer
 from .results import ERROR, FAILED, PASSED, ModelUsage, ScenarioResult
 from .scenario import Scenario
@@ -85,6 +85,7 @@ async def _run_scenario(
     metered = MeteredClient(client)
     started = time.perf_counter()
     try:
+        check_judge_sees_criteria(scenario, settings, renderer, label=job.label)
         transcript = await simulate(scenario, settings, metered, renderer, label=job.label, cache=client.cache,
                                     agents=agents)
         result.transcript = transcript.to_dicts()

@@ -178,11 +178,14 @@ def test_criteria_a_custom_judge_ignores_are_an_error_not_silently_dropped(sim: 
     (sim.path / "prompts" / "evaluator.j2").write_text("CUSTOM JUDGE {{ transcript_text }}")
     (sim.path / "prompts" / "client.j2").write_text("CUSTOM CUSTOMER {{ persona }}. End: {{ end_marker }}")
     (sim.path / "prompts" / "agent.j2").write_text("You are the agent. End: {{ end_marker }}")
-    sim.write_scenarios("s.yaml", [{"name": "with_criteria", "criteria": ["greets"]}, {"name": "without"}])
+    sim.write_scenarios("s.yaml", [{"name": "with_criteria", "criteria": ["greets"], "persona": "a ZEBRA keeper"},
+                                   {"name": "without"}])
     result = sim.run("-v")
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*with_criteria*the scenario has 'criteria' but the evaluator template "
                                  "'evaluator.j2' never uses the variable 'criteria'*"])
+    # Found before the conversation: the scenario that would drop its criteria made no call at all.
+    assert sim.server.requests_log() and not [r for r in sim.server.requests_log() if "ZEBRA" in json.dumps(r["body"])]
 
 
 @pytest.mark.parametrize(
