@@ -703,7 +703,7 @@ class OpenAIDriver(AgentDriver):
 
     async def complete(self, messages: list[dict[str, Any]], context: AgentContext, *, label: str) -> AgentReply:
         from .client import LLMRequest
-        from .conversation import OPENING_CUE
+        from .prompts import OPENING_CUE
 
         history = list(messages) if messages else [{"role": "user", "content": OPENING_CUE}]
         if self.openai.system:

@@ -351,7 +351,7 @@ class LLMClient:
         """"The conversation diverged from the recording at turn N", with the recorded and the new agent text,
         when the closest recorded request of this scenario differs only in what the agent said: the agent under
         test changed its reply, so the customer's (or the judge's) next request is new."""
-        from .conversation import OPENING_CUE
+        from .prompts import OPENING_CUE
 
         recorded = self._closest_request(descriptor, label.split(" ")[0])
         if recorded is None or any(recorded.get(name) != value for name, value in descriptor.items()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .cache import CallCache, marker_key
 from .client import RETRYING, Completer, LLMRequest
 from .errors import AgentError, EndpointError, NoAgentReplyError
-from .prompts import PromptRenderer, template_context
+from .prompts import OPENING_CUE, PromptRenderer, template_context
 from .results import tool_call_text
 from .scenario import Scenario
 from .settings import RunSettings
@@ -24,8 +24,6 @@ from .settings import RunSettings
 if TYPE_CHECKING:
     from .agents import AgentRuntime
 
-# Sent as the first user message to whichever side opens the call, so every request has a user turn.
-OPENING_CUE = "(The call has just been connected. Say your first line.)"
 
 
 @dataclass

@@ -36,6 +36,10 @@ PACKAGE_TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 """The generic templates shipped with the package; a project's prompts directory overrides them by name."""
 
 
+# Sent as the first user message to whichever side opens the call, so every request has a user turn. Here, at
+# the bottom of the engine, because the conversation, the client's divergence message and the agents all use it.
+OPENING_CUE = "(The call has just been connected. Say your first line.)"
+
 class PromptRenderer:
     """Renders templates from the project's prompts directory, else from the package's generic ones.
 

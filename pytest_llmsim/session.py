@@ -25,7 +25,6 @@ from .results import ScenarioResult
 from .settings import RunSettings
 
 if TYPE_CHECKING:  # the runner pulls in openai and diskcache: imported only when a scenario runs
-    from .items import ScenarioItem
     from .runner import Runner
 
 SESSION_KEY = pytest.StashKey["LlmsimSession"]()
@@ -154,7 +153,7 @@ class LlmsimSession:
         xfail = item.get_closest_marker("xfail")
         return not (xfail and xfail.kwargs.get("run") is False and not self.config.getoption("runxfail"))
 
-    def _submit(self, item: ScenarioItem) -> concurrent.futures.Future[ScenarioResult]:
+    def _submit(self, item: pytest.Item) -> concurrent.futures.Future[ScenarioResult]:
         assert item.scenario is not None
         runner = self.ensure_runner()
         from .runner import ScenarioJob
@@ -185,13 +184,13 @@ class LlmsimSession:
             if item.nodeid not in self._futures:
                 self._submit(item)  # type: ignore[arg-type]
 
-    def top_up(self, item: ScenarioItem) -> None:
+    def top_up(self, item: pytest.Item) -> None:
         """Called while pytest waits on ``item``: start newly queued items (xdist refills the queue meanwhile)."""
         self.flush_messages()
         if hasattr(self.config, "workerinput"):
             self.prefetch(upcoming_items(item, self.nextitem))
 
-    def future_for(self, item: ScenarioItem) -> concurrent.futures.Future[ScenarioResult]:
+    def future_for(self, item: pytest.Item) -> concurrent.futures.Future[ScenarioResult]:
         """The item's conversation; a fresh one if none was started or it was already consumed (reruns)."""
         future = self._futures.get(item.nodeid)
         if future is None or item.nodeid in self._consumed:
@@ -199,7 +198,7 @@ class LlmsimSession:
             future = self._submit(item)
         return future
 
-    def consumed(self, item: ScenarioItem) -> None:
+    def consumed(self, item: pytest.Item) -> None:
         self._consumed.add(item.nodeid)
         self.flush_messages()
 
