@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -113,6 +114,15 @@ class RoleOverride(BaseModel):
         return value
 
 
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"must be an http:// or https:// URL (got {_shown(value)})")
+    return value
+
+
+HttpUrlText = Annotated[StrictStr, AfterValidator(_http_url)]  # a URL as written: ${VAR} allowed, checked for scheme
+
+
 class HttpAgentSpec(BaseModel):
     """``agent: {http: {...}}``: the agent under test is an HTTP service, POSTed once per agent turn.
 
@@ -126,20 +136,13 @@ class HttpAgentSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    url: StrictStr
+    url: HttpUrlText
     body: Any = None
     reply: StrictStr = "reply"
     tool_calls: StrictStr | None = None
     end: StrictStr | None = None
     headers: dict[StrictStr, StrictStr] = Field(default_factory=dict)
     timeout: FiniteFloat | None = Field(default=None, gt=0)
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"must be an http:// or https:// URL (got {_shown(value)})")
-        return value
 
     @field_validator("reply", "tool_calls", "end")
     @classmethod
@@ -155,19 +158,12 @@ class OpenAIAgentSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    base_url: StrictStr
+    base_url: HttpUrlText
     model: StrictStr
     api_key_env: StrictStr | None = None
     system: StrictStr | None = None
     temperature: FiniteFloat | None = Field(default=None, ge=0, le=2)
     max_tokens: StrictInt | None = Field(default=None, ge=1)
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"must be an http:// or https:// URL (got {_shown(value)})")
-        return value
 
 
 _PROMPT_FIELDS = ("model", "template", "temperature", "max_tokens")
