@@ -27,6 +27,15 @@ CLIENT_REPLIES = [
 ]
 
 
+def sigint_as_a_terminal_sends_it() -> None:
+    """``preexec_fn`` for a pytest subprocess that a test interrupts with SIGINT: a shell's background job (and
+    some CI runners) starts with SIGINT ignored, which children inherit; Python then installs no KeyboardInterrupt
+    handler and the simulated Ctrl-C would do nothing."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def verdict(score: int, comment: str) -> str:
     return json.dumps({"score": score, "comment": comment})
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import SimProject, scenario
+from conftest import SimProject, scenario, sigint_as_a_terminal_sends_it
 
 SCENARIOS = 20
 MODES = [pytest.param([], id="one-process"), pytest.param(["-n", "2"], id="xdist")]
@@ -36,7 +36,7 @@ def test_ctrl_c_marks_the_export_and_the_summary_interrupted(sim: SimProject, mo
     command = [sys.executable, "-m", "pytest", "-p", "no:randomly", "-v", *mode, "--llmsim-record=all",
                "--llmsim-concurrency=2", f"--llmsim-base-url={sim.server.base_url}", "--llmsim-results=r.json"]
     process = subprocess.Popen(command, cwd=sim.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+                               text=True, preexec_fn=sigint_as_a_terminal_sends_it)
     lines: list[str] = []
     try:
         assert process.stdout is not None

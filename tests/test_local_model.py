@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import sigint_as_a_terminal_sends_it
 from pytest_llmsim import local_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -363,7 +364,8 @@ def test_ctrl_c_stops_the_model_server(pytester: pytest.Pytester, monkeypatch: p
     for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "scenarios/"],
-                            cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=sigint_as_a_terminal_sends_it)
     state = Path(os.environ.get("TMPDIR", "/tmp")) / f"pytest-llmsim-{proc.pid}"
     deadline = time.monotonic() + 300
     while not (state / "server.pid").exists() and time.monotonic() < deadline:
