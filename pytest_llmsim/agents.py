@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from .cache import request_key
 from .errors import AgentError, CacheMissError, ConfigError, EndpointError, LlmsimError
+from .recordings import CURRENT as RECORDER
 from .settings import EndpointSettings, redact_url, scrub_secrets, url_secrets
 
 if TYPE_CHECKING:
@@ -695,7 +696,7 @@ class OpenAIDriver(AgentDriver):
             base_url=self.openai.base_url, api_key=key, request_timeout=base.request_timeout,
             max_retries=base.max_retries, backoff_base=base.backoff_base, backoff_max=base.backoff_max,
             description=f"the agent's endpoint {redact_url(self.openai.base_url)}", http_backend=base.http_backend)
-        self.client: LLMClient = LLMClient(self.endpoint, cache, RateLimiter())
+        self.client: LLMClient = LLMClient(self.endpoint, cache, RateLimiter(), own_endpoint=False)
         self.temperature = self.openai.temperature if self.openai.temperature is not None \
             else settings.agent.temperature
         self.max_tokens = self.openai.max_tokens or settings.agent.max_tokens
@@ -745,8 +746,15 @@ class CachedSession(AgentSession):
                       "temperature": None, "seed": self.seed, "max_tokens": None, "response_format": None,
                       "tools": None, "attempt": 0}
         key = request_key(descriptor)
-        hit = self.cache.lookup(key, label=label)
+        recorder = RECORDER.get()
+        hit = recorder.lookup(key) if recorder is not None else None  # keyed by the agent itself: kept whole
+        if hit is None and recorder is not None and recorder.exclusive:
+            raise CacheMissError(recorder.miss_message(label, descriptor, "agent"))
+        if hit is None:
+            hit = self.cache.lookup(key, label=label)
         if hit is not None:
+            if recorder is not None:
+                recorder.add(key, descriptor, hit, label, "agent")
             return AgentReply(hit["text"], [dict(c) for c in hit.get("tool_calls") or []], bool(hit.get("end")),
                               latency_s=hit["latency_s"], cached=True)
         if not self.cache.may_call_network:
@@ -761,6 +769,8 @@ class CachedSession(AgentSession):
         if reply.end:
             response["end"] = True
         self.cache.store(key, descriptor, response, label)
+        if recorder is not None:
+            recorder.add(key, descriptor, response, label, "agent")
         return reply
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .cache import CallCache, request_key
 from .errors import BackendMissingError, CacheMissError, ConfigError, EndpointError
+from .recordings import CURRENT as RECORDER
 from .settings import EndpointSettings, redact_url, resolve_http_backend, scrub_secrets, split_url_query, url_secrets
 
 if TYPE_CHECKING:
@@ -219,8 +220,10 @@ def _retry_after_seconds(exc: openai.APIStatusError) -> float | None:
 class LLMClient:
     """Cached, retrying chat completions. Create and use on one event loop."""
 
-    def __init__(self, endpoint: EndpointSettings, cache: CallCache, limiter: RateLimiter | None = None) -> None:
+    def __init__(self, endpoint: EndpointSettings, cache: CallCache, limiter: RateLimiter | None = None, *,
+                 own_endpoint: bool = True) -> None:
         self.endpoint = endpoint
+        self.own_endpoint = own_endpoint  # False: an agent's endpoint, named on each call it records
         self.cache = cache
         self.limiter = limiter or RateLimiter()
         self.stats = CallStats()
@@ -309,14 +312,26 @@ class LLMClient:
             self.stats.live_calls += 1
             return reply
         descriptor = self.descriptor(request)
+        recorder = RECORDER.get()
+        if recorder is not None:  # the scenario's readable recording answers first
+            match = recorder.call_key(descriptor)
+            hit = recorder.lookup(match)
+            if hit is None and recorder.exclusive:
+                raise CacheMissError(self._scrub(recorder.miss_message(label, descriptor, request.role)))
         key = request_key(descriptor)
-        hit = self.cache.lookup(key, label=label)
+        if recorder is None or hit is None:
+            hit = self.cache.lookup(key, label=label)
         if hit is not None:
             self.stats.cached_calls += 1
+            if recorder is not None:
+                recorder.add(match, descriptor, hit, label, request.role, self._recorded_endpoint())
             return LLMReply(hit["text"], hit["prompt_tokens"], hit["completion_tokens"],
                             hit["latency_s"], True, hit["model"], hit.get("tool_calls"))
         if not self.cache.may_call_network:
-            raise CacheMissError(self._scrub(self._miss_message(descriptor, label, request.role)))
+            message = self._miss_message(descriptor, label, request.role)
+            if recorder is not None and recorder.existing is not None:
+                message = recorder.miss_message(label, descriptor, request.role) + "\n" + message
+            raise CacheMissError(self._scrub(message))
         reply = await self._call_with_retries(request, label)
         response = {
             "text": reply.text, "prompt_tokens": reply.prompt_tokens,
@@ -325,8 +340,14 @@ class LLMClient:
         if reply.tool_calls:  # only then: entries of replies without tool calls stay as they were
             response["tool_calls"] = reply.tool_calls
         self.cache.store(key, descriptor, response, label)
+        if recorder is not None:
+            recorder.add(match, descriptor, response, label, request.role, self._recorded_endpoint())
         self.stats.live_calls += 1
         return reply
+
+    def _recorded_endpoint(self) -> str:
+        """The endpoint named on a recorded call: only when it is not the run's main one (an openai agent's)."""
+        return "" if self.own_endpoint else self.endpoint.identity
 
     def _closest_request(self, descriptor: dict[str, Any], label: str) -> dict[str, Any] | None:
         """The recorded request most like ``descriptor``: same scenario first, then fewest differing fields, the

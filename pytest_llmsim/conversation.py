@@ -17,6 +17,7 @@ from .cache import CallCache, marker_key
 from .client import RETRYING, Completer, LLMRequest
 from .errors import AgentError, EndpointError, NoAgentReplyError
 from .prompts import OPENING_CUE, PromptRenderer, template_context
+from .recordings import CURRENT as RECORDER
 from .results import tool_call_text
 from .scenario import Scenario
 from .settings import RunSettings
@@ -217,15 +218,20 @@ async def simulate(
     started = time.perf_counter()
     # Everything that decides where a conversation times out: the scenario and its timeout as well as every
     # request of the conversation (two scenarios with identical prompts must not share a marker).
-    timeout_key = marker_key("conversation_timeout", {
+    timeout_payload = {
         "scenario": scenario.name, "timeout": timeout, "prompts": prompts, "seed": seed, "max_turns": max_turns,
         "first_speaker": speaker, "script": script,
         "roles": {side: [r.model, r.temperature, r.max_tokens] for side, r in roles.items()},
         "end_marker": settings.end_marker, "endpoint": settings.endpoint.identity,
         **({"agent": f"{spec.kind}:{driver.identity}"} if code_agent else {}),  # type: ignore[union-attr]
-    })
-    recorded_timeout = cache.lookup_marker(timeout_key, label=label) if cache is not None else None
-    replay_stop = recorded_timeout["turns"] if recorded_timeout else None
+    }
+    timeout_key = marker_key("conversation_timeout", timeout_payload)
+    recorder = RECORDER.get()
+    recorder_key = recorder.marker_key(timeout_payload) if recorder is not None else ""
+    replay_stop = recorder.lookup_timeout(recorder_key) if recorder is not None else None
+    if replay_stop is None and cache is not None and not (recorder is not None and recorder.exclusive):
+        recorded_timeout = cache.lookup_marker(timeout_key, label=label)
+        replay_stop = recorded_timeout["turns"] if recorded_timeout else None
 
     async def one_turn(side: str) -> bool:
         """Produce ``side``'s next message; return True when the call ends."""
@@ -289,7 +295,10 @@ async def simulate(
         transcript.ended_by, transcript.end_reason = "timeout", f"conversation exceeded timeout={timeout:g}s"
         # A conversation in which the agent never answered is an error, not a result to reproduce: record
         # no marker, so a rerun after fixing the endpoint calls the agent again instead of replaying it.
-        if cache is not None and replay_stop is None and transcript.agent_replied:
-            cache.store_marker(timeout_key, {"turns": len(transcript.turns)})
+        if replay_stop is None and transcript.agent_replied:
+            if cache is not None:
+                cache.store_marker(timeout_key, {"turns": len(transcript.turns)})
+        if recorder is not None and transcript.agent_replied:  # a replayed stop is kept in the rewritten file
+            recorder.set_timeout(recorder_key, len(transcript.turns))
     transcript.duration_s = round(time.perf_counter() - started, 4)
     return transcript

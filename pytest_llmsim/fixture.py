@@ -87,7 +87,7 @@ class LlmsimFixture:
             scenario = Scenario.model_validate(data)
         except ValidationError as exc:
             raise ScenarioError(f"{where}: {_describe_validation_error(exc)}") from None
-        return ScenarioJob(nodeid, str(self._item.path), scenario)
+        return ScenarioJob(nodeid, str(self._item.path), scenario, item=self._item.nodeid)
 
     def _submit(self, fields: dict[str, Any]) -> concurrent.futures.Future[ScenarioResult]:
         __tracebackhide__ = True

@@ -42,7 +42,7 @@ class Option:
     help: str
     default: str | list[str] = ""
     flag: str | None = None
-    kind: str = "str"  # str | int | float | rate | path | lines | choice
+    kind: str = "str"  # str | int | float | rate | path | lines | choice | bool
     low: float | None = None
     high: float | None = None
     choices: tuple[str, ...] = ()
@@ -82,9 +82,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("llmsim_prompts_dir", "Directory of the jinja2 prompt templates.", "prompts", kind="path"),
     Option("llmsim_cache_dir", "Directory of the LLM call cache.", ".llmsim_cache", flag="--llmsim-cache-dir",
            kind="path", metavar="DIR"),
-    Option("llmsim_record_mode", "Cache record mode: once (replay hits, record misses), none (replay only, a miss "
-           "is an error), all (call everything, overwrite).", "once", flag="--llmsim-record", kind="choice",
+    Option("llmsim_record_mode", "Record mode: once (replay hits, record misses, rewrite a changed recording), new "
+           "(record only scenarios without a recording, never change one), none (replay only, a miss is an error), "
+           "all (call everything, overwrite).", "once", flag="--llmsim-record", kind="choice",
            choices=tuple(m.value for m in RecordMode), metavar="MODE"),
+    Option("llmsim_recordings", "Directory of the readable recordings, one YAML file per scenario, replayed before "
+           "the cache (`off`: no recordings, only the cache).", "recordings", flag="--llmsim-recordings", kind="path",
+           metavar="DIR"),
+    Option("llmsim_match_endpoint", "Replay a recording only for the endpoint it was recorded against (default: "
+           "any endpoint, so CI replays without a key or base URL).", "false", kind="bool"),
     Option("llmsim_base_url", "OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (empty: OpenAI when an "
            "API key is set, else the local model).", flag="--llmsim-base-url", env="OPENAI_BASE_URL",
            metavar="URL"),
@@ -139,6 +145,14 @@ OPTIONS: tuple[Option, ...] = (
            metavar="P"),
     Option("llmsim_max_cost_usd", "Suite gate: the session fails if live LLM calls cost more than this (USD).",
            flag="--llmsim-max-cost-usd", kind="float", low=0, metavar="USD"),
+    Option("llmsim_baseline", "Compare with this earlier run: a JSON export (--llmsim-results) or a recordings "
+           "directory (e.g. the main branch's).", flag="--llmsim-baseline", kind="path", metavar="PATH"),
+    Option("llmsim_fail_on_regression", "Baseline gate: the session fails if any scenario's score dropped or it "
+           "newly fails.", "false", flag="--llmsim-fail-on-regression", kind="bool"),
+    Option("llmsim_max_score_drop", "Baseline gate: the session fails if the mean score dropped by more than this.",
+           flag="--llmsim-max-score-drop", kind="float", low=0, metavar="X"),
+    Option("llmsim_markdown", "Write a GitHub-flavoured markdown summary to this file (also appended to "
+           "$GITHUB_STEP_SUMMARY when set).", flag="--llmsim-markdown", kind="path", metavar="FILE"),
 )
 
 ROWS: Mapping[str, Option] = MappingProxyType({row.ini: row for row in OPTIONS})
@@ -152,8 +166,12 @@ def add_options(parser: pytest.Parser, rows: Iterable[Option] = OPTIONS) -> None
         default_text = _shown_default(row)
         if row.flag:
             extra: dict[str, Any] = {"choices": list(row.choices)} if row.kind == "choice" else {}
+            if row.kind == "bool":  # a switch: present = true
+                extra = {"action": "store_const", "const": "true"}
+            else:
+                extra["metavar"] = row.metavar or "VALUE"
             text = f"{row.help} Default {default_text}; ini {row.ini}" + (f"; env {row.env}" if row.env else "")
-            group.addoption(row.flag, dest=row.dest, metavar=row.metavar or "VALUE", default=None,
+            group.addoption(row.flag, dest=row.dest, default=None,
                             help=(text + ".").replace("%", "%%"), **extra)  # argparse %-formats help
         if row.kind == "lines":
             parser.addini(row.ini, f"{row.help} Default {default_text}.", type="linelist", default=row.default)
@@ -217,10 +235,17 @@ def _parse(row: Option, raw: Any, base: Path) -> Any:
     if row.kind == "str":
         return text
     if row.kind == "path":
-        if not text:
+        if not text or text.lower() == "off":  # ``off``: an ini value cannot be set to empty on the command line
             return None
         path = Path(os.path.expanduser(text))
         return path if path.is_absolute() else base / path
+    if row.kind == "bool":
+        value = text.lower()
+        if value in ("true", "yes", "on", "1"):
+            return True
+        if value in ("false", "no", "off", "0", ""):
+            return False
+        raise ConfigError(f"{where} must be true or false, got {text!r}")
     if row.kind == "choice":
         value = text.lower()
         if value not in row.choices:
@@ -381,7 +406,27 @@ def build_settings(
         concurrency=resolved["llmsim_concurrency"],
         agent_spec=agent_spec,
         rootdir=rootdir if rootdir is not None else resolved.ini_dir,
+        recordings_dir=resolved["llmsim_recordings"],
+        match_endpoint=resolved["llmsim_match_endpoint"],
+        adoptable=adoptable_role_settings(resolved),
     )
+
+
+def adoptable_role_settings(resolved: ResolvedOptions) -> frozenset[str]:
+    """Role settings a replay-only run without an endpoint takes from each scenario's recording: those the user
+    set nowhere (only a default applies), so that recordings made against an API replay in CI without its key
+    (whose run would otherwise take the local model's defaults and miss every call). Empty in any other run."""
+    if not resolved.local or RecordMode(resolved["llmsim_record_mode"]) is not RecordMode.NONE:
+        return frozenset()
+    user_set = {name for name, source in resolved.sources.items() if source not in ("default", "local-model default")}
+    adoptable = set()
+    for role in ROLES:
+        if f"llmsim_{role}_model" not in user_set and "llmsim_model" not in user_set:
+            adoptable.add(f"{role}.model")
+        for name in ("temperature", "max_tokens"):
+            if f"llmsim_{role}_{name}" not in user_set:
+                adoptable.add(f"{role}.{name}")
+    return frozenset(adoptable)
 
 
 def rpm_share(resolved: ResolvedOptions, workers: int) -> float | None:

@@ -32,6 +32,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--llmsim-init", action="store_true", default=False,
         help="Write a minimal working example (a scenario file and a Python agent) into the current folder, "
              "without overwriting anything, print the next command and exit.")
+    parser.getgroup("llmsim").addoption(
+        "--llmsim-prune", action="store_true", default=False,
+        help="Delete the recordings that no collected scenario uses (listed at the end of every run).")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -57,6 +60,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
         slots = resolved["llmsim_concurrency"]
         config.pluginmanager.register(XdistHooks(2 * slots + 1, slots), "llmsim-xdist")
+    if resolved["llmsim_recordings"] is not None:
+        from .recording_plugin import RecordingInventory
+
+        config.pluginmanager.register(RecordingInventory(config, resolved["llmsim_recordings"], config.rootpath),
+                                      RecordingInventory.name)
     if not hasattr(config, "workerinput"):  # summary, gates and exports are computed once, on the controller
         config.pluginmanager.register(ReportPlugin(config), ReportPlugin.name)
         config.pluginmanager.register(WorkerLines(config), WorkerLines.name)

@@ -165,6 +165,8 @@ class ScenarioResult:
     error_message: str = ""
     duration_seconds: float = 0.0
     usage: list[ModelUsage] = field(default_factory=list)
+    recording: str = ""  # the scenario's recording file (relative to the rootdir), when recordings are on
+    recording_state: str = ""  # written | unchanged | replayed | "not written: <why>" | "" (nothing recorded)
 
     @property
     def total_turns(self) -> int:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import threading
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from .agents import AgentRuntime
 from .cache import CallCache
@@ -23,9 +25,11 @@ from .conversation import no_agent_reply_error, simulate
 from .errors import LlmsimError, VerdictError
 from .judge import check_judge_sees_criteria, evaluate
 from .prompts import PromptRenderer
+from .recordings import CURRENT as RECORDER
+from .recordings import ScenarioRecorder
 from .results import ERROR, FAILED, PASSED, ModelUsage, ScenarioResult
 from .scenario import Scenario
-from .settings import RunSettings, scrub_secrets
+from .settings import ROLES, RunSettings, scrub_secrets
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class ScenarioJob:
     nodeid: str
     source: str
     scenario: Scenario
+    item: str = ""  # the pytest item that runs it, when not ``nodeid`` (a Python test's conversations)
 
     @property
     def label(self) -> str:
@@ -84,7 +89,15 @@ async def _run_scenario(
                             min_score=min_score)
     metered = MeteredClient(client)
     started = time.perf_counter()
+    recorder: ScenarioRecorder | None = None
+    token = None
     try:
+        if settings.recordings_dir is not None:
+            recorder = ScenarioRecorder.open(
+                settings.recordings_dir, settings.record_mode, nodeid=job.nodeid, item=job.item,
+                scenario=scenario.name, endpoint=settings.endpoint.identity, match_endpoint=settings.match_endpoint)
+            token = RECORDER.set(recorder)
+            settings = adopt_recorded_roles(settings, recorder)
         check_judge_sees_criteria(scenario, settings, renderer, label=job.label)
         transcript = await simulate(scenario, settings, metered, renderer, label=job.label, cache=client.cache,
                                     agents=agents)
@@ -105,22 +118,70 @@ async def _run_scenario(
     else:
         result.score, result.comment, result.raw_verdict = verdict.score, verdict.comment, verdict.raw_reply
         result.status = PASSED if verdict.score >= min_score else FAILED
-    _scrub_secrets(result, settings, agents.secrets() if agents is not None else frozenset())
+    finally:
+        if token is not None:
+            RECORDER.reset(token)
+    scrub = _scrubber(settings, agents.secrets() if agents is not None else frozenset())
+    _scrub_secrets(result, scrub)
     result.usage = list(metered.usage.values())
+    if recorder is not None:
+        _finish_recording(recorder, result, job, settings, scrub)
     result.duration_seconds = round(time.perf_counter() - started, 4)
     return result
 
 
-def _scrub_secrets(result: ScenarioResult, settings: RunSettings, extra: frozenset[str] = frozenset()) -> None:
-    """Replace the API key, URL credentials and the http agents' header values in every text the result stores
-    (reports, exports, xdist)."""
+def adopt_recorded_roles(settings: RunSettings, recorder: ScenarioRecorder) -> RunSettings:
+    """``settings`` with the role settings the user set nowhere (``settings.adoptable``) taken from the scenario's
+    recording: a replay-only run without an endpoint replays recordings made against any endpoint."""
+    recorded = recorder.recorded_roles()
+    if not settings.adoptable or not recorded:
+        return settings
+    changes = {}
+    for role, values in recorded.items():
+        if role not in ("agent", "client", "evaluator"):
+            continue
+        adopted = {name: value for name, value in values.items()
+                   if f"{role}.{name}" in settings.adoptable and name in ("model", "temperature", "max_tokens")}
+        if adopted:
+            changes[role] = dataclasses.replace(getattr(settings, role), **adopted)
+    return dataclasses.replace(settings, **changes) if changes else settings
+
+
+def _finish_recording(recorder: ScenarioRecorder, result: ScenarioResult, job: ScenarioJob, settings: RunSettings,
+                      scrub: Callable[[str], str]) -> None:
+    spec = settings.agent_for(job.scenario)
+    sides = ("client", "evaluator") if spec is not None and spec.kind != "prompt" else ROLES
+    roles = {}
+    for side in sides:
+        role = settings.role(side, job.scenario)
+        roles[side] = {"model": role.model, "temperature": role.temperature, "max_tokens": role.max_tokens}
+    try:
+        result.recording_state = recorder.finish(result, roles, scrub)
+    except OSError as exc:
+        result.recording_state = f"not written: {exc.strerror or exc}"
+    if result.recording_state:
+        root = settings.rootdir or Path.cwd()
+        try:
+            result.recording = recorder.path.relative_to(root).as_posix()
+        except ValueError:
+            result.recording = str(recorder.path)
+
+
+def _scrubber(settings: RunSettings, extra: frozenset[str] = frozenset()) -> Callable[[str], str]:
+    """The function removing the API key, URL credentials and the http agents' header values from a text."""
     endpoint_scrub = getattr(settings.endpoint, "scrub", None)  # EndpointSettings.scrub, where available
     if endpoint_scrub is None:
-        return
-    scrub = endpoint_scrub
-    if extra:
-        def scrub(text: str) -> str:
-            return scrub_secrets(endpoint_scrub(text), extra)
+        return lambda text: text
+    if not extra:
+        return endpoint_scrub
+
+    def scrub(text: str) -> str:
+        return scrub_secrets(endpoint_scrub(text), extra)
+    return scrub
+
+
+def _scrub_secrets(result: ScenarioResult, scrub: Callable[[str], str]) -> None:
+    """Scrub every text the result stores (reports, exports, xdist)."""
     result.error_message = scrub(result.error_message) if result.error_message else ""
     result.raw_verdict = scrub(result.raw_verdict) if result.raw_verdict else ""
     result.comment = scrub(result.comment) if result.comment else ""

@@ -20,10 +20,13 @@ if TYPE_CHECKING:
 
 
 class RecordMode(StrEnum):
-    """What the disk cache may do. ``once``: replay hits, call and store misses; ``none``: replay only,
-    a miss is an error (CI with a committed cache); ``all``: call everything and overwrite."""
+    """What recordings and the disk cache may do. ``once``: replay hits, call and record misses (a scenario's
+    recording is rewritten when its conversation changed); ``new``: record scenarios that have no recording yet
+    and never change an existing one (a call missing from it is an error); ``none``: replay only, a miss is an
+    error (CI with committed recordings); ``all``: call everything and overwrite."""
 
     ONCE = "once"
+    NEW = "new"
     NONE = "none"
     ALL = "all"
 
@@ -220,6 +223,14 @@ class RunSettings:
     agent_spec: AgentSpec | None = None
     # Where ``agent: {python: "package.module:name"}`` is imported from (put on ``sys.path``); None: the cwd.
     rootdir: Path | None = None
+    # Readable per-scenario recordings (``recordings.py``); None: only the disk cache.
+    recordings_dir: Path | None = None
+    # The endpoint's identity is part of a recording's match (default: replay needs no endpoint).
+    match_endpoint: bool = False
+    # Role settings (``"agent.model"``, ``"evaluator.max_tokens"``, ...) the user set nowhere, which a replay-only
+    # run takes from a scenario's recording: a run without an endpoint would otherwise use the local model's
+    # defaults and miss every call recorded against another endpoint.
+    adoptable: frozenset[str] = frozenset()
 
     def role(self, name: str, scenario: Scenario) -> RoleSettings:
         base: RoleSettings = getattr(self, name)

@@ -47,6 +47,7 @@ class Exploit:
 
 
 def _record(sim: SimProject, *names: str) -> Path:
+    sim.write_ini(llmsim_recordings="off")  # these tests are about the disk cache alone
     sim.write_scenarios("s.json", [scenario(name) for name in names])
     low = sum(name.startswith("low_") for name in names)  # the scripted judge fails these
     sim.run().assert_outcomes(passed=len(names) - low, failed=low)

@@ -38,8 +38,10 @@ def _outcome_lines(result: pytest.RunResult) -> list[str]:
 def test_concurrent_run_equals_sequential_run(sim: SimProject) -> None:
     sim.server.latency = 0.05
     _suite(sim)
-    sequential = sim.run("-v", "-rA", "--llmsim-concurrency=1", "--llmsim-cache-dir=seq", "--junitxml=seq.xml")
-    concurrent = sim.run("-v", "-rA", "--llmsim-concurrency=8", "--llmsim-cache-dir=conc", "--junitxml=conc.xml")
+    sequential = sim.run("-v", "-rA", "--llmsim-concurrency=1", "--llmsim-cache-dir=seq",
+                         "--llmsim-recordings=seq-rec", "--junitxml=seq.xml")
+    concurrent = sim.run("-v", "-rA", "--llmsim-concurrency=8", "--llmsim-cache-dir=conc",
+                         "--llmsim-recordings=conc-rec", "--junitxml=conc.xml")
     sequential.assert_outcomes(passed=9, failed=3)
     concurrent.assert_outcomes(passed=9, failed=3)
     assert _outcome_lines(concurrent) == _outcome_lines(sequential), "same items, same order, same verdicts"
@@ -85,10 +87,10 @@ def test_a_429_pauses_every_conversation_of_the_process(sim: SimProject) -> None
 def test_xdist_gives_the_same_results_as_one_process(sim: SimProject, dist_args: list[str]) -> None:
     sim.server.latency = 0.02
     _suite(sim)
-    single = sim.run("--llmsim-cache-dir=one", "--junitxml=one.xml")
+    single = sim.run("--llmsim-cache-dir=one", "--llmsim-recordings=one-rec", "--junitxml=one.xml")
     single.assert_outcomes(passed=9, failed=3)
     before = sim.server.stats()["requests"]
-    spread = sim.run(*dist_args, "--llmsim-cache-dir=many", "--junitxml=many.xml")
+    spread = sim.run(*dist_args, "--llmsim-cache-dir=many", "--llmsim-recordings=many-rec", "--junitxml=many.xml")
     spread.assert_outcomes(passed=9, failed=3)
     assert sim.server.stats()["requests"] == 2 * before, "every call made once per run, none lost or doubled"
     assert sorted(_junit(sim, "many.xml")) == sorted(_junit(sim, "one.xml"))

@@ -293,7 +293,7 @@ def repo_suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SuiteRun
     shutil.copytree(ROOT / "prompts", project / "prompts")
     shutil.copytree(ROOT / "scenarios", project / "scenarios")
     (project / "pytest.ini").write_text("[pytest]\n")
-    return project, _run_suite(project, "n0", "--llmsim-cache-dir=cache_n0")
+    return project, _run_suite(project, "n0", "--llmsim-cache-dir=cache_n0", "--llmsim-recordings=cache_n0-rec")
 
 
 @needs_backend
@@ -308,7 +308,8 @@ def test_sample_suite_runs_scores_and_replays_offline(repo_suite: tuple[Path, Su
     assert list(kinds.values()).count("scored") == 8 and set(kinds.values()) <= {"scored", "skipped"}, kinds
     scores = {nodeid: r["score"] for nodeid, r in first.results.items()}
 
-    replay = _run_suite(project, "replay_n0", "--llmsim-cache-dir=cache_n0", "--llmsim-record=none")
+    replay = _run_suite(project, "replay_n0", "--llmsim-cache-dir=cache_n0",
+                        "--llmsim-recordings=cache_n0-rec", "--llmsim-record=none")
     assert replay.returncode == first.returncode, replay.output[-3000:]
     assert "loading local model" not in replay.output, "a full replay must not start the model"
     assert {nodeid: r["score"] for nodeid, r in replay.results.items()} == scores
@@ -328,7 +329,8 @@ def test_xdist_n8_on_the_local_model_gives_the_outcomes_of_n0(repo_suite: tuple[
     exactly its scores.
     """
     project, sequential = repo_suite
-    parallel = _run_suite(project, "n8", "-n", "8", "--llmsim-cache-dir=cache_n8", tmpdir=tmp_path / "tmp")
+    parallel = _run_suite(project, "n8", "-n", "8", "--llmsim-cache-dir=cache_n8",
+                          "--llmsim-recordings=cache_n8-rec", tmpdir=tmp_path / "tmp")
     assert parallel.returncode in (0, 1), parallel.output[-3000:]  # 1: a scenario scored below its minimum
     assert "cannot connect" not in parallel.output and "endpoint_error" not in parallel.output, \
         parallel.output[-3000:]
@@ -338,7 +340,8 @@ def test_xdist_n8_on_the_local_model_gives_the_outcomes_of_n0(repo_suite: tuple[
     assert parallel.output.count("llmsim: loading local model") == 1, parallel.output[-3000:]
     assert not list((tmp_path / "tmp").glob("pytest-llmsim-*")), "the session must clean up its model server"
 
-    replay = _run_suite(project, "replay_n8", "--llmsim-cache-dir=cache_n8", "--llmsim-record=none")
+    replay = _run_suite(project, "replay_n8", "--llmsim-cache-dir=cache_n8",
+                        "--llmsim-recordings=cache_n8-rec", "--llmsim-record=none")
     assert replay.returncode == parallel.returncode, replay.output[-3000:]
     assert ({nodeid: r["score"] for nodeid, r in replay.results.items()}
             == {nodeid: r["score"] for nodeid, r in parallel.results.items()})
@@ -350,7 +353,8 @@ def test_same_seeds_give_the_same_scores_with_fresh_caches(pytester: pytest.Pyte
     _sample_project(pytester, ["calm_reorder", "impatient_customer"])
     runs = []
     for n in range(2):
-        result = _run(pytester, monkeypatch, "scenarios/", f"--llmsim-cache-dir=cache{n}", f"--junitxml=r{n}.xml",
+        result = _run(pytester, monkeypatch, "scenarios/", f"--llmsim-cache-dir=cache{n}",
+                      f"--llmsim-recordings=rec{n}", f"--junitxml=r{n}.xml",
                       "-rA")
         assert result.ret in (0, 1), result.stdout.str()  # 1: scored below the minimum; the scores are compared
         transcript = [line for line in result.stdout.lines if "Customer:" in line or "Agent:" in line]

@@ -1,0 +1,132 @@
+"""The pytest front of recordings: which recordings no collected scenario uses, ``--llmsim-prune``, and the
+terminal line saying what was recorded.
+
+Unused recordings are found where collection happens (the only process, or each xdist worker: the controller
+collects nothing), from every collected item *before* deselection (``-k``, ``-m``), so a recording of a
+deselected scenario is not unused. A worker sends its list to the controller in ``workeroutput``; the
+controller prints it and prunes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_WORKER_KEY = "llmsim_unused_recordings"
+_SHOWN = 20
+
+
+class RecordingInventory:
+    name = "llmsim-recordings"
+
+    def __init__(self, config: pytest.Config, root: Path, rootdir: Path) -> None:
+        self.config = config
+        self.root = root
+        self.rootdir = rootdir
+        self.expected: set[Path] = set()
+        self.collected_files: set[str] = set()
+        self.broken_files: set[str] = set()
+        self.unused: list[Path] | None = None  # None: not known (collection did not finish)
+        self.pruned = 0
+        self.prune_error = ""
+
+    # -- where collection happens --
+    def pytest_itemcollected(self, item: pytest.Item) -> None:
+        from .items import INVALID_FILE_ITEM, ScenarioItem
+
+        if isinstance(item, ScenarioItem):
+            from .recordings import recording_path
+
+            source = item.nodeid.partition("::")[0]
+            if item.name == INVALID_FILE_ITEM:  # the file did not parse: none of its recordings is unused
+                self.broken_files.add(source)
+            self.expected.add(recording_path(self.root, item.nodeid))
+            self.collected_files.add(source)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            self.broken_files.add(report.nodeid.partition("::")[0])
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if session.shouldfail or session.shouldstop:
+            return
+        if not self.root.is_dir():  # nothing recorded (and a plain test suite imports no engine module)
+            self.unused = []
+        else:
+            from .recordings import unused_recordings
+
+            self.unused = unused_recordings(self.root, self.rootdir, expected=self.expected,
+                                            collected_files=self.collected_files, broken_files=self.broken_files)
+        workeroutput = getattr(self.config, "workeroutput", None)
+        if workeroutput is not None:
+            workeroutput[_WORKER_KEY] = [str(path) for path in self.unused]
+
+    # -- the controller of an xdist run --
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        listed = getattr(node, "workeroutput", {}).get(_WORKER_KEY)
+        if self.unused is None and isinstance(listed, list):
+            self.unused = [Path(path) for path in listed]
+
+    # -- session end (controller) --
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if hasattr(self.config, "workerinput") or not self.config.getoption("llmsim_prune", False):
+            return
+        if self.unused is None or session.exitstatus == pytest.ExitCode.INTERRUPTED:
+            self.prune_error = "not pruned: the run did not finish collecting" if self.unused is None else \
+                "not pruned: the run was interrupted"
+            return
+        from .recordings import prune
+
+        try:
+            self.pruned = prune(self.unused, self.root)
+        except OSError as exc:
+            self.prune_error = f"pruning failed: {exc}"
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if hasattr(self.config, "workerinput") or self.config.getoption("collectonly", default=False):
+            return
+        write = terminalreporter.write_line
+        states = _recording_states(self.config)
+        if states:
+            counts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()) if not state.startswith("not "))
+            if counts:
+                write(f"llmsim recordings in {self._shown(self.root)}: {counts}")
+            for state, n in sorted(states.items()):
+                if state.startswith("not "):
+                    write(f"llmsim: {n} recording(s) {state}", red=True)
+        if self.prune_error:
+            write(f"llmsim: --llmsim-prune: {self.prune_error}", yellow=True)
+        if self.pruned:
+            write(f"llmsim: pruned {self.pruned} unused recording(s) from {self._shown(self.root)}")
+        elif self.unused:
+            write(f"llmsim: {len(self.unused)} recording(s) unused by any collected scenario "
+                  "(--llmsim-prune deletes them):", yellow=True)
+            for path in self.unused[:_SHOWN]:
+                write(f"  {self._shown(path)}", yellow=True)
+            if len(self.unused) > _SHOWN:
+                write(f"  ... and {len(self.unused) - _SHOWN} more", yellow=True)
+
+    def _shown(self, path: Path) -> str:
+        try:
+            return path.relative_to(self.rootdir).as_posix()
+        except ValueError:
+            return str(path)
+
+
+def _recording_states(config: pytest.Config) -> dict[str, int]:
+    """How many scenarios' recordings were written, unchanged, replayed or not written, from the run's records."""
+    from .report_plugin import ReportPlugin
+
+    plugin = config.pluginmanager.get_plugin(ReportPlugin.name)
+    if not isinstance(plugin, ReportPlugin):
+        return {}
+    states: dict[str, int] = {}
+    for record in plugin.collector.ordered():
+        state = record.result.recording_state
+        if state:
+            state = "not written" + state.removeprefix("not written") if state.startswith("not written") else state
+            states[state] = states.get(state, 0) + 1
+    return states

@@ -1,0 +1,573 @@
+"""Readable recordings: one YAML file per scenario, the layer replayed before the disk cache (no pytest).
+
+A recording holds what a reviewer reads in a pull request and what a replay needs, and nothing volatile
+(no timestamps, latencies or cache flags), with a fixed key order, so that re-recording an unchanged
+conversation rewrites no byte and a changed one diffs turn by turn::
+
+    llmsim_recording: 1
+    nodeid: scenarios/shop.json::dmitry
+    scenario: dmitry
+    endpoint: http://127.0.0.1:8000/v1     # for information: not part of the match (llmsim_match_endpoint)
+    roles: {agent: {model, temperature, max_tokens}, client: ..., evaluator: ...}
+    verdict: {status, score, min_score, comment}   # or {status: error, error_kind, error}
+    ended_by / end_reason / timeout: {turns, key}
+    transcript: [{role, text, tool_calls?, scripted?}, ...]
+    prompts: {agent: <system prompt>, client: ..., evaluator: ...}
+    calls: [{call, role, model, temperature, max_tokens, seed, format?, attempt?, messages, key, reply,
+             tool_calls?, usage: {prompt_tokens, completion_tokens}, reply_model?}, ...]
+
+A call is matched by ``key``: the SHA-256 of everything that decides its reply (``cache.request_key``) except the
+endpoint, unless ``llmsim_match_endpoint`` is set. So recordings made against an API replay in CI with no key
+and no base URL.
+
+Recordings are committed and read back as untrusted data: the YAML is loaded by the safe loader (no tags, no
+objects, nothing is executed), anchors/aliases are rejected, every field's type is checked, and the file size
+is bounded. A file that fails any check is a :class:`~pytest_llmsim.errors.CacheError` naming the file and
+what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import hashlib
+import os
+import re
+import secrets
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .cache import marker_key, request_key
+from .errors import CacheError
+from .results import ErrorKind, ModelUsage, ScenarioResult, Status
+from .settings import RecordMode
+
+FORMAT = 1
+SUFFIX = ".yaml"
+MAX_RECORDING_BYTES = 32 * 2**20
+_MAX_DEPTH = 64
+_KEY = re.compile(r"[0-9a-f]{64}")
+_UNSAFE_NAME = re.compile(r"[^\w.\-\[\]]+", re.UNICODE)
+# Errors that a replay of the same calls reproduces: such a scenario's calls are worth keeping. Others
+# (endpoint down, cache miss, an agent crash) say nothing about the recorded conversation.
+RECORDABLE_ERRORS = frozenset({ErrorKind.INVALID_VERDICT.value, ErrorKind.NO_AGENT_REPLY.value})
+_RERECORD = "delete it and re-record with --llmsim-record=once"
+
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_DumperBase: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+# -- where recordings live ---------------------------------------------------------------------------------------
+def _safe_part(text: str) -> str:
+    """A file-name-safe form of ``text``; a short hash keeps it unique when characters had to be replaced."""
+    cleaned = _UNSAFE_NAME.sub("_", text).strip("._") or "_"
+    if cleaned != text or len(cleaned) > 120:
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+        cleaned = f"{cleaned[:100]}-{digest}"
+    return cleaned
+
+
+def recording_path(root: Path, nodeid: str, trial: int | None = None) -> Path:
+    """The recording of the scenario ``nodeid``: ``root/<file of the nodeid>/<rest of it>.yaml``.
+
+    ``scenarios/shop.json::dmitry`` -> ``root/scenarios/shop.json/dmitry.yaml``; a Python test's conversation
+    ``tests/test_bot.py::test_refund`` -> ``root/tests/test_bot.py/test_refund.yaml``. ``trial`` (2, 3, ...)
+    adds ``.trial-N``.
+    """
+    file_part, _, rest = nodeid.partition("::")
+    parts = [_safe_part(p) if p not in ("", ".") else "_" for p in file_part.replace("\\", "/").split("/")]
+    parts = ["__" if p == ".." else p for p in parts]
+    name = _safe_part(rest.replace("::", "__")) if rest else "_"
+    if trial is not None and trial > 1:
+        name += f".trial-{trial}"
+    return root.joinpath(*parts, name + SUFFIX)
+
+
+def source_of(root: Path, path: Path) -> str:
+    """The scenario (or test) file a recording belongs to, relative to the rootdir: its directory under root."""
+    return path.parent.relative_to(root).as_posix()
+
+
+# -- reading -----------------------------------------------------------------------------------------------------
+@dataclass
+class Recording:
+    """One recording file, checked."""
+
+    path: Path
+    data: dict[str, Any]
+    replies: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> response (as the cache stores it)
+
+    @property
+    def nodeid(self) -> str:
+        return str(self.data["nodeid"])
+
+    @property
+    def item(self) -> str:
+        return str(self.data.get("item") or self.data["nodeid"])
+
+    @property
+    def transcript(self) -> list[dict[str, Any]]:
+        return self.data.get("transcript") or []
+
+    @property
+    def timeout(self) -> dict[str, Any] | None:
+        return self.data.get("timeout")
+
+    def to_result(self) -> ScenarioResult:
+        """The recorded run as a result (for baselines): verdict, transcript and usage (every call as live)."""
+        verdict = self.data.get("verdict") or {}
+        usage: dict[tuple[str, str], ModelUsage] = {}
+        for call in self.data.get("calls") or []:
+            meter = usage.setdefault((call["role"], call["model"]), ModelUsage(call["role"], call["model"]))
+            meter.add(call["usage"]["prompt_tokens"], call["usage"]["completion_tokens"], False)
+        status = Status(verdict.get("status", "error"))
+        return ScenarioResult(
+            scenario=str(self.data["scenario"]), nodeid=self.nodeid, source=self.nodeid.partition("::")[0],
+            status=status, min_score=verdict.get("min_score"), score=verdict.get("score"),
+            comment=verdict.get("comment", ""), transcript=[dict(t) for t in self.transcript],
+            ended_by=self.data.get("ended_by", ""), end_reason=self.data.get("end_reason", ""),
+            error_kind=ErrorKind.parse(verdict.get("error_kind")), error_message=verdict.get("error", ""),
+            usage=list(usage.values()),
+        )
+
+
+class _Problem(Exception):
+    pass
+
+
+def _where(path: Path) -> str:
+    return f"llmsim recording {path}"
+
+
+def load_recording(path: Path) -> Recording:
+    """Read and check one recording; CacheError (one line: the file, what is wrong, what to do) otherwise."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_RECORDING_BYTES:
+            raise _Problem(f"is {size} bytes, larger than the {MAX_RECORDING_BYTES // 2**20} MiB a recording may be")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CacheError(f"{_where(path)} cannot be read ({exc.strerror or exc}); fix its permissions or "
+                         f"{_RERECORD}") from None
+    except _Problem as exc:
+        raise CacheError(f"{_where(path)} {exc}; {_RERECORD}") from None
+    return parse_recording(raw, path)
+
+
+def parse_recording(raw: bytes, path: Path) -> Recording:
+    try:
+        text = raw.decode("utf-8")
+        data = yaml.load(text, Loader=_Loader)  # a safe loader: plain data only, nothing constructed
+        _check_plain(data, budget=[len(text) + 64], seen=set(), depth=0)
+        recording = _check_recording(data, path)
+    except UnicodeDecodeError:
+        raise CacheError(f"{_where(path)} is not UTF-8 text; {_RERECORD}") from None
+    except yaml.YAMLError as exc:
+        first = " ".join(str(exc).split())[:200]
+        raise CacheError(f"{_where(path)} is not a plain-data YAML file ({first}); recordings never hold tags or "
+                         f"objects: {_RERECORD}") from None
+    except _Problem as exc:
+        raise CacheError(f"{_where(path)}: {exc}; {_RERECORD}") from None
+    except RecursionError:
+        raise CacheError(f"{_where(path)} is nested too deeply; {_RERECORD}") from None
+    return recording
+
+
+def _check_plain(value: Any, *, budget: list[int], seen: set[int], depth: int) -> None:
+    """Only JSON-like data, each container once (no YAML aliases), no deeper than ``_MAX_DEPTH``, and no more
+    text than the file holds (an alias repeating a long string would exceed it)."""
+    if depth > _MAX_DEPTH:
+        raise _Problem(f"is nested deeper than {_MAX_DEPTH} levels")
+    if isinstance(value, str):
+        budget[0] -= len(value)
+        if budget[0] < 0:
+            raise _Problem("holds more text than the file (YAML aliases?); recordings never use anchors or aliases")
+        return
+    if value is None or isinstance(value, bool | int | float):
+        return
+    if isinstance(value, dict | list):
+        if id(value) in seen:
+            raise _Problem("uses YAML anchors or aliases, which recordings never hold")
+        seen.add(id(value))
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise _Problem(f"has a key {key!r} that is not a string")
+                _check_plain(item, budget=budget, seen=seen, depth=depth + 1)
+        else:
+            for item in value:
+                _check_plain(item, budget=budget, seen=seen, depth=depth + 1)
+        return
+    raise _Problem(f"holds a {type(value).__name__} value ({str(value)[:40]!r}); recordings hold plain data only")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _need(mapping: Mapping[str, Any], name: str, types: tuple[type, ...], where: str, *, optional: bool = False) -> Any:
+    if name not in mapping or mapping[name] is None:
+        if optional:
+            return None
+        raise _Problem(f"{where}{name} is missing")
+    value = mapping[name]
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+    if not ok:
+        names = " or ".join(t.__name__ for t in types)
+        raise _Problem(f"{where}{name} is not a {names}")
+    return value
+
+
+def _check_recording(data: Any, path: Path) -> Recording:
+    if not isinstance(data, dict):
+        raise _Problem("is not a mapping")
+    version = data.get("llmsim_recording")
+    if version != FORMAT:
+        raise _Problem(f"has format {version!r}, this llmsim reads format {FORMAT}")
+    for name in ("nodeid", "scenario"):
+        _need(data, name, (str,), "")
+    for name in ("item", "endpoint", "ended_by", "end_reason"):
+        _need(data, name, (str,), "", optional=True)
+    verdict = _need(data, "verdict", (dict,), "")
+    status = _need(verdict, "status", (str,), "verdict.")
+    if status not in {s.value for s in Status}:
+        raise _Problem(f"verdict.status {status!r} is not one of passed, failed, error, skipped")
+    for name in ("score", "min_score"):
+        _need(verdict, name, (int,), "verdict.", optional=True)
+    for name in ("comment", "error_kind", "error"):
+        _need(verdict, name, (str,), "verdict.", optional=True)
+    roles = _need(data, "roles", (dict,), "", optional=True) or {}
+    for role, settings in roles.items():
+        _need(roles, role, (dict,), "roles.")
+        _need(settings, "model", (str,), f"roles.{role}.", optional=True)
+        _need(settings, "temperature", (int, float), f"roles.{role}.", optional=True)
+        _need(settings, "max_tokens", (int,), f"roles.{role}.", optional=True)
+    timeout = _need(data, "timeout", (dict,), "", optional=True)
+    if timeout is not None:
+        turns = _need(timeout, "turns", (int,), "timeout.")
+        if turns < 0:
+            raise _Problem("timeout.turns is negative")
+        if not _KEY.fullmatch(str(_need(timeout, "key", (str,), "timeout."))):
+            raise _Problem("timeout.key is not a SHA-256 hex digest")
+    for i, turn in enumerate(_need(data, "transcript", (list,), "", optional=True) or []):
+        where = f"transcript[{i}]."
+        if not isinstance(turn, dict):
+            raise _Problem(f"transcript[{i}] is not a mapping")
+        if _need(turn, "role", (str,), where) not in ("client", "agent"):
+            raise _Problem(f"{where}role is not client or agent")
+        _need(turn, "text", (str,), where)
+        _need(turn, "tool_calls", (list,), where, optional=True)
+        _need(turn, "scripted", (bool,), where, optional=True)
+    prompts = _need(data, "prompts", (dict,), "", optional=True) or {}
+    for role in prompts:
+        _need(prompts, role, (str,), "prompts.")
+    replies: dict[str, dict[str, Any]] = {}
+    for i, call in enumerate(_need(data, "calls", (list,), "", optional=True) or []):
+        where = f"calls[{i}]."
+        if not isinstance(call, dict):
+            raise _Problem(f"calls[{i}] is not a mapping")
+        key = _need(call, "key", (str,), where)
+        if not _KEY.fullmatch(key):
+            raise _Problem(f"{where}key is not a SHA-256 hex digest")
+        for name in ("role", "model"):
+            _need(call, name, (str,), where)
+        for name in ("call", "format", "reply_model", "endpoint"):
+            _need(call, name, (str,), where, optional=True)
+        reply = _need(call, "reply", (str,), where)
+        usage = _need(call, "usage", (dict,), where)
+        tokens = [_need(usage, name, (int,), f"{where}usage.") for name in ("prompt_tokens", "completion_tokens")]
+        tool_calls = _need(call, "tool_calls", (list,), where, optional=True)
+        end = _need(call, "end", (bool,), where, optional=True)
+        response: dict[str, Any] = {"text": reply, "prompt_tokens": tokens[0], "completion_tokens": tokens[1],
+                                    "latency_s": 0.0, "model": call.get("reply_model") or call["model"]}
+        if tool_calls:
+            response["tool_calls"] = tool_calls
+        if end:
+            response["end"] = True
+        replies.setdefault(key, response)
+    return Recording(path, data, replies)
+
+
+def iter_recordings(root: Path) -> Iterator[Path]:
+    """Every recording file under ``root`` (sorted; hidden directories and temporary files skipped)."""
+    if not root.is_dir():
+        return
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.endswith(SUFFIX) and not name.startswith("."):
+                yield Path(dirpath) / name
+
+
+# -- writing -----------------------------------------------------------------------------------------------------
+class _Dumper(_DumperBase):  # type: ignore[misc]
+    pass
+
+
+def _str_representer(dumper: Any, value: str) -> Any:
+    style = "|" if "\n" in value else None  # multi-line text as a block: diffs line by line
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str_representer)
+
+
+def render(data: Mapping[str, Any]) -> bytes:
+    """The file's bytes: keys in the order given, block text, unicode as is (deterministic)."""
+    text = yaml.dump(dict(data), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100,
+                     default_flow_style=False)
+    return text.encode("utf-8")
+
+
+def write_if_changed(path: Path, data: bytes) -> bool:
+    """Write ``data`` to ``path`` (temporary file + rename, so readers never see half a file) unless the file
+    already holds exactly these bytes; True when written."""
+    try:
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            return False
+    except OSError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return True
+
+
+# -- one scenario's recording during a run -----------------------------------------------------------------------
+CURRENT: contextvars.ContextVar[ScenarioRecorder | None] = contextvars.ContextVar("llmsim_recorder", default=None)
+
+
+def _format_name(descriptor: Mapping[str, Any]) -> str | None:
+    fmt = descriptor.get("response_format")
+    return "json_schema" if fmt else None
+
+
+class ScenarioRecorder:
+    """Replays one scenario's recording and collects the calls its conversation makes, to write them back.
+
+    ``exclusive``: record mode ``new`` and the scenario has a recording: only the recording answers (a call it
+    lacks is a miss), and it is never rewritten.
+    """
+
+    def __init__(self, path: Path, mode: RecordMode, *, nodeid: str, item: str, scenario: str,
+                 endpoint: str, match_endpoint: bool, existing: Recording | None) -> None:
+        self.path = path
+        self.mode = mode
+        self.nodeid, self.item, self.scenario, self.endpoint = nodeid, item, scenario, endpoint
+        self.match_endpoint = match_endpoint
+        self.existing = existing if mode is not RecordMode.ALL else None
+        self.exclusive = mode is RecordMode.NEW and existing is not None
+        self._calls: list[tuple[str, Mapping[str, Any], Mapping[str, Any], str, str, str]] = []
+        self._timeout: dict[str, Any] | None = None
+
+    @classmethod
+    def open(cls, root: Path, mode: RecordMode, *, nodeid: str, item: str = "", scenario: str,
+             endpoint: str, match_endpoint: bool = False, trial: int | None = None) -> ScenarioRecorder:
+        """The recorder of one scenario; its existing recording is read (and checked) unless mode is ``all``."""
+        path = recording_path(root, nodeid, trial)
+        existing = load_recording(path) if mode is not RecordMode.ALL and path.is_file() else None
+        if existing is not None and existing.nodeid != nodeid:
+            raise CacheError(f"{_where(path)} belongs to {existing.nodeid!r}, not {nodeid!r} (two names map to one "
+                             f"file?); rename one of the scenarios, or {_RERECORD}")
+        return cls(path, mode, nodeid=nodeid, item=item or nodeid, scenario=scenario, endpoint=endpoint,
+                   match_endpoint=match_endpoint, existing=existing)
+
+    # -- replay --
+    def call_key(self, descriptor: Mapping[str, Any], *, own_endpoint: bool = False) -> str:
+        """The match key of a request: ``cache.request_key`` without the endpoint (unless it must match, or the
+        "endpoint" names the agent itself, ``own_endpoint``)."""
+        if own_endpoint or self.match_endpoint:
+            return request_key(dict(descriptor))
+        return request_key({**descriptor, "endpoint": None})
+
+    def lookup(self, key: str) -> dict[str, Any] | None:
+        if self.existing is None:
+            return None
+        return self.existing.replies.get(key)
+
+    def recorded_roles(self) -> Mapping[str, Any]:
+        return (self.existing.data.get("roles") or {}) if self.existing is not None else {}
+
+    def marker_key(self, payload: Mapping[str, Any]) -> str:
+        if self.match_endpoint:
+            return marker_key("conversation_timeout", dict(payload))
+        return marker_key("conversation_timeout", {**payload, "endpoint": None})
+
+    def lookup_timeout(self, key: str) -> int | None:
+        recorded = self.existing.timeout if self.existing is not None else None
+        return recorded["turns"] if recorded is not None and recorded.get("key") == key else None
+
+    def set_timeout(self, key: str, turns: int) -> None:
+        self._timeout = {"turns": turns, "key": key}
+
+    def miss_message(self, label: str, descriptor: Mapping[str, Any], role: str) -> str:
+        """Why a call is not in the recording, for people: where the conversation left it, if it did."""
+        why = self.divergence(descriptor, role) or "no recorded call has the same request"
+        return (f"{label}: the recording {self.path} has no reply for this call ({why}), and record mode "
+                f"'{self.mode}' never changes an existing recording. If the change is intended, re-record it with "
+                "--llmsim-record=once (needs the endpoint) and commit it.")
+
+    def divergence(self, descriptor: Mapping[str, Any], role: str) -> str | None:
+        """Where ``descriptor`` (a customer or agent request) leaves the recording: its settings, its system
+        prompt, or the first transcript turn whose text differs."""
+        if self.existing is None:
+            return None
+        recorded_role = (self.existing.data.get("roles") or {}).get(role) or {}
+        for name in ("model", "temperature", "max_tokens"):
+            if name in recorded_role and recorded_role[name] != descriptor.get(name):
+                return f"{role} {name}: recorded {recorded_role[name]!r}, now {descriptor.get(name)!r}"
+        messages = list(descriptor.get("messages") or [])
+        prompt = (self.existing.data.get("prompts") or {}).get(role)
+        if messages and prompt is not None and messages[0].get("role") == "system" \
+                and messages[0].get("content") != prompt:
+            return f"the {role} prompt changed"
+        if role not in ("client", "agent"):
+            return None
+        from .prompts import OPENING_CUE
+
+        history = [m for m in messages[1:] if m.get("content") != OPENING_CUE]
+        for number, (now, then) in enumerate(zip(history, self.existing.transcript, strict=False), start=1):
+            if str(now.get("content")) != then.get("text"):
+                return (f"the conversation diverged at turn {number}: recorded {_shorten(then.get('text', ''))!r}, "
+                        f"now {_shorten(str(now.get('content')))!r}")
+        return None
+
+    # -- collecting --
+    def add(self, key: str, descriptor: Mapping[str, Any], response: Mapping[str, Any], label: str, role: str,
+            endpoint: str = "") -> None:
+        self._calls.append((key, descriptor, response, label, role, endpoint))
+
+    @property
+    def calls(self) -> int:
+        return len(self._calls)
+
+    def may_write(self) -> bool:
+        if self.mode is RecordMode.NONE or self.exclusive:
+            return False
+        return not (self.mode is RecordMode.NEW and self.path.exists())
+
+    def document(self, result: ScenarioResult, roles: Mapping[str, Mapping[str, Any]],
+                 scrub: Callable[[str], str] = lambda text: text) -> dict[str, Any]:
+        """The recording of ``result`` and the calls collected, as the file holds it (see the module doc)."""
+        prefix = f"{self.nodeid} "
+        data: dict[str, Any] = {"llmsim_recording": FORMAT, "nodeid": self.nodeid, "scenario": self.scenario}
+        if self.item != self.nodeid:
+            data["item"] = self.item
+        data["endpoint"] = self.endpoint
+        data["roles"] = {role: dict(values) for role, values in roles.items()}
+        verdict: dict[str, Any] = {"status": str(result.status)}
+        if result.status == Status.ERROR:
+            verdict["error_kind"] = str(result.error_kind or "")
+            verdict["error"] = result.error_message
+        else:
+            verdict.update(score=result.score, min_score=result.min_score, comment=result.comment)
+        data["verdict"] = verdict
+        data["ended_by"], data["end_reason"] = result.ended_by, result.end_reason
+        if self._timeout is not None:
+            data["timeout"] = dict(self._timeout)
+        data["transcript"] = [_turn(turn) for turn in result.transcript]
+        prompts: dict[str, str] = {}
+        calls = []
+        for key, descriptor, response, label, role, endpoint in self._calls:
+            messages = descriptor.get("messages") or []
+            if role not in prompts and messages and messages[0].get("role") == "system":
+                prompts[role] = scrub(str(messages[0].get("content", "")))
+            call: dict[str, Any] = {"call": label.removeprefix(prefix), "role": role,
+                                    "model": str(descriptor.get("model") or "")}
+            if endpoint:
+                call["endpoint"] = endpoint
+            for name in ("temperature", "max_tokens", "seed"):
+                if descriptor.get(name) is not None:
+                    call[name] = descriptor[name]
+            if (fmt := _format_name(descriptor)) is not None:
+                call["format"] = fmt
+            if descriptor.get("attempt"):
+                call["attempt"] = descriptor["attempt"]
+            call["messages"] = len(messages)
+            call["key"] = key
+            call["reply"] = scrub(str(response.get("text", "")))
+            if response.get("tool_calls"):
+                call["tool_calls"] = response["tool_calls"]
+            if response.get("end"):
+                call["end"] = True
+            call["usage"] = {"prompt_tokens": int(response.get("prompt_tokens") or 0),
+                             "completion_tokens": int(response.get("completion_tokens") or 0)}
+            if response.get("model") and response.get("model") != call["model"]:
+                call["reply_model"] = str(response["model"])
+            calls.append(call)
+        data["prompts"] = prompts
+        data["calls"] = calls
+        return data
+
+    def finish(self, result: ScenarioResult, roles: Mapping[str, Mapping[str, Any]],
+               scrub: Callable[[str], str] = lambda text: text) -> str:
+        """Write the recording when the mode allows and the result is worth keeping; what happened, in a word:
+        ``written``, ``unchanged``, ``replayed`` (left as it was) or ``""`` (nothing to record)."""
+        recordable = result.status in (Status.PASSED, Status.FAILED) or (
+            result.status == Status.ERROR and str(result.error_kind or "") in RECORDABLE_ERRORS)
+        if not recordable or not self._calls or not self.may_write():
+            return "replayed" if self.existing is not None else ""
+        return "written" if write_if_changed(self.path, render(self.document(result, roles, scrub))) else "unchanged"
+
+
+def _turn(turn: Mapping[str, Any]) -> dict[str, Any]:
+    data: dict[str, Any] = {"role": turn.get("role"), "text": turn.get("text", "")}
+    if turn.get("tool_calls"):
+        data["tool_calls"] = [dict(call) for call in turn["tool_calls"]]
+    if turn.get("scripted"):
+        data["scripted"] = True
+    return data
+
+
+def _shorten(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# -- unused recordings -------------------------------------------------------------------------------------------
+def unused_recordings(root: Path, rootdir: Path, *, expected: Iterable[Path], collected_files: Iterable[str],
+                      broken_files: Iterable[str] = ()) -> list[Path]:
+    """Recordings no collected scenario uses: under a collected scenario file's directory but not expected by
+    any of its scenarios, or belonging to a file that no longer exists. Files that failed to collect keep
+    theirs (a syntax error must not make a whole file's recordings look unused)."""
+    wanted = {p.resolve() for p in expected}
+    collected = set(collected_files) - set(broken_files)
+    broken = set(broken_files)
+    unused = []
+    for path in iter_recordings(root):
+        source = source_of(root, path)
+        if source in broken:
+            continue
+        if source in collected:
+            if path.resolve() not in wanted:
+                unused.append(path)
+        elif not (rootdir / source).exists():
+            unused.append(path)
+    return unused
+
+
+def prune(paths: Iterable[Path], root: Path) -> int:
+    """Delete ``paths`` and the directories under ``root`` they leave empty; the number deleted."""
+    removed = 0
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed += 1
+        parent = path.parent
+        while parent != root and root in parent.parents:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+    return removed

@@ -1,0 +1,316 @@
+"""Readable recordings: one YAML file per scenario, replayed before the cache, reviewed in pull requests."""
+
+from __future__ import annotations
+
+import difflib
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import SimProject, scenario, verdict
+from pytest_llmsim.errors import CacheError
+from pytest_llmsim.recordings import load_recording, parse_recording, recording_path
+
+REC = Path("recordings/scenarios/s.json")
+
+
+def _files(sim: SimProject, root: str = "recordings") -> dict[str, bytes]:
+    base = sim.path / root
+    return {p.relative_to(base).as_posix(): p.read_bytes() for p in sorted(base.rglob("*.yaml"))}
+
+
+def test_each_scenario_gets_one_readable_file_with_transcript_verdict_and_calls(sim: SimProject) -> None:
+    sim.write_scenarios("s.json", [scenario("a"), scenario("low_b")])
+    result = sim.run("-rA")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["llmsim recordings in recordings: 2 written"])
+    assert sorted(_files(sim)) == ["scenarios/s.json/a.yaml", "scenarios/s.json/low_b.yaml"]
+    text = (sim.path / REC / "a.yaml").read_text(encoding="utf-8")
+    data = yaml.safe_load(text)
+    assert list(data) == ["llmsim_recording", "nodeid", "scenario", "endpoint", "roles", "verdict", "ended_by",
+                          "end_reason", "transcript", "prompts", "calls"]
+    assert data["nodeid"] == "scenarios/s.json::a"
+    assert data["verdict"] == {"status": "passed", "score": 3, "min_score": 2, "comment": "Polite and complete."}
+    assert [t["role"] for t in data["transcript"]] == ["client", "agent"] * 3
+    assert data["transcript"][1]["text"] == "Hello, Meat Market, how can I help?"
+    assert [c["role"] for c in data["calls"]] == ["client", "agent"] * 3 + ["evaluator"]
+    first = data["calls"][0]
+    assert first["call"] == "client turn 1" and first["model"] and first["usage"]["prompt_tokens"] >= 0
+    assert set(data["prompts"]) == {"client", "agent", "evaluator"}
+    assert data["prompts"]["agent"].startswith("AGENT for a.")
+    for volatile in ("latency", "cached", "duration", "generated_at", "timestamp"):
+        assert volatile not in text
+    assert "  text: Hello, Meat Market, how can I help?" in text  # readable, not escaped JSON
+
+
+def test_re_recording_an_unchanged_suite_changes_no_byte(sim: SimProject) -> None:
+    sim.write_scenarios("s.json", [scenario("a"), scenario("mid_b"), scenario("low_c")])
+    sim.run().assert_outcomes(passed=2, failed=1)
+    before = _files(sim)
+    shutil.rmtree(sim.path / ".llmsim_cache")
+    requests = sim.server.stats()["requests"]
+    rerun = sim.run("--llmsim-record=all")  # every call made again, every file rewritten
+    rerun.assert_outcomes(passed=2, failed=1)
+    assert sim.server.stats()["requests"] > requests
+    rerun.stdout.fnmatch_lines(["llmsim recordings in recordings: 3 unchanged"])
+    assert _files(sim) == before
+
+
+def test_a_changed_prompt_gives_a_readable_turn_by_turn_diff(sim: SimProject) -> None:
+    sim.write_scenarios("s.json", [scenario("a"), scenario("b")])
+    sim.run().assert_outcomes(passed=2)
+    before = (sim.path / REC / "a.yaml").read_text(encoding="utf-8")
+    untouched = (sim.path / REC / "b.yaml").read_bytes()
+    sim.server.set_script({"rules": [
+        {"match": {"system_contains": "EVALUATOR"}, "reply": verdict(1, "Forgot the delivery date.")},
+        {"match": {"system_contains": "AGENT v2"}, "replies": ["Hi, what do you need?", "Sure. [END_CALL]"]},
+        {"match": {"system_contains": "CLIENT"}, "replies": ["Hi, I would like chicken fillet.", "Thanks."]},
+    ]})
+    (sim.path / "prompts" / "agent.j2").write_text("AGENT v2 for {{ scenario_name }}. {{ end_marker }}")
+    sim.run("scenarios/s.json::a").assert_outcomes(failed=1)
+    after = (sim.path / REC / "a.yaml").read_text(encoding="utf-8")
+    diff = "\n".join(difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm=""))
+    assert "-  agent: 'AGENT for a. Cities: Moscow, Kazan. End with [END_CALL].'" in diff
+    assert "+  agent: AGENT v2 for a. [END_CALL]" in diff
+    assert "-  text: Hello, Meat Market, how can I help?" in diff
+    assert "+  text: Hi, what do you need?" in diff
+    assert "+  score: 1" in diff and "-  score: 3" in diff
+    assert "+  comment: Forgot the delivery date." in diff
+    assert (sim.path / REC / "b.yaml").read_bytes() == untouched  # one file per scenario: b's is not touched
+
+
+def test_replay_needs_no_endpoint_no_key_and_no_cache(sim: SimProject) -> None:
+    sim.write_scenarios("s.json", [scenario("a"), scenario("low_b")])
+    sim.run().assert_outcomes(passed=1, failed=1)
+    shutil.rmtree(sim.path / ".llmsim_cache")
+    requests = sim.server.stats()["requests"]
+    # No base URL and no API key: the local model would serve the run, with its own defaults (model, max
+    # tokens); a replay-only run takes the recorded ones instead and never starts a model.
+    replay = sim.run("--llmsim-record=none", "-rA", base_url="")
+    replay.assert_outcomes(passed=1, failed=1)
+    assert sim.server.stats()["requests"] == requests
+    assert "loading local model" not in replay.stdout.str()
+    replay.stdout.fnmatch_lines(["llmsim recordings in recordings: 2 replayed"])
+
+
+def test_replay_with_the_server_gone(sim: SimProject) -> None:
+    sim.write_scenarios("s.json", [scenario("a")])
+    sim.run().assert_outcomes(passed=1)
+    shutil.rmtree(sim.path / ".llmsim_cache")
+    sim.server.stop()
+    sim.run("--llmsim-record=none", base_url="http://127.0.0.1:9/v1").assert_outcomes(passed=1)
+
+
+def test_match_endpoint_makes_the_endpoint_part_of_the_match(sim: SimProject) -> None:
+    sim.write_scenarios("s.json", [scenario("a")])
+    sim.run().assert_outcomes(passed=1)
+    shutil.rmtree(sim.path / ".llmsim_cache")
+    sim.write_ini(llmsim_match_endpoint="true")
+    other = sim.server.base_url.replace("127.0.0.1", "localhost")
+    result = sim.run("--llmsim-record=none", base_url=other)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*no recorded reply*record mode is 'none'*"])
+
+
+def test_record_mode_new_records_only_missing_scenarios_and_never_changes_one(sim: SimProject) -> None:
+    sim.write_scenarios("s.json", [scenario("a")])
+    sim.run().assert_outcomes(passed=1)
+    recorded = (sim.path / REC / "a.yaml").read_bytes()
+    (sim.path / "prompts" / "agent.j2").write_text("AGENT v2 for {{ scenario_name }}. {{ end_marker }}")
+    sim.write_scenarios("s.json", [scenario("a"), scenario("b")])
+    result = sim.run("--llmsim-record=new", "-rA")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines([
+        "*s.json::a*the recording *a.yaml has no reply for this call (the agent prompt changed)*record mode 'new'"
+        " never changes an existing recording*--llmsim-record=once*"])
+    assert (sim.path / REC / "a.yaml").read_bytes() == recorded
+    assert (sim.path / REC / "b.yaml").is_file()
+    # once rewrites what changed
+    sim.run("--llmsim-record=once").assert_outcomes(passed=2)
+    assert (sim.path / REC / "a.yaml").read_bytes() != recorded
+
+
+def test_none_mode_names_where_the_conversation_left_the_recording(sim: SimProject) -> None:
+    bot = sim.path / "bot"
+    bot.mkdir()
+    (bot / "__init__.py").write_text("")
+    (bot / "shop.py").write_text(
+        "from pathlib import Path\n\n"
+        "def reply(messages, context):\n"
+        "    turn = sum(1 for m in messages if m['role'] == 'assistant') + 1\n"
+        "    text = Path(__file__).with_name('greeting.txt').read_text() if turn == 1 else 'Anything else?'\n"
+        "    return {'content': text, 'end': turn == 2}\n")
+    (bot / "greeting.txt").write_text("Hello, Meat Market!")
+    sim.write_scenarios("s.json", [scenario("a", agent={"python": "bot.shop:reply"})])
+    sim.run().assert_outcomes(passed=1)
+    shutil.rmtree(sim.path / ".llmsim_cache")
+    (bot / "greeting.txt").write_text("Hello, Fish Market!")  # the agent under test changed
+    result = sim.run("--llmsim-record=none")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*the conversation diverged at turn 2: recorded 'Hello, Meat Market!', now "
+                                 "'Hello, Fish Market!'*"])
+
+
+def test_unused_recordings_are_listed_and_pruned(sim: SimProject) -> None:
+    sim.write_scenarios("s.json", [scenario("a"), scenario("b")])
+    sim.write_scenarios("gone.json", [scenario("c")])
+    sim.run().assert_outcomes(passed=3)
+    (sim.path / "scenarios" / "gone.json").unlink()
+    sim.write_scenarios("s.json", [scenario("a"), scenario("b2")])
+    result = sim.run("-k", "not b2")  # deselected scenarios' recordings are not unused
+    result.stdout.fnmatch_lines(["llmsim: 2 recording(s) unused by any collected scenario (--llmsim-prune deletes "
+                                 "them):", "  recordings/scenarios/gone.json/c.yaml",
+                                 "  recordings/scenarios/s.json/b.yaml"])
+    assert (sim.path / REC / "b.yaml").exists()
+    pruned = sim.run("-k", "not b2", "--llmsim-prune")
+    pruned.stdout.fnmatch_lines(["llmsim: pruned 2 unused recording(s) from recordings"])
+    assert sorted(_files(sim)) == ["scenarios/s.json/a.yaml"]  # b2 never ran (deselected)
+    assert not (sim.path / "recordings" / "scenarios" / "gone.json").exists()
+
+
+def test_a_file_that_does_not_parse_keeps_its_recordings(sim: SimProject) -> None:
+    sim.write_scenarios("s.json", [scenario("a")])
+    sim.run().assert_outcomes(passed=1)
+    (sim.path / "scenarios" / "s.json").write_text("[{broken", encoding="utf-8")
+    result = sim.run("--llmsim-prune")
+    assert "unused" not in result.stdout.str() and "pruned" not in result.stdout.str()
+    assert (sim.path / REC / "a.yaml").exists()
+
+
+def test_unused_recordings_under_xdist(sim: SimProject) -> None:
+    sim.write_scenarios("s.json", [scenario("a"), scenario("b")])
+    sim.run().assert_outcomes(passed=2)
+    sim.write_scenarios("s.json", [scenario("a")])
+    result = sim.run("-n", "2", "--llmsim-prune")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["llmsim: pruned 1 unused recording(s) from recordings"])
+    assert sorted(_files(sim)) == ["scenarios/s.json/a.yaml"]
+
+
+def test_xdist_writes_the_same_recordings_as_one_process(sim: SimProject) -> None:
+    sim.write_scenarios("s.json", [scenario(f"s{i}") for i in range(6)] + [scenario("low_x")])
+    sim.run("--llmsim-recordings=one").assert_outcomes(passed=6, failed=1)
+    shutil.rmtree(sim.path / ".llmsim_cache")
+    sim.run("-n", "2", "--llmsim-recordings=two").assert_outcomes(passed=6, failed=1)
+    assert _files(sim, "one") == _files(sim, "two") and len(_files(sim, "one")) == 7
+
+
+def test_recordings_off_keeps_only_the_cache(sim: SimProject) -> None:
+    sim.write_ini(llmsim_recordings="off")
+    sim.write_scenarios("s.json", [scenario("a")])
+    sim.run().assert_outcomes(passed=1)
+    assert not (sim.path / "recordings").exists()
+    assert (sim.path / ".llmsim_cache").is_dir()
+
+
+def test_two_branches_recording_different_scenarios_merge_without_conflict(sim: SimProject) -> None:
+    git = shutil.which("git")
+    if git is None:
+        pytest.skip("git is not installed")
+
+    def run_git(*args: str) -> str:
+        return subprocess.run([git, *args], cwd=sim.path, check=True, capture_output=True, text=True,
+                              env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                                   "GIT_COMMITTER_EMAIL": "t@t", "HOME": str(sim.path),
+                                   "PATH": "/usr/bin:/bin"}).stdout
+
+    sim.write_scenarios("base.json", [scenario("base")])
+    sim.run().assert_outcomes(passed=1)
+    (sim.path / ".gitignore").write_text(".llmsim_cache/\n__pycache__/\n")
+    run_git("init", "-q", "-b", "main")
+    run_git("add", "-A")
+    run_git("commit", "-q", "-m", "base")
+    run_git("checkout", "-q", "-b", "one")
+    sim.write_scenarios("one.json", [scenario("one")])
+    sim.run().assert_outcomes(passed=2)
+    run_git("add", "-A")
+    run_git("commit", "-q", "-m", "one")
+    run_git("checkout", "-q", "main")
+    run_git("checkout", "-q", "-b", "two")
+    shutil.rmtree(sim.path / ".llmsim_cache")
+    sim.write_scenarios("two.json", [scenario("two")])
+    sim.run().assert_outcomes(passed=2)
+    run_git("add", "-A")
+    run_git("commit", "-q", "-m", "two")
+    run_git("merge", "-q", "--no-edit", "one")  # raises on a conflict
+    assert sorted(_files(sim)) == ["scenarios/base.json/base.yaml", "scenarios/one.json/one.yaml",
+                                   "scenarios/two.json/two.yaml"]
+    result = sim.run("--llmsim-record=none")
+    result.assert_outcomes(passed=3)
+
+
+# -- untrusted files ---------------------------------------------------------------------------------------------
+def _recorded(sim: SimProject) -> Path:
+    sim.write_scenarios("s.json", [scenario("a")])
+    sim.run().assert_outcomes(passed=1)
+    shutil.rmtree(sim.path / ".llmsim_cache")
+    return sim.path / REC / "a.yaml"
+
+
+def test_a_crafted_recording_is_rejected_and_nothing_in_it_runs(sim: SimProject) -> None:
+    path = _recorded(sim)
+    marker = sim.path / "pwned"
+    path.write_text(f"llmsim_recording: 1\nnodeid: !!python/object/apply:os.system ['touch {marker}']\n")
+    result = sim.run("--llmsim-record=none")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([f"*llmsim recording {path} is not a plain-data YAML file*recordings never hold "
+                                 "tags or objects*"])
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("a: &a [x, x, x]\nb: [*a, *a]\n", "anchors or aliases"),
+    ("- not a mapping\n", "is not a mapping"),
+    ("llmsim_recording: 99\n", "has format 99"),
+    ("llmsim_recording: 1\nnodeid: x\nscenario: a\nverdict: {status: passed, score: '3'}\n", "verdict.score is not"),
+    ("llmsim_recording: 1\nnodeid: x\nscenario: a\nverdict: {status: passed}\ncalls: [{key: abc, role: a, "
+     "model: m, reply: r, usage: {prompt_tokens: 1, completion_tokens: 1}}]\n", "calls[0].key is not a SHA-256"),
+    ("llmsim_recording: 1\nnodeid: 2026-11-30\n", "holds a date value"),
+    ("\xff\xfe", "is not UTF-8"),
+])
+def test_bad_recordings_are_one_line_errors(tmp_path: Path, text: str, problem: str) -> None:
+    path = tmp_path / "r.yaml"
+    with pytest.raises(CacheError) as info:
+        parse_recording(text.encode("latin-1") if text.startswith("\xff") else text.encode(), path)
+    message = str(info.value)
+    assert problem in message and str(path) in message and "re-record" in message
+    assert "\n" not in message
+
+
+def test_a_billion_laughs_recording_is_rejected_quickly(tmp_path: Path) -> None:
+    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    path = tmp_path / "r.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(CacheError, match="anchors or aliases"):
+        load_recording(path)
+
+
+def test_recording_paths_are_safe_and_distinct(tmp_path: Path) -> None:
+    root = tmp_path / "rec"
+    assert recording_path(root, "scenarios/s.json::a") == root / "scenarios" / "s.json" / "a.yaml"
+    odd = recording_path(root, "../x/s.yaml::we/ird::na me")
+    assert root in odd.parents and ".." not in odd.parts
+    assert recording_path(root, "s.json::a b") != recording_path(root, "s.json::a_b")
+    assert recording_path(root, "s.json::a", trial=2).name == "a.trial-2.yaml"
+    russian = recording_path(root, "s.json::заказ_курицы")
+    assert russian.name == "заказ_курицы.yaml"
+
+
+def test_a_timed_out_conversation_replays_to_the_same_turn_from_its_recording(sim: SimProject) -> None:
+    sim.server.set_script({"rules": [
+        {"match": {"system_contains": "EVALUATOR"}, "reply": verdict(3, "ok")},
+        {"match": {"system_contains": "AGENT"}, "reply": "Still here."},
+        {"match": {"system_contains": "CLIENT"}, "reply": "Go on.", "delay": 0.4},
+    ]})
+    sim.write_scenarios("s.json", [scenario("slow", timeout=1.5, max_turns=30)])
+    sim.run().assert_outcomes(passed=1)
+    data = yaml.safe_load((sim.path / REC / "slow.yaml").read_text(encoding="utf-8"))
+    assert data["ended_by"] == "timeout" and data["timeout"]["turns"] == len(data["transcript"])
+    shutil.rmtree(sim.path / ".llmsim_cache")
+    requests = sim.server.stats()["requests"]
+    sim.run("--llmsim-record=none").assert_outcomes(passed=1)
+    assert sim.server.stats()["requests"] == requests
