@@ -1,10 +1,11 @@
-"""Replay of a fully cached suite vs a plain pytest run of as many trivial tests.
+"""Replay of a fully recorded suite vs a plain pytest run of as many trivial tests.
 
     python benchmarks/replay.py --scenarios 1000 --repeat 3
 
-Records the suite once against a zero-latency loopback server, stops the server, then times
-``--llmsim-record=none`` replays and runs of N trivial passing tests, alternating, and prints the medians
-and their ratio, with the peak RSS of each.
+Records the suite once against a zero-latency loopback server (recording files and the disk cache), stops the
+server, then times, alternating, ``--llmsim-record=none`` replays from the recording files alone (an empty
+cache directory), from the disk cache alone (``--llmsim-recordings=off``), and runs of N trivial passing
+tests; prints the medians, their ratios and the peak RSS of each.
 """
 
 from __future__ import annotations
@@ -32,17 +33,24 @@ def main() -> None:
         srv.stop()
         print(f"recorded: {record.tail.splitlines()[-1]} in {record.wall_s:.1f}s, "
               f"peak_rss_mb={record.peak_rss_mb:.1f}")
-        replays, plains = [], []
+        empty = Path(tmp) / "empty-cache"
+        replays, cached, plains = [], [], []
         for _ in range(args.repeat):
-            replays.append(run_pytest(suite, f"--llmsim-base-url={url}", "--llmsim-record=none"))
+            replays.append(run_pytest(suite, f"--llmsim-base-url={url}", "--llmsim-record=none",
+                                      f"--llmsim-cache-dir={empty}"))
+            cached.append(run_pytest(suite, f"--llmsim-base-url={url}", "--llmsim-record=none",
+                                     "--llmsim-recordings=off"))
             plains.append(run_pytest(trivial))
         print(replays[-1].tail)
     replay_wall = statistics.median(r.wall_s for r in replays)
+    cached_wall = statistics.median(r.wall_s for r in cached)
     plain_wall = statistics.median(r.wall_s for r in plains)
-    print(f"scenarios={args.scenarios} repeats={args.repeat} exit codes replay={[r.exit_code for r in replays]}")
-    print(f"replay median wall_s={replay_wall:.2f} peak_rss_mb={max(r.peak_rss_mb for r in replays):.1f}")
-    print(f"plain  median wall_s={plain_wall:.2f} peak_rss_mb={max(r.peak_rss_mb for r in plains):.1f}")
-    print(f"ratio replay/plain={replay_wall / plain_wall:.2f}")
+    print(f"scenarios={args.scenarios} repeats={args.repeat} exit codes recordings={[r.exit_code for r in replays]} "
+          f"cache={[r.exit_code for r in cached]}")
+    print(f"recordings median wall_s={replay_wall:.2f} peak_rss_mb={max(r.peak_rss_mb for r in replays):.1f}")
+    print(f"cache      median wall_s={cached_wall:.2f} peak_rss_mb={max(r.peak_rss_mb for r in cached):.1f}")
+    print(f"plain      median wall_s={plain_wall:.2f} peak_rss_mb={max(r.peak_rss_mb for r in plains):.1f}")
+    print(f"ratio recordings/plain={replay_wall / plain_wall:.2f} cache/plain={cached_wall / plain_wall:.2f}")
 
 
 if __name__ == "__main__":

@@ -318,8 +318,8 @@ class LLMClient:
             hit = recorder.lookup(match)
             if hit is None and recorder.exclusive:
                 raise CacheMissError(self._scrub(recorder.miss_message(label, descriptor, request.role)))
-        key = request_key(descriptor)
         if recorder is None or hit is None:
+            key = request_key(descriptor)
             hit = self.cache.lookup(key, label=label)
         if hit is not None:
             self.stats.cached_calls += 1

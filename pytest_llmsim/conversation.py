@@ -229,7 +229,7 @@ async def simulate(
     recorder = RECORDER.get()
     recorder_key = recorder.marker_key(timeout_payload) if recorder is not None else ""
     replay_stop = recorder.lookup_timeout(recorder_key) if recorder is not None else None
-    if replay_stop is None and cache is not None and not (recorder is not None and recorder.exclusive):
+    if replay_stop is None and cache is not None and (recorder is None or recorder.existing is None):
         recorded_timeout = cache.lookup_marker(timeout_key, label=label)
         replay_stop = recorded_timeout["turns"] if recorded_timeout else None
 

@@ -71,6 +71,14 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(FixtureHtml(config), FixtureHtml.name)
 
 
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """The recordings directory holds JSON files that are not scenarios (nor tests): never collected."""
+    root = config.stash[OPTIONS_KEY]["llmsim_recordings"]
+    if root is not None and collection_path == root:
+        return True
+    return None
+
+
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     if is_scenario_file(parent.config, file_path):
         return ScenarioFile.from_parent(parent, path=file_path)

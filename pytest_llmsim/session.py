@@ -27,6 +27,7 @@ from .settings import RunSettings
 if TYPE_CHECKING:  # the runner pulls in openai and diskcache: imported only when a scenario runs
     from .runner import Runner
 
+_ELIGIBLE_KEY = pytest.StashKey[bool]()
 SESSION_KEY = pytest.StashKey["LlmsimSession"]()
 
 
@@ -145,7 +146,14 @@ class LlmsimSession:
     # -- lookahead ------------------------------------------------------------------------------------------
     def eligible(self, item: pytest.Item) -> bool:
         """A valid scenario item that will run (not skipped, not an xfail with run=False). Scenario items are
-        told by their ``llmsim`` marker and ``scenario`` (this module is below items.py: it does not import it)."""
+        told by their ``llmsim`` marker and ``scenario`` (this module is below items.py: it does not import it).
+        Decided once per item: the lookahead asks about each upcoming item many times."""
+        known = item.stash.get(_ELIGIBLE_KEY, None)
+        if known is None:
+            known = item.stash[_ELIGIBLE_KEY] = self._eligible(item)
+        return known
+
+    def _eligible(self, item: pytest.Item) -> bool:
         if getattr(item, "scenario", None) is None or item.get_closest_marker("llmsim") is None:
             return False
         if item.get_closest_marker("skip") or item.get_closest_marker("skipif"):

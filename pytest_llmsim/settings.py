@@ -61,6 +61,12 @@ class RoleSettings:
         )
 
 
+@functools.lru_cache(maxsize=64)
+def _identity(endpoint_id: str, base_url: str | None) -> str:
+    """An endpoint's identity in keys (computed once: every request's descriptor names it)."""
+    return endpoint_id or redact_url(base_url or "https://api.openai.com/v1").rstrip("/")
+
+
 def redact_url(url: str) -> str:
     """``url`` without credentials: user info and query values (``?api-key=...``) become ``***``."""
     parts = urlsplit(url)
@@ -154,7 +160,7 @@ class EndpointSettings:
 
     @property
     def identity(self) -> str:
-        return self.endpoint_id or redact_url(self.base_url or "https://api.openai.com/v1").rstrip("/")
+        return _identity(self.endpoint_id, self.base_url)
 
     def describe(self) -> str:
         """Where calls go, for people: a URL or the local model, never the key."""

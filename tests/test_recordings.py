@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import difflib
+import json
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
 from conftest import SimProject, scenario, verdict
 from pytest_llmsim.errors import CacheError
@@ -19,7 +19,7 @@ REC = Path("recordings/scenarios/s.json")
 
 def _files(sim: SimProject, root: str = "recordings") -> dict[str, bytes]:
     base = sim.path / root
-    return {p.relative_to(base).as_posix(): p.read_bytes() for p in sorted(base.rglob("*.yaml"))}
+    return {p.relative_to(base).as_posix(): p.read_bytes() for p in sorted(base.rglob("*.json")) if p.is_file()}
 
 
 def test_each_scenario_gets_one_readable_file_with_transcript_verdict_and_calls(sim: SimProject) -> None:
@@ -27,9 +27,9 @@ def test_each_scenario_gets_one_readable_file_with_transcript_verdict_and_calls(
     result = sim.run("-rA")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["llmsim recordings in recordings: 2 written"])
-    assert sorted(_files(sim)) == ["scenarios/s.json/a.yaml", "scenarios/s.json/low_b.yaml"]
-    text = (sim.path / REC / "a.yaml").read_text(encoding="utf-8")
-    data = yaml.safe_load(text)
+    assert sorted(_files(sim)) == ["scenarios/s.json/a.json", "scenarios/s.json/low_b.json"]
+    text = (sim.path / REC / "a.json").read_text(encoding="utf-8")
+    data = json.loads(text)
     assert list(data) == ["llmsim_recording", "nodeid", "scenario", "endpoint", "roles", "verdict", "ended_by",
                           "end_reason", "transcript", "prompts", "calls"]
     assert data["nodeid"] == "scenarios/s.json::a"
@@ -43,7 +43,7 @@ def test_each_scenario_gets_one_readable_file_with_transcript_verdict_and_calls(
     assert data["prompts"]["agent"].startswith("AGENT for a.")
     for volatile in ("latency", "cached", "duration", "generated_at", "timestamp"):
         assert volatile not in text
-    assert "  text: Hello, Meat Market, how can I help?" in text  # readable, not escaped JSON
+    assert '    {"role": "agent", "text": "Hello, Meat Market, how can I help?"},\n' in text  # a turn per line
 
 
 def test_re_recording_an_unchanged_suite_changes_no_byte(sim: SimProject) -> None:
@@ -62,8 +62,8 @@ def test_re_recording_an_unchanged_suite_changes_no_byte(sim: SimProject) -> Non
 def test_a_changed_prompt_gives_a_readable_turn_by_turn_diff(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a"), scenario("b")])
     sim.run().assert_outcomes(passed=2)
-    before = (sim.path / REC / "a.yaml").read_text(encoding="utf-8")
-    untouched = (sim.path / REC / "b.yaml").read_bytes()
+    before = (sim.path / REC / "a.json").read_text(encoding="utf-8")
+    untouched = (sim.path / REC / "b.json").read_bytes()
     sim.server.set_script({"rules": [
         {"match": {"system_contains": "EVALUATOR"}, "reply": verdict(1, "Forgot the delivery date.")},
         {"match": {"system_contains": "AGENT v2"}, "replies": ["Hi, what do you need?", "Sure. [END_CALL]"]},
@@ -71,15 +71,15 @@ def test_a_changed_prompt_gives_a_readable_turn_by_turn_diff(sim: SimProject) ->
     ]})
     (sim.path / "prompts" / "agent.j2").write_text("AGENT v2 for {{ scenario_name }}. {{ end_marker }}")
     sim.run("scenarios/s.json::a").assert_outcomes(failed=1)
-    after = (sim.path / REC / "a.yaml").read_text(encoding="utf-8")
+    after = (sim.path / REC / "a.json").read_text(encoding="utf-8")
     diff = "\n".join(difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm=""))
-    assert "-  agent: 'AGENT for a. Cities: Moscow, Kazan. End with [END_CALL].'" in diff
-    assert "+  agent: AGENT v2 for a. [END_CALL]" in diff
-    assert "-  text: Hello, Meat Market, how can I help?" in diff
-    assert "+  text: Hi, what do you need?" in diff
-    assert "+  score: 1" in diff and "-  score: 3" in diff
-    assert "+  comment: Forgot the delivery date." in diff
-    assert (sim.path / REC / "b.yaml").read_bytes() == untouched  # one file per scenario: b's is not touched
+    assert '-    "agent": "AGENT for a. Cities: Moscow, Kazan. End with [END_CALL].",' in diff
+    assert '+    "agent": "AGENT v2 for a. [END_CALL]",' in diff
+    assert '-    {"role": "agent", "text": "Hello, Meat Market, how can I help?"},' in diff
+    assert '+    {"role": "agent", "text": "Hi, what do you need?"},' in diff
+    assert '+    "score": 1,' in diff and '-  "verdict": {"status": "passed", "score": 3,' in diff
+    assert '+    "comment": "Forgot the delivery date."' in diff
+    assert (sim.path / REC / "b.json").read_bytes() == untouched  # one file per scenario: b's is not touched
 
 
 def test_replay_needs_no_endpoint_no_key_and_no_cache(sim: SimProject) -> None:
@@ -118,19 +118,19 @@ def test_match_endpoint_makes_the_endpoint_part_of_the_match(sim: SimProject) ->
 def test_record_mode_new_records_only_missing_scenarios_and_never_changes_one(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a")])
     sim.run().assert_outcomes(passed=1)
-    recorded = (sim.path / REC / "a.yaml").read_bytes()
+    recorded = (sim.path / REC / "a.json").read_bytes()
     (sim.path / "prompts" / "agent.j2").write_text("AGENT v2 for {{ scenario_name }}. {{ end_marker }}")
     sim.write_scenarios("s.json", [scenario("a"), scenario("b")])
     result = sim.run("--llmsim-record=new", "-rA")
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines([
-        "*s.json::a*the recording *a.yaml has no reply for this call (the agent prompt changed)*record mode 'new'"
+        "*s.json::a*the recording *a.json has no reply for this call (the agent prompt changed)*record mode 'new'"
         " never changes an existing recording*--llmsim-record=once*"])
-    assert (sim.path / REC / "a.yaml").read_bytes() == recorded
-    assert (sim.path / REC / "b.yaml").is_file()
+    assert (sim.path / REC / "a.json").read_bytes() == recorded
+    assert (sim.path / REC / "b.json").is_file()
     # once rewrites what changed
     sim.run("--llmsim-record=once").assert_outcomes(passed=2)
-    assert (sim.path / REC / "a.yaml").read_bytes() != recorded
+    assert (sim.path / REC / "a.json").read_bytes() != recorded
 
 
 def test_none_mode_names_where_the_conversation_left_the_recording(sim: SimProject) -> None:
@@ -162,12 +162,12 @@ def test_unused_recordings_are_listed_and_pruned(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a"), scenario("b2")])
     result = sim.run("-k", "not b2")  # deselected scenarios' recordings are not unused
     result.stdout.fnmatch_lines(["llmsim: 2 recording(s) unused by any collected scenario (--llmsim-prune deletes "
-                                 "them):", "  recordings/scenarios/gone.json/c.yaml",
-                                 "  recordings/scenarios/s.json/b.yaml"])
-    assert (sim.path / REC / "b.yaml").exists()
+                                 "them):", "  recordings/scenarios/gone.json/c.json",
+                                 "  recordings/scenarios/s.json/b.json"])
+    assert (sim.path / REC / "b.json").exists()
     pruned = sim.run("-k", "not b2", "--llmsim-prune")
     pruned.stdout.fnmatch_lines(["llmsim: pruned 2 unused recording(s) from recordings"])
-    assert sorted(_files(sim)) == ["scenarios/s.json/a.yaml"]  # b2 never ran (deselected)
+    assert sorted(_files(sim)) == ["scenarios/s.json/a.json"]  # b2 never ran (deselected)
     assert not (sim.path / "recordings" / "scenarios" / "gone.json").exists()
 
 
@@ -177,7 +177,7 @@ def test_a_file_that_does_not_parse_keeps_its_recordings(sim: SimProject) -> Non
     (sim.path / "scenarios" / "s.json").write_text("[{broken", encoding="utf-8")
     result = sim.run("--llmsim-prune")
     assert "unused" not in result.stdout.str() and "pruned" not in result.stdout.str()
-    assert (sim.path / REC / "a.yaml").exists()
+    assert (sim.path / REC / "a.json").exists()
 
 
 def test_unused_recordings_under_xdist(sim: SimProject) -> None:
@@ -187,7 +187,7 @@ def test_unused_recordings_under_xdist(sim: SimProject) -> None:
     result = sim.run("-n", "2", "--llmsim-prune")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["llmsim: pruned 1 unused recording(s) from recordings"])
-    assert sorted(_files(sim)) == ["scenarios/s.json/a.yaml"]
+    assert sorted(_files(sim)) == ["scenarios/s.json/a.json"]
 
 
 def test_xdist_writes_the_same_recordings_as_one_process(sim: SimProject) -> None:
@@ -236,8 +236,8 @@ def test_two_branches_recording_different_scenarios_merge_without_conflict(sim: 
     run_git("add", "-A")
     run_git("commit", "-q", "-m", "two")
     run_git("merge", "-q", "--no-edit", "one")  # raises on a conflict
-    assert sorted(_files(sim)) == ["scenarios/base.json/base.yaml", "scenarios/one.json/one.yaml",
-                                   "scenarios/two.json/two.yaml"]
+    assert sorted(_files(sim)) == ["scenarios/base.json/base.json", "scenarios/one.json/one.json",
+                                   "scenarios/two.json/two.json"]
     result = sim.run("--llmsim-record=none")
     result.assert_outcomes(passed=3)
 
@@ -247,7 +247,7 @@ def _recorded(sim: SimProject) -> Path:
     sim.write_scenarios("s.json", [scenario("a")])
     sim.run().assert_outcomes(passed=1)
     shutil.rmtree(sim.path / ".llmsim_cache")
-    return sim.path / REC / "a.yaml"
+    return sim.path / REC / "a.json"
 
 
 def test_a_crafted_recording_is_rejected_and_nothing_in_it_runs(sim: SimProject) -> None:
@@ -256,23 +256,32 @@ def test_a_crafted_recording_is_rejected_and_nothing_in_it_runs(sim: SimProject)
     path.write_text(f"llmsim_recording: 1\nnodeid: !!python/object/apply:os.system ['touch {marker}']\n")
     result = sim.run("--llmsim-record=none")
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines([f"*llmsim recording {path} is not a plain-data YAML file*recordings never hold "
-                                 "tags or objects*"])
+    result.stdout.fnmatch_lines([f"*llmsim recording {path} is not valid JSON (line 1, column 1: Expecting value);"
+                                 " delete it and re-record with --llmsim-record=once*"])
     assert not marker.exists()
 
 
+VALID = {"llmsim_recording": 1, "nodeid": "s.json::a", "scenario": "a", "verdict": {"status": "passed"}}
+CALL = {"key": "0" * 64, "role": "client", "model": "m", "reply": "r", "usage": {"prompt_tokens": 1,
+                                                                               "completion_tokens": 1}}
+
+
 @pytest.mark.parametrize(("text", "problem"), [
-    ("a: &a [x, x, x]\nb: [*a, *a]\n", "anchors or aliases"),
-    ("- not a mapping\n", "is not a mapping"),
-    ("llmsim_recording: 99\n", "has format 99"),
-    ("llmsim_recording: 1\nnodeid: x\nscenario: a\nverdict: {status: passed, score: '3'}\n", "verdict.score is not"),
-    ("llmsim_recording: 1\nnodeid: x\nscenario: a\nverdict: {status: passed}\ncalls: [{key: abc, role: a, "
-     "model: m, reply: r, usage: {prompt_tokens: 1, completion_tokens: 1}}]\n", "calls[0].key is not a SHA-256"),
-    ("llmsim_recording: 1\nnodeid: 2026-11-30\n", "holds a date value"),
+    ('["not", "a", "mapping"]', "is not a mapping"),
+    ('{"llmsim_recording": 99}', "has format 99"),
+    (json.dumps({**VALID, "verdict": {"status": "passed", "score": "3"}}), "verdict.score is not an integer"),
+    (json.dumps({**VALID, "verdict": {"status": "great"}}), "verdict.status 'great' is not one of"),
+    (json.dumps({**VALID, "calls": [{**CALL, "key": "abc"}]}), "calls[0].key is not a SHA-256"),
+    (json.dumps({**VALID, "calls": [{**CALL, "usage": {"prompt_tokens": True, "completion_tokens": 1}}]}),
+     "calls[0].usage.prompt_tokens is not an integer"),
+    (json.dumps({**VALID, "transcript": [{"role": "judge", "text": "x"}]}), "transcript[0].role is not client"),
+    ('{"llmsim_recording": 1, "nodeid": NaN}', "holds NaN"),
+    ("[" * 100_000 + "]" * 100_000, "too deep"),
+    (json.dumps({**VALID, "calls": [{**CALL, "end": 1}]}), "calls[0].end is not true or false"),
     ("\xff\xfe", "is not UTF-8"),
 ])
 def test_bad_recordings_are_one_line_errors(tmp_path: Path, text: str, problem: str) -> None:
-    path = tmp_path / "r.yaml"
+    path = tmp_path / "r.json"
     with pytest.raises(CacheError) as info:
         parse_recording(text.encode("latin-1") if text.startswith("\xff") else text.encode(), path)
     message = str(info.value)
@@ -280,24 +289,23 @@ def test_bad_recordings_are_one_line_errors(tmp_path: Path, text: str, problem: 
     assert "\n" not in message
 
 
-def test_a_billion_laughs_recording_is_rejected_quickly(tmp_path: Path) -> None:
-    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
-    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
-    path = tmp_path / "r.yaml"
-    path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(CacheError, match="anchors or aliases"):
+def test_a_recording_larger_than_the_limit_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    with path.open("wb") as fh:
+        fh.truncate(33 * 2**20)
+    with pytest.raises(CacheError, match="larger than the 32 MiB"):
         load_recording(path)
 
 
 def test_recording_paths_are_safe_and_distinct(tmp_path: Path) -> None:
     root = tmp_path / "rec"
-    assert recording_path(root, "scenarios/s.json::a") == root / "scenarios" / "s.json" / "a.yaml"
+    assert recording_path(root, "scenarios/s.json::a") == root / "scenarios" / "s.json" / "a.json"
     odd = recording_path(root, "../x/s.yaml::we/ird::na me")
     assert root in odd.parents and ".." not in odd.parts
     assert recording_path(root, "s.json::a b") != recording_path(root, "s.json::a_b")
-    assert recording_path(root, "s.json::a", trial=2).name == "a.trial-2.yaml"
+    assert recording_path(root, "s.json::a", trial=2).name == "a.trial-2.json"
     russian = recording_path(root, "s.json::заказ_курицы")
-    assert russian.name == "заказ_курицы.yaml"
+    assert russian.name == "заказ_курицы.json"
 
 
 def test_a_timed_out_conversation_replays_to_the_same_turn_from_its_recording(sim: SimProject) -> None:
@@ -308,7 +316,7 @@ def test_a_timed_out_conversation_replays_to_the_same_turn_from_its_recording(si
     ]})
     sim.write_scenarios("s.json", [scenario("slow", timeout=1.5, max_turns=30)])
     sim.run().assert_outcomes(passed=1)
-    data = yaml.safe_load((sim.path / REC / "slow.yaml").read_text(encoding="utf-8"))
+    data = json.loads((sim.path / REC / "slow.json").read_text(encoding="utf-8"))
     assert data["ended_by"] == "timeout" and data["timeout"]["turns"] == len(data["transcript"])
     shutil.rmtree(sim.path / ".llmsim_cache")
     requests = sim.server.stats()["requests"]
