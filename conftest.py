@@ -146,6 +146,6 @@ class SimProject:
 
 @pytest.fixture
 def sim(pytester: pytest.Pytester, llm_server: ScriptedOpenAIServer, monkeypatch: pytest.MonkeyPatch) -> SimProject:
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "GITHUB_STEP_SUMMARY"):
         monkeypatch.delenv(name, raising=False)
     return SimProject(pytester, llm_server)

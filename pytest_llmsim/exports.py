@@ -7,6 +7,12 @@
 * ``.csv``: one row per record with the flat fields of ``summary.RECORD_FIELDS`` (no transcript); summary
   in ``<name>.summary.json`` as for NDJSON.
 
+With a baseline (``--llmsim-baseline``), every JSON/NDJSON record carries a ``baseline`` object (the scenario's
+status, outcome and score in the baseline, its score, turns, tokens and cost deltas, ``transcript_changed``,
+``regressed``, ``newly_failing``, ``newly_passing``: ``baseline.ScenarioDelta.to_dict``), null for a scenario not
+in the baseline (and for every record of a run without one); the CSV gets the columns of ``BASELINE_CSV_FIELDS``
+after the others, only when a baseline was given; the summary has a ``baseline`` block.
+
 Every file is written to a temporary file in the target directory and renamed over the target, so a reader
 never sees a half-written export. The temporary file is created with mode 0666 minus the umask, as
 ``open()`` creates junit.xml and report.html (``mkstemp`` would make every export 0600).
@@ -26,12 +32,18 @@ import os
 import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .results import ScenarioRecord
 from .summary import RECORD_FIELDS
 
+if TYPE_CHECKING:
+    from .baseline import Comparison
+
 FORMATS = {".json": "json", ".ndjson": "ndjson", ".jsonl": "ndjson", ".csv": "csv"}
+# CSV columns added when a baseline was given: (column, key of the record's ``baseline`` object).
+BASELINE_CSV_FIELDS = (("baseline_score", "score"), ("score_delta", "score_delta"), ("baseline_status", "status"),
+                       ("transcript_changed", "transcript_changed"), ("regressed", "regressed"))
 
 
 def export_format(path: Path) -> str:
@@ -93,13 +105,19 @@ def _csv_value(value: Any) -> Any:
     return value
 
 
-def render_csv(records: Sequence[Mapping[str, Any]]) -> str:
-    """CSV of export rows (``ScenarioRecord.to_dict()``)."""
+def render_csv(records: Sequence[Mapping[str, Any]], *, baseline: bool = False) -> str:
+    """CSV of export rows (``ScenarioRecord.to_dict()``); ``baseline`` adds the ``BASELINE_CSV_FIELDS`` columns
+    from each row's ``baseline`` object (empty cells for a scenario not in the baseline)."""
+    extra = BASELINE_CSV_FIELDS if baseline else ()
     buffer = io.StringIO(newline="")
-    writer = csv.DictWriter(buffer, fieldnames=list(RECORD_FIELDS), extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=[*RECORD_FIELDS, *(column for column, _ in extra)],
+                            extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for record in records:
-        writer.writerow({name: _csv_value(record.get(name)) for name in RECORD_FIELDS})
+        row = {name: _csv_value(record.get(name)) for name in RECORD_FIELDS}
+        old = record.get("baseline") or {}
+        row.update({column: _csv_value(old.get(key)) for column, key in extra})
+        writer.writerow(row)
     return buffer.getvalue()
 
 
@@ -111,12 +129,31 @@ def summary_document(summary: Mapping[str, Any], *, run_id: str, generated_at: s
     return {"run_id": run_id, "generated_at": generated_at, **summary}
 
 
+def export_rows(records: Sequence[ScenarioRecord], comparison: Comparison | None = None, *,
+                baseline_field: bool = True) -> list[dict[str, Any]]:
+    """The export rows: ``ScenarioRecord.to_dict()`` plus, with ``baseline_field`` or a ``comparison``, the
+    ``baseline`` object (None without a baseline or for a scenario not in it)."""
+    if comparison is None and not baseline_field:
+        return [record.to_dict() for record in records]
+    deltas = comparison.by_nodeid() if comparison is not None else {}
+    rows = []
+    for record in records:
+        row = record.to_dict()
+        delta = deltas.get(record.nodeid)
+        row["baseline"] = delta.to_dict() if delta is not None else None
+        rows.append(row)
+    return rows
+
+
 def write_results(path: Path, records: Sequence[ScenarioRecord], summary: Mapping[str, Any], *,
-                  run_id: str, generated_at: str) -> list[Path]:
+                  run_id: str, generated_at: str, comparison: Comparison | None = None,
+                  baseline_field: bool = False) -> list[Path]:
     """Write ``records`` and ``summary`` (``summary.summary_dict``) to ``path`` in the format its extension
-    names; return the files written."""
+    names; return the files written. ``comparison``: the run compared with its baseline, if any;
+    ``baseline_field``: give every JSON/NDJSON record a ``baseline`` key even without a baseline (null), as the
+    plugin does, so a run's records have the same keys with or without one. Plain rows otherwise."""
     fmt = export_format(path)
-    rows = [record.to_dict() for record in records]
+    rows = export_rows(records, comparison, baseline_field=baseline_field)
     if fmt == "json":
         interrupted = bool(summary.get("interrupted"))
         complete = not interrupted and not summary.get("unfinished_scenarios")
@@ -124,7 +161,8 @@ def write_results(path: Path, records: Sequence[ScenarioRecord], summary: Mappin
                     "complete": complete, "summary": dict(summary), "results": rows, "total_results": len(rows)}
         atomic_write_text(path, _json(document, indent=2) + "\n")
         return [path]
-    atomic_write_text(path, render_csv(rows) if fmt == "csv" else render_ndjson(rows))
+    text = render_csv(rows, baseline=comparison is not None) if fmt == "csv" else render_ndjson(rows)
+    atomic_write_text(path, text)
     side = summary_path_for(path)
     atomic_write_text(side, _json(summary_document(summary, run_id=run_id, generated_at=generated_at),
                                   indent=2) + "\n")

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from html import escape
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .html_report import STYLE, scenario_html, summary_html
+from .html_report import STYLE, baseline_diff_html, scenario_html, summary_html
 from .results import ScenarioRecord
+
+if TYPE_CHECKING:
+    from .baseline import ScenarioDelta
 from .summary import Gates, RunSummary
 
 TEST_ID_CELL = '<td class="col-testId">{}</td>'
@@ -43,10 +46,14 @@ class HtmlHooks:
         self.totals = totals
 
     @staticmethod
-    def attach_extras(report: pytest.TestReport, record: ScenarioRecord) -> None:
+    def attach_extras(report: pytest.TestReport, record: ScenarioRecord, delta: ScenarioDelta | None = None) -> None:
+        """The chat of ``record``, and, when it changed since the baseline, the old and new side by side."""
         from pytest_html import extras
 
-        report.extras = [*getattr(report, "extras", []), extras.html(scenario_html(record))]  # type: ignore[attr-defined]
+        added = [extras.html(scenario_html(record))]
+        if delta is not None:
+            added.append(extras.html(baseline_diff_html(delta)))
+        report.extras = [*getattr(report, "extras", []), *added]  # type: ignore[attr-defined]
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_results_table_header(self, cells: list[str]) -> None:

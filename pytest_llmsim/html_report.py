@@ -3,15 +3,20 @@
 pytest-html inserts these fragments as raw HTML, so every value that came from a model, a scenario file or
 the user is passed through ``html.escape`` here: a reply containing ``<script>`` shows as text, and so do a
 tool call's name, arguments and result.
+
+``baseline_diff_html`` shows a scenario's baseline and current transcripts side by side, turn by turn, from
+``diff_turns`` (a turn-level diff that the markdown summary uses too).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from difflib import SequenceMatcher
 from html import escape
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from .results import ScenarioRecord, ScenarioResult, tool_call_parts, turn_tool_calls
+from .results import ScenarioRecord, ScenarioResult, tool_call_parts, turn_key, turn_tool_calls
 from .summary import (
     Gates,
     RunSummary,
@@ -21,6 +26,9 @@ from .summary import (
     outcome_counts,
     pass_rate_text,
 )
+
+if TYPE_CHECKING:  # only for annotations: no import-time dependency on the baseline comparison
+    from .baseline import ScenarioDelta
 
 SPEAKERS = {"client": "Customer", "agent": "Agent"}
 
@@ -59,6 +67,18 @@ STYLE = """<style>
 .llmsim-gate-missed{color:#a94442;font-weight:bold;margin-top:6px}
 .llmsim-gate-ok{color:#3c763d;margin-top:6px}
 .llmsim-incomplete{color:#8a6d3b;background:#fcf8e3;border-left:4px solid #d58512;padding:4px 8px;margin-top:6px}
+.llmsim-diff-table{border-collapse:collapse;width:100%;table-layout:fixed;margin:8px 0;font-size:12px}
+.llmsim-diff-table th{text-align:left;background:#eef1f4;border:1px solid #d5dbe1;padding:4px 6px}
+.llmsim-diff-table td{vertical-align:top;border:1px solid #e1e4e8;padding:4px 6px}
+.llmsim-diff-table .llmsim-diff-num{width:56px;color:#777;font-size:11px;white-space:nowrap}
+.llmsim-diff-text{white-space:pre-wrap;word-break:break-word;line-height:1.35}
+.llmsim-diff-changed td.llmsim-diff-side{background:#fff8c5}
+.llmsim-diff-removed td.llmsim-diff-old{background:#ffebe9}
+.llmsim-diff-added td.llmsim-diff-new{background:#e6ffec}
+.llmsim-diff-removed td.llmsim-diff-new,.llmsim-diff-added td.llmsim-diff-old{background:#f6f8fa}
+.llmsim-diff-mark{font-size:10px;font-weight:bold;text-transform:uppercase;color:#555}
+.llmsim-diff-changed .llmsim-diff-mark{color:#9a6700}.llmsim-diff-removed .llmsim-diff-mark{color:#cf222e}
+.llmsim-diff-added .llmsim-diff-mark{color:#1a7f37}
 </style>"""
 
 
@@ -73,7 +93,7 @@ def usd(value: float) -> str:
 def cache_state(result: ScenarioResult) -> str:
     live, cached = result.live_calls, result.cached_calls
     if cached and not live:
-        return "replayed from the cache"
+        return "replayed (recordings or cache)"
     if cached:
         return f"partly replayed ({cached} of {live + cached} calls from the cache)"
     return "live" if live else "no LLM calls"
@@ -176,7 +196,7 @@ def summary_html(summary: RunSummary, gates: Gates, missed: Sequence[str]) -> st
         ("Distribution", None),
         ("Tokens", f"{summary.total_tokens} live + {summary.replayed_tokens} replayed "
                    f"({summary.prompt_tokens} prompt, {summary.completion_tokens} completion)"),
-        ("LLM calls", f"{summary.total_requests} live · {summary.replayed_requests} replayed from the cache"),
+        ("LLM calls", f"{summary.total_requests} live · {summary.replayed_requests} replayed (recordings or cache)"),
         ("Cost", f"{usd(summary.total_cost_usd)} spent · {usd(summary.saved_cost_usd)} saved by replays"),
     ]
     if summary.unpriced_models:
@@ -196,3 +216,87 @@ def summary_html(summary: RunSummary, gates: Gates, missed: Sequence[str]) -> st
                      f'{_e(incomplete)}.</div>{gate_html}')
     return (f'<div class="llmsim-summary"><h3>LLM scenarios (pytest-llmsim)</h3><table class="llmsim-totals">'
             f"{body}</table>{gate_html}</div>")
+
+
+# -- a scenario compared with the baseline -------------------------------------------------------------------
+TurnChange = Literal["equal", "changed", "added", "removed"]
+
+
+@dataclass(frozen=True)
+class TurnPair:
+    """One row of a turn-level diff: a baseline turn and/or a turn of this run (None: absent on that side),
+    numbered from 1 in their own transcript."""
+
+    change: TurnChange
+    old_number: int | None
+    old: Mapping[str, Any] | None
+    new_number: int | None
+    new: Mapping[str, Any] | None
+
+
+def diff_turns(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]) -> list[TurnPair]:
+    """The turns of two transcripts paired by ``difflib.SequenceMatcher`` over ``turn_key``: equal turns, a
+    replaced stretch as changed pairs (the longer side's surplus as removed or added), removed and added turns."""
+    matcher = SequenceMatcher(None, [turn_key(t) for t in old], [turn_key(t) for t in new], autojunk=False)
+    pairs: list[TurnPair] = []
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            pairs.extend(TurnPair("equal", i1 + k + 1, old[i1 + k], j1 + k + 1, new[j1 + k]) for k in range(i2 - i1))
+            continue
+        common = min(i2 - i1, j2 - j1) if tag == "replace" else 0
+        pairs.extend(TurnPair("changed", i1 + k + 1, old[i1 + k], j1 + k + 1, new[j1 + k]) for k in range(common))
+        pairs.extend(TurnPair("removed", i + 1, old[i], None, None) for i in range(i1 + common, i2))
+        pairs.extend(TurnPair("added", None, None, j + 1, new[j]) for j in range(j1 + common, j2))
+    return pairs
+
+
+def _diff_cell(turn: Mapping[str, Any] | None, side: str) -> str:
+    if turn is None:
+        return f'<td class="llmsim-diff-side llmsim-diff-{side}"></td>'
+    role = "client" if turn.get("role") == "client" else "agent"
+    tools = "".join(tool_call_html(call) for call in turn_tool_calls(turn))
+    return (f'<td class="llmsim-diff-side llmsim-diff-{side}"><div class="llmsim-who">{SPEAKERS[role]}</div>'
+            f'{tools}<div class="llmsim-diff-text">{_e(turn.get("text"))}</div></td>')
+
+
+def _score_text(score: int | None) -> str:
+    return "-" if score is None else str(score)
+
+
+def baseline_diff_html(delta: ScenarioDelta) -> str:
+    """A changed scenario's baseline and current transcripts side by side (baseline | this run), turn by turn,
+    each row marked equal, changed, removed or added (``diff_turns``), under the score and status old -> new
+    and both judges' comments. Every value is escaped."""
+    old_status = "not in the baseline" if delta.old_status is None else delta.old_status
+    score = f"score {_score_text(delta.old_score)} → {_score_text(delta.new_score)}"
+    if delta.score_delta is not None:
+        score += f" ({delta.score_delta:+d})"
+    status = delta.new_status if delta.old_status == delta.new_status else f"{old_status} → {delta.new_status}"
+    pills = [f'<span class="llmsim-pill">{_e(score)}</span>', f'<span class="llmsim-pill">{_e(status)}</span>']
+    if delta.regressed:
+        pills.append('<span class="llmsim-pill llmsim-status-failed">regressed</span>')
+    elif delta.newly_passing:
+        pills.append('<span class="llmsim-pill">newly passing</span>')
+    if delta.turns_delta:
+        pills.append(f'<span class="llmsim-pill">turns {delta.turns_delta:+d}</span>')
+    parts = [f'<div class="llmsim-card llmsim-diff"><div class="llmsim-meta"><strong>Compared with the baseline'
+             f'</strong>{"".join(pills)}</div>']
+    for label, comment in (("Judge (baseline)", delta.old_comment), ("Judge (this run)", delta.new_comment)):
+        if comment:
+            parts.append(f'<div class="llmsim-judge"><strong>{label}:</strong> {_e(comment)}</div>')
+    rows = []
+    for pair in diff_turns(delta.old_transcript, delta.new_transcript):
+        old_number = "" if pair.old_number is None else f"#{pair.old_number}"
+        new_number = "" if pair.new_number is None else f"#{pair.new_number}"
+        mark = "" if pair.change == "equal" else f'<div class="llmsim-diff-mark">{pair.change}</div>'
+        rows.append(f'<tr class="llmsim-diff-{pair.change}" data-change="{pair.change}">'
+                    f'<td class="llmsim-diff-num">{old_number}{mark}</td>{_diff_cell(pair.old, "old")}'
+                    f'<td class="llmsim-diff-num">{new_number}</td>{_diff_cell(pair.new, "new")}</tr>')
+    if rows:
+        parts.append('<table class="llmsim-diff-table"><thead><tr><th class="llmsim-diff-num"></th><th>Baseline</th>'
+                     f'<th class="llmsim-diff-num"></th><th>This run</th></tr></thead><tbody>{"".join(rows)}'
+                     "</tbody></table>")
+    else:
+        parts.append('<div class="llmsim-end">No turns in either run.</div>')
+    parts.append("</div>")
+    return "".join(parts)

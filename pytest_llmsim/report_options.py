@@ -1,15 +1,17 @@
-"""The report options' values as the reports use them: gates, output paths and the run's price table.
+"""The report options' values as the reports use them: gates, output paths, the baseline and the price table.
 
 The options themselves are rows of the option table (``options.OPTIONS``), resolved once at configure time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from .baseline import Baseline, load_baseline
 from .errors import ConfigError
 from .options import ResolvedOptions
 from .pricing import PriceTable, load_price_table, scenario_cost
@@ -32,9 +34,29 @@ def path_option(config: pytest.Config, name: str) -> Path | None:
 
 
 def gates_from_config(config: pytest.Config) -> Gates:
+    """The suite gates and the baseline gates as set (the report plugin drops the baseline gates when no
+    baseline is given)."""
     resolved = resolved_options(config)
     return Gates(min_mean_score=resolved["llmsim_min_mean_score"], min_pass_rate=resolved["llmsim_min_pass_rate"],
-                 max_cost_usd=resolved["llmsim_max_cost_usd"])
+                 max_cost_usd=resolved["llmsim_max_cost_usd"],
+                 fail_on_regression=bool(resolved["llmsim_fail_on_regression"]),
+                 max_score_drop=resolved["llmsim_max_score_drop"])
+
+
+def baseline_from_config(config: pytest.Config) -> Baseline | None:
+    """The baseline ``llmsim_baseline`` names, loaded now (None: not set); a bad one is a usage error."""
+    path = path_option(config, "llmsim_baseline")
+    if path is None:
+        return None
+    try:
+        baseline = load_baseline(path, price_table(config))
+    except ConfigError as exc:
+        raise pytest.UsageError(f"llmsim: {exc}") from None
+    try:
+        shown = path.relative_to(config.invocation_params.dir).as_posix()
+    except ValueError:
+        return baseline
+    return dataclasses.replace(baseline, shown_as=shown)
 
 
 def _prices_path(config: pytest.Config) -> Path | None:

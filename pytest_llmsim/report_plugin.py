@@ -2,13 +2,17 @@
 
 Who does what:
 
-* ``report_options``: the report options' values (gates, output paths, the price table), from the option table;
+* ``report_options``: the report options' values (gates, output paths, the baseline, the price table), from the
+  option table;
+* ``baseline``: the baseline (loaded at configure time: a bad one is a usage error before anything runs), this
+  run compared with it (``self.comparison``, read by the terminal, the exports, the HTML and markdown reports)
+  and the baseline gates;
 * ``collector.RecordCollector``: test reports -> one ``ScenarioRecord`` per scenario item, in collection order;
 * ``summary``: the run totals and the suite gates; ``exports``: the results files; ``histogram``: the PNG;
 * ``terminal_report``: the llmsim terminal summary as lines; ``html_hooks`` + ``html_report``: pytest-html;
-* this module: the pytest hooks that feed the collector and, at session end, compute the summary once, check
-  the gates, write the exports and the histogram, set the exit status and print the summary; plus the JUnit
-  transcript.
+* this module: the pytest hooks that feed the collector and, at session end, compute the summary once, compare
+  with the baseline, check the gates, write the exports and the histogram, set the exit status and print the
+  summary; plus the JUnit transcript.
 
 Only the controller (the process without ``config.workerinput``) has a ``ReportPlugin``. Workers only price
 their own items for the JUnit ``cost_usd`` property (``scenario_cost_usd``).
@@ -16,20 +20,31 @@ their own items for the JUnit ``cost_usd`` property (``scenario_cost_usd``).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import os
 import uuid
 import xml.etree.ElementTree as ET
 from typing import Any
 
 import pytest
 
+from .baseline import Comparison, ScenarioDelta, compare, regression_gates, scenario_delta
 from .collector import RecordCollector
 from .exports import export_format, write_results
 from .histogram import HistogramUnavailable, draw_histogram
 from .html_hooks import HtmlHooks
-from .report_options import WORKER_PRICES, gates_from_config, path_option, price_table, scenario_cost_usd
+from .markdown_report import STEP_SUMMARY_ENV, append_step_summary, render_markdown, write_markdown
+from .report_options import (
+    WORKER_PRICES,
+    baseline_from_config,
+    gates_from_config,
+    path_option,
+    price_table,
+    scenario_cost_usd,
+)
 from .results import ScenarioRecord, Status
-from .summary import Gates, RunSummary, missed_gates, summary_dict
+from .summary import Gates, RunSummary, gates_unchecked_reason, missed_gates, summary_dict
 from .terminal_report import Line, backend_messages, record_text, summary_lines
 
 __all__ = ["ReportPlugin", "junit_transcript", "scenario_cost_usd"]
@@ -62,20 +77,29 @@ class ReportPlugin:
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        self.gates = gates_from_config(config)
+        gates = gates_from_config(config)
+        self.notes: list[Line] = []
+        # A bad baseline is a usage error now, before anything runs; its recordings are priced with this run's table.
+        self.baseline = baseline_from_config(config)
+        if self.baseline is None and gates.baseline_gates:
+            self.notes.append(Line("llmsim: baseline gates (llmsim_fail_on_regression, llmsim_max_score_drop) not "
+                                   "checked: no baseline given (--llmsim-baseline)", {"yellow": True}))
+            gates = dataclasses.replace(gates, fail_on_regression=False, max_score_drop=None)
+        self.gates = gates
+        self.comparison: Comparison | None = None
         self.results_path = path_option(config, "llmsim_results")
         if self.results_path is not None:
             try:
                 export_format(self.results_path)
             except ValueError as exc:
                 raise pytest.UsageError(f"llmsim: llmsim_results: {exc}") from None
+        self.markdown_path = path_option(config, "llmsim_markdown")
         self.histogram_path = path_option(config, "llmsim_histogram")
         self.prices_path = path_option(config, "llmsim_prices")
         # A bad price file is a usage error before anything runs. One run id for every record of the session.
         self.collector = RecordCollector(price_table(config), run_id=str(uuid.uuid4()))
         self.final: RunSummary | None = None
         self.missed: list[str] = []
-        self.notes: list[Line] = []
         self.backend: list[str] = []
         self.html: HtmlHooks | None = None
         if config.pluginmanager.hasplugin("html") and config.getoption("htmlpath", default=None):
@@ -115,11 +139,21 @@ class ReportPlugin:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         record = self.collector.add_report(report)
         if record is not None and self.html is not None and getattr(report, "llmsim", None) is not None:
-            self.html.attach_extras(report, record)
+            self.html.attach_extras(report, record, self._changed_delta(record))
         if report.when == "teardown":
             record = self.collector.get(report.nodeid)
             if record is not None:
                 junit_transcript(self.config, report, record)
+
+    def _changed_delta(self, record: ScenarioRecord) -> ScenarioDelta | None:
+        """``record`` compared with its baseline record, when there is one and something changed."""
+        if self.baseline is None:
+            return None
+        old = self.baseline.records.get(record.nodeid)
+        if old is None:
+            return None
+        delta = scenario_delta(record, old)
+        return delta if delta.changed else None
 
     # -- session end --------------------------------------------------------------------------------------
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -127,13 +161,19 @@ class ReportPlugin:
             return  # nothing ran: keep the previous export and histogram
         interrupted = session.exitstatus == pytest.ExitCode.INTERRUPTED
         summary = self.final = self.collector.summary(interrupted=interrupted, final=True)
-        self.missed = missed_gates(summary, self.gates)
         records = self.collector.ordered()
+        self.missed = missed_gates(summary, self.gates)
+        if self.baseline is not None:
+            self.comparison = compare(records, self.baseline)
+            if gates_unchecked_reason(summary) is None:
+                self.missed += regression_gates(self.comparison, fail_on_regression=self.gates.fail_on_regression,
+                                                max_score_drop=self.gates.max_score_drop)
         self.backend = backend_messages(records)
         if self.results_path is not None:
             self._export(records, summary)
         if self.histogram_path is not None:
             self._histogram(summary)
+        self._markdown(records, summary)
         if self.backend:
             session.exitstatus = pytest.ExitCode.USAGE_ERROR
         elif self.missed and session.exitstatus == pytest.ExitCode.OK:
@@ -143,8 +183,12 @@ class ReportPlugin:
         assert self.results_path is not None
         generated = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         try:
-            written = write_results(self.results_path, records, summary_dict(summary, self.gates, self.missed),
-                                    run_id=self.run_id, generated_at=generated)
+            comparison = self.comparison
+            written = write_results(self.results_path, records,
+                                    summary_dict(summary, self.gates, self.missed,
+                                                 comparison.summary_dict() if comparison is not None else None),
+                                    run_id=self.run_id, generated_at=generated, comparison=comparison,
+                                    baseline_field=True)
         except OSError as exc:
             self.notes.append(Line(f"llmsim: could not write results to {self.results_path}: {exc}", {"red": True}))
             return
@@ -152,6 +196,35 @@ class ReportPlugin:
         partial = "" if summary.complete else " (a partial run, marked as such)"
         self.notes.append(Line(f"llmsim: {len(records)} results written to {written[0]}{extra}{partial}",
                                {} if summary.complete else {"yellow": True}))
+
+    def _markdown(self, records: list[ScenarioRecord], summary: RunSummary) -> None:
+        """The pull request summary: to ``llmsim_markdown``, and appended to ``$GITHUB_STEP_SUMMARY`` when that is
+        set and scenarios ran (a plain test suite in the same job adds nothing)."""
+        step_summary = bool(os.environ.get(STEP_SUMMARY_ENV)) and bool(records)
+        if self.markdown_path is None and not step_summary:
+            return
+        comparison = self.comparison
+        text = render_markdown(
+            summary, self.gates, self.missed, records, comparison.deltas if comparison is not None else None,
+            baseline_label=comparison.baseline_label if comparison is not None else "",
+            new=comparison.new if comparison is not None else (),
+            missing=comparison.missing if comparison is not None else (),
+            mean_score_delta=comparison.mean_score_delta if comparison is not None else None)
+        if self.markdown_path is not None:
+            try:
+                write_markdown(self.markdown_path, text)
+            except OSError as exc:
+                self.notes.append(Line(f"llmsim: could not write the markdown summary to {self.markdown_path}: "
+                                       f"{exc}", {"red": True}))
+            else:
+                self.notes.append(Line(f"llmsim: markdown summary written to {self.markdown_path}"))
+        if step_summary:
+            try:
+                append_step_summary(text)
+            except OSError as exc:
+                self.notes.append(Line(f"llmsim: could not append to ${STEP_SUMMARY_ENV}: {exc}", {"red": True}))
+            else:
+                self.notes.append(Line(f"llmsim: summary appended to ${STEP_SUMMARY_ENV}"))
 
     def _histogram(self, summary: RunSummary) -> None:
         assert self.histogram_path is not None
@@ -169,7 +242,8 @@ class ReportPlugin:
         if self.config.getoption("collectonly", default=False):
             return
         lines = summary_lines(self.collector.ordered(), self.summary, gates=self.gates, missed=self.missed,
-                              verbosity=self.config.get_verbosity(), notes=self.notes, backend=self.backend)
+                              verbosity=self.config.get_verbosity(), notes=self.notes, backend=self.backend,
+                              comparison=self.comparison)
         for line in lines:
             if line.markup.get("separator"):
                 terminalreporter.write_sep("=", line.text)

@@ -113,6 +113,15 @@ def turn_tool_calls(turn: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [call for call in calls if isinstance(call, Mapping)]
 
 
+def turn_key(turn: Mapping[str, Any]) -> tuple[str, str, str]:
+    """What comparing two transcripts looks at in a turn: role, text and the tool calls in full (flags such as
+    ``cached`` and ``scripted`` are not compared: a replayed turn equals the live one)."""
+    calls = json.dumps([dict(call) for call in turn_tool_calls(turn)], sort_keys=True, ensure_ascii=False,
+                       default=str)
+    text = turn.get("text")
+    return str(turn.get("role") or ""), "" if text is None else str(text), calls
+
+
 def tool_call_parts(call: Mapping[str, Any]) -> tuple[str, str, str | None]:
     """``(name, arguments, result or None)`` of a tool call, each exactly as ``tool_call_text`` writes it (same
     JSON, same truncation), for reports that lay the parts out apart (the pytest-html chat)."""

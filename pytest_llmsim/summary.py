@@ -228,17 +228,27 @@ def summarize(records: Iterable[ScenarioRecord | Mapping[str, Any]], *, interrup
 
 @dataclass(frozen=True)
 class Gates:
-    """Suite-level thresholds; None = not set. ``min_pass_rate`` is a fraction (0.9 = 90 %)."""
+    """Suite-level thresholds; None = not set. ``min_pass_rate`` is a fraction (0.9 = 90 %).
+
+    ``fail_on_regression`` and ``max_score_drop`` are the baseline gates (checked by
+    ``baseline.regression_gates``, only when a baseline is given; ``missed_gates`` leaves them out)."""
 
     min_mean_score: float | None = None
     min_pass_rate: float | None = None
     max_cost_usd: float | None = None
+    fail_on_regression: bool = False
+    max_score_drop: float | None = None
 
     @property
     def any(self) -> bool:
-        return any(v is not None for v in (self.min_mean_score, self.min_pass_rate, self.max_cost_usd))
+        return self.fail_on_regression or any(
+            v is not None for v in (self.min_mean_score, self.min_pass_rate, self.max_cost_usd, self.max_score_drop))
 
-    def to_dict(self) -> dict[str, float | None]:
+    @property
+    def baseline_gates(self) -> bool:
+        return self.fail_on_regression or self.max_score_drop is not None
+
+    def to_dict(self) -> dict[str, float | bool | None]:
         return asdict(self)
 
 
@@ -279,9 +289,12 @@ def missed_gates(summary: RunSummary, gates: Gates) -> list[str]:
     return missed
 
 
-def summary_dict(summary: RunSummary, gates: Gates, missed: Sequence[str]) -> dict[str, Any]:
-    """The summary as exports write it: the totals plus the gates, whether they were checked, and the missed."""
+def summary_dict(summary: RunSummary, gates: Gates, missed: Sequence[str],
+                 baseline: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The summary as exports write it: the totals plus the gates, whether they were checked, and the missed;
+    ``baseline`` is the comparison with the baseline (``baseline.Comparison.summary_dict()``; None: none)."""
     data = summary.to_dict()
     unchecked = gates_unchecked_reason(summary)
     data["gates"] = {**gates.to_dict(), "checked": gates.any and unchecked is None, "missed": list(missed)}
+    data["baseline"] = dict(baseline) if baseline is not None else None
     return data

@@ -7,7 +7,7 @@ so the renderings are tested without a pytest session and a CLI can print the sa
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .results import ErrorKind, Outcome, ScenarioRecord, ScenarioResult, Status, tool_call_text, turn_tool_calls
 from .summary import (
@@ -19,6 +19,9 @@ from .summary import (
     outcome_counts,
     pass_rate_text,
 )
+
+if TYPE_CHECKING:
+    from .baseline import Comparison, ScenarioDelta
 
 TABLE_ROWS_DEFAULT = 50  # above this many scenarios the table lists only failures and errors unless -v
 NAME_WIDTH = 70
@@ -137,7 +140,7 @@ def totals_lines(summary: RunSummary) -> list[str]:
         scores,
         f"tokens: {summary.total_tokens} live + {summary.replayed_tokens} replayed "
         f"(prompt {summary.prompt_tokens}, completion {summary.completion_tokens})",
-        f"LLM calls: {summary.total_requests} live, {summary.replayed_requests} replayed from the cache",
+        f"LLM calls: {summary.total_requests} live, {summary.replayed_requests} replayed (recordings or cache)",
         f"cost: {usd(summary.total_cost_usd)} spent on live calls, {usd(summary.saved_cost_usd)} saved by replays",
     ]
     if summary.unpriced_models:
@@ -159,6 +162,95 @@ def totals_line(summary: RunSummary) -> str:
             f"(saved {usd(summary.saved_cost_usd)}){unpriced}{partial}")
 
 
+# -- changes since the baseline -----------------------------------------------------------------------------
+NAMES_LISTED = 10  # new and missing scenarios named before "and N more"
+
+
+def signed_usd(value: float) -> str:
+    return f"{'-' if value < 0 else '+'}${abs(value):.6f}"
+
+
+def delta_text(delta: ScenarioDelta) -> str:
+    """One changed scenario: ``s.json::a: regressed: score 3 -> 1 (-2), passed -> failed (newly failing), turns
+    +2, tokens +130, cost +$0.000012, transcript changed``."""
+    parts = []
+    if delta.old_score == delta.new_score:
+        if delta.new_score is not None:
+            parts.append(f"score {delta.new_score}")
+    else:
+        score = f"score {'-' if delta.old_score is None else delta.old_score} -> " \
+                f"{'-' if delta.new_score is None else delta.new_score}"
+        if delta.score_delta is not None:
+            score += f" ({delta.score_delta:+d})"
+        parts.append(score)
+    if delta.old_status != delta.new_status:
+        status = f"{delta.old_status} -> {delta.new_status}"
+        if delta.newly_failing:
+            status += " (newly failing)"
+        elif delta.newly_passing:
+            status += " (newly passing)"
+        parts.append(status)
+    if delta.new_outcome and not delta.counted:
+        parts.append(f"{delta.new_outcome}: not counted")
+    if delta.turns_delta:
+        parts.append(f"turns {delta.turns_delta:+d}")
+    if delta.tokens_delta:
+        parts.append(f"tokens {delta.tokens_delta:+d}")
+    if delta.cost_delta_usd:
+        parts.append(f"cost {signed_usd(delta.cost_delta_usd)}")
+    if delta.transcript_changed:
+        parts.append("transcript changed")
+    return f"{delta.nodeid}: {delta.label}: {', '.join(parts)}"
+
+
+def _names(nodeids: Sequence[str]) -> str:
+    more = len(nodeids) - NAMES_LISTED
+    return ", ".join(nodeids[:NAMES_LISTED]) + (f" and {more} more" if more > 0 else "")
+
+
+def baseline_counts_text(comparison: Comparison) -> str:
+    """``1 regressed, 1 improved, 0 changed, 3 unchanged, 1 new, 0 missing; mean score 2.5 -> 2 (-0.5) over 4
+    scenarios scored in both``."""
+    counts = comparison.counts()
+    text = ", ".join(f"{counts[label]} {label}" for label in ("regressed", "improved", "changed", "unchanged", "new",
+                                                              "missing"))
+    if comparison.mean_score_delta is None:
+        return text + "; mean score: no scenario scored in both"
+    return (f"{text}; mean score {comparison.old_mean_score:g} -> {comparison.new_mean_score:g} "
+            f"({comparison.mean_score_delta:+g}) over {comparison.scored_in_both} scenarios scored in both")
+
+
+def baseline_lines(comparison: Comparison, verbosity: int) -> list[Line]:
+    """The changes since the baseline: one line per changed scenario (regressed red, improved green; above
+    ``TABLE_ROWS_DEFAULT`` only the regressed unless ``-v``), the counts, the new and missing scenarios."""
+    baseline = comparison.baseline
+    partial = ", a partial run" if baseline.partial else ""
+    lines = [Line(f"changes since the baseline ({baseline.label}: {len(baseline.records)} scenarios from "
+                  f"{'an export' if baseline.source == 'export' else 'recordings'}{partial}):", {"bold": True})]
+    changed = [d for d in comparison.deltas if d.changed]
+    hidden = 0
+    if verbosity < 1 and len(changed) > TABLE_ROWS_DEFAULT:
+        shown = [d for d in changed if d.regressed]
+        hidden, changed = len(changed) - len(shown), shown
+    markup = {"regressed": {"red": True}, "improved": {"green": True}}
+    lines.extend(Line(f"  {delta_text(d)}", markup.get(d.label, {})) for d in changed)
+    if hidden:
+        lines.append(Line(f"  ... and {hidden} more changed scenarios that did not regress (-v lists them)"))
+    if not comparison.deltas or not any(d.changed for d in comparison.deltas):
+        lines.append(Line("  no scenario changed since the baseline"))
+    lines.append(Line(f"  {baseline_counts_text(comparison)}", {"bold": True}))
+    if comparison.new:
+        lines.append(Line(f"  new in this run: {_names(comparison.new)}"))
+    if comparison.missing:
+        lines.append(Line(f"  in the baseline, not in this run: {_names(comparison.missing)}"))
+    return lines
+
+
+def baseline_line(comparison: Comparison) -> str:
+    """The one baseline line printed under ``-q``."""
+    return f"llmsim baseline {comparison.baseline.label}: {baseline_counts_text(comparison)}"
+
+
 def backend_messages(records: Iterable[ScenarioRecord]) -> list[str]:
     """The distinct 'backend missing' messages, without their ``<nodeid> <role> turn <n>: `` prefix."""
     messages: list[str] = []
@@ -175,8 +267,9 @@ def backend_messages(records: Iterable[ScenarioRecord]) -> list[str]:
 
 def summary_lines(records: Sequence[ScenarioRecord], summary: RunSummary, *, gates: Gates,
                   missed: Sequence[str], verbosity: int, notes: Sequence[Line] = (),
-                  backend: Sequence[str] = ()) -> list[Line]:
-    """Everything the plugin prints at the end of a session, in order (``-q``: one totals line)."""
+                  backend: Sequence[str] = (), comparison: Comparison | None = None) -> list[Line]:
+    """Everything the plugin prints at the end of a session, in order (``-q``: one totals line, and one for the
+    baseline); the changes since the baseline follow the table and totals."""
     quiet = verbosity < 0
     incomplete = incomplete_text(summary)
     if not records and not notes and not backend and not summary.unfinished_scenarios:
@@ -189,9 +282,13 @@ def summary_lines(records: Sequence[ScenarioRecord], summary: RunSummary, *, gat
     lines.extend(Line(f"llmsim: {message}", {"red": True, "bold": True}) for message in backend)
     if quiet:
         lines.append(Line(totals_line(summary)))
+        if comparison is not None:
+            lines.append(Line(baseline_line(comparison), {"red": True} if comparison.regressed else {}))
     elif records:
         lines.extend(table_lines(records, verbosity))
         lines.extend(Line(text) for text in totals_lines(summary))
+    if comparison is not None and not quiet:
+        lines.extend(baseline_lines(comparison, verbosity))
     if incomplete is not None and not quiet:
         lines.append(Line(f"llmsim: run {incomplete_cause(summary)}: {incomplete} (exports say so: "
                           f"interrupted={'true' if summary.interrupted else 'false'}, unfinished_scenarios="

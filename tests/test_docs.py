@@ -58,3 +58,8 @@ def test_bad_values_are_one_line_usage_errors(pytester: pytest.Pytester) -> None
     result = pytester.runpytest()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*llmsim_concurrency (--llmsim-concurrency) must be a whole number, got 'true'*"])
+
+
+def test_the_readme_shows_the_tested_ci_workflow_verbatim() -> None:
+    workflow = (Path(__file__).resolve().parents[1] / "examples" / "ci" / "llmsim.yml").read_text()
+    assert f"```yaml\n{workflow}```" in README

@@ -87,7 +87,7 @@ def _terminal_totals(summary: dict[str, Any]) -> list[str]:
         f"max {stats['max']}; distribution 1: {dist['score_1']}, 2: {dist['score_2']}, 3: {dist['score_3']}",
         f"tokens: {summary['total_tokens']} live + {summary['replayed_tokens']} replayed "
         f"(prompt {summary['prompt_tokens']}, completion {summary['completion_tokens']})",
-        f"LLM calls: {summary['total_requests']} live, {summary['replayed_requests']} replayed from the cache",
+        f"LLM calls: {summary['total_requests']} live, {summary['replayed_requests']} replayed (recordings or cache)",
         f"cost: ${summary['total_cost_usd']:.6f} spent on live calls, ${summary['saved_cost_usd']:.6f} saved by "
         f"replays",
     ]
@@ -141,7 +141,7 @@ def test_replayed_run_costs_nothing_and_reports_the_saving(sim: SimProject) -> N
     assert all(r["cached"] and r["cost_usd"] == 0 for r in records)
     props = _junit(sim.path / "junit.xml")["a"]["properties"]
     assert props["cached"] == "True" and props["cost_usd"] == "0.00000000"
-    result.stdout.fnmatch_lines(["LLM calls: 0 live, 14 replayed from the cache",
+    result.stdout.fnmatch_lines(["LLM calls: 0 live, 14 replayed (recordings or cache)",
                                  f"cost: $0.000000 spent on live calls, ${first['total_cost_usd']:.6f} saved by "
                                  f"replays"])
 
@@ -337,7 +337,7 @@ def test_html_report_shows_the_escaped_chat_and_the_summary(sim: SimProject, mod
     replay = sim.run(*mode, _prices(sim), "--html=report.html")
     replay.assert_outcomes(passed=1, failed=1)
     rows = {k.split("::")[-1]: v for k, v in _html_tests(sim.path / "report.html").items()}
-    assert "replayed from the cache" in "".join(e["content"] for e in rows["a"][0]["extras"])
+    assert "replayed (recordings or cache)" in "".join(e["content"] for e in rows["a"][0]["extras"])
 
 
 def test_plugin_works_without_pytest_html_and_xdist(sim: SimProject) -> None:
