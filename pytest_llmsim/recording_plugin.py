@@ -49,9 +49,26 @@ class RecordingInventory:
         if report.failed:
             self.broken_files.add(report.nodeid.partition("::")[0])
 
+    def _narrowed_files(self) -> set[str]:
+        """Files the command line names with a test id (``file::name``): only some of their scenarios were
+        collected, so the others' recordings are not unused."""
+        narrowed = set()
+        for arg in self.config.args:
+            file_part, sep, _ = arg.partition("::")
+            if not sep:
+                continue
+            path = Path(file_part)
+            path = path if path.is_absolute() else self.config.invocation_params.dir / path
+            try:
+                narrowed.add(path.resolve().relative_to(self.rootdir.resolve()).as_posix())
+            except ValueError:
+                continue
+        return narrowed
+
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         if session.shouldfail or session.shouldstop:
             return
+        self.broken_files |= self._narrowed_files()  # treated like files that did not collect: left alone
         if not self.root.is_dir():  # nothing recorded (and a plain test suite imports no engine module)
             self.unused = []
         else:

@@ -322,3 +322,21 @@ def test_a_timed_out_conversation_replays_to_the_same_turn_from_its_recording(si
     requests = sim.server.stats()["requests"]
     sim.run("--llmsim-record=none").assert_outcomes(passed=1)
     assert sim.server.stats()["requests"] == requests
+
+
+def test_naming_one_scenario_on_the_command_line_leaves_the_others_recordings_alone(sim: SimProject) -> None:
+    sim.write_scenarios("s.json", [scenario("a"), scenario("b")])
+    sim.run().assert_outcomes(passed=2)
+    result = sim.run("scenarios/s.json::a", "--llmsim-prune")
+    result.assert_outcomes(passed=1)
+    assert "unused" not in result.stdout.str() and "pruned" not in result.stdout.str()
+    assert (sim.path / REC / "b.json").exists()
+
+
+def test_secrets_never_reach_a_recording(sim: SimProject, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-very-secret-4711")
+    sim.write_scenarios("s.json", [scenario("a", variables={"PERSONALITY": "reads out sk-test-very-secret-4711"})])
+    sim.run().assert_outcomes(passed=1)
+    text = (sim.path / REC / "a.json").read_text(encoding="utf-8")
+    assert "CLIENT for a. Persona: reads out" in text
+    assert "sk-test-very-secret-4711" not in text
