@@ -225,12 +225,11 @@ async def simulate(
         "end_marker": settings.end_marker, "endpoint": settings.endpoint.identity,
         **({"agent": f"{spec.kind}:{driver.identity}"} if code_agent else {}),  # type: ignore[union-attr]
     }
-    timeout_key = marker_key("conversation_timeout", timeout_payload)
     recorder = RECORDER.get()
     recorder_key = recorder.marker_key(timeout_payload) if recorder is not None else ""
     replay_stop = recorder.lookup_timeout(recorder_key) if recorder is not None else None
     if replay_stop is None and cache is not None and (recorder is None or recorder.existing is None):
-        recorded_timeout = cache.lookup_marker(timeout_key, label=label)
+        recorded_timeout = cache.lookup_marker(marker_key("conversation_timeout", timeout_payload), label=label)
         replay_stop = recorded_timeout["turns"] if recorded_timeout else None
 
     async def one_turn(side: str) -> bool:
@@ -297,7 +296,8 @@ async def simulate(
         # no marker, so a rerun after fixing the endpoint calls the agent again instead of replaying it.
         if replay_stop is None and transcript.agent_replied:
             if cache is not None:
-                cache.store_marker(timeout_key, {"turns": len(transcript.turns)})
+                key = marker_key("conversation_timeout", timeout_payload)
+                cache.store_marker(key, {"turns": len(transcript.turns)})
         if recorder is not None and transcript.agent_replied:  # a replayed stop is kept in the rewritten file
             recorder.set_timeout(recorder_key, len(transcript.turns))
     transcript.duration_s = round(time.perf_counter() - started, 4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from .session import SESSION_KEY, LlmsimSession, local_model_path, local_state_d
 from .settings import redact_url
 
 OPTIONS_KEY = pytest.StashKey[options.ResolvedOptions]()
+_FROZEN_KEY = pytest.StashKey[bool]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -121,10 +123,17 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Open the cache before the first item runs, so a broken cache is one clear line, not an error per item."""
+    """Open the cache before the first item runs, so a broken cache is one clear line, not an error per item.
+
+    Then freeze what collection built (items, scenarios, pytest's own objects): it lives until the session ends,
+    and otherwise every full garbage collection during the run walks it again; replaying 1000 recorded
+    scenarios took 1.2x as long without this. Unfrozen at the end of the session."""
     llmsim = session.config.stash[SESSION_KEY]
     if llmsim.lookahead_enabled and any(llmsim.eligible(item) for item in session.items):
         llmsim.ensure_runner()
+        gc.collect()
+        gc.freeze()
+        session.config.stash[_FROZEN_KEY] = True
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -248,6 +257,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     session.config.stash[SESSION_KEY].close()
+    if session.config.stash.get(_FROZEN_KEY, False):
+        gc.unfreeze()
+        session.config.stash[_FROZEN_KEY] = False
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     llmsim = config.stash.get(SESSION_KEY, None)

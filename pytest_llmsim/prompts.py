@@ -60,10 +60,13 @@ class PromptRenderer:
             lstrip_blocks=True,
             auto_reload=False,  # templates don't change during a run: skip a stat() per render
         )
+        self._templates: dict[str, jinja2.Template] = {}
 
     def render(self, template_name: str, context: dict[str, Any], *, scenario_label: str) -> str:
         try:
-            template = self._env.get_template(template_name)
+            template = self._templates.get(template_name)
+            if template is None:  # jinja2's own cache is an LRU with a lock per lookup: keep ours
+                template = self._templates[template_name] = self._env.get_template(template_name)
             chunks: list[str] = []
             size = 0
             for chunk in template.generate(**context):  # streamed: stop at the limit, never build a huge prompt

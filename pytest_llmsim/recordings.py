@@ -213,9 +213,6 @@ _CALL_FIELDS = (("role", _STR, False), ("model", _STR, False), ("call", _STR, Tr
                 ("reply_model", _STR, True), ("endpoint", _STR, True), ("temperature", _NUMBER, True),
                 ("max_tokens", _INT, True), ("seed", _INT, True), ("attempt", _INT, True), ("messages", _INT, True),
                 ("tool_calls", _LIST, True), ("end", _BOOL, True))
-_ANY = (str, int, float, bool, dict, list, type(None))
-_CALL_TYPES = {name: (*types, type(None)) if optional else types for name, types, optional in _CALL_FIELDS}
-_CALL_TYPES.update(key=_STR, reply=(str, list), usage=_DICT)
 
 
 def _text(mapping: dict[str, Any], name: str, where: str, *, optional: bool = False) -> str | None:
@@ -225,6 +222,18 @@ def _text(mapping: dict[str, Any], name: str, where: str, *, optional: bool = Fa
     if isinstance(value, list) and all(isinstance(line, str) for line in value):
         mapping[name] = value = "\n".join(value)
     return _need(mapping, name, (str,), where, optional=optional)
+
+
+def _call_problem(call: dict[str, Any], where: str) -> None:
+    """Raise the problem of a call that failed the quick check, worded field by field."""
+    key = call.get("key")
+    if type(key) is not str or not _KEY.fullmatch(key):
+        raise _Problem(f"{where}key is not a SHA-256 hex digest")
+    for name, types, optional in _CALL_FIELDS:
+        _need(call, name, types, where, optional=optional)
+    _text(call, "reply", where)
+    _need(call, "usage", _DICT, where)
+    raise _Problem(f"{where[:-1]} is not a valid call")  # pragma: no cover - the checks above name it
 
 
 def _check_recording(data: Any, path: Path) -> Recording:
@@ -260,6 +269,9 @@ def _check_recording(data: Any, path: Path) -> Recording:
         if not _KEY.fullmatch(str(_need(timeout, "key", (str,), "timeout."))):
             raise _Problem("timeout.key is not a SHA-256 hex digest")
     for i, turn in enumerate(_need(data, "transcript", (list,), "", optional=True) or []):
+        if type(turn) is dict and turn.get("role") in ("client", "agent") and type(turn.get("text")) is str \
+                and type(turn.get("tool_calls", [])) is list and type(turn.get("scripted", False)) is bool:
+            continue  # the common case, checked at once
         where = f"transcript[{i}]."
         if not isinstance(turn, dict):
             raise _Problem(f"transcript[{i}] is not a mapping")
@@ -273,28 +285,33 @@ def _check_recording(data: Any, path: Path) -> Recording:
         _text(prompts, role, "prompts.")
     replies: dict[str, dict[str, Any]] = {}
     for i, call in enumerate(_need(data, "calls", _LIST, "", optional=True) or []):
-        where = f"calls[{i}]."
+        # The common case in one pass over the call's fields; the slow path only to word a problem.
         if type(call) is not dict:
             raise _Problem(f"calls[{i}] is not a mapping")
-        key = call.get("key")
-        if type(key) is not str or not _KEY.fullmatch(key):
-            raise _Problem(f"{where}key is not a SHA-256 hex digest")
-        if not all(type(value) in _CALL_TYPES.get(name, _ANY) for name, value in call.items()):
-            for name, types, optional in _CALL_FIELDS:  # the slow path, for the message
-                _need(call, name, types, where, optional=optional)
-        if type(call.get("role")) is not str or type(call.get("model")) is not str:
-            _need(call, "role", _STR, where)
-            _need(call, "model", _STR, where)
-        reply = _text(call, "reply", where)
-        usage = _need(call, "usage", _DICT, where)
-        prompt_tokens = _need(usage, "prompt_tokens", _INT, f"{where}usage.")
-        completion_tokens = _need(usage, "completion_tokens", _INT, f"{where}usage.")
+        get = call.get
+        key, usage, reply, tool_calls, end, served_by = (get("key"), get("usage"), get("reply"), get("tool_calls"),
+                                                         get("end"), get("reply_model"))
+        # Only the fields a replay or a baseline reads are checked here (the others are for people).
+        if (type(key) is not str or type(usage) is not dict or type(reply) not in (str, list)
+                or type(get("role")) is not str or type(get("model")) is not str
+                or (tool_calls is not None and type(tool_calls) is not list)
+                or (end is not None and type(end) is not bool)
+                or (served_by is not None and type(served_by) is not str)):
+            _call_problem(call, f"calls[{i}].")
+        if not _KEY.fullmatch(key):
+            raise _Problem(f"calls[{i}].key is not a SHA-256 hex digest")
+        if type(reply) is list:
+            reply = _text(call, "reply", f"calls[{i}].")
+        prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if type(prompt_tokens) is not int or type(completion_tokens) is not int:
+            for name in ("prompt_tokens", "completion_tokens"):
+                _need(usage, name, _INT, f"calls[{i}].usage.")
         response: dict[str, Any] = {"text": reply, "prompt_tokens": prompt_tokens,
                                     "completion_tokens": completion_tokens, "latency_s": 0.0,
-                                    "model": call.get("reply_model") or call["model"]}
-        if call.get("tool_calls"):
-            response["tool_calls"] = call["tool_calls"]
-        if call.get("end"):
+                                    "model": served_by or call["model"]}
+        if tool_calls:
+            response["tool_calls"] = tool_calls
+        if end:
             response["end"] = True
         replies.setdefault(key, response)
     return Recording(path, data, replies)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import itertools
 import os
 import queue
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -177,7 +179,7 @@ class LlmsimSession:
             self.nextitem = nextitem
             self.prefetch(upcoming_items(item, nextitem))
 
-    def prefetch(self, upcoming: list[pytest.Item]) -> None:
+    def prefetch(self, upcoming: Iterable[pytest.Item]) -> None:
         """Start conversations for the next items pytest will run, up to the lookahead window."""
         if not self.lookahead_enabled or self.settings is None:
             return
@@ -231,17 +233,31 @@ class LlmsimSession:
             self.runner = None
 
 
-def upcoming_items(item: pytest.Item, nextitem: pytest.Item | None) -> list[pytest.Item]:
-    """This item and the ones pytest will run after it in this process."""
+def upcoming_items(item: pytest.Item, nextitem: pytest.Item | None) -> Iterable[pytest.Item]:
+    """This item and the ones pytest will run after it in this process (lazily: the caller stops at its window)."""
     items = item.session.items
     if hasattr(item.config, "workerinput"):
         from .xdist_support import queued_indices
 
         queued = queued_indices(item.config) or []
         following = [nextitem] if nextitem is not None else []
-        return [item, *following, *(items[i] for i in queued if 0 <= i < len(items))]
-    try:
-        index = items.index(item)
-    except ValueError:
-        return [item]
-    return items[index:]
+        return itertools.chain([item], following, (items[i] for i in queued if 0 <= i < len(items)))
+    index = _position(item, items)
+    return [item] if index is None else itertools.islice(items, index, None)
+
+
+_POSITIONS = pytest.StashKey[tuple[int, int, dict[int, int]]]()
+
+
+def _position(item: pytest.Item, items: list[pytest.Item]) -> int | None:
+    """``items.index(item)`` from a map built once per items list (an index per item was quadratic)."""
+    stash = item.session.stash
+    for attempt in range(2):
+        known = stash.get(_POSITIONS, None)
+        if attempt or known is None or known[0] != id(items) or known[1] != len(items):
+            known = (id(items), len(items), {id(it): i for i, it in enumerate(items)})
+            stash[_POSITIONS] = known
+        index = known[2].get(id(item))
+        if index is not None and index < len(items) and items[index] is item:
+            return index
+    return None  # not in the list (rebuilt once in case it was reordered in place)
