@@ -131,8 +131,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     llmsim = session.config.stash[SESSION_KEY]
     if llmsim.lookahead_enabled and any(llmsim.eligible(item) for item in session.items):
         llmsim.ensure_runner()
-        gc.collect()
-        gc.freeze()
+        gc.freeze()  # garbage frozen with it is collected after ``gc.unfreeze`` at the session's end
         session.config.stash[_FROZEN_KEY] = True
 
 

@@ -346,20 +346,46 @@ def text_value(text: str) -> str | list[str]:
 
 def _layout(value: Any, indent: int, column: int | None = None, *, force: bool = False) -> str:
     """``value`` laid out at line indentation ``indent``, starting at ``column`` (after a key)."""
-    inline = json.dumps(value, ensure_ascii=False, allow_nan=False)
-    start = indent if column is None else column
-    force = force or isinstance(value, _Lines)
-    if not isinstance(value, dict | list) or not value or (not force and start + len(inline) <= _WIDTH):
-        return inline
+    return _laid(value, _inline(value), indent, indent if column is None else column, force)
+
+
+_dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+
+
+def _inline(value: Any) -> Any:
+    """``value``'s one-line JSON, with that of each container inside it, built once bottom-up (so laying out
+    a document costs one pass, not one serialisation per level): ``(text, children)`` for a container."""
+    if isinstance(value, dict):
+        children = {key: _inline(item) for key, item in value.items()}
+        text = "{" + ", ".join(f"{_dumps(key)}: {_text_of(child)}" for key, child in children.items()) + "}"
+        return text, children
+    if isinstance(value, list):
+        items = [_inline(item) for item in value]
+        return "[" + ", ".join(_text_of(child) for child in items) + "]", items
+    return _dumps(value)
+
+
+def _text_of(inline: Any) -> str:
+    return inline[0] if isinstance(inline, tuple) else inline
+
+
+def _laid(value: Any, inline: Any, indent: int, start: int, force: bool) -> str:
+    text = _text_of(inline)
+    if not isinstance(value, dict | list) or not value:
+        return text
+    if not (force or isinstance(value, _Lines)) and start + len(text) <= _WIDTH:
+        return text
     pad = " " * (indent + 2)
+    children = inline[1]
     if isinstance(value, dict):
         items = []
         for key, item in value.items():
-            prefix = f"{pad}{json.dumps(key, ensure_ascii=False)}: "
-            items.append(prefix + _layout(item, indent + 2, len(prefix)))
+            prefix = f"{pad}{_dumps(key)}: "
+            items.append(prefix + _laid(item, children[key], indent + 2, len(prefix), False))
         return "{\n" + ",\n".join(items) + "\n" + " " * indent + "}"
-    items = [pad + _layout(item, indent + 2) for item in value]
-    return "[\n" + ",\n".join(items) + "\n" + " " * indent + "]"
+    lines = [pad + _laid(item, child, indent + 2, indent + 2, False)
+             for item, child in zip(value, children, strict=True)]
+    return "[\n" + ",\n".join(lines) + "\n" + " " * indent + "]"
 
 
 def write_if_changed(path: Path, data: bytes) -> bool:
