@@ -340,3 +340,25 @@ def test_secrets_never_reach_a_recording(sim: SimProject, monkeypatch: pytest.Mo
     text = (sim.path / REC / "a.json").read_text(encoding="utf-8")
     assert "CLIENT for a. Persona: reads out" in text
     assert "sk-test-very-secret-4711" not in text
+
+
+def test_a_cached_code_agent_replays_from_the_recording_without_being_called(sim: SimProject) -> None:
+    bot = sim.path / "cbot"
+    bot.mkdir()
+    (bot / "__init__.py").write_text("")
+    (bot / "shop.py").write_text(
+        "from pathlib import Path\n\n"
+        "def reply(messages, context):\n"
+        "    calls = Path(__file__).with_name('calls.txt')\n"
+        "    calls.write_text(calls.read_text() + 'x' if calls.exists() else 'x')\n"
+        "    turn = sum(1 for m in messages if m['role'] == 'assistant') + 1\n"
+        "    return {'content': f'Agent turn {turn}', 'end': turn == 2}\n")
+    sim.write_scenarios("s.json", [scenario("a", agent={"python": "cbot.shop:reply"}, agent_cache=True)])
+    sim.run().assert_outcomes(passed=1)
+    assert (bot / "calls.txt").read_text() == "xx"
+    data = json.loads((sim.path / REC / "a.json").read_text(encoding="utf-8"))
+    assert [c["role"] for c in data["calls"]] == ["client", "agent", "client", "agent", "evaluator"]
+    assert set(data["roles"]) == {"client", "evaluator"}  # the agent is code: no agent model
+    shutil.rmtree(sim.path / ".llmsim_cache")
+    sim.run("--llmsim-record=none").assert_outcomes(passed=1)
+    assert (bot / "calls.txt").read_text() == "xx"  # replayed, not called
