@@ -26,6 +26,8 @@ _EXPORTS = {
     "Runner": "runner", "ScenarioJob": "runner", "run_scenario": "runner",
     "Scenario": "scenario", "load_scenario_file": "scenario",
     "EndpointSettings": "settings", "RecordMode": "settings", "RoleSettings": "settings", "RunSettings": "settings",
+    "Metric": "metrics", "LLMMetric": "metrics", "MetricResult": "metrics", "Conversation": "metrics",
+    "MetricError": "metrics",
 }
 __all__ = [
     "AgentContext",
@@ -33,9 +35,14 @@ __all__ = [
     "CacheError",
     "CacheMissError",
     "ConfigError",
+    "Conversation",
     "EndpointError",
     "EndpointSettings",
+    "LLMMetric",
     "LlmsimError",
+    "Metric",
+    "MetricError",
+    "MetricResult",
     "NoAgentReplyError",
     "PromptError",
     "RecordMode",
@@ -58,9 +65,9 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+    # Not cached in this module's globals: the submodule in ``sys.modules`` stays the one source, even where it is
+    # imported again (pytest's in-process ``pytester`` runs restore ``sys.modules`` between sessions).
+    return getattr(importlib.import_module(f".{module}", __name__), name)
 
 
 def __dir__() -> list[str]:
@@ -77,6 +84,7 @@ if TYPE_CHECKING:
         ScenarioError,
         VerdictError,
     )
+    from .metrics import Conversation, LLMMetric, Metric, MetricError, MetricResult
     from .results import ScenarioResult
     from .runner import Runner, ScenarioJob, run_scenario
     from .scenario import Scenario, load_scenario_file

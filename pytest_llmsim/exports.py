@@ -7,6 +7,10 @@
 * ``.csv``: one row per record with the flat fields of ``summary.RECORD_FIELDS`` (no transcript); summary
   in ``<name>.summary.json`` as for NDJSON.
 
+Every record carries ``metrics``, each metric's result in the scenario's order (``{"name", "score", "passed",
+"reason", "details"}``); the CSV's ``metrics`` column packs them as ``judge=3:passed;rules=0.5:failed;rouge=
+0.41:info`` (name, score with up to 2 decimals, empty for none, and passed / failed / info).
+
 With a baseline (``--llmsim-baseline``), every JSON/NDJSON record carries a ``baseline`` object (the scenario's
 status, outcome and score in the baseline, its score, turns, tokens and cost deltas, ``transcript_changed``,
 ``regressed``, ``newly_failing``, ``newly_passing``: ``baseline.ScenarioDelta.to_dict``), null for a scenario not
@@ -36,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from .results import ScenarioRecord
 from .summary import RECORD_FIELDS
+from .terminal_report import metrics_cell
 
 if TYPE_CHECKING:
     from .baseline import Comparison
@@ -115,6 +120,7 @@ def render_csv(records: Sequence[Mapping[str, Any]], *, baseline: bool = False) 
     writer.writeheader()
     for record in records:
         row = {name: _csv_value(record.get(name)) for name in RECORD_FIELDS}
+        row["metrics"] = metrics_cell(record.get("metrics"))
         old = record.get("baseline") or {}
         row.update({column: _csv_value(old.get(key)) for column, key in extra})
         writer.writerow(row)

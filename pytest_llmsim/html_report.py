@@ -26,6 +26,7 @@ from .summary import (
     outcome_counts,
     pass_rate_text,
 )
+from .terminal_report import metric_entries, metric_min_score, metric_score_text, metric_verdict, one_line
 
 if TYPE_CHECKING:  # only for annotations: no import-time dependency on the baseline comparison
     from .baseline import ScenarioDelta
@@ -40,6 +41,14 @@ STYLE = """<style>
 .llmsim-score-1{background:#c9302c}.llmsim-score-2{background:#d58512}.llmsim-score-3{background:#449d44}
 .llmsim-score-none{background:#777}
 .llmsim-status-failed,.llmsim-status-error{border-color:#c9302c;color:#a94442;font-weight:bold}
+.llmsim-metrics{display:flex;flex-wrap:wrap;gap:6px;margin:0 0 8px}
+.llmsim-metric{border:1px solid #d5dbe1;border-radius:10px;padding:2px 8px;background:#eef1f4;color:#333;
+  max-width:100%;word-break:break-word}
+.llmsim-metric-name{font-weight:bold}.llmsim-metric-verdict{font-size:11px;text-transform:uppercase}
+.llmsim-metric-passed{background:#dff0d8;border-color:#b2d8a5;color:#2b542c}
+.llmsim-metric-failed{background:#f2dede;border-color:#e4b9b9;color:#a94442}
+.llmsim-metric-failed .llmsim-metric-verdict{font-weight:bold}
+.llmsim-metric-info{background:#eef1f4;border-color:#d5dbe1;color:#555}
 .llmsim-judge{background:#fcf8e3;border-left:4px solid #d58512;padding:6px 10px;margin:6px 0;white-space:pre-wrap}
 .llmsim-error{background:#f2dede;border-left:4px solid #c9302c;padding:6px 10px;margin:6px 0;
   white-space:pre-wrap;font-family:monospace}
@@ -119,6 +128,30 @@ def tool_call_html(call: Mapping[str, Any]) -> str:
     return shown + "</div>"
 
 
+def metric_chip(metric: Mapping[str, Any]) -> str:
+    """One metric as a chip: name, score (and minimum), passed / failed / info by colour and word; the reason is
+    the chip's title and, for a failed metric, shown after it. Every value escaped."""
+    verdict = metric_verdict(metric)
+    score = ""
+    if metric.get("score") is not None:
+        score = f' <span class="llmsim-metric-score">{_e(metric_score_text(metric.get("score")))}</span>'
+    minimum = metric_min_score(metric)
+    if minimum is not None:
+        score += f" (min {_e(metric_score_text(minimum))})"
+    reason = one_line(metric.get("reason"))
+    title = f' title="{_e(reason)}"' if reason else ""
+    shown = f'<span class="llmsim-metric-reason">: {_e(reason)}</span>' if reason and verdict == "failed" else ""
+    return (f'<span class="llmsim-metric llmsim-metric-{verdict}"{title}><span class="llmsim-metric-name">'
+            f'{_e(metric.get("name", "?"))}</span>{score} <span class="llmsim-metric-verdict">{verdict}</span>'
+            f"{shown}</span>")
+
+
+def metrics_html(result: ScenarioResult) -> str:
+    """A chip per metric, in the scenario's order ("" for a result without metrics)."""
+    chips = [metric_chip(metric) for metric in metric_entries(result.metrics)]
+    return f'<div class="llmsim-metrics">{"".join(chips)}</div>' if chips else ""
+
+
 def scenario_html(record: ScenarioRecord) -> str:
     """The chat of one scenario run with its verdict, tokens, cost, duration and cache state."""
     result = record.result
@@ -138,7 +171,8 @@ def scenario_html(record: ScenarioRecord) -> str:
                      f'</span>')
     if record.unpriced_models:
         pills.append(f'<span class="llmsim-pill">unpriced: {_e(", ".join(record.unpriced_models))}</span>')
-    parts = [f'<div class="llmsim-card"><div class="llmsim-meta">{score_badge(result)}{"".join(pills)}</div>']
+    parts = [f'<div class="llmsim-card"><div class="llmsim-meta">{score_badge(result)}{"".join(pills)}</div>',
+             metrics_html(result)]
     if result.comment:
         parts.append(f'<div class="llmsim-judge"><strong>Judge:</strong> {_e(result.comment)}</div>')
     if result.error_message:

@@ -226,14 +226,16 @@ def _transcript_text(result: ScenarioResult) -> str:
 
 
 def _failure_text(result: ScenarioResult) -> str:
-    """Verdict and comment; the conversation itself is the item's ``llmsim transcript`` section, which pytest
-    prints right below (JUnit and pytest-html carry it too)."""
-    lines = [
-        f"scenario {result.scenario!r} scored {result.score} (min_score {result.min_score})",
-        f"judge: {result.comment}",
-        f"turns: {result.total_turns}, ended by {result.ended_by} ({result.end_reason}); the conversation is in "
-        f"the 'llmsim transcript' section",
-    ]
+    """Verdict (naming the failed metrics), one line per metric and the judge's comment; the conversation itself
+    is the item's ``llmsim transcript`` section, which pytest prints right below (JUnit and pytest-html carry it
+    too)."""
+    from .terminal_report import failure_headline, metric_lines
+
+    lines = [failure_headline(result), *metric_lines(result)]
+    if result.comment or not result.metrics:  # a scenario without the judge has no comment
+        lines.append(f"judge: {result.comment}")
+    lines.append(f"turns: {result.total_turns}, ended by {result.ended_by} ({result.end_reason}); the conversation "
+                 f"is in the 'llmsim transcript' section")
     return "\n".join(lines)
 
 

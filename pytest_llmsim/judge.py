@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .client import Completer, LLMRequest
 from .conversation import Transcript, no_agent_reply_error
-from .errors import PromptError, VerdictError
+from .errors import ConfigError, PromptError, VerdictError
+from .metrics import Conversation, LLMMetric, MetricResult
 from .prompts import PromptRenderer, template_context
 from .scenario import Scenario
 from .settings import RunSettings
@@ -293,7 +295,6 @@ async def evaluate(
     if refusal is not None:
         raise refusal
     role = settings.role("evaluator", scenario)
-    check_judge_sees_criteria(scenario, settings, renderer, label=label)
     context = template_context(scenario, settings, transcript=transcript.to_dicts(),
                                transcript_text=transcript.as_text(), ended_by=transcript.ended_by,
                                end_reason=transcript.end_reason)
@@ -325,3 +326,144 @@ async def evaluate(
         f"{problems[-1]}",
         raw_reply=raw,
     )
+
+
+# -- the judge and the criteria as metrics -------------------------------------------------------------------------
+class JudgeMetric(LLMMetric):
+    """``judge``: today's 1-3 verdict and comment; passes at ``min_score`` (the option, else the scenario's,
+    else the run's). Needs the renderer (the evaluator template), bound by the runner."""
+
+    name = "judge"
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(options)
+        unknown = sorted(set(self.options) - {"min_score"})
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))}; the judge takes min_score")
+        min_score = self.options.get("min_score")
+        if min_score is not None and (not isinstance(min_score, int) or isinstance(min_score, bool)
+                                      or not 1 <= min_score <= 3):
+            raise ValueError(f"min_score must be 1, 2 or 3 (got {min_score!r})")
+        self.verdict: Verdict | None = None
+
+    def bind_renderer(self, renderer: PromptRenderer) -> None:
+        self._renderer = renderer
+
+    def min_score(self, scenario: Scenario) -> int:
+        return self.options.get("min_score") or scenario.min_score or self._settings.min_score
+
+    async def evaluate(self, conversation: Conversation, scenario: Scenario) -> MetricResult:
+        assert conversation.transcript is not None
+        verdict = self.verdict = await evaluate(scenario, conversation.transcript, self._settings, self._client,
+                                                self._renderer, label=self._label)
+        minimum = self.min_score(scenario)
+        return MetricResult("judge", verdict.score, verdict.score >= minimum, verdict.comment,
+                            {"min_score": minimum, "attempts": verdict.attempts})
+
+
+CRITERIA_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "criteria": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"number": {"type": "integer"}, "met": {"type": "boolean"},
+                               "reason": {"type": "string"}},
+                "required": ["number", "met", "reason"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    "required": ["criteria"],
+    "additionalProperties": False,
+}
+
+
+def criteria_prompt(scenario: Scenario, transcript: Transcript, language: str) -> str:
+    criteria = "\n".join(f"{i}. {criterion}" for i, criterion in enumerate(scenario.criteria or (), start=1))
+    return (
+        "You check a conversation between a customer and an AI assistant (the AGENT) against criteria, one by "
+        "one. Judge only the AGENT.\n\nCriteria:\n" + criteria + "\n\n"
+        "In the transcript, text in square brackets before an agent's line is a tool call the agent made and what "
+        f"it returned.\nHow the conversation ended: {transcript.end_reason}.\n\nTranscript:\n{transcript.as_text()}\n\n"
+        'Reply with one JSON object only: {"criteria": [{"number": <criterion number>, "met": true or false, '
+        f'"reason": "<one sentence in {language}>"}}, ...]}}, one entry per criterion, in order.'
+    )
+
+
+def parse_criteria(raw: str, count: int) -> list[tuple[bool, str]]:
+    """``(met, reason)`` per criterion from the judge's reply; ValueError unless it answers every criterion
+    exactly once with a boolean (never guessed)."""
+    try:
+        data = json.loads(raw.strip().removeprefix("```json").removeprefix("```").removesuffix("```").strip())
+    except ValueError:
+        raise ValueError("the reply is not a JSON object") from None
+    entries = data.get("criteria") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError("the reply has no 'criteria' list")
+    found: dict[int, tuple[bool, str]] = {}
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise ValueError("a 'criteria' entry is not an object")
+        number, met = entry.get("number"), entry.get("met")
+        if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= count:
+            raise ValueError(f"a criterion number {number!r} is not between 1 and {count}")
+        if not isinstance(met, bool):
+            raise ValueError(f"criterion {number}: 'met' is {met!r}, not true or false")
+        if number in found:
+            raise ValueError(f"criterion {number} is answered twice")
+        found[number] = (met, str(entry.get("reason") or ""))
+    missing = [n for n in range(1, count + 1) if n not in found]
+    if missing:
+        raise ValueError(f"criteria {', '.join(map(str, missing))} are not answered")
+    return [found[n] for n in range(1, count + 1)]
+
+
+class CriteriaMetric(LLMMetric):
+    """``criteria``: one judge call returns met / not met and a reason for each of the scenario's ``criteria``;
+    passes when every criterion is met (or at least ``min_share`` of them). ``score``: the share met."""
+
+    name = "criteria"
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(options)
+        unknown = sorted(set(self.options) - {"min_share"})
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))}; criteria takes min_share")
+        share = self.options.get("min_share", 1.0)
+        if not isinstance(share, int | float) or isinstance(share, bool) or not 0 <= share <= 1:
+            raise ValueError(f"min_share must be a number from 0 to 1 (got {share!r})")
+        self.min_share = float(share)
+
+    async def evaluate(self, conversation: Conversation, scenario: Scenario) -> MetricResult:
+        assert conversation.transcript is not None
+        if not scenario.criteria:
+            raise ConfigError(f"{self._label}: the metric 'criteria' needs the scenario's 'criteria' list")
+        refusal = no_agent_reply_error(conversation.transcript, scenario, self._settings, label=self._label)
+        if refusal is not None:
+            raise refusal
+        language = scenario.language or self._settings.language
+        messages = [{"role": "system", "content": criteria_prompt(scenario, conversation.transcript, language)},
+                    {"role": "user", "content": "Return the verdicts as JSON now."}]
+        problems: list[str] = []
+        raw = ""
+        for attempt in range(self._settings.judge_attempts):
+            reply = await self.ask(messages, json_schema=CRITERIA_SCHEMA, attempt=attempt)
+            raw = reply.text
+            try:
+                verdicts = parse_criteria(raw, len(scenario.criteria))
+            except ValueError as exc:
+                problems.append(str(exc))
+                continue
+            met = sum(1 for ok, _ in verdicts if ok)
+            share = met / len(verdicts)
+            failed = [f"{criterion!r} not met: {reason}" if reason else f"{criterion!r} not met"
+                      for criterion, (ok, reason) in zip(scenario.criteria, verdicts, strict=True) if not ok]
+            details = {"criteria": [{"criterion": criterion, "met": ok, "reason": reason}
+                                    for criterion, (ok, reason) in zip(scenario.criteria, verdicts, strict=True)],
+                       "min_share": self.min_share}
+            return MetricResult("criteria", round(share, 4), share >= self.min_share - 1e-9,
+                                "; ".join(failed) or f"all {len(verdicts)} criteria met", details)
+        raise VerdictError(f"{self._label}: the criteria verdict is not valid after {self._settings.judge_attempts} "
+                           f"attempt(s): {problems[-1]}", raw_reply=raw)

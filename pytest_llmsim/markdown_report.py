@@ -42,7 +42,7 @@ from .summary import (
     outcome_counts,
     pass_rate_text,
 )
-from .terminal_report import SPEAKERS, record_text, turn_text
+from .terminal_report import SPEAKERS, failed_metric_names, record_text, turn_text
 
 if TYPE_CHECKING:  # only for annotations: no import-time dependency on the baseline comparison
     from .baseline import ScenarioDelta
@@ -316,8 +316,10 @@ def _record_summary(record: ScenarioRecord, esc: Callable[[Any], str] = html_tex
         score += f" (min {result.min_score})"
     verdict = "errored" if record.outcome == Outcome.ERROR else "failed"
     kind = f" ({record.error_kind})" if record.outcome == Outcome.ERROR and record.error_kind else ""
+    failed = failed_metric_names(result)
+    metrics = "" if failed in ([], ["judge"]) else f" · failed metrics: {esc(_shorten(', '.join(failed), CELL_CHARS))}"
     return (f"❌ {verdict}{esc(kind)}: <code>{esc(_shorten(record.nodeid, CELL_CHARS))}</code> · "
-            f"{esc(score)} · {result.total_turns} turns")
+            f"{esc(score)} · {result.total_turns} turns{metrics}")
 
 
 def _diff_body(delta: ScenarioDelta) -> str:
@@ -343,7 +345,8 @@ class _Block:
 
 
 def record_block(record: ScenarioRecord, delta: ScenarioDelta | None) -> str:
-    """A failed or errored scenario: verdict, judge's comment, error and the whole transcript (and, when its
+    """A failed or errored scenario: verdict, one line per metric (``metric rules: 0.5 FAILED - ...``, as
+    ``terminal_report.record_text`` writes them), judge's comment, error and the whole transcript (and, when its
     transcript changed since the baseline, the turn-level diff)."""
     body = fenced(record_text(record).rstrip("\n"))
     if delta is not None and delta.transcript_changed:

@@ -127,6 +127,8 @@ OPTIONS: tuple[Option, ...] = (
            "aiohttp is installed, else httpx), aiohttp or httpx.", "auto", kind="choice", choices=HTTP_BACKENDS),
     Option("llmsim_local_model", "GGUF file for the local server used when no endpoint is configured (default: "
            "the bundled SmolLM2).", flag="--llmsim-local-model", kind="path", metavar="PATH"),
+    Option("llmsim_evaluate", "Metrics of a scenario that lists none under 'evaluate' (one per line): judge, "
+           "criteria, rules, rouge or a registered metric.", ["judge"], kind="lines"),
     Option("llmsim_agent", "The agent under test for every scenario whose own 'agent' names none: an inline "
            "mapping such as {python: \"bots.shop:ShopBot\"}, {http: {url: ...}} or {openai: {base_url: ..., "
            "model: ...}} (empty: the prompt agent).", flag="--llmsim-agent", metavar="SPEC"),
@@ -409,6 +411,7 @@ def build_settings(
         recordings_dir=resolved["llmsim_recordings"],
         match_endpoint=resolved["llmsim_match_endpoint"],
         adoptable=adoptable_role_settings(resolved),
+        evaluate=tuple(resolved["llmsim_evaluate"]) or ("judge",),
     )
 
 

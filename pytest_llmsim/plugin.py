@@ -28,6 +28,12 @@ OPTIONS_KEY = pytest.StashKey[options.ResolvedOptions]()
 _FROZEN_KEY = pytest.StashKey[bool]()
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     options.add_options(parser)
     parser.getgroup("llmsim").addoption(
@@ -218,13 +224,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def _result_properties(item: pytest.Item, report: pytest.TestReport, result: ScenarioResult) -> None:
-    """The JUnit properties of the conversation ``report.llmsim`` carries."""
+    """The JUnit properties of the conversation ``report.llmsim`` carries, then ``metric.<name>.score`` and
+    ``metric.<name>.passed`` (``true``, ``false``, empty for an informational metric) per metric."""
+    from .terminal_report import metric_entries
+
+    metrics: list[tuple[str, Any]] = []
+    for metric in metric_entries(result.metrics):
+        name, score, passed = metric.get("name", "?"), metric.get("score"), metric.get("passed")
+        metrics.append((f"metric.{name}.score", "" if score is None else score))
+        metrics.append((f"metric.{name}.passed", "true" if passed is True else "false" if passed is False else ""))
     for name, value in (
         ("score", result.score), ("min_score", result.min_score), ("comment", result.comment),
         ("turns", result.total_turns), ("ended_by", result.ended_by),
         ("prompt_tokens", result.prompt_tokens), ("completion_tokens", result.completion_tokens),
         ("cost_usd", scenario_cost_usd(item.config, report.llmsim)),  # type: ignore[attr-defined]
         ("cached", result.fully_cached),
+        *metrics,
     ):
         # The current report gets a copy; the item's list reaches the teardown report (which
         # junitxml writes properties from) and every later report of this item.

@@ -132,7 +132,7 @@ class Recording:
             comment=verdict.get("comment", ""), transcript=[dict(t) for t in self.transcript],
             ended_by=self.data.get("ended_by", ""), end_reason=self.data.get("end_reason", ""),
             error_kind=ErrorKind.parse(verdict.get("error_kind")), error_message=verdict.get("error", ""),
-            usage=list(usage.values()),
+            usage=list(usage.values()), metrics=[dict(metric) for metric in self.data.get("metrics") or []],
         )
 
 
@@ -255,6 +255,10 @@ def _check_recording(data: Any, path: Path) -> Recording:
     _need(verdict, "error_kind", (str,), "verdict.", optional=True)
     for name in ("comment", "error"):
         _text(verdict, name, "verdict.", optional=True)
+    for i, metric in enumerate(_need(data, "metrics", _LIST, "", optional=True) or []):
+        if type(metric) is not dict or type(metric.get("name")) is not str:
+            raise _Problem(f"metrics[{i}] is not a mapping with a name")
+        _text(metric, "reason", f"metrics[{i}].", optional=True)
     roles = _need(data, "roles", (dict,), "", optional=True) or {}
     for role, settings in roles.items():
         _need(roles, role, (dict,), "roles.")
@@ -539,6 +543,9 @@ class ScenarioRecorder:
         else:
             verdict.update(score=result.score, min_score=result.min_score, comment=text_value(result.comment))
         data["verdict"] = verdict
+        if result.metrics:
+            data["metrics"] = [{**metric, "reason": text_value(str(metric.get("reason", "")))}
+                               for metric in result.metrics]
         data["ended_by"], data["end_reason"] = result.ended_by, result.end_reason
         if self._timeout is not None:
             data["timeout"] = dict(self._timeout)

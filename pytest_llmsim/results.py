@@ -59,6 +59,7 @@ class ErrorKind(StrEnum):
     NO_AGENT_REPLY = "no_agent_reply"
     AGENT = "agent_error"
     INVALID_VERDICT = "invalid_verdict"
+    METRIC = "metric_error"  # a metric raised or returned no MetricResult
     INTERNAL = "internal_error"  # a bug or an unexpected library error in the engine
     CRASHED = "crashed"  # the item failed outside the engine (e.g. an xdist worker died)
 
@@ -174,6 +175,9 @@ class ScenarioResult:
     error_message: str = ""
     duration_seconds: float = 0.0
     usage: list[ModelUsage] = field(default_factory=list)
+    # Every metric's result (``metrics.MetricResult.to_dict()``: name, score, passed, reason, details), in the
+    # order of the scenario's ``evaluate``; the judge's score and comment are also ``score`` and ``comment``.
+    metrics: list[dict[str, Any]] = field(default_factory=list)
     recording: str = ""  # the scenario's recording file (relative to the rootdir), when recordings are on
     recording_state: str = ""  # written | unchanged | replayed | "not written: <why>" | "" (nothing recorded)
 
@@ -290,7 +294,8 @@ class ScenarioRecord:
         return ErrorKind.parse(self.result.error_kind)
 
     def to_dict(self) -> dict[str, Any]:
-        """The export row: the flat fields of ``summary.RECORD_FIELDS``, then raw verdict, transcript, usage."""
+        """The export row: the flat fields of ``summary.RECORD_FIELDS`` (``metrics`` as the list of metric
+        results), then raw verdict, transcript, usage."""
         r = self.result
         return {
             "session_id": self.run_id,
@@ -302,6 +307,7 @@ class ScenarioRecord:
             "score": r.score,
             "min_score": r.min_score,
             "comment": r.comment,
+            "metrics": [dict(metric) for metric in r.metrics if isinstance(metric, Mapping)],
             "total_turns": r.total_turns,
             "ended_by": r.ended_by,
             "end_reason": r.end_reason,
@@ -328,7 +334,27 @@ class ScenarioRecord:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ScenarioRecord:
-        """A record from an export row, or from a bare ``ScenarioResult.to_dict()`` (outcome from its status)."""
+        """A record from an export row, or from a bare ``ScenarioResult.to_dict()`` (outcome from its status).
+        ``metrics``: a list (entries that are not objects left out) or a CSV cell (``judge=3:passed;...``)."""
+        metrics = data.get("metrics")
+        if isinstance(metrics, str):  # a CSV cell: name=score:verdict;... (no reasons or details)
+            verdicts = {"passed": True, "failed": False}
+            rows = []
+            for entry in filter(None, metrics.split(";")):
+                name, _, rest = entry.partition("=")
+                score, _, verdict = rest.rpartition(":")
+                number: float | int | None = None
+                if score:
+                    try:
+                        number = int(score)
+                    except ValueError:
+                        number = float(score)
+                rows.append({"name": name, "score": number, "passed": verdicts.get(verdict), "reason": "",
+                             "details": {}})
+            data = {**data, "metrics": rows}
+        elif "metrics" in data:
+            data = {**data, "metrics": [dict(m) for m in metrics if isinstance(m, Mapping)]
+                    if isinstance(metrics, list) else []}
         result = ScenarioResult.from_dict(data)
         outcome = data.get("outcome")
         unpriced = data.get("unpriced_models") or ()

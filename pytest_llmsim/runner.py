@@ -17,13 +17,24 @@ import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .agents import AgentRuntime
 from .cache import CallCache
 from .client import LLMClient, LLMReply, LLMRequest, RateLimiter
-from .conversation import no_agent_reply_error, simulate
+from .conversation import Transcript, no_agent_reply_error, simulate
 from .errors import LlmsimError, VerdictError
-from .judge import check_judge_sees_criteria, evaluate
+from .judge import JudgeMetric, check_judge_sees_criteria
+from .metrics import (
+    Metric,
+    MetricResult,
+    builtin_metrics,
+    conversation_of,
+    entry_point_metrics,
+    make_metric,
+    metric_specs,
+    run_metric,
+)
 from .prompts import PromptRenderer
 from .recordings import CURRENT as RECORDER
 from .recordings import ScenarioRecorder
@@ -98,7 +109,13 @@ async def _run_scenario(
                 scenario=scenario.name, endpoint=settings.endpoint.identity, match_endpoint=settings.match_endpoint)
             token = RECORDER.set(recorder)
             settings = adopt_recorded_roles(settings, recorder)
-        check_judge_sees_criteria(scenario, settings, renderer, label=job.label)
+        specs = metric_specs(scenario, settings.evaluate)
+        registry = settings.metrics if settings.metrics is not None else default_registry()
+        # Made before the conversation: an unknown metric or a bad option costs no call.
+        metrics = [make_metric(name, options, registry, label=job.label) for name, options in specs]
+        if any(isinstance(metric, JudgeMetric) for metric in metrics) and "criteria" not in {n for n, _ in specs}:
+            # (with the criteria metric, the criteria are checked one by one: the judge need not see them)
+            check_judge_sees_criteria(scenario, settings, renderer, label=job.label)
         transcript = await simulate(scenario, settings, metered, renderer, label=job.label, cache=client.cache,
                                     agents=agents)
         result.transcript = transcript.to_dicts()
@@ -106,7 +123,7 @@ async def _run_scenario(
         refusal = no_agent_reply_error(transcript, scenario, settings, label=job.label)
         if refusal is not None:  # nothing the agent said: an error, never a verdict (the transcript stays)
             raise refusal
-        verdict = await evaluate(scenario, transcript, settings, metered, renderer, label=job.label)
+        outcomes = await _evaluate(metrics, specs, transcript, scenario, settings, metered, renderer, job.label)
     except VerdictError as exc:
         result.error_kind, result.error_message, result.raw_verdict = exc.kind, str(exc), exc.raw_reply
     except LlmsimError as exc:
@@ -116,8 +133,13 @@ async def _run_scenario(
         result.error_message = (f"{job.label}: internal error {type(exc).__name__}: {exc} (please report this "
                                 f"with the traceback below)\n{traceback.format_exc(limit=-8)}")
     else:
-        result.score, result.comment, result.raw_verdict = verdict.score, verdict.comment, verdict.raw_reply
-        result.status = PASSED if verdict.score >= min_score else FAILED
+        result.metrics = [outcome.to_dict() for outcome in outcomes]
+        judge = next((metric for metric in metrics if isinstance(metric, JudgeMetric)), None)
+        if judge is not None and judge.verdict is not None:
+            verdict = judge.verdict
+            result.score, result.comment, result.raw_verdict = verdict.score, verdict.comment, verdict.raw_reply
+            result.min_score = judge.min_score(scenario)
+        result.status = FAILED if any(outcome.passed is False for outcome in outcomes) else PASSED
     finally:
         if token is not None:
             RECORDER.reset(token)
@@ -128,6 +150,32 @@ async def _run_scenario(
         _finish_recording(recorder, result, job, settings, scrub)
     result.duration_seconds = round(time.perf_counter() - started, 4)
     return result
+
+
+async def _evaluate(metrics: list[Metric], specs: list[tuple[str, dict[str, Any]]], transcript: Transcript,
+                    scenario: Scenario, settings: RunSettings, client: MeteredClient, renderer: PromptRenderer,
+                    label: str) -> list[MetricResult]:
+    """Every metric's result, in the scenario's order (each LLM metric metered with the scenario)."""
+    conversation = conversation_of(transcript, scenario)
+    outcomes = []
+    for metric, (name, _) in zip(metrics, specs, strict=True):
+        if callable(getattr(metric, "bind", None)):  # an LLMMetric (duck-typed, as make_metric checks metrics)
+            metric.bind(client, settings, scenario, label)  # type: ignore[attr-defined]
+        if isinstance(metric, JudgeMetric):
+            metric.bind_renderer(renderer)
+        outcomes.append(await run_metric(metric, name, conversation, scenario, label=label))
+    return outcomes
+
+
+_REGISTRY: dict[str, Any] = {}
+
+
+def default_registry() -> dict[str, Any]:
+    """The built-in metrics and those of installed entry points (looked up once per process)."""
+    if not _REGISTRY:
+        _REGISTRY.update(entry_point_metrics())
+        _REGISTRY.update(builtin_metrics())
+    return _REGISTRY
 
 
 def adopt_recorded_roles(settings: RunSettings, recorder: ScenarioRecorder) -> RunSettings:
@@ -188,6 +236,20 @@ def _scrub_secrets(result: ScenarioResult, scrub: Callable[[str], str]) -> None:
     for turn in result.transcript:
         if turn.get("text"):
             turn["text"] = scrub(turn["text"])
+    for metric in result.metrics:
+        metric["reason"] = scrub(metric.get("reason") or "")
+        metric["details"] = _scrub_data(metric.get("details") or {}, scrub)
+
+
+def _scrub_data(value: Any, scrub: Callable[[str], str]) -> Any:
+    """``value`` (JSON data) with every string scrubbed."""
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {key: _scrub_data(item, scrub) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_scrub_data(item, scrub) for item in value]
+    return value
 
 
 class Runner:

@@ -67,6 +67,7 @@ _RESERVED_TAGS = frozenset({"skip", "skipif", "xfail", "parametrize", "usefixtur
 RESERVED_VARIABLES = frozenset({"scenario_name", "end_marker", "language", "description", "transcript",
                                 "transcript_text", "ended_by", "end_reason", "persona", "goal", "criteria"})
 # Reserved variable names that are scenario fields: the message says to use the field instead.
+_METRIC_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
 _FIELD_VARIABLES = frozenset({"language", "description", "persona", "goal", "criteria"})
 
 
@@ -231,6 +232,41 @@ class Scenario(BaseModel):
     agent_cache: StrictBool = False
     client: RoleOverride | None = None
     evaluator: RoleOverride | None = None
+    # The metrics, in order: (name, options). Written as a list of names and one-key mappings of a name to its
+    # options (``[judge, {rules: {not_contains: [refund]}}]``); None: the run's default (``llmsim_evaluate``).
+    evaluate: tuple[tuple[str, dict[str, Any]], ...] | None = None
+
+    @field_validator("evaluate", mode="before")
+    @classmethod
+    def _metric_list(cls, value: Any) -> Any:
+        if value is None:
+            return value
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ValueError("must be a non-empty list of metric names, or of one-key mappings of a metric name to "
+                             f"its options (got {_shown(value)})")
+        specs = []
+        names = set()
+        for i, entry in enumerate(value):
+            if isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], str) \
+                    and isinstance(entry[1], dict):
+                name, options = entry  # already parsed (a model copied or dumped and read back)
+            elif isinstance(entry, str):
+                name, options = entry, {}
+            elif isinstance(entry, dict) and len(entry) == 1:
+                name, options = next(iter(entry.items()))
+                options = {} if options is None else options
+                if not isinstance(options, dict):
+                    raise ValueError(f"entry #{i} ({name!r}): the options must be a mapping (got {_shown(options)})")
+            else:
+                raise ValueError(f"entry #{i} must be a metric name or a one-key mapping of a name to its options "
+                                 f"(got {_shown(entry)})")
+            if not isinstance(name, str) or not _METRIC_NAME_RE.fullmatch(name):
+                raise ValueError(f"entry #{i}: {_shown(name)} is not a metric name (letters, digits, '_', '-')")
+            if name in names:
+                raise ValueError(f"metric {name!r} is listed twice; list it once with all its options")
+            names.add(name)
+            specs.append((name, dict(options)))
+        return tuple(specs)
 
     @field_validator("name")
     @classmethod

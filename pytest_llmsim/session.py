@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import itertools
 import os
 import queue
@@ -92,9 +93,9 @@ class LlmsimSession:
         return self.runner
 
     def build_settings(self) -> RunSettings:
-        if not self.options.local:
-            return options.build_settings(self.options, rootdir=self.config.rootpath)
-        return self._local_settings()
+        settings = (options.build_settings(self.options, rootdir=self.config.rootpath) if not self.options.local
+                    else self._local_settings())
+        return dataclasses.replace(settings, metrics=metric_registry(self.config))
 
     def _local_settings(self) -> RunSettings:
         """No endpoint configured: the local GGUF model serves every role. Its server starts on the first
@@ -231,6 +232,32 @@ class LlmsimSession:
                                   f"{cache.store_error}")
             self.runner.close()
             self.runner = None
+
+
+def metric_registry(config: pytest.Config) -> dict[str, object]:
+    """The metrics ``evaluate:`` can name: built-in, entry points, then every ``pytest_llmsim_metrics`` hook's."""
+    from .errors import ConfigError
+    from .runner import default_registry
+
+    try:
+        registry = dict(default_registry())
+    except ConfigError as exc:
+        raise pytest.UsageError(f"llmsim: {exc}") from None
+    for found in config.hook.pytest_llmsim_metrics():
+        if found is None:
+            continue
+        pairs = found.items() if isinstance(found, dict) else (
+            (getattr(cls, "name", ""), cls) for cls in found) if isinstance(found, list | tuple) else None
+        if pairs is None:
+            raise pytest.UsageError(f"llmsim: pytest_llmsim_metrics returned a {type(found).__name__}; return a "
+                                    "dict of name -> Metric subclass, or a list of Metric subclasses")
+        for name, factory in pairs:
+            if not isinstance(name, str) or not name or not callable(factory) or (
+                    isinstance(factory, type) and not callable(getattr(factory, "evaluate", None))):
+                raise pytest.UsageError(f"llmsim: pytest_llmsim_metrics: {name!r} -> {factory!r} is not a metric "
+                                        "(a pytest_llmsim.Metric subclass with a name, or a factory)")
+            registry[name] = factory
+    return registry
 
 
 def upcoming_items(item: pytest.Item, nextitem: pytest.Item | None) -> Iterable[pytest.Item]:

@@ -6,11 +6,11 @@ import base64
 import functools
 import importlib.util
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit, urlunsplit
 
 from .errors import ConfigError
@@ -237,6 +237,10 @@ class RunSettings:
     # run takes from a scenario's recording: a run without an endpoint would otherwise use the local model's
     # defaults and miss every call recorded against another endpoint.
     adoptable: frozenset[str] = frozenset()
+    # The metrics of a scenario that lists none (``llmsim_evaluate``), and the metrics that can be named: name ->
+    # factory (a ``metrics.Metric`` subclass). None: the built-in ones and those of installed entry points.
+    evaluate: tuple[str, ...] = ("judge",)
+    metrics: Mapping[str, Any] | None = field(default=None, compare=False)
 
     def role(self, name: str, scenario: Scenario) -> RoleSettings:
         base: RoleSettings = getattr(self, name)

@@ -51,8 +51,9 @@ RECORD_COST_DECIMALS = 8
 # Flat per-record fields in export order (CSV columns); JSON/NDJSON records add ``raw_verdict``,
 # ``transcript`` and ``usage``. ``session_id`` is the run's id (the same in every record of a run).
 # ``tool_calls`` (the agent's tool names in call order) and ``unpriced_models`` are lists: ``;``-joined in CSV.
+# ``metrics`` is the list of metric results in JSON/NDJSON, ``judge=3:passed;rules=0.5:failed`` in CSV.
 RECORD_FIELDS = (
-    "session_id", "nodeid", "scenario", "source", "status", "outcome", "score", "min_score", "comment",
+    "session_id", "nodeid", "scenario", "source", "status", "outcome", "score", "min_score", "comment", "metrics",
     "total_turns", "ended_by", "end_reason", "tool_calls", "duration_seconds", "prompt_tokens", "completion_tokens",
     "total_tokens", "live_calls", "cached_calls", "live_tokens", "replayed_tokens", "cached", "cost_usd",
     "saved_cost_usd", "unpriced_models", "error_kind", "error_message", "worker",

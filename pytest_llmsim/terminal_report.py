@@ -6,6 +6,8 @@ so the renderings are tested without a pytest session and a CLI can print the sa
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -65,12 +67,111 @@ def result_transcript_text(result: ScenarioResult) -> str:
     return "\n".join(transcript_lines(result.transcript, result.ended_by, result.end_reason))
 
 
+# -- metrics -------------------------------------------------------------------------------------------------
+_LINE_BREAKS = re.compile(r"\r\n|\r|\n|\u2028|\u2029")
+JUDGE_METRIC = "judge"
+
+
+def metric_entries(metrics: Any) -> list[Mapping[str, Any]]:
+    """A result's ``metrics`` that are metric results (``{"name", "score", "passed", "reason", "details"}``), in
+    order; anything else (a malformed export read back) is left out."""
+    if not isinstance(metrics, list | tuple):
+        return []
+    return [metric for metric in metrics if isinstance(metric, Mapping)]
+
+
+def metric_score_text(score: Any) -> str:
+    """A metric's score as people read it: an int as is, a float with up to 2 decimals (``0.41``, ``0.5``,
+    ``1``), ``-`` for none."""
+    if score is None:
+        return "-"
+    if isinstance(score, bool) or not isinstance(score, int | float):
+        return str(score)
+    if isinstance(score, int):
+        return str(score)
+    if not math.isfinite(score):
+        return str(score)
+    text = f"{score:.2f}".rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
+
+
+def metric_verdict(metric: Mapping[str, Any]) -> str:
+    """``passed``, ``failed`` or ``info`` (``passed`` None: no threshold, the metric only informs)."""
+    passed = metric.get("passed")
+    return "passed" if passed is True else "failed" if passed is False else "info"
+
+
+def metric_min_score(metric: Mapping[str, Any]) -> Any:
+    """The minimum a metric's score was held to (the judge's ``details.min_score``), or None."""
+    details = metric.get("details")
+    return details.get("min_score") if isinstance(details, Mapping) else None
+
+
+def one_line(text: Any) -> str:
+    return _LINE_BREAKS.sub(" ", "" if text is None else str(text)).strip()
+
+
+def metric_line(metric: Mapping[str, Any]) -> str:
+    """``metric judge: 1 (min 2) FAILED - The agent was rude.``, ``metric rouge: 0.41 passed``, ``metric tone:
+    0.8 info - friendly``: name, score, the minimum when the metric has one, the verdict and, for a failed or
+    informational metric, its reason (on one line)."""
+    text = f"metric {metric.get('name', '?')}:"
+    if metric.get("score") is not None:
+        text += f" {metric_score_text(metric.get('score'))}"
+    minimum = metric_min_score(metric)
+    if minimum is not None:
+        text += f" (min {metric_score_text(minimum)})"
+    verdict = metric_verdict(metric)
+    text += " FAILED" if verdict == "failed" else f" {verdict}"
+    reason = one_line(metric.get("reason"))
+    if reason and verdict != "passed":
+        text += f" - {reason}"
+    return text
+
+
+def metric_lines(result: ScenarioResult) -> list[str]:
+    """One ``metric_line`` per metric of ``result``, in the scenario's order."""
+    return [metric_line(metric) for metric in metric_entries(result.metrics)]
+
+
+def failed_metric_names(result: ScenarioResult) -> list[str]:
+    """The names of ``result``'s failed metrics, in order."""
+    return [str(m.get("name", "?")) for m in metric_entries(result.metrics) if m.get("passed") is False]
+
+
+def failure_headline(result: ScenarioResult) -> str:
+    """The first line of a failed scenario: ``scenario 'a' scored 1 (min_score 2)`` when the judge alone failed
+    (or the result has no metrics); ``scenario 'a' failed metrics: judge (score 1, min 2), rules`` when other
+    metrics failed."""
+    failed = [m for m in metric_entries(result.metrics) if m.get("passed") is False]
+    if all(m.get("name") == JUDGE_METRIC for m in failed):
+        return f"scenario {result.scenario!r} scored {result.score} (min_score {result.min_score})"
+    names = []
+    for metric in failed:
+        name = str(metric.get("name", "?"))
+        if name == JUDGE_METRIC and metric.get("score") is not None:
+            minimum = metric_min_score(metric)
+            if minimum is None:
+                minimum = result.min_score
+            more = "" if minimum is None else f", min {metric_score_text(minimum)}"
+            name += f" (score {metric_score_text(metric.get('score'))}{more})"
+        names.append(name)
+    return f"scenario {result.scenario!r} failed metrics: {', '.join(names)}"
+
+
+def metrics_cell(metrics: Any) -> str:
+    """The metrics as one CSV cell: ``judge=3:passed;rules=0.5:failed;rouge=0.41:info`` (no score: empty)."""
+    return ";".join(f"{m.get('name', '?')}={'' if m.get('score') is None else metric_score_text(m.get('score'))}"
+                    f":{metric_verdict(m)}" for m in metric_entries(metrics))
+
+
 def record_text(record: ScenarioRecord) -> str:
-    """Verdict, judge's comment, error and the whole chat of one record (the JUnit ``system-out``)."""
+    """Verdict, metrics, judge's comment, error and the whole chat of one record (the JUnit ``system-out``)."""
     r = record.result
     lines = [f"scenario {r.scenario!r}: {r.status}, score {r.score} (min_score {r.min_score})"]
     if record.outcome not in (Outcome.PASSED, Outcome.FAILED, Outcome.ERROR):
         lines[0] += f" [{record.outcome}]"
+    lines.extend(metric_lines(r))
     if r.comment:
         lines.append(f"judge: {r.comment}")
     if r.tool_calls:

@@ -105,7 +105,8 @@ def test_junit_properties_and_failing_transcripts(sim: SimProject, mode: list[st
     for name, score in expected_scores.items():
         props = cases[name]["properties"]
         assert list(props) == ["score", "min_score", "comment", "turns", "ended_by", "prompt_tokens",
-                               "completion_tokens", "cost_usd", "cached"]
+                               "completion_tokens", "cost_usd", "cached", "metric.judge.score",
+                               "metric.judge.passed"]
         assert props["score"] == score and props["min_score"] == "2"
         assert props["turns"] == "6" and props["ended_by"] == "agent" and props["cached"] == "False"
         prompt, completion = int(props["prompt_tokens"]), int(props["completion_tokens"])

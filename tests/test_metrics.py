@@ -1,0 +1,221 @@
+"""Several metrics per scenario: the judge, per-criterion verdicts, rules, and your own (hook and entry point)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import SimProject, default_script, scenario, verdict
+
+CRITERIA = ["greets the customer", "confirms the delivery date"]
+
+
+def _results(sim: SimProject, name: str = "out.json") -> dict[str, dict[str, Any]]:
+    return {row["scenario"]: row for row in json.loads((sim.path / name).read_text())["results"]}
+
+
+def _metrics(row: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {metric["name"]: metric for metric in row["metrics"]}
+
+
+def _criteria_reply(*met: bool) -> str:
+    return json.dumps({"criteria": [{"number": i, "met": ok, "reason": "fine" if ok else "no date was given"}
+                                    for i, ok in enumerate(met, start=1)]})
+
+
+def test_the_judge_alone_is_the_default_metric(sim: SimProject) -> None:
+    sim.write_scenarios("s.json", [scenario("a"), scenario("low_b")])
+    sim.run("--llmsim-results=out.json").assert_outcomes(passed=1, failed=1)
+    rows = _results(sim)
+    assert rows["a"]["metrics"] == [{"name": "judge", "score": 3, "passed": True, "reason": "Polite and complete.",
+                                     "details": {"min_score": 2, "attempts": 1}}]
+    assert _metrics(rows["low_b"])["judge"]["passed"] is False
+
+
+@pytest.mark.parametrize("mode", [[], ["-n", "2"]], ids=["one-process", "xdist"])
+def test_criteria_give_a_verdict_per_criterion_and_name_the_ones_missed(sim: SimProject, mode: list[str]) -> None:
+    sim.write_scenarios("s.json", [scenario("a", criteria=CRITERIA, evaluate=["judge", "criteria"]),
+                                   scenario("only_criteria", criteria=CRITERIA[:1], evaluate=["criteria"])])
+    sim.server.set_script({"rules": [
+        {"match": {"system_contains": "1. greets the customer\n2."}, "reply": _criteria_reply(True, False)},
+        {"match": {"system_contains": "against criteria"}, "reply": _criteria_reply(True)},
+        *default_script()["rules"]]})
+    result = sim.run(*mode, "--llmsim-results=out.json", "-rA")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*'confirms the delivery date' not met: no date was given*"])
+    rows = _results(sim)
+    criteria = _metrics(rows["a"])["criteria"]
+    assert (criteria["score"], criteria["passed"]) == (0.5, False)
+    assert criteria["details"]["criteria"] == [
+        {"criterion": "greets the customer", "met": True, "reason": "fine"},
+        {"criterion": "confirms the delivery date", "met": False, "reason": "no date was given"}]
+    assert _metrics(rows["a"])["judge"]["passed"] is True  # the judge passed; the criteria failed the scenario
+    assert rows["a"]["status"] == "failed"
+    only = rows["only_criteria"]
+    assert [m["name"] for m in only["metrics"]] == ["criteria"] and only["score"] is None
+    assert only["status"] == "passed"
+
+
+def test_an_unparsable_criteria_verdict_is_an_error_never_a_guess(sim: SimProject) -> None:
+    sim.server.set_script({"rules": [
+        {"match": {"system_contains": "against criteria"}, "reply": '{"criteria": [{"number": 1, "met": "yes"}]}'},
+        *default_script()["rules"]]})
+    sim.write_scenarios("s.json", [scenario("a", criteria=CRITERIA[:1], evaluate=["criteria"])])
+    result = sim.run()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*criteria verdict is not valid after 3 attempt(s): criterion 1: 'met' is 'yes', "
+                                 "not true or false*"])
+
+
+CONFTEST = '''
+from pytest_llmsim import LLMMetric, Metric, MetricResult
+
+
+class ShortCall(Metric):
+    name = "short_call"
+
+    def __init__(self, options):
+        super().__init__(options)
+        self.max_turns = int(self.options.get("max_turns", 4))
+
+    def evaluate(self, conversation, scenario):
+        turns = len(conversation.turns)
+        return MetricResult(self.name, turns, turns <= self.max_turns,
+                            f"{turns} turns, at most {self.max_turns} wanted")
+
+
+class Politeness(LLMMetric):
+    name = "politeness"
+
+    async def evaluate(self, conversation, scenario):
+        reply = await self.ask([{"role": "system", "content": "POLITENESS of: " + conversation.agent_text},
+                                {"role": "user", "content": "yes or no"}])
+        return MetricResult(self.name, None, reply.text.strip() == "yes", reply.text)
+
+
+class Broken(Metric):
+    name = "broken"
+
+    def evaluate(self, conversation, scenario):
+        return {"not": "a result"}[0]
+
+
+def pytest_llmsim_metrics():
+    return [ShortCall, Politeness, Broken]
+'''
+
+
+def test_custom_metrics_from_the_hook_sync_and_llm_and_one_that_raises(sim: SimProject) -> None:
+    (sim.path / "conftest.py").write_text(CONFTEST)
+    sim.server.set_script({"rules": [{"match": {"system_contains": "POLITENESS"}, "reply": "yes"},
+                                     *default_script()["rules"]]})
+    sim.write_scenarios("s.json", [
+        scenario("short", evaluate=["judge", {"short_call": {"max_turns": 4}}]),
+        scenario("long_ok", evaluate=[{"short_call": {"max_turns": 10}}, "politeness"]),
+        scenario("crash", evaluate=["broken"]),
+    ])
+    result = sim.run("--llmsim-results=out.json", "-rA")
+    result.assert_outcomes(passed=1, failed=1, errors=1)
+    result.stdout.fnmatch_lines(["*short_call*6 turns, at most 4 wanted*"])
+    result.stdout.fnmatch_lines(["*metric 'broken' raised KeyError: 0*"])
+    rows = _results(sim)
+    assert _metrics(rows["long_ok"]) == {
+        "short_call": {"name": "short_call", "score": 6, "passed": True, "reason": "6 turns, at most 10 wanted",
+                       "details": {}},
+        "politeness": {"name": "politeness", "score": None, "passed": True, "reason": "yes", "details": {}}}
+    assert rows["crash"]["error_kind"] == "metric_error"
+    requests = sim.server.stats()["requests"]
+    sim.run("--llmsim-record=none").assert_outcomes(passed=1, failed=1, errors=1)  # the LLM metric replays
+    assert sim.server.stats()["requests"] == requests
+
+
+def test_an_unknown_metric_or_a_bad_option_is_an_error_before_any_call(sim: SimProject) -> None:
+    sim.write_scenarios("s.json", [scenario("a", evaluate=["judge", "sentiment"]),
+                                   scenario("b", evaluate=[{"judge": {"min_score": 5}}])])
+    requests = sim.server.stats()["requests"]
+    result = sim.run()
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines([
+        "*unknown metric 'sentiment' in 'evaluate'; known metrics: criteria, judge, rouge, rules (register your own "
+        "with the pytest_llmsim_metrics hook or the pytest_llmsim.metrics entry point)*",
+        "*metric 'judge': min_score must be 1, 2 or 3 (got 5)*"])
+    assert sim.server.stats()["requests"] == requests
+
+
+def test_a_bad_evaluate_list_is_a_scenario_error(sim: SimProject) -> None:
+    sim.write_scenarios("s.json", [scenario("a", evaluate=["judge", "judge"]), scenario("b", evaluate="judge")])
+    result = sim.run()
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(["*metric 'judge' is listed twice*"])
+    result.stdout.fnmatch_lines(["*must be a non-empty list of metric names*"])
+
+
+def test_the_ini_default_and_the_file_defaults(sim: SimProject) -> None:
+    sim.write_ini(llmsim_evaluate="\n    judge\n    short_call")
+    (sim.path / "conftest.py").write_text(CONFTEST)
+    sim.write_scenarios("s.json", [scenario("a")])
+    sim.write_scenarios("t.yaml", {"defaults": {"evaluate": [{"short_call": {"max_turns": 2}}]},
+                                   "scenarios": [scenario("b")]})
+    sim.run("--llmsim-results=out.json").assert_outcomes(failed=2)
+    rows = _results(sim)
+    assert [m["name"] for m in rows["a"]["metrics"]] == ["judge", "short_call"]
+    assert [m["name"] for m in rows["b"]["metrics"]] == ["short_call"]
+
+
+def test_a_metric_from_an_installed_entry_point(sim: SimProject) -> None:
+    site = sim.path / "site"
+    (site / "epmetric_pkg-1.0.dist-info").mkdir(parents=True)
+    (site / "epmetric_pkg-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: epmetric-pkg\n"
+                                                                "Version: 1.0\n")
+    (site / "epmetric_pkg-1.0.dist-info" / "entry_points.txt").write_text(
+        "[pytest_llmsim.metrics]\nagent_spoke_last = epmetric:AgentSpokeLast\n")
+    (site / "epmetric.py").write_text(textwrap.dedent('''
+        from pytest_llmsim import Metric, MetricResult
+
+        class AgentSpokeLast(Metric):
+            name = "agent_spoke_last"
+
+            def evaluate(self, conversation, scenario):
+                last = conversation.turns[-1]["role"]
+                return MetricResult(self.name, None, last == "agent", f"the {last} spoke last")
+    '''))
+    sim.write_scenarios("s.json", [scenario("a", evaluate=["agent_spoke_last"])])
+    import os
+
+    env_path = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
+    os.environ["PYTHONPATH"] = env_path
+    try:
+        result = sim.run("--llmsim-results=out.json", subprocess=True)
+    finally:
+        os.environ["PYTHONPATH"] = env_path.split(os.pathsep, 1)[1]
+    result.assert_outcomes(passed=1)
+    assert _results(sim)["a"]["metrics"][0]["reason"] == "the agent spoke last"
+
+
+def test_a_hook_returning_something_else_is_a_usage_error(sim: SimProject) -> None:
+    (sim.path / "conftest.py").write_text("def pytest_llmsim_metrics():\n    return 'judge'\n")
+    sim.write_scenarios("s.json", [scenario("a")])
+    result = sim.run()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*pytest_llmsim_metrics returned a str; return a dict of name -> Metric subclass*"])
+
+
+def test_the_metric_api_is_usable_without_pytest(tmp_path: Path) -> None:
+    from pytest_llmsim import Conversation, Metric, MetricResult
+    from pytest_llmsim.metrics import failed_metrics
+
+    class Echo(Metric):
+        name = "echo"
+
+        def evaluate(self, conversation: Conversation, scenario: Any) -> MetricResult:
+            return MetricResult(self.name, 1.0, conversation.agent_text == "hi", "said hi")
+
+    conversation = Conversation(turns=({"role": "client", "text": "hello"}, {"role": "agent", "text": "hi"}))
+    result = Echo().evaluate(conversation, None)
+    assert result.to_dict() == {"name": "echo", "score": 1.0, "passed": True, "reason": "said hi", "details": {}}
+    assert failed_metrics([result, MetricResult("x", 0.1, False, "too low")]) == ["x: too low"]
+    assert verdict(3, "x")  # conftest helpers importable alongside
