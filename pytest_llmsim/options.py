@@ -133,6 +133,10 @@ OPTIONS: tuple[Option, ...] = (
            "mapping such as {python: \"bots.shop:ShopBot\"}, {http: {url: ...}} or {openai: {base_url: ..., "
            "model: ...}} (empty: the prompt agent).", flag="--llmsim-agent", metavar="SPEC"),
     *_role_rows(),
+    Option("llmsim_chats_dir", "Write each conversation to this directory as chat_<scenario>_trial<k>.json "
+           "(turns, tool calls, metrics, usage).", flag="--llmsim-chats-dir", kind="path", metavar="DIR"),
+    Option("llmsim_readable", "With llmsim_chats_dir, also write a .txt of each conversation for people.", "false",
+           flag="--llmsim-readable", kind="bool"),
     Option("llmsim_results", "Write one record per scenario and the run summary to this file; the format follows "
            "the extension: .json, .csv or .ndjson/.jsonl.", flag="--llmsim-results", kind="path", metavar="PATH"),
     Option("llmsim_histogram", "Draw the score distribution to this PNG file (needs the histogram extra).",
@@ -412,6 +416,8 @@ def build_settings(
         match_endpoint=resolved["llmsim_match_endpoint"],
         adoptable=adoptable_role_settings(resolved),
         evaluate=tuple(resolved["llmsim_evaluate"]) or ("judge",),
+        chats_dir=resolved["llmsim_chats_dir"],
+        readable=resolved["llmsim_readable"],
     )
 
 

@@ -133,15 +133,17 @@ class RecordingInventory:
             return str(path)
 
 
-def _recording_states(config: pytest.Config) -> dict[str, int]:
-    """How many scenarios' recordings were written, unchanged, replayed or not written, from the run's records."""
+def _records(config: pytest.Config) -> list[Any]:
     from .report_plugin import ReportPlugin
 
     plugin = config.pluginmanager.get_plugin(ReportPlugin.name)
-    if not isinstance(plugin, ReportPlugin):
-        return {}
+    return plugin.collector.ordered() if isinstance(plugin, ReportPlugin) else []
+
+
+def _recording_states(config: pytest.Config) -> dict[str, int]:
+    """How many scenarios' recordings were written, unchanged, replayed or not written, from the run's records."""
     states: dict[str, int] = {}
-    for record in plugin.collector.ordered():
+    for record in _records(config):
         state = record.result.recording_state
         if state:
             state = "not written" + state.removeprefix("not written") if state.startswith("not written") else state

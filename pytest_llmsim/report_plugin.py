@@ -25,6 +25,7 @@ import datetime
 import os
 import uuid
 import xml.etree.ElementTree as ET
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -174,6 +175,7 @@ class ReportPlugin:
         if self.histogram_path is not None:
             self._histogram(summary)
         self._markdown(records, summary)
+        self._chat_files(records)
         if self.backend:
             session.exitstatus = pytest.ExitCode.USAGE_ERROR
         elif self.missed and session.exitstatus == pytest.ExitCode.OK:
@@ -196,6 +198,16 @@ class ReportPlugin:
         partial = "" if summary.complete else " (a partial run, marked as such)"
         self.notes.append(Line(f"llmsim: {len(records)} results written to {written[0]}{extra}{partial}",
                                {} if summary.complete else {"yellow": True}))
+
+    def _chat_files(self, records: list[ScenarioRecord]) -> None:
+        """Say where ``--llmsim-chats-dir`` wrote the conversations, and how many could not be written."""
+        chats = [record.result.chat_file for record in records if record.result.chat_file]
+        written = [chat for chat in chats if not chat.startswith("not written")]
+        if written:
+            self.notes.append(Line(f"llmsim: {len(written)} chat file(s) written to {Path(written[0]).parent}"))
+        failed = [chat for chat in chats if chat.startswith("not written")]
+        if failed:
+            self.notes.append(Line(f"llmsim: {len(failed)} chat file(s) {failed[0]}", {"red": True}))
 
     def _markdown(self, records: list[ScenarioRecord], summary: RunSummary) -> None:
         """The pull request summary: to ``llmsim_markdown``, and appended to ``$GITHUB_STEP_SUMMARY`` when that is

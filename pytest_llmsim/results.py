@@ -180,6 +180,7 @@ class ScenarioResult:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     recording: str = ""  # the scenario's recording file (relative to the rootdir), when recordings are on
     recording_state: str = ""  # written | unchanged | replayed | "not written: <why>" | "" (nothing recorded)
+    chat_file: str = ""  # the --llmsim-chats-dir file written, or "not written: <why>"
 
     @property
     def total_turns(self) -> int:

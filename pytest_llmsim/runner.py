@@ -148,8 +148,21 @@ async def _run_scenario(
     result.usage = list(metered.usage.values())
     if recorder is not None:
         _finish_recording(recorder, result, job, settings, scrub)
+    if settings.chats_dir is not None and result.transcript:
+        _write_chat(result, settings, scenario)
     result.duration_seconds = round(time.perf_counter() - started, 4)
     return result
+
+
+def _write_chat(result: ScenarioResult, settings: RunSettings, scenario: Scenario) -> None:
+    from .chat_files import write_chat
+
+    assert settings.chats_dir is not None
+    seed = scenario.seed if scenario.seed is not None else settings.default_seed
+    try:
+        result.chat_file = str(write_chat(settings.chats_dir, result, readable=settings.readable, seed=seed))
+    except OSError as exc:  # the verdict stands; the run's summary says the file is missing
+        result.chat_file = f"not written: {exc.strerror or exc}"
 
 
 async def _evaluate(metrics: list[Metric], specs: list[tuple[str, dict[str, Any]]], transcript: Transcript,

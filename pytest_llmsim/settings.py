@@ -240,6 +240,9 @@ class RunSettings:
     # The metrics of a scenario that lists none (``llmsim_evaluate``), and the metrics that can be named: name ->
     # factory (a ``metrics.Metric`` subclass). None: the built-in ones and those of installed entry points.
     evaluate: tuple[str, ...] = ("judge",)
+    # ``--llmsim-chats-dir``: one file per conversation (``chat_files``), plus a readable ``.txt`` with ``readable``.
+    chats_dir: Path | None = None
+    readable: bool = False
     metrics: Mapping[str, Any] | None = field(default=None, compare=False)
 
     def role(self, name: str, scenario: Scenario) -> RoleSettings:

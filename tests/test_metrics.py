@@ -219,3 +219,29 @@ def test_the_metric_api_is_usable_without_pytest(tmp_path: Path) -> None:
     assert result.to_dict() == {"name": "echo", "score": 1.0, "passed": True, "reason": "said hi", "details": {}}
     assert failed_metrics([result, MetricResult("x", 0.1, False, "too low")]) == ["x: too low"]
     assert verdict(3, "x")  # conftest helpers importable alongside
+
+
+def test_chat_files_hold_each_conversation_and_a_readable_text(sim: SimProject) -> None:
+    sim.write_scenarios("s.json", [scenario("a"), scenario("low_b")])
+    sim.write_scenarios("t.json", [scenario("a")])  # the same name in another file: its own file
+    result = sim.run("--llmsim-chats-dir=chats", "--llmsim-readable")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines([f"llmsim: 3 chat file(s) written to {sim.path / 'chats'}"])
+    names = sorted(p.name for p in (sim.path / "chats").iterdir())
+    assert len(names) == 6 and "chat_a_trial1.json" in names and "chat_low_b_trial1.txt" in names
+    assert sum(1 for name in names if name.startswith("chat_a_") and name.endswith("_trial1.json")) == 2
+    chat = json.loads((sim.path / "chats" / "chat_low_b_trial1.json").read_text())
+    assert (chat["nodeid"], chat["trial"], chat["seed"], chat["status"], chat["score"]) == (
+        "scenarios/s.json::low_b", 1, 1234, "failed", 1)
+    assert chat["turns"][1] == {"role": "agent", "text": "Hello, Meat Market, how can I help?", "tool_calls": []}
+    assert chat["metrics"][0]["name"] == "judge" and chat["usage"]
+    text = (sim.path / "chats" / "chat_low_b_trial1.txt").read_text()
+    assert "scenario 'low_b': failed, score 1 (min_score 2)" in text and "2. Agent: Hello, Meat Market" in text
+
+
+def test_a_chat_file_that_cannot_be_written_is_reported_and_the_verdict_stands(sim: SimProject) -> None:
+    (sim.path / "chats").write_text("a file, not a directory")
+    sim.write_scenarios("s.json", [scenario("a")])
+    result = sim.run("--llmsim-chats-dir=chats")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["llmsim: 1 chat file(s) not written: *"])
