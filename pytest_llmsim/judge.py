@@ -436,6 +436,11 @@ class CriteriaMetric(LLMMetric):
             raise ValueError(f"min_share must be a number from 0 to 1 (got {share!r})")
         self.min_share = float(share)
 
+    def check(self, scenario: Scenario) -> None:
+        if not scenario.criteria:
+            raise ValueError("it checks the scenario's 'criteria', and this scenario lists none; add 'criteria' "
+                             "(a list of what the agent must do) or remove the metric")
+
     async def evaluate(self, conversation: Conversation, scenario: Scenario) -> MetricResult:
         assert conversation.transcript is not None
         if not scenario.criteria:

@@ -104,6 +104,10 @@ class Metric:
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         self.options: Mapping[str, Any] = dict(options or {})
 
+    def check(self, scenario: Scenario) -> None:
+        """Called before the conversation: raise ``ValueError`` if this metric cannot score ``scenario`` (a
+        missing field, say), so the item is an error before any call is made. Optional."""
+
     def evaluate(self, conversation: Conversation, scenario: Scenario) -> MetricResult | Any:
         raise NotImplementedError
 
@@ -176,6 +180,17 @@ def make_metric(name: str, options: Mapping[str, Any], registry: Mapping[str, Me
     if not callable(getattr(metric, "evaluate", None)):  # duck-typed: a Metric class imported twice is still one
         raise ConfigError(f"{label}: metric {name!r} made a {type(metric).__name__}, not a pytest_llmsim.Metric")
     return metric
+
+
+def check_metric(metric: Metric, name: str, scenario: Scenario, *, label: str) -> None:
+    """The metric's own check of the scenario, before the conversation (a ValueError becomes a ConfigError)."""
+    check = getattr(metric, "check", None)
+    if not callable(check):
+        return
+    try:
+        check(scenario)
+    except ValueError as exc:
+        raise ConfigError(f"{label}: metric {name!r}: {exc}") from None
 
 
 async def run_metric(metric: Metric, name: str, conversation: Conversation, scenario: Scenario, *,

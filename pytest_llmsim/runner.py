@@ -29,6 +29,7 @@ from .metrics import (
     Metric,
     MetricResult,
     builtin_metrics,
+    check_metric,
     conversation_of,
     entry_point_metrics,
     make_metric,
@@ -112,7 +113,10 @@ async def _run_scenario(
         specs = metric_specs(scenario, settings.evaluate)
         registry = settings.metrics if settings.metrics is not None else default_registry()
         # Made before the conversation: an unknown metric or a bad option costs no call.
-        metrics = [make_metric(name, options, registry, label=job.label) for name, options in specs]
+        metrics = [make_metric(name, _with_base_dir(options, job.source), registry, label=job.label)
+                   for name, options in specs]
+        for metric, (name, _) in zip(metrics, specs, strict=True):
+            check_metric(metric, name, scenario, label=job.label)
         if any(isinstance(metric, JudgeMetric) for metric in metrics) and "criteria" not in {n for n, _ in specs}:
             # (with the criteria metric, the criteria are checked one by one: the judge need not see them)
             check_judge_sees_criteria(scenario, settings, renderer, label=job.label)
@@ -163,6 +167,13 @@ def _write_chat(result: ScenarioResult, settings: RunSettings, scenario: Scenari
         result.chat_file = str(write_chat(settings.chats_dir, result, readable=settings.readable, seed=seed))
     except OSError as exc:  # the verdict stands; the run's summary says the file is missing
         result.chat_file = f"not written: {exc.strerror or exc}"
+
+
+def _with_base_dir(options: dict[str, Any], source: str) -> dict[str, Any]:
+    """A ``reference_file`` (the rouge metric's) is relative to the scenario file, unless ``base_dir`` says."""
+    if "reference_file" in options and "base_dir" not in options and source:
+        return {**options, "base_dir": str(Path(source).parent)}
+    return options
 
 
 async def _evaluate(metrics: list[Metric], specs: list[tuple[str, dict[str, Any]]], transcript: Transcript,

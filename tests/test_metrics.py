@@ -245,3 +245,28 @@ def test_a_chat_file_that_cannot_be_written_is_reported_and_the_verdict_stands(s
     result = sim.run("--llmsim-chats-dir=chats")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["llmsim: 1 chat file(s) not written: *"])
+
+
+def test_criteria_without_criteria_is_an_error_before_any_call(sim: SimProject) -> None:
+    sim.write_scenarios("s.json", [scenario("a", evaluate=["criteria"])])
+    requests = sim.server.stats()["requests"]
+    result = sim.run()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*metric 'criteria': it checks the scenario's 'criteria', and this scenario lists "
+                                 "none*"])
+    assert sim.server.stats()["requests"] == requests
+
+
+def test_rouge_and_rules_through_a_run_with_a_reference_file_beside_the_scenario(sim: SimProject) -> None:
+    (sim.path / "scenarios" / "refs").mkdir()
+    (sim.path / "scenarios" / "refs" / "a.txt").write_text("Your order is confirmed. Goodbye!")
+    sim.write_scenarios("s.json", [scenario("a", evaluate=[
+        {"rouge": {"reference_file": "refs/a.txt", "target": "last", "threshold": 0.9}},
+        {"rules": {"contains": "confirmed", "not_contains": "refund", "ended_by": ["agent"], "max_agent_turns": 2}},
+    ])])
+    result = sim.run("--llmsim-results=out.json", "-rA")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*max_agent_turns 2 exceeded: 3 agent turns*"])
+    metrics = _metrics(_results(sim)["a"])
+    assert metrics["rouge"]["score"] == 1.0 and metrics["rouge"]["passed"] is True
+    assert metrics["rules"]["passed"] is False and metrics["rules"]["score"] == 0.75
