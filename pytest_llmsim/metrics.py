@@ -138,13 +138,6 @@ class LLMMetric(Metric):
 MetricFactory = Callable[[Mapping[str, Any]], Metric]
 
 
-def builtin_metrics() -> dict[str, MetricFactory]:
-    from .judge import CriteriaMetric, JudgeMetric
-    from .metric_rules import RougeMetric, RulesMetric
-
-    return {"judge": JudgeMetric, "criteria": CriteriaMetric, "rules": RulesMetric, "rouge": RougeMetric}
-
-
 def entry_point_metrics() -> dict[str, MetricFactory]:
     """Metrics other packages register under the entry point group ``pytest_llmsim.metrics`` (name -> class)."""
     from importlib.metadata import entry_points

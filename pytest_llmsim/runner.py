@@ -24,11 +24,11 @@ from .cache import CallCache
 from .client import LLMClient, LLMReply, LLMRequest, RateLimiter
 from .conversation import Transcript, no_agent_reply_error, simulate
 from .errors import LlmsimError, VerdictError
-from .judge import JudgeMetric, check_judge_sees_criteria
+from .judge import CriteriaMetric, JudgeMetric, check_judge_sees_criteria
+from .metric_rules import RougeMetric, RulesMetric
 from .metrics import (
     Metric,
     MetricResult,
-    builtin_metrics,
     check_metric,
     conversation_of,
     entry_point_metrics,
@@ -192,6 +192,10 @@ async def _evaluate(metrics: list[Metric], specs: list[tuple[str, dict[str, Any]
 
 
 _REGISTRY: dict[str, Any] = {}
+
+
+def builtin_metrics() -> dict[str, Any]:
+    return {"judge": JudgeMetric, "criteria": CriteriaMetric, "rules": RulesMetric, "rouge": RougeMetric}
 
 
 def default_registry() -> dict[str, Any]:
