@@ -7,6 +7,7 @@ project wired to it: simple prompt templates, a scenario directory and a ``run``
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,14 @@ def _import_http_stack_once() -> None:
                     await client.close()
 
         asyncio.run(exercise())
+
+
+def write_bot(sim: SimProject, source: str, module: str = "bots") -> None:
+    """A python agent for a scenario's ``agent: {python: "<module>.shop:<name>"}``: ``source`` as ``shop.py``."""
+    package = sim.path / module
+    package.mkdir(exist_ok=True)
+    (package / "__init__.py").write_text("")
+    (package / "shop.py").write_text(textwrap.dedent(source))
 
 
 @pytest.fixture

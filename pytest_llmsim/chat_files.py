@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import secrets
 import threading
 from pathlib import Path
 from typing import Any
 
+from .exports import atomic_write_text
 from .results import ScenarioRecord, ScenarioResult, outcome_of_status
 
 _UNSAFE = re.compile(r"[^\w.\-]+", re.UNICODE)
@@ -74,17 +73,7 @@ def write_chat(directory: Path, result: ScenarioResult, *, readable: bool = Fals
     directory.mkdir(parents=True, exist_ok=True)
     path = chat_path(directory, result, trial)
     text = json.dumps(chat_document(result, trial=trial, seed=seed), ensure_ascii=False, indent=2) + "\n"
-    _write(path, text)
+    atomic_write_text(path, text)
     if readable:
-        _write(path.with_suffix(".txt"), readable_text(result, trial=trial, seed=seed))
+        atomic_write_text(path.with_suffix(".txt"), readable_text(result, trial=trial, seed=seed))
     return path
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

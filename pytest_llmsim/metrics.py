@@ -239,8 +239,11 @@ def failed_metrics(results: Sequence[MetricResult | Mapping[str, Any]]) -> list[
     return lines
 
 
-def conversation_of(transcript: Transcript, scenario: Scenario) -> Conversation:
-    return Conversation(turns=tuple(transcript.to_dicts()), ended_by=transcript.ended_by,
+def conversation_of(transcript: Transcript, scenario: Scenario,
+                    turns: Sequence[Mapping[str, Any]] | None = None) -> Conversation:
+    """The metrics' view of a conversation; ``turns``: the transcript's dicts when the caller already made them."""
+    turns = transcript.to_dicts() if turns is None else turns
+    return Conversation(turns=tuple(turns), ended_by=transcript.ended_by,
                         end_reason=transcript.end_reason, scenario_name=scenario.name,
                         variables=dict(scenario.variables), transcript=transcript)
 

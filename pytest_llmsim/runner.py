@@ -22,11 +22,12 @@ from typing import Any
 from .agents import AgentRuntime
 from .cache import CallCache
 from .client import LLMClient, LLMReply, LLMRequest, RateLimiter
-from .conversation import Transcript, no_agent_reply_error, simulate
+from .conversation import no_agent_reply_error, simulate
 from .errors import LlmsimError, VerdictError
 from .judge import CriteriaMetric, JudgeMetric, check_judge_sees_criteria
 from .metric_rules import RougeMetric, RulesMetric
 from .metrics import (
+    Conversation,
     Metric,
     MetricResult,
     check_metric,
@@ -127,7 +128,8 @@ async def _run_scenario(
         refusal = no_agent_reply_error(transcript, scenario, settings, label=job.label)
         if refusal is not None:  # nothing the agent said: an error, never a verdict (the transcript stays)
             raise refusal
-        outcomes = await _evaluate(metrics, specs, transcript, scenario, settings, metered, renderer, job.label)
+        outcomes = await _evaluate(metrics, specs, conversation_of(transcript, scenario, result.transcript),
+                                   scenario, settings, metered, renderer, job.label)
     except VerdictError as exc:
         result.error_kind, result.error_message, result.raw_verdict = exc.kind, str(exc), exc.raw_reply
     except LlmsimError as exc:
@@ -176,11 +178,10 @@ def _with_base_dir(options: dict[str, Any], source: str) -> dict[str, Any]:
     return options
 
 
-async def _evaluate(metrics: list[Metric], specs: list[tuple[str, dict[str, Any]]], transcript: Transcript,
+async def _evaluate(metrics: list[Metric], specs: list[tuple[str, dict[str, Any]]], conversation: Conversation,
                     scenario: Scenario, settings: RunSettings, client: MeteredClient, renderer: PromptRenderer,
                     label: str) -> list[MetricResult]:
     """Every metric's result, in the scenario's order (each LLM metric metered with the scenario)."""
-    conversation = conversation_of(transcript, scenario)
     outcomes = []
     for metric, (name, _) in zip(metrics, specs, strict=True):
         if callable(getattr(metric, "bind", None)):  # an LLMMetric (duck-typed, as make_metric checks metrics)

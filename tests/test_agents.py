@@ -8,23 +8,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import textwrap
 import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import SimProject, scenario
+from conftest import SimProject, scenario, write_bot
 from pytest_llmsim.testing.http_agent import LoopbackAgentServer
 from pytest_llmsim.testing.openai_server import ScriptedOpenAIServer
-
-
-def write_bot(sim: SimProject, source: str, module: str = "bots") -> None:
-    package = sim.path / module
-    package.mkdir(exist_ok=True)
-    (package / "__init__.py").write_text("")
-    (package / "shop.py").write_text(textwrap.dedent(source))
 
 
 def results(sim: SimProject, name: str = "out.json") -> dict[str, dict[str, Any]]:

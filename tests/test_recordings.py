@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SimProject, scenario, verdict
+from conftest import SimProject, scenario, verdict, write_bot
 from pytest_llmsim.errors import CacheError
 from pytest_llmsim.recordings import load_recording, parse_recording, recording_path
 
@@ -137,14 +137,12 @@ def test_record_mode_new_records_only_missing_scenarios_and_never_changes_one(si
 
 def test_none_mode_names_where_the_conversation_left_the_recording(sim: SimProject) -> None:
     bot = sim.path / "bot"
-    bot.mkdir()
-    (bot / "__init__.py").write_text("")
-    (bot / "shop.py").write_text(
+    write_bot(sim, module="bot", source=(
         "from pathlib import Path\n\n"
         "def reply(messages, context):\n"
         "    turn = sum(1 for m in messages if m['role'] == 'assistant') + 1\n"
         "    text = Path(__file__).with_name('greeting.txt').read_text() if turn == 1 else 'Anything else?'\n"
-        "    return {'content': text, 'end': turn == 2}\n")
+        "    return {'content': text, 'end': turn == 2}\n"))
     (bot / "greeting.txt").write_text("Hello, Meat Market!")
     sim.write_scenarios("s.json", [scenario("a", agent={"python": "bot.shop:reply"})])
     sim.run().assert_outcomes(passed=1)
@@ -346,15 +344,13 @@ def test_secrets_never_reach_a_recording(sim: SimProject, monkeypatch: pytest.Mo
 
 def test_a_cached_code_agent_replays_from_the_recording_without_being_called(sim: SimProject) -> None:
     bot = sim.path / "cbot"
-    bot.mkdir()
-    (bot / "__init__.py").write_text("")
-    (bot / "shop.py").write_text(
+    write_bot(sim, module="cbot", source=(
         "from pathlib import Path\n\n"
         "def reply(messages, context):\n"
         "    calls = Path(__file__).with_name('calls.txt')\n"
         "    calls.write_text(calls.read_text() + 'x' if calls.exists() else 'x')\n"
         "    turn = sum(1 for m in messages if m['role'] == 'assistant') + 1\n"
-        "    return {'content': f'Agent turn {turn}', 'end': turn == 2}\n")
+        "    return {'content': f'Agent turn {turn}', 'end': turn == 2}\n"))
     sim.write_scenarios("s.json", [scenario("a", agent={"python": "cbot.shop:reply"}, agent_cache=True)])
     sim.run().assert_outcomes(passed=1)
     assert (bot / "calls.txt").read_text() == "xx"
