@@ -77,8 +77,16 @@ def _import_http_stack_once() -> None:
     ``openai`` package already caught by identity. Importing everything up front keeps one copy.
     """
     import asyncio
+    import contextlib
+    import importlib
 
     import openai
+
+    # numpy refuses a second import in one process ("cannot load module more than once"): an inner run that
+    # imported it first (rouge, the histogram's matplotlib) would have it dropped, and the next import fail.
+    for name in ("numpy", "matplotlib", "rouge_score.rouge_scorer", "genai_prices"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
 
     script = {"rules": [{"match": {"model": "slow"}, "delay": 1.0, "reply": "late"},
                         {"match": {"model": "bad"}, "status": 500}, {"reply": "ok"}]}

@@ -1,10 +1,12 @@
 """Throughput against a loopback server with fixed latency: wall time vs the ideal bound.
 
     python benchmarks/throughput.py --scenarios 200 --latency 0.5 --concurrency 50 --agent-turns 5
+    python benchmarks/throughput.py --scenarios 200 --trials 5 --modes n0      # k conversations per scenario
 
 Runs the generated suite with ``-n 0`` at the given concurrency and with ``-n 2`` (half the concurrency per
 worker, same total in flight), each on a fresh cache, and prints wall seconds, LLM calls, calls per second,
-peak requests in flight, the ideal ``ceil(M / concurrency) x calls_per_conversation x latency`` and wall/ideal.
+peak requests in flight, the ideal ``ceil(M x trials / concurrency) x calls_per_conversation x latency`` and
+wall/ideal. ``--trials K`` runs every scenario K times (``--llmsim-trials``; ``--trial-items``: one item per trial).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--agent-turns", type=int, default=5)
     parser.add_argument("--modes", default="n0,n2", help="comma list of n0, n2")
+    parser.add_argument("--trials", type=int, default=1, help="conversations per scenario (--llmsim-trials)")
+    parser.add_argument("--trial-items", action="store_true", help="one pytest item per trial")
     args = parser.parse_args()
     print_machine_reference()
     calls = 2 * args.agent_turns + 1
@@ -36,15 +40,17 @@ def main() -> None:
                 workers = 0 if mode == "n0" else int(mode[1:])
                 per_process = args.concurrency if workers == 0 else max(1, args.concurrency // workers)
                 extra = [] if workers == 0 else ["-n", str(workers)]
+                trials = [f"--llmsim-trials={args.trials}"] + (["--llmsim-trial-items"] if args.trial_items else [])
                 fig = run_pytest(root, f"--llmsim-base-url={srv.base_url}", "--llmsim-record=all",
-                                 f"--llmsim-concurrency={per_process}", *extra)
+                                 f"--llmsim-concurrency={per_process}", *trials, *extra)
                 stats = srv.stats()
-                ideal = ideal_seconds(args.scenarios, args.concurrency, calls, args.latency)
+                ideal = ideal_seconds(args.scenarios * args.trials, args.concurrency, calls, args.latency)
                 rows.append((mode, per_process, fig, stats, ideal))
                 print(fig.tail)
     finally:
         srv.stop()
-    print(f"scenarios={args.scenarios} latency={args.latency}s calls/conversation={calls} "
+    print(f"scenarios={args.scenarios} trials={args.trials}{' (one item each)' if args.trial_items else ''} "
+          f"latency={args.latency}s calls/conversation={calls} "
           f"total concurrency={args.concurrency}")
     print(f"{'mode':<5} {'conc/proc':>9} {'wall_s':>8} {'calls':>6} {'calls/s':>8} {'peak':>5} "
           f"{'ideal_s':>8} {'wall/ideal':>10} {'rss_mb':>7} exit")

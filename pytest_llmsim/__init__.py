@@ -28,6 +28,8 @@ _EXPORTS = {
     "EndpointSettings": "settings", "RecordMode": "settings", "RoleSettings": "settings", "RunSettings": "settings",
     "Metric": "metrics", "LLMMetric": "metrics", "MetricResult": "metrics", "Conversation": "metrics",
     "MetricError": "metrics",
+    "load_transcript_file": "transcripts", "score_transcript": "runner",
+    "combine": "trials", "derive_seed": "trials",
 }
 __all__ = [
     "AgentContext",
@@ -56,8 +58,12 @@ __all__ = [
     "ScenarioRunError",
     "VerdictError",
     "agent_factory",
+    "combine",
+    "derive_seed",
     "load_scenario_file",
+    "load_transcript_file",
     "run_scenario",
+    "score_transcript",
 ]
 
 
@@ -86,6 +92,8 @@ if TYPE_CHECKING:
     )
     from .metrics import Conversation, LLMMetric, Metric, MetricError, MetricResult
     from .results import ScenarioResult
-    from .runner import Runner, ScenarioJob, run_scenario
+    from .runner import Runner, ScenarioJob, run_scenario, score_transcript
     from .scenario import Scenario, load_scenario_file
     from .settings import EndpointSettings, RecordMode, RoleSettings, RunSettings
+    from .transcripts import load_transcript_file
+    from .trials import combine, derive_seed

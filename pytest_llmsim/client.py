@@ -77,6 +77,7 @@ class LLMReply:
     cached: bool
     model: str
     tool_calls: list[dict[str, Any]] | None = None  # as the endpoint sent them (OpenAI shape), when it did
+    cached_input_tokens: int = 0  # of prompt_tokens, read from the provider's prompt cache (priced cheaper)
 
 
 # Set while a call waits to retry after a failed attempt, in the task (conversation) that made it: a
@@ -326,7 +327,8 @@ class LLMClient:
             if recorder is not None:
                 recorder.add(match, descriptor, hit, label, request.role, self._recorded_endpoint())
             return LLMReply(hit["text"], hit["prompt_tokens"], hit["completion_tokens"],
-                            hit["latency_s"], True, hit["model"], hit.get("tool_calls"))
+                            hit["latency_s"], True, hit["model"], hit.get("tool_calls"),
+                            _token_count(hit, "cached_input_tokens"))
         if not self.cache.may_call_network:
             message = self._miss_message(descriptor, label, request.role)
             if recorder is not None and recorder.existing is not None:
@@ -339,6 +341,8 @@ class LLMClient:
         }
         if reply.tool_calls:  # only then: entries of replies without tool calls stay as they were
             response["tool_calls"] = reply.tool_calls
+        if reply.cached_input_tokens:  # the same: older entries read it as 0
+            response["cached_input_tokens"] = reply.cached_input_tokens
         self.cache.store(key, descriptor, response, label)
         if recorder is not None:
             recorder.add(match, descriptor, response, label, request.role, self._recorded_endpoint())
@@ -633,6 +637,8 @@ class LLMClient:
             cached=False,
             model=str(response.get("model") or request.model),
             tool_calls=tool_calls,
+            cached_input_tokens=_token_count(usage.get("prompt_tokens_details") if isinstance(usage, dict) else None,
+                                             "cached_tokens"),
         )
 
     async def aclose(self) -> None:

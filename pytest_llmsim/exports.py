@@ -17,6 +17,10 @@ status, outcome and score in the baseline, its score, turns, tokens and cost del
 in the baseline (and for every record of a run without one); the CSV gets the columns of ``BASELINE_CSV_FIELDS``
 after the others, only when a baseline was given; the summary has a ``baseline`` block.
 
+With a judge calibration set (``--llmsim-calibrate``), the JSON document (or the summary file of a CSV/NDJSON
+export) gets a top-level ``calibration`` object (``calibration.CalibrationReport.to_dict``), added after the
+export is written (``add_to_results``).
+
 Every file is written to a temporary file in the target directory and renamed over the target, so a reader
 never sees a half-written export. The temporary file is created with mode 0666 minus the umask, as
 ``open()`` creates junit.xml and report.html (``mkstemp`` would make every export 0600).
@@ -173,3 +177,19 @@ def write_results(path: Path, records: Sequence[ScenarioRecord], summary: Mappin
     atomic_write_text(side, _json(summary_document(summary, run_id=run_id, generated_at=generated_at),
                                   indent=2) + "\n")
     return [path, side]
+
+
+def add_to_results(path: Path, name: str, data: Mapping[str, Any], *, run_id: str) -> Path | None:
+    """Add a top-level ``name`` object (e.g. ``calibration``) to this run's export: to the JSON document, or to the
+    summary file beside a CSV/NDJSON export; rewritten atomically. None when that file is missing, unreadable or
+    another run's (``run_id`` differs: this run's export was not written), so nothing stale is touched."""
+    target = path if export_format(path) == "json" else summary_path_for(path)
+    try:
+        document = json.loads(target.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(document, dict) or document.get("run_id") != run_id:
+        return None
+    document[name] = dict(data)
+    atomic_write_text(target, _json(document, indent=2) + "\n")
+    return target

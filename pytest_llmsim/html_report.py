@@ -16,6 +16,7 @@ from difflib import SequenceMatcher
 from html import escape
 from typing import TYPE_CHECKING, Any, Literal
 
+from .pricing import sources_text
 from .results import ScenarioRecord, ScenarioResult, tool_call_parts, turn_key, turn_tool_calls
 from .summary import (
     Gates,
@@ -26,7 +27,16 @@ from .summary import (
     outcome_counts,
     pass_rate_text,
 )
-from .terminal_report import metric_entries, metric_min_score, metric_score_text, metric_verdict, one_line
+from .terminal_report import (
+    blame_text,
+    judge_agreement_text,
+    metric_entries,
+    metric_min_score,
+    metric_score_text,
+    metric_verdict,
+    one_line,
+    trials_text,
+)
 
 if TYPE_CHECKING:  # only for annotations: no import-time dependency on the baseline comparison
     from .baseline import ScenarioDelta
@@ -64,6 +74,9 @@ STYLE = """<style>
   padding:3px 6px;margin:2px 0 4px;white-space:pre-wrap;word-break:break-word;text-align:left}
 .llmsim-tool-label{color:#777}.llmsim-tool-name{font-weight:bold}.llmsim-tool-result{color:#2b6a2b}
 .llmsim-end{color:#555;font-style:italic;border-top:1px dashed #ccc;padding-top:4px}
+.llmsim-trials{margin:8px 0}.llmsim-trials table{border-collapse:collapse;margin:4px 0}
+.llmsim-trials td,.llmsim-trials th{border:1px solid #ddd;padding:2px 6px;text-align:left}
+.llmsim-trial summary{cursor:pointer;margin:4px 0}
 .llmsim-summary{font-family:Helvetica,Arial,sans-serif;color:#222;margin:8px 0 14px;padding:10px 14px;
   border:1px solid #d5dbe1;border-radius:6px;background:#fafbfc;max-width:820px}
 .llmsim-summary h3{margin:0 0 8px;font-size:15px}
@@ -175,12 +188,27 @@ def scenario_html(record: ScenarioRecord) -> str:
              metrics_html(result)]
     if result.comment:
         parts.append(f'<div class="llmsim-judge"><strong>Judge:</strong> {_e(result.comment)}</div>')
+    if len(result.judge_scores) > 1:
+        unstable = " <strong>Unstable:</strong> the verdicts straddle the minimum." if result.judge_unstable else ""
+        parts.append(f'<div class="llmsim-judge">Judge verdicts: {_e(", ".join(map(str, result.judge_scores)))}'
+                     f'{unstable}</div>')
+    if result.blame:
+        parts.append(f'<div class="llmsim-judge"><strong>Blame:</strong> {_e(result.blame)}</div>')
     if result.error_message:
         parts.append(f'<div class="llmsim-error">{_e(result.error_kind or "error")}: '
                      f'{_e(result.error_message)}</div>')
-    if result.transcript:
+    parts.append(chat_html(result.transcript, result.ended_by, result.end_reason))
+    parts.append(trials_html(result))
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def chat_html(transcript: Sequence[Mapping[str, Any]], ended_by: str, end_reason: str) -> str:
+    """The turns of one conversation as chat bubbles, and how it ended."""
+    parts = []
+    if transcript:
         parts.append('<div class="llmsim-chat">')
-        for number, turn in enumerate(result.transcript, 1):
+        for number, turn in enumerate(transcript, 1):
             role = "client" if turn.get("role") == "client" else "agent"
             tags = []
             if turn.get("scripted"):
@@ -194,11 +222,42 @@ def scenario_html(record: ScenarioRecord) -> str:
                          f'{SPEAKERS[role]}{tag_html}</div><div class="llmsim-bubble">{tools}'
                          f'{_e(turn.get("text"))}</div></div>')
         parts.append("</div>")
-    if result.ended_by:
-        parts.append(f'<div class="llmsim-end">Call ended by {_e(result.ended_by)}: '
-                     f'{_e(result.end_reason)}</div>')
-    parts.append("</div>")
+    if ended_by:
+        parts.append(f'<div class="llmsim-end">Call ended by {_e(ended_by)}: {_e(end_reason)}</div>')
     return "".join(parts)
+
+
+def trials_html(result: ScenarioResult) -> str:
+    """A scenario's trials: a table (seed, verdict, score, failed metrics, turns) and every other trial's chat
+    folded below it ("" without trials)."""
+    if not result.trials:
+        return ""
+    from .trials import result_stats, verdict_text
+
+    rows, chats = [], []
+    for trial in result.trials:
+        number, status = trial.get("trial"), str(trial.get("status") or "error")
+        failed = ", ".join(str(m.get("name", "?")) for m in metric_entries(trial.get("metrics"))
+                           if m.get("passed") is False)
+        detail = failed or (f"{trial.get('error_kind')}: {trial.get('error_message')}" if status == "error" else "")
+        score = trial.get("score")
+        scored = "" if score is None else f", score {_e(score)}"
+        rows.append(f'<tr><td>{_e(number)}</td><td>{_e(trial.get("seed"))}</td>'
+                    f'<td class="llmsim-status-{_e(status)}">{_e(status)}</td><td>{"-" if score is None else _e(score)}'
+                    f'</td><td>{_e(detail)}</td><td>{len(trial.get("transcript") or [])}</td>'
+                    f'<td>{_e(trial.get("ended_by") or "")}</td></tr>')
+        if number != result.shown_trial:
+            comment = (f'<div class="llmsim-judge"><strong>Judge:</strong> {_e(trial["comment"])}</div>'
+                       if trial.get("comment") else "")
+            chat = chat_html(trial.get("transcript") or [], str(trial.get("ended_by") or ""),
+                             str(trial.get("end_reason") or ""))
+            chats.append(f'<details class="llmsim-trial"><summary>Trial {_e(number)} (seed {_e(trial.get("seed"))}):'
+                         f' {_e(status)}{scored}</summary>{comment}{chat}</details>')
+    head = "".join(f"<th>{name}</th>" for name in ("trial", "seed", "verdict", "score", "failed", "turns",
+                                                    "ended by"))
+    return (f'<div class="llmsim-trials"><strong>Trials:</strong> '
+            f'{_e(verdict_text(result_stats(result), result.min_pass_rate))}; the chat above is trial '
+            f'{_e(result.shown_trial)}.<table><tr>{head}</tr>{"".join(rows)}</table>{"".join(chats)}</div>')
 
 
 def _distribution(summary: RunSummary) -> str:
@@ -233,8 +292,16 @@ def summary_html(summary: RunSummary, gates: Gates, missed: Sequence[str]) -> st
         ("LLM calls", f"{summary.total_requests} live · {summary.replayed_requests} replayed (recordings or cache)"),
         ("Cost", f"{usd(summary.total_cost_usd)} spent · {usd(summary.saved_cost_usd)} saved by replays"),
     ]
+    if summary.max_trials > 1:
+        rows.append(("Trials", trials_text(summary).removeprefix("trials: ")))
+    if summary.failures_by_blame:
+        rows.append(("Failures by blame", blame_text(summary).removeprefix("failed conversations by blame: ")))
+    if summary.judge_repeated:
+        rows.append(("Judge agreement", judge_agreement_text(summary).removeprefix("judge repeats: ")))
     if summary.unpriced_models:
         rows.append(("Unpriced models", f"{', '.join(summary.unpriced_models)} (counted at $0)"))
+    if summary.price_sources:
+        rows.append(("Prices", sources_text(summary.price_sources)))
     body = "".join(
         f"<tr><th>{_e(name)}</th><td>{_distribution(summary) if value is None else _e(value)}</td></tr>"
         for name, value in rows

@@ -143,18 +143,31 @@ class ScenarioFile(pytest.File):
                        "(please report this as a pytest-llmsim bug, with the file)")
             yield ScenarioItem.from_parent(self, name=INVALID_FILE_ITEM, scenario=None, problem=problem)
             return
+        from .session import SESSION_KEY
+
+        options = self.config.stash[SESSION_KEY].options
         for entry in entries:
-            yield ScenarioItem.from_parent(self, name=entry.item_name, scenario=entry.scenario,
-                                           problem=entry.problem)
+            trials = 1
+            if entry.scenario is not None and options["llmsim_trial_items"]:
+                own = entry.scenario.trials
+                trials = own if own is not None else options["llmsim_trials"]
+            if trials <= 1:
+                yield ScenarioItem.from_parent(self, name=entry.item_name, scenario=entry.scenario,
+                                               problem=entry.problem)
+                continue
+            for trial in range(1, trials + 1):  # --llmsim-trial-items: one item per trial
+                yield ScenarioItem.from_parent(self, name=f"{entry.item_name}[trial-{trial}]",
+                                               scenario=entry.scenario, problem=entry.problem, trial=trial)
 
 
 class ScenarioItem(pytest.Item):
     conversation_wait_s: float = 0.0  # how long setup waited for the conversation (it ran in the background)
 
-    def __init__(self, *, scenario: Scenario | None, problem: str | None, **kwargs: Any) -> None:
+    def __init__(self, *, scenario: Scenario | None, problem: str | None, trial: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.scenario = scenario
         self.problem = problem
+        self.trial = trial  # n >= 1: this item runs the scenario's trial n only (--llmsim-trial-items)
         self.result: ScenarioResult | None = None
         self.add_marker("llmsim")
         if scenario is not None:
@@ -229,11 +242,16 @@ def _failure_text(result: ScenarioResult) -> str:
     """Verdict (naming the failed metrics), one line per metric and the judge's comment; the conversation itself
     is the item's ``llmsim transcript`` section, which pytest prints right below (JUnit and pytest-html carry it
     too)."""
-    from .terminal_report import failure_headline, metric_lines
+    from .terminal_report import failure_headline, metric_lines, trial_lines
 
-    lines = [failure_headline(result), *metric_lines(result)]
+    lines = [failure_headline(result), *trial_lines(result)[1:], *metric_lines(result)]
     if result.comment or not result.metrics:  # a scenario without the judge has no comment
         lines.append(f"judge: {result.comment}")
+    if result.blame and result.blame != "unknown":
+        from .results import blame_of
+
+        source = blame_of(result.status, result.metrics, result.transcript, result.ended_by)[1]
+        lines.append(f"blame: {result.blame}{f' (by the {source})' if source else ''}")
     lines.append(f"turns: {result.total_turns}, ended by {result.ended_by} ({result.end_reason}); the conversation "
                  f"is in the 'llmsim transcript' section")
     return "\n".join(lines)

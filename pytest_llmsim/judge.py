@@ -11,7 +11,10 @@ A conversation in which the agent never said anything is not judged at all (``No
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,15 +28,18 @@ from .prompts import PromptRenderer, template_context
 from .scenario import Scenario
 from .settings import RunSettings
 
+BLAMES = ("agent", "customer", "cut_short", "none")
 VERDICT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
         "score": {"type": "integer", "enum": [1, 2, 3]},
         "comment": {"type": "string"},
+        "blame": {"type": "string", "enum": list(BLAMES)},
     },
-    "required": ["score", "comment"],
+    "required": ["score", "comment", "blame"],
     "additionalProperties": False,
 }
+POLICIES = ("majority", "min", "mean")
 
 # A label name may be wrapped in markdown emphasis or quotes: **Score:** 2, **Score**: 2, "score": 2.
 _LABEL_WRAP = r"[*_`\"' \t]*"
@@ -50,6 +56,7 @@ _MENTION_RE = re.compile(
     r"(?:\s*(?:/|out of)\s*(\d+(?:\.\d+)?))?",
     re.IGNORECASE,
 )
+_BLAME_LABEL_RE = re.compile(rf"\bblame\b{_LABEL_WRAP}:{_LABEL_WRAP}([a-z_]+)", re.IGNORECASE)
 _MAX_JSON_STARTS = 200  # bound the scan of a long reply full of braces
 
 
@@ -62,6 +69,7 @@ class Verdict:
     completion_tokens: int
     cached: bool
     attempts: int
+    blame: str | None = None  # who the judge blames (``BLAMES``); None when the reply does not say
 
 
 def _coerce_score(value: Any) -> int | None:
@@ -264,6 +272,31 @@ def parse_verdict(text: str) -> tuple[int, str]:
     return _text_verdict(text)
 
 
+def parse_blame(text: str) -> str | None:
+    """The ``blame`` of a judge reply (a JSON object's key, else a ``Blame:`` label) when it is one of ``BLAMES``;
+    None otherwise. Blame sorts failures in the reports; it never decides a verdict, so a reply without it is
+    still a verdict."""
+    found = _find_json_objects(text)
+    for candidate in (d for obj in found.objects for d in _verdict_dicts(obj)):
+        value = candidate.get("blame")
+        if isinstance(value, str) and value.strip().lower() in BLAMES:
+            return value.strip().lower()
+    match = _BLAME_LABEL_RE.search(text)
+    return match.group(1).lower() if match and match.group(1).lower() in BLAMES else None
+
+
+def policy_score(scores: list[int], policy: str) -> float:
+    """The judge's score over repeats: ``majority`` (the most frequent; a tie goes to the lowest of the tied
+    scores, so an even split never rounds up), ``min`` (the lowest) or ``mean`` (the exact mean)."""
+    if policy == "min":
+        return float(min(scores))
+    if policy == "mean":
+        return round(sum(scores) / len(scores), 4)
+    counts = {score: scores.count(score) for score in scores}
+    top = max(counts.values())
+    return float(min(score for score, count in counts.items() if count == top))
+
+
 def check_judge_sees_criteria(scenario: Scenario, settings: RunSettings, renderer: PromptRenderer, *,
                               label: str) -> None:
     """PromptError when the scenario has ``criteria`` that its evaluator template never shows the judge. Checked
@@ -289,8 +322,10 @@ async def evaluate(
     renderer: PromptRenderer,
     *,
     label: str,
+    repeat: int = 0,
 ) -> Verdict:
-    """Judge ``transcript``; a transcript without a single non-empty agent turn is refused, not judged."""
+    """Judge ``transcript``; a transcript without a single non-empty agent turn is refused, not judged.
+    ``repeat`` n > 0 is the n+1-th independent verdict of the same transcript (its own seed and cache key)."""
     refusal = no_agent_reply_error(transcript, scenario, settings, label=label)
     if refusal is not None:
         raise refusal
@@ -300,6 +335,11 @@ async def evaluate(
                                end_reason=transcript.end_reason)
     prompt = renderer.render(role.template, context, scenario_label=label)
     seed = scenario.seed if scenario.seed is not None else settings.default_seed
+    if repeat:
+        from .trials import derive_seed
+
+        seed = derive_seed(seed, repeat + 1, salt="judge")
+        label = f"{label} judge repeat {repeat + 1}"
     problems: list[str] = []
     raw = ""
     prompt_tokens = completion_tokens = 0
@@ -320,7 +360,8 @@ async def evaluate(
         except ValueError as exc:
             problems.append(str(exc))
             continue
-        return Verdict(score, comment, raw, prompt_tokens, completion_tokens, reply.cached, attempt + 1)
+        return Verdict(score, comment, raw, prompt_tokens, completion_tokens, reply.cached, attempt + 1,
+                       parse_blame(raw))
     raise VerdictError(
         f"{label}: the evaluator's reply is not a valid verdict after {settings.judge_attempts} attempt(s): "
         f"{problems[-1]}",
@@ -354,11 +395,30 @@ class JudgeMetric(LLMMetric):
 
     async def evaluate(self, conversation: Conversation, scenario: Scenario) -> MetricResult:
         assert conversation.transcript is not None
-        verdict = self.verdict = await evaluate(scenario, conversation.transcript, self._settings, self._client,
-                                                self._renderer, label=self._label)
+        repeats = max(1, self._settings.judge_repeats)
+        verdicts = list(await asyncio.gather(*(
+            evaluate(scenario, conversation.transcript, self._settings, self._client, self._renderer,
+                     label=self._label, repeat=repeat) for repeat in range(repeats))))
         minimum = self.min_score(scenario)
-        return MetricResult("judge", verdict.score, verdict.score >= minimum, verdict.comment,
-                            {"min_score": minimum, "attempts": verdict.attempts})
+        details: dict[str, Any] = {"min_score": minimum, "attempts": verdicts[0].attempts}
+        if repeats == 1:
+            verdict = self.verdict = verdicts[0]
+            passed = verdict.score >= minimum
+        else:  # several verdicts of one transcript: the policy decides, and a split is said, never hidden
+            scores = [v.score for v in verdicts]
+            policy = self._settings.judge_policy
+            exact = policy_score(scores, policy)
+            passed = exact >= minimum
+            score = math.floor(exact)  # (passes at an integer minimum exactly when the exact score does)
+            chosen = next((v for v in verdicts if v.score == score), verdicts[0])
+            verdict = self.verdict = dataclasses.replace(chosen, score=score)
+            details.update(scores=scores, policy=policy, policy_score=exact, spread=max(scores) - min(scores),
+                           unanimous=len(set(scores)) == 1,
+                           unstable=any(s >= minimum for s in scores) and any(s < minimum for s in scores),
+                           attempts=max(v.attempts for v in verdicts))
+        if verdict.blame is not None:
+            details["blame"] = verdict.blame
+        return MetricResult("judge", verdict.score, passed, verdict.comment, details)
 
 
 CRITERIA_SCHEMA: dict[str, Any] = {

@@ -79,6 +79,9 @@ def _role_rows() -> list[Option]:
 OPTIONS: tuple[Option, ...] = (
     Option("llmsim_paths", "Paths (dirs, files or globs, relative to rootdir) whose .json/.yaml/.yml files are "
            "scenario files.", ["scenarios"], kind="lines"),
+    Option("llmsim_transcripts", "Paths (dirs, files or globs, relative to rootdir) whose .json/.jsonl files are "
+           "recorded conversations, scored by the metrics without a simulation.", [], kind="lines",
+           shown_default="(none)"),
     Option("llmsim_prompts_dir", "Directory of the jinja2 prompt templates.", "prompts", kind="path"),
     Option("llmsim_cache_dir", "Directory of the LLM call cache.", ".llmsim_cache", flag="--llmsim-cache-dir",
            kind="path", metavar="DIR"),
@@ -111,6 +114,18 @@ OPTIONS: tuple[Option, ...] = (
            flag="--llmsim-request-timeout", kind="float", low=0.001, local_default="300", metavar="SECONDS"),
     Option("llmsim_max_retries", "Retries per LLM request on 429, 5xx, timeouts and connection errors.", "4",
            flag="--llmsim-max-retries", kind="int", low=0, metavar="N"),
+    Option("llmsim_trials", "Conversations per scenario (each with its own seed) when a scenario sets no "
+           "'trials'.", "1", flag="--llmsim-trials", kind="int", low=1, high=100, metavar="K"),
+    Option("llmsim_scenario_min_pass_rate", "Share of a scenario's trials that must pass for it to pass, when "
+           "it sets no 'min_pass_rate' (1.0: every trial).", "1.0", kind="float", low=0, high=1),
+    Option("llmsim_trial_items", "With trials, one test item per trial (name[trial-2]) instead of one per "
+           "scenario.", "false", flag="--llmsim-trial-items", kind="bool"),
+    Option("llmsim_judge_repeats", "Independent verdicts of each transcript (each with its own seed); the "
+           "policy decides, a split is reported.", "1", flag="--llmsim-judge-repeats", kind="int", low=1, high=20,
+           metavar="N"),
+    Option("llmsim_judge_policy", "How repeated verdicts decide: majority (a tie goes to the lowest score), min "
+           "or mean.", "majority", flag="--llmsim-judge-policy", kind="choice",
+           choices=("majority", "min", "mean")),
     Option("llmsim_judge_attempts", "Evaluator attempts before an unparsable verdict is an error.", "3",
            kind="int", low=1),
     Option("llmsim_language", "Language of the evaluator's comment.", "English", flag="--llmsim-language",
@@ -142,13 +157,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("llmsim_histogram", "Draw the score distribution to this PNG file (needs the histogram extra).",
            flag="--llmsim-histogram", kind="path", metavar="PATH"),
     Option("llmsim_prices", "Price file (JSON or YAML: model -> {input, output} in USD per 1M tokens, or model -> "
-           "another model's name) extending or overriding the shipped price table.", flag="--llmsim-prices",
+           "another model's name) whose prices come before the genai-prices database (and the local model's $0).",
+           flag="--llmsim-prices",
            kind="path", metavar="PATH"),
     Option("llmsim_min_mean_score", "Suite gate: the session fails if the mean score is below this (1-3).",
            flag="--llmsim-min-mean-score", kind="float", low=1, high=3, metavar="X"),
     Option("llmsim_min_pass_rate", "Suite gate: the session fails if a smaller share of scenarios passes (a "
            "fraction such as 0.9, or a percentage such as 90%).", flag="--llmsim-min-pass-rate", kind="rate",
            metavar="P"),
+    Option("llmsim_min_pass_hat_k", "Suite gate: the session fails if a smaller share of scenarios than this "
+           "(0-1) passed every one of its trials (pass^k).", flag="--llmsim-min-pass-hat-k", kind="float", low=0,
+           high=1, metavar="X"),
     Option("llmsim_max_cost_usd", "Suite gate: the session fails if live LLM calls cost more than this (USD).",
            flag="--llmsim-max-cost-usd", kind="float", low=0, metavar="USD"),
     Option("llmsim_baseline", "Compare with this earlier run: a JSON export (--llmsim-results) or a recordings "
@@ -159,6 +178,12 @@ OPTIONS: tuple[Option, ...] = (
            flag="--llmsim-max-score-drop", kind="float", low=0, metavar="X"),
     Option("llmsim_markdown", "Write a GitHub-flavoured markdown summary to this file (also appended to "
            "$GITHUB_STEP_SUMMARY when set).", flag="--llmsim-markdown", kind="path", metavar="FILE"),
+    Option("llmsim_calibrate", "Judge calibration: before the scenarios, the judge scores this folder of "
+           "conversations a person scored (1-3); the run reports its accuracy, mean absolute error, a confusion "
+           "table and the disagreements.", flag="--llmsim-calibrate", kind="path", metavar="DIR"),
+    Option("llmsim_min_judge_accuracy", "Judge gate: the session fails if the judge agrees with the human scores "
+           "of the calibration set less often than this (a fraction such as 0.8, or a percentage such as 80%).",
+           flag="--llmsim-min-judge-accuracy", kind="rate", metavar="X"),
 )
 
 ROWS: Mapping[str, Option] = MappingProxyType({row.ini: row for row in OPTIONS})
@@ -409,6 +434,8 @@ def build_settings(
         end_marker=resolved["llmsim_end_marker"],
         language=resolved["llmsim_language"],
         judge_attempts=resolved["llmsim_judge_attempts"],
+        judge_repeats=resolved["llmsim_judge_repeats"],
+        judge_policy=resolved["llmsim_judge_policy"],
         concurrency=resolved["llmsim_concurrency"],
         agent_spec=agent_spec,
         rootdir=rootdir if rootdir is not None else resolved.ini_dir,
@@ -418,6 +445,8 @@ def build_settings(
         evaluate=tuple(resolved["llmsim_evaluate"]) or ("judge",),
         chats_dir=resolved["llmsim_chats_dir"],
         readable=resolved["llmsim_readable"],
+        trials=resolved["llmsim_trials"],
+        scenario_min_pass_rate=resolved["llmsim_scenario_min_pass_rate"],
     )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from . import options
+from .calibration_plugin import CalibrationPlugin
 from .fixture import attach_runs, llmsim_fixture  # noqa: F401  (the llmsim fixture, registered with this plugin)
 from .items import (
     ScenarioFile,
@@ -20,9 +21,10 @@ from .items import (
     uncollected_scenarios_line,
 )
 from .report_plugin import ReportPlugin, scenario_cost_usd
-from .results import ScenarioResult
+from .results import ScenarioResult, judge_details
 from .session import SESSION_KEY, LlmsimSession, local_model_path, local_state_dir
 from .settings import redact_url
+from .transcript_items import is_transcript_path, transcript_collector
 
 OPTIONS_KEY = pytest.StashKey[options.ResolvedOptions]()
 _FROZEN_KEY = pytest.StashKey[bool]()
@@ -77,6 +79,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(ReportPlugin(config), ReportPlugin.name)
         config.pluginmanager.register(WorkerLines(config), WorkerLines.name)
         config.pluginmanager.register(FixtureHtml(config), FixtureHtml.name)
+        config.pluginmanager.register(CalibrationPlugin(config), CalibrationPlugin.name)
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
@@ -88,6 +91,8 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if is_transcript_path(parent.config, file_path):  # a recorded conversation (or its sidecar): not a scenario
+        return transcript_collector(parent, file_path)
     if is_scenario_file(parent.config, file_path):
         return ScenarioFile.from_parent(parent, path=file_path)
     note_uncollected_scenario_file(parent.config, file_path)
@@ -240,17 +245,49 @@ def _result_properties(item: pytest.Item, report: pytest.TestReport, result: Sce
         ("cost_usd", scenario_cost_usd(item.config, report.llmsim)),  # type: ignore[attr-defined]
         ("cached", result.fully_cached),
         *metrics,
+        *_trial_properties(result),
+        *_judge_properties(result),
     ):
         # The current report gets a copy; the item's list reaches the teardown report (which
         # junitxml writes properties from) and every later report of this item.
         report.user_properties.append((name, value))
         item.user_properties.append((name, value))
 
+def _judge_properties(result: ScenarioResult) -> list[tuple[str, Any]]:
+    """JUnit properties of the judge's repeats and of who is to blame for a failure."""
+    properties: list[tuple[str, Any]] = []
+    if len(result.judge_scores) > 1:
+        properties += [("judge_scores", ";".join(map(str, result.judge_scores))),
+                       ("judge_unstable", "true" if result.judge_unstable else "false")]
+    if result.blame and result.blame != "unknown":
+        properties.append(("blame", result.blame))
+    return properties
+
+
+def _trial_properties(result: ScenarioResult) -> list[tuple[str, Any]]:
+    """JUnit properties of trials: a trial item's trial and seed; a scenario's trials' figures."""
+    if result.trial:
+        return [("trial", result.trial), ("seed", result.seed)]
+    if not result.trials:
+        return []
+    from .trials import result_stats
+
+    figures = result_stats(result).to_dict()
+    return [(name, figures[name]) for name in ("trials", "passed_trials", "pass_rate", "pass_hat_k", "pass_at_k",
+                                               "flaky", "mean_score")]
+
+
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:
     data = getattr(report, "llmsim", None)
     if data is None or report.when != "call" or hasattr(report, "wasxfail") or data.get("score") is None:
         return None
-    word = f"{report.outcome.upper()} (score {data['score']}, min {data['min_score']})"
+    trials = [t for t in data.get("trials") or [] if isinstance(t, dict)]
+    if trials:
+        passed = sum(1 for t in trials if t.get("status") == "passed")
+        word = f"{report.outcome.upper()} ({passed}/{len(trials)} trials passed)"
+    else:
+        unstable = ", unstable" if (judge_details(data.get("metrics")).get("unstable") is True) else ""
+        word = f"{report.outcome.upper()} (score {data['score']}, min {data['min_score']}{unstable})"
     letter = "." if report.passed else "F"
     return report.outcome, letter, (word, {"green": report.passed, "red": report.failed})
 

@@ -1,116 +1,169 @@
 """LLM prices and what a scenario's calls cost.
 
-Prices are USD per million tokens, input (prompt) and output (completion). The shipped table covers the common
-OpenAI models at their standard (non-batch) rates; models served by the bundled local backend cost 0. A price
-file (JSON or YAML) extends or overrides it::
+Where a model's price comes from, first match wins:
 
-    gpt-4o-mini: {input: 0.15, output: 0.60}
-    my-finetune: {input: 0.30, output: 1.20}
-    azure-deployment-7: gpt-4o          # an alias: priced like gpt-4o
+1. **The override file** (ini ``llmsim_prices``, JSON or YAML), USD per million tokens::
 
-Lookup: exact name, then an alias, then the longest table name that the model name starts with followed by
-``-``, ``:`` or ``@`` (so ``gpt-4o-mini-2024-07-18`` is priced as ``gpt-4o-mini``, not ``gpt-4o``); a provider
-prefix such as ``openai/`` is ignored. A model matching nothing is *unpriced*: it costs 0 and is named in the
-run summary so a missing price is never mistaken for a free model.
+       gpt-4o-mini: {input: 0.15, output: 0.60}
+       my-finetune: {input: 0.30, output: 1.20}
+       azure-deployment-7: gpt-4o          # an alias: priced like gpt-4o (from this file or the database)
 
-Calls replayed from the cache cost nothing; what they would have cost live is reported as *saved*.
+   Its names match exactly, as an alias, or as the longest name the model name starts with followed by ``-``,
+   ``:`` or ``@`` (``my-finetune-v2`` is priced as ``my-finetune``); a provider prefix such as ``openai/`` is
+   ignored. Cached input tokens are priced at its ``input`` rate (the file has no cached rate).
+2. **The local model** (``local_model.LOCAL_MODEL_NAME``, served by the bundled llama.cpp backend) costs 0.
+3. **genai-prices**, the pydantic team's maintained price database, as shipped in the installed package: its
+   data snapshot only, never its auto-update (no network access at run time; upgrading the package updates
+   the prices). The run summary names the version.
+
+A model matching nothing is *unpriced*: it costs 0 and is named in the run summary, so a missing price is never
+mistaken for a free model.
+
+Which genai-prices provider prices a model: the plugin talks to an OpenAI-compatible endpoint and only has the
+model name, so the provider comes from the name. ``provider/model`` (``openai/gpt-4o``, ``anthropic/claude-
+3-5-sonnet``, ``openrouter/openai/gpt-4o``) uses that provider when genai-prices knows it (with its fallbacks,
+e.g. ``azure`` -> ``openai``). A bare name is looked up under ``openai`` first (the API the endpoint speaks),
+then under the provider genai-prices recognises from the name (``claude-*`` -> anthropic, ``gemini-*`` ->
+google, ...). Dated names are matched as genai-prices lists them (``gpt-4o-mini-2024-07-18``); a date the
+database does not list yet (``-2099-01-01``, ``-20990101``) falls back to the undated model, and the price's
+source says so. Every summary names each model's source (``price_sources``), so a surprising match shows.
+
+genai-prices prices by request date (its prices change on given days): a table takes the date once, when it
+is made (once per process), and prices every call at that date. A recording priced as a baseline uses today's
+prices too, so a cost delta measures tokens, not price changes. Calls replayed from the cache cost nothing; what
+they would have cost live is reported as *saved*.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from functools import cache
+from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .errors import ConfigError
+from .local_model import LOCAL_MODEL_NAME
+
+if TYPE_CHECKING:  # genai-prices loads pydantic: imported on the first price looked up, not with the plugin
+    from genai_prices.data_snapshot import DataSnapshot
+    from genai_prices.types import ModelInfo, Provider
 
 TOKENS_PER_PRICE_UNIT = 1_000_000
+DATABASE = f"genai-prices {version('genai-prices')}"
+LOCAL_SOURCE = "local model"
+
+
+
+@cache
+def _snapshot() -> DataSnapshot:
+    """The bundled data only: a snapshot of our own, so an auto-update started elsewhere in the process
+    (``genai_prices.UpdatePrices`` swaps the package's global snapshot) never reaches this plugin's prices."""
+    from genai_prices.data import providers
+    from genai_prices.data_snapshot import DataSnapshot
+
+    return DataSnapshot(providers=providers, from_auto_update=False)
+
+_DEFAULT_PROVIDER = "openai"
+_SEPARATORS = ("-", ":", "@")
+_MAX_ALIAS_DEPTH = 8
+_DATE_SUFFIX = re.compile(r"-(?:20\d{2}-\d{2}-\d{2}|20\d{6})$")
 
 
 @dataclass(frozen=True)
 class ModelPrice:
-    """USD per million tokens."""
+    """An override file's price: USD per million tokens."""
 
     input: float
     output: float
 
 
-# Standard-tier list prices (USD per 1M tokens) as published by OpenAI, 2025. Dated snapshots are priced by
-# prefix; the few snapshots whose price differs from their family's are listed explicitly.
-DEFAULT_PRICES: dict[str, ModelPrice] = {
-    "gpt-5": ModelPrice(1.25, 10.00),
-    "gpt-5-mini": ModelPrice(0.25, 2.00),
-    "gpt-5-nano": ModelPrice(0.05, 0.40),
-    "gpt-4.1": ModelPrice(2.00, 8.00),
-    "gpt-4.1-mini": ModelPrice(0.40, 1.60),
-    "gpt-4.1-nano": ModelPrice(0.10, 0.40),
-    "gpt-4o": ModelPrice(2.50, 10.00),
-    "gpt-4o-2024-05-13": ModelPrice(5.00, 15.00),
-    "chatgpt-4o-latest": ModelPrice(5.00, 15.00),
-    "gpt-4o-mini": ModelPrice(0.15, 0.60),
-    "gpt-4-turbo": ModelPrice(10.00, 30.00),
-    "gpt-4-1106-preview": ModelPrice(10.00, 30.00),
-    "gpt-4-0125-preview": ModelPrice(10.00, 30.00),
-    "gpt-4": ModelPrice(30.00, 60.00),
-    "gpt-4-32k": ModelPrice(60.00, 120.00),
-    "gpt-3.5-turbo": ModelPrice(0.50, 1.50),
-    "gpt-3.5-turbo-instruct": ModelPrice(1.50, 2.00),
-    "o1": ModelPrice(15.00, 60.00),
-    "o1-mini": ModelPrice(1.10, 4.40),
-    "o3": ModelPrice(2.00, 8.00),
-    "o3-mini": ModelPrice(1.10, 4.40),
-    "o4-mini": ModelPrice(1.10, 4.40),
-    # The bundled local backend (llama.cpp serving the GGUF model under this alias) costs nothing.
-    "local-gguf": ModelPrice(0.0, 0.0),
-}
+@dataclass(frozen=True)
+class PriceMatch:
+    """One model's price and where it came from: a flat price (override file, local model) or a genai-prices
+    model of a provider."""
 
-_SEPARATORS = ("-", ":", "@")
-_MAX_ALIAS_DEPTH = 8
+    source: str
+    flat: ModelPrice | None = None
+    provider: Provider | None = None
+    database_model: ModelInfo | None = None
+
+    def cost(self, calls: int, input_tokens: int, output_tokens: int, cached_input_tokens: int,
+             at: datetime) -> float:
+        """USD for ``calls`` calls totalling these tokens; ``cached_input_tokens`` (part of ``input_tokens``)
+        were read from the provider's prompt cache.
+
+        genai-prices prices one request (tiers by prompt size, per-request fees), so the database prices the
+        average call and multiplies: exact when the calls fall in one tier."""
+        input_tokens, output_tokens = max(int(input_tokens), 0), max(int(output_tokens), 0)
+        cached_input_tokens = min(max(int(cached_input_tokens), 0), input_tokens)
+        if not (input_tokens or output_tokens):
+            return 0.0
+        if self.provider is None or self.database_model is None:
+            flat = self.flat or ModelPrice(0.0, 0.0)
+            return (input_tokens * flat.input + output_tokens * flat.output) / TOKENS_PER_PRICE_UNIT
+        from genai_prices.types import Usage
+
+        calls = max(int(calls), 1)
+        usage = Usage(input_tokens=Decimal(input_tokens) / calls, output_tokens=Decimal(output_tokens) / calls,
+                      cache_read_tokens=Decimal(cached_input_tokens) / calls)
+        price = self.database_model.calc_price(usage, self.provider, genai_request_timestamp=at)
+        return float(price.total_price * calls)
 
 
 class PriceTable:
-    """Model name -> price, with aliases and prefix matching for dated or tagged model names."""
+    """Model name -> price: the override file's entries, the local model, then the genai-prices database.
 
-    def __init__(self, prices: Mapping[str, ModelPrice], aliases: Mapping[str, str] | None = None) -> None:
-        self.prices = {_normalise(name): price for name, price in prices.items()}
-        self.aliases = {_normalise(name): _normalise(target) for name, target in (aliases or {}).items()}
+    ``origin`` names the override file in the price sources."""
+
+    def __init__(self, prices: Mapping[str, ModelPrice] | None = None, aliases: Mapping[str, str] | None = None,
+                 *, origin: str = "") -> None:
+        self.prices = {_normalise(name): price for name, price in (prices or {}).items()}
+        self.aliases = {_normalise(name): str(target).strip() for name, target in (aliases or {}).items()}
+        self.origin = origin
+        self.at = datetime.now(tz=UTC)  # one date for every call this table prices
+        self._matches: dict[str, PriceMatch | None] = {}
 
     @classmethod
     def default(cls) -> PriceTable:
-        return cls(DEFAULT_PRICES)
+        """No override file: the local model and the database."""
+        return cls()
 
-    def overridden_by(self, prices: Mapping[str, ModelPrice], aliases: Mapping[str, str]) -> PriceTable:
-        """A new table: this one with ``prices`` and ``aliases`` added or replacing same-named entries."""
-        merged_prices = dict(self.prices)
-        merged_aliases = dict(self.aliases)
-        for name, price in prices.items():
-            merged_prices[_normalise(name)] = price
-            merged_aliases.pop(_normalise(name), None)
-        for name, target in aliases.items():
-            merged_aliases[_normalise(name)] = _normalise(target)
-            merged_prices.pop(_normalise(name), None)
-        return PriceTable(merged_prices, merged_aliases)
+    def match(self, model: str) -> PriceMatch | None:
+        """The price of ``model`` and its source; None when nothing prices it."""
+        if model not in self._matches:
+            self._matches[model] = self._resolve(str(model))
+        return self._matches[model]
 
-    def lookup(self, model: str) -> ModelPrice | None:
-        name = _normalise(model)
+    def _resolve(self, model: str) -> PriceMatch | None:
+        override = f"override file {self.origin}" if self.origin else "override file"
+        name, via, target = _normalise(model), "", model  # target: the name as written, provider prefix kept
         for _ in range(_MAX_ALIAS_DEPTH):
             if name in self.prices:
-                return self.prices[name]
-            if name in self.aliases:
-                name = self.aliases[name]
-                continue
-            prefix = self._longest_prefix(name)
-            if prefix is None:
-                return None
-            if prefix in self.prices:
-                return self.prices[prefix]
-            name = self.aliases[prefix]
-        return None
+                return PriceMatch(override, flat=self.prices[name])
+            alias = name if name in self.aliases else self._longest_prefix(name)
+            if alias is None:
+                break
+            if alias in self.prices:
+                return PriceMatch(override, flat=self.prices[alias])
+            via, target = alias, self.aliases[alias]
+            name = _normalise(target)
+        else:
+            return None  # an alias loop
+        found = _local_price(name) or _database_price(target)
+        if found is None or not via:
+            return found
+        return PriceMatch(f"{found.source} via the alias {via} -> {target} in {override}", found.flat,
+                          found.provider, found.database_model)
 
     def _longest_prefix(self, name: str) -> str | None:
         best: str | None = None
@@ -124,6 +177,55 @@ class PriceTable:
 def _normalise(model: str) -> str:
     name = str(model).strip().lower()
     return name.rsplit("/", 1)[-1] if "/" in name else name
+
+
+def _local_price(name: str) -> PriceMatch | None:
+    return PriceMatch(LOCAL_SOURCE, flat=ModelPrice(0.0, 0.0)) if name == LOCAL_MODEL_NAME else None
+
+
+def _database_price(model: str) -> PriceMatch | None:
+    """The genai-prices match for ``model`` (see the module docstring for the provider order)."""
+    ref = model.strip().lower()
+    bare = ref.rsplit("/", 1)[-1]
+    if not bare:
+        return None
+    attempts: list[tuple[str | None, str]] = []
+    if "/" in ref:
+        prefix, _, rest = ref.partition("/")
+        from genai_prices.data_snapshot import find_provider_by_id
+
+        if find_provider_by_id(_snapshot().providers, prefix) is not None:
+            attempts.append((prefix, rest))
+        attempts.append((None, ref))
+    attempts += [(_DEFAULT_PROVIDER, bare), (None, bare)]
+    found = _first_database_match(attempts)
+    if found is not None:
+        return PriceMatch(f"{DATABASE} ({found[0].id} {found[1].id})", provider=found[0], database_model=found[1])
+    undated = _DATE_SUFFIX.sub("", bare)
+    found = _first_database_match([(_DEFAULT_PROVIDER, undated), (None, undated)]) if undated != bare else None
+    if found is not None:
+        return PriceMatch(f"{DATABASE} ({found[0].id} {found[1].id}; {bare}: date not in the database)",
+                          provider=found[0], database_model=found[1])
+    return None
+
+
+def _first_database_match(attempts: Iterable[tuple[str | None, str]]) -> tuple[Provider, ModelInfo] | None:
+    """The first (provider id or None = recognised from the name, model name) genai-prices knows."""
+    for provider_id, name in attempts:
+        try:
+            return _snapshot().find_provider_model(name, None, provider_id, None)
+        except LookupError:
+            continue
+    return None
+
+
+def _display_path(path: Path) -> str:
+    """The override file as the summary names it: relative to the working directory when under it."""
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive
+        return str(path)
+    return str(path) if relative.startswith("..") else relative
 
 
 def load_price_file(path: Path) -> tuple[dict[str, ModelPrice], dict[str, str]]:
@@ -167,20 +269,22 @@ def load_price_file(path: Path) -> tuple[dict[str, ModelPrice], dict[str, str]]:
 
 
 def load_price_table(path: Path | None = None) -> PriceTable:
-    """The shipped table, overridden by the price file at ``path`` if given."""
-    table = PriceTable.default()
+    """The price table: the override file at ``path`` (if given) before the local model and the database."""
     if path is None:
-        return table
-    return table.overridden_by(*load_price_file(path))
+        return PriceTable.default()
+    prices, aliases = load_price_file(path)
+    return PriceTable(prices, aliases, origin=_display_path(path))
 
 
 @dataclass(frozen=True)
 class ScenarioCost:
-    """What one scenario's calls cost live (``spent_usd``) and would have cost had replays been live."""
+    """What one scenario's calls cost live (``spent_usd``) and would have cost had replays been live, and
+    where each used model's price came from (``price_sources``: model -> source)."""
 
     spent_usd: float = 0.0
     saved_usd: float = 0.0
     unpriced_models: tuple[str, ...] = ()
+    price_sources: dict[str, str] = field(default_factory=dict)
 
 
 def scenario_cost(result: Mapping[str, Any], table: PriceTable) -> ScenarioCost:
@@ -189,21 +293,29 @@ def scenario_cost(result: Mapping[str, Any], table: PriceTable) -> ScenarioCost:
 
 
 def usage_cost(usage: Iterable[Mapping[str, Any]], table: PriceTable) -> ScenarioCost:
+    """Cost of ``ModelUsage`` dicts (entries written before a field existed read it as 0)."""
     spent: list[float] = []
     saved: list[float] = []
     unpriced: set[str] = set()
+    sources: dict[str, str] = {}
     for entry in usage:
         model = str(entry.get("model", ""))
-        price = table.lookup(model)
-        if price is None:
-            if entry.get("live_calls") or entry.get("cached_calls"):
+        live, replayed = int(entry.get("live_calls") or 0), int(entry.get("cached_calls") or 0)
+        found = table.match(model)
+        if found is None:
+            if live or replayed:
                 unpriced.add(model)
             continue
-        spent.append(_tokens_cost(entry.get("prompt_tokens", 0), entry.get("completion_tokens", 0), price))
-        saved.append(_tokens_cost(entry.get("cached_prompt_tokens", 0), entry.get("cached_completion_tokens", 0),
-                                  price))
-    return ScenarioCost(math.fsum(spent), math.fsum(saved), tuple(sorted(unpriced)))
+        if live or replayed:
+            sources[model] = found.source
+        spent.append(found.cost(live, entry.get("prompt_tokens") or 0, entry.get("completion_tokens") or 0,
+                                entry.get("cached_input_tokens") or 0, table.at))
+        saved.append(found.cost(replayed, entry.get("cached_prompt_tokens") or 0,
+                                entry.get("cached_completion_tokens") or 0,
+                                entry.get("replayed_cached_input_tokens") or 0, table.at))
+    return ScenarioCost(math.fsum(spent), math.fsum(saved), tuple(sorted(unpriced)), dict(sorted(sources.items())))
 
 
-def _tokens_cost(prompt_tokens: int, completion_tokens: int, price: ModelPrice) -> float:
-    return (int(prompt_tokens) * price.input + int(completion_tokens) * price.output) / TOKENS_PER_PRICE_UNIT
+def sources_text(sources: Mapping[str, str]) -> str:
+    """``gpt-4o-mini from genai-prices 0.2.3 (openai gpt-4o-mini); my-ft from override file prices.yaml``."""
+    return "; ".join(f"{model} from {source}" for model, source in sources.items())

@@ -42,8 +42,22 @@ class RecordingInventory:
             source = item.nodeid.partition("::")[0]
             if item.name == INVALID_FILE_ITEM:  # the file did not parse: none of its recordings is unused
                 self.broken_files.add(source)
-            self.expected.add(recording_path(self.root, item.nodeid))
+            trial = getattr(item, "trial", 0)
+            if trial:  # one item per trial: the scenario's trial recording
+                self.expected.add(recording_path(self.root, item.nodeid.removesuffix(f"[trial-{trial}]"), trial))
+            else:
+                for n in range(1, self._trials(item) + 1):
+                    self.expected.add(recording_path(self.root, item.nodeid, n))
             self.collected_files.add(source)
+
+    def _trials(self, item: Any) -> int:
+        """The trials this run makes of ``item``'s scenario (each has its own recording)."""
+        if item.scenario is None:
+            return 1
+        from .session import SESSION_KEY
+
+        own = item.scenario.trials
+        return own if own is not None else self.config.stash[SESSION_KEY].options["llmsim_trials"]
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:
@@ -141,11 +155,14 @@ def _records(config: pytest.Config) -> list[Any]:
 
 
 def _recording_states(config: pytest.Config) -> dict[str, int]:
-    """How many scenarios' recordings were written, unchanged, replayed or not written, from the run's records."""
+    """How many recordings (one per scenario, or per trial) were written, unchanged, replayed or not written, from
+    the run's records."""
     states: dict[str, int] = {}
     for record in _records(config):
-        state = record.result.recording_state
-        if state:
-            state = "not written" + state.removeprefix("not written") if state.startswith("not written") else state
-            states[state] = states.get(state, 0) + 1
+        trials = record.result.trials or [{"recording_state": record.result.recording_state}]
+        for trial in trials:  # each trial of a scenario has its own recording
+            state = str(trial.get("recording_state") or "")
+            if state:
+                state = "not written" + state.removeprefix("not written") if state.startswith("not written") else state
+                states[state] = states.get(state, 0) + 1
     return states

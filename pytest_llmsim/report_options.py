@@ -40,7 +40,7 @@ def gates_from_config(config: pytest.Config) -> Gates:
     return Gates(min_mean_score=resolved["llmsim_min_mean_score"], min_pass_rate=resolved["llmsim_min_pass_rate"],
                  max_cost_usd=resolved["llmsim_max_cost_usd"],
                  fail_on_regression=bool(resolved["llmsim_fail_on_regression"]),
-                 max_score_drop=resolved["llmsim_max_score_drop"])
+                 max_score_drop=resolved["llmsim_max_score_drop"], min_pass_hat_k=resolved["llmsim_min_pass_hat_k"])
 
 
 def baseline_from_config(config: pytest.Config) -> Baseline | None:
@@ -67,7 +67,7 @@ def _prices_path(config: pytest.Config) -> Path | None:
 
 
 def price_table(config: pytest.Config) -> PriceTable:
-    """The run's price table (shipped table + price file), loaded once per process."""
+    """The run's price table (price file, local model, genai-prices), loaded once per process."""
     table = config.stash.get(PRICES_KEY, None)
     if table is None:
         try:

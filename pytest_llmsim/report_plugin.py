@@ -101,6 +101,7 @@ class ReportPlugin:
         self.collector = RecordCollector(price_table(config), run_id=str(uuid.uuid4()))
         self.final: RunSummary | None = None
         self.missed: list[str] = []
+        self.extra_missed: list[str] = []  # gates other plugins decide (the judge calibration's), in every report
         self.backend: list[str] = []
         self.html: HtmlHooks | None = None
         if config.pluginmanager.hasplugin("html") and config.getoption("htmlpath", default=None):
@@ -163,7 +164,7 @@ class ReportPlugin:
         interrupted = session.exitstatus == pytest.ExitCode.INTERRUPTED
         summary = self.final = self.collector.summary(interrupted=interrupted, final=True)
         records = self.collector.ordered()
-        self.missed = missed_gates(summary, self.gates)
+        self.missed = missed_gates(summary, self.gates) + self.extra_missed
         if self.baseline is not None:
             self.comparison = compare(records, self.baseline)
             if gates_unchecked_reason(summary) is None:

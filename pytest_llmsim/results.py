@@ -19,7 +19,8 @@ totals count outcomes (see ``summary``).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import statistics
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
@@ -60,6 +61,7 @@ class ErrorKind(StrEnum):
     AGENT = "agent_error"
     INVALID_VERDICT = "invalid_verdict"
     METRIC = "metric_error"  # a metric raised or returned no MetricResult
+    CALIBRATION = "calibration_error"  # the judge calibration set cannot be used (a usage error of the run)
     INTERNAL = "internal_error"  # a bug or an unexpected library error in the engine
     CRASHED = "crashed"  # the item failed outside the engine (e.g. an xdist worker died)
 
@@ -134,6 +136,49 @@ def tool_call_parts(call: Mapping[str, Any]) -> tuple[str, str, str | None]:
     return name, arguments, result
 
 
+BLAME_CUT_SHORT = "cut_short"
+BLAME_UNKNOWN = "unknown"
+_CUT_SHORT_ENDINGS = ("max_turns", "timeout")
+
+
+def judge_details(metrics: Any) -> Mapping[str, Any]:
+    """The ``details`` of the judge metric among ``metrics`` (empty without a judge)."""
+    for metric in metrics if isinstance(metrics, list) else []:
+        if isinstance(metric, Mapping) and metric.get("name") == "judge":
+            details = metric.get("details")
+            return details if isinstance(details, Mapping) else {}
+    return {}
+
+
+def judge_scores(metrics: Any, score: Any) -> list[int]:
+    """Every verdict of the judge (several with ``llmsim_judge_repeats``); ``[score]`` for one; [] for none."""
+    scores = judge_details(metrics).get("scores")
+    if isinstance(scores, list) and scores:
+        return [int(s) for s in scores if isinstance(s, int)]
+    return [int(score)] if isinstance(score, int) and not isinstance(score, bool) else []
+
+
+def blame_of(status: Any, metrics: Any, transcript: Any, ended_by: Any) -> tuple[str, str]:
+    """``(blame, source)`` of a failed conversation; ``("", "")`` for any other.
+
+    The judge's ``blame`` when it gave one (source ``judge``); else what the transcript shows (source ``rule``):
+    ``cut_short`` when max_turns or the timeout ended it, ``customer`` when the customer hung up right after the
+    agent asked a question (the simulator's fault tau2-bench reports); else ``unknown``."""
+    if str(status) != "failed":
+        return "", ""
+    given = judge_details(metrics).get("blame")
+    if isinstance(given, str) and given and given != "none":
+        return given, "judge"
+    if ended_by in _CUT_SHORT_ENDINGS:
+        return BLAME_CUT_SHORT, "rule"
+    turns = [t for t in transcript if isinstance(t, Mapping)] if isinstance(transcript, list) else []
+    agent_turns = [t for t in turns if t.get("role") == "agent" and str(t.get("text") or "").strip()]
+    if ended_by == "client" and agent_turns and turns and turns[-1].get("role") == "client" \
+            and str(agent_turns[-1].get("text")).rstrip().endswith("?"):
+        return "customer", "rule"
+    return BLAME_UNKNOWN, ""
+
+
 @dataclass
 class ModelUsage:
     """Calls and tokens of one (role, model) pair in one scenario, split into live and cache-replayed."""
@@ -146,16 +191,22 @@ class ModelUsage:
     completion_tokens: int = 0
     cached_prompt_tokens: int = 0
     cached_completion_tokens: int = 0
+    # Of the prompt tokens above, those the provider read from its prompt cache (``usage.prompt_tokens_details.
+    # cached_tokens``, priced cheaper): live calls', then replayed calls'.
+    cached_input_tokens: int = 0
+    replayed_cached_input_tokens: int = 0
 
-    def add(self, prompt_tokens: int, completion_tokens: int, cached: bool) -> None:
+    def add(self, prompt_tokens: int, completion_tokens: int, cached: bool, *, cached_input_tokens: int = 0) -> None:
         if cached:
             self.cached_calls += 1
             self.cached_prompt_tokens += prompt_tokens
             self.cached_completion_tokens += completion_tokens
+            self.replayed_cached_input_tokens += cached_input_tokens
         else:
             self.live_calls += 1
             self.prompt_tokens += prompt_tokens
             self.completion_tokens += completion_tokens
+            self.cached_input_tokens += cached_input_tokens
 
 
 @dataclass
@@ -181,6 +232,14 @@ class ScenarioResult:
     recording: str = ""  # the scenario's recording file (relative to the rootdir), when recordings are on
     recording_state: str = ""  # written | unchanged | replayed | "not written: <why>" | "" (nothing recorded)
     chat_file: str = ""  # the --llmsim-chats-dir file written, or "not written: <why>"
+    # Trials (``trials.py``): ``trial`` is n >= 1 for one trial's conversation, 0 for a scenario's single
+    # conversation or its trials combined; ``seed`` the seed the conversation ran with. A combined result holds
+    # every trial's ``to_dict()`` in ``trials`` and shows the conversation of trial ``shown_trial``.
+    trial: int = 0
+    seed: int | None = None
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    shown_trial: int = 0
+    min_pass_rate: float | None = None
 
     @property
     def total_turns(self) -> int:
@@ -190,6 +249,20 @@ class ScenarioResult:
     def tool_calls(self) -> list[str]:
         """The names of the tools the agent called, in call order over every agent turn (repeats kept)."""
         return [f"{call.get('name', '?')}" for turn in self.transcript for call in turn_tool_calls(turn)]
+
+    @property
+    def blame(self) -> str:
+        """Who is to blame for a failed conversation (``blame_of``); "" unless failed."""
+        return blame_of(self.status, self.metrics, self.transcript, self.ended_by)[0]
+
+    @property
+    def judge_scores(self) -> list[int]:
+        return judge_scores(self.metrics, self.score)
+
+    @property
+    def judge_unstable(self) -> bool:
+        """The judge's repeated verdicts straddle its minimum (some pass, some fail)."""
+        return judge_details(self.metrics).get("unstable") is True
 
     @property
     def live_calls(self) -> int:
@@ -232,6 +305,7 @@ class ScenarioResult:
         data["error_kind"] = str(self.error_kind) if self.error_kind else ""
         data["transcript"] = [dict(turn) for turn in self.transcript]
         data["usage"] = [dict(vars(usage)) for usage in self.usage]
+        data["trials"] = [dict(trial) for trial in self.trials]
         data.update(total_turns=self.total_turns, tool_calls=self.tool_calls, prompt_tokens=self.prompt_tokens,
                     completion_tokens=self.completion_tokens, live_calls=self.live_calls,
                     cached_calls=self.cached_calls, cached=self.fully_cached)
@@ -254,6 +328,12 @@ class ScenarioResult:
             values["min_score"] = int(values["min_score"])
         values["usage"] = [ModelUsage(**u) for u in data.get("usage") or []]
         values["transcript"] = [dict(t) for t in data.get("transcript") or []]
+        trials = data.get("trials")
+        values["trials"] = [dict(t) for t in trials if isinstance(t, Mapping)] if isinstance(trials, list) else []
+        for name in ("trial", "shown_trial"):
+            values[name] = int(values.get(name) or 0)
+        values["seed"] = None if values.get("seed") in ("", None) else int(values["seed"])
+        values["min_pass_rate"] = None if values.get("min_pass_rate") in ("", None) else float(values["min_pass_rate"])
         return cls(**values)
 
 
@@ -268,6 +348,7 @@ class ScenarioRecord:
     cost_usd: float = 0.0  # live calls, USD (rounded to 8 decimals)
     saved_cost_usd: float = 0.0  # what the replayed calls would have cost live
     unpriced_models: tuple[str, ...] = ()
+    price_sources: dict[str, str] = field(default_factory=dict)  # model -> where its price came from
 
     # The fields every report reads, straight from the result.
     @property
@@ -293,6 +374,17 @@ class ScenarioRecord:
     @property
     def error_kind(self) -> ErrorKind | None:
         return ErrorKind.parse(self.result.error_kind)
+
+    def trial_figures(self) -> dict[str, Any]:
+        """``trials`` (conversations: 1 without trials), ``pass_rate``, ``pass_hat_k``, ``pass_at_k``, ``flaky``,
+        ``mean_score``, ``trial_scores`` and ``min_pass_rate`` (see ``trials.py``)."""
+        figures = result_stats(self.result).to_dict() if self.status != Status.SKIPPED else {}
+        return {"trials": figures.get("trials", 0), "passed_trials": figures.get("passed_trials", 0),
+                "failed_trials": figures.get("failed_trials", 0), "errored_trials": figures.get("errored_trials", 0),
+                "pass_rate": figures.get("pass_rate"), "pass_hat_k": figures.get("pass_hat_k"),
+                "pass_at_k": figures.get("pass_at_k"), "flaky": figures.get("flaky"),
+                "mean_score": figures.get("mean_score"), "trial_scores": figures.get("trial_scores", []),
+                "min_pass_rate": self.result.min_pass_rate}
 
     def to_dict(self) -> dict[str, Any]:
         """The export row: the flat fields of ``summary.RECORD_FIELDS`` (``metrics`` as the list of metric
@@ -328,9 +420,17 @@ class ScenarioRecord:
             "error_kind": str(r.error_kind) if r.error_kind else "",
             "error_message": r.error_message,
             "worker": self.worker,
+            "blame": r.blame,
+            "judge_scores": r.judge_scores,
+            "judge_unstable": r.judge_unstable,
+            "trial": r.trial,
+            "seed": r.seed,
+            **self.trial_figures(),
             "raw_verdict": r.raw_verdict,
             "transcript": [dict(turn) for turn in r.transcript],
             "usage": [dict(vars(usage)) for usage in r.usage],
+            "price_sources": dict(self.price_sources),
+            "trial_results": [_trial_row(trial) for trial in r.trials],
         }
 
     @classmethod
@@ -356,9 +456,14 @@ class ScenarioRecord:
         elif "metrics" in data:
             data = {**data, "metrics": [dict(m) for m in metrics if isinstance(m, Mapping)]
                     if isinstance(metrics, list) else []}
+        if isinstance(data.get("trial_results"), list):  # an export row: the trials are its trial_results
+            data = {**data, "trials": data["trial_results"]}
+        elif not isinstance(data.get("trials"), list) and _count(data.get("trials")) > 1:
+            data = {**data, "trials": _trials_of_csv_row(data)}
         result = ScenarioResult.from_dict(data)
         outcome = data.get("outcome")
         unpriced = data.get("unpriced_models") or ()
+        sources = data.get("price_sources")  # not in CSV rows
         if isinstance(unpriced, str):  # a CSV cell
             unpriced = [m for m in unpriced.split(";") if m]
         return cls(
@@ -369,4 +474,85 @@ class ScenarioRecord:
             cost_usd=float(data.get("cost_usd") or 0.0),
             saved_cost_usd=float(data.get("saved_cost_usd") or 0.0),
             unpriced_models=tuple(str(m) for m in unpriced),
+            price_sources={str(m): str(s) for m, s in sources.items()} if isinstance(sources, Mapping) else {},
         )
+
+
+def _trial_row(trial: Mapping[str, Any]) -> dict[str, Any]:
+    """One trial of an export row: its ``ScenarioResult.to_dict()`` without what the row holds in total."""
+    return {key: value for key, value in trial.items() if key not in ("trials", "cached")}
+
+
+def _count(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _trials_of_csv_row(data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A CSV row's trials, as far as its cells tell them: each trial's verdict, and the scores (the figures of
+    ``trials.TrialStats`` need no more)."""
+    scores = data.get("trial_scores")
+    numbers = [int(s) for s in (scores.split(";") if isinstance(scores, str) else scores or []) if str(s).strip()]
+    statuses = (["passed"] * _count(data.get("passed_trials")) + ["failed"] * _count(data.get("failed_trials"))
+                + ["error"] * _count(data.get("errored_trials")))
+    return [{"trial": n, "status": status, "score": numbers[n - 1] if n <= len(numbers) else None}
+            for n, status in enumerate(statuses, start=1)]
+
+
+# -- trials (``trials.py`` runs them; what they say together is computed here, beside the results) ---------------
+@dataclass(frozen=True)
+class TrialStats:
+    """What k trials of one scenario say together (``trials`` = the trials that count)."""
+
+    trials: int
+    passed: int
+    failed: int
+    errored: int
+    scores: tuple[int, ...]  # the scored trials', in trial order
+
+    @property
+    def pass_rate(self) -> float | None:
+        """Passed / trials (an errored trial counts against); None without trials."""
+        return round(self.passed / self.trials, 4) if self.trials else None
+
+    @property
+    def pass_hat_k(self) -> bool:
+        """pass^k: every trial passed."""
+        return self.trials > 0 and self.passed == self.trials
+
+    @property
+    def pass_at_k(self) -> bool:
+        """pass@k: at least one trial passed."""
+        return self.passed > 0
+
+    @property
+    def flaky(self) -> bool:
+        """Some trials passed and some did not."""
+        return 0 < self.passed < self.trials
+
+    @property
+    def mean_score(self) -> float | None:
+        return round(statistics.fmean(self.scores), 4) if self.scores else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trials": self.trials, "passed_trials": self.passed, "failed_trials": self.failed,
+                "errored_trials": self.errored, "pass_rate": self.pass_rate, "pass_hat_k": self.pass_hat_k,
+                "pass_at_k": self.pass_at_k, "flaky": self.flaky, "mean_score": self.mean_score,
+                "trial_scores": list(self.scores)}
+
+
+def stats_of(statuses: Iterable[Status | str], scores: Iterable[int | None]) -> TrialStats:
+    """The stats of trials given their verdicts (skipped trials do not count) and scores."""
+    counted = [Status(str(s)) for s in statuses if str(s) != Status.SKIPPED]
+    return TrialStats(len(counted), counted.count(PASSED), counted.count(FAILED), counted.count(ERROR),
+                      tuple(int(s) for s in scores if s is not None))
+
+
+def result_stats(result: ScenarioResult) -> TrialStats:
+    """A combined result's trials' stats; a single conversation is one trial."""
+    trials = [t for t in result.trials if isinstance(t, Mapping)]
+    if not trials:
+        return stats_of([result.status], [result.score])
+    return stats_of([t.get("status") or ERROR for t in trials], [t.get("score") for t in trials])

@@ -22,7 +22,7 @@ from typing import Any
 from .agents import AgentRuntime
 from .cache import CallCache
 from .client import LLMClient, LLMReply, LLMRequest, RateLimiter
-from .conversation import no_agent_reply_error, simulate
+from .conversation import Transcript, no_agent_reply_error, simulate
 from .errors import LlmsimError, VerdictError
 from .judge import CriteriaMetric, JudgeMetric, check_judge_sees_criteria
 from .metric_rules import RougeMetric, RulesMetric
@@ -43,6 +43,7 @@ from .recordings import ScenarioRecorder
 from .results import ERROR, FAILED, PASSED, ModelUsage, ScenarioResult
 from .scenario import Scenario
 from .settings import ROLES, RunSettings, scrub_secrets
+from .trials import base_seed, combine, min_pass_rate, trial_count, trial_scenario
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,10 @@ class ScenarioJob:
     source: str
     scenario: Scenario
     item: str = ""  # the pytest item that runs it, when not ``nodeid`` (a Python test's conversations)
+    report_as: str = ""  # the result's node id, when not ``nodeid`` (a trial item: ``name[trial-2]``)
+    trial: int = 0  # n >= 1: run trial n only (``trials.py``); 0: the scenario's trials, combined when several
+    # A recorded conversation (``transcripts.py``): scored by the metrics, not simulated.
+    transcript: Transcript | None = dataclasses.field(default=None, compare=False)
 
     @property
     def label(self) -> str:
@@ -68,7 +73,8 @@ class MeteredClient:
         reply = await self._client.complete(request, label=label)
         key = (request.role, request.model)
         meter = self.usage.setdefault(key, ModelUsage(request.role, request.model))
-        meter.add(reply.prompt_tokens, reply.completion_tokens, reply.cached)
+        meter.add(reply.prompt_tokens, reply.completion_tokens, reply.cached,
+                  cached_input_tokens=reply.cached_input_tokens)
         return reply
 
     def add_usage(self, role: str, model: str, prompt_tokens: int, completion_tokens: int, cached: bool) -> None:
@@ -92,14 +98,23 @@ async def run_scenario(
             await agents.aclose()
 
 
+async def score_transcript(job: ScenarioJob, settings: RunSettings, client: LLMClient,
+                           renderer: PromptRenderer) -> ScenarioResult:
+    """The metrics' result on ``job.transcript``: statuses, errors, recordings, chat files and secret scrubbing
+    exactly as for a simulated conversation (the runner's own path, with the conversation step replaced)."""
+    if job.transcript is None:
+        raise ValueError(f"{job.label}: score_transcript needs a job with a transcript")
+    return await run_scenario(job, settings, client, renderer)
+
+
 async def _run_scenario(
     job: ScenarioJob, settings: RunSettings, client: LLMClient, renderer: PromptRenderer,
     agents: AgentRuntime | None,
 ) -> ScenarioResult:
-    scenario = job.scenario
+    scenario = trial_scenario(job.scenario, settings, job.trial)
     min_score = scenario.min_score or settings.min_score
-    result = ScenarioResult(scenario=scenario.name, nodeid=job.nodeid, source=job.source, status=ERROR,
-                            min_score=min_score)
+    result = ScenarioResult(scenario=scenario.name, nodeid=job.report_as or job.nodeid, source=job.source, status=ERROR,
+                            min_score=min_score, trial=job.trial, seed=base_seed(scenario, settings))
     metered = MeteredClient(client)
     started = time.perf_counter()
     recorder: ScenarioRecorder | None = None
@@ -108,7 +123,8 @@ async def _run_scenario(
         if settings.recordings_dir is not None:
             recorder = ScenarioRecorder.open(
                 settings.recordings_dir, settings.record_mode, nodeid=job.nodeid, item=job.item,
-                scenario=scenario.name, endpoint=settings.endpoint.identity, match_endpoint=settings.match_endpoint)
+                scenario=scenario.name, endpoint=settings.endpoint.identity, match_endpoint=settings.match_endpoint,
+                trial=job.trial or None)
             token = RECORDER.set(recorder)
             settings = adopt_recorded_roles(settings, recorder)
         specs = metric_specs(scenario, settings.evaluate)
@@ -121,8 +137,13 @@ async def _run_scenario(
         if any(isinstance(metric, JudgeMetric) for metric in metrics) and "criteria" not in {n for n, _ in specs}:
             # (with the criteria metric, the criteria are checked one by one: the judge need not see them)
             check_judge_sees_criteria(scenario, settings, renderer, label=job.label)
-        transcript = await simulate(scenario, settings, metered, renderer, label=job.label, cache=client.cache,
-                                    agents=agents)
+        if job.transcript is not None:
+            from .transcripts import recorded_conversation
+
+            transcript = recorded_conversation(job.transcript, scenario, settings, renderer, label=job.label)
+        else:
+            transcript = await simulate(scenario, settings, metered, renderer, label=job.label, cache=client.cache,
+                                        agents=agents)
         result.transcript = transcript.to_dicts()
         result.ended_by, result.end_reason = transcript.ended_by, transcript.end_reason
         refusal = no_agent_reply_error(transcript, scenario, settings, label=job.label)
@@ -164,9 +185,9 @@ def _write_chat(result: ScenarioResult, settings: RunSettings, scenario: Scenari
     from .chat_files import write_chat
 
     assert settings.chats_dir is not None
-    seed = scenario.seed if scenario.seed is not None else settings.default_seed
     try:
-        result.chat_file = str(write_chat(settings.chats_dir, result, readable=settings.readable, seed=seed))
+        result.chat_file = str(write_chat(settings.chats_dir, result, readable=settings.readable,
+                                          trial=max(1, result.trial), seed=result.seed))
     except OSError as exc:  # the verdict stands; the run's summary says the file is missing
         result.chat_file = f"not written: {exc.strerror or exc}"
 
@@ -190,6 +211,22 @@ async def _evaluate(metrics: list[Metric], specs: list[tuple[str, dict[str, Any]
             metric.bind_renderer(renderer)
         outcomes.append(await run_metric(metric, name, conversation, scenario, label=label))
     return outcomes
+
+
+async def run_job(job: ScenarioJob, settings: RunSettings, client: LLMClient, renderer: PromptRenderer,
+                  agents: AgentRuntime | None, slots: asyncio.Semaphore) -> ScenarioResult:
+    """``job``'s conversation, or its k trials (each holding a slot, all in flight at once) combined."""
+    k = trial_count(job.scenario, settings) if job.trial == 0 else 1
+    if k <= 1:
+        async with slots:
+            return await run_scenario(job, settings, client, renderer, agents)
+
+    async def trial(n: int) -> ScenarioResult:
+        async with slots:
+            return await run_scenario(dataclasses.replace(job, trial=n), settings, client, renderer, agents)
+
+    results = await asyncio.gather(*(trial(n) for n in range(1, k + 1)))
+    return combine(results, min_pass_rate(job.scenario, settings))
 
 
 _REGISTRY: dict[str, Any] = {}
@@ -302,8 +339,7 @@ class Runner:
         return client, PromptRenderer(self.settings.prompts_dir), asyncio.Semaphore(self.settings.concurrency)
 
     async def _run(self, job: ScenarioJob) -> ScenarioResult:
-        async with self._slots:
-            return await run_scenario(job, self.settings, self.client, self.renderer, self.agents)
+        return await run_job(job, self.settings, self.client, self.renderer, self.agents, self._slots)
 
     def submit(self, job: ScenarioJob) -> concurrent.futures.Future[ScenarioResult]:
         if self._closed:

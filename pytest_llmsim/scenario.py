@@ -235,6 +235,9 @@ class Scenario(BaseModel):
     # The metrics, in order: (name, options). Written as a list of names and one-key mappings of a name to its
     # options (``[judge, {rules: {not_contains: [refund]}}]``); None: the run's default (``llmsim_evaluate``).
     evaluate: tuple[tuple[str, dict[str, Any]], ...] | None = None
+    # Trials (``trials.py``): conversations of this scenario, each with its own seed, and the share that must pass.
+    trials: StrictInt | None = Field(default=None, ge=1, le=100)
+    min_pass_rate: FiniteFloat | StrictInt | None = Field(default=None, ge=0, le=1)
 
     @field_validator("evaluate", mode="before")
     @classmethod

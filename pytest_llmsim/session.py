@@ -169,7 +169,14 @@ class LlmsimSession:
         runner = self.ensure_runner()
         from .runner import ScenarioJob
 
-        future = runner.submit(ScenarioJob(item.nodeid, str(item.path), item.scenario))
+        trial = getattr(item, "trial", 0)
+        if trial:  # one trial of a scenario: recorded as the scenario's trial, reported as its item
+            job = ScenarioJob(item.nodeid.removesuffix(f"[trial-{trial}]"), str(item.path), item.scenario,
+                              report_as=item.nodeid, trial=trial)
+        else:
+            job = ScenarioJob(item.nodeid, str(item.path), item.scenario,
+                              transcript=getattr(item, "transcript", None))  # a recorded conversation's item
+        future = runner.submit(job)
         self._futures[item.nodeid] = future
         return future
 

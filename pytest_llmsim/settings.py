@@ -222,6 +222,8 @@ class RunSettings:
     end_marker: str = "[END_CALL]"
     language: str = "English"
     judge_attempts: int = 3
+    judge_repeats: int = 1  # independent verdicts per transcript (``judge.JudgeMetric``)
+    judge_policy: str = "majority"  # how they decide: majority | min | mean
     concurrency: int = 16
     # The suite-wide agent under test (ini ``llmsim_agent`` / ``--llmsim-agent``): a validated
     # ``scenario.AgentSpec``, or None for the prompt agent. A scenario's own ``agent:`` naming a kind (or only
@@ -243,6 +245,10 @@ class RunSettings:
     # ``--llmsim-chats-dir``: one file per conversation (``chat_files``), plus a readable ``.txt`` with ``readable``.
     chats_dir: Path | None = None
     readable: bool = False
+    # Trials (``trials.py``): conversations per scenario that sets no ``trials``, and the share of them that must
+    # pass when it sets no ``min_pass_rate``.
+    trials: int = 1
+    scenario_min_pass_rate: float = 1.0
     metrics: Mapping[str, Any] | None = field(default=None, compare=False)
 
     def role(self, name: str, scenario: Scenario) -> RoleSettings:

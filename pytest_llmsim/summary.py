@@ -21,11 +21,17 @@ Conventions, fixed here so every surface agrees:
   xpassed outcomes): an xfailed scenario's score is in its record but does not move the mean.
   ``std`` is the *population* standard deviation (``statistics.pstdev``): the run's scores are the whole
   population described, not a sample of one, and a single score has std 0.
+  With trials, every trial's score counts (each conversation is one sample).
+* Trials: ``conversations``, ``max_trials``, ``pass_hat_k`` (the share of the scenarios that count whose every
+  trial passed; an errored trial is not a pass), ``pass_at_k`` (at least one passed) and ``flaky_scenarios``
+  (``trials.scenario_groups``). One item per trial (``name[trial-n]``) or one per scenario give the same figures.
+* ``failures_by_blame`` counts failed conversations (each failed trial) by ``results.blame_of``;
+  ``judge_repeated``, ``judge_unanimous_share`` and ``judge_unstable_scenarios`` describe the judge's repeats.
 * The cost block is what this run spent, whatever the outcome: ``total_cost_usd``, ``total_tokens`` and
   ``total_requests`` count live calls only, ``average_cost_per_request`` = total_cost_usd / total_requests.
   Calls replayed from the cache are counted apart (``replayed_requests``, ``replayed_tokens``,
   ``saved_cost_usd``); ``prompt_tokens`` and ``completion_tokens`` count every call, live or replayed, like
-  the per-record fields.
+  the per-record fields. ``price_sources`` says where each priced model's price came from (``pricing.py``).
 * A run that did not finish says so: ``interrupted`` (Ctrl-C or ``pytest.exit``) and
   ``unfinished_scenarios`` (collected scenario items that never reported: interrupted, ``-x``/``--maxfail``).
   The totals then describe only the scenarios that finished, and the suite gates are not checked.
@@ -42,7 +48,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .pricing import ScenarioCost
-from .results import Outcome, ScenarioRecord, ScenarioResult
+from .results import Outcome, ScenarioRecord, ScenarioResult, blame_of, judge_details
+from .trials import scenario_groups, scored_values
 
 STAT_DECIMALS = 4
 RUN_COST_DECIMALS = 6
@@ -56,7 +63,10 @@ RECORD_FIELDS = (
     "session_id", "nodeid", "scenario", "source", "status", "outcome", "score", "min_score", "comment", "metrics",
     "total_turns", "ended_by", "end_reason", "tool_calls", "duration_seconds", "prompt_tokens", "completion_tokens",
     "total_tokens", "live_calls", "cached_calls", "live_tokens", "replayed_tokens", "cached", "cost_usd",
-    "saved_cost_usd", "unpriced_models", "error_kind", "error_message", "worker",
+    "saved_cost_usd", "unpriced_models", "error_kind", "error_message", "worker", "blame", "judge_scores",
+    "judge_unstable", "trial", "seed", "trials",
+    "passed_trials", "failed_trials", "errored_trials", "pass_rate", "pass_hat_k", "pass_at_k", "flaky", "mean_score",
+    "trial_scores", "min_pass_rate",
 )
 
 # Outcomes that count towards the pass rate and the score statistics, and those of them that are passes.
@@ -76,6 +86,7 @@ def make_record(result: ScenarioResult | Mapping[str, Any], cost: ScenarioCost, 
         cost_usd=round(cost.spent_usd, RECORD_COST_DECIMALS),
         saved_cost_usd=round(cost.saved_usd, RECORD_COST_DECIMALS),
         unpriced_models=tuple(cost.unpriced_models),
+        price_sources=dict(cost.price_sources),
     )
 
 
@@ -111,8 +122,24 @@ class RunSummary:
     completion_tokens: int = 0
     total_duration_seconds: float = 0.0
     unpriced_models: list[str] = field(default_factory=list)
+    price_sources: dict[str, str] = field(default_factory=dict)  # priced model -> where its price came from
     interrupted: bool = False
     unfinished_scenarios: int = 0
+    # Trials (``trials.py``): the conversations run (each trial one), the most trials of a scenario, the shares of
+    # scenarios whose every trial passed (pass^k) and of those with at least one passing trial (pass@k), and the
+    # scenarios with both (flaky). Without trials every scenario is one trial: pass^k is the pass rate.
+    conversations: int = 0
+    max_trials: int = 0
+    pass_hat_k: float | None = None
+    pass_at_k: float | None = None
+    flaky_scenarios: list[str] = field(default_factory=list)
+    # Failed conversations by who is to blame (``results.blame_of``: agent, customer, cut_short, unknown), and the
+    # judge's agreement with itself under ``llmsim_judge_repeats``: conversations judged several times, the share
+    # of them whose verdicts all gave one score, and the scenarios with a verdict straddling the minimum.
+    failures_by_blame: dict[str, int] = field(default_factory=dict)
+    judge_repeated: int = 0
+    judge_unanimous_share: float | None = None
+    judge_unstable_scenarios: list[str] = field(default_factory=list)
 
     @property
     def scores_count(self) -> int:
@@ -179,7 +206,9 @@ def summarize(records: Iterable[ScenarioRecord | Mapping[str, Any]], *, interrup
     """
     rows: Sequence[ScenarioRecord] = as_records(records)
     outcomes = [r.outcome for r in rows]
-    scores = [int(r.score) for r in rows if r.score is not None and r.outcome in COUNTED_OUTCOMES]
+    scores = scored_values(rows)
+    groups = scenario_groups(rows)
+    grouped = [g for g in groups if g.stats.trials]
     distribution = {f"score_{n}": 0 for n in (1, 2, 3)}
     for score in scores:
         key = f"score_{score}"
@@ -222,9 +251,44 @@ def summarize(records: Iterable[ScenarioRecord | Mapping[str, Any]], *, interrup
         completion_tokens=sum(r.completion_tokens for r in results),
         total_duration_seconds=round(math.fsum(float(r.duration_seconds or 0.0) for r in results), 4),
         unpriced_models=unpriced,
+        price_sources=dict(sorted({m: s for r in rows for m, s in r.price_sources.items()}.items())),
         interrupted=interrupted,
         unfinished_scenarios=max(0, unfinished),
+        conversations=sum(g.stats.trials for g in grouped),
+        max_trials=max((g.stats.trials for g in grouped), default=0),
+        pass_hat_k=round(sum(g.stats.pass_hat_k for g in grouped) / len(grouped), STAT_DECIMALS) if grouped else None,
+        pass_at_k=round(sum(g.stats.pass_at_k for g in grouped) / len(grouped), STAT_DECIMALS) if grouped else None,
+        flaky_scenarios=[g.nodeid for g in grouped if g.stats.flaky],
+        **_verdict_quality(rows),
     )
+
+
+def _verdict_quality(rows: Sequence[ScenarioRecord]) -> dict[str, Any]:
+    """``failures_by_blame`` and the judge-agreement figures over every conversation of the records that count
+    (each trial of a combined record)."""
+    blames: dict[str, int] = {}
+    repeated = unanimous = 0
+    unstable: list[str] = []
+    for record in rows:
+        if record.outcome not in COUNTED_OUTCOMES:
+            continue
+        result = record.result
+        conversations = result.trials or [{"status": str(result.status), "metrics": result.metrics,
+                                           "transcript": result.transcript, "ended_by": result.ended_by}]
+        for conversation in conversations:
+            blame, _ = blame_of(conversation.get("status"), conversation.get("metrics"),
+                                conversation.get("transcript"), conversation.get("ended_by"))
+            if blame:
+                blames[blame] = blames.get(blame, 0) + 1
+            details = judge_details(conversation.get("metrics"))
+            if isinstance(details.get("scores"), list) and len(details["scores"]) > 1:
+                repeated += 1
+                unanimous += details.get("unanimous") is True
+                if details.get("unstable") is True and record.nodeid not in unstable:
+                    unstable.append(record.nodeid)
+    return {"failures_by_blame": dict(sorted(blames.items())), "judge_repeated": repeated,
+            "judge_unanimous_share": round(unanimous / repeated, STAT_DECIMALS) if repeated else None,
+            "judge_unstable_scenarios": unstable}
 
 
 @dataclass(frozen=True)
@@ -239,11 +303,13 @@ class Gates:
     max_cost_usd: float | None = None
     fail_on_regression: bool = False
     max_score_drop: float | None = None
+    min_pass_hat_k: float | None = None
 
     @property
     def any(self) -> bool:
         return self.fail_on_regression or any(
-            v is not None for v in (self.min_mean_score, self.min_pass_rate, self.max_cost_usd, self.max_score_drop))
+            v is not None for v in (self.min_mean_score, self.min_pass_rate, self.max_cost_usd, self.max_score_drop,
+                                    self.min_pass_hat_k))
 
     @property
     def baseline_gates(self) -> bool:
@@ -284,6 +350,11 @@ def missed_gates(summary: RunSummary, gates: Gates) -> list[str]:
         missed.append(f"pass rate {summary.success_rate:.1%} ({summary.passing_scenarios} of "
                       f"{summary.counted_scenarios} scenarios{note}) is below the minimum "
                       f"{gates.min_pass_rate:.1%} (llmsim_min_pass_rate)")
+    if gates.min_pass_hat_k is not None and summary.pass_hat_k is not None \
+            and summary.pass_hat_k + 1e-9 < gates.min_pass_hat_k:
+        k = summary.max_trials
+        missed.append(f"pass^k {summary.pass_hat_k:.1%} (the share of scenarios whose every one of up to {k} "
+                      f"trials passed) is below the minimum {gates.min_pass_hat_k:.1%} (llmsim_min_pass_hat_k)")
     if gates.max_cost_usd is not None and summary.total_cost_usd > gates.max_cost_usd:
         missed.append(f"cost ${summary.total_cost_usd:.6f} spent on live calls is above the maximum "
                       f"${gates.max_cost_usd:g} (llmsim_max_cost_usd)")

@@ -11,7 +11,17 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .results import ErrorKind, Outcome, ScenarioRecord, ScenarioResult, Status, tool_call_text, turn_tool_calls
+from .pricing import sources_text
+from .results import (
+    BLAME_UNKNOWN,
+    ErrorKind,
+    Outcome,
+    ScenarioRecord,
+    ScenarioResult,
+    Status,
+    tool_call_text,
+    turn_tool_calls,
+)
 from .summary import (
     Gates,
     RunSummary,
@@ -123,6 +133,11 @@ def metric_line(metric: Mapping[str, Any]) -> str:
         text += f" (min {metric_score_text(minimum)})"
     verdict = metric_verdict(metric)
     text += " FAILED" if verdict == "failed" else f" {verdict}"
+    details = metric.get("details") if isinstance(metric.get("details"), Mapping) else {}
+    scores = details.get("scores") if isinstance(details, Mapping) else None
+    if isinstance(scores, list) and len(scores) > 1:  # the judge's repeats
+        text += (f" [verdicts {', '.join(map(str, scores))} by {details.get('policy')}"
+                 f"{', UNSTABLE: they straddle the minimum' if details.get('unstable') else ''}]")
     reason = one_line(metric.get("reason"))
     if reason and verdict != "passed":
         text += f" - {reason}"
@@ -139,10 +154,41 @@ def failed_metric_names(result: ScenarioResult) -> list[str]:
     return [str(m.get("name", "?")) for m in metric_entries(result.metrics) if m.get("passed") is False]
 
 
+def trial_lines(result: ScenarioResult) -> list[str]:
+    """A combined result's trials: what they say together, then one line per trial (none without trials)."""
+    if not result.trials:
+        return []
+    from .trials import result_stats, verdict_text
+
+    lines = [f"trials: {verdict_text(result_stats(result), result.min_pass_rate)}; the conversation shown is "
+             f"trial {result.shown_trial}'s"]
+    for trial in result.trials:
+        score = trial.get("score")
+        status = str(trial.get("status") or "error")
+        text = f"  trial {trial.get('trial')} (seed {trial.get('seed')}): {status}"
+        if score is not None:
+            text += f", score {score}"
+        failed = [str(m.get("name", "?")) for m in metric_entries(trial.get("metrics")) if m.get("passed") is False]
+        if failed:
+            text += f", failed {', '.join(failed)}"
+        text += f", {trial.get('total_turns', len(trial.get('transcript') or []))} turns"
+        if trial.get("ended_by"):
+            text += f", ended by {trial.get('ended_by')}"
+        if status == "error":
+            text += f" [{trial.get('error_kind')}: {one_line(trial.get('error_message'))[:200]}]"
+        lines.append(text)
+    return lines
+
+
 def failure_headline(result: ScenarioResult) -> str:
     """The first line of a failed scenario: ``scenario 'a' scored 1 (min_score 2)`` when the judge alone failed
     (or the result has no metrics); ``scenario 'a' failed metrics: judge (score 1, min 2), rules`` when other
-    metrics failed."""
+    metrics failed; ``scenario 'a' failed its trials: 2 of 5 trials passed (...)`` with trials."""
+    if result.trials:
+        from .trials import result_stats, verdict_text
+
+        return (f"scenario {result.scenario!r} failed its trials: "
+                f"{verdict_text(result_stats(result), result.min_pass_rate)}")
     failed = [m for m in metric_entries(result.metrics) if m.get("passed") is False]
     if all(m.get("name") == JUDGE_METRIC for m in failed):
         return f"scenario {result.scenario!r} scored {result.score} (min_score {result.min_score})"
@@ -171,9 +217,12 @@ def record_text(record: ScenarioRecord) -> str:
     lines = [f"scenario {r.scenario!r}: {r.status}, score {r.score} (min_score {r.min_score})"]
     if record.outcome not in (Outcome.PASSED, Outcome.FAILED, Outcome.ERROR):
         lines[0] += f" [{record.outcome}]"
+    lines.extend(trial_lines(r))
     lines.extend(metric_lines(r))
     if r.comment:
         lines.append(f"judge: {r.comment}")
+    if r.blame and r.blame != BLAME_UNKNOWN:
+        lines.append(f"blame: {r.blame}")
     if r.tool_calls:
         lines.append(f"tools called: {', '.join(r.tool_calls)}")
     if r.error_message:
@@ -213,6 +262,9 @@ def table_lines(records: Sequence[ScenarioRecord], verbosity: int) -> list[Line]
     for r in records:
         name = r.nodeid if len(r.nodeid) <= NAME_WIDTH else "…" + r.nodeid[-(NAME_WIDTH - 1):]
         score = "-" if r.score is None else f"{r.score} (min {r.min_score})"
+        if r.result.trials:
+            stats = r.trial_figures()
+            score = f"{stats['passed_trials']}/{stats['trials']} trials, mean {stats['mean_score']}"
         rows.append(((name, score, str(r.result.total_turns), usd(r.cost_usd), status_text(r)),
                      r.outcome in _SHOWN_OUTCOMES))
     header = ("scenario", "score", "turns", "cost", "status")
@@ -244,16 +296,60 @@ def totals_lines(summary: RunSummary) -> list[str]:
         f"LLM calls: {summary.total_requests} live, {summary.replayed_requests} replayed (recordings or cache)",
         f"cost: {usd(summary.total_cost_usd)} spent on live calls, {usd(summary.saved_cost_usd)} saved by replays",
     ]
+    if summary.max_trials > 1:
+        lines.append(trials_text(summary))
+    if summary.failures_by_blame:
+        lines.append(blame_text(summary))
+    if summary.judge_repeated:
+        lines.append(judge_agreement_text(summary))
     if summary.unpriced_models:
         lines.append(f"unpriced models (counted at $0; add them to llmsim_prices): "
                      f"{', '.join(summary.unpriced_models)}")
+    if summary.price_sources:
+        lines.append(f"prices: {sources_text(summary.price_sources)}")
     return lines
+
+
+def blame_text(summary: RunSummary) -> str:
+    """``failed conversations by blame: agent 3, customer 1 (judge's blame, else what the transcript shows)``."""
+    counts = ", ".join(f"{blame} {count}" for blame, count in summary.failures_by_blame.items())
+    total = sum(summary.failures_by_blame.values())
+    simulator = summary.failures_by_blame.get("customer", 0)
+    note = (f"; {simulator} of {total} are the simulated customer's fault" if simulator * 2 >= total and simulator
+            else "")
+    return f"failed conversations by blame: {counts}{note}"
+
+
+def judge_agreement_text(summary: RunSummary) -> str:
+    """``judge: 7 of 10 repeated verdicts unanimous (70.0%); unstable: a, b``."""
+    unstable = summary.judge_unstable_scenarios
+    share = summary.judge_unanimous_share or 0.0
+    shown = ", ".join(unstable[:NAMES_LISTED]) + (f" and {len(unstable) - NAMES_LISTED} more"
+                                                  if len(unstable) > NAMES_LISTED else "")
+    return (f"judge repeats: {round(share * summary.judge_repeated)} of {summary.judge_repeated} conversations "
+            f"judged unanimously ({share:.1%}); unstable (verdicts straddle the minimum): {len(unstable)}"
+            f"{f' ({shown})' if unstable else ''}")
+
+
+def trials_text(summary: RunSummary) -> str:
+    """``trials: 50 conversations, up to 5 per scenario; pass^k 70.0% ..., flaky: a, b`` (runs with trials)."""
+    def share(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.1%}"
+
+    flaky = summary.flaky_scenarios
+    shown = ", ".join(flaky[:NAMES_LISTED]) + (f" and {len(flaky) - NAMES_LISTED} more" if len(flaky) > NAMES_LISTED
+                                               else "")
+    return (f"trials: {summary.conversations} conversations, up to {summary.max_trials} per scenario; pass^k "
+            f"{share(summary.pass_hat_k)} (every trial passed), pass@k {share(summary.pass_at_k)} (at least one); "
+            f"flaky: {len(flaky)}{f' ({shown})' if flaky else ''}")
 
 
 def totals_line(summary: RunSummary) -> str:
     """The one-line total printed under ``-q``."""
     mean = summary.score_statistics.mean
     unpriced = f", unpriced: {', '.join(summary.unpriced_models)}" if summary.unpriced_models else ""
+    if summary.max_trials > 1 and summary.pass_hat_k is not None:
+        unpriced = f", pass^k {summary.pass_hat_k:.1%}, flaky {len(summary.flaky_scenarios)}" + unpriced
     partial = "" if summary.complete else (f", {incomplete_cause(summary).upper()}: "
                                            f"{summary.unfinished_scenarios} did not finish")
     return (f"llmsim: {summary.total_scenarios} scenarios, {outcome_counts(summary)}, pass rate "

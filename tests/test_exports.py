@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import genai_prices
 import pytest
 
 from pytest_llmsim.exports import export_format, summary_path_for, write_results
@@ -57,7 +58,8 @@ def test_summary_maths_on_known_scores() -> None:
     assert (summary.total_requests, summary.total_tokens) == (13, 1430)
     assert (summary.replayed_requests, summary.replayed_tokens) == (2, 220)
     assert (summary.prompt_tokens, summary.completion_tokens) == (1500, 150)
-    per_call = (100 * 0.15 + 10 * 0.60) / 1e6
+    usage = genai_prices.Usage(input_tokens=100, output_tokens=10)
+    per_call = float(genai_prices.calc_price(usage, "gpt-4o-mini", provider_id="openai").total_price)
     assert summary.total_cost_usd == round(13 * per_call, 6)
     assert summary.saved_cost_usd == round(2 * per_call, 6)
     assert summary.average_cost_per_request == round(summary.total_cost_usd / 13, 8)

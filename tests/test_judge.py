@@ -117,7 +117,7 @@ def test_judge_falls_back_to_json_object_like_llama_cpp(sim: SimProject) -> None
     assert formats == ["json_schema", "json_object", "json_object"]
     body = next(r["body"] for r in sim.server.requests_log()
             if (r["body"].get("response_format") or {}).get("type") == "json_object")
-    assert body["response_format"]["schema"]["required"] == ["score", "comment"]
+    assert body["response_format"]["schema"]["required"] == ["score", "comment", "blame"]
 
 
 def test_each_judge_attempt_is_a_new_request(sim: SimProject) -> None:

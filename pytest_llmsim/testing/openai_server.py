@@ -9,13 +9,13 @@ whose ``match`` fits a request decides the response::
         {"match": {"model": "m"}, "status": 429, "times": 2, "retry_after": 1, "reply": "late"},
     ]}
 
-Match keys (all optional, all must hold): ``model``, ``system_contains``, ``last_user_contains``,
-``response_format_type``. Actions: ``reply`` (fixed text) or ``replies`` (indexed by the number of assistant
-messages already in the request, the last one repeating), ``status`` (an HTTP error), ``retry_after`` (seconds,
-sent as the Retry-After header), ``delay`` (extra seconds before answering), ``raw_body`` (sent verbatim with
-200), ``reject_response_format`` (types answered with ``reject_status``, default 500 as llama.cpp does for
-``json_schema``, whatever else the rule says). Replies may use the placeholders ``{seed}``, ``{model}`` and
-``{n_assistant}``.
+Match keys (all optional, all must hold): ``model``, ``seed`` (a number or a list of them),
+``system_contains``, ``last_user_contains``, ``response_format_type``. Actions: ``reply`` (fixed text) or
+``replies`` (indexed by the number of assistant messages already in the request, the last one repeating),
+``status`` (an HTTP error), ``retry_after`` (seconds, sent as the Retry-After header), ``delay`` (extra seconds
+before answering), ``raw_body`` (sent verbatim with 200), ``reject_response_format`` (types answered with
+``reject_status``, default 500 as llama.cpp does for ``json_schema``, whatever else the rule says). Replies may
+use the placeholders ``{seed}``, ``{model}`` and ``{n_assistant}``.
 
 Faults, for the transport-level trouble a real endpoint causes (``"fault": name``):
 
@@ -29,6 +29,9 @@ Faults, for the transport-level trouble a real endpoint causes (``"fault": name`
 ``Authorization`` header and full path with its query, as a naive or hostile server does.
 ``status``, ``fault`` and ``echo_auth`` apply to the first ``times`` matching requests only when ``times`` is
 given (a flaky endpoint); later matching requests get the rule's normal reply.
+
+``cached_tokens: N`` reports N of the prompt tokens (at most all of them) as read from a prompt cache, in
+``usage.prompt_tokens_details.cached_tokens`` as OpenAI does.
 
 Every request waits ``latency`` seconds. :meth:`ScriptedOpenAIServer.stats` counts requests, completions, status
 codes, faults, the peak number of requests in flight and requests per model. Usage is counted in words. Handler
@@ -201,6 +204,9 @@ def _matches(match: dict[str, Any], body: dict[str, Any]) -> bool:
     users = [str(m.get("content", "")) for m in messages if m.get("role") == "user"]
     response_format = (body.get("response_format") or {}).get("type")
     if "model" in match and body.get("model") != match["model"]:
+        return False
+    if "seed" in match and body.get("seed") not in (match["seed"] if isinstance(match["seed"], list)
+                                                    else [match["seed"]]):
         return False
     if "system_contains" in match and match["system_contains"] not in system:
         return False
@@ -401,6 +407,10 @@ class ScriptedOpenAIServer:
                 .replace("{n_assistant}", str(n_assistant)))
         prompt_tokens = sum(_words(m.get("content")) for m in messages)
         completion_tokens = _words(text)
+        usage: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                 "total_tokens": prompt_tokens + completion_tokens}
+        if "cached_tokens" in rule:  # a provider's prompt cache: that many of the prompt tokens (at most all)
+            usage["prompt_tokens_details"] = {"cached_tokens": min(int(rule["cached_tokens"]), prompt_tokens)}
         return {
             "id": f"chatcmpl-scripted-{n_assistant}",
             "object": "chat.completion",
@@ -408,8 +418,7 @@ class ScriptedOpenAIServer:
             "model": body.get("model") or "scripted",
             "choices": [{"index": 0, "finish_reason": "stop",
                          "message": {"role": "assistant", "content": text}}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
+            "usage": usage,
         }
 
 

@@ -1,0 +1,135 @@
+"""pytest front of the judge calibration (``calibration.py``): ``--llmsim-calibrate DIR`` and the judge gate
+``--llmsim-min-judge-accuracy X``.
+
+Registered on the controller only (the process without ``config.workerinput``), so xdist workers never judge the
+set. The set is read at configure time: a file that cannot be read is a usage error before anything runs. The
+judge scores it once, before the first scenario item runs: at the end of collection without xdist, and under
+xdist just before the workers start (``pytest_xdist_setupnodes``), so the judge's calls never compete with the
+scenarios'. The results are a terminal section of their own, the export's ``calibration`` object and, when the
+accuracy is below the minimum, a missed gate that fails the session.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .session import SESSION_KEY
+
+if TYPE_CHECKING:  # the engine (diskcache, the client) is imported only when a calibration set is given
+    from .calibration import CalibrationCase, CalibrationReport
+
+
+class CalibrationPlugin:
+    """Reads the calibration set, has the judge score it once, reports it and applies the judge gate."""
+
+    name = "llmsim-calibration"
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        resolved = config.stash[SESSION_KEY].options
+        self.source: Path | None = resolved["llmsim_calibrate"]
+        self.min_accuracy: float | None = resolved["llmsim_min_judge_accuracy"]
+        self.cases: list[CalibrationCase] | None = None
+        self.report: CalibrationReport | None = None
+        self.note = ""
+        if self.source is not None:
+            from .calibration import CalibrationError, load_calibration_set
+
+            try:
+                self.cases = load_calibration_set(self.source)
+            except CalibrationError as exc:
+                raise pytest.UsageError(f"llmsim: {exc}") from None
+        elif self.min_accuracy is not None:
+            self.note = ("llmsim: judge gate (llmsim_min_judge_accuracy) not checked: no calibration set given "
+                         "(--llmsim-calibrate)")
+
+    @property
+    def missed(self) -> str | None:
+        """The judge gate's line when the run missed it."""
+        return self.report.missed_gate(self.min_accuracy) if self.report is not None else None
+
+    # -- running -------------------------------------------------------------------------------------------------
+    @pytest.hookimpl(tryfirst=True)  # before the session's runner opens the cache
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self._calibrate()
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_setupnodes(self, config: pytest.Config, specs: Any) -> None:
+        """Under xdist the controller collects nothing: judge the set before the workers start."""
+        self._calibrate()
+
+    def _calibrate(self) -> None:
+        if self.cases is None or self.report is not None or self.config.getoption("collectonly", default=False):
+            return
+        from .calibration import CalibrationError, check_prompts, run_calibration, shown_path
+        from .errors import CacheError
+        from .options import rpm_share
+        from .prompts import PromptRenderer
+
+        llmsim = self.config.stash[SESSION_KEY]
+        settings = llmsim.build_settings()
+        try:
+            check_prompts(self.cases, settings, PromptRenderer(settings.prompts_dir))  # before any call
+        except CalibrationError as exc:
+            raise pytest.UsageError(f"llmsim: {exc}") from None
+        root = self.config.invocation_params.dir
+        assert self.source is not None
+        source = shown_path(self.source, root)
+        self._write(f"llmsim: the judge scores the calibration set {source} ({len(self.cases)} conversations) "
+                    "before the scenarios ...")
+        try:
+            self.report = run_calibration(self.cases, settings, source=source, root=root,
+                                          rpm=rpm_share(llmsim.options, 1))
+        except CacheError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        finally:
+            llmsim.flush_messages()  # the local model's start-up lines, if the judge started it
+        from .report_plugin import ReportPlugin
+
+        plugin = self.config.pluginmanager.get_plugin(ReportPlugin.name)
+        if isinstance(plugin, ReportPlugin) and self.missed is not None:  # in the summary's, export's gate lines
+            plugin.extra_missed.append(self.missed)
+
+    def _write(self, line: str) -> None:
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None and self.config.get_verbosity() >= 0:
+            reporter.ensure_newline()
+            reporter.write_line(line)
+
+    # -- reporting -----------------------------------------------------------------------------------------------
+    @pytest.hookimpl(trylast=True)  # after the report plugin has written the export
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.report is None:
+            return
+        self._export()
+        if self.missed is not None and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def _export(self) -> None:
+        from .exports import add_to_results
+        from .report_plugin import ReportPlugin
+
+        assert self.report is not None
+        plugin = self.config.pluginmanager.get_plugin(ReportPlugin.name)
+        path = getattr(plugin, "results_path", None)
+        if not isinstance(plugin, ReportPlugin) or path is None:
+            return
+        try:
+            add_to_results(path, "calibration", self.report.to_dict(self.min_accuracy), run_id=plugin.run_id)
+        except OSError as exc:
+            self.note = f"llmsim: could not add the judge calibration to {path}: {exc}"
+
+    @pytest.hookimpl(tryfirst=True)  # before the llmsim summary: the calibration ran first
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if self.report is not None:
+            from .calibration import report_lines
+
+            terminalreporter.write_sep("=", "llmsim judge calibration")
+            for line in report_lines(self.report, min_accuracy=self.min_accuracy):
+                terminalreporter.write_line(line.text, **line.markup)
+        if self.note:
+            terminalreporter.write_line(self.note, yellow=True)
+
