@@ -14,15 +14,26 @@ import hashlib
 import json
 import re
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from .exports import atomic_write_text
 from .results import ScenarioRecord, ScenarioResult, outcome_of_status
+from .trials import trial_of_nodeid
 
 _UNSAFE = re.compile(r"[^\w.\-]+", re.UNICODE)
 _claimed: dict[Path, str] = {}  # file -> node id, for this process's run
 _lock = threading.Lock()
+# Scenario names that several collected scenarios share: their files always carry a hash of the node id. Every
+# xdist worker collects the same items, so every process names the same conversation's file the same way (the
+# first-come claim above alone would let two workers both take ``chat_a_trial1.json``).
+_shared_names: set[str] = set()
+
+
+def share_names(names: Iterable[str]) -> None:
+    """Declare scenario names that more than one collected scenario uses (the pytest plugin, after collection)."""
+    _shared_names.update(names)
 
 
 def chat_document(result: ScenarioResult, *, trial: int = 1, seed: int | None = None) -> dict[str, Any]:
@@ -56,13 +67,16 @@ def chat_path(directory: Path, result: ScenarioResult, trial: int = 1) -> Path:
     """The file of ``result``'s conversation: ``chat_<scenario>_trial<k>.json``, or with a hash of its node id when
     another scenario of the same name already has that file in this run."""
     name = _UNSAFE.sub("_", result.scenario).strip("._")[:100] or "scenario"
+    nodeid = trial_of_nodeid(result.nodeid)[0]  # a trial item's file is its scenario's trial file
+    digest = hashlib.sha256(nodeid.encode("utf-8")).hexdigest()[:8]
+    if result.scenario in _shared_names:
+        return directory / f"chat_{name}_{digest}_trial{trial}.json"
     path = directory / f"chat_{name}_trial{trial}.json"
     with _lock:
-        owner = _claimed.setdefault(path, result.nodeid)
-        if owner != result.nodeid:
-            digest = hashlib.sha256(result.nodeid.encode("utf-8")).hexdigest()[:8]
+        owner = _claimed.setdefault(path, nodeid)
+        if owner != nodeid:
             path = directory / f"chat_{name}_{digest}_trial{trial}.json"
-            _claimed[path] = result.nodeid
+            _claimed[path] = nodeid
     return path
 
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from .exports import atomic_write_text
 from .html_report import TurnPair, diff_turns
+from .pricing import sources_text
 from .results import Outcome, ScenarioRecord
 from .summary import (
     Gates,
@@ -42,7 +43,15 @@ from .summary import (
     outcome_counts,
     pass_rate_text,
 )
-from .terminal_report import SPEAKERS, failed_metric_names, record_text, turn_text
+from .terminal_report import (
+    SPEAKERS,
+    blame_text,
+    failed_metric_names,
+    judge_agreement_text,
+    record_text,
+    trials_text,
+    turn_text,
+)
 
 if TYPE_CHECKING:  # only for annotations: no import-time dependency on the baseline comparison
     from .baseline import ScenarioDelta
@@ -145,8 +154,18 @@ def totals_markdown(summary: RunSummary) -> str:
         f"- **Cost:** {_usd(summary.total_cost_usd)} spent on live calls, {_usd(summary.saved_cost_usd)} saved "
         f"by replays",
     ]
+    if summary.max_trials > 1:
+        lines.append(f"- **Trials:** {md_text(trials_text(summary).removeprefix('trials: '))}")
+    if summary.failures_by_blame:
+        lines.append(f"- **Failures by blame:** "
+                     f"{md_text(blame_text(summary).removeprefix('failed conversations by blame: '))}")
+    if summary.judge_repeated:
+        lines.append(f"- **Judge agreement:** "
+                     f"{md_text(judge_agreement_text(summary).removeprefix('judge repeats: '))}")
     if summary.unpriced_models:
         lines.append(f"- **Unpriced models** (counted at `$0`): {md_text(', '.join(summary.unpriced_models))}")
+    if summary.price_sources:
+        lines.append(f"- **Prices:** {md_text(sources_text(summary.price_sources))}")
     incomplete = incomplete_text(summary)
     if incomplete is not None:
         lines.insert(0, f"> **Partial run ({incomplete_cause(summary)}):** {md_text(incomplete)}.\n")

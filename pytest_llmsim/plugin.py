@@ -140,10 +140,26 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     and otherwise every full garbage collection during the run walks it again; replaying 1000 recorded
     scenarios took 1.2x as long without this. Unfrozen at the end of the session."""
     llmsim = session.config.stash[SESSION_KEY]
+    if llmsim.options["llmsim_chats_dir"] is not None:
+        _share_chat_names(session.items)
     if llmsim.lookahead_enabled and any(llmsim.eligible(item) for item in session.items):
         llmsim.ensure_runner()
         gc.freeze()  # garbage frozen with it is collected after ``gc.unfreeze`` at the session's end
         session.config.stash[_FROZEN_KEY] = True
+
+
+def _share_chat_names(items: list[pytest.Item]) -> None:
+    """Tell the chat files which scenario names several collected scenarios share (each xdist worker collects
+    the same items, so all of them name those conversations' files alike)."""
+    from .chat_files import share_names
+
+    owners: dict[str, set[str]] = {}
+    for item in items:
+        scenario = getattr(item, "scenario", None)
+        if isinstance(item, ScenarioItem) and scenario is not None:
+            trial = getattr(item, "trial", 0)
+            owners.setdefault(scenario.name, set()).add(item.nodeid.removesuffix(f"[trial-{trial}]"))
+    share_names(name for name, nodeids in owners.items() if len(nodeids) > 1)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

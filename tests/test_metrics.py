@@ -221,15 +221,21 @@ def test_the_metric_api_is_usable_without_pytest(tmp_path: Path) -> None:
     assert verdict(3, "x")  # conftest helpers importable alongside
 
 
-def test_chat_files_hold_each_conversation_and_a_readable_text(sim: SimProject) -> None:
+@pytest.mark.parametrize("mode", [[], ["-n", "2"]], ids=["one-process", "xdist"])
+def test_chat_files_hold_each_conversation_and_a_readable_text(sim: SimProject, mode: list[str]) -> None:
     sim.write_scenarios("s.json", [scenario("a"), scenario("low_b")])
     sim.write_scenarios("t.json", [scenario("a")])  # the same name in another file: its own file
-    result = sim.run("--llmsim-chats-dir=chats", "--llmsim-readable")
+    result = sim.run(*mode, "--llmsim-chats-dir=chats", "--llmsim-readable")
     result.assert_outcomes(passed=2, failed=1)
-    result.stdout.fnmatch_lines([f"llmsim: 3 chat file(s) written to {sim.path / 'chats'}"])
+    if not mode:
+        result.stdout.fnmatch_lines([f"llmsim: 3 chat file(s) written to {sim.path / 'chats'}"])
     names = sorted(p.name for p in (sim.path / "chats").iterdir())
-    assert len(names) == 6 and "chat_a_trial1.json" in names and "chat_low_b_trial1.txt" in names
-    assert sum(1 for name in names if name.startswith("chat_a_") and name.endswith("_trial1.json")) == 2
+    # a shared name gets a hash of the node id in every process (two xdist workers never take one file)
+    assert len(names) == 6 and "chat_a_trial1.json" not in names and "chat_low_b_trial1.txt" in names
+    shared = [name for name in names if name.startswith("chat_a_") and name.endswith("_trial1.json")]
+    assert len(shared) == 2
+    assert {json.loads((sim.path / "chats" / name).read_text())["nodeid"] for name in shared} == {
+        "scenarios/s.json::a", "scenarios/t.json::a"}
     chat = json.loads((sim.path / "chats" / "chat_low_b_trial1.json").read_text())
     assert (chat["nodeid"], chat["trial"], chat["seed"], chat["status"], chat["score"]) == (
         "scenarios/s.json::low_b", 1, 1234, "failed", 1)

@@ -360,3 +360,16 @@ def test_a_cached_code_agent_replays_from_the_recording_without_being_called(sim
     shutil.rmtree(sim.path / ".llmsim_cache")
     sim.run("--llmsim-record=none").assert_outcomes(passed=1)
     assert (bot / "calls.txt").read_text() == "xx"  # replayed, not called
+
+
+def test_a_recordings_folder_that_cannot_be_written_is_reported_and_the_verdicts_stand(sim: SimProject) -> None:
+    """The recordings path is a file (or a read-only mount): each item keeps its verdict, the summary says how many
+    recordings were not written and why, and the run's exit status is the verdicts'."""
+    (sim.path / "recordings").write_text("a file, not a directory")
+    sim.write_scenarios("s.json", [scenario("a"), scenario("low_b")])
+    result = sim.run("--llmsim-results=out.json")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["llmsim: 2 recording(s) not written: *"])
+    rows = json.loads((sim.path / "out.json").read_text())["results"]
+    assert [row["status"] for row in rows] == ["passed", "failed"]
+    assert (sim.path / "recordings").read_text() == "a file, not a directory"

@@ -131,10 +131,13 @@ def test_the_pass_hat_k_gate(sim: SimProject) -> None:
     sim.server.set_script(_judge_low_on([SEEDS[1]]))
     sim.write_scenarios("s.json", [scenario("flaky", trials=3, min_pass_rate=0.5, variables={"SEED": SEED}),
                                    scenario("steady", trials=3)])
-    missed = sim.run("--llmsim-min-pass-hat-k=0.9")
+    missed = sim.run("--llmsim-min-pass-hat-k=0.9", "--llmsim-markdown=summary.md")
     missed.stdout.fnmatch_lines(["*llmsim gate missed: pass^k 50.0% (the share of scenarios whose every one of up "
                                  "to 3 trials passed) is below the minimum 90.0% (llmsim_min_pass_hat_k)*"])
     assert missed.ret == pytest.ExitCode.TESTS_FAILED
+    markdown = (sim.path / "summary.md").read_text()
+    trials_line = next(line for line in markdown.splitlines() if line.startswith("- **Trials:**"))
+    assert "6 conversations" in trials_line and "pass^k 50\\.0%" in trials_line
     met = sim.run("--llmsim-min-pass-hat-k=0.5")
     met.stdout.fnmatch_lines(["*llmsim: all suite gates met*"])
     assert met.ret == pytest.ExitCode.OK
