@@ -16,7 +16,8 @@ lines), so that re-recording an unchanged conversation rewrites no byte and a ch
       "transcript": [{"role", "text", "tool_calls"?, "scripted"?}, ...],
       "prompts": {"agent": <system prompt>, "client": ..., "evaluator": ...},
       "calls": [{"call", "role", "model", "temperature", "max_tokens", "seed", "format"?, "attempt"?, "messages",
-                 "key", "reply", "tool_calls"?, "usage": {"prompt_tokens", "completion_tokens"}, ...}, ...]
+                 "key", "reply", "tool_calls"?, "usage": {"prompt_tokens", "completion_tokens", "cached_input_tokens"?},
+                 ...}, ...]
     }
 
 A call is matched by ``key``: the SHA-256 of everything that decides its reply (``cache.request_key``) except the
@@ -124,7 +125,8 @@ class Recording:
         usage: dict[tuple[str, str], ModelUsage] = {}
         for call in self.data.get("calls") or []:
             meter = usage.setdefault((call["role"], call["model"]), ModelUsage(call["role"], call["model"]))
-            meter.add(call["usage"]["prompt_tokens"], call["usage"]["completion_tokens"], False)
+            meter.add(call["usage"]["prompt_tokens"], call["usage"]["completion_tokens"], False,
+                      cached_input_tokens=int(call["usage"].get("cached_input_tokens") or 0))
         status = Status(verdict.get("status", "error"))
         return ScenarioResult(
             scenario=str(self.data["scenario"]), nodeid=self.nodeid, source=self.nodeid.partition("::")[0],
@@ -317,6 +319,11 @@ def _check_recording(data: Any, path: Path) -> Recording:
             response["tool_calls"] = tool_calls
         if end:
             response["end"] = True
+        cached_input = usage.get("cached_input_tokens")
+        if cached_input is not None:
+            if type(cached_input) is not int:
+                _need(usage, "cached_input_tokens", _INT, f"calls[{i}].usage.")
+            response["cached_input_tokens"] = cached_input
         replies.setdefault(key, response)
     return Recording(path, data, replies)
 
@@ -576,6 +583,8 @@ class ScenarioRecorder:
                 call["end"] = True
             call["usage"] = {"prompt_tokens": int(response.get("prompt_tokens") or 0),
                              "completion_tokens": int(response.get("completion_tokens") or 0)}
+            if response.get("cached_input_tokens"):  # (only when the provider reported some: files stay as they were)
+                call["usage"]["cached_input_tokens"] = int(response["cached_input_tokens"])
             if response.get("model") and response.get("model") != call["model"]:
                 call["reply_model"] = str(response["model"])
             calls.append(call)

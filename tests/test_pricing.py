@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -258,8 +259,8 @@ def test_terminal_names_the_price_sources(sim: SimProject) -> None:
 def test_cached_tokens_reported_by_the_endpoint_lower_the_cost(sim: SimProject) -> None:
     """The server reports 5 prompt tokens of each agent call of ``cached_x`` as cached; ``plain`` has the same
     token counts without. Live run: the difference is those tokens at input minus cache-read rate. The replay
-    from the call cache keeps the count, so its saving is lower by the same amount. (Readable recordings keep
-    only prompt and completion tokens: they are off here.)"""
+    from the call cache, or from the readable recordings (which store the count where it is not 0), keeps the
+    count, so its saving is lower by the same amount."""
     rules = default_script()["rules"]
     sim.server.set_script({"rules": [
         {"match": {"system_contains": "AGENT for cached_x"}, "replies": AGENT_REPLIES, "cached_tokens": 5},
@@ -267,6 +268,15 @@ def test_cached_tokens_reported_by_the_endpoint_lower_the_cost(sim: SimProject) 
     sim.write_scenarios("s.json", [scenario("plain"), scenario("cached_x")])
     sim.run("--llmsim-recordings=off", "--llmsim-results=live.json").assert_outcomes(passed=2)
     sim.run("--llmsim-recordings=off", "--llmsim-results=replay.json").assert_outcomes(passed=2)
+    sim.run("--llmsim-record=all", "--llmsim-recordings=rec").assert_outcomes(passed=2)
+    recorded = json.loads((sim.path / "rec" / "scenarios" / "s.json" / "cached_x.json").read_text())
+    assert [c["usage"].get("cached_input_tokens") for c in recorded["calls"] if c["role"] == "agent"] == [5, 5, 5]
+    assert "cached_input_tokens" not in (sim.path / "rec" / "scenarios" / "s.json" / "plain.json").read_text()
+    shutil.rmtree(sim.path / ".llmsim_cache")
+    sim.run("--llmsim-record=none", "--llmsim-recordings=rec",
+            "--llmsim-results=from_recordings.json").assert_outcomes(passed=2)
+    assert json.loads((sim.path / "from_recordings.json").read_text())["summary"]["saved_cost_usd"] == \
+        json.loads((sim.path / "replay.json").read_text())["summary"]["saved_cost_usd"]
     agent_calls = 3  # the agent's turns in the default script
     per_token = _database_usd("gpt-4o-mini", 1, 0) - _database_usd("gpt-4o-mini", 1, 0, cached_input=1)
     assert per_token > 0
