@@ -34,7 +34,7 @@ from typing import Any
 
 from .errors import CacheError, ConfigError
 from .pricing import PriceTable, usage_cost
-from .results import Outcome, ScenarioRecord, Status, turn_key
+from .results import Outcome, ScenarioRecord, Status, result_stats, turn_key
 from .summary import COUNTED_OUTCOMES, PASSING_OUTCOMES, RECORD_COST_DECIMALS, STAT_DECIMALS, as_records
 
 NAMED_IN_GATE = 10  # scenarios named in a missed gate's line before "and N more"
@@ -49,9 +49,9 @@ class ScenarioDelta:
     scenario: str
     old_status: str | None  # Status value of the baseline ("passed", "failed", "error", "skipped"), None: new
     new_status: str
-    old_score: int | None
-    new_score: int | None
-    score_delta: int | None  # new - old, None unless both are scored
+    old_score: float | int | None  # with trials: the mean of the trials' scores
+    new_score: float | int | None
+    score_delta: float | int | None  # new - old, None unless both are scored
     newly_failing: bool  # passed in the baseline, failed or errored now (and the outcome counts)
     newly_passing: bool  # failed or errored in the baseline, passes now
     turns_delta: int | None
@@ -309,11 +309,25 @@ def _counts(record: ScenarioRecord) -> bool:
     return record.outcome in COUNTED_OUTCOMES
 
 
+def _score(record: ScenarioRecord) -> float | int | None:
+    """The score compared: a scenario's own, or with trials the mean of its trials' scores (the trial shown
+    changes from run to run; the mean is what moved)."""
+    if record.result.trials:
+        return result_stats(record.result).mean_score
+    return record.score
+
+
+def _delta(new: float | int | None, old: float | int | None) -> float | int | None:
+    if new is None or old is None:
+        return None
+    return round(new - old, STAT_DECIMALS) if isinstance(new - old, float) else new - old
+
+
 def scenario_delta(new: ScenarioRecord, old: ScenarioRecord | None) -> ScenarioDelta:
     """``new`` compared with its baseline record ``old`` (None: a new scenario)."""
     result = new.result
     common: dict[str, Any] = {"nodeid": new.nodeid, "scenario": new.scenario, "new_status": str(new.status),
-                              "new_score": new.score, "new_transcript": [dict(t) for t in result.transcript],
+                              "new_score": _score(new), "new_transcript": [dict(t) for t in result.transcript],
                               "new_comment": result.comment, "new_outcome": str(new.outcome)}
     if old is None:
         return ScenarioDelta(old_status=None, old_score=None, score_delta=None, newly_failing=False,
@@ -322,8 +336,7 @@ def scenario_delta(new: ScenarioRecord, old: ScenarioRecord | None) -> ScenarioD
     counted = _counts(new)
     ran = Status.SKIPPED not in (old.status, new.status)
     return ScenarioDelta(
-        old_status=str(old.status), old_score=old.score,
-        score_delta=new.score - old.score if new.score is not None and old.score is not None else None,
+        old_status=str(old.status), old_score=_score(old), score_delta=_delta(_score(new), _score(old)),
         newly_failing=counted and old.status == Status.PASSED and new.status in (Status.FAILED, Status.ERROR),
         newly_passing=old.status in (Status.FAILED, Status.ERROR) and new.status == Status.PASSED
         and new.outcome in PASSING_OUTCOMES,
@@ -341,8 +354,8 @@ def compare(records: Iterable[ScenarioRecord | Mapping[str, Any]], baseline: Bas
     seen = {r.nodeid for r in rows}
     deltas = [scenario_delta(r, baseline.records.get(r.nodeid)) for r in rows]
     pairs = [(baseline.records[r.nodeid], r) for r in rows if r.nodeid in baseline.records]
-    scored = [(old.score, new.score) for old, new in pairs
-              if old.score is not None and new.score is not None and _counts(old) and _counts(new)]
+    scores = [(_score(old), _score(new)) for old, new in pairs if _counts(old) and _counts(new)]
+    scored = [(o, n) for o, n in scores if o is not None and n is not None]
     old_mean = new_mean = mean_delta = None
     if scored:
         old_mean = round(statistics.fmean(o for o, _ in scored), STAT_DECIMALS)
@@ -355,7 +368,7 @@ def compare(records: Iterable[ScenarioRecord | Mapping[str, Any]], baseline: Bas
 
 
 # -- gates ------------------------------------------------------------------------------------------------------
-def score_arrow(old: int | None, new: int | None) -> str:
+def score_arrow(old: float | int | None, new: float | int | None) -> str:
     return f"{'-' if old is None else old} -> {'-' if new is None else new}"
 
 

@@ -371,7 +371,7 @@ def baseline_diff_html(delta: ScenarioDelta) -> str:
     old_status = "not in the baseline" if delta.old_status is None else delta.old_status
     score = f"score {_score_text(delta.old_score)} → {_score_text(delta.new_score)}"
     if delta.score_delta is not None:
-        score += f" ({delta.score_delta:+d})"
+        score += f" ({delta.score_delta:+g})"
     status = delta.new_status if delta.old_status == delta.new_status else f"{old_status} → {delta.new_status}"
     pills = [f'<span class="llmsim-pill">{_e(score)}</span>', f'<span class="llmsim-pill">{_e(status)}</span>']
     if delta.regressed:

@@ -246,7 +246,7 @@ def delta_row(delta: ScenarioDelta) -> str:
         md_text(_shorten(delta.nodeid, CELL_CHARS)),
         _LABEL_MARKS[change_label(delta)],
         md_text(_score_arrow(delta.old_score, delta.new_score)),
-        "" if delta.score_delta is None else f"{delta.score_delta:+d}",
+        "" if delta.score_delta is None else f"{delta.score_delta:+g}",
         _status_change(delta),
         "" if delta.turns_delta is None else f"{delta.turns_delta:+d}",
         "" if delta.cost_delta_usd is None else _signed_usd(delta.cost_delta_usd),

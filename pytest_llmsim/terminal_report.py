@@ -378,7 +378,7 @@ def delta_text(delta: ScenarioDelta) -> str:
         score = f"score {'-' if delta.old_score is None else delta.old_score} -> " \
                 f"{'-' if delta.new_score is None else delta.new_score}"
         if delta.score_delta is not None:
-            score += f" ({delta.score_delta:+d})"
+            score += f" ({delta.score_delta:+g})"
         parts.append(score)
     if delta.old_status != delta.new_status:
         status = f"{delta.old_status} -> {delta.new_status}"

@@ -183,3 +183,17 @@ def test_trials_and_min_pass_rate_are_validated(sim: SimProject) -> None:
     result.assert_outcomes(passed=1, errors=2)
     result.stdout.fnmatch_lines(["*'trials': Input should be greater than or equal to 1*",
                                  "*'min_pass_rate': Input should be less than or equal to 1*"])
+
+
+def test_a_baseline_compares_a_scenario_with_trials_by_its_mean_score(sim: SimProject) -> None:
+    sim.write_scenarios("s.json", [scenario("a", trials=3, min_pass_rate=0.5, variables={"SEED": SEED})])
+    sim.run("--llmsim-results=base.json").assert_outcomes(passed=1)  # 3, 3, 3
+    sim.server.set_script(_judge_low_on([SEEDS[1]]))
+    result = sim.run("--llmsim-record=all", "--llmsim-baseline=base.json", "--llmsim-results=new.json",
+                     "--llmsim-fail-on-regression", "--llmsim-markdown=md.md", "--html=report.html")
+    result.assert_outcomes(passed=1)  # 3, 1, 3: still 2 of 3, but the mean dropped
+    baseline = _row(_export(sim, "new.json"), "a")["baseline"]
+    assert (baseline["score"], baseline["score_delta"]) == (3.0, -0.6667)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*llmsim gate missed:*score 3.0 -> 2.3333*"])
+    assert "-0.6667" in (sim.path / "md.md").read_text() and "-0.6667" in (sim.path / "report.html").read_text()
