@@ -1,8 +1,9 @@
 """LLM access: the official ``openai`` async client behind the disk cache, with bounded retries.
 
 One ``LLMClient`` serves every conversation of a process. Retries use exponential backoff with jitter on
-429, 5xx, timeouts and connection errors and honour ``Retry-After``; a 429 pauses the whole process through
-the shared ``RateLimiter`` instead of letting each conversation hammer the endpoint on its own.
+429, 5xx, timeouts and connection errors and honour ``Retry-After``; a 429 pauses the model through the shared
+``RateLimiter`` (``rate_limits.py``: adaptive concurrency, pacing from the caps and the provider's rate-limit
+headers, one budget for the processes of a run) instead of letting each conversation hammer the endpoint.
 
 Every attempt has one deadline, ``request_timeout``, for the whole exchange including the reply body (the
 transports' own timeouts are per read: an endpoint dripping a byte a second never trips them). A broken
@@ -20,11 +21,12 @@ import random
 import re
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .cache import CallCache, request_key
 from .errors import BackendMissingError, CacheMissError, ConfigError, EndpointError
+from .rate_limits import RateLimiter, Ticket
 from .recordings import CURRENT as RECORDER
 from .settings import EndpointSettings, redact_url, resolve_http_backend, scrub_secrets, split_url_query, url_secrets
 
@@ -43,6 +45,12 @@ _FORMAT_REJECTED = {400, 422, 500}
 _FORMAT_WORDS = ("response_format", "json_schema")
 _FORMAT_CONFIRMATIONS = 3
 _RETRYABLE = {408, 409, 429, 500, 502, 503, 504}
+# A request answered 429 is retried this many times before its 429s count against llmsim_max_retries: at a
+# provider's limit the limiter paces the retries, and a 429 is the limit speaking, not the endpoint failing.
+_RATE_LIMIT_RETRIES = 8
+
+# openai's marker for "return the raw response" (``with_raw_response``): the reply's rate-limit headers are read
+_RAW_RESPONSE = {"headers": {"X-Stainless-Raw-Response": "true"}}
 
 _TRANSCRIPT_LINE = re.compile(r"\s*(\d+)\. ([^:]+): (.*)")  # a line of ``Transcript.as_text``
 
@@ -89,30 +97,6 @@ class Completer(Protocol):
     """Anything that answers an LLMRequest: the cached client, or a per-scenario meter around it."""
 
     async def complete(self, request: LLMRequest, *, label: str) -> LLMReply: ...
-
-
-@dataclass
-class RateLimiter:
-    """Process-wide pacing: a pause every request waits out after a 429, and an optional RPM cap."""
-
-    rpm: float | None = None
-    pause_until: float = 0.0
-    _next_slot: float = 0.0
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    def back_off(self, seconds: float) -> None:
-        self.pause_until = max(self.pause_until, time.monotonic() + seconds)
-
-    async def acquire(self) -> None:
-        while (delay := self.pause_until - time.monotonic()) > 0:
-            await asyncio.sleep(delay)
-        if self.rpm:
-            async with self._lock:
-                now = time.monotonic()
-                slot = max(now, self._next_slot)
-                self._next_slot = slot + 60.0 / self.rpm
-            if slot > now:
-                await asyncio.sleep(slot - now)
 
 
 @dataclass
@@ -477,6 +461,7 @@ class LLMClient:
         RETRYING.set(None)
         last_failure = ""
         attempt = 0
+        limited = 0  # 429s retried outside max_retries (``_RATE_LIMIT_RETRIES``)
         api = await self._api(label)
         timeout = self.endpoint.request_timeout
         # While trying the next weaker structured format after a rejection: the rejected format's index and
@@ -488,8 +473,9 @@ class LLMClient:
             mode_index = self._mode_index(request)
             if probe is not None:
                 mode_index = max(mode_index, probe[0] + 1)
-            await self.limiter.acquire()
+            ticket = await self.limiter.acquire(request.model, request.messages, request.max_tokens)
             if self._hung:
+                self.limiter.finish(ticket, 0)
                 raise self._error(f"{label}: not sent: {self._where()} did not answer within {timeout:g}s on an "
                                   "earlier request in this run; check the server")
             started = time.perf_counter()
@@ -497,12 +483,8 @@ class LLMClient:
                 # One deadline for the whole exchange, reply body included: the transports' own timeouts are
                 # per read, and an endpoint that drips a byte a second never trips them.
                 async with asyncio.timeout(timeout):
-                    # ``post`` with a plain JSON body and the reply as plain JSON: ``chat.completions.create``
-                    # would walk every message through its TypedDict transform and build a ChatCompletion model,
-                    # which together cost more CPU than the HTTP exchange itself.
-                    response = await api.post("/chat/completions",
-                                              body=self._wire_kwargs(request, STRUCTURED_MODES[mode_index]),
-                                              cast_to=object)
+                    response = await self._post(api, self._wire_kwargs(request, STRUCTURED_MODES[mode_index]),
+                                                ticket)
             except openai.APIStatusError as exc:
                 self._answered = True
                 status = exc.status_code
@@ -519,12 +501,16 @@ class LLMClient:
                       and request.json_schema is not None and mode_index < len(STRUCTURED_MODES) - 1):
                     probe, probed = (mode_index, exc), True
                     continue
-                if status not in _RETRYABLE or attempt >= self.endpoint.max_retries:
+                free = status == 429 and limited < _RATE_LIMIT_RETRIES  # paced by the limiter: not a failure
+                if status not in _RETRYABLE or (attempt >= self.endpoint.max_retries and not free):
                     raise self._error(self._status_message(label, exc, attempt, format_note)) from None
                 delay = self._backoff(attempt, _retry_after_seconds(exc))
                 last_failure = f"HTTP {status}"
                 if status == 429:
-                    self.limiter.back_off(delay)
+                    self.limiter.back_off(delay, request.model)
+                    if free:
+                        limited += 1
+                        attempt -= 1  # this retry is free: the ``attempt += 1`` below gives it back
             except Exception as exc:
                 failure = _transport_failure(exc)
                 if failure is None:
@@ -550,6 +536,25 @@ class LLMClient:
             self.stats.retries += 1
             RETRYING.set(f"{label} was being retried after {last_failure} ({attempt} failed attempt(s))")
             await asyncio.sleep(delay)
+
+    async def _post(self, api: openai.AsyncOpenAI, body: dict[str, Any], ticket: Ticket) -> Any:
+        """One exchange, its outcome and rate-limit headers told to the limiter whatever happens. ``post`` with a
+        plain JSON body and the reply as plain JSON: ``chat.completions.create`` would walk every message through
+        its TypedDict transform and build a ChatCompletion model, which together cost more CPU than the HTTP
+        exchange itself."""
+        status, headers, parsed = 0, None, None
+        try:
+            raw = await api.post("/chat/completions", body=body, cast_to=object, options=_RAW_RESPONSE)
+            status, headers = 200, raw.headers
+            parsed = raw.parse()
+            return parsed
+        except Exception as exc:
+            if status == 0:  # an HTTP error status carries its reply (and its rate-limit headers)
+                status = getattr(exc, "status_code", 0) or 0
+                headers = getattr(getattr(exc, "response", None), "headers", None)
+            raise
+        finally:
+            self.limiter.finish(ticket, status, headers, parsed)
 
     def _transport_error(self, label: str, failure: tuple[str, str], attempt: int) -> EndpointError | None:
         """The error to raise for a failed exchange, or None to retry it."""
@@ -642,5 +647,6 @@ class LLMClient:
         )
 
     async def aclose(self) -> None:
+        self.limiter.close()
         if self._openai is not None:
             await self._openai.close()

@@ -9,7 +9,9 @@ turn, nothing rebuilt per turn).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +27,10 @@ from .settings import RunSettings
 if TYPE_CHECKING:
     from .agents import AgentRuntime
 
+# Called with each turn as it is added (``llmsim run --single`` streams the conversation): ``simulate``'s
+# ``on_turn``, else this context's hook, so a front end sets it around the runner's call without new parameters.
+ON_TURN: contextvars.ContextVar[Callable[[Turn], None] | None] = contextvars.ContextVar("llmsim_on_turn",
+                                                                                         default=None)
 
 
 @dataclass
@@ -183,12 +189,14 @@ async def simulate(
     label: str,
     cache: CallCache | None = None,
     agents: AgentRuntime | None = None,
+    on_turn: Callable[[Turn], None] | None = None,
 ) -> Transcript:
     """Run one conversation. Errors (endpoint, cache miss, template, agent) propagate; the caller records them.
 
     A timeout depends on wall time, which a replay does not reproduce; so where a recorded conversation
     timed out is stored in the cache (``cache``) and a replay stops at the same turn.
     """
+    on_turn = on_turn if on_turn is not None else ON_TURN.get()
     spec = settings.agent_for(scenario)
     code_agent = spec is not None and spec.kind != "prompt"
     if code_agent and (agents is None or cache is None):
@@ -267,6 +275,8 @@ async def simulate(
             last = transcript.turns[-1]
             agent_messages.extend(agent_view(last.role, last.text, last.tool_calls, number,
                                              results_only=results_only))
+        if on_turn is not None:
+            on_turn(transcript.turns[-1])
         if ended:
             who = "customer" if side == "client" else "agent"
             transcript.ended_by = side

@@ -35,6 +35,7 @@ from .terminal_report import (
     metric_score_text,
     metric_verdict,
     one_line,
+    rate_limits_text,
     trials_text,
 )
 
@@ -294,6 +295,8 @@ def summary_html(summary: RunSummary, gates: Gates, missed: Sequence[str]) -> st
     ]
     if summary.max_trials > 1:
         rows.append(("Trials", trials_text(summary).removeprefix("trials: ")))
+    if summary.effective_rpm is not None or summary.rate_limited_requests:
+        rows.append(("Rate limits", rate_limits_text(summary).removeprefix("rate limits: ")))
     if summary.failures_by_blame:
         rows.append(("Failures by blame", blame_text(summary).removeprefix("failed conversations by blame: ")))
     if summary.judge_repeated:

@@ -136,8 +136,12 @@ OPTIONS: tuple[Option, ...] = (
            choices=("client", "agent")),
     Option("llmsim_concurrency", "Conversations in flight at once in one process.", "16",
            flag="--llmsim-concurrency", kind="int", low=1, local_default="2", metavar="N"),
-    Option("llmsim_rpm", "Cap on LLM requests per minute for the whole run, split evenly between xdist workers "
-           "(empty: none).", flag="--llmsim-rpm", kind="float", low=0.001, metavar="N"),
+    Option("llmsim_rpm", "Cap on LLM requests per minute per model for the whole run, one budget shared by the "
+           "xdist workers (empty: none; the provider's x-ratelimit headers are followed either way).",
+           flag="--llmsim-rpm", kind="float", low=0.001, metavar="N"),
+    Option("llmsim_tpm", "Cap on LLM tokens per minute per model for the whole run (a request counts its prompt, "
+           "estimated before sending, plus its max_tokens, as OpenAI does), shared like llmsim_rpm (empty: none).",
+           flag="--llmsim-tpm", kind="float", low=1, metavar="N"),
     Option("llmsim_http_backend", "HTTP transport of the openai client: auto (openai's aiohttp transport when "
            "aiohttp is installed, else httpx), aiohttp or httpx.", "auto", kind="choice", choices=HTTP_BACKENDS),
     Option("llmsim_local_model", "GGUF file for the local server used when no endpoint is configured (default: "
@@ -184,6 +188,21 @@ OPTIONS: tuple[Option, ...] = (
     Option("llmsim_min_judge_accuracy", "Judge gate: the session fails if the judge agrees with the human scores "
            "of the calibration set less often than this (a fraction such as 0.8, or a percentage such as 80%).",
            flag="--llmsim-min-judge-accuracy", kind="rate", metavar="X"),
+    # The service and the ``llmsim`` command (``cli.py``, ``service/``); pytest itself does not read these.
+    Option("llmsim_output_dir", "`llmsim run`: directory of the batch's results (JSON, CSV, NDJSON) and summary; "
+           "`llmsim serve`: where its database goes by default.", "results", kind="path"),
+    Option("llmsim_host", "`llmsim serve`: address to bind; any address but loopback needs LLMSIM_API_TOKEN.",
+           "127.0.0.1"),
+    Option("llmsim_port", "`llmsim serve`: port to listen on.", "5000", kind="int", low=0, high=65535),
+    Option("llmsim_service_db", "`llmsim serve`: SQLite database of batches, results and usage (default: "
+           "llmsim.sqlite3 in llmsim_output_dir).", kind="path", shown_default="(empty: in llmsim_output_dir)"),
+    Option("llmsim_log_dir", "`llmsim serve`: directory of the rotated app, error, token-usage and conversation "
+           "logs (`off`: none).", "logs", kind="path"),
+    Option("llmsim_webhook_url", "`llmsim serve`: announce each conversation's start with a POST to this URL."),
+    Option("llmsim_webhook_timeout", "Seconds per webhook POST.", "5", kind="float", low=0.001),
+    Option("llmsim_webhook_retries", "Retries of a failed webhook POST.", "2", kind="int", low=0, high=10),
+    Option("llmsim_max_request_bytes", "`llmsim serve`: largest request body accepted (larger: 413).", "10000000",
+           kind="int", low=1024),
 )
 
 ROWS: Mapping[str, Option] = MappingProxyType({row.ini: row for row in OPTIONS})

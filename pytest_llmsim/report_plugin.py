@@ -100,6 +100,7 @@ class ReportPlugin:
         # A bad price file is a usage error before anything runs. One run id for every record of the session.
         self.collector = RecordCollector(price_table(config), run_id=str(uuid.uuid4()))
         self.final: RunSummary | None = None
+        self.worker_rate_limits: list[Any] = []  # each xdist worker's rate-limit figures, sent at its end
         self.missed: list[str] = []
         self.extra_missed: list[str] = []  # gates other plugins decide (the judge calibration's), in every report
         self.backend: list[str] = []
@@ -133,6 +134,19 @@ class ReportPlugin:
         self.collector.expect(ids, (nodeid for nodeid in ids if is_scenario_nodeid(nodeid)))
 
     @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        self.worker_rate_limits.append(getattr(node, "workeroutput", {}).get("llmsim_rate_limits"))
+
+    def _with_rate_limits(self, summary: RunSummary) -> RunSummary:
+        """``summary`` with the rate-limit figures of this process and of every xdist worker, added up."""
+        from .rate_limits import merge_stats, throughput_fields
+        from .session import SESSION_KEY
+
+        llmsim = self.config.stash.get(SESSION_KEY, None)
+        own = llmsim.rate_limit_stats() if llmsim is not None else None
+        return dataclasses.replace(summary, **throughput_fields(merge_stats([own, *self.worker_rate_limits])))
+
+    @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
         # Workers price items for the JUnit property; give them the file this process resolved.
         node.workerinput[WORKER_PRICES] = str(self.prices_path) if self.prices_path else ""
@@ -162,7 +176,7 @@ class ReportPlugin:
         if self.config.getoption("collectonly", default=False):
             return  # nothing ran: keep the previous export and histogram
         interrupted = session.exitstatus == pytest.ExitCode.INTERRUPTED
-        summary = self.final = self.collector.summary(interrupted=interrupted, final=True)
+        summary = self.final = self._with_rate_limits(self.collector.summary(interrupted=interrupted, final=True))
         records = self.collector.ordered()
         self.missed = missed_gates(summary, self.gates) + self.extra_missed
         if self.baseline is not None:

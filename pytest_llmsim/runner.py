@@ -321,9 +321,12 @@ def _scrub_data(value: Any, scrub: Callable[[str], str]) -> Any:
 class Runner:
     """An event loop in a daemon thread running up to ``settings.concurrency`` scenarios at once."""
 
-    def __init__(self, settings: RunSettings, *, rpm: float | None = None) -> None:
+    def __init__(self, settings: RunSettings, *, rpm: float | None = None, tpm: float | None = None,
+                 shared_dir: Path | None = None, workers: int = 1) -> None:
+        """``rpm``/``tpm``: caps for the whole run, one budget in ``shared_dir`` for its processes (else an even
+        share of ``workers``); see ``rate_limits.RateLimiter``."""
         self.settings = settings
-        self._rpm = rpm
+        self._limits = {"rpm": rpm, "tpm": tpm, "shared_dir": shared_dir, "workers": workers}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="llmsim-loop", daemon=True)
         self._thread.start()
@@ -334,7 +337,9 @@ class Runner:
 
     async def _make_services(self) -> tuple[LLMClient, PromptRenderer, asyncio.Semaphore]:
         cache = CallCache(self.settings.cache_dir, self.settings.record_mode)
-        client = LLMClient(self.settings.endpoint, cache, RateLimiter(rpm=self._rpm))
+        limiter = RateLimiter(**self._limits, concurrency=self.settings.concurrency,
+                              endpoint=self.settings.endpoint.identity)
+        client = LLMClient(self.settings.endpoint, cache, limiter)
         self.agents = AgentRuntime(self.settings, cache)
         return client, PromptRenderer(self.settings.prompts_dir), asyncio.Semaphore(self.settings.concurrency)
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from . import options
-from .errors import BackendMissingError, CacheError
+from .errors import CacheError
 from .options import ResolvedOptions
 from .results import ScenarioResult
 from .settings import RunSettings
@@ -71,6 +71,7 @@ class LlmsimSession:
         self._messages: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.unconsumed_finished = 0
         self.notes: list[str] = []  # lines for the terminal summary, gathered when the runner closes
+        self.limit_stats: dict[str, object] | None = None  # the rate limiter's figures, kept when the runner closes
         self.nextitem: pytest.Item | None = None
         self.lookahead_enabled = not (
             config.getoption("collectonly") or config.getoption("usepdb", False)
@@ -87,7 +88,10 @@ class LlmsimSession:
             from .runner import Runner
 
             try:
-                self.runner = Runner(self.settings, rpm=options.rpm_share(self.options, worker_count(self.config)))
+                workers = worker_count(self.config)
+                self.runner = Runner(self.settings, rpm=self.options["llmsim_rpm"], tpm=self.options["llmsim_tpm"],
+                                     shared_dir=local_state_dir(self.config) / "rate-limits" if workers > 1 else None,
+                                     workers=workers)
             except CacheError as exc:
                 raise pytest.UsageError(str(exc)) from None
         return self.runner
@@ -100,26 +104,10 @@ class LlmsimSession:
     def _local_settings(self) -> RunSettings:
         """No endpoint configured: the local GGUF model serves every role. Its server starts on the first
         uncached call (a replay starts no model) and is shared by every process of this session."""
-        from . import local_model
+        from .batch import local_settings
 
-        model_path = local_model_path(self.options)
-        config = self.config
-
-        def connect() -> str:
-            if not local_model.local_backend_available():
-                raise BackendMissingError(local_model.missing_backend_message())
-            if model_path is None or not model_path.is_file():
-                raise BackendMissingError(f"local model {model_path or '(bundled SmolLM2)'} not found; "
-                                          + local_model.missing_backend_message())
-            server = local_model.ensure_local_server(model_path, local_state_dir(config), controller_pid(config),
-                                                     log=self._say)
-            return server.base_url
-
-        name = model_path.name if model_path is not None else "missing-model"
-        return options.build_settings(
-            self.options, rootdir=self.config.rootpath, endpoint_id=f"local:{name}",
-            default_model=local_model.LOCAL_MODEL_NAME, connect=connect, description=f"local model {model_path}",
-        )
+        return local_settings(self.options, self.config.rootpath, local_state_dir(self.config),
+                              controller_pid(self.config), log=self._say)
 
     def _say(self, line: str) -> None:
         """Queue a line for the terminal; may be called from the engine's threads."""
@@ -230,9 +218,19 @@ class LlmsimSession:
             else:
                 future.cancel()
 
+    def rate_limit_stats(self) -> dict[str, object] | None:
+        """This process's rate-limit figures (``rate_limits.LimitStats``), None when no runner ran."""
+        if self.runner is not None:
+            return self.runner.client.limiter.stats.to_dict()
+        return self.limit_stats
+
     def close(self) -> None:
         self.cancel_unconsumed()
         if self.runner is not None:
+            self.limit_stats = self.rate_limit_stats()
+            workeroutput = getattr(self.config, "workeroutput", None)
+            if workeroutput is not None:  # to the controller with the worker's end (``ReportPlugin``)
+                workeroutput["llmsim_rate_limits"] = self.limit_stats
             cache = self.runner.client.cache
             if getattr(cache, "unstored", 0):
                 self.notes.append(f"llmsim: {cache.unstored} new LLM replies were used but not stored in the cache: "

@@ -140,6 +140,15 @@ class RunSummary:
     judge_repeated: int = 0
     judge_unanimous_share: float | None = None
     judge_unstable_scenarios: list[str] = field(default_factory=list)
+    # Throughput at the provider's rate limits (``rate_limits.throughput_fields``, every process of the run added
+    # up): requests answered 429, seconds spent waiting for the limiter, and the live requests and tokens (usage;
+    # ``reserved_tpm``: as counted against a tokens-per-minute limit, prompt estimate + max_tokens) per minute from
+    # the first request sent to the last answered. None: no live request.
+    rate_limited_requests: int = 0
+    limiter_wait_seconds: float = 0.0
+    effective_rpm: float | None = None
+    effective_tpm: float | None = None
+    reserved_tpm: float | None = None
 
     @property
     def scores_count(self) -> int:

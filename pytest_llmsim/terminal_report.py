@@ -298,6 +298,8 @@ def totals_lines(summary: RunSummary) -> list[str]:
     ]
     if summary.max_trials > 1:
         lines.append(trials_text(summary))
+    if summary.effective_rpm is not None or summary.rate_limited_requests:
+        lines.append(rate_limits_text(summary))
     if summary.failures_by_blame:
         lines.append(blame_text(summary))
     if summary.judge_repeated:
@@ -308,6 +310,19 @@ def totals_lines(summary: RunSummary) -> list[str]:
     if summary.price_sources:
         lines.append(f"prices: {sources_text(summary.price_sources)}")
     return lines
+
+
+def rate_limits_text(summary: RunSummary) -> str:
+    """``rate limits: 3 requests answered 429, requests waited 12.5 s for the limiter; 590 requests/min, 41200
+    tokens/min (148000 counted against a tokens-per-minute limit)`` (runs with live calls; the wait is summed over
+    the requests, so it can exceed the wall time)."""
+    def rate(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:g}"
+
+    return (f"rate limits: {summary.rate_limited_requests} requests answered 429, requests waited "
+            f"{summary.limiter_wait_seconds:g} s for the limiter; {rate(summary.effective_rpm)} requests/min, "
+            f"{rate(summary.effective_tpm)} "
+            f"tokens/min ({rate(summary.reserved_tpm)} counted against a tokens-per-minute limit)")
 
 
 def blame_text(summary: RunSummary) -> str:

@@ -33,6 +33,16 @@ given (a flaky endpoint); later matching requests get the rule's normal reply.
 ``cached_tokens: N`` reports N of the prompt tokens (at most all of them) as read from a prompt cache, in
 ``usage.prompt_tokens_details.cached_tokens`` as OpenAI does.
 
+Rate limits, as OpenAI enforces them (``limits`` argument or script key ``"limits": {"rpm": 600, "tpm": 150000,
+"burst": 60}``): per model, a bucket of requests and one of tokens, each refilled continuously at its per-minute
+limit and holding ``burst`` seconds of it (default 60: a full minute, as OpenAI; a small burst makes the limit
+strict over short spans). A request costs 1 request and its prompt tokens (words, as the usage counts them) plus
+its ``max_tokens``, reserved on arrival as OpenAI does. One that does not fit is answered 429 at once, without
+the latency, with OpenAI's error body (``code: rate_limit_exceeded``, ``type: requests`` or ``tokens``) and
+``retry-after-ms``; rejected requests cost nothing. Every answer carries ``x-ratelimit-limit-*``,
+``x-ratelimit-remaining-*`` and ``x-ratelimit-reset-*`` for both. ``stats()["limits"]`` counts the admitted
+requests, their tokens and the 429s; ``admitted_log()`` lists ``(time, model, tokens)`` per admitted request.
+
 Every request waits ``latency`` seconds. :meth:`ScriptedOpenAIServer.stats` counts requests, completions, status
 codes, faults, the peak number of requests in flight and requests per model. Usage is counted in words. Handler
 threads are daemonic and at most ``max_threads`` at once (further connections wait in the listen backlog);
@@ -43,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import socket
 import threading
 import time
@@ -198,6 +209,86 @@ def _words(text: Any) -> int:
     return len(str(text or "").split())
 
 
+def _duration(seconds: float) -> str:
+    """A reset time as OpenAI writes it: ``120ms``, ``1.5s``, ``6m0s``."""
+    if seconds < 1:
+        return f"{max(0, math.ceil(seconds * 1000))}ms"
+    if seconds < 60:
+        return f"{round(seconds, 3):g}s"
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}m{round(rest, 3):g}s"
+
+
+class _Bucket:
+    """One resource of one model: refilled at ``limit`` per minute, holding ``burst`` seconds of it."""
+
+    def __init__(self, limit: float, burst: float, now: float) -> None:
+        self.limit = limit
+        self.rate = limit / 60.0
+        self.capacity = max(1.0, self.rate * burst)
+        self.level = self.capacity
+        self.stamp = now
+
+    def refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def wait_for(self, cost: float) -> float:
+        """Seconds until ``cost`` fits (a cost above the capacity needs a full bucket)."""
+        need = min(cost, self.capacity)
+        return 0.0 if self.level >= need else (need - self.level) / self.rate
+
+    def headers(self, name: str) -> dict[str, str]:
+        return {f"x-ratelimit-limit-{name}": str(int(self.limit)),
+                f"x-ratelimit-remaining-{name}": str(max(0, int(self.level))),
+                f"x-ratelimit-reset-{name}": _duration((self.capacity - self.level) / self.rate)}
+
+
+class _Limits:
+    """Requests-per-minute and tokens-per-minute limits per model (see the module docstring)."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        unknown = set(spec) - {"rpm", "tpm", "burst"}
+        if unknown:
+            raise ValueError(f"unknown limits key(s) {', '.join(sorted(unknown))}; known: rpm, tpm, burst")
+        self.rpm = float(spec["rpm"]) if spec.get("rpm") else None
+        self.tpm = float(spec["tpm"]) if spec.get("tpm") else None
+        self.burst = float(spec.get("burst", 60.0))
+        if self.burst <= 0 or any(v is not None and v <= 0 for v in (self.rpm, self.tpm)):
+            raise ValueError("limits: rpm, tpm and burst must be positive")
+        self._buckets: dict[str, tuple[_Bucket | None, _Bucket | None]] = {}
+
+    def admit(self, model: str, cost: float, now: float) -> tuple[str | None, float, dict[str, str]]:
+        """``(None, 0, headers)`` when the request fits (and is charged), else ``(resource, wait, headers)``."""
+        buckets = self._buckets.get(model)
+        if buckets is None:
+            buckets = self._buckets[model] = (
+                _Bucket(self.rpm, self.burst, now) if self.rpm else None,
+                _Bucket(self.tpm, self.burst, now) if self.tpm else None)
+        requests, tokens = buckets
+        refused, wait = None, 0.0
+        for name, bucket, units in (("requests", requests, 1.0), ("tokens", tokens, cost)):
+            if bucket is None:
+                continue
+            bucket.refill(now)
+            needed = bucket.wait_for(units)
+            if needed > wait:
+                refused, wait = name, needed
+        if refused is None:
+            if requests is not None:
+                requests.level -= 1.0
+            if tokens is not None:
+                tokens.level -= cost
+        headers: dict[str, str] = {}
+        for name, bucket in (("requests", requests), ("tokens", tokens)):
+            if bucket is not None:
+                headers.update(bucket.headers(name))
+        return refused, wait, headers
+
+    def limit(self, resource: str) -> float:
+        return (self.rpm if resource == "requests" else self.tpm) or 0.0
+
+
 def _matches(match: dict[str, Any], body: dict[str, Any]) -> bool:
     messages = body.get("messages") or []
     system = "\n".join(str(m.get("content", "")) for m in messages if m.get("role") == "system")
@@ -219,8 +310,11 @@ class ScriptedOpenAIServer:
     """An OpenAI-compatible ``/v1/chat/completions`` server whose replies follow a script."""
 
     def __init__(self, script: dict[str, Any] | None = None, latency: float = 0.0, host: str = "127.0.0.1",
-                 port: int = 0, log_requests: bool = True, max_threads: int = 256) -> None:
+                 port: int = 0, log_requests: bool = True, max_threads: int = 256,
+                 limits: dict[str, Any] | None = None) -> None:
         self.latency = latency
+        self._limits: _Limits | None = _Limits(limits) if limits else None
+        self._limits_from_script = False
         self.max_threads = max_threads
         self._stopping = threading.Event()
         self.log_requests = log_requests
@@ -292,9 +386,16 @@ class ScriptedOpenAIServer:
         for rule in rules:
             if "fault" in rule and rule["fault"] not in FAULTS:
                 raise ValueError(f"unknown fault {rule['fault']!r}; known faults: {', '.join(FAULTS)}")
+        limits = script.get("limits")
+        if limits is not None and not isinstance(limits, dict):
+            raise ValueError("a script's 'limits' is a mapping such as {'rpm': 600, 'tpm': 150000}")
         with self._lock:
             self._script = script
             self._rule_hits = Counter()
+            if limits is not None:  # the script's limits replace the constructor's (a new script: fresh buckets)
+                self._limits, self._limits_from_script = (_Limits(limits) if limits else None), True
+            elif self._limits_from_script:
+                self._limits, self._limits_from_script = None, False
 
     def reset(self) -> None:
         """Forget statistics and the request log (the script stays)."""
@@ -308,6 +409,8 @@ class ScriptedOpenAIServer:
             self._faults: Counter[str] = Counter()
             self._log: list[dict[str, Any]] = []
             self._rule_hits = Counter()
+            self._admitted: list[tuple[float, str, float]] = []
+            self._limited: Counter[str] = Counter()
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -319,7 +422,16 @@ class ScriptedOpenAIServer:
                 "by_model": dict(self._by_model),
                 "status_counts": dict(self._status_counts),
                 "faults": dict(self._faults),
+                "limits": {"admitted": len(self._admitted),
+                           "admitted_tokens": sum(tokens for _, _, tokens in self._admitted),
+                           "rate_limited": dict(self._limited)},
             }
+
+    def admitted_log(self) -> list[tuple[float, str, float]]:
+        """``(time.monotonic(), model, tokens charged)`` of every request the rate limits admitted, in order
+        (only while limits are set)."""
+        with self._lock:
+            return list(self._admitted)
 
     def requests_log(self) -> list[dict[str, Any]]:
         """Every chat request received, in arrival order: ``{"body", "headers" (lowercase), "path" (with the
@@ -350,8 +462,12 @@ class ScriptedOpenAIServer:
             self._in_flight += 1
             self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
             self._by_model[str(body.get("model"))] += 1
+            now = time.monotonic()
             if self.log_requests:
-                self._log.append({"body": body, "headers": headers, "path": path, "time": time.monotonic()})
+                self._log.append({"body": body, "headers": headers, "path": path, "time": now})
+            limited = self._admit(body, now) if self._limits is not None else None
+            if limited is not None and limited.status == 429:
+                return limited
             index, rule = self._pick_rule(body)
             hits = self._rule_hits[index]
             self._rule_hits[index] += 1
@@ -385,7 +501,34 @@ class ScriptedOpenAIServer:
             answer.payload = str(rule["raw_body"])
         else:
             answer.payload = self._completion(rule, body)
+        if limited is not None:
+            answer.headers = {**limited.headers, **answer.headers}
         return answer
+
+    def _admit(self, body: dict[str, Any], now: float) -> _Answer:
+        """Charge the request to its model's limits (lock held): a 429 answer when it does not fit, else an
+        answer carrying only the rate-limit headers."""
+        assert self._limits is not None
+        model = str(body.get("model") or "scripted")
+        messages = body.get("messages") or []
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or 0
+        cost = float(sum(_words(m.get("content")) for m in messages) + (int(max_tokens) if
+                                                                         isinstance(max_tokens, int) else 0))
+        refused, wait, headers = self._limits.admit(model, cost, now)
+        if refused is None:
+            self._admitted.append((now, model, cost))
+            return _Answer(headers=headers)
+        self._limited[refused] += 1
+        unit, short = ("requests", "RPM") if refused == "requests" else ("tokens", "TPM")
+        limit = self._limits.limit(refused)
+        requested = 1 if refused == "requests" else int(cost)
+        message = (f"Rate limit reached for {model} in organization org-scripted on {unit} per min ({short}): "
+                   f"Limit {int(limit)}, Used {int(limit)}, Requested {requested}. Please try again in "
+                   f"{_duration(wait)}. Visit https://platform.openai.com/account/rate-limits to learn more.")
+        headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000)))
+        headers["retry-after"] = str(max(1, math.ceil(wait)))
+        return _Answer(status=429, headers=headers, payload={"error": {
+            "message": message, "type": unit, "param": None, "code": "rate_limit_exceeded"}})
 
     def _pick_rule(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         for index, rule in enumerate(self._script["rules"]):
