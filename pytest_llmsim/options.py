@@ -58,8 +58,8 @@ class Option:
 
 def _role_rows() -> list[Option]:
     defaults = {
-        "agent": ("agent.j2", "0.3", "300", "80"),
-        "client": ("client.j2", "0.7", "150", "48"),
+        "agent": ("agent.j2", "0.3", "300", "64"),
+        "client": ("client.j2", "0.7", "150", "40"),
         "evaluator": ("evaluator.j2", "0.0", "300", "120"),
     }
     rows = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -179,6 +180,64 @@ def test_a_busy_server_is_reused_by_another_process_not_restarted(
         local_model.stop_local_server(state)
         for thread in threads:
             thread.join(60)
+
+
+_PROMPT_EVAL = re.compile(r"prompt eval time =\s+[\d.]+ ms /\s+(\d+) tokens")
+
+
+def _rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+
+@needs_backend
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the server's memory from /proc")
+def test_each_conversation_resumes_from_its_own_prefix_in_a_bounded_cache(tmp_path: Path) -> None:
+    """Issue 18: two conversations interleaved on the one llama.cpp context. Without a prompt-state cache the
+    server keeps only the prefix of the request it served last, so every call evaluated its whole history;
+    with the server's cache a conversation's next call evaluates only its new messages. The cache's states do
+    not keep llama-cpp-python's logits buffer (100 MB per state for this model at n_batch 512, which the
+    stock cache keeps and does not count): distinct long prompts leave the server's memory nearly flat."""
+    model = local_model.find_bundled_model()
+    assert model is not None
+    port = local_model._free_port()
+    base_url = f"http://127.0.0.1:{port}/v1"
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(local_model.server_command(model, port, 2, 4096, verbose=True),
+                                  stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + local_model.STARTUP_TIMEOUT
+        while not local_model._answers(base_url, 2):
+            assert server.poll() is None and time.monotonic() < deadline, log_path.read_text(errors="replace")
+            time.sleep(0.2)
+
+        def evaluated(messages: list[dict]) -> tuple[int, str]:
+            """Prompt tokens llama.cpp evaluated for this completion (its own count), and the reply."""
+            before = len(_PROMPT_EVAL.findall(log_path.read_text(errors="replace")))
+            reply = _chat(base_url, "", messages=messages, max_tokens=12)
+            counts = _PROMPT_EVAL.findall(log_path.read_text(errors="replace"))
+            assert len(counts) == before + 1, "llama.cpp prints one count per completion"
+            return int(counts[-1]), reply["choices"][0]["message"]["content"]
+
+        shop = "You are the assistant of a butcher's shop. " + "We sell beef, pork, lamb and chicken. " * 20
+        bakery = "You are the assistant of a bakery. " + "We sell bread, cakes, pies and buns. " * 20
+        first = [{"role": "system", "content": shop}, {"role": "user", "content": "Hello, I want beef."}]
+        whole, answer = evaluated(first)
+        assert whole > 150, "the first call evaluates its whole prompt"
+        evaluated([{"role": "system", "content": bakery}, {"role": "user", "content": "Two rolls, please."}])
+        resumed, _ = evaluated([*first, {"role": "assistant", "content": answer},
+                                {"role": "user", "content": "Two kilos, please."}])
+        assert resumed < 30, f"the butcher's conversation re-evaluated {resumed} of its {whole}+ prompt tokens"
+
+        start = _rss_mb(server.pid)
+        for n in range(4):  # 4 distinct ~600-token prompts: the stock cache would keep 4 x 100 MB of logits
+            evaluated([{"role": "system", "content": f"Shop number {n}. " + shop * 3},
+                       {"role": "user", "content": "Hi."}])
+        assert _rss_mb(server.pid) - start < 150, f"server memory grew from {start:.0f} to {_rss_mb(server.pid):.0f} MB"
+    finally:
+        server.terminate()
+        server.wait(30)
 
 
 def test_a_failed_start_is_reported_to_every_process_without_loading_again(
