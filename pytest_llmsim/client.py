@@ -31,9 +31,13 @@ from .recordings import CURRENT as RECORDER
 from .settings import EndpointSettings, redact_url, resolve_http_backend, scrub_secrets, split_url_query, url_secrets
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     # openai is imported on the first live call only: importing it costs about a second of CPU, and a run that
     # replays everything from the cache never needs it.
     import openai
+
+    from .recordings import ScenarioRecorder
 
 # Wire formats tried, in order, for a request that wants JSON matching a schema. llama.cpp's server
 # rejects ``json_schema`` with HTTP 500 but honours ``json_object`` with a ``schema``. A format is remembered as
@@ -57,6 +61,33 @@ _TRANSCRIPT_LINE = re.compile(r"\s*(\d+)\. ([^:]+): (.*)")  # a line of ``Transc
 
 def _shorten(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def diverged_message(label: str, turn: int, was: str, now: str, mode: str, speaker: str = "agent") -> str:
+    """How a replay-only miss names the turn where the conversation left the recording (the recorded cache or the
+    scenario's recording file alike), with that turn's recorded and new text: the agent under test answered
+    differently, so the next request of the customer (or the judge) was never recorded."""
+    recorded = f"recorded {speaker} text:"
+    return (f"{label}: the conversation diverged from the recording at turn {turn}: the {speaker}'s reply changed, "
+            f"so this request is new and record mode is '{mode}'.\n"
+            f"  {recorded} {_shorten(was)!r}\n"
+            f"  {f'new {speaker} text:'.ljust(len(recorded))} {_shorten(now)!r}\n")
+
+
+def _recording_miss(recorder: ScenarioRecorder, descriptor: dict[str, Any], label: str, role: str,
+                    cache_miss: Callable[[dict[str, Any], str, str], str] | None = None) -> str:
+    """Why the scenario's recording file has no reply for this call. When the conversation left it at a turn
+    whose text changed, that is told as the cache tells it (``diverged_message``); otherwise the recording's own
+    explanation (a setting or a prompt changed, nothing alike), followed by the cache's (``cache_miss``)."""
+    turn = None if recorder.changed_setting(descriptor, role) else recorder.changed_turn(descriptor, role)
+    if turn is not None:
+        number, was, now, speaker = turn
+        return diverged_message(label, number, was, now, str(recorder.mode), speaker) + (
+            f"The recording {recorder.path} has no reply for this request, and record mode "
+            f"'{recorder.mode}' never changes an existing recording. If the change is intended, re-record "
+            "it with --llmsim-record=once (needs the endpoint) and commit it.")
+    message = recorder.miss_message(label, descriptor, role)
+    return message if cache_miss is None else message + "\n" + cache_miss(descriptor, label, role)
 
 
 # Transport failures, as ``_transport_failure`` classifies them.
@@ -302,7 +333,7 @@ class LLMClient:
             match = recorder.call_key(descriptor)
             hit = recorder.lookup(match)
             if hit is None and recorder.exclusive:
-                raise CacheMissError(self._scrub(recorder.miss_message(label, descriptor, request.role)))
+                raise CacheMissError(self._scrub(_recording_miss(recorder, descriptor, label, request.role)))
         if recorder is None or hit is None:
             key = request_key(descriptor)
             hit = self.cache.lookup(key, label=label)
@@ -314,9 +345,10 @@ class LLMClient:
                             hit["latency_s"], True, hit["model"], hit.get("tool_calls"),
                             _token_count(hit, "cached_input_tokens"))
         if not self.cache.may_call_network:
-            message = self._miss_message(descriptor, label, request.role)
             if recorder is not None and recorder.existing is not None:
-                message = recorder.miss_message(label, descriptor, request.role) + "\n" + message
+                message = _recording_miss(recorder, descriptor, label, request.role, self._miss_message)
+            else:
+                message = self._miss_message(descriptor, label, request.role)
             raise CacheMissError(self._scrub(message))
         reply = await self._call_with_retries(request, label)
         response = {
@@ -390,12 +422,9 @@ class LLMClient:
             if old_match is None or new_match is None or old_match.group(1, 2) != new_match.group(1, 2):
                 return None
             turn, was, now = int(new_match.group(1)), old_match.group(3), new_match.group(3)
-        return (f"{label}: the conversation diverged from the recording at turn {turn}: the agent's reply "
-                f"changed, so this request is new and record mode is 'none'.\n"
-                f"  recorded agent text: {_shorten(was)!r}\n"
-                f"  new agent text:      {_shorten(now)!r}\n"
-                "If the change is intended, re-record with --llmsim-record=once (needs the endpoint), then commit "
-                "the cache.")
+        return diverged_message(label, turn, was, now, "none") + (
+            "If the change is intended, re-record with --llmsim-record=once (needs the endpoint), then commit the "
+            "cache.")
 
     def _miss_message(self, descriptor: dict[str, Any], label: str, role: str = "") -> str:
         if role in ("client", "evaluator"):

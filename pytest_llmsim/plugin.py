@@ -40,8 +40,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     options.add_options(parser)
     parser.getgroup("llmsim").addoption(
         "--llmsim-init", action="store_true", default=False,
-        help="Write a minimal working example (a scenario file and a Python agent) into the current folder, "
-             "without overwriting anything, print the next command and exit.")
+        help="Write a minimal working example (a scenario file, a Python agent and a pytest.ini with its "
+             "settings) into the current folder, without overwriting anything, print the next command and exit.")
     parser.getgroup("llmsim").addoption(
         "--llmsim-prune", action="store_true", default=False,
         help="Delete the recordings that no collected scenario uses (listed at the end of every run).")

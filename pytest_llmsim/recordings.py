@@ -498,6 +498,17 @@ class ScenarioRecorder:
     def divergence(self, descriptor: Mapping[str, Any], role: str) -> str | None:
         """Where ``descriptor`` (a customer or agent request) leaves the recording: its settings, its system
         prompt, or the first transcript turn whose text differs."""
+        changed = self.changed_setting(descriptor, role)
+        if changed is not None:
+            return changed
+        turn = self.changed_turn(descriptor, role)
+        if turn is None:
+            return None
+        number, was, now, _ = turn
+        return f"the conversation diverged from the recording at turn {number}: recorded {_shorten(was)!r}, now {_shorten(now)!r}"
+
+    def changed_setting(self, descriptor: Mapping[str, Any], role: str) -> str | None:
+        """The role's setting (model, temperature, max tokens) or system prompt that differs from the recording."""
         if self.existing is None:
             return None
         recorded_role = (self.existing.data.get("roles") or {}).get(role) or {}
@@ -509,15 +520,20 @@ class ScenarioRecorder:
         if messages and prompt is not None and messages[0].get("role") == "system" \
                 and messages[0].get("content") != prompt:
             return f"the {role} prompt changed"
-        if role not in ("client", "agent"):
+        return None
+
+    def changed_turn(self, descriptor: Mapping[str, Any], role: str) -> tuple[int, str, str, str] | None:
+        """The first transcript turn of a customer or agent request whose text differs from the recording's:
+        (turn number, recorded text, new text, "agent" or "customer")."""
+        if self.existing is None or role not in ("client", "agent"):
             return None
         from .prompts import OPENING_CUE
 
-        history = [m for m in messages[1:] if m.get("content") != OPENING_CUE]
+        history = [m for m in list(descriptor.get("messages") or [])[1:] if m.get("content") != OPENING_CUE]
         for number, (now, then) in enumerate(zip(history, self.existing.transcript, strict=False), start=1):
             if str(now.get("content")) != then.get("text"):
-                return (f"the conversation diverged at turn {number}: recorded {_shorten(then.get('text', ''))!r}, "
-                        f"now {_shorten(str(now.get('content')))!r}")
+                speaker = "agent" if then.get("role") == "agent" else "customer"
+                return number, str(then.get("text", "")), str(now.get("content")), speaker
         return None
 
     # -- collecting --

@@ -1,13 +1,19 @@
 """``pytest --llmsim-init``: a minimal working project, written without overwriting anything.
 
 It writes a scenario file that uses only ``persona``/``goal``/``criteria`` (no templates: the package's generic
-customer and judge prompts serve it), a small rule-based Python agent to test, and nothing else: the defaults
-(``llmsim_paths = scenarios``, the local model when no endpoint is configured) need no ini file. Right after
-it, ``pytest`` runs the example.
+customer and judge prompts serve it), a small rule-based Python agent to test, and a ``pytest.ini`` with the
+settings the example relies on. The ini file also makes the folder pytest's rootdir, so ``support_agent`` is
+importable and ``scenarios`` is found even when a parent folder holds other pytest settings. When the folder
+already holds pytest settings (``pytest.ini``, ``pyproject.toml``, ``tox.ini``, ``setup.cfg``...), a new
+``pytest.ini`` would shadow them, so none is written: the lines to add there are printed instead. Right after
+it, ``pytest`` runs the example (on the local model when no endpoint is configured).
 """
 
 from __future__ import annotations
 
+import json
+import re
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,21 +78,100 @@ def reply(messages, context):
 '''
 
 
+# The ini settings the example relies on: (comment, key, values). ``pytest.ini`` gets them with their comments; a
+# project whose pytest settings live elsewhere is shown them in that file's syntax.
+SETTINGS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("Folders of scenario files: each scenario in them is one test item.", "llmsim_paths", ("scenarios",)),
+)
+
+INI_HEADER = """\
+# pytest's settings for this project (written by pytest --llmsim-init). pytest-llmsim reads its llmsim_* keys
+# here; the README's configuration table lists them all. This file also makes this folder pytest's rootdir,
+# the folder support_agent.py is imported from.
+[pytest]
+"""
+
+INI_HINTS = """\
+# The agent under test for every scenario that names none (scenarios/example.yaml names its own):
+# llmsim_agent = {python: "support_agent:reply"}
+# The endpoint that plays the customer and the judge (empty: OpenAI when OPENAI_API_KEY is set, else the
+# bundled local model):
+# llmsim_base_url = http://127.0.0.1:8000/v1
+"""
+
+
+def setting_lines(*, toml: bool) -> list[str]:
+    """The ``SETTINGS`` as lines of an ini file (``key = a``) or of a TOML table (``key = ["a"]``)."""
+    if toml:  # a JSON list of strings is a TOML array
+        return [f"{key} = {json.dumps(list(values))}" for _, key, values in SETTINGS]
+    return [f"{key} = {' '.join(values)}" for _, key, values in SETTINGS]
+
+
+PYTEST_INI = INI_HEADER + "".join(f"# {comment}\n{line}\n" for (comment, _, _), line in
+                                  zip(SETTINGS, setting_lines(toml=False), strict=True)) + INI_HINTS
+
+
 @dataclass(frozen=True)
 class StarterFile:
     path: str
     text: str
 
 
-FILES = (StarterFile("scenarios/example.yaml", SCENARIO_FILE), StarterFile("support_agent.py", AGENT_FILE))
+FILES = (StarterFile("scenarios/example.yaml", SCENARIO_FILE), StarterFile("support_agent.py", AGENT_FILE),
+         StarterFile("pytest.ini", PYTEST_INI))
+
+
+@dataclass(frozen=True)
+class PytestConfig:
+    """A file that already holds the project's pytest settings, and the table or section they sit in."""
+
+    path: Path
+    section: str
+    toml: bool
+
+
+# The files pytest reads its settings from, in the order it looks at them in one folder.
+CONFIG_NAMES = ("pytest.toml", ".pytest.toml", "pytest.ini", ".pytest.ini", "pyproject.toml", "tox.ini", "setup.cfg")
+
+
+def existing_pytest_config(root: Path) -> PytestConfig | None:
+    """The file in ``root`` that pytest takes its settings from, if one holds any (a ``pyproject.toml`` without a
+    ``[tool.pytest...]`` table, a ``tox.ini`` without ``[pytest]`` do not); a new ``pytest.ini`` would shadow it."""
+    for name in CONFIG_NAMES:
+        path = root / name
+        if not path.is_file():
+            continue
+        if name in ("pytest.toml", ".pytest.toml"):
+            return PytestConfig(path, "[pytest]", toml=True)
+        if name in ("pytest.ini", ".pytest.ini"):  # pytest takes these even when they are empty
+            return PytestConfig(path, "[pytest]", toml=False)
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if name == "pyproject.toml":
+            try:
+                tool = tomllib.loads(text).get("tool")
+            except tomllib.TOMLDecodeError:  # pytest stops at it too: leave the project's files alone
+                return PytestConfig(path, "[tool.pytest.ini_options]", toml=True)
+            table = tool.get("pytest") if isinstance(tool, dict) else None
+            if isinstance(table, dict):
+                return PytestConfig(path, "[tool.pytest.ini_options]" if "ini_options" in table or not table
+                                    else "[tool.pytest]", toml=True)
+            continue
+        section = "[tool:pytest]" if name == "setup.cfg" else "[pytest]"
+        if re.search(rf"^{re.escape(section)}[ \t]*$", text, re.MULTILINE):
+            return PytestConfig(path, section, toml=False)
+    return None
 
 
 def write_starter(root: Path) -> tuple[list[Path], list[Path]]:
-    """Write the starter files under ``root``; return (written, skipped because they exist). Never overwrites."""
+    """Write the starter files under ``root``; return (written, skipped because they exist). Never overwrites;
+    no ``pytest.ini`` when the project's pytest settings live in another file (``starter_lines`` shows them)."""
     written: list[Path] = []
     skipped: list[Path] = []
+    has_config = existing_pytest_config(root) is not None
     for item in FILES:
         target = root / item.path
+        if item.path == "pytest.ini" and has_config:
+            continue
         if target.exists():
             skipped.append(target)
             continue
@@ -98,9 +183,23 @@ def write_starter(root: Path) -> tuple[list[Path], list[Path]]:
 
 
 def starter_lines(root: Path, written: list[Path], skipped: list[Path]) -> list[str]:
-    """What ``--llmsim-init`` prints: what it wrote, what it left alone, and the next command."""
+    """What ``--llmsim-init`` prints: what it wrote, what it left alone, the settings to add to a project's own
+    pytest settings when it did not write ``pytest.ini``, and the next command."""
     lines = [f"llmsim: wrote {path.relative_to(root)}" for path in written]
     lines += [f"llmsim: kept {path.relative_to(root)} (it exists; nothing was overwritten)" for path in skipped]
+    config = None if root / "pytest.ini" in written else existing_pytest_config(root)
+    if config is not None:
+        def bare(line: str) -> str:
+            return re.sub(r"\s", "", line).replace("'", '"')
+
+        present = {bare(line) for line in config.path.read_text(encoding="utf-8", errors="replace").splitlines()}
+        missing = [line for line in setting_lines(toml=config.toml) if bare(line) not in present]
+        lines.append(f"llmsim: kept {config.path.relative_to(root)} (it holds this project's pytest settings; nothing "
+                     "was overwritten)")
+        if missing:
+            lines += [f"Add these lines under {config.section} in {config.path.name} for the example",
+                      "(where a key is already set there, add the value to it):", "",
+                      *(f"    {line}" for line in missing)]
     lines += [
         "",
         "Next: run the example scenarios (the bundled local model plays the customer and the judge when no",

@@ -6,6 +6,7 @@ server playing the user's OpenAI-compatible agent.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sqlite3
 import zlib
@@ -188,6 +189,33 @@ def test_suite_wide_agent_from_ini_and_command_line(sim: SimProject) -> None:
     assert "llmsim_agent: field 'agent': sets 'python' and 'http'" in out.stderr.str()
 
 
+def test_suite_wide_agent_from_the_command_line_beats_the_ini(sim: SimProject) -> None:
+    write_bot(sim, SYNC_BOT + "\n    def broken(messages, context):\n        raise RuntimeError('the ini agent ran')\n")
+    sim.write_scenarios("s.json", [scenario("a"), scenario("b")])
+    sim.write_ini(llmsim_agent='{python: "bots.shop:broken"}')
+    sim.run("--llmsim-agent", '{python: "bots.shop:reply"}', "--llmsim-results=out.json").assert_outcomes(passed=2)
+    records = results(sim)
+    for name in ("a", "b"):
+        assert agent_texts(records[name]) == ["Turn 1: you said 'Hi, I would like chicken fillet.' (seed 1234)",
+                                              "Turn 2: you said 'Two packs, delivered to Moscow please.' (seed 1234)",
+                                              f"Done for {name}."]
+    systems = [m["content"] for r in sim.server.requests_log() for m in r["body"]["messages"] if m["role"] == "system"]
+    assert not any(s.startswith("AGENT") for s in systems)  # no prompt agent ran either
+
+
+def test_a_python_agent_gets_the_scenario_variables_in_its_context(sim: SimProject) -> None:
+    write_bot(sim, """
+        def reply(messages, context):
+            shown = ", ".join(f"{k}={v!r}" for k, v in sorted(context.variables.items()))
+            return {"content": f"{context.scenario} knows {shown}", "end": True}
+    """)
+    sim.write_scenarios("s.json", [scenario("a", agent={"python": "bots.shop:reply"},
+                                            variables={"ORDER": 1042, "CUSTOMER": "Ann"})])
+    sim.run("--llmsim-results=out.json").assert_outcomes(passed=1)
+    assert agent_texts(results(sim)["a"]) == [
+        "a knows CUSTOMER='Ann', LOCATIONS='Moscow, Kazan', ORDER=1042, PERSONALITY='calm'"]
+
+
 # -- http ------------------------------------------------------------------------------------------------------------
 def http_agent(server: LoopbackAgentServer, **extra: Any) -> dict[str, Any]:
     return {"http": {"url": server.url, "body": {"input": {"text": "{{ message }}"}, "session": "{{ session_id }}",
@@ -259,32 +287,53 @@ def test_a_hung_http_agent_fails_fast_after_its_first_timeout(sim: SimProject) -
 
 
 def test_http_agent_header_secret_never_reaches_an_artifact(sim: SimProject, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every file the runs write (reports, exports, chats, recordings, the cache, a DEBUG log...) is read byte by
+    byte: the header's value is in none of them, nor in what pytest printed or what the judge was sent."""
     token = "tok-3f9a1c77e0b24d51"
     monkeypatch.setenv("MY_TOKEN", token)
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(sim.path / "step_summary.md"))
 
     def echo(body: dict[str, Any], headers: dict[str, str], n: int) -> tuple[Any, ...]:
         # a naive agent that repeats what it got, header included
         end = " [END_CALL]" if n >= 2 else ""
         return 200, {"reply": {"text": f"auth was {headers.get('authorization')}{end}"}}
 
+    html = importlib.util.find_spec("pytest_html") is not None
+    outputs = []
     with LoopbackAgentServer(echo) as agent:
         sim.write_scenarios("s.json", [scenario("a", agent=http_agent(agent, headers={
             "Authorization": "Bearer ${MY_TOKEN}"}), agent_cache=True)])
-        out = sim.run("--llmsim-results=out.json", "--junitxml=junit.xml", "-v")
-        out.assert_outcomes(passed=1)
+        # One run per export format, each writing its own reports: the first calls the agent and records it
+        # (agent_cache), the next two replay it.
+        for run in ("json", "csv", "ndjson"):
+            out = sim.run(f"--llmsim-results=out.{run}", f"--junitxml=junit-{run}.xml", "-v", "-rA",
+                          f"--llmsim-chats-dir=chats-{run}", "--llmsim-readable", f"--llmsim-markdown=summary-{run}.md",
+                          f"--log-file=run-{run}.log", "--log-file-level=DEBUG", "--log-level=DEBUG",
+                          *([f"--html=report-{run}.html"] if html else []))  # not self-contained: assets/ too
+            out.assert_outcomes(passed=1)
+            outputs.append(out.stdout.str() + out.stderr.str())
     assert agent.requests[0]["headers"]["authorization"] == f"Bearer {token}"
     assert agent_texts(results(sim)["a"])[0] == "auth was ***"  # the header value, scrubbed
-    texts = {"stdout": out.stdout.str() + out.stderr.str(), "junit": (sim.path / "junit.xml").read_text(),
-             "results": (sim.path / "out.json").read_text(), "judge": "\n".join(judge_prompts(sim))}
+    assert "\n".join(outputs).count("auth was ***") >= 3  # the transcript is in the terminal output (-v, -rA)
+    texts = {"stdout": "\n".join(outputs), "judge": "\n".join(judge_prompts(sim))}
     with sqlite3.connect(sim.path / ".llmsim_cache" / "cache.db") as db:
         values = [zlib.decompress(v).decode() for (v,) in db.execute("SELECT value FROM Cache") if v]
     texts["cache"] = "\n".join(values)
     assert texts["cache"].count('"agent:http:') >= 2  # the agent's replies were recorded (agent_cache)
     for where, text in texts.items():
         assert token not in text, where
-    for path in (sim.path / ".llmsim_cache").rglob("*"):
-        if path.is_file():
-            assert token.encode() not in path.read_bytes(), path
+    written = sorted(path.relative_to(sim.path) for path in sim.path.rglob("*") if path.is_file())
+    names = {str(path) for path in written}
+    expected = {"step_summary.md", "out.json", "out.csv", "out.ndjson", ".llmsim_cache/cache.db"}
+    for run in ("json", "csv", "ndjson"):
+        expected |= {f"junit-{run}.xml", f"summary-{run}.md", f"run-{run}.log", f"chats-{run}/chat_a_trial1.json",
+                     f"chats-{run}/chat_a_trial1.txt", *([f"report-{run}.html"] if html else [])}
+    assert expected <= names, sorted(expected - names)
+    assert any(name.startswith("recordings/") for name in names), names
+    assert "127.0.0.1" in (sim.path / "run-json.log").read_text()  # the live run's DEBUG log has its requests
+    for path in written:
+        data = (sim.path / path).read_bytes()
+        assert token.encode() not in data and token.encode("utf-16-le") not in data, path
 
 
 # -- openai ----------------------------------------------------------------------------------------------------------
@@ -314,6 +363,35 @@ def test_openai_agent_on_its_own_endpoint_with_tool_calls(sim: SimProject) -> No
     usage = {(u["role"], u["model"]): u for u in record["usage"]}
     assert usage[("agent", "shop-agent")]["live_calls"] == 2
     assert usage[("agent", "shop-agent")]["completion_tokens"] == 5 + 3  # the server counts words; then usage
+
+
+@pytest.mark.parametrize("agent_cache", [False, True], ids=["live-by-default", "agent_cache"])
+def test_openai_agent_is_called_live_by_default_and_replayed_with_agent_cache(sim: SimProject,
+                                                                              agent_cache: bool) -> None:
+    """The openai agent is code under test like the others: a second ``none`` run calls it again while the
+    customer and the judge replay (zero requests to their endpoint); ``agent_cache: true`` replays it too."""
+    script = {"rules": [{"match": {"last_user_contains": "Two packs"}, "reply": "Booked. [END_CALL]"},
+                        {"reply": "Agent endpoint hello"}]}
+    with ScriptedOpenAIServer(script) as agent_server:
+        spec = {"openai": {"base_url": agent_server.base_url, "model": "shop-agent"}}
+        sim.write_scenarios("s.json", [scenario("a", agent=spec, **({"agent_cache": True} if agent_cache else {}))])
+        sim.run("--llmsim-results=out.json").assert_outcomes(passed=1)
+        assert len(agent_server.requests_log()) == 2
+        agent_server.reset()
+        sim.server.reset()
+        sim.run("--llmsim-record=none", "--llmsim-results=out.json").assert_outcomes(passed=1)
+        agent_calls = len(agent_server.requests_log())
+    assert sim.server.stats()["requests"] == 0  # customer and judge: replayed
+    record = results(sim)["a"]
+    assert agent_texts(record) == ["Agent endpoint hello", "Booked."]
+    usage = {(u["role"], u["model"]): u for u in record["usage"]}
+    if agent_cache:
+        assert agent_calls == 0
+        assert record["live_calls"] == 0 and record["cached"] is True
+    else:
+        assert agent_calls == 2
+        assert usage[("agent", "shop-agent")]["live_calls"] == 2
+        assert record["live_calls"] == 2  # the agent's, and only the agent's
 
 
 # -- what is cached ---------------------------------------------------------------------------------------------------

@@ -63,3 +63,26 @@ def test_bad_values_are_one_line_usage_errors(pytester: pytest.Pytester) -> None
 def test_the_readme_shows_the_tested_ci_workflow_verbatim() -> None:
     workflow = (Path(__file__).resolve().parents[1] / "examples" / "ci" / "llmsim.yml").read_text()
     assert f"```yaml\n{workflow}```" in README
+
+
+@pytest.mark.parametrize(("heading", "kind"), [
+    ("### The prompt agent (the default)", "prompt"), ("### A Python callable", "python"),
+    ("### An HTTP service", "http"), ("### An OpenAI-compatible endpoint", "openai"),
+])
+def test_each_agent_kind_has_its_own_readme_subsection_with_a_valid_scenario_file(heading: str, kind: str,
+                                                                                   tmp_path: Path) -> None:
+    """"Test your own agent": one subsection per agent kind, each with a scenario file that loads and names an
+    agent of that kind (a reader who has never seen the plugin copies it)."""
+    from pytest_llmsim.scenario import load_scenario_file
+
+    section = README[README.index("## Test your own agent"):]
+    section = section[:section.index("\n## ")]
+    assert section.count(f"\n{heading}\n") == 1, heading
+    body = section.split(f"\n{heading}\n", 1)[1].split("\n### ", 1)[0]
+    examples = re.findall(r"```yaml\n(.*?)```", body, re.DOTALL)
+    assert examples, f"{heading}: no YAML example"
+    path = tmp_path / "example.yaml"
+    path.write_text(examples[0], encoding="utf-8")
+    entries = load_scenario_file(path)
+    assert entries and all(entry.problem is None for entry in entries), [entry.problem for entry in entries]
+    assert {entry.scenario.agent.kind for entry in entries if entry.scenario is not None} == {kind}

@@ -150,8 +150,12 @@ def test_none_mode_names_where_the_conversation_left_the_recording(sim: SimProje
     (bot / "greeting.txt").write_text("Hello, Fish Market!")  # the agent under test changed
     result = sim.run("--llmsim-record=none")
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*the conversation diverged at turn 2: recorded 'Hello, Meat Market!', now "
-                                 "'Hello, Fish Market!'*"])
+    # worded as the cache path words it (tests/test_agents.py): the turn, then the recorded and the new agent text
+    result.stdout.fnmatch_lines(["*the conversation diverged from the recording at turn 2: the agent's reply changed*",
+                                 "*  recorded agent text: 'Hello, Meat Market!'",
+                                 "*  new agent text:      'Hello, Fish Market!'",
+                                 f"The recording *{REC / 'a.json'} has no reply for this request*"])
+    assert "No recorded reply" not in result.stdout.str()  # the cache's own explanation adds nothing here
 
 
 def test_unused_recordings_are_listed_and_pruned(sim: SimProject) -> None:

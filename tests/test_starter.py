@@ -22,13 +22,68 @@ def test_init_writes_the_example_and_never_overwrites(pytester: pytest.Pytester)
     result = pytester.runpytest("--llmsim-init")
     assert result.ret == 0
     result.stdout.fnmatch_lines(["llmsim: wrote scenarios/example.yaml", "llmsim: wrote support_agent.py",
-                                 "*pytest -v*"])
+                                 "llmsim: wrote pytest.ini", "*pytest -v*"])
     (pytester.path / "support_agent.py").write_text("# mine\n")
+    (pytester.path / "pytest.ini").write_text("[pytest]\nllmsim_paths = scenarios\nmarkers = mine\n")
     again = pytester.runpytest("--llmsim-init")
     assert again.ret == 0
     again.stdout.fnmatch_lines(["llmsim: kept scenarios/example.yaml (it exists; nothing was overwritten)",
-                                "llmsim: kept support_agent.py (it exists; nothing was overwritten)"])
+                                "llmsim: kept support_agent.py (it exists; nothing was overwritten)",
+                                "llmsim: kept pytest.ini (it holds this project's pytest settings; nothing was "
+                                "overwritten)"])
+    assert "Add these lines" not in again.stdout.str()  # the settings the example needs are there already
     assert (pytester.path / "support_agent.py").read_text() == "# mine\n"
+    assert (pytester.path / "pytest.ini").read_text() == "[pytest]\nllmsim_paths = scenarios\nmarkers = mine\n"
+
+
+def test_init_writes_the_ini_settings_and_they_win_over_a_parent_folders(pytester: pytest.Pytester,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The example's ``pytest.ini`` holds its settings and makes its folder the rootdir: a parent folder's pytest
+    settings (here pointing llmsim_paths elsewhere) no longer decide what the example's ``pytest`` collects."""
+    pytester.makeini("[pytest]\nllmsim_paths = elsewhere\n")
+    project = pytester.mkdir("project")
+    monkeypatch.chdir(project)
+    assert pytester.runpytest("--llmsim-init").ret == 0
+    ini = (project / "pytest.ini").read_text()
+    assert "[pytest]\n" in ini and "\nllmsim_paths = scenarios\n" in ini
+    assert '# llmsim_agent = {python: "support_agent:reply"}' in ini  # the suite-wide form, shown commented out
+    collected = pytester.runpytest("--collect-only", "-q")
+    collected.stdout.fnmatch_lines(["scenarios/example.yaml::late_parcel_refund",
+                                    "scenarios/example.yaml::change_delivery_address", "2 tests collected*"])
+    assert f"rootdir: {project}" in pytester.runpytest("--collect-only").stdout.str()
+
+
+@pytest.mark.parametrize(("name", "text", "section", "line"), [
+    ("pyproject.toml", '[project]\nname = "shop"\n\n[tool.pytest.ini_options]\naddopts = "-ra"\n',
+     "[tool.pytest.ini_options]", 'llmsim_paths = ["scenarios"]'),
+    ("tox.ini", "[tox]\nenv_list = py311\n\n[pytest]\naddopts = -ra\n", "[pytest]", "llmsim_paths = scenarios"),
+    ("setup.cfg", "[metadata]\nname = shop\n\n[tool:pytest]\naddopts = -ra\n", "[tool:pytest]",
+     "llmsim_paths = scenarios"),
+    ("pytest.ini", "[pytest]\naddopts = -ra\n", "[pytest]", "llmsim_paths = scenarios"),
+])
+def test_init_prints_the_settings_to_add_to_an_existing_pytest_config(pytester: pytest.Pytester, name: str,
+                                                                      text: str, section: str, line: str) -> None:
+    """A project whose pytest settings live in a file keeps them: no ``pytest.ini`` shadows that file (and that
+    file is never changed); the lines to add are printed in its syntax."""
+    (pytester.path / name).write_text(text)
+    result = pytester.runpytest("--llmsim-init")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["llmsim: wrote scenarios/example.yaml", "llmsim: wrote support_agent.py",
+                                 f"llmsim: kept {name} (it holds this project's pytest settings; nothing was "
+                                 "overwritten)",
+                                 f"Add these lines under {section} in {name} for the example", "*", "",
+                                 f"    {line}", "", "Next: *"])
+    assert "llmsim: wrote pytest.ini" not in result.stdout.str()
+    assert (pytester.path / name).read_text() == text
+    assert sorted(p.name for p in pytester.path.iterdir()) == sorted([name, "scenarios", "support_agent.py"])
+
+
+def test_a_pyproject_without_pytest_settings_gets_a_pytest_ini(pytester: pytest.Pytester) -> None:
+    (pytester.path / "pyproject.toml").write_text('[project]\nname = "shop"\n')
+    result = pytester.runpytest("--llmsim-init")
+    result.stdout.fnmatch_lines(["llmsim: wrote pytest.ini"])
+    assert "Add these lines" not in result.stdout.str()
+    assert (pytester.path / "pyproject.toml").read_text() == '[project]\nname = "shop"\n'
 
 
 def test_the_example_runs_right_after_init_without_a_prompts_folder(pytester: pytest.Pytester,
