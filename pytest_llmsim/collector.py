@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .pricing import PriceTable, scenario_cost
-from .results import ErrorKind, Outcome, ScenarioRecord, ScenarioResult, Status
+from .results import ErrorKind, Outcome, ScenarioRecord, ScenarioResult, Status, judge_details
 from .scenario_paths import is_scenario_nodeid
 from .summary import RunSummary, make_record, summarize
 
@@ -36,6 +36,21 @@ def report_outcome(report: Any) -> Outcome | None:
         return Outcome(report.outcome)
     except ValueError:
         return None
+
+
+def trimmed_report_data(data: dict[str, Any]) -> dict[str, Any]:
+    """``report.llmsim`` once the collector has its record: the scalar fields (score, status, tokens, duration...)
+    and what pytest's status word needs (each trial's status, whether the judge was unstable), without the
+    transcript, calls, usage and metrics. pytest keeps every report to the end of the run; the full data would
+    keep each conversation a second time on the controller (10 000 scenarios: ~200 MB)."""
+    kept = {key: value for key, value in data.items() if not isinstance(value, list | dict)}
+    trials = data.get("trials")
+    if isinstance(trials, list):
+        kept["trials"] = [{"status": t.get("status")} for t in trials if isinstance(t, dict)]
+    unstable = judge_details(data.get("metrics")).get("unstable")
+    if unstable is not None:
+        kept["metrics"] = [{"name": "judge", "details": {"unstable": unstable}}]
+    return kept
 
 
 def is_scenario_report(report: Any) -> bool:

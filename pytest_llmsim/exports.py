@@ -38,7 +38,7 @@ import io
 import json
 import os
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,11 +82,24 @@ def _create_temporary(path: Path) -> tuple[int, str]:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic_write(path, [data])
+
+
+def atomic_write_chunks(path: Path, chunks: Iterable[str]) -> None:
+    """Write ``chunks`` (as UTF-8) to ``path`` as they come, so a 10 000-row export never exists as one string
+    in memory; through a temporary file renamed into place, as ``atomic_write_bytes``."""
+    _atomic_write(path, (chunk.encode("utf-8") for chunk in chunks))
+
+
+def _atomic_write(path: Path, blocks: Iterable[bytes]) -> None:
+    """Write ``blocks`` to a temporary file beside ``path`` and rename it into place: a reader sees the old file
+    or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            for block in blocks:
+                handle.write(block)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -97,7 +110,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_chunks(path, [text])
 
 
 def _json(data: Any, *, indent: int | None = None) -> str:
@@ -114,9 +127,14 @@ def _csv_value(value: Any) -> Any:
     return value
 
 
-def render_csv(records: Sequence[Mapping[str, Any]], *, baseline: bool = False) -> str:
+def render_csv(records: Iterable[Mapping[str, Any]], *, baseline: bool = False) -> str:
     """CSV of export rows (``ScenarioRecord.to_dict()``); ``baseline`` adds the ``BASELINE_CSV_FIELDS`` columns
     from each row's ``baseline`` object (empty cells for a scenario not in the baseline)."""
+    return "".join(csv_chunks(records, baseline=baseline))
+
+
+def csv_chunks(records: Iterable[Mapping[str, Any]], *, baseline: bool = False) -> Iterator[str]:
+    """``render_csv``, a header line and then a line per row as they are read."""
     extra = BASELINE_CSV_FIELDS if baseline else ()
     buffer = io.StringIO(newline="")
     writer = csv.DictWriter(buffer, fieldnames=[*RECORD_FIELDS, *(column for column, _ in extra)],
@@ -128,31 +146,47 @@ def render_csv(records: Sequence[Mapping[str, Any]], *, baseline: bool = False) 
         old = record.get("baseline") or {}
         row.update({column: _csv_value(old.get(key)) for column, key in extra})
         writer.writerow(row)
-    return buffer.getvalue()
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+    yield buffer.getvalue()
 
 
-def render_ndjson(records: Sequence[Mapping[str, Any]]) -> str:
+def render_ndjson(records: Iterable[Mapping[str, Any]]) -> str:
     return "".join(_json(record) + "\n" for record in records)
+
+
+def _json_document_chunks(head: Mapping[str, Any], rows: Iterable[Mapping[str, Any]]) -> Iterator[str]:
+    """``_json({**head, "results": rows, "total_results": n}, indent=2) + "\n"``, a row at a time."""
+    text = _json(dict(head), indent=2)
+    yield text[:-2] if head else "{"  # without the closing "\n}"
+    count = 0
+    for row in rows:
+        lines = _json(row, indent=2).split("\n")
+        yield ("," if count else (",\n" if head else "\n") + '  "results": [') + "\n" + \
+            "\n".join("    " + line for line in lines)
+        count += 1
+    if count:
+        yield '\n  ],\n  "total_results": ' + str(count) + "\n}\n"
+    else:
+        yield (",\n" if head else "\n") + '  "results": [],\n  "total_results": 0\n}\n'
 
 
 def summary_document(summary: Mapping[str, Any], *, run_id: str, generated_at: str) -> dict[str, Any]:
     return {"run_id": run_id, "generated_at": generated_at, **summary}
 
 
-def export_rows(records: Sequence[ScenarioRecord], comparison: Comparison | None = None, *,
-                baseline_field: bool = True) -> list[dict[str, Any]]:
-    """The export rows: ``ScenarioRecord.to_dict()`` plus, with ``baseline_field`` or a ``comparison``, the
-    ``baseline`` object (None without a baseline or for a scenario not in it)."""
-    if comparison is None and not baseline_field:
-        return [record.to_dict() for record in records]
+def export_rows(records: Iterable[ScenarioRecord], comparison: Comparison | None = None, *,
+                baseline_field: bool = True) -> Iterator[dict[str, Any]]:
+    """The export rows, one at a time: ``ScenarioRecord.to_dict()`` plus, with ``baseline_field`` or a
+    ``comparison``, the ``baseline`` object (None without a baseline or for a scenario not in it)."""
     deltas = comparison.by_nodeid() if comparison is not None else {}
-    rows = []
     for record in records:
         row = record.to_dict()
-        delta = deltas.get(record.nodeid)
-        row["baseline"] = delta.to_dict() if delta is not None else None
-        rows.append(row)
-    return rows
+        if comparison is not None or baseline_field:
+            delta = deltas.get(record.nodeid)
+            row["baseline"] = delta.to_dict() if delta is not None else None
+        yield row
 
 
 def write_results(path: Path, records: Sequence[ScenarioRecord], summary: Mapping[str, Any], *,
@@ -161,18 +195,21 @@ def write_results(path: Path, records: Sequence[ScenarioRecord], summary: Mappin
     """Write ``records`` and ``summary`` (``summary.summary_dict``) to ``path`` in the format its extension
     names; return the files written. ``comparison``: the run compared with its baseline, if any;
     ``baseline_field``: give every JSON/NDJSON record a ``baseline`` key even without a baseline (null), as the
-    plugin does, so a run's records have the same keys with or without one. Plain rows otherwise."""
+    plugin does, so a run's records have the same keys with or without one. Plain rows otherwise. Rows are
+    made and written one at a time."""
     fmt = export_format(path)
     rows = export_rows(records, comparison, baseline_field=baseline_field)
     if fmt == "json":
         interrupted = bool(summary.get("interrupted"))
         complete = not interrupted and not summary.get("unfinished_scenarios")
-        document = {"run_id": run_id, "generated_at": generated_at, "interrupted": interrupted,
-                    "complete": complete, "summary": dict(summary), "results": rows, "total_results": len(rows)}
-        atomic_write_text(path, _json(document, indent=2) + "\n")
+        head = {"run_id": run_id, "generated_at": generated_at, "interrupted": interrupted,
+                "complete": complete, "summary": dict(summary)}
+        atomic_write_chunks(path, _json_document_chunks(head, rows))
         return [path]
-    text = render_csv(rows, baseline=comparison is not None) if fmt == "csv" else render_ndjson(rows)
-    atomic_write_text(path, text)
+    if fmt == "csv":
+        atomic_write_chunks(path, csv_chunks(rows, baseline=comparison is not None))
+    else:
+        atomic_write_chunks(path, (_json(row) + "\n" for row in rows))
     side = summary_path_for(path)
     atomic_write_text(side, _json(summary_document(summary, run_id=run_id, generated_at=generated_at),
                                   indent=2) + "\n")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .errors import ScenarioError
-from .results import ERROR, FAILED, ScenarioResult
+from .results import ERROR, FAILED, PASSED, ScenarioResult
 from .scenario_paths import SCENARIO_SUFFIXES
 
 if TYPE_CHECKING:
@@ -203,8 +203,10 @@ class ScenarioItem(pytest.Item):
         self.conversation_wait_s = time.perf_counter() - waiting_since
         session.consumed(self)
         self.result = result
-        if result.transcript or result.ended_by:
-            # The whole conversation, once: a failure's own text (``_failure_text``) does not repeat it.
+        if (result.transcript or result.ended_by) and (result.status != PASSED or _shows_passes(self.config)):
+            # The whole conversation, once: a failure's own text (``_failure_text``) does not repeat it. A
+            # passed item's section only when pytest prints passes' output (-rP/-rA): pytest keeps every
+            # report, and 10 000 passed transcripts would cost the controller ~40 MB for nothing shown.
             self.add_report_section("call", "llmsim transcript", _transcript_text(result))
         if result.status == ERROR:
             raise ScenarioRunError(result.error_message, result)
@@ -230,6 +232,12 @@ def _register_marker(config: pytest.Config, tag: str) -> None:
     known = {line.split(":")[0].split("(")[0].strip() for line in config.getini("markers")}
     if tag not in known:
         config.addinivalue_line("markers", f"{tag}: llmsim scenario tag")
+
+
+def _shows_passes(config: pytest.Config) -> bool:
+    """Whether pytest prints the captured output of passed tests (``-rP`` or ``-rA``)."""
+    chars = str(getattr(config.option, "reportchars", "") or "")
+    return "P" in chars or "A" in chars
 
 
 def _transcript_text(result: ScenarioResult) -> str:

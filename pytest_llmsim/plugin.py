@@ -237,6 +237,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             # JUnit and pytest-html show how long each conversation took, not how long its item waited.
             report.duration = result.duration_seconds
             _result_properties(item, report, result)
+        if report.when == "teardown":
+            # The record now lives on the report (and in the controller's collector); the item stays in the
+            # session's list to the end of the run, so holding the result too would keep every conversation twice.
+            item.result = None
     elif report.when == "call":
         runs = attach_runs(item, report)  # tests that used the llmsim fixture
         if runs:

@@ -505,7 +505,8 @@ class ScenarioRecorder:
         if turn is None:
             return None
         number, was, now, _ = turn
-        return f"the conversation diverged from the recording at turn {number}: recorded {_shorten(was)!r}, now {_shorten(now)!r}"
+        return (f"the conversation diverged from the recording at turn {number}: recorded {_shorten(was)!r}, "
+                f"now {_shorten(now)!r}")
 
     def changed_setting(self, descriptor: Mapping[str, Any], role: str) -> str | None:
         """The role's setting (model, temperature, max tokens) or system prompt that differs from the recording."""

@@ -187,7 +187,7 @@ class LlmsimSession:
             if not self.eligible(item):
                 continue
             in_window += 1
-            if item.nodeid not in self._futures:
+            if item.nodeid not in self._futures and item.nodeid not in self._consumed:
                 self._submit(item)  # type: ignore[arg-type]
 
     def top_up(self, item: pytest.Item) -> None:
@@ -205,7 +205,9 @@ class LlmsimSession:
         return future
 
     def consumed(self, item: pytest.Item) -> None:
+        """``item`` took its result: the future is dropped (the result now travels on the item's report)."""
         self._consumed.add(item.nodeid)
+        self._futures.pop(item.nodeid, None)
         self.flush_messages()
 
     def cancel_unconsumed(self) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import genai_prices
 import pytest
 
-from pytest_llmsim.exports import export_format, summary_path_for, write_results
+from pytest_llmsim.exports import _json_document_chunks, export_format, summary_path_for, write_results
 from pytest_llmsim.histogram import HistogramUnavailable, draw_histogram
 from pytest_llmsim.pricing import PriceTable, scenario_cost
 from pytest_llmsim.results import ModelUsage, ScenarioRecord, ScenarioResult
@@ -188,3 +188,12 @@ def test_reporting_engine_does_not_import_pytest() -> None:
             "import pytest_llmsim.histogram, pytest_llmsim.html_report, pytest_llmsim.results\n"
             "import pytest_llmsim.collector, pytest_llmsim.terminal_report\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+@pytest.mark.parametrize("rows", [[], [{"a": 1, "t": [{"role": "agent", "text": "é\n"}]}, {"a": 2, "t": []}]])
+@pytest.mark.parametrize("head", [{}, {"run_id": "r", "summary": {"x": [1, {"y": None}]}}])
+def test_a_json_export_written_row_by_row_is_the_document_json_would_write(head: dict, rows: list) -> None:
+    """The JSON export is written a row at a time (10 000 rows never exist as one string); the bytes are the
+    document ``json.dumps(..., indent=2)`` gives for the whole thing."""
+    whole = json.dumps({**head, "results": rows, "total_results": len(rows)}, ensure_ascii=False, indent=2) + "\n"
+    assert "".join(_json_document_chunks(head, iter(rows))) == whole

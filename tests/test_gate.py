@@ -160,3 +160,22 @@ def test_role_overrides_reach_the_request(sim: SimProject) -> None:
     client = [r["body"] for r in sim.server.requests_log() if r["body"]["messages"][0]["content"].startswith("CLIENT")]
     assert {(b["model"], b["temperature"], b["max_tokens"]) for b in agent} == {("agent-x", 0.1, 42)}
     assert {b["model"] for b in client} == {"base-model"}
+
+
+def test_a_passed_conversation_is_kept_once_and_printed_only_when_passes_are(sim: SimProject) -> None:
+    """pytest keeps every report to the end of the run. A passed item carries no transcript section unless pytest
+    prints passes' output (-rP), and once the report plugin has its record the report keeps only the verdict's
+    scalar fields: 10 000 scenarios would otherwise hold each conversation two more times."""
+    sim.write_scenarios("s.json", [scenario("fine"), scenario("low_service")])
+    reprec = sim.pytester.inline_run("-p", "no:randomly", f"--llmsim-base-url={sim.server.base_url}")
+    reprec.assertoutcome(passed=1, failed=1)
+    calls = {r.nodeid.rpartition("::")[2]: r for r in reprec.getreports("pytest_runtest_logreport")
+             if r.when == "call"}
+    assert [name for name, _ in calls["fine"].sections] == []
+    assert [name for name, _ in calls["low_service"].sections] == ["Captured llmsim transcript call"]
+    for report in calls.values():
+        assert report.llmsim["score"] in (1, 3) and report.llmsim["status"] in ("passed", "failed")
+        assert "transcript" not in report.llmsim and "usage" not in report.llmsim
+    shown = sim.run("-rP")
+    shown.assert_outcomes(passed=1, failed=1)
+    assert shown.stdout.str().count("Captured llmsim transcript call") == 2

@@ -289,3 +289,22 @@ def test_cached_tokens_reported_by_the_endpoint_lower_the_cost(sim: SimProject) 
         assert all(u[fields[1]] == 0 for u in plain["usage"])
         assert plain["prompt_tokens"] == cached["prompt_tokens"]
         assert plain[fields[0]] - cached[fields[0]] == pytest.approx(5 * agent_calls * per_token, abs=2e-8)
+
+
+@pytest.mark.parametrize(("model", "provider", "tiered"), [
+    ("gpt-4o-mini", "openai", False), ("claude-3-5-sonnet-latest", "anthropic", False),
+    ("gemini-2.5-pro", "google", True), ("claude-sonnet-4-5", "anthropic", True),
+])
+def test_the_fast_path_prices_every_call_as_genai_prices_does(model: str, provider: str, tiered: bool) -> None:
+    """A price linear in the tokens is computed from per-token rates taken from genai-prices once; a tiered
+    price (by prompt size) goes to genai-prices on every call. Either way the figure is the database's own,
+    below and above a tier's threshold, with and without cached input."""
+    table = PriceTable.default()
+    found = table.match(model)
+    assert found is not None and found.database_model is not None
+    for calls, prompt, completion, cached in [(1, 1000, 100, 0), (3, 30_000, 2_000, 9_000),
+                                              (2, 600_000, 4_000, 100_000), (5, 7, 3, 7)]:
+        usd = found.cost(calls, prompt, completion, cached, table.at)
+        assert usd == pytest.approx(_database_usd(model, prompt, completion, provider=provider,
+                                                  cached_input=cached, calls=calls), rel=1e-12)
+    assert (found._rates[table.at] is None) is tiered
