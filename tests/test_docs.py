@@ -86,3 +86,22 @@ def test_each_agent_kind_has_its_own_readme_subsection_with_a_valid_scenario_fil
     entries = load_scenario_file(path)
     assert entries and all(entry.problem is None for entry in entries), [entry.problem for entry in entries]
     assert {entry.scenario.agent.kind for entry in entries if entry.scenario is not None} == {kind}
+
+
+def test_the_error_kinds_table_has_one_row_per_error_kind() -> None:
+    """README's failure and error kinds table lists every ``ErrorKind``, once each, with a non-empty "when" and
+    "what to do" (a new kind without a row fails here)."""
+    from pytest_llmsim.results import ErrorKind
+
+    header = "| `error_kind` | when | what to do |\n| --- | --- | --- |\n"
+    assert README.count(header) == 1, "the error kinds table's header is missing or duplicated"
+    start = README.index(header) + len(header)
+    rows = []
+    for line in README[start:].splitlines():
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip().strip("|").split(" | ")])
+    kinds = [re.fullmatch(r"`([a-z_]+)`", row[0]).group(1) for row in rows]  # type: ignore[union-attr]
+    assert len(kinds) == len(set(kinds)), f"duplicate rows: {sorted(kinds)}"
+    assert set(kinds) == {kind.value for kind in ErrorKind}
+    assert all(len(row) == 3 and row[1] and row[2] for row in rows), rows

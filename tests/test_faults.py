@@ -132,6 +132,41 @@ def test_a_500_for_every_format_is_the_error_not_a_format_problem(sim: SimProjec
     assert _judge_formats(sim) == ["json_schema", "json_object", "json_schema", "json_schema"]
 
 
+CONTEXT_LENGTH = {"message": "This model's maximum context length is 8192 tokens. However, your messages resulted "
+                             "in 9120 tokens. Please reduce the length of the messages.",
+                  "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}
+
+
+def test_a_400_context_length_for_every_format_is_the_error_not_a_format_problem(sim: SimProject) -> None:
+    """A 400 is evidence against a format only when the weaker format then works: a prompt too long for the
+    model fails with every format, is reported as what it is, and leaves the later judge calls on json_schema."""
+    _with_first_rule(sim, {"match": {"system_contains": "EVALUATOR for a"}, "status": 400,
+                           "error": CONTEXT_LENGTH})
+    sim.write_scenarios("s.json", [scenario("a"), scenario("b"), scenario("c")])
+    result = sim.run("--llmsim-concurrency=1", "--llmsim-results=out.json")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*s.json::a evaluator attempt 1: HTTP 400 from http://127.0.0.1:*/v1 after 1 "
+                                 "attempt(s) (json_schema output; json_object failed the same way, so it is not "
+                                 "about the output format): *maximum context length is 8192 tokens*"])
+    # a: json_schema, then json_object failing the same way (a 400 is not retried); b and c untouched.
+    assert _judge_formats(sim) == ["json_schema", "json_object", "json_schema", "json_schema"]
+    assert sim.server.stats()["status_counts"]["400"] == 2
+    records = {record["scenario"]: record for record in json.loads((sim.path / "out.json").read_text())["results"]}
+    assert records["a"]["error_kind"] == "endpoint_error"
+    assert "maximum context length" in records["a"]["error_message"]
+
+
+def test_a_429_on_the_judges_first_call_does_not_downgrade_structured_output(sim: SimProject) -> None:
+    """A 429 is the rate limit speaking: retried with the same format, never evidence against json_schema."""
+    _with_first_rule(sim, {"match": {"system_contains": "EVALUATOR", "response_format_type": "json_schema"},
+                           "status": 429, "retry_after": 0, "times": 1, "reply": verdict(3, "Polite and complete.")})
+    sim.write_scenarios("s.json", [scenario(f"s{i}") for i in range(4)])
+    sim.run("--llmsim-concurrency=1").assert_outcomes(passed=4)
+    assert sim.server.stats()["status_counts"]["429"] == 1
+    # s0: the 429 and its retry, both json_schema; s1-s3 json_schema.
+    assert _judge_formats(sim) == ["json_schema"] * 5
+
+
 def test_a_rejected_json_schema_is_remembered_per_model(sim: SimProject) -> None:
     """llama.cpp answers json_schema with HTTP 500 and honours json_object: remembered for that model only."""
     _with_first_rule(sim, {"match": {"system_contains": "EVALUATOR", "model": "judge-a"},
@@ -171,7 +206,9 @@ def test_a_key_echoed_by_the_server_is_scrubbed_everywhere(sim: SimProject, monk
     monkeypatch.setenv("OPENAI_API_KEY", key)
     _with_first_rule(sim, {"match": {"system_contains": "AGENT"}, "echo_auth": True, "status": 401})
     sim.write_scenarios("s.json", [scenario("a")])
-    result = sim.run("--junitxml=junit.xml", "--llmsim-results=out.json", base_url=sim.server.base_url + query)
+    html = sim.path / "report.html"
+    result = sim.run("--junitxml=junit.xml", "--llmsim-results=out.json", f"--html={html}", "--self-contained-html",
+                     base_url=sim.server.base_url + query)
     result.assert_outcomes(errors=1)
     log = sim.server.requests_log()
     assert key in log[-1]["headers"]["authorization"], "the server really got (and echoed) the key"
@@ -179,8 +216,10 @@ def test_a_key_echoed_by_the_server_is_scrubbed_everywhere(sim: SimProject, monk
     result.stdout.fnmatch_lines([f"*agent turn 2: HTTP 401 from http://127.0.0.1:*/v1{shown_query} after 1 "
                                  "attempt(s): *invalid credentials 'Bearer [*][*][*]' for "
                                  f"/v1/chat/completions{shown_query}*"])
+    assert html.is_file(), "pytest-html wrote no report"
     texts = {"stdout": result.stdout.str(), "junit": (sim.path / "junit.xml").read_text(),
-             "export": json.dumps(json.loads((sim.path / "out.json").read_text()))}
+             "export": json.dumps(json.loads((sim.path / "out.json").read_text())), "html": html.read_text()}
+    assert "invalid credentials" in texts["html"], "the HTML report shows the error (scrubbed)"
     # key[:20]: the error shows the first 300 characters of the body; a key cut there must not show either.
     for where, text in texts.items():
         assert key[:20] not in text and query_secret not in text, f"a secret leaked into the {where}"

@@ -12,10 +12,12 @@ whose ``match`` fits a request decides the response::
 Match keys (all optional, all must hold): ``model``, ``seed`` (a number or a list of them),
 ``system_contains``, ``last_user_contains``, ``response_format_type``. Actions: ``reply`` (fixed text) or
 ``replies`` (indexed by the number of assistant messages already in the request, the last one repeating),
-``status`` (an HTTP error), ``retry_after`` (seconds, sent as the Retry-After header), ``delay`` (extra seconds
-before answering), ``raw_body`` (sent verbatim with 200), ``reject_response_format`` (types answered with
-``reject_status``, default 500 as llama.cpp does for ``json_schema``, whatever else the rule says). Replies may
-use the placeholders ``{seed}``, ``{model}`` and ``{n_assistant}``.
+``status`` (an HTTP error), ``error`` (fields merged into that error's body, e.g. ``{"message": "This model's
+maximum context length is ...", "code": "context_length_exceeded"}``), ``retry_after`` (seconds, sent as the
+Retry-After header), ``delay`` (extra seconds before answering), ``raw_body`` (sent verbatim with 200),
+``reject_response_format`` (types answered with ``reject_status``, default 500 as llama.cpp does for
+``json_schema``, whatever else the rule says). Replies may use the placeholders ``{seed}``, ``{model}`` and
+``{n_assistant}``.
 
 Faults, for the transport-level trouble a real endpoint causes (``"fault": name``):
 
@@ -496,7 +498,8 @@ class ScriptedOpenAIServer:
             answer.status = int(rule["status"])
             if "retry_after" in rule:
                 answer.headers["Retry-After"] = str(rule["retry_after"])
-            answer.payload = {"error": {"message": f"scripted HTTP {answer.status}", "type": "scripted"}}
+            answer.payload = {"error": {"message": f"scripted HTTP {answer.status}", "type": "scripted",
+                                        **dict(rule.get("error") or {})}}
         elif "raw_body" in rule:
             answer.payload = str(rule["raw_body"])
         else:
