@@ -199,6 +199,7 @@ class ScenarioItem(pytest.Item):
                 result = future.result(timeout=_WAIT_SLICE_S)
                 break
             except TimeoutError:
+                session.interrupts.check()
                 session.top_up(self)
         self.conversation_wait_s = time.perf_counter() - waiting_since
         session.consumed(self)

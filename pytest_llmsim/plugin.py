@@ -65,6 +65,7 @@ def pytest_configure(config: pytest.Config) -> None:
     resolved = options.resolve(config)  # every option, once; a bad value is a usage error before anything runs
     config.stash[OPTIONS_KEY] = resolved
     config.stash[SESSION_KEY] = LlmsimSession(config, resolved)
+    config.stash[SESSION_KEY].interrupts.install()
     if config.pluginmanager.hasplugin("xdist"):
         from .xdist_support import XdistHooks
 
@@ -165,6 +166,7 @@ def _share_chat_names(items: list[pytest.Item]) -> None:
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, Any, Any]:
     session = item.config.stash[SESSION_KEY]
+    session.interrupts.check()  # a Ctrl-C that Python swallowed (see interrupts.py) stops the run here
     session.before_item(item, nextitem)
     result = yield
     if item.session.shouldfail or item.session.shouldstop:
@@ -335,6 +337,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     llmsim = config.stash.get(SESSION_KEY, None)
     if llmsim is not None:
+        llmsim.interrupts.uninstall()
         llmsim.close()
     state_dir = local_state_dir(config)
     if not hasattr(config, "workerinput") and state_dir.exists():

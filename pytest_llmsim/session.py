@@ -23,6 +23,7 @@ import pytest
 
 from . import options
 from .errors import CacheError
+from .interrupts import InterruptGuard
 from .options import ResolvedOptions
 from .results import ScenarioResult
 from .settings import RunSettings
@@ -68,6 +69,7 @@ class LlmsimSession:
         self.runner: Runner | None = None
         self._futures: dict[str, concurrent.futures.Future[ScenarioResult]] = {}
         self._consumed: set[str] = set()
+        self.interrupts = InterruptGuard()
         self._messages: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.unconsumed_finished = 0
         self.notes: list[str] = []  # lines for the terminal summary, gathered when the runner closes
