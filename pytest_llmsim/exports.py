@@ -153,23 +153,23 @@ def csv_chunks(records: Iterable[Mapping[str, Any]], *, baseline: bool = False) 
 
 
 def render_ndjson(records: Iterable[Mapping[str, Any]]) -> str:
-    return "".join(_json(record) + "\n" for record in records)
+    return "".join(ndjson_chunks(records))
+
+
+def ndjson_chunks(records: Iterable[Mapping[str, Any]]) -> Iterator[str]:
+    """``render_ndjson``, a line per row as they are read."""
+    return (_json(record) + "\n" for record in records)
 
 
 def _json_document_chunks(head: Mapping[str, Any], rows: Iterable[Mapping[str, Any]]) -> Iterator[str]:
     """``_json({**head, "results": rows, "total_results": n}, indent=2) + "\n"``, a row at a time."""
-    text = _json(dict(head), indent=2)
-    yield text[:-2] if head else "{"  # without the closing "\n}"
+    yield (_json(dict(head), indent=2)[:-2] + ",\n") if head else "{\n"  # the head without its closing "\n}"
     count = 0
     for row in rows:
-        lines = _json(row, indent=2).split("\n")
-        yield ("," if count else (",\n" if head else "\n") + '  "results": [') + "\n" + \
-            "\n".join("    " + line for line in lines)
+        yield ('  "results": [\n' if count == 0 else ",\n") + "\n".join(
+            "    " + line for line in _json(row, indent=2).split("\n"))
         count += 1
-    if count:
-        yield '\n  ],\n  "total_results": ' + str(count) + "\n}\n"
-    else:
-        yield (",\n" if head else "\n") + '  "results": [],\n  "total_results": 0\n}\n'
+    yield ('\n  ],\n' if count else '  "results": [],\n') + f'  "total_results": {count}\n}}\n'
 
 
 def summary_document(summary: Mapping[str, Any], *, run_id: str, generated_at: str) -> dict[str, Any]:
@@ -209,7 +209,7 @@ def write_results(path: Path, records: Sequence[ScenarioRecord], summary: Mappin
     if fmt == "csv":
         atomic_write_chunks(path, csv_chunks(rows, baseline=comparison is not None))
     else:
-        atomic_write_chunks(path, (_json(row) + "\n" for row in rows))
+        atomic_write_chunks(path, ndjson_chunks(rows))
     side = summary_path_for(path)
     atomic_write_text(side, _json(summary_document(summary, run_id=run_id, generated_at=generated_at),
                                   indent=2) + "\n")
