@@ -36,11 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin, urlsplit
 
 from .cache import request_key
 from .errors import AgentError, CacheMissError, ConfigError, EndpointError, LlmsimError
 from .recordings import CURRENT as RECORDER
-from .settings import EndpointSettings, redact_url, scrub_secrets, url_secrets
+from .scrubbing import RunSecrets, header_secrets, scrub_data
+from .settings import EndpointSettings, redact_url, url_secrets
 
 if TYPE_CHECKING:
     from .cache import CallCache
@@ -50,6 +52,8 @@ if TYPE_CHECKING:
 
 _SHOWN = 200  # characters of an agent's reply or text quoted in an error
 _RETRYABLE = {408, 409, 429, 500, 502, 503, 504}
+_REDIRECTS = {301, 302, 303, 307, 308}
+_MAX_REDIRECTS = 5
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PLACEHOLDER_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
@@ -463,6 +467,17 @@ class PythonDriver(AgentDriver):
 
 
 # -- http ------------------------------------------------------------------------------------------------------------
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of ``url``, the port spelled out when it is the scheme's default."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
+
+
 def _lookup(data: Any, path: str) -> Any:
     """``data`` at the dotted ``path`` (list indices are numbers); KeyError naming the step that failed."""
     current = data
@@ -520,15 +535,15 @@ class HttpDriver(AgentDriver):
 
     kind = "http"
 
-    def __init__(self, spec: AgentSpec, settings: RunSettings, secrets: set[str]) -> None:
+    def __init__(self, spec: AgentSpec, settings: RunSettings, secrets: RunSecrets) -> None:
         super().__init__(spec)
         assert spec.http is not None
         self.http: HttpAgentSpec = spec.http
         self.body = self.http.body if self.http.body is not None else DEFAULT_HTTP_BODY
         self.endpoint = settings.endpoint
         self.timeout = self.http.timeout or settings.endpoint.request_timeout
-        self._secrets = secrets  # the runtime's: header values as read, URL credentials
-        secrets.update(url_secrets(self.http.url))
+        self._secrets = secrets  # the run's: header values as read, URL credentials, every other endpoint's
+        secrets.add(url_secrets(self.http.url))
         self._client: Any = None
         # As for LLM calls: a service that has never answered and then times out is taken as hung, and later
         # requests fail at once instead of each waiting out the deadline again; any answer clears it.
@@ -547,8 +562,7 @@ class HttpDriver(AgentDriver):
                 return value
 
             value = _ENV_RE.sub(env, raw)
-            self._secrets.add(value)
-            self._secrets.update(part for part in value.split() if len(part) >= 8)  # "Bearer <token>"
+            self._secrets.add(header_secrets(value))  # the value and the token of "Bearer <token>"
             headers[name] = value
         return headers
 
@@ -564,11 +578,11 @@ class HttpDriver(AgentDriver):
 
         url = _ENV_RE.sub(env, self.http.url)
         if url != self.http.url:
-            self._secrets.update(url_secrets(url))
+            self._secrets.add(url_secrets(url))
         return url
 
     def scrub(self, text: str) -> str:
-        return scrub_secrets(text, frozenset(self._secrets))
+        return self._secrets.scrub(text)
 
     async def post(self, body: Any, *, label: str) -> AgentReply:
         if self._client is None:
@@ -579,6 +593,7 @@ class HttpDriver(AgentDriver):
         url = self._url(label)
         where = redact_url(self.http.url)
         attempt = 0
+        redirects = 0
         while True:
             if self._hung:
                 raise AgentError(self.scrub(f"{label}: not sent: the http agent {where} did not answer within "
@@ -590,8 +605,10 @@ class HttpDriver(AgentDriver):
             try:
                 # One deadline for the whole exchange, reply body included.
                 async with asyncio.timeout(self.timeout):
-                    async with self._client.post(url, json=body, headers=headers) as response:
+                    # Redirects are followed here, not by aiohttp: never to another origin (see ``_redirect``).
+                    async with self._client.post(url, json=body, headers=headers, allow_redirects=False) as response:
                         status = response.status
+                        location = response.headers.get("Location") if status in _REDIRECTS else None
                         content = await response.read()
             except (TimeoutError, OSError) as exc:
                 failure = "timed out" if isinstance(exc, TimeoutError) else f"connection failed ({exc})"
@@ -601,6 +618,10 @@ class HttpDriver(AgentDriver):
                 failure = f"connection failed ({type(exc).__name__}: {exc})"
             else:
                 self._answered, self._hung = True, False
+                if location:
+                    redirects += 1
+                    url = self._redirect(url, location, redirects, label)
+                    continue
                 if 200 <= status < 300:
                     return self._read(content, status, label, where, time.perf_counter() - started)
                 failure = f"HTTP {status}"
@@ -617,6 +638,23 @@ class HttpDriver(AgentDriver):
             ceiling = min(self.endpoint.backoff_max, self.endpoint.backoff_base * (2 ** attempt))
             attempt += 1
             await asyncio.sleep(random.uniform(ceiling / 2, ceiling))
+
+    def _redirect(self, url: str, location: str, hops: int, label: str) -> str:
+        """Where a redirect from ``url`` to ``location`` leads, if llmsim follows it: only within the same origin
+        (scheme, host and port), re-sending the same POST, at most ``_MAX_REDIRECTS`` times. A redirect to another
+        origin is an AgentError and nothing is sent there: the configured headers (a key, a token) are for this
+        agent only, and a body re-sent elsewhere would carry them too."""
+        target = urljoin(url, location)
+        if _origin(target) != _origin(url):
+            raise AgentError(self.scrub(
+                f"{label}: the agent at {redact_url(url)} redirected to another origin {redact_url(target)}; llmsim "
+                "does not forward configured headers across origins (nor follows such a redirect at all): set the "
+                "http agent's url to the address that answers"))
+        if hops > _MAX_REDIRECTS:
+            raise AgentError(self.scrub(f"{label}: the agent at {redact_url(self.http.url)} redirected more than "
+                                        f"{_MAX_REDIRECTS} times (last to {redact_url(target)}); set the http "
+                                        "agent's url to the address that answers"))
+        return target
 
     def _read(self, content: bytes, status: int, label: str, where: str, latency: float) -> AgentReply:
         def bad(problem: str) -> AgentError:
@@ -654,7 +692,7 @@ class HttpDriver(AgentDriver):
         # a report, so they are scrubbed as the reply enters the conversation.
         text = self.scrub(text)
         if calls:
-            calls = json.loads(self.scrub(json.dumps(calls, ensure_ascii=False)))
+            calls = scrub_data(calls, self.scrub)
         return AgentReply(text, calls, end, latency_s=round(latency, 4))
 
     async def open(self, context: AgentContext, *, label: str) -> AgentSession:
@@ -677,6 +715,25 @@ class _OpenAISession(AgentSession):
         return await self.driver.complete(messages, self.context, label=label)
 
 
+def openai_agent_key(spec: OpenAIAgentSpec) -> str:
+    """The openai agent's API key: the value of its ``api_key_env`` variable, or "" when the scenario says the
+    endpoint needs none (``api_key_env: null``). A variable that is unset or empty, or no ``api_key_env`` at all,
+    is an AgentError naming the field (and the variable): a placeholder key would only fail later, as a 401."""
+    if spec.api_key_env is None:
+        if "api_key_env" in spec.model_fields_set:
+            return ""
+        raise AgentError("agent.openai.api_key_env is not set: name the environment variable holding the agent "
+                         "endpoint's API key (api_key_env: MY_AGENT_KEY), or write api_key_env: null if the "
+                         "endpoint needs no key")
+    key = os.environ.get(spec.api_key_env, "")
+    if not key:
+        state = "empty" if spec.api_key_env in os.environ else "not set"
+        raise AgentError(f"agent.openai.api_key_env names the environment variable {spec.api_key_env}, which is "
+                         f"{state}: set it to the agent endpoint's API key, or write api_key_env: null if the "
+                         "endpoint needs no key")
+    return key
+
+
 class OpenAIDriver(AgentDriver):
     """``agent: {openai: {base_url, model}}``: the user's agent as an OpenAI-compatible chat endpoint, with its own
     client (retries, deadline, fail-fast) apart from the customer's and the judge's endpoint."""
@@ -684,19 +741,21 @@ class OpenAIDriver(AgentDriver):
     kind = "openai"
     results_only = True
 
-    def __init__(self, spec: AgentSpec, settings: RunSettings, cache: CallCache, use_cache: bool) -> None:
+    def __init__(self, spec: AgentSpec, settings: RunSettings, cache: CallCache, use_cache: bool,
+                 secrets: RunSecrets | None = None) -> None:
         super().__init__(spec)
         assert spec.openai is not None
         from .client import LLMClient, RateLimiter
 
         self.openai: OpenAIAgentSpec = spec.openai
-        key = os.environ.get(self.openai.api_key_env, "") if self.openai.api_key_env else ""
+        key = openai_agent_key(self.openai)
         base = settings.endpoint
         self.endpoint = EndpointSettings(
             base_url=self.openai.base_url, api_key=key, request_timeout=base.request_timeout,
             max_retries=base.max_retries, backoff_base=base.backoff_base, backoff_max=base.backoff_max,
             description=f"the agent's endpoint {redact_url(self.openai.base_url)}", http_backend=base.http_backend)
-        self.client: LLMClient = LLMClient(self.endpoint, cache, RateLimiter(), own_endpoint=False)
+        # The run's secrets: this client adds its key and URL query values, and scrubs the agent's replies.
+        self.client: LLMClient = LLMClient(self.endpoint, cache, RateLimiter(), own_endpoint=False, secrets=secrets)
         self.temperature = self.openai.temperature if self.openai.temperature is not None \
             else settings.agent.temperature
         self.max_tokens = self.openai.max_tokens or settings.agent.max_tokens
@@ -760,7 +819,8 @@ class CachedSession(AgentSession):
         if not self.cache.may_call_network:
             raise CacheMissError(f"{label}: no recorded reply of the {self.endpoint.removeprefix('agent:')} agent "
                                  f"(agent_cache: true) in {self.cache.directory} and record mode is 'none'; record "
-                                 "it with --llmsim-record=once, then commit the cache")
+                                 "it with --llmsim-record=once, then commit the recordings/ it writes "
+                                 "(.llmsim_cache/ is local: keep it out of git)")
         reply = await self.inner.reply(messages, label=label)
         response: dict[str, Any] = {"text": reply.text, "prompt_tokens": 0, "completion_tokens": 0,
                                     "latency_s": reply.latency_s, "model": self.endpoint}
@@ -774,15 +834,32 @@ class CachedSession(AgentSession):
         return reply
 
 
+class _ScrubbedSession(AgentSession):
+    """A python agent's replies with the run's secrets scrubbed as they enter the conversation (an agent that
+    repeats a key it holds gives ``***``), so the cache, recordings and reports never see them."""
+
+    __slots__ = ("inner", "secrets")
+
+    def __init__(self, inner: AgentSession, secrets: RunSecrets) -> None:
+        self.inner, self.secrets = inner, secrets
+
+    async def reply(self, messages: list[dict[str, Any]], *, label: str) -> AgentReply:
+        reply = await self.inner.reply(messages, label=label)
+        reply.text = self.secrets.scrub(reply.text)
+        if reply.tool_calls:
+            reply.tool_calls = self.secrets.scrub_data(reply.tool_calls)
+        return reply
+
+
 # -- the runtime -----------------------------------------------------------------------------------------------------
 class AgentRuntime:
     """The code agents of one run: each spec resolved once (import, signature, HTTP client), closed at the end."""
 
-    def __init__(self, settings: RunSettings, cache: CallCache) -> None:
+    def __init__(self, settings: RunSettings, cache: CallCache, secrets: RunSecrets | None = None) -> None:
         self.settings = settings
         self.cache = cache
         self._drivers: dict[tuple[str, Any, bool], tuple[AgentSpec, AgentDriver | AgentError]] = {}
-        self._secrets: set[str] = set()
+        self._secrets = secrets if secrets is not None else RunSecrets(settings.endpoint)
 
     def driver(self, spec: AgentSpec, *, agent_cache: bool = False) -> AgentDriver:
         """The driver of ``spec`` (made on first use; a spec that cannot be used raises the same AgentError
@@ -791,7 +868,7 @@ class AgentRuntime:
         # import, one HTTP connection pool, one view of whether the service is hung. An in-memory agent object
         # (the llmsim fixture) is its own driver.
         key = (("object", id(spec), agent_cache) if object_agent_target(spec) is not None
-               else ("spec", spec.model_dump_json(), agent_cache))
+               else ("spec", spec.model_dump_json(exclude_unset=True), agent_cache))
         known = self._drivers.get(key)
         if known is None or (key[0] == "object" and known[0] is not spec):
             made: AgentDriver | AgentError
@@ -806,12 +883,13 @@ class AgentRuntime:
         return known[1]
 
     def _make(self, spec: AgentSpec, agent_cache: bool) -> AgentDriver:
+        self._secrets.add_spec(spec)
         if spec.python is not None:
             return PythonDriver(spec, self.settings.rootdir)
         if spec.http is not None:
             return HttpDriver(spec, self.settings, self._secrets)
         if spec.openai is not None:
-            return OpenAIDriver(spec, self.settings, self.cache, use_cache=agent_cache)
+            return OpenAIDriver(spec, self.settings, self.cache, use_cache=agent_cache, secrets=self._secrets)
         raise LlmsimError(f"not a code agent: {spec!r}")
 
     async def open(self, spec: AgentSpec, context: AgentContext, *, agent_cache: bool, label: str
@@ -821,13 +899,16 @@ class AgentRuntime:
         except AgentError as exc:
             raise AgentError(f"{label}: {exc}") from None
         session = await driver.open(context, label=label)
+        if driver.kind == "python":  # http and openai replies are scrubbed as they arrive, python ones here
+            session = _ScrubbedSession(session, self._secrets)
         if agent_cache and driver.kind != "openai":  # the openai agent caches through its own LLM client
             session = CachedSession(session, driver, self.cache, context.seed)
         return driver, session
 
     def secrets(self) -> frozenset[str]:
-        """Every header value the http agents sent and their URL credentials: scrubbed from every stored text."""
-        return frozenset(self._secrets)
+        """Every secret of the run (``scrubbing.RunSecrets``): the endpoint's, the openai agents' keys, the http
+        agents' header values, URL credentials and query values. Scrubbed from every stored text."""
+        return self._secrets.values()
 
     async def aclose(self) -> None:
         for _, driver in list(self._drivers.values()):

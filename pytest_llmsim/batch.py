@@ -109,11 +109,21 @@ def gates_of(resolved: ResolvedOptions) -> Gates:
 
 
 def secret_scrubber(resolved: ResolvedOptions) -> Callable[[str], str]:
-    """The function removing the API key and URL credentials from a text (logs, responses)."""
+    """The function removing the API key, URL credentials and the suite agent's secrets (``llmsim_agent``: an
+    openai agent's key, an http agent's header values) from a text (logs, responses). Scenario agents' secrets
+    are scrubbed by the engine from every reply and record before anything is logged."""
+    from .agents import parse_agent_spec
+    from .errors import ConfigError
+    from .scrubbing import RunSecrets
     from .settings import EndpointSettings
 
-    return EndpointSettings(base_url=resolved["llmsim_base_url"] or None,
-                            api_key=options.api_key(resolved.values)).scrub
+    secrets = RunSecrets(EndpointSettings(base_url=resolved["llmsim_base_url"] or None,
+                                          api_key=options.api_key(resolved.values)))
+    try:
+        secrets.add_spec(parse_agent_spec(str(resolved["llmsim_agent"] or "")))
+    except (ConfigError, KeyError):
+        pass  # reported where the settings are built
+    return secrets.scrub
 
 
 def local_settings(resolved: ResolvedOptions, rootdir: Path, state_dir: Path, owner_pid: int, *,

@@ -2,10 +2,13 @@
 
 The key is a SHA-256 of everything that decides a reply: cache format version, endpoint identity, model,
 messages, temperature, seed, max tokens, response format, tools and attempt index. Credentials never enter
-the key or the stored value. Each stored value keeps its request descriptor (no secrets) so that a miss in
-replay-only mode can say which recorded call is closest and what differs.
+the key or the stored value: every value is passed through the run's scrubber (``scrub``, see
+``scrubbing.RunSecrets``) before it is stored, so a key or token an endpoint or agent echoed is kept as ``***``.
+Each stored value keeps its request descriptor so that a miss in replay-only mode can say which recorded call
+is closest and what differs.
 
-The cache is meant to be committed and replayed in CI, so it is treated as untrusted input:
+The cache is a local store (add ``.llmsim_cache/`` to ``.gitignore``; what is committed is ``recordings/``), but
+a directory may come from anywhere (a CI cache, a colleague's copy), so it is treated as untrusted input:
 
 * values are zlib-compressed JSON (:class:`JsonDisk`); nothing is ever unpickled. A row that diskcache
   pickled (an older llmsim cache, another tool's cache, a crafted row) is a *foreign* entry;
@@ -36,7 +39,7 @@ import threading
 import time
 import urllib.parse
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +60,7 @@ _DISKCACHE_SETTINGS = {
     "statistics": 0,
     "tag_index": 0,
     "cull_limit": 10,
-    "disk_min_file_size": 2**30,  # keep every value inside cache.db: one file to commit
+    "disk_min_file_size": 2**30,  # keep every value inside cache.db: one file
 }
 _RESPONSE_FIELDS: dict[str, tuple[type, ...]] = {
     "text": (str,), "prompt_tokens": (int,), "completion_tokens": (int,), "latency_s": (int, float),
@@ -410,9 +413,11 @@ class CallCache:
     modes that re-record them.
     """
 
-    def __init__(self, directory: Path, mode: RecordMode) -> None:
+    def __init__(self, directory: Path, mode: RecordMode, scrub: Callable[[Any], Any] | None = None) -> None:
         self.directory = Path(directory)
         self.mode = mode
+        # Applied to every value before it is stored (the run's ``RunSecrets.scrub_data``): no secret on disk.
+        self.scrub: Callable[[Any], Any] = scrub if scrub is not None else (lambda value: value)
         self.read_only = False
         self.unstored = 0
         self.store_error: str | None = None
@@ -480,7 +485,7 @@ class CallCache:
             if self.mode is RecordMode.NONE:
                 what = f"{label}: " if label else ""
                 raise CacheError(f"{what}corrupt or foreign entry {key[:12]} in the llmsim cache {self.directory} "
-                                 f"({exc}); {_RECORD_HINT} (needs the endpoint), then commit the cache") from None
+                                 f"({exc}); {_RECORD_HINT} (needs the endpoint)") from None
             self.corrupt += 1
             return None
 
@@ -559,6 +564,7 @@ class CallCache:
         if self._cache is None:
             self.unstored += 1
             return
+        value = self.scrub(value)
         try:
             self._cache.set(key, value)
         except (sqlite3.Error, OSError, diskcache.Timeout) as exc:

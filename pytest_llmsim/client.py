@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import random
 import re
 import socket
@@ -28,6 +29,7 @@ from .cache import CallCache, request_key
 from .errors import BackendMissingError, CacheMissError, ConfigError, EndpointError
 from .rate_limits import RateLimiter, Ticket
 from .recordings import CURRENT as RECORDER
+from .scrubbing import RunSecrets, scrub_data
 from .settings import EndpointSettings, redact_url, resolve_http_backend, scrub_secrets, split_url_query, url_secrets
 
 if TYPE_CHECKING:
@@ -237,8 +239,11 @@ class LLMClient:
     """Cached, retrying chat completions. Create and use on one event loop."""
 
     def __init__(self, endpoint: EndpointSettings, cache: CallCache, limiter: RateLimiter | None = None, *,
-                 own_endpoint: bool = True) -> None:
+                 own_endpoint: bool = True, secrets: RunSecrets | None = None) -> None:
         self.endpoint = endpoint
+        # Every secret of the run (``scrubbing.RunSecrets``): scrubbed from each reply as it arrives and from errors.
+        self.secrets = secrets if secrets is not None else RunSecrets(endpoint)
+        self.secrets.add(endpoint.secrets())
         self.own_endpoint = own_endpoint  # False: an agent's endpoint, named on each call it records
         self.cache = cache
         self.limiter = limiter or RateLimiter()
@@ -299,10 +304,20 @@ class LLMClient:
 
     def _scrub(self, text: str) -> str:
         """``text`` without the API key or the base URL's credentials (also those of a ``connect``ed URL)."""
-        text = self.endpoint.scrub(text)
+        text = self.secrets.scrub(self.endpoint.scrub(text))
         if self._base_url and self._base_url != self.endpoint.base_url:
             text = scrub_secrets(text, frozenset(url_secrets(self._base_url)))
         return text
+
+    def _scrub_reply(self, reply: LLMReply) -> LLMReply:
+        """``reply`` with every secret of the run scrubbed from its text and tool calls, as it enters the
+        conversation: an endpoint that echoes a key (or a URL's ``?api-key=``) gives ``***``, live and in replay
+        alike (the cache and the recordings keep the scrubbed reply, and the next request is keyed on it)."""
+        text = self._scrub(reply.text)
+        calls = scrub_data(reply.tool_calls, self._scrub) if reply.tool_calls else reply.tool_calls
+        if text == reply.text and calls == reply.tool_calls:
+            return reply
+        return dataclasses.replace(reply, text=text, tool_calls=calls)
 
     def _error(self, message: str) -> EndpointError:
         return EndpointError(self._scrub(message))
@@ -324,7 +339,7 @@ class LLMClient:
         """Reply for ``request`` from the cache or the endpoint; ``label`` names the call in errors.
         ``use_cache=False`` always calls the endpoint and records nothing (a code agent called live)."""
         if not use_cache:
-            reply = await self._call_with_retries(request, label)
+            reply = self._scrub_reply(await self._call_with_retries(request, label))
             self.stats.live_calls += 1
             return reply
         descriptor = self.descriptor(request)
@@ -350,7 +365,7 @@ class LLMClient:
             else:
                 message = self._miss_message(descriptor, label, request.role)
             raise CacheMissError(self._scrub(message))
-        reply = await self._call_with_retries(request, label)
+        reply = self._scrub_reply(await self._call_with_retries(request, label))
         response = {
             "text": reply.text, "prompt_tokens": reply.prompt_tokens,
             "completion_tokens": reply.completion_tokens, "latency_s": reply.latency_s, "model": reply.model,
@@ -424,7 +439,7 @@ class LLMClient:
             turn, was, now = int(new_match.group(1)), old_match.group(3), new_match.group(3)
         return diverged_message(label, turn, was, now, "none") + (
             "If the change is intended, re-record with --llmsim-record=once (needs the endpoint), then commit the "
-            "cache.")
+            "recordings/ it writes (.llmsim_cache/ is local: keep it out of git).")
 
     def _miss_message(self, descriptor: dict[str, Any], label: str, role: str = "") -> str:
         if role in ("client", "evaluator"):
@@ -443,7 +458,8 @@ class LLMClient:
         else:
             where, diffs = closest
             lines.append(f"Closest recorded call ({where}) differs in: {'; '.join(diffs) or 'nothing?'}")
-        lines.append("Record it with --llmsim-record=once (needs the endpoint), then commit the cache.")
+        lines.append("Record it with --llmsim-record=once (needs the endpoint), then commit the recordings/ it writes "
+                     "(.llmsim_cache/ is local: keep it out of git).")
         return "\n".join(lines)
 
     def _wire_kwargs(self, request: LLMRequest, mode: str) -> dict[str, Any]:

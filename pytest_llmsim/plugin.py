@@ -144,7 +144,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if llmsim.options["llmsim_chats_dir"] is not None:
         _share_chat_names(session.items)
     if llmsim.lookahead_enabled and any(llmsim.eligible(item) for item in session.items):
-        llmsim.ensure_runner()
+        llmsim.ensure_runner().know_secrets(item.scenario for item in session.items
+                                            if isinstance(item, ScenarioItem) and item.scenario is not None)
         gc.freeze()  # garbage frozen with it is collected after ``gc.unfreeze`` at the session's end
         session.config.stash[_FROZEN_KEY] = True
 

@@ -42,6 +42,7 @@ from .recordings import CURRENT as RECORDER
 from .recordings import ScenarioRecorder
 from .results import ERROR, FAILED, PASSED, ModelUsage, ScenarioResult
 from .scenario import Scenario
+from .scrubbing import RunSecrets, scrub_data
 from .settings import ROLES, RunSettings, scrub_secrets
 from .trials import base_seed, combine, min_pass_rate, trial_count, trial_scenario
 
@@ -90,7 +91,7 @@ async def run_scenario(
     """One conversation and its verdict; ``agents`` runs code agents (one per run: imports happen once)."""
     own_agents = agents is None and settings.agent_for(job.scenario) is not None
     if own_agents:
-        agents = AgentRuntime(settings, client.cache)
+        agents = AgentRuntime(settings, client.cache, client.secrets)
     try:
         return await _run_scenario(job, settings, client, renderer, agents)
     finally:
@@ -112,6 +113,7 @@ async def _run_scenario(
     agents: AgentRuntime | None,
 ) -> ScenarioResult:
     scenario = trial_scenario(job.scenario, settings, job.trial)
+    client.secrets.add_spec(settings.agent_for(scenario))  # known before any reply can echo them
     min_score = scenario.min_score or settings.min_score
     result = ScenarioResult(scenario=scenario.name, nodeid=job.report_as or job.nodeid, source=job.source, status=ERROR,
                             min_score=min_score, trial=job.trial, seed=base_seed(scenario, settings))
@@ -170,7 +172,7 @@ async def _run_scenario(
     finally:
         if token is not None:
             RECORDER.reset(token)
-    scrub = _scrubber(settings, agents.secrets() if agents is not None else frozenset())
+    scrub = _scrubber(settings, client.secrets.values() | (agents.secrets() if agents is not None else frozenset()))
     _scrub_secrets(result, scrub)
     result.usage = list(metered.usage.values())
     if recorder is not None:
@@ -282,7 +284,7 @@ def _finish_recording(recorder: ScenarioRecorder, result: ScenarioResult, job: S
 
 
 def _scrubber(settings: RunSettings, extra: frozenset[str] = frozenset()) -> Callable[[str], str]:
-    """The function removing the API key, URL credentials and the http agents' header values from a text."""
+    """The function removing the run's secrets (``extra``: ``scrubbing.RunSecrets.values``) from a text."""
     endpoint_scrub = getattr(settings.endpoint, "scrub", None)  # EndpointSettings.scrub, where available
     if endpoint_scrub is None:
         return lambda text: text
@@ -299,23 +301,11 @@ def _scrub_secrets(result: ScenarioResult, scrub: Callable[[str], str]) -> None:
     result.error_message = scrub(result.error_message) if result.error_message else ""
     result.raw_verdict = scrub(result.raw_verdict) if result.raw_verdict else ""
     result.comment = scrub(result.comment) if result.comment else ""
-    for turn in result.transcript:
-        if turn.get("text"):
-            turn["text"] = scrub(turn["text"])
+    result.end_reason = scrub(result.end_reason) if result.end_reason else ""
+    result.transcript = [scrub_data(turn, scrub) for turn in result.transcript]  # texts and tool calls
     for metric in result.metrics:
         metric["reason"] = scrub(metric.get("reason") or "")
-        metric["details"] = _scrub_data(metric.get("details") or {}, scrub)
-
-
-def _scrub_data(value: Any, scrub: Callable[[str], str]) -> Any:
-    """``value`` (JSON data) with every string scrubbed."""
-    if isinstance(value, str):
-        return scrub(value)
-    if isinstance(value, dict):
-        return {key: _scrub_data(item, scrub) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_scrub_data(item, scrub) for item in value]
-    return value
+        metric["details"] = scrub_data(metric.get("details") or {}, scrub)
 
 
 class Runner:
@@ -336,12 +326,21 @@ class Runner:
         ).result()
 
     async def _make_services(self) -> tuple[LLMClient, PromptRenderer, asyncio.Semaphore]:
-        cache = CallCache(self.settings.cache_dir, self.settings.record_mode)
+        # Every secret of the run, scrubbed from replies as they arrive and from everything written (the cache too).
+        self.secrets = RunSecrets(self.settings.endpoint)
+        self.secrets.add_spec(self.settings.agent_spec)
+        cache = CallCache(self.settings.cache_dir, self.settings.record_mode, scrub=self.secrets.scrub_data)
         limiter = RateLimiter(**self._limits, concurrency=self.settings.concurrency,
                               endpoint=self.settings.endpoint.identity)
-        client = LLMClient(self.settings.endpoint, cache, limiter)
-        self.agents = AgentRuntime(self.settings, cache)
+        client = LLMClient(self.settings.endpoint, cache, limiter, secrets=self.secrets)
+        self.agents = AgentRuntime(self.settings, cache, self.secrets)
         return client, PromptRenderer(self.settings.prompts_dir), asyncio.Semaphore(self.settings.concurrency)
+
+    def know_secrets(self, scenarios: Iterable[Scenario]) -> None:
+        """Register the secrets of every scenario's agent before any runs: each xdist worker collects the same
+        scenarios, so each scrubs the same secrets, whichever scenarios it happens to run."""
+        for scenario in scenarios:
+            self.secrets.add_spec(self.settings.agent_for(scenario))
 
     async def _run(self, job: ScenarioJob) -> ScenarioResult:
         return await run_job(job, self.settings, self.client, self.renderer, self.agents, self._slots)

@@ -347,7 +347,8 @@ def test_openai_agent_on_its_own_endpoint_with_tool_calls(sim: SimProject) -> No
     script = {"rules": [{"match": {"last_user_contains": "Two packs"}, "raw_body": json.dumps(completion)},
                         {"reply": "Agent endpoint hello (model {model})"}]}
     with ScriptedOpenAIServer(script) as agent_server:
-        spec = {"openai": {"base_url": agent_server.base_url, "model": "shop-agent", "system": "You are ShopBot."}}
+        spec = {"openai": {"base_url": agent_server.base_url, "model": "shop-agent", "system": "You are ShopBot.",
+                           "api_key_env": None}}
         sim.write_scenarios("s.json", [scenario("a", agent=spec)])
         sim.run("--llmsim-results=out.json").assert_outcomes(passed=1)
         agent_log = agent_server.requests_log()
@@ -373,7 +374,7 @@ def test_openai_agent_is_called_live_by_default_and_replayed_with_agent_cache(si
     script = {"rules": [{"match": {"last_user_contains": "Two packs"}, "reply": "Booked. [END_CALL]"},
                         {"reply": "Agent endpoint hello"}]}
     with ScriptedOpenAIServer(script) as agent_server:
-        spec = {"openai": {"base_url": agent_server.base_url, "model": "shop-agent"}}
+        spec = {"openai": {"base_url": agent_server.base_url, "model": "shop-agent", "api_key_env": None}}
         sim.write_scenarios("s.json", [scenario("a", agent=spec, **({"agent_cache": True} if agent_cache else {}))])
         sim.run("--llmsim-results=out.json").assert_outcomes(passed=1)
         assert len(agent_server.requests_log()) == 2

@@ -16,8 +16,9 @@ Match keys (all optional, all must hold): ``model``, ``seed`` (a number or a lis
 maximum context length is ...", "code": "context_length_exceeded"}``), ``retry_after`` (seconds, sent as the
 Retry-After header), ``delay`` (extra seconds before answering), ``raw_body`` (sent verbatim with 200),
 ``reject_response_format`` (types answered with ``reject_status``, default 500 as llama.cpp does for
-``json_schema``, whatever else the rule says). Replies may use the placeholders ``{seed}``, ``{model}`` and
-``{n_assistant}``.
+``json_schema``, whatever else the rule says). Replies may use the placeholders ``{seed}``, ``{model}``,
+``{n_assistant}``, and, to echo what a naive endpoint repeats, ``{authorization}`` (the request's Authorization
+header) and ``{path}`` (the request's path with its query, e.g. ``?api-key=...``).
 
 Faults, for the transport-level trouble a real endpoint causes (``"fault": name``):
 
@@ -487,7 +488,7 @@ class ScriptedOpenAIServer:
             answer.payload = {"error": {"message": message, "type": "server_error"}}
         elif fault is not None:
             answer.fault = fault
-            answer.payload = self._completion(rule, body)
+            answer.payload = self._completion(rule, body, headers, path)
             with self._lock:
                 self._faults[fault] += 1
         elif active and rule.get("echo_auth"):
@@ -503,7 +504,7 @@ class ScriptedOpenAIServer:
         elif "raw_body" in rule:
             answer.payload = str(rule["raw_body"])
         else:
-            answer.payload = self._completion(rule, body)
+            answer.payload = self._completion(rule, body, headers, path)
         if limited is not None:
             answer.headers = {**limited.headers, **answer.headers}
         return answer
@@ -540,7 +541,8 @@ class ScriptedOpenAIServer:
         return -1, _NO_RULE
 
     @staticmethod
-    def _completion(rule: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    def _completion(rule: dict[str, Any], body: dict[str, Any], headers: dict[str, str] | None = None,
+                    path: str = "") -> dict[str, Any]:
         messages = body.get("messages") or []
         n_assistant = sum(1 for m in messages if m.get("role") == "assistant")
         if rule.get("replies"):
@@ -550,7 +552,9 @@ class ScriptedOpenAIServer:
             text = str(rule.get("reply", ""))
         text = (text.replace("{seed}", str(body.get("seed")))
                 .replace("{model}", str(body.get("model")))
-                .replace("{n_assistant}", str(n_assistant)))
+                .replace("{n_assistant}", str(n_assistant))
+                .replace("{authorization}", (headers or {}).get("authorization", ""))
+                .replace("{path}", path))
         prompt_tokens = sum(_words(m.get("content")) for m in messages)
         completion_tokens = _words(text)
         usage: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
