@@ -42,7 +42,7 @@ from .recordings import CURRENT as RECORDER
 from .recordings import ScenarioRecorder
 from .results import ERROR, FAILED, PASSED, ModelUsage, ScenarioResult
 from .scenario import Scenario
-from .scrubbing import RunSecrets, scrub_data
+from .scrubbing import LogScrubber, RunSecrets, scrub_data
 from .settings import ROLES, RunSettings, scrub_secrets
 from .trials import base_seed, combine, min_pass_rate, trial_count, trial_scenario
 
@@ -329,6 +329,7 @@ class Runner:
         # Every secret of the run, scrubbed from replies as they arrive and from everything written (the cache too).
         self.secrets = RunSecrets(self.settings.endpoint)
         self.secrets.add_spec(self.settings.agent_spec)
+        self._log_scrubber = LogScrubber(self.secrets).install()
         cache = CallCache(self.settings.cache_dir, self.settings.record_mode, scrub=self.secrets.scrub_data)
         limiter = RateLimiter(**self._limits, concurrency=self.settings.concurrency,
                               endpoint=self.settings.endpoint.identity)
@@ -360,6 +361,7 @@ class Runner:
         if self._closed:
             return
         self._closed = True
+        self._log_scrubber.uninstall()
 
         async def shutdown() -> None:
             current = asyncio.current_task()

@@ -12,6 +12,7 @@ and again where anything is *written* (the cache's values, results, reports, exp
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -53,7 +54,9 @@ def spec_secrets(spec: AgentSpec | None) -> set[str]:
         found.update(url_secrets(spec.http.url))
         found.update(url_secrets(_expand(spec.http.url)))
         for raw in spec.http.headers.values():
-            found.update(header_secrets(_expand(raw)))
+            value = _expand(raw)
+            if not _ENV_RE.search(value):  # a variable not set yet: the driver reports it (and adds it when set)
+                found.update(header_secrets(value))
     return found
 
 
@@ -97,3 +100,36 @@ def scrub_data(value: Any, scrub: Callable[[str], str]) -> Any:
     if isinstance(value, list | tuple):
         return [scrub_data(item, scrub) for item in value]
     return value
+
+
+# The HTTP libraries' own loggers: at INFO/DEBUG they log each request's URL (``?api-key=...``) and options.
+HTTP_LOGGERS = ("httpx", "httpx2", "httpcore", "openai", "openai._base_client", "aiohttp.client",
+                "aiohttp.internal", "urllib3.connectionpool")
+
+
+class LogScrubber(logging.Filter):
+    """A filter on the HTTP libraries' loggers that scrubs each record's message before any handler (pytest's
+    log capture, ``--log-file``, a service's log files) sees it."""
+
+    def __init__(self, secrets: RunSecrets) -> None:
+        super().__init__("llmsim-secrets")
+        self.secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a record whose arguments do not format: left as it is
+            return True
+        scrubbed = self.secrets.scrub(message)
+        if scrubbed != message:
+            record.msg, record.args = scrubbed, None
+        return True
+
+    def install(self) -> LogScrubber:
+        for name in HTTP_LOGGERS:
+            logging.getLogger(name).addFilter(self)
+        return self
+
+    def uninstall(self) -> None:
+        for name in HTTP_LOGGERS:
+            logging.getLogger(name).removeFilter(self)

@@ -426,3 +426,28 @@ def test_replay_as_a_user_who_cannot_write_the_project(sim: SimProject) -> None:
         assert "1 failed, 2 passed" in done.stdout, done.stdout + done.stderr
         assert sim.server.stats()["requests"] > requests
         assert _tree_digest(project / ".llmsim_cache") == before
+
+
+def test_a_secret_in_a_value_is_scrubbed_before_it_is_stored(tmp_path: Path) -> None:
+    """A key an endpoint or agent echoed never reaches the disk: the value is scrubbed before diskcache stores
+    it, and no file of the directory (cache.db, its log, value files) holds it, compressed or not."""
+    from pytest_llmsim.scrubbing import RunSecrets
+
+    secret = "sk-echoed-4b7e1f9a2c"
+    secrets = RunSecrets(values=[secret])
+    cache = CallCache(tmp_path / "c", RecordMode.ONCE, scrub=secrets.scrub_data)
+    descriptor = {"model": "m", "messages": [{"role": "user", "content": f"my key is {secret}"}]}
+    cache.store("k", descriptor, {**RESPONSE, "text": f"you said {secret}",
+                                  "tool_calls": [{"function": {"name": "f", "arguments": f'{{"k": "{secret}"}}'}}]},
+                "a")
+    cache.store_marker("m", {"turns": 2, "note": secret})
+    stored = cache.lookup("k")
+    assert stored is not None and stored["text"] == "you said ***"  # what replays: the placeholder
+    cache.close()
+    for path in (tmp_path / "c").rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert secret.encode() not in data, path
+    with sqlite3.connect(tmp_path / "c" / "cache.db") as con:
+        values = [zlib.decompress(v).decode() for (v,) in con.execute("SELECT value FROM Cache")]
+    assert len(values) == 2 and all(secret not in v for v in values) and "***" in values[0]

@@ -1,9 +1,11 @@
 """A small HTTP "agent under test" on 127.0.0.1, for tests of ``agent: {http: ...}`` over real HTTP.
 
 Each POST is answered by ``respond(body, headers, n)`` (``n``: 1 for the first request), which returns
-``(status, payload)`` or ``(status, payload, delay_seconds)``; a payload that is not bytes is sent as JSON.
+``(status, payload)``, ``(status, payload, delay_seconds)`` or ``(status, payload, delay_seconds, headers)``
+(extra response headers, e.g. a redirect's ``Location``); a payload that is not bytes is sent as JSON.
 The default agent answers ``{"reply": {"text": "Agent turn <k> for <session>"}}`` and ends the call (the end
-marker) on the third turn of a session. ``requests`` logs ``{"body", "headers" (lowercase)}`` in arrival order.
+marker) on the third turn of a session. ``requests`` logs ``{"body", "headers" (lowercase), "path"}`` in arrival
+order.
 """
 
 from __future__ import annotations
@@ -59,16 +61,19 @@ class LoopbackAgentServer:
                     body = {"_raw": raw.decode("utf-8", "replace")}
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 with owner._lock:
-                    owner.requests.append({"body": body, "headers": headers})
+                    owner.requests.append({"body": body, "headers": headers, "path": self.path})
                     n = len(owner.requests)
                 status, payload, *rest = owner.respond(body, headers, n)
                 if rest and rest[0] and owner._stopping.wait(rest[0]):
                     return
+                extra: dict[str, str] = rest[1] if len(rest) > 1 else {}
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
+                    for name, value in extra.items():
+                        self.send_header(name, value)
                     self.end_headers()
                     self.wfile.write(data)
                 except OSError:
