@@ -268,3 +268,35 @@ def test_a_replay_miss_never_tells_to_commit_the_cache(sim: SimProject) -> None:
     assert "commit the cache" not in message
     assert message.rstrip().endswith("then commit the recordings/ it writes (.llmsim_cache/ is local: keep it out "
                                       "of git).")
+
+
+# -- the service -------------------------------------------------------------------------------------------------------
+def test_the_service_database_logs_and_cache_never_hold_an_echoed_key(sim: SimProject) -> None:
+    """``llmsim serve`` (which takes no code agents): a batch whose customer and judge echo the endpoint's key and
+    its ``?api-key=`` leaves no trace of either in the service's SQLite database (WAL included), its log files,
+    its cache or any response."""
+    test_service = pytest.importorskip("test_service")
+    sim.server.set_script(echoing_script())
+    services: list[Any] = []
+    try:
+        service = test_service.serve(sim, services, base_url=f"{sim.server.base_url}?api-key={SECRETS['MAIN_QUERY']}",
+                                     env={"OPENAI_API_KEY": SECRETS["OPENAI_API_KEY"]})
+        batch_id = service.launch({"scenarios": [scenario("a")]})
+        service.wait(batch_id)
+        got = service.request("GET", f"/api/batches/{batch_id}/results").json()
+        service.stop()
+    finally:
+        for started in services:
+            if started.process is not None and started.process.poll() is None:
+                started.stop(kill=True)
+    assert sim.server.requests_log()[0]["headers"]["authorization"] == f"Bearer {SECRETS['OPENAI_API_KEY']}"
+    assert got["results"][0]["transcript"][0]["text"] == \
+        "Hi, I was called with Bearer *** at /v1/chat/completions?api-key=***"
+    files = [p for p in sim.path.rglob("*") if p.is_file() and not str(p.relative_to(sim.path)).startswith(INPUTS)]
+    names = {p.relative_to(sim.path).parts[0] for p in files}
+    assert {"logs", "results", "cache_api"} <= names, names
+    for path in files:
+        assert_no_secret(str(path.relative_to(sim.path)), path.read_bytes())
+    assert "***" in cache_texts(sim.path / "cache_api")
+    assert_no_secret("the service's cache values", cache_texts(sim.path / "cache_api").encode())
+    assert_no_secret("the service's responses and output", "\n".join(service.seen).encode())
