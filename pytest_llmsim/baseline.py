@@ -35,10 +35,11 @@ from typing import Any
 from .errors import CacheError, ConfigError
 from .pricing import PriceTable, usage_cost
 from .results import Outcome, ScenarioRecord, Status, result_stats, turn_key
+from .safe_files import UnreadableFile, read_bounded
 from .summary import COUNTED_OUTCOMES, PASSING_OUTCOMES, RECORD_COST_DECIMALS, STAT_DECIMALS, as_records
 
 NAMED_IN_GATE = 10  # scenarios named in a missed gate's line before "and N more"
-MAX_BASELINE_BYTES = 512 * 2**20
+MAX_BASELINE_BYTES = 256 * 2**20  # an export of 10 000 scenarios is a few dozen MiB
 
 
 @dataclass(frozen=True)
@@ -213,11 +214,10 @@ def load_baseline(path: Path, prices: PriceTable) -> Baseline:
         raise ConfigError(f"{where} does not exist; give a JSON export (--llmsim-results run.json) or a recordings "
                           "directory")
     try:
-        size = path.stat().st_size
-        if size > MAX_BASELINE_BYTES:
-            raise ConfigError(f"{where} is {size} bytes, larger than the {MAX_BASELINE_BYTES // 2**20} MiB a "
-                              "baseline may be")
-        text = path.read_text(encoding="utf-8")
+        text = read_bounded(path, MAX_BASELINE_BYTES).decode("utf-8")
+    except UnreadableFile as exc:
+        what = "a JSON export (--llmsim-results run.json) or a recordings directory"
+        raise ConfigError(f"{where} {exc}; give {what}" if not exc.too_large else f"{where} {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{where} cannot be read ({exc.strerror or exc})") from None
     except UnicodeDecodeError:
@@ -258,12 +258,57 @@ def _records(rows: Sequence[Any], where: str, what: str) -> dict[str, ScenarioRe
         name = f"results[{index}]" if what == "results" else f"line {index + 1}"
         if not isinstance(row, dict) or not isinstance(row.get("nodeid"), str) or not row["nodeid"]:
             raise ConfigError(f"{where}: {name} is not a scenario record (no nodeid)")
+        problem = _row_problem(row)
+        if problem is not None:
+            raise ConfigError(f"{where}: {name} ({row['nodeid']}): {problem}; give an export pytest-llmsim wrote, "
+                              "as it wrote it")
         try:
             record = ScenarioRecord.from_dict(row)
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise ConfigError(f"{where}: {name} ({row['nodeid']}) cannot be read: {_one_line(exc)}") from None
         records.setdefault(record.nodeid, record)
     return records
+
+
+# The judge's scale: a scenario's score is 1-3 (a mean over trials may be a fraction in between).
+SCORE_RANGE = (1, 3)
+_TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "cached_prompt_tokens", "cached_completion_tokens",
+                 "cached_input_tokens", "replayed_cached_input_tokens", "live_calls", "cached_calls")
+_ROW_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens", "live_tokens", "replayed_tokens")
+
+
+def _score_problem(value: Any, field_name: str) -> str | None:
+    """Why ``value`` is no score on the judge's scale (None: it is one, or no score at all)."""
+    if value in (None, ""):
+        return None
+    low, high = SCORE_RANGE
+    if type(value) not in (int, float) or not math.isfinite(value) or not low <= value <= high:
+        return f"field '{field_name}' is {value!r}, not a score from {low} to {high} or null"
+    return None
+
+
+def _count_problem(value: Any, field_name: str) -> str | None:
+    """Why ``value`` is no token or call count (None: a non-negative integer, or absent)."""
+    if value is None or (type(value) is int and value >= 0):
+        return None
+    return f"field '{field_name}' is {value!r}, not a non-negative integer"
+
+
+def _row_problem(row: Mapping[str, Any]) -> str | None:
+    """The first value of an export row a comparison would read that is out of range: a score off the judge's
+    scale (a baseline score of 99 would make every scenario look regressed), a negative token count."""
+    checks = [_score_problem(row.get(name), name) for name in ("score", "min_score", "mean_score")]
+    for key in ("trial_results", "trials"):
+        trials = row.get(key)
+        for index, trial in enumerate(trials if isinstance(trials, list) else []):
+            if isinstance(trial, Mapping):
+                checks.append(_score_problem(trial.get("score"), f"{key}[{index}].score"))
+    checks += [_count_problem(row.get(name), name) for name in _ROW_COUNTS]
+    usage = row.get("usage")
+    for index, entry in enumerate(usage if isinstance(usage, list) else []):
+        if isinstance(entry, Mapping):
+            checks += [_count_problem(entry.get(name), f"usage[{index}].{name}") for name in _TOKEN_FIELDS]
+    return next((problem for problem in checks if problem is not None), None)
 
 
 def _load_recordings(root: Path, prices: PriceTable, where: str) -> Baseline:

@@ -10,6 +10,7 @@ Hierarchy::
     │   └── BackendMissingError  no endpoint is configured and the local model backend is not installed
     ├── CacheMissError           replay-only mode (record mode ``none``) met an unrecorded call
     ├── CacheError               the cache directory cannot be opened, read or written (corrupt, not a dir)
+    │   └── RecordingError       a recording's verdict or transcript disagrees with its recorded calls
     ├── NoAgentReplyError        the conversation has no non-empty agent turn: nothing to judge
     ├── AgentError               the agent under test (python, http or openai) failed: raised, 5xx, bad reply
     └── VerdictError             the evaluator's reply never parsed as a valid verdict
@@ -52,6 +53,13 @@ class CacheMissError(LlmsimError):
 
 class CacheError(LlmsimError):
     kind = "cache_error"
+
+
+class RecordingError(CacheError):
+    """A recording disagrees with itself: its verdict or transcript is not what its recorded calls give (a
+    hand-edited file), so what a reviewer reads is not what a replay decides."""
+
+    kind = "recording_error"
 
 
 class NoAgentReplyError(LlmsimError):

@@ -45,8 +45,9 @@ from pathlib import Path
 from typing import Any
 
 from .cache import marker_key, request_key
-from .errors import CacheError
-from .results import ErrorKind, ModelUsage, ScenarioResult, Status
+from .errors import CacheError, RecordingError
+from .results import ErrorKind, ModelUsage, ScenarioResult, Status, tool_call_text, turn_tool_calls
+from .safe_files import UnreadableFile, read_bounded
 from .settings import RecordMode
 
 FORMAT = 1
@@ -59,6 +60,10 @@ _UNSAFE_NAME = re.compile(r"[^\w.\-\[\]]+", re.UNICODE)
 # (endpoint down, cache miss, an agent crash) say nothing about the recorded conversation.
 RECORDABLE_ERRORS = frozenset({ErrorKind.INVALID_VERDICT.value, ErrorKind.NO_AGENT_REPLY.value})
 _RERECORD = "delete it and re-record with --llmsim-record=once"
+# A file that disagrees with itself was edited by hand: re-recording with ``once`` would keep its edited calls.
+_RESTORE = ("restore the file from version control, or re-record it with --llmsim-record=all (calls the "
+            "endpoint again) and commit it")
+SCORE_RANGE = (1, 3)  # the judge's scale
 
 _WIDTH = 100
 
@@ -155,18 +160,18 @@ def load_recording(path: Path) -> Recording:
 
 
 def read_recording(path: Path) -> bytes | None:
-    """The bytes of a recording, None if there is none; CacheError if it cannot be read or is too large."""
+    """The bytes of a recording, None if there is none; CacheError if it cannot be read, is not a regular file
+    (a symlink to ``/dev/zero``, a FIFO: never read) or is too large."""
     try:
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            if size > MAX_RECORDING_BYTES:
-                raise CacheError(f"{_where(path)} is {size} bytes, larger than the {MAX_RECORDING_BYTES // 2**20} MiB "
-                                 f"a recording may be; {_RERECORD}")
-            return handle.read()
+        return read_bounded(path, MAX_RECORDING_BYTES)
     except (FileNotFoundError, NotADirectoryError):
         return None
-    except IsADirectoryError:
-        raise CacheError(f"{_where(path)} is a directory, not a file; remove it or rename the scenario") from None
+    except UnreadableFile as exc:
+        if exc.too_large:
+            raise CacheError(f"{_where(path)} {exc}; {_RERECORD}") from None
+        if path.is_dir():
+            raise CacheError(f"{_where(path)} is a directory, not a file; remove it or rename the scenario") from None
+        raise CacheError(f"{_where(path)} {exc}; replace it with the recording file, or {_RERECORD}") from None
     except OSError as exc:
         raise CacheError(f"{_where(path)} cannot be read ({exc.strerror or exc}); fix its permissions or "
                          f"{_RERECORD}") from None
@@ -253,7 +258,9 @@ def _check_recording(data: Any, path: Path) -> Recording:
     if status not in {s.value for s in Status}:
         raise _Problem(f"verdict.status {status!r} is not one of passed, failed, error, skipped")
     for name in ("score", "min_score"):
-        _need(verdict, name, (int,), "verdict.", optional=True)
+        value = _need(verdict, name, (int,), "verdict.", optional=True)
+        if value is not None and not SCORE_RANGE[0] <= value <= SCORE_RANGE[1]:
+            raise _Problem(f"verdict.{name} is {value}, not a score from {SCORE_RANGE[0]} to {SCORE_RANGE[1]}")
     _need(verdict, "error_kind", (str,), "verdict.", optional=True)
     for name in ("comment", "error"):
         _text(verdict, name, "verdict.", optional=True)
@@ -312,6 +319,9 @@ def _check_recording(data: Any, path: Path) -> Recording:
         if type(prompt_tokens) is not int or type(completion_tokens) is not int:
             for name in ("prompt_tokens", "completion_tokens"):
                 _need(usage, name, _INT, f"calls[{i}].usage.")
+        if prompt_tokens < 0 or completion_tokens < 0:
+            name = "prompt_tokens" if prompt_tokens < 0 else "completion_tokens"
+            raise _Problem(f"calls[{i}].usage.{name} is {usage[name]}, not a non-negative integer")
         response: dict[str, Any] = {"text": reply, "prompt_tokens": prompt_tokens,
                                     "completion_tokens": completion_tokens, "latency_s": 0.0,
                                     "model": served_by or call["model"]}
@@ -323,9 +333,41 @@ def _check_recording(data: Any, path: Path) -> Recording:
         if cached_input is not None:
             if type(cached_input) is not int:
                 _need(usage, "cached_input_tokens", _INT, f"calls[{i}].usage.")
+            if cached_input < 0:
+                raise _Problem(f"calls[{i}].usage.cached_input_tokens is {cached_input}, not a non-negative integer")
             response["cached_input_tokens"] = cached_input
         replies.setdefault(key, response)
+    problem = _verdict_problem(data)
+    if problem is not None:
+        raise RecordingError(f"{_where(path)}: {problem}; {_RESTORE}")
     return Recording(path, data, replies)
+
+
+def _verdict_problem(data: Mapping[str, Any]) -> str | None:
+    """Where the verdict block disagrees with the rest of the file: its status with its score and minimum or
+    with the metrics' verdicts, its score with the judge metric's."""
+    verdict = data["verdict"]
+    status = verdict["status"]
+    if status not in (Status.PASSED, Status.FAILED):
+        return None
+    metrics = [m for m in data.get("metrics") or [] if isinstance(m, dict)]
+    judge = next((m for m in metrics if m.get("name") == "judge"), None)
+    score, min_score = verdict.get("score"), verdict.get("min_score")
+    if judge is not None and "score" in judge and judge.get("score") != score:
+        index = metrics.index(judge)
+        return (f"field 'verdict.score' says {score} but metrics[{index}] (judge) scores {judge.get('score')}")
+    if metrics:
+        failing = next((m for m in metrics if m.get("passed") is False), None)
+        expected = Status.FAILED if failing is not None else Status.PASSED
+        why = f"metric {failing.get('name')!r} did not pass" if failing is not None else "every metric passed"
+    elif score is not None and min_score is not None:
+        expected = Status.PASSED if score >= min_score else Status.FAILED
+        why = f"score {score} against minimum {min_score}"
+    else:
+        return None
+    if status != expected:
+        return f"field 'verdict.status' says {status} but {why}, which is {expected}"
+    return None
 
 
 def iter_recordings(root: Path) -> Iterator[Path]:
@@ -445,6 +487,7 @@ class ScenarioRecorder:
         self.existing = existing if mode is not RecordMode.ALL else None
         self.exclusive = mode is RecordMode.NEW and existing is not None
         self._calls: list[tuple[str, Mapping[str, Any], Mapping[str, Any], str, str, str]] = []
+        self._all_replayed = True  # every call so far was answered by the existing recording
         self._timeout: dict[str, Any] | None = None
 
     @classmethod
@@ -541,6 +584,50 @@ class ScenarioRecorder:
     def add(self, key: str, descriptor: Mapping[str, Any], response: Mapping[str, Any], label: str, role: str,
             endpoint: str = "") -> None:
         self._calls.append((key, descriptor, response, label, role, endpoint))
+        if self.existing is None or key not in self.existing.replies:
+            self._all_replayed = False  # (the recording answers first: a key it holds was answered by it)
+
+    def trusts_the_file(self) -> bool:
+        """This run replayed the recording as it is and will not rewrite it (``none``, or ``new`` with a
+        recording): every call was answered by the file, so its verdict and transcript must be what they give."""
+        return self.existing is not None and bool(self._calls) and self._all_replayed and not self.may_write()
+
+    def disagreement(self, result: ScenarioResult) -> str | None:
+        """Where the recording's verdict or transcript differs from what replaying its calls gave (``result``),
+        worded for people: the file, the field, both values; None when they agree (or it was not a pure replay).
+        A replay that errored is reported as is, unless the file claims a score for it."""
+        if not self.trusts_the_file() or result.status == Status.SKIPPED:
+            return None
+        if result.status == Status.ERROR and str(result.error_kind or "") not in RECORDABLE_ERRORS:
+            return None  # (a miss, an endpoint or agent failure: the replay stopped early and says why)
+        assert self.existing is not None
+        data = self.existing.data
+        verdict = data["verdict"]
+        was, now = verdict["status"], str(result.status)
+        if (was == Status.ERROR) != (now == Status.ERROR):
+            if now == Status.ERROR:
+                return None  # the replay errors anyway: never a pass
+            return (f"field 'verdict.status' says {was} ({verdict.get('error_kind') or 'error'}) but the recorded "
+                    f"calls give {now} with score {result.score}")
+        if now != Status.ERROR:
+            if verdict.get("score") != result.score:
+                return (f"field 'verdict.score' says {verdict.get('score')} but the recorded evaluator reply "
+                        f"scores {result.score}")
+            if (verdict.get("comment") or "") != (result.comment or ""):
+                return (f"field 'verdict.comment' says {_shorten(str(verdict.get('comment') or ''))!r} but the "
+                        f"recorded evaluator reply says {_shorten(result.comment or '')!r}")
+        recorded, replayed = self.existing.transcript, result.transcript
+        for index, (then, now_turn) in enumerate(zip(recorded, replayed, strict=False)):
+            for name, was_part, now_part in (("role", str(then.get("role")), str(now_turn.get("role"))),
+                                             ("text", str(then.get("text")), str(now_turn.get("text"))),
+                                             ("tool_calls", _calls_seen(then), _calls_seen(now_turn))):
+                if was_part != now_part:
+                    speaker = "agent" if now_turn.get("role") == "agent" else "customer"
+                    return (f"field 'transcript[{index}].{name}' says {_shorten(was_part)!r} but the recorded "
+                            f"{speaker} reply gives {_shorten(now_part)!r}")
+        if len(recorded) != len(replayed):
+            return f"field 'transcript' has {len(recorded)} turns but the recorded calls give {len(replayed)}"
+        return None
 
     @property
     def calls(self) -> int:
@@ -613,6 +700,12 @@ class ScenarioRecorder:
                scrub: Callable[[str], str] = lambda text: text) -> str:
         """Write the recording when the mode allows and the result is worth keeping; what happened, in a word:
         ``written``, ``unchanged``, ``replayed`` (left as it was) or ``""`` (nothing to record)."""
+        problem = self.disagreement(result)
+        if problem is not None:  # what a reviewer reads is not what the replay decided: neither is a verdict
+            result.status, result.error_kind = Status.ERROR, ErrorKind.RECORDING
+            result.error_message = scrub(f"{self.item}: {_where(self.path)}: {problem}; {_RESTORE}")
+            result.score = None
+            return "replayed"
         recordable = result.status in (Status.PASSED, Status.FAILED) or (
             result.status == Status.ERROR and str(result.error_kind or "") in RECORDABLE_ERRORS)
         if not recordable or not self._calls or not self.may_write():
@@ -627,6 +720,12 @@ def _turn(turn: Mapping[str, Any]) -> dict[str, Any]:
     if turn.get("scripted"):
         data["scripted"] = True
     return data
+
+
+def _calls_seen(turn: Mapping[str, Any]) -> str:
+    """A turn's tool calls as the judge's transcript shows them (``tool_call_text``): a python agent's tool result
+    may differ past what the judge sees on every run, which no replay reproduces and re-recording cannot fix."""
+    return " ".join(f"[tool {tool_call_text(call)}]" for call in turn_tool_calls(turn))
 
 
 def _shorten(text: str, limit: int = 120) -> str:

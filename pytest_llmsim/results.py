@@ -57,6 +57,7 @@ class ErrorKind(StrEnum):
     BACKEND_MISSING = "backend_missing"
     CACHE_MISS = "cache_miss"
     CACHE = "cache_error"
+    RECORDING = "recording_error"  # a recording's verdict or transcript disagrees with its recorded calls
     NO_AGENT_REPLY = "no_agent_reply"
     AGENT = "agent_error"
     INVALID_VERDICT = "invalid_verdict"

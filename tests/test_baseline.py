@@ -198,10 +198,12 @@ def test_baseline_gates_without_a_baseline_are_a_note(sim: SimProject) -> None:
     assert rows["scenarios/s.json::a"]["baseline"] is None and summary["baseline"] is None
 
 
-def _bad_recording(sim: SimProject) -> str:
+def _bad_recording(sim: SimProject, fields: str = '"nodeid": 3') -> str:
     folder = sim.path / "main_recordings" / "scenarios" / "s.json"
     folder.mkdir(parents=True)
-    (folder / "a.json").write_text('{"llmsim_recording": 1, "nodeid": 3}', encoding="utf-8")
+    if '"nodeid"' not in fields:
+        fields = f'"nodeid": "scenarios/s.json::a", "scenario": "a", {fields}'
+    (folder / "a.json").write_text(f'{{"llmsim_recording": 1, {fields}}}', encoding="utf-8")
     return "main_recordings"
 
 
@@ -211,12 +213,25 @@ def _bad_recording(sim: SimProject) -> str:
      "llmsim_baseline */x.json is not valid JSON (line 1, column 2: *"),
     (lambda sim: (sim.path / "x.json").write_text('{"summary": {}}') and "x.json",
      'llmsim_baseline */x.json is not a pytest-llmsim JSON export (no "results" list)*'),
-    (lambda sim: (sim.path / "x.json").write_text('{"results": [{"nodeid": "a", "score": "high"}]}') and "x.json",
+    (lambda sim: (sim.path / "x.json").write_text('{"results": [{"nodeid": "a", "trial": "high"}]}') and "x.json",
      "llmsim_baseline */x.json: results[[]0] (a) cannot be read: invalid literal for int() *"),
+    (lambda sim: (sim.path / "x.json").write_text('{"results": [{"nodeid": "a", "score": 99}]}') and "x.json",
+     "llmsim_baseline */x.json: results[[]0] (a): field 'score' is 99, not a score from 1 to 3 or null; *"),
+    (lambda sim: (sim.path / "x.json").write_text(
+        '{"results": [{"nodeid": "a", "score": 2, "trial_results": [{"score": 2.5}, {"score": 0}]}]}') and "x.json",
+     "llmsim_baseline */x.json: results[[]0] (a): field 'trial_results[[]1].score' is 0, not a score from 1 to 3*"),
+    (lambda sim: (sim.path / "x.json").write_text(
+        '{"results": [{"nodeid": "a", "usage": [{"role": "agent", "model": "m", "prompt_tokens": -5}]}]}')
+     and "x.json",
+     "llmsim_baseline */x.json: results[[]0] (a): field 'usage[[]0].prompt_tokens' is -5, not a non-negative integer*"),
+    (lambda sim: _bad_recording(sim, '"verdict": {"status": "passed", "score": 99}'),
+     "llmsim_baseline */main_recordings: bad recording file: llmsim recording */a.json: verdict.score is 99, not a "
+     "score from 1 to 3*"),
     (lambda sim: (sim.path / "empty").mkdir() or "empty", "llmsim_baseline */empty is a directory with no recording*"),
     (_bad_recording, "llmsim_baseline */main_recordings: bad recording file: llmsim recording */a.json: nodeid is "
                      "not a str*"),
-], ids=["missing", "bad-json", "not-an-export", "bad-row", "empty-folder", "bad-recording"])
+], ids=["missing", "bad-json", "not-an-export", "bad-row", "score-99", "trial-score-0", "negative-tokens",
+        "recording-score-99", "empty-folder", "bad-recording"])
 def test_a_bad_baseline_is_a_one_line_usage_error(sim: SimProject, make: Any, message: str) -> None:
     sim.write_scenarios("s.json", [scenario("a")])
     result = sim.run(f"--llmsim-baseline={make(sim)}")

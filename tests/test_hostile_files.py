@@ -8,6 +8,7 @@ regression fails the test instead of eating the machine's memory.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -181,3 +182,69 @@ def test_values_python_cannot_build_are_error_items(sim: SimProject) -> None:
     result.stdout.fnmatch_lines(["*scenarios/bigint.yaml: invalid YAML value: *4300 digits*"])
     result.stdout.fnmatch_lines(["*scenarios/date.yaml: invalid YAML value: month must be in 1..12*"])
     result.stdout.fnmatch_lines(["*scenarios/nan.json: NaN is not a JSON number*"])
+
+
+# -- recordings and baselines that are not regular files (issue 24.14) -------------------------------------------
+def _not_a_file(path: Path, kind: str) -> str:
+    """Replace ``path`` by a symlink to /dev/zero or a FIFO; what the error says about it."""
+    path.unlink(missing_ok=True)
+    if kind == "dev-zero":
+        path.symlink_to("/dev/zero")
+        return "is a character device, not a regular file"
+    os.mkfifo(path)
+    return "is a FIFO (named pipe), not a regular file"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not Path("/dev/zero").exists(), reason="needs /dev/zero, mkfifo")
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo"])
+def test_a_recording_that_is_not_a_regular_file_is_an_error_item_never_read(sim: SimProject, kind: str) -> None:
+    """A recording symlinked to /dev/zero was read until MemoryError; a FIFO blocked the run forever."""
+    sim.write_scenarios("s.json", [scenario("a"), scenario("b")])
+    sim.run().assert_outcomes(passed=2)
+    path = sim.path / "recordings" / "scenarios" / "s.json" / "a.json"
+    says = _not_a_file(path, kind)
+    result = _bounded_subprocess_run(sim, "--llmsim-record=none")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines([f"*llmsim recording {path} {says}; replace it with the recording file, or delete "
+                                 "it and re-record with --llmsim-record=once*"])
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not Path("/dev/zero").exists(), reason="needs /dev/zero, mkfifo")
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo"])
+@pytest.mark.parametrize("where", ["file", "recordings-folder"])
+def test_a_baseline_that_is_not_a_regular_file_is_a_usage_error(sim: SimProject, kind: str, where: str) -> None:
+    """``--llmsim-baseline`` naming /dev/zero (INTERNALERROR: MemoryError) or a FIFO (a hang), or a recordings
+    folder holding one: one usage-error line, nothing runs."""
+    sim.write_scenarios("s.json", [scenario("a")])
+    if where == "file":
+        path = sim.path / "base.json"
+        says = _not_a_file(path, kind)
+        expected = f"ERROR: llmsim: llmsim_baseline {path} {says}; give a JSON export *"
+        argument = "base.json"
+    else:
+        folder = sim.path / "main" / "scenarios" / "s.json"
+        folder.mkdir(parents=True)
+        path = folder / "a.json"
+        says = _not_a_file(path, kind)
+        expected = f"ERROR: llmsim: llmsim_baseline */main: bad recording file: llmsim recording {path} {says}*"
+        argument = "main"
+    result = _bounded_subprocess_run(sim, f"--llmsim-baseline={argument}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stderr.str()
+    result.stderr.fnmatch_lines([expected])
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    assert sim.server.stats()["requests"] == 0
+
+
+def test_read_bounded_refuses_what_grows_past_the_limit_and_reads_what_fits(tmp_path: Path) -> None:
+    from pytest_llmsim.safe_files import UnreadableFile, read_bounded
+
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 10)
+    assert read_bounded(path, 10) == b"x" * 10
+    with pytest.raises(UnreadableFile, match="is 10 bytes, larger than the 9 bytes allowed") as info:
+        read_bounded(path, 9)
+    assert info.value.too_large
+    with pytest.raises(UnreadableFile, match="is a directory, not a regular file"):
+        read_bounded(tmp_path, 10)
+    with pytest.raises(FileNotFoundError):
+        read_bounded(tmp_path / "missing", 10)

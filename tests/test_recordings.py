@@ -7,10 +7,11 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from conftest import SimProject, scenario, verdict, write_bot
+from conftest import AGENT_REPLIES, SimProject, scenario, verdict, write_bot
 from pytest_llmsim.errors import CacheError
 from pytest_llmsim.recordings import load_recording, parse_recording, recording_path
 
@@ -283,14 +284,91 @@ CALL = {"key": "0" * 64, "role": "client", "model": "m", "reply": "r", "usage": 
     ("[" * 100_000 + "]" * 100_000, "too deep"),
     (json.dumps({**VALID, "calls": [{**CALL, "end": 1}]}), "calls[0].end is not true or false"),
     ("\xff\xfe", "is not UTF-8"),
+    (json.dumps({**VALID, "verdict": {"status": "passed", "score": 99}}), "verdict.score is 99, not a score from 1"),
+    (json.dumps({**VALID, "verdict": {"status": "passed", "score": 3, "min_score": 0}}),
+     "verdict.min_score is 0, not a score from 1 to 3"),
+    (json.dumps({**VALID, "calls": [{**CALL, "usage": {"prompt_tokens": -5, "completion_tokens": 1}}]}),
+     "calls[0].usage.prompt_tokens is -5, not a non-negative integer"),
+    (json.dumps({**VALID, "calls": [{**CALL, "usage": {"prompt_tokens": 1, "completion_tokens": 1,
+                                                        "cached_input_tokens": -1}}]}),
+     "calls[0].usage.cached_input_tokens is -1, not a non-negative integer"),
+    (json.dumps({**VALID, "verdict": {"status": "passed", "score": 1, "min_score": 2}}),
+     "field 'verdict.status' says passed but score 1 against minimum 2, which is failed"),
+    (json.dumps({**VALID, "verdict": {"status": "failed", "score": 3, "min_score": 2},
+                 "metrics": [{"name": "judge", "score": 3, "passed": True}]}),
+     "field 'verdict.status' says failed but every metric passed, which is passed"),
+    (json.dumps({**VALID, "verdict": {"status": "passed", "score": 3, "min_score": 2},
+                 "metrics": [{"name": "judge", "score": 1, "passed": False}]}),
+     "field 'verdict.score' says 3 but metrics[0] (judge) scores 1"),
 ])
 def test_bad_recordings_are_one_line_errors(tmp_path: Path, text: str, problem: str) -> None:
     path = tmp_path / "r.json"
     with pytest.raises(CacheError) as info:
         parse_recording(text.encode("latin-1") if text.startswith("\xff") else text.encode(), path)
     message = str(info.value)
-    assert problem in message and str(path) in message and "re-record" in message
+    assert problem in message and str(path) in message and "re-record" in message, message
     assert "\n" not in message
+
+
+def _edit(path: Path, change: Any) -> None:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    change(data)
+    path.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+
+
+def _evaluator_reply(data: dict[str, Any]) -> None:
+    (call,) = [c for c in data["calls"] if c["role"] == "evaluator"]
+    call["reply"] = verdict(3, "The agent was rude.")
+
+
+def _verdict_and_metrics(data: dict[str, Any]) -> None:
+    data["verdict"].update(status="passed", score=3)
+    data["metrics"][0].update(score=3, passed=True)
+
+
+def _transcript(data: dict[str, Any]) -> None:
+    data["transcript"][1]["text"] = "Hello, Fish Market, how can I help?"
+
+
+@pytest.mark.parametrize(("change", "field", "says"), [
+    (_evaluator_reply, "verdict.score", "says 1 but the recorded evaluator reply scores 3"),
+    (lambda data: data["verdict"].update(status="passed", score=3), "verdict.score",
+     "says 3 but metrics[[]0] (judge) scores 1"),
+    (_verdict_and_metrics, "verdict.score", "says 3 but the recorded evaluator reply scores 1"),
+    (lambda data: data["verdict"].update(comment="Perfect."), "verdict.comment",
+     "says 'Perfect.' but the recorded evaluator reply says 'The agent was rude.'"),
+    (_transcript, "transcript[[]1].text",
+     "says 'Hello, Fish Market, how can I help?' but the recorded agent reply gives 'Hello, Meat Market, how can*"),
+], ids=["evaluator-reply", "verdict", "verdict-and-metrics", "comment", "transcript"])
+@pytest.mark.parametrize("mode", ["none", "new"])
+def test_a_hand_edited_recording_is_an_error_naming_the_file_and_the_field(
+        sim: SimProject, change: Any, field: str, says: str, mode: str) -> None:
+    """What a reviewer reads (verdict, transcript) must be what the replayed calls give: a recording edited in
+    one place but not the others never decides CI (issue 24.2)."""
+    sim.write_scenarios("s.json", [scenario("low_a"), scenario("b")])
+    sim.run().assert_outcomes(passed=1, failed=1)
+    shutil.rmtree(sim.path / ".llmsim_cache")
+    path = sim.path / REC / "low_a.json"
+    _edit(path, change)
+    edited = path.read_bytes()
+    result = sim.run(f"--llmsim-record={mode}", "-rA")
+    result.assert_outcomes(passed=1, errors=1)  # b, untouched, still replays
+    result.stdout.fnmatch_lines([f"*llmsim recording {path}: field '{field}' {says}; restore the file from version "
+                                 "control, or re-record it with --llmsim-record=all*",
+                                 "scenarios/s.json::low_a * ERROR (recording_error)"])
+    assert path.read_bytes() == edited  # never rewritten by a mode that trusts the file
+
+
+def test_an_unedited_recording_replays_and_once_rewrites_a_hand_edit_from_its_calls(sim: SimProject) -> None:
+    """``once`` re-records: a pure replay rewrites the file from its calls, so the edit shows in the diff."""
+    sim.write_scenarios("s.json", [scenario("low_a")])
+    sim.run().assert_outcomes(failed=1)
+    shutil.rmtree(sim.path / ".llmsim_cache")
+    sim.run("--llmsim-record=none").assert_outcomes(failed=1)  # consistent: no error
+    path = sim.path / REC / "low_a.json"
+    _edit(path, _transcript)
+    sim.run("--llmsim-record=once").assert_outcomes(failed=1)
+    assert json.loads(path.read_text(encoding="utf-8"))["transcript"][1]["text"] == AGENT_REPLIES[0]
 
 
 def test_a_recording_larger_than_the_limit_is_refused_before_it_is_read(tmp_path: Path) -> None:
