@@ -408,9 +408,10 @@ def _api(args: argparse.Namespace, path: str, **params: str) -> Any:
 
 
 def command_status(args: argparse.Namespace) -> int:
+    """The batch's status as JSON; exit 1 when it completed but is not ``ok`` (a scenario failed or errored)."""
     data = _api(args, f"/api/batches/{args.batch_id}").json()
     print(json.dumps(data, ensure_ascii=False, indent=2))
-    return OK
+    return FAILED_EXIT if data.get("ok") is False else OK
 
 
 def command_fetch(args: argparse.Namespace) -> int:
