@@ -167,6 +167,7 @@ def test_a_batch_through_the_api_equals_pytest_to_the_digit(sim: SimProject, ser
 
     summary = service.request("GET", f"/api/batches/{batch_id}/summary").json()
     assert summary.pop("batch_id") == batch_id and summary.pop("status") == "completed"
+    assert summary.pop("ok") is False and status["ok"] is False  # low_one failed
     skip = VOLATILE_SUMMARY
     assert {k: v for k, v in summary.items() if k not in skip} == \
         {k: v for k, v in expected["summary"].items() if k not in skip}
@@ -309,6 +310,20 @@ def test_any_address_but_loopback_needs_a_token(sim: SimProject, services: list[
     assert wrong.status_code == 401
     right = service.request("GET", "/api/batches", headers={"Authorization": f"Bearer {token}"})
     assert right.status_code == 200
+    # bound to a wildcard address the token protects: any Host (the machine's names), but no foreign Origin
+    named = service.request("GET", "/api/batches", headers={"Authorization": f"Bearer {token}",
+                                                            "host": f"llmsim.example:{service.port}"})
+    assert named.status_code == 200
+    foreign = service.request("POST", "/api/batches", json=[scenario("a")],
+                              headers={"Authorization": f"Bearer {token}", "origin": "http://evil.example"})
+    assert foreign.status_code == 403
+    same = service.request("GET", "/api/batches", headers={"Authorization": f"Bearer {token}",
+                                                           "host": f"llmsim.example:{service.port}",
+                                                           "origin": f"http://llmsim.example:{service.port}"})
+    assert same.status_code == 200
+    form = service.request("POST", "/api/batches", content=b"a=b", headers={
+        "Authorization": f"Bearer {token}", "content-type": "application/x-www-form-urlencoded"})
+    assert form.status_code == 415
     assert service.request("GET", "/api/health").status_code == 200
     status = subprocess.run([sys.executable, "-m", "pytest_llmsim.cli", "status", "nope", "--api-url", service.url],
                             capture_output=True, text=True, env={**os.environ, "LLMSIM_API_TOKEN": token}, timeout=60)
