@@ -293,6 +293,10 @@ def test_bad_requests_are_422_404_413_and_no_request_names_a_server_path(
                          ("GET", "/api/batches/nope/summary"), ("GET", "/api/batches/nope/cost"),
                          ("DELETE", "/api/batches/nope"), ("POST", "/api/batches/nope/resume")):
         assert service.request(method, path).status_code == 404
+    for hostile in ("x' OR '1'='1", "1; DROP TABLE batches; --", "%' OR batch_id LIKE '%"):  # ids are parameters
+        for method, path in (("GET", ""), ("GET", "/results"), ("DELETE", ""), ("POST", "/resume")):
+            answer = service.request(method, f"/api/batches/{hostile}{path}")
+            assert answer.status_code == 404, (hostile, path, answer.text)
     wrong_format = service.request("GET", "/api/batches/nope/results", params={"format": "xml"})
     assert wrong_format.status_code == 422 and wrong_format.json()["detail"][0]["loc"] == ["query", "format"]
     assert service.request("GET", "/api/batches").json()["total_count"] == 0  # nothing was launched
