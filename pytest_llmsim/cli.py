@@ -97,6 +97,7 @@ def resolve_options(start: Path, flags: Mapping[str, Any], env: Mapping[str, str
         resolved = resolve_values(rows, cli=flags, env=env, ini=ini, invocation_dir=cwd,
                                   ini_dir=ini_path.parent if ini_path is not None else cwd,
                                   local=lambda values: not endpoint_configured(values, env))
+        _check_base_url(resolved)
         resolve_http_backend(resolved["llmsim_http_backend"], resolved["llmsim_base_url"] or None)
         if resolved["llmsim_agent"]:
             from .agents import parse_agent_spec
@@ -105,6 +106,28 @@ def resolve_options(start: Path, flags: Mapping[str, Any], env: Mapping[str, str
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     return resolved
+
+
+def _check_base_url(resolved: ResolvedOptions) -> None:
+    """A base URL must be an http:// or https:// URL with a host (else every call would fail, exit 1, instead of
+    the usage error it is)."""
+    from urllib.parse import urlsplit
+
+    value = resolved["llmsim_base_url"]
+    if not value:
+        return
+    try:
+        split = urlsplit(str(value))
+        usable = split.scheme in ("http", "https") and bool(split.hostname)
+        split.port  # noqa: B018  (raises ValueError for a port that is not a number)
+    except ValueError:
+        usable = False
+    if not usable:
+        source = resolved.source("llmsim_base_url")
+        where = "--base-url (llmsim_base_url)" if source == "command line" \
+            else source[4:] if source.startswith("env ") else "llmsim_base_url"
+        raise UsageError(f"{where}: {str(value)[:80]!r} is not an http:// or https:// URL with a host; give the "
+                         "endpoint's base URL, e.g. http://127.0.0.1:8000/v1")
 
 
 def _set_values(pairs: Sequence[str]) -> dict[str, str]:
@@ -146,18 +169,22 @@ def command_run(args: argparse.Namespace) -> int:
     from .terminal_report import backend_messages, summary_lines
 
     path = Path(args.file)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such scenario file")
-    resolved = resolve_options(path.parent, _flags(args))
+    if not path.exists():
+        raise UsageError(f"{path}: no such scenario file or folder")
+    folder = path.is_dir()
+    if not folder and not path.is_file():
+        raise UsageError(f"{path}: not a scenario file or folder")
+    resolved = resolve_options(path if folder else path.parent, _flags(args))
     rootdir = resolved.ini_dir
     try:
-        items = batch.items_from_file(path, rootdir)
+        items = _folder_items(path, resolved) if folder else batch.items_from_file(path, rootdir)
         prices = load_price_table(resolved["llmsim_prices"])
     except (ScenarioError, ConfigError) as exc:
         raise UsageError(str(exc)) from None
     if args.single is not None:
         if not 0 <= args.single < len(items):
-            raise UsageError(f"{path}: --single {args.single}: the file has {len(items)} scenarios (0 to "
+            what = "folder" if folder else "file"
+            raise UsageError(f"{path}: --single {args.single}: the {what} has {plural(len(items), 'scenario')} (0 to "
                              f"{len(items) - 1})")
         items = [items[args.single]]
     for item in items:
@@ -210,6 +237,91 @@ def command_run(args: argparse.Namespace) -> int:
     if backend:
         return USAGE
     return batch.exit_status(ordered, missed)
+
+def plural(count: int, word: str) -> str:
+    """``1 scenario``, ``2 scenarios``."""
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
+
+
+_INVALID_FILE_ITEM = "invalid-file"  # the item pytest reports for an unusable file (items.INVALID_FILE_ITEM)
+# pytest's default ``norecursedirs``: folders a collection never enters.
+_SKIPPED_DIRS = ("*.egg", ".*", "_darcs", "build", "CVS", "dist", "node_modules", "venv", "{arch}", "__pycache__")
+
+
+def _under(rel: str, patterns: Sequence[str]) -> bool:
+    """``rel`` (relative to the rootdir) matches one of ``patterns`` as ``llmsim_paths`` entries match."""
+    import fnmatch
+
+    for pattern in (p.strip().strip("/") for p in patterns):
+        if not pattern:
+            continue
+        if any(ch in pattern for ch in "*?["):
+            if fnmatch.fnmatch(rel, pattern):
+                return True
+        elif pattern == "." or rel == pattern or rel.startswith(pattern + "/"):
+            return True
+    return False
+
+
+def scenario_files(folder: Path, resolved: ResolvedOptions) -> list[Path]:
+    """The scenario files pytest collects under ``folder`` (``pytest folder/``): its .json/.yaml/.yml files within
+    ``llmsim_paths`` and outside ``llmsim_transcripts``, in pytest's order (sorted, files before subfolders).
+    UsageError when there is none, saying why."""
+    import fnmatch
+
+    from .scenario_paths import SCENARIO_SUFFIXES
+
+    rootdir = resolved.ini_dir.resolve()
+    found: list[Path] = []
+    seen: list[Path] = []
+
+    def walk(directory: Path) -> None:
+        entries = sorted(directory.iterdir())
+        for entry in entries:
+            if entry.is_file() and entry.suffix in SCENARIO_SUFFIXES:
+                seen.append(entry)
+                try:
+                    rel = entry.resolve().relative_to(rootdir).as_posix()
+                except ValueError:
+                    continue
+                if _under(rel, resolved["llmsim_paths"]) and not _under(rel, resolved["llmsim_transcripts"]):
+                    found.append(entry)
+        for entry in entries:
+            if entry.is_dir() and not any(fnmatch.fnmatch(entry.name, skip) for skip in _SKIPPED_DIRS):
+                walk(entry)
+
+    try:
+        walk(folder)
+    except OSError as exc:
+        raise UsageError(f"{folder}: cannot read the folder ({exc.strerror or exc})") from None
+    if not found:
+        configured = ", ".join(p.strip() for p in resolved["llmsim_paths"] if p.strip()) or "(none)"
+        if seen:
+            raise UsageError(f"{folder}: {plural(len(seen), 'scenario-like file')} but none within llmsim_paths "
+                             f"({configured}, relative to {rootdir}), so pytest would not collect them either; name a "
+                             "file, or add the folder to llmsim_paths (-o llmsim_paths=FOLDER)")
+        raise UsageError(f"{folder}: no scenario files (.json, .yaml or .yml) in the folder")
+    return found
+
+
+def _folder_items(folder: Path, resolved: ResolvedOptions) -> list[Any]:
+    """The slots of every scenario file under ``folder``, numbered across files; a file that cannot be used as a
+    whole is one slot with its problem (an error in the results), and the other files still run."""
+    from . import batch
+
+    items: list[batch.BatchItem] = []
+    for path in scenario_files(folder, resolved):
+        try:
+            found = batch.items_from_file(path, resolved.ini_dir)
+        except ScenarioError as exc:
+            try:
+                shown = path.resolve().relative_to(resolved.ini_dir.resolve()).as_posix()
+            except ValueError:
+                shown = path.as_posix()
+            found = [batch.BatchItem(0, _INVALID_FILE_ITEM, f"{shown}::{_INVALID_FILE_ITEM}", str(path), None,
+                                     str(exc))]
+        items += [dataclasses.replace(item, index=len(items) + i) for i, item in enumerate(found)]
+    return items
 
 
 def _print_turn(turn: Any) -> None:
@@ -292,16 +404,30 @@ def read_export(path: Path) -> list[dict[str, Any]]:
         elif suffix in (".ndjson", ".jsonl"):
             rows = [json.loads(line) for line in text.splitlines() if line.strip()]
         elif suffix == ".csv":
-            rows = [_with_csv_usage(row) for row in csv.DictReader(io.StringIO(text))]
+            reader = csv.DictReader(io.StringIO(text))
+            missing = [name for name in _CSV_COLUMNS if name not in (reader.fieldnames or ())]
+            if missing:
+                first = text.splitlines()[0][:60] if text.strip() else "(empty file)"
+                raise UsageError(f"{path}: not a pytest-llmsim CSV export: the header has no "
+                                 f"{' and '.join(map(repr, missing))} column{'' if len(missing) == 1 else 's'} "
+                                 f"(first line: {first!r})")
+            rows = [_with_csv_usage(row) for row in reader]
         else:
             raise UsageError(f"{path}: unsupported extension {suffix or '(none)'!r}; use .json, .csv or .ndjson")
     except json.JSONDecodeError as exc:
         raise UsageError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    bad = next((i for i, row in enumerate(rows) if not isinstance(row, dict) or "scenario" not in row), None)
+    bad = next((i for i, row in enumerate(rows) if not isinstance(row, dict) or "scenario" not in row
+                or "status" not in row), None)
     if bad is not None:
         raise UsageError(f"{path}: record #{bad} is not a pytest-llmsim result (an object with 'scenario' and "
                          "'status'); give a JSON, CSV or NDJSON export of llmsim run or --llmsim-results")
+    if not rows:
+        raise UsageError(f"{path}: holds no results (0 records{', an empty file' if not text.strip() else ''}); "
+                         "nothing to summarise: give an export of a run that ran scenarios")
     return rows
+
+
+_CSV_COLUMNS = ("scenario", "status")  # columns every CSV export has (summary.RECORD_FIELDS)
 
 
 def _number(row: Mapping[str, Any], name: str) -> int:
@@ -408,9 +534,10 @@ def _api(args: argparse.Namespace, path: str, **params: str) -> Any:
 
 
 def command_status(args: argparse.Namespace) -> int:
+    """The batch's status as JSON; exit 1 when it completed but is not ``ok`` (a scenario failed or errored)."""
     data = _api(args, f"/api/batches/{args.batch_id}").json()
     print(json.dumps(data, ensure_ascii=False, indent=2))
-    return OK
+    return FAILED_EXIT if data.get("ok") is False else OK
 
 
 def command_fetch(args: argparse.Namespace) -> int:
@@ -441,8 +568,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="set any llmsim ini key (e.g. -o llmsim_prompts_dir=prompts)")
         sub.add_argument("--base-url", help="OpenAI-compatible endpoint (env OPENAI_BASE_URL)")
 
-    run = commands.add_parser("run", help="run a scenario file")
-    run.add_argument("file")
+    run = commands.add_parser("run", help="run a scenario file, or every scenario file in a folder")
+    run.add_argument("file", metavar="FILE_OR_FOLDER")
     run.add_argument("--single", type=int, metavar="INDEX", help="run only the scenario at INDEX, streaming it")
     run.add_argument("--no-stream", action="store_true", help="with --single: print only the verdict")
     run.add_argument("--output-dir", metavar="DIR", help="directory of the results (default: results)")

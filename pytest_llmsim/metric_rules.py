@@ -4,7 +4,9 @@ against a reference text), plus ``detect_language``, the cheap language detector
 ``rules`` options (at least one check)::
 
     contains / not_contains: a string or a list of strings (each must / must not appear in an agent turn)
-    regex / not_regex: a pattern or a list of patterns (each must / must not match in an agent turn)
+    regex / not_regex: a pattern or a list of patterns (each must / must not match in an agent turn); matched by
+                       the ``regex`` package with a time limit (REGEX_SECONDS per check): a pattern that
+                       backtracks catastrophically errors, naming the scenario and the pattern
     case_sensitive: false (default) | true            (for the four text checks above)
     tool_called: a tool name, or a list of names and {name: ..., arguments: {subset that must match}}
     tool_order: true                                  (the tool_called entries, in that order)
@@ -21,12 +23,15 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .metrics import Conversation, Metric, MetricResult
+import regex  # type: ignore[import-untyped]  # re-compatible, with a time limit and the GIL released
+
+from .metrics import Conversation, Metric, MetricError, MetricResult
 
 if TYPE_CHECKING:
     from .scenario import Scenario
@@ -36,6 +41,9 @@ ENDED_BY_VALUES = ("client", "agent", "script", "max_turns", "timeout")
 ROUGE_VARIANTS = ("rouge1", "rouge2", "rougeL")
 ROUGE_TARGETS = ("all", "last")
 MAX_REFERENCE_BYTES = 10 * 1024 * 1024
+# Time a regex/not_regex check may take over all agent turns: a pattern with catastrophic backtracking
+# (``(a|aa)+$`` on a long run of a's) would otherwise run for hours holding the interpreter.
+REGEX_SECONDS = 1.0
 
 
 def _shown(value: Any) -> str:
@@ -55,7 +63,7 @@ def _turns_text(numbers: Sequence[int]) -> str:
     return "agent turns " + ", ".join(str(n) for n in numbers)
 
 
-def _pattern(pattern: re.Pattern[str]) -> str:
+def _pattern(pattern: Any) -> str:
     """A regex as written, in quotes (``repr`` would double every backslash)."""
     text = pattern.pattern if len(pattern.pattern) <= _SHOWN_CHARS else pattern.pattern[: _SHOWN_CHARS - 1] + "…"
     return f"'{text}'"
@@ -312,12 +320,36 @@ class RulesMetric(Metric):
             raise ValueError("the 'rules' metric needs at least one check: contains, not_contains, regex, not_regex, "
                              "tool_called, ended_by, max_agent_turns, min_agent_turns or language")
 
+    # The metric only reads its options and the conversation: the engine may run it off its event loop.
+    off_loop = True
+
     @staticmethod
-    def _compile(pattern: str, key: str, flags: int) -> re.Pattern[str]:
+    def _compile(pattern: str, key: str, flags: int) -> Any:
         try:
-            return re.compile(pattern, flags)
-        except re.error as exc:
+            re.compile(pattern, flags)  # Python's syntax, and its messages, decide what is a valid pattern
+            return regex.compile(pattern, flags)
+        except (re.error, regex.error, ValueError, TypeError, OverflowError, RecursionError) as exc:
             raise ValueError(f"option {key!r}: {_shown(pattern)} is not a valid regular expression: {exc}") from None
+
+    @staticmethod
+    def _matching(pattern: Any, key: str, agent: Sequence[tuple[int, str]], scenario: Scenario) -> list[int]:
+        """The agent turns ``pattern`` matches in, within REGEX_SECONDS for all of them (MetricError past it)."""
+        deadline = time.monotonic() + REGEX_SECONDS
+        found = []
+        for number, text in agent:
+            try:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                if pattern.search(text, timeout=left, concurrent=True):
+                    found.append(number)
+            except TimeoutError:
+                raise MetricError(
+                    f"scenario {scenario.name!r}: metric 'rules': {key} {_pattern(pattern)} took over "
+                    f"{REGEX_SECONDS:g} s on agent turn {number} ({len(text):,} characters) and was stopped: the "
+                    "pattern backtracks catastrophically (a nested or overlapping repeat such as (a+)+ or (a|aa)+); "
+                    "rewrite it without the nested repeat") from None
+        return found
 
     def evaluate(self, conversation: Conversation, scenario: Scenario) -> MetricResult:
         """Run every configured check on ``conversation``."""
@@ -338,12 +370,12 @@ class RulesMetric(Metric):
             add(f"not_contains {needle!r}", not found, f"not_contains {needle!r} found in {_turns_text(found)}"
                 if found else f"not_contains {needle!r} not found")
         for pattern in self.regex:
-            found = [n for n, text in agent if pattern.search(text)]
+            found = self._matching(pattern, "regex", agent, scenario)
             shown = _pattern(pattern)
             add(f"regex {shown}", bool(found), f"regex {shown} matched in {_turns_text(found)}" if found
                 else f"regex {shown} matched no agent turn")
         for pattern in self.not_regex:
-            found = [n for n, text in agent if pattern.search(text)]
+            found = self._matching(pattern, "not_regex", agent, scenario)
             shown = _pattern(pattern)
             add(f"not_regex {shown}", not found, f"not_regex {shown} matched in {_turns_text(found)}" if found
                 else f"not_regex {shown} matched no agent turn")
@@ -456,6 +488,7 @@ class RougeMetric(Metric):
 
     name = "rouge"
     OPTIONS = ("reference", "reference_file", "base_dir", "variant", "target", "threshold")
+    off_loop = True  # reads only its options and the conversation: scored in a worker thread, off the event loop
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(options)

@@ -18,6 +18,7 @@ failure names the metric. A metric that raises makes the scenario an *error* nam
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import math
@@ -191,7 +192,10 @@ async def run_metric(metric: Metric, name: str, conversation: Conversation, scen
     """``metric``'s result; an exception of the engine (endpoint, cache miss, invalid verdict) passes through,
     anything else is a MetricError naming the metric with its traceback."""
     try:
-        outcome = metric.evaluate(conversation, scenario)
+        if getattr(metric, "off_loop", False):  # a sync metric that says it may run in a worker thread
+            outcome = await asyncio.to_thread(metric.evaluate, conversation, scenario)
+        else:
+            outcome = metric.evaluate(conversation, scenario)
         if inspect.isawaitable(outcome):
             outcome = await outcome
     except LlmsimError:

@@ -367,7 +367,8 @@ def totals_line(summary: RunSummary) -> str:
         unpriced = f", pass^k {summary.pass_hat_k:.1%}, flaky {len(summary.flaky_scenarios)}" + unpriced
     partial = "" if summary.complete else (f", {incomplete_cause(summary).upper()}: "
                                            f"{summary.unfinished_scenarios} did not finish")
-    return (f"llmsim: {summary.total_scenarios} scenarios, {outcome_counts(summary)}, pass rate "
+    scenarios = "scenario" if summary.total_scenarios == 1 else "scenarios"
+    return (f"llmsim: {summary.total_scenarios} {scenarios}, {outcome_counts(summary)}, pass rate "
             f"{pass_rate_text(summary)}, mean score {'n/a' if mean is None else f'{mean:g}'}, tokens "
             f"{summary.total_tokens} live + {summary.replayed_tokens} replayed, calls {summary.total_requests} "
             f"live / {summary.replayed_requests} replayed, cost {usd(summary.total_cost_usd)} "

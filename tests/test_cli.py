@@ -125,7 +125,8 @@ def test_exit_codes_and_one_line_input_errors(sim: SimProject) -> None:
     ok = llmsim(sim.path, "run", "scenarios/good.json", "--output-dir", "out", "--quiet", base_url=sim.server.base_url)
     assert (ok.returncode, ok.stdout) == (0, "")
     missing = llmsim(sim.path, "run", "scenarios/nope.json")
-    assert missing.returncode == 2 and missing.stderr.strip() == "llmsim: scenarios/nope.json: no such scenario file"
+    assert missing.returncode == 2 and \
+        missing.stderr.strip() == "llmsim: scenarios/nope.json: no such scenario file or folder"
     (sim.path / "scenarios" / "broken.json").write_text("[{")
     broken = llmsim(sim.path, "run", "scenarios/broken.json")
     assert broken.returncode == 2 and len(broken.stderr.strip().splitlines()) == 1
@@ -160,3 +161,80 @@ def test_the_references_generic_environment_variables_are_read_by_llmsim_only(si
                                                   "WEBHOOK_URL": "http://127.0.0.1:9/hook"})
     assert (resolved["llmsim_port"], resolved["llmsim_host"], resolved["llmsim_max_turns"]) == (6001, "::1", 7)
     assert resolved["llmsim_webhook_url"] == "http://127.0.0.1:9/hook"
+
+
+def test_a_folder_runs_every_scenario_file_pytest_would_collect_in_it(sim: SimProject) -> None:
+    """``llmsim run scenarios/`` said "no such scenario file": a folder runs its scenario files as ``pytest
+    scenarios/`` collects them (within llmsim_paths, subfolders included, in pytest's order); a broken file is an
+    error naming it while the others run; a folder pytest would not collect is a usage error saying why."""
+    sim.write_scenarios("a.json", [scenario("good_one"), scenario("low_one")])
+    (sim.path / "scenarios" / "sub").mkdir()
+    sim.write_scenarios("sub/b.yaml", [scenario("mid_one")])
+    (sim.path / "scenarios" / "broken.json").write_text("[{")
+    (sim.path / "scenarios" / "notes.txt").write_text("not a scenario")
+    expected = pytest_export(sim)
+    done = llmsim(sim.path, "run", "scenarios/", "--output-dir", "out", "-o", "llmsim_cache_dir=cache_cli",
+                  base_url=sim.server.base_url)
+    assert done.returncode == 1, done.stderr  # low_one fails, broken.json errors
+    assert "Traceback" not in done.stderr and "broken.json" in done.stderr
+    got = json.loads(cli_exports(sim.path)[".json"].read_text())["results"]
+    assert [(r["nodeid"], r["outcome"]) for r in got] == [
+        ("scenarios/a.json::good_one", "passed"), ("scenarios/a.json::low_one", "failed"),
+        ("scenarios/broken.json::invalid-file", "error"), ("scenarios/sub/b.yaml::mid_one", "passed")]
+    assert "broken.json" in got[2]["error_message"] and got[2]["error_kind"] == "scenario_error"
+    assert [(r["nodeid"], r["outcome"]) for r in got] == [(r["nodeid"], r["outcome"]) for r in expected["results"]]
+    assert [stripped(r) for r in got if r["outcome"] != "error"] == \
+        [stripped(r) for r in expected["results"] if r["outcome"] != "error"]
+
+    (sim.path / "elsewhere").mkdir()
+    (sim.path / "elsewhere" / "x.json").write_text(json.dumps([scenario("good_one")]))
+    outside = llmsim(sim.path, "run", "elsewhere", base_url=sim.server.base_url)
+    assert outside.returncode == 2 and len(outside.stderr.strip().splitlines()) == 1
+    assert "elsewhere: 1 scenario-like file but none within llmsim_paths (scenarios" in outside.stderr
+    (sim.path / "empty").mkdir()
+    empty = llmsim(sim.path, "run", "empty", base_url=sim.server.base_url)
+    assert empty.returncode == 2 and "empty: no scenario files" in empty.stderr
+
+
+def test_one_scenario_is_not_scenarios(sim: SimProject) -> None:
+    sim.write_scenarios("one.json", [scenario("good_one")])
+    done = llmsim(sim.path, "run", "scenarios/one.json", "--single", "0", "--no-stream", "--output-dir", "out",
+                  base_url=sim.server.base_url)
+    assert done.returncode == 0, done.stderr
+    assert "llmsim: 1 scenario, 1 passed" in done.stdout and "1 scenarios" not in done.stdout
+    out_of_range = llmsim(sim.path, "run", "scenarios/one.json", "--single", "1")
+    assert out_of_range.returncode == 2
+    assert "--single 1: the file has 1 scenario (0 to 0)" in out_of_range.stderr
+
+
+def test_usage_errors_exit_2_with_one_line_naming_the_input(sim: SimProject, tmp_path: Path) -> None:
+    """``serve --db DIR`` printed a traceback, ``summarise`` of a file that is no export exited 0, and ``run
+    --base-url notaurl`` ran every scenario into a connection error (exit 1): each is a one-line usage error."""
+    (sim.path / "dbdir").mkdir()
+    served = llmsim(sim.path, "serve", "--db", "dbdir", "--port", "9", timeout=60)
+    assert served.returncode == 2 and "Traceback" not in served.stderr, served.stderr
+    assert served.stderr.count("\n") == 1 and "dbdir: is a directory" in served.stderr
+    (sim.path / "notadb.sqlite3").write_text("this is not a database " * 100)
+    not_db = llmsim(sim.path, "serve", "--db", "notadb.sqlite3", "--port", "9", timeout=60)
+    assert not_db.returncode == 2 and "notadb.sqlite3" in not_db.stderr and "Traceback" not in not_db.stderr
+
+    for name, text, why in (("garbage.csv", "hello world\n", "the header has no 'scenario' and 'status' columns"),
+                            ("empty.csv", "", "the header has no"),
+                            ("header.csv", "scenario,status\n", "holds no results"),
+                            ("empty.ndjson", "\n", "holds no results"),
+                            ("partial.csv", "scenario,score\na,3\n", "no 'status' column"),
+                            ("none.json", '{"results": []}', "holds no results")):
+        (sim.path / name).write_text(text)
+        out = llmsim(sim.path, "summarise", name)
+        assert out.returncode == 2, (name, out.stdout)
+        assert out.stderr.startswith(f"llmsim: {name}: ") and why in out.stderr, (name, out.stderr)
+        assert len(out.stderr.strip().splitlines()) == 1
+
+    sim.write_scenarios("good.json", [scenario("good_one")])
+    for url in ("notaurl", "ftp://host/v1", "http://", "http://host:port/v1"):
+        bad = llmsim(sim.path, "run", "scenarios/good.json", "--output-dir", "out", base_url=url)
+        assert bad.returncode == 2, (url, bad.stdout, bad.stderr)
+        assert bad.stderr.startswith("llmsim: --base-url (llmsim_base_url): ") and "http:// or https://" in bad.stderr
+    from_env = llmsim(sim.path, "run", "scenarios/good.json", env={"OPENAI_BASE_URL": "localhost:8000/v1"})
+    assert from_env.returncode == 2 and from_env.stderr.startswith("llmsim: OPENAI_BASE_URL: 'localhost:8000/v1'")
+    assert not (sim.path / "out").exists()  # nothing ran

@@ -392,3 +392,64 @@ def test_rouge_without_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "rouge_score", None)
     with pytest.raises(ValueError, match=r"pip install 'pytest-llmsim\[rouge\]'"):
         RougeMetric({"reference": "a"})
+
+
+# -- regexes with catastrophic backtracking (issue 24.11) ----------------------------------------------------------
+RUNAWAY = "a" * 34 + "!"
+
+
+def test_a_nested_repeat_is_matched_at_once_and_a_runaway_regex_is_stopped_with_an_error() -> None:
+    """``(a+)+$`` on 34 a's and '!' ran for hours under ``re`` (holding the interpreter); the rules metric now
+    matches it at once, and a pattern that still backtracks is stopped after REGEX_SECONDS with an error naming the
+    scenario, the check and the pattern."""
+    import time
+
+    from pytest_llmsim.metric_rules import REGEX_SECONDS
+    from pytest_llmsim.metrics import MetricError
+
+    conv = conversation("hi", RUNAWAY)
+    started = time.monotonic()
+    result = rules(conv, regex=r"(a+)+$")
+    assert result.passed is False and result.reason == "regex '(a+)+$' matched no agent turn"
+    assert time.monotonic() - started < 1
+    started = time.monotonic()
+    with pytest.raises(MetricError) as caught:
+        rules(conv, contains="a", not_regex=r"(a|aa)+$")
+    assert time.monotonic() - started < REGEX_SECONDS + 5
+    message = str(caught.value)
+    assert message.startswith("scenario 'a': metric 'rules': not_regex '(a|aa)+$' took over 1 s on agent turn 2")
+    assert "backtracks catastrophically" in message
+
+
+def test_pytest_with_a_runaway_regex_finishes_quickly_with_a_clear_error(sim: Any) -> None:
+    """The whole run (a pytest subprocess) ends in seconds: the nested repeat gives a verdict, the runaway pattern
+    errors its scenario only, naming it, and the other scenarios run."""
+    import json
+    import time
+
+    from conftest import scenario, verdict
+    from pytest_llmsim.testing.openai_server import ScriptedOpenAIServer
+
+    script = {"rules": [
+        {"match": {"system_contains": "EVALUATOR"}, "reply": verdict(3, "Fine.")},
+        {"match": {"system_contains": "AGENT"}, "replies": [RUNAWAY, "Bye. [END_CALL]"]},
+        {"match": {"system_contains": "CLIENT"}, "replies": ["Hello", "Thanks"]},
+    ]}
+    sim.write_scenarios("re.json", [
+        scenario("nested", evaluate=["judge", {"rules": {"regex": "(a+)+$"}}]),
+        scenario("runaway", evaluate=["judge", {"rules": {"not_regex": "(a|aa)+$"}}]),
+        scenario("plain", evaluate=["judge", {"rules": {"regex": "a+!"}}]),
+    ])
+    with ScriptedOpenAIServer(script) as server:
+        started = time.monotonic()
+        result = sim.pytester.runpytest_subprocess("-p", "no:randomly", f"--llmsim-base-url={server.base_url}",
+                                                   "--llmsim-results=out.json", "-rA", timeout=90)
+        took = time.monotonic() - started
+    assert took < 60, took
+    outcomes = {r["scenario"]: (r["outcome"], r["error_kind"], r["error_message"])
+                for r in json.loads((sim.path / "out.json").read_text())["results"]}
+    assert outcomes["nested"][0] == "failed" and outcomes["plain"][0] == "passed", outcomes
+    outcome, kind, message = outcomes["runaway"]
+    assert (outcome, kind) == ("error", "metric_error")
+    assert "scenario 'runaway': metric 'rules': not_regex '(a|aa)+$' took over 1 s" in message
+    result.stdout.fnmatch_lines(["*runaway*metric 'rules': not_regex '(a|aa)+$' took over 1 s*"])

@@ -167,6 +167,7 @@ def test_a_batch_through_the_api_equals_pytest_to_the_digit(sim: SimProject, ser
 
     summary = service.request("GET", f"/api/batches/{batch_id}/summary").json()
     assert summary.pop("batch_id") == batch_id and summary.pop("status") == "completed"
+    assert summary.pop("ok") is False and status["ok"] is False  # low_one failed
     skip = VOLATILE_SUMMARY
     assert {k: v for k, v in summary.items() if k not in skip} == \
         {k: v for k, v in expected["summary"].items() if k not in skip}
@@ -292,6 +293,10 @@ def test_bad_requests_are_422_404_413_and_no_request_names_a_server_path(
                          ("GET", "/api/batches/nope/summary"), ("GET", "/api/batches/nope/cost"),
                          ("DELETE", "/api/batches/nope"), ("POST", "/api/batches/nope/resume")):
         assert service.request(method, path).status_code == 404
+    for hostile in ("x' OR '1'='1", "1; DROP TABLE batches; --", "%' OR batch_id LIKE '%"):  # ids are parameters
+        for method, path in (("GET", ""), ("GET", "/results"), ("DELETE", ""), ("POST", "/resume")):
+            answer = service.request(method, f"/api/batches/{hostile}{path}")
+            assert answer.status_code == 404, (hostile, path, answer.text)
     wrong_format = service.request("GET", "/api/batches/nope/results", params={"format": "xml"})
     assert wrong_format.status_code == 422 and wrong_format.json()["detail"][0]["loc"] == ["query", "format"]
     assert service.request("GET", "/api/batches").json()["total_count"] == 0  # nothing was launched
@@ -309,6 +314,20 @@ def test_any_address_but_loopback_needs_a_token(sim: SimProject, services: list[
     assert wrong.status_code == 401
     right = service.request("GET", "/api/batches", headers={"Authorization": f"Bearer {token}"})
     assert right.status_code == 200
+    # bound to a wildcard address the token protects: any Host (the machine's names), but no foreign Origin
+    named = service.request("GET", "/api/batches", headers={"Authorization": f"Bearer {token}",
+                                                            "host": f"llmsim.example:{service.port}"})
+    assert named.status_code == 200
+    foreign = service.request("POST", "/api/batches", json=[scenario("a")],
+                              headers={"Authorization": f"Bearer {token}", "origin": "http://evil.example"})
+    assert foreign.status_code == 403
+    same = service.request("GET", "/api/batches", headers={"Authorization": f"Bearer {token}",
+                                                           "host": f"llmsim.example:{service.port}",
+                                                           "origin": f"http://llmsim.example:{service.port}"})
+    assert same.status_code == 200
+    form = service.request("POST", "/api/batches", content=b"a=b", headers={
+        "Authorization": f"Bearer {token}", "content-type": "application/x-www-form-urlencoded"})
+    assert form.status_code == 415
     assert service.request("GET", "/api/health").status_code == 200
     status = subprocess.run([sys.executable, "-m", "pytest_llmsim.cli", "status", "nope", "--api-url", service.url],
                             capture_output=True, text=True, env={**os.environ, "LLMSIM_API_TOKEN": token}, timeout=60)
@@ -340,3 +359,147 @@ def test_fuzzing_the_api_from_its_openapi_schema_finds_no_server_error(
                            "--max-examples", "12", "--no-color"], capture_output=True, text=True, timeout=300,
                           cwd=sim.path)
     assert done.returncode == 0, done.stdout[-3000:]
+
+
+# -- security of the default server (issues 24.9, 24.10) -------------------------------------------------------------
+def test_no_metric_option_naming_a_server_file_in_any_shape_of_the_metric_list(
+        sim: SimProject, services: list[Service]) -> None:
+    """The list form ``[name, options]`` the scenario model also accepts was let through: the server read the file
+    of the client's choosing (an existence and content oracle; /dev/zero exhausted its memory)."""
+    service = serve(sim, services)
+    for evaluate, loc in (
+            ([["rouge", {"reference_file": "/etc/passwd", "threshold": 0.5}]], [0, "rouge", "reference_file"]),
+            ((["judge", ["rouge", {"reference_file": "/dev/zero"}]]), [1, "rouge", "reference_file"]),
+            ([{"rouge": {"reference_file": "/etc/passwd"}}], [0, "rouge", "reference_file"]),
+            ([{"rouge": {"reference": "x", "base_dir": "/etc"}}], [0, "rouge", "base_dir"]),
+            ([["my_metric", {"rubricPath": "/etc/shadow"}]], [0, "my_metric", "rubricPath"]),
+            ([["my_metric", {"sources": [{"file": "/etc/hosts"}]}]], [0, "my_metric", "sources", 0, "file"])):
+        answer = service.request("POST", "/api/batches", json=[scenario("a", evaluate=evaluate)])
+        assert answer.status_code == 422, (evaluate, answer.text)
+        assert answer.json()["detail"][0]["loc"] == ["body", 0, "evaluate", *loc], answer.text
+        assert "server file" in answer.json()["detail"][0]["msg"]
+    assert service.request("GET", "/api/batches").json()["total_count"] == 0
+    allowed = service.request("POST", "/api/batches",
+                              json=[scenario("a", evaluate=[["rouge", {"reference": "Your order is confirmed"}]])])
+    assert allowed.status_code == 200, allowed.text
+
+
+def test_the_default_server_refuses_requests_a_web_page_can_make(sim: SimProject, services: list[Service]) -> None:
+    """A page in the user's browser could POST text/plain or a form (no preflight) to the tokenless loopback server
+    and launch batches, and read results through DNS rebinding (a foreign Host): Content-Type, Origin and Host are
+    checked on every request."""
+    service = serve(sim, services)
+    body = json.dumps([scenario("a")])
+    port = service.port
+    for headers in ({"content-type": "text/plain"}, {"content-type": "application/x-www-form-urlencoded"},
+                    {"content-type": "multipart/form-data; boundary=x"}, {}):
+        answer = service.request("POST", "/api/batches", content=body, headers=headers)
+        assert answer.status_code == 415, (headers, answer.text)
+        assert "application/json" in answer.json()["detail"]
+    for origin in ("http://evil.example", "null", f"http://evil.example:{port}", f"http://127.0.0.1:{port + 1}",
+                   "file://", f"ftp://localhost:{port}"):
+        launch = service.request("POST", "/api/batches", json=[scenario("a")], headers={"origin": origin})
+        assert launch.status_code == 403, (origin, launch.text)
+        assert "cross-origin" in launch.json()["detail"]
+        assert service.request("GET", "/api/batches", headers={"origin": origin}).status_code == 403
+    for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1:{port + 1}", "localhost", "127.0.0.1.nip.io"):
+        answer = service.request("GET", "/api/batches", headers={"host": host})
+        assert answer.status_code == 421, (host, answer.text)
+        assert "does not name this server" in answer.json()["detail"]
+        assert service.request("GET", "/api/health", headers={"host": host}).status_code == 421
+    assert service.request("GET", "/api/batches").json()["total_count"] == 0  # nothing was launched
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", f"LOCALHOST:{port}"):
+        assert service.request("GET", "/api/batches", headers={"host": host}).status_code == 200, host
+    for origin in (f"http://127.0.0.1:{port}", f"http://localhost:{port}", f"http://[::1]:{port}"):
+        launched = service.request("POST", "/api/batches", json=[scenario("a")], headers={"origin": origin})
+        assert launched.status_code == 200, (origin, launched.text)
+    charset = service.request("POST", "/api/batches", content=body,
+                              headers={"content-type": "application/json; charset=utf-8"})
+    assert charset.status_code == 200, charset.text
+
+
+def test_health_answers_while_a_batch_runs_a_runaway_regex(sim: SimProject, services: list[Service]) -> None:
+    """``(a+)+$`` on 34 a's and '!' froze the whole service (``re`` holds the interpreter): the regex is matched at
+    once now, a pattern that still backtracks is stopped after a second, and the server answers meanwhile."""
+    script = {"rules": [
+        {"match": {"system_contains": "EVALUATOR"}, "reply": json.dumps({"score": 3, "comment": "Fine."})},
+        {"match": {"system_contains": "AGENT"}, "replies": ["a" * 34 + "!", "Bye. [END_CALL]"]},
+        {"match": {"system_contains": "CLIENT"}, "replies": ["Hello", "Thanks"]},
+    ]}
+    with ScriptedOpenAIServer(script) as llm:
+        service = serve(sim, services, "--concurrency", "1", base_url=llm.base_url)
+        batch_id = service.launch(
+            [scenario("nested", evaluate=["judge", {"rules": {"regex": "(a+)+$"}}])]
+            + [scenario(f"runaway_{i}", evaluate=["judge", {"rules": {"not_regex": "(a|aa)+$"}}]) for i in range(3)])
+        answered, slowest = 0, 0.0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            health = httpx.get(f"{service.url}/api/health", timeout=5)
+            slowest = max(slowest, time.monotonic() - started)
+            assert health.status_code == 200
+            answered += 1
+            if service.request("GET", f"/api/batches/{batch_id}").json()["status"] == "completed":
+                break
+            time.sleep(0.1)
+        info = service.wait(batch_id, timeout=5)
+    assert answered >= 5 and slowest < 1.0, (answered, slowest)
+    assert (info["errored_scenarios"], info["failed_scenarios"], info["ok"]) == (3, 4, False)
+    rows = service.request("GET", f"/api/batches/{batch_id}/results").json()["results"]
+    assert [r["outcome"] for r in rows] == ["failed", "error", "error", "error"]
+    assert "scenario 'runaway_0': metric 'rules': not_regex '(a|aa)+$' took over 1 s" in rows[1]["error_message"]
+
+
+# -- the README's example (issue 25.7) -----------------------------------------------------------------------------
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_launch_body() -> Any:
+    """The JSON body of the README's ``curl -X POST .../api/batches`` example, as a shell passes it."""
+    import re
+    import shlex
+
+    section = README.read_text(encoding="utf-8").split("\n## The service\n", 1)[1].split("\n## ", 1)[0]
+    command = next(block for block in re.findall(r"```bash\n(.*?)```", section, re.DOTALL)
+                   if "-X POST" in block).split("\n# ", 1)[0]
+    words = shlex.split(command.replace("\\\n", " "))
+    assert words[:4] == ["curl", "-s", "-X", "POST"] and words[4].endswith("/api/batches")
+    assert words[words.index("-H") + 1] == "Content-Type: application/json"
+    return json.loads(words[words.index("-d") + 1])
+
+
+def test_the_readmes_service_example_runs_and_a_batch_of_errors_is_not_ok(
+        sim: SimProject, services: list[Service]) -> None:
+    """The README's curl example errored on every scenario with the shipped prompts ('agent.j2' uses undefined
+    variable 'CURRENT_DATE') while the batch read ``completed``: it runs clean now, in the repository's sample
+    project and in a folder with the package's generic prompts, and a batch whose scenarios errored says
+    ``ok: false``."""
+    import shutil
+
+    shipped = Path(__file__).resolve().parents[1] / "prompts"
+    shutil.rmtree(sim.path / "prompts")
+    shutil.copytree(shipped, sim.path / "prompts")
+    script = {"rules": [
+        {"match": {"system_contains": "strict"}, "reply": json.dumps({"score": 3, "comment": "Good."})},
+        {"match": {"system_contains": "CUSTOMER"}, "replies": ["Two chicken fillets to Moscow.", "Yes. Bye!"]},
+        {"match": {}, "replies": ["Two chicken fillets to Moscow, 1-2 days. Confirm?", "Confirmed. Bye [END_CALL]"]},
+    ]}
+    body = readme_launch_body()
+    with ScriptedOpenAIServer(script) as llm:
+        for prompts in ("prompts", "no-such-folder"):  # the sample project's prompts, the package's generic ones
+            service = serve(sim, services, "-o", f"llmsim_prompts_dir={prompts}", base_url=llm.base_url)
+            info = service.wait(service.launch(body))
+            rows = service.request("GET", f"/api/batches/{info['batch_id']}/results").json()["results"]
+            assert [(r["outcome"], r["error_message"]) for r in rows] == [("passed", "")] * len(rows), rows
+            assert info["ok"] is True and info["errored_scenarios"] == 0
+            summary = service.request("GET", f"/api/batches/{info['batch_id']}/summary").json()
+            assert summary["ok"] is True
+            service.stop()
+        # the old example: only PERSONALITY and SEED; every scenario errors, and the batch is not ok
+        service = serve(sim, services, base_url=llm.base_url)
+        info = service.wait(service.launch({"scenarios": [
+            {"name": "calm_reorder", "variables": {"PERSONALITY": "calm", "SEED": 12345}}]}))
+    assert (info["status"], info["ok"], info["errored_scenarios"], info["failed_scenarios"]) == \
+        ("completed", False, 1, 1)
+    summary = service.request("GET", f"/api/batches/{info['batch_id']}/summary").json()
+    assert summary["ok"] is False and summary["errored_scenarios"] == 1

@@ -31,9 +31,11 @@ from .manager import BatchManager
 
 TOKEN_ENV = "LLMSIM_API_TOKEN"
 VERSION = "1.0.0"
-# Metric options that name a file or folder on the server (the rouge metric's ``reference_file``, ...).
-_PATH_OPTION_SUFFIXES = ("_file", "_dir", "_path")
-_PATH_OPTIONS = frozenset({"file", "path", "dir", "folder"})
+# Metric options that name a file or folder on the server (the rouge metric's ``reference_file``, ``base_dir``, a
+# custom metric's ``rubric_path``...): a key with one of these words, or ending in one.
+_PATH_WORDS = frozenset({"file", "files", "filename", "filenames", "path", "paths", "dir", "dirs", "directory",
+                         "folder", "folders"})
+_PATH_ENDINGS = ("file", "files", "filename", "path", "paths", "dir", "dirs", "directory", "folder")
 
 
 def is_loopback(host: str) -> bool:
@@ -43,6 +45,73 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+_LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+_WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def _bare(host: str) -> str:
+    return host.strip().strip("[]").lower()
+
+
+def _shown_host(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class RequestGuard:
+    """What a request must be to reach the API, against web pages a browser on this machine shows (CSRF) and
+    DNS rebinding: its ``Host`` names this server (127.0.0.1, localhost or [::1] with the bound port, or the
+    bound address itself), an ``Origin``, when sent, is one of those (or the Host the request was sent to), and
+    a body is ``application/json``. Bound to a wildcard address (0.0.0.0, ::), which needs a token, the Host is
+    not checked: the bearer token, which no browser sends on its own, is the protection there."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.port = port
+        bound = _bare(host)
+        self.any_host = bound in _WILDCARDS
+        self.names = tuple(dict.fromkeys((*_LOOPBACK_NAMES, bound)))
+
+    def accepted(self) -> str:
+        return ", ".join(_shown_host(name, self.port) for name in self.names)
+
+    def _ours(self, hostname: str | None, port: int | None) -> bool:
+        return hostname is not None and _bare(hostname) in self.names and port == self.port
+
+    def problem(self, request: Request) -> JSONResponse | None:
+        """The error response for a request that must not reach the API, or None."""
+        from urllib.parse import urlsplit
+
+        host = request.headers.get("host", "")
+        try:
+            split = urlsplit(f"//{host}")
+            host_name, host_port = split.hostname, 80 if split.port is None else split.port
+        except ValueError:
+            host_name, host_port = None, None
+        if not self.any_host and not self._ours(host_name, host_port):
+            return JSONResponse({"detail": f"Host header {host!r} does not name this server; use one of "
+                                           f"{self.accepted()}"}, status_code=421)
+        origin = request.headers.get("origin")
+        if origin is not None:
+            try:
+                split = urlsplit(origin)
+                origin_port = split.port if split.port is not None else {"http": 80, "https": 443}.get(split.scheme)
+                origin_name = split.hostname if split.scheme in ("http", "https") else None
+            except ValueError:
+                origin_name, origin_port = None, None
+            same = origin_name is not None and (origin_name, origin_port) == (host_name, host_port)
+            if not (self._ours(origin_name, origin_port) or same):
+                return JSONResponse({"detail": f"cross-origin request from {origin!r} refused; the API accepts "
+                                               f"requests without an Origin or from {self.accepted()}"},
+                                    status_code=403)
+        has_body = request.headers.get("transfer-encoding") is not None \
+            or request.headers.get("content-length", "0") not in ("", "0")
+        if has_body or (request.method == "POST" and request.url.path == "/api/batches"):
+            media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+            if media != "application/json":
+                return JSONResponse({"detail": f"the body must be JSON sent with 'Content-Type: application/json' "
+                                               f"(got {media or 'no Content-Type'!r})"}, status_code=415)
+        return None
 
 
 def db_path(resolved: ResolvedOptions) -> Path:
@@ -69,16 +138,36 @@ def _server_paths(raw: dict[str, Any], loc: tuple[Any, ...]) -> list[dict[str, A
         if isinstance(value, dict) and "template" in value:
             problems.append({"type": "value_error", "loc": (*loc, role, "template"), "input": None,
                              "msg": "templates are the server's (llmsim_prompts_dir); remove 'template'"})
-    evaluate = raw.get("evaluate")
-    if isinstance(evaluate, list):
-        for index, entry in enumerate(evaluate):
-            if isinstance(entry, dict) and len(entry) == 1:
-                name, options = next(iter(entry.items()))
-                for key in options if isinstance(options, dict) else ():
-                    if str(key).lower().endswith(_PATH_OPTION_SUFFIXES) or str(key).lower() in _PATH_OPTIONS:
-                        problems.append({"type": "value_error", "loc": (*loc, "evaluate", index, name, key),
-                                         "input": None, "msg": "options naming a server file are not accepted"})
     return problems
+
+
+def _names_a_path(key: Any) -> bool:
+    text = str(key).lower().replace("-", "_")
+    return bool(set(text.split("_")) & _PATH_WORDS) or text.endswith(_PATH_ENDINGS)
+
+
+def _path_options(value: Any, loc: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
+    """The locations of every key naming a path in metric options (nested mappings and lists included)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if _names_a_path(key):
+                yield (*loc, key)
+            else:
+                yield from _path_options(item, (*loc, key))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _path_options(item, (*loc, index))
+
+
+def _metric_paths(scenario: Scenario, loc: tuple[Any, ...]) -> list[dict[str, Any]]:
+    """Metric options that would make the server read a file, checked on the *normalised* metric list (the
+    ``evaluate`` field as the engine will use it), so every written shape of an entry (a name, ``{name: options}``,
+    ``[name, options]``) is covered."""
+    return [{"type": "value_error", "loc": where, "input": None,
+             "msg": "metric options naming a server file or folder are not accepted by the service (send the text "
+                    "itself, e.g. the rouge metric's 'reference')"}
+            for index, (name, options) in enumerate(scenario.evaluate or ())
+            for where in _path_options(options, (*loc, "evaluate", index, name))]
 
 
 def parse_scenarios(body: Any) -> list[Scenario]:
@@ -117,6 +206,10 @@ def parse_scenarios(body: Any) -> list[Scenario]:
             errors += [{"type": e["type"], "loc": (*where, *e["loc"]), "msg": e["msg"], "input": None}
                        for e in exc.errors(include_url=False)]
             continue
+        problems = _metric_paths(scenario, where)
+        if problems:
+            errors += problems
+            continue
         if scenario.name in names:
             errors.append({"type": "value_error", "loc": (*where, "name"), "input": None,
                            "msg": f"duplicate name {scenario.name!r}; names must be unique per batch"})
@@ -135,6 +228,16 @@ _LAUNCH_SCHEMA = {
          "required": ["scenarios"], "additionalProperties": False},
     ]}}}},
 }
+
+
+def batch_ok(info: dict[str, Any]) -> bool | None:
+    """The batch's verdict, as ``llmsim run``'s exit code gives it: True when it completed with every scenario
+    passed (or skipped, xfailed) and no gate missed; False when it completed otherwise (a failed or errored
+    scenario, a missed gate); None while it is not complete (running, cancelled, interrupted)."""
+    if info["status"] != states.COMPLETED:
+        return None
+    missed = json.loads(info["summary"]).get("gates", {}).get("missed") if info["summary"] else None
+    return not info["failed_scenarios"] and not missed
 
 
 def create_app(resolved: ResolvedOptions, *, token: str | None = None) -> FastAPI:
@@ -159,15 +262,19 @@ def create_app(resolved: ResolvedOptions, *, token: str | None = None) -> FastAP
             raise HTTPException(404, f"batch {batch_id!r} not found")
         return info
 
-    if token:
-        @app.middleware("http")
-        async def require_token(request: Request, call_next: Any) -> Any:
-            if request.url.path != "/api/health":
-                scheme, _, given = request.headers.get("authorization", "").partition(" ")
-                if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-                    return JSONResponse({"detail": "missing or wrong bearer token"}, status_code=401,
-                                        headers={"WWW-Authenticate": "Bearer"})
-            return await call_next(request)
+    guard = RequestGuard(str(resolved["llmsim_host"]), int(resolved["llmsim_port"]))
+
+    @app.middleware("http")
+    async def guard_requests(request: Request, call_next: Any) -> Any:
+        refused = guard.problem(request)
+        if refused is not None:
+            return refused
+        if token and request.url.path != "/api/health":
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+                return JSONResponse({"detail": "missing or wrong bearer token"}, status_code=401,
+                                    headers={"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
 
     @app.get("/api/health")
     def health() -> dict[str, str]:
@@ -200,10 +307,11 @@ def create_app(resolved: ResolvedOptions, *, token: str | None = None) -> FastAP
     def batch_status(batch_id: str) -> dict[str, Any]:
         info = found(batch_id)
         total = int(info["total_scenarios"])
-        return {"batch_id": batch_id, "status": info["status"],
+        return {"batch_id": batch_id, "status": info["status"], "ok": batch_ok(info),
                 "progress": round(100.0 * info["completed_scenarios"] / total, 2) if total else 100.0,
                 "total_scenarios": total, "completed_scenarios": info["completed_scenarios"],
-                "failed_scenarios": info["failed_scenarios"], "created_at": info["created_at"],
+                "failed_scenarios": info["failed_scenarios"], "errored_scenarios": info["errored_scenarios"],
+                "created_at": info["created_at"],
                 "started_at": info["started_at"], "completed_at": info["completed_at"],
                 "webhook_deliveries": info["webhook_deliveries"], "webhook_failures": info["webhook_failures"]}
 
@@ -236,7 +344,7 @@ def create_app(resolved: ResolvedOptions, *, token: str | None = None) -> FastAP
     def summary(batch_id: str) -> dict[str, Any]:
         info = found(batch_id)
         data = json.loads(info["summary"]) if info["summary"] else manager().summary(batch_id)
-        return {"batch_id": batch_id, "status": info["status"], **data}
+        return {"batch_id": batch_id, "status": info["status"], "ok": batch_ok(info), **data}
 
     @app.get("/api/batches/{batch_id}/cost")
     def cost(batch_id: str) -> dict[str, Any]:
@@ -289,6 +397,20 @@ def _ndjson_stream(batch_id: str, chunks: Iterator[list[dict[str, Any]]], total:
         yield render_ndjson(chunk)
 
 
+def database_problem(path: Path) -> str | None:
+    """Why the service cannot keep its batches in ``path`` (one line naming it and what to do), or None."""
+    import sqlite3
+
+    hint = "give a database file with --db or llmsim_service_db"
+    if path.is_dir():
+        return f"--db {path}: is a directory; {hint} (e.g. --db {path / 'llmsim.sqlite3'})"
+    try:
+        states.Store(path).close()
+    except (sqlite3.Error, OSError) as exc:
+        return f"--db {path}: cannot be used as the service's SQLite database ({exc}); {hint}"
+    return None
+
+
 def serve(resolved: ResolvedOptions, *, verbose: bool = False) -> int:
     """``llmsim serve``: refuse a non-loopback address without a token, then run uvicorn until stopped."""
     import uvicorn
@@ -301,6 +423,10 @@ def serve(resolved: ResolvedOptions, *, verbose: bool = False) -> int:
     if not is_loopback(host) and token is None:
         print(f"llmsim: refusing to bind {host}: any address but loopback needs a token; set {TOKEN_ENV} (clients "
               "send it as 'Authorization: Bearer <token>'), or bind 127.0.0.1", file=sys.stderr)
+        return 2
+    problem = database_problem(db_path(resolved))
+    if problem is not None:
+        print(f"llmsim: {problem}", file=sys.stderr)
         return 2
     log_dir: Path | None = resolved["llmsim_log_dir"]
     setup_logs(log_dir, verbose=verbose, scrub=secret_scrubber(resolved))

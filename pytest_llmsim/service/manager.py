@@ -121,7 +121,9 @@ class BatchManager:
             return
         self.store.set_summary(batch_id, self.summary(batch_id))
         self.store.set_status(batch_id, states.COMPLETED)
-        log("app", logging.INFO, "batch completed", batch_id=batch_id)
+        counts = self.store.batch(batch_id) or {}
+        log("app", logging.INFO, "batch completed", batch_id=batch_id,
+            failed_scenarios=counts.get("failed_scenarios"), errored_scenarios=counts.get("errored_scenarios"))
 
     # -- reports ----------------------------------------------------------------------------------------------
     def summary(self, batch_id: str) -> dict[str, Any]:

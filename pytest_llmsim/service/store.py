@@ -112,10 +112,11 @@ class Store:
                 return None
             data = dict(row)
             counts = self._db.execute(
-                "SELECT COUNT(*), SUM(outcome IN ('failed', 'error')) FROM results WHERE batch_id = ?",
-                (batch_id,)).fetchone()
+                "SELECT COUNT(*), SUM(outcome IN ('failed', 'error')), SUM(outcome = 'error') FROM results "
+                "WHERE batch_id = ?", (batch_id,)).fetchone()
         data["completed_scenarios"] = counts[0] or 0
-        data["failed_scenarios"] = counts[1] or 0
+        data["failed_scenarios"] = counts[1] or 0  # failed or errored (the reference's count)
+        data["errored_scenarios"] = counts[2] or 0
         return data
 
     def batches(self) -> list[dict[str, Any]]:
