@@ -1,8 +1,9 @@
 """A GitHub-flavoured markdown summary of a run, for a pull request or a job's step summary (no pytest).
 
-``render_markdown`` writes, in order: a title with the verdict, the totals, the suite gates, (with a baseline)
-the changes since the baseline as a table, regressions first, and then collapsible transcripts of the failed and
-errored scenarios and of those whose conversation changed since the baseline.
+``render_markdown`` writes, in order: a title with the verdict, the totals, the suite gates, the known failures
+(``--llmsim-gate=regressions``), (with a baseline) the changes since the baseline as a table, regressions first,
+and then collapsible transcripts of the failed and errored scenarios and of those whose conversation changed since
+the baseline.
 
 Safety: GitHub renders HTML inside markdown, and everything a model, a scenario file or the user wrote may hold
 ``<script>``, ``|``, backticks or ``</details>``. Such text appears in three places only, each escaped for it:
@@ -126,13 +127,30 @@ def verdict_title(summary: RunSummary, missed: Sequence[str], regressed: int = 0
         notes.append(f"run {incomplete_cause(summary)}")
     if regressed:
         notes.append(f"{regressed} regressed since the baseline")
+    if summary.known_failures:
+        notes.append(f"{len(summary.known_failures)} known failure{'' if len(summary.known_failures) == 1 else 's'}")
     if problems:
         return f"## ❌ LLM scenarios: {', '.join([*problems, *notes])}"
     if summary.total_scenarios == 0:
         return f"## ⚠️ LLM scenarios: {', '.join(['no scenario ran', *notes])}"
     if not summary.complete:
         return f"## ⚠️ LLM scenarios: {', '.join(['no failure in the scenarios that finished', *notes])}"
-    return f"## ✅ LLM scenarios: {', '.join(['all passed', *notes])}"
+    return f"## ✅ LLM scenarios: {', '.join(['no new failures' if summary.known_failures else 'all passed', *notes])}"
+
+
+def known_failures_markdown(summary: RunSummary, deltas: Sequence[ScenarioDelta]) -> str:
+    """The known failures (``--llmsim-gate=regressions``), listed apart from the failures of this run; "" when
+    there are none."""
+    if not summary.known_failures:
+        return ""
+    by_nodeid = {d.nodeid: d for d in deltas}
+    lines = ["**Known failures** (failed on the baseline too; they do not fail the run under "
+             "`--llmsim-gate=regressions`, and are counted as xfailed)", ""]
+    for nodeid in summary.known_failures:
+        delta = by_nodeid.get(nodeid)
+        score = f": score {md_text(_score_arrow(delta.old_score, delta.new_score))}" if delta is not None else ""
+        lines.append(f"- {md_text(_shorten(nodeid, CELL_CHARS))}{score}")
+    return "\n".join(lines)
 
 
 def totals_markdown(summary: RunSummary) -> str:
@@ -491,8 +509,9 @@ def render_markdown(summary: RunSummary, gates: Gates, missed: Sequence[str], re
     title, totals and gates alone are longer). See the module docstring for escaping and truncation."""
     regressed = sum(1 for d in deltas or () if d.regressed)
     blocks = _blocks(records, deltas or ())
+    known = known_failures_markdown(summary, deltas or ())
     head = "\n\n".join([verdict_title(summary, missed, regressed), totals_markdown(summary),
-                        gates_markdown(summary, gates, missed)]) + "\n\n"
+                        gates_markdown(summary, gates, missed), *([known] if known else [])]) + "\n\n"
     table = ""
     if deltas is not None:
         changed = sorted((d for d in deltas if _changed(d)), key=delta_sort_key)

@@ -18,7 +18,11 @@ from .pricing import PriceTable, load_price_table, scenario_cost
 from .summary import Gates
 
 PRICES_KEY = pytest.StashKey[PriceTable]()
+BASELINE_KEY = pytest.StashKey[Baseline]()
 WORKER_PRICES = "llmsim_prices_path"  # workerinput key: the price file the controller resolved
+WORKER_BASELINE = "llmsim_baseline_path"  # workerinput keys: the baseline the controller resolved, and how the
+WORKER_BASELINE_SHOWN = "llmsim_baseline_shown"  # reports name it (relative to the invocation directory)
+GATE_ALL, GATE_REGRESSIONS = "all", "regressions"
 
 
 def resolved_options(config: pytest.Config) -> ResolvedOptions:
@@ -40,12 +44,35 @@ def gates_from_config(config: pytest.Config) -> Gates:
     return Gates(min_mean_score=resolved["llmsim_min_mean_score"], min_pass_rate=resolved["llmsim_min_pass_rate"],
                  max_cost_usd=resolved["llmsim_max_cost_usd"],
                  fail_on_regression=bool(resolved["llmsim_fail_on_regression"]),
-                 max_score_drop=resolved["llmsim_max_score_drop"], min_pass_hat_k=resolved["llmsim_min_pass_hat_k"])
+                 max_score_drop=resolved["llmsim_max_score_drop"], min_pass_hat_k=resolved["llmsim_min_pass_hat_k"],
+                 gate=gate_mode(config))
+
+
+def gate_mode(config: pytest.Config) -> str:
+    """``llmsim_gate``: ``all`` (any failed item fails the run) or ``regressions`` (known failures do not); the
+    latter without a baseline is a usage error, not a silent pass."""
+    resolved = resolved_options(config)
+    mode: str = resolved["llmsim_gate"]
+    if mode == GATE_REGRESSIONS and resolved["llmsim_baseline"] is None:
+        raise pytest.UsageError(
+            "llmsim: llmsim_gate=regressions (--llmsim-gate) needs a baseline to tell a known failure from a new "
+            "one: give --llmsim-baseline (e.g. the main branch's JSON export or recordings directory), or use "
+            "--llmsim-gate=all")
+    return mode
 
 
 def baseline_from_config(config: pytest.Config) -> Baseline | None:
-    """The baseline ``llmsim_baseline`` names, loaded now (None: not set); a bad one is a usage error."""
-    path = path_option(config, "llmsim_baseline")
+    """The baseline ``llmsim_baseline`` names, loaded now (None: not set); a bad one is a usage error. Loaded
+    once per process (the report plugin and the regressions gate share it); an xdist worker loads the file the
+    controller resolved."""
+    cached = config.stash.get(BASELINE_KEY, None)
+    if cached is not None:
+        return cached
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and workerinput.get(WORKER_BASELINE):
+        path: Path | None = Path(workerinput[WORKER_BASELINE])
+    else:
+        path = path_option(config, "llmsim_baseline")
     if path is None:
         return None
     try:
@@ -55,8 +82,13 @@ def baseline_from_config(config: pytest.Config) -> Baseline | None:
     try:
         shown = path.relative_to(config.invocation_params.dir).as_posix()
     except ValueError:
-        return baseline
-    return dataclasses.replace(baseline, shown_as=shown)
+        shown = ""
+    if workerinput is not None and workerinput.get(WORKER_BASELINE_SHOWN):
+        shown = workerinput[WORKER_BASELINE_SHOWN]
+    if shown:
+        baseline = dataclasses.replace(baseline, shown_as=shown)
+    config.stash[BASELINE_KEY] = baseline
+    return baseline
 
 
 def _prices_path(config: pytest.Config) -> Path | None:
