@@ -41,6 +41,8 @@ from .summary import (
     gates_unchecked_reason,
     incomplete_cause,
     incomplete_text,
+    local_judge_baseline_text,
+    local_judge_text,
     outcome_counts,
     pass_rate_text,
 )
@@ -184,6 +186,9 @@ def totals_markdown(summary: RunSummary) -> str:
         lines.append(f"- **Unpriced models** (counted at `$0`): {md_text(', '.join(summary.unpriced_models))}")
     if summary.price_sources:
         lines.append(f"- **Prices:** {md_text(sources_text(summary.price_sources))}")
+    judge = local_judge_text(summary)
+    if judge is not None:  # the verdicts' worth, first
+        lines.insert(0, f"> ⚠️ **Judge:** {md_text(judge[0].upper() + judge[1:])}.\n")
     incomplete = incomplete_text(summary)
     if incomplete is not None:
         lines.insert(0, f"> **Partial run ({incomplete_cause(summary)}):** {md_text(incomplete)}.\n")
@@ -517,6 +522,9 @@ def render_markdown(summary: RunSummary, gates: Gates, missed: Sequence[str], re
         changed = sorted((d for d in deltas if _changed(d)), key=delta_sort_key)
         intro = changes_intro(deltas, baseline_label=baseline_label, new=new, missing=missing,
                               mean_score_delta=mean_score_delta) + "\n\n"
+        caveat = local_judge_baseline_text(summary)
+        if caveat is not None:
+            intro += f"> ⚠️ {md_text(caveat[0].upper() + caveat[1:])}.\n\n"
         if changed:
             # With transcripts to show, a full table leaves room for their heading and truncation note.
             rows, note = _fit_table(head + intro, [delta_row(d) for d in changed], "\n\n",

@@ -6,6 +6,7 @@ The options themselves are rows of the option table (``options.OPTIONS``), resol
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from .baseline import Baseline, load_baseline
 from .errors import ConfigError
 from .options import ResolvedOptions
 from .pricing import PriceTable, load_price_table, scenario_cost
+from .results import ScenarioRecord
 from .summary import Gates
 
 PRICES_KEY = pytest.StashKey[PriceTable]()
@@ -113,3 +115,36 @@ def price_table(config: pytest.Config) -> PriceTable:
 def scenario_cost_usd(config: pytest.Config, result: dict[str, Any]) -> str:
     """Spent cost of one scenario's live calls, as the JUnit ``cost_usd`` property (fixed-point, 8 decimals)."""
     return f"{scenario_cost(result, price_table(config)).spent_usd:.8f}"
+
+
+def local_judge(config: pytest.Config, records: Iterable[ScenarioRecord]) -> dict[str, Any] | None:
+    """``RunSummary.local_judge``: the judge's model file and its recorded calibration when the judge is a local
+    model; None when it is not. The judge is local when no endpoint is configured, unless this run's verdicts
+    all came from another model (a replay of recordings made against an API takes their judge model)."""
+    from .local_model import BUNDLED_MODEL_FILE, LOCAL_MODEL_NAME, judge_calibration
+
+    resolved = resolved_options(config)
+    if not resolved.local:
+        return None
+    judges = {usage.model for record in records for usage in record.result.usage if usage.role == "evaluator"}
+    if judges and LOCAL_MODEL_NAME not in judges:
+        return None
+    configured: Path | None = resolved["llmsim_local_model"]
+    model = configured.name if configured is not None else BUNDLED_MODEL_FILE
+    calibration = judge_calibration(model)
+    return {"model": model, "bundled": configured is None,
+            "calibration": calibration.to_dict() if calibration is not None else None}
+
+
+def recorded_judge_gate(judge: dict[str, Any] | None, min_accuracy: float | None) -> str | None:
+    """The judge gate's missed line when no calibration set ran and the local judge's recorded accuracy is below
+    ``min_accuracy``; None when met or not applicable (no gate, no local judge, no recorded figure)."""
+    if min_accuracy is None or not judge or not isinstance(judge.get("calibration"), dict):
+        return None
+    calibration = judge["calibration"]
+    if calibration["accuracy"] + 1e-9 >= min_accuracy:
+        return None
+    return (f"judge accuracy {calibration['accuracy']:.1%} ({calibration['agreed']} of {calibration['cases']} on the "
+            f"shipped calibration set, recorded for the {'bundled ' if judge.get('bundled') else ''}local model "
+            f"{judge['model']}: `{calibration['command']}`, {calibration['measured']}; no calibration set given) is "
+            f"below the minimum {min_accuracy:.1%} (llmsim_min_judge_accuracy)")

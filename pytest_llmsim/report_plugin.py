@@ -43,12 +43,22 @@ from .report_options import (
     WORKER_PRICES,
     baseline_from_config,
     gates_from_config,
+    local_judge,
     path_option,
     price_table,
     scenario_cost_usd,
 )
 from .results import Outcome, ScenarioRecord, Status
-from .summary import Gates, RunSummary, gates_unchecked_reason, known_failures_text, missed_gates, summary_dict
+from .summary import (
+    Gates,
+    RunSummary,
+    gates_unchecked_reason,
+    known_failures_text,
+    local_judge_baseline_text,
+    local_judge_text,
+    missed_gates,
+    summary_dict,
+)
 from .terminal_report import Line, backend_messages, record_text, summary_lines
 
 __all__ = ["ReportPlugin", "junit_transcript", "scenario_cost_usd"]
@@ -190,8 +200,9 @@ class ReportPlugin:
         interrupted = session.exitstatus == pytest.ExitCode.INTERRUPTED
         summary = self._with_rate_limits(self.collector.summary(interrupted=interrupted, final=True))
         records = self.collector.ordered()
-        summary = self.final = dataclasses.replace(summary, known_failures=[
-            r.nodeid for r in records if r.nodeid in self.known_failures and r.outcome == Outcome.XFAILED])
+        known = [r.nodeid for r in records if r.nodeid in self.known_failures and r.outcome == Outcome.XFAILED]
+        summary = self.final = dataclasses.replace(summary, local_judge=local_judge(self.config, records),
+                                                   known_failures=known)
         self.missed = missed_gates(summary, self.gates) + self.extra_missed
         if self.baseline is not None:
             self.comparison = compare(records, self.baseline)
@@ -289,11 +300,21 @@ class ReportPlugin:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.config.getoption("collectonly", default=False):
             return
-        known = known_failures_text(self.summary)
+        summary = self.summary
+        known = known_failures_text(summary)
         notes = [Line(f"llmsim: {known}", {"yellow": True})] if known is not None else []
-        lines = summary_lines(self.collector.ordered(), self.summary, gates=self.gates, missed=self.missed,
-                              verbosity=self.config.get_verbosity(), notes=[*notes, *self.notes],
+        judge = local_judge_text(summary)  # one line, even under -q: the verdicts' worth
+        judge_lines = [Line(f"llmsim: {judge}", {"yellow": True, "bold": True})] if judge is not None else []
+        caveat = local_judge_baseline_text(summary) if self.comparison is not None else None
+        if caveat is not None:
+            judge_lines.append(Line(f"llmsim: {caveat}", {"yellow": True}))
+        quiet = self.config.get_verbosity() < 0
+        lines = summary_lines(self.collector.ordered(), summary, gates=self.gates, missed=self.missed,
+                              verbosity=self.config.get_verbosity(),
+                              notes=[*([] if quiet else judge_lines), *notes, *self.notes],
                               backend=self.backend, comparison=self.comparison)
+        if quiet and lines:
+            lines.extend(judge_lines)
         for line in lines:
             if line.markup.get("separator"):
                 terminalreporter.write_sep("=", line.text)

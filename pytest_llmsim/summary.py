@@ -153,6 +153,10 @@ class RunSummary:
     # reported as xfailed: counted as any xfailed scenario is), in run order. Set by the pytest front, not from
     # the records.
     known_failures: list[str] = field(default_factory=list)
+    # The judge, when it is a local model (``report_options.local_judge``): ``model`` (its GGUF file name),
+    # ``bundled`` and ``calibration`` (the accuracy recorded for it, ``local_model.JUDGE_CALIBRATION``; None: never
+    # measured). None: the judge is not a local model. Set by the pytest front, not from the records.
+    local_judge: dict[str, Any] | None = None
 
     @property
     def scores_count(self) -> int:
@@ -400,3 +404,32 @@ def known_failures_text(summary: RunSummary, names: int = 10) -> str | None:
     noun = "known failure" if len(known) == 1 else "known failures"
     return (f"{len(known)} {noun} (failed on the baseline too; --llmsim-gate=regressions does not fail the run for "
             f"them): {shown}")
+
+
+def local_judge_text(summary: RunSummary) -> str | None:
+    """One line when the judge is a local model: what it is, its recorded calibration accuracy, and that its
+    verdicts are not evidence; None otherwise."""
+    judge = summary.local_judge
+    if not judge:
+        return None
+    what = f"the {'bundled ' if judge.get('bundled') else ''}local model {judge.get('model')}"
+    calibration = judge.get("calibration")
+    if not isinstance(calibration, Mapping):
+        return (f"the judge is {what}, whose agreement with human scores was never measured: calibrate it "
+                "(--llmsim-calibrate) before trusting its verdicts")
+    return (f"the judge is {what}, which agreed with the shipped calibration labels on {calibration['agreed']} "
+            f"of {calibration['cases']} conversations ({calibration['accuracy']:.1%}, measured "
+            f"{calibration['measured']}): its scores are not evidence; configure an endpoint for verdicts that "
+            "mean something")
+
+
+def local_judge_baseline_text(summary: RunSummary) -> str | None:
+    """The caveat under a baseline comparison made with a local judge; None otherwise."""
+    judge = summary.local_judge
+    if not judge:
+        return None
+    calibration = judge.get("calibration")
+    accuracy = (f"{calibration['accuracy']:.1%} calibration accuracy" if isinstance(calibration, Mapping)
+                else "calibration accuracy never measured")
+    return (f"the score deltas since the baseline come from the local judge {judge.get('model')} ({accuracy}): "
+            "they are not evidence of a change")
