@@ -439,4 +439,5 @@ def known_failure_reason(new: ScenarioResult, old: ScenarioRecord | None, baseli
             return None
         if new.min_score is not None and old_score >= new.min_score > new_score:
             return None
-    return f"{KNOWN_FAILURE_PREFIX} ({baseline_label}): failed there too, score {score_arrow(old_score, new_score)}"
+    old_text, new_text = ("-" if score is None else f"{score:g}" for score in (old_score, new_score))
+    return f"{KNOWN_FAILURE_PREFIX} ({baseline_label}): failed there too, score {old_text} -> {new_text}"

@@ -43,7 +43,7 @@ class RegressionsGate:
             reason = known_failure_reason(result, self.baseline.records.get(item.nodeid), self.baseline.label)
             if reason is not None:
                 report.outcome = "skipped"
-                report.wasxfail = reason  # type: ignore[attr-defined]
+                report.wasxfail = reason
                 setattr(report, KNOWN_FAILURE_ATTR, True)
         return report
 

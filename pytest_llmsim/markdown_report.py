@@ -251,7 +251,7 @@ def delta_sort_key(delta: ScenarioDelta) -> tuple[int, int, str]:
     return group, score if group < 2 else -score, delta.nodeid
 
 
-def _score_arrow(old: int | None, new: int | None) -> str:
+def _score_arrow(old: float | int | None, new: float | int | None) -> str:
     return f"{'–' if old is None else old} → {'–' if new is None else new}"
 
 

@@ -215,7 +215,8 @@ def test_failures_that_fail_on_the_baseline_too_are_known_failures_not_a_failed_
     today.stdout.fnmatch_lines(["*no scenario changed since the baseline*", "llmsim: all suite gates met"])
 
     result = sim.run(*gated, "--llmsim-gate=regressions", "-rx", "--llmsim-results=new.json",
-                     "--llmsim-markdown=summary.md", "--junitxml=junit.xml")
+                     "--llmsim-markdown=summary.md", "--junitxml=junit.xml", "--html=report.html",
+                     "--self-contained-html")
     result.assert_outcomes(passed=1, xfailed=2)
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines([
@@ -241,6 +242,9 @@ def test_failures_that_fail_on_the_baseline_too_are_known_failures_not_a_failed_
     assert "- scenarios/s\\.json\\:\\:low\\_known: score 1 → 1" in markdown
     junit = (sim.path / "junit.xml").read_text(encoding="utf-8")
     assert 'type="pytest.xfail" message="known failure on the baseline (base.json)' in junit
+    html = (sim.path / "report.html").read_text(encoding="utf-8")
+    assert "<th>Known failures</th><td>2 (failed on the baseline too; xfailed under --llmsim-gate=regressions): " \
+           "scenarios/s.json::low_known, scenarios/s.json::low_also</td>" in html
 
 
 @pytest.mark.parametrize("mode", GATE_MODES)
