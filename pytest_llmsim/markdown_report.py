@@ -1,8 +1,9 @@
 """A GitHub-flavoured markdown summary of a run, for a pull request or a job's step summary (no pytest).
 
-``render_markdown`` writes, in order: a title with the verdict, the totals, the suite gates, (with a baseline)
-the changes since the baseline as a table, regressions first, and then collapsible transcripts of the failed and
-errored scenarios and of those whose conversation changed since the baseline.
+``render_markdown`` writes, in order: a title with the verdict, the totals, the suite gates, the known failures
+(``--llmsim-gate=regressions``), (with a baseline) the changes since the baseline as a table, regressions first,
+and then collapsible transcripts of the failed and errored scenarios and of those whose conversation changed since
+the baseline.
 
 Safety: GitHub renders HTML inside markdown, and everything a model, a scenario file or the user wrote may hold
 ``<script>``, ``|``, backticks or ``</details>``. Such text appears in three places only, each escaped for it:
@@ -40,6 +41,8 @@ from .summary import (
     gates_unchecked_reason,
     incomplete_cause,
     incomplete_text,
+    local_judge_baseline_text,
+    local_judge_text,
     outcome_counts,
     pass_rate_text,
 )
@@ -126,13 +129,30 @@ def verdict_title(summary: RunSummary, missed: Sequence[str], regressed: int = 0
         notes.append(f"run {incomplete_cause(summary)}")
     if regressed:
         notes.append(f"{regressed} regressed since the baseline")
+    if summary.known_failures:
+        notes.append(f"{len(summary.known_failures)} known failure{'' if len(summary.known_failures) == 1 else 's'}")
     if problems:
         return f"## ❌ LLM scenarios: {', '.join([*problems, *notes])}"
     if summary.total_scenarios == 0:
         return f"## ⚠️ LLM scenarios: {', '.join(['no scenario ran', *notes])}"
     if not summary.complete:
         return f"## ⚠️ LLM scenarios: {', '.join(['no failure in the scenarios that finished', *notes])}"
-    return f"## ✅ LLM scenarios: {', '.join(['all passed', *notes])}"
+    return f"## ✅ LLM scenarios: {', '.join(['no new failures' if summary.known_failures else 'all passed', *notes])}"
+
+
+def known_failures_markdown(summary: RunSummary, deltas: Sequence[ScenarioDelta]) -> str:
+    """The known failures (``--llmsim-gate=regressions``), listed apart from the failures of this run; "" when
+    there are none."""
+    if not summary.known_failures:
+        return ""
+    by_nodeid = {d.nodeid: d for d in deltas}
+    lines = ["**Known failures** (failed on the baseline too; they do not fail the run under "
+             "`--llmsim-gate=regressions`, and are counted as xfailed)", ""]
+    for nodeid in summary.known_failures:
+        delta = by_nodeid.get(nodeid)
+        score = f": score {md_text(_score_arrow(delta.old_score, delta.new_score))}" if delta is not None else ""
+        lines.append(f"- {md_text(_shorten(nodeid, CELL_CHARS))}{score}")
+    return "\n".join(lines)
 
 
 def totals_markdown(summary: RunSummary) -> str:
@@ -166,6 +186,9 @@ def totals_markdown(summary: RunSummary) -> str:
         lines.append(f"- **Unpriced models** (counted at `$0`): {md_text(', '.join(summary.unpriced_models))}")
     if summary.price_sources:
         lines.append(f"- **Prices:** {md_text(sources_text(summary.price_sources))}")
+    judge = local_judge_text(summary)
+    if judge is not None:  # the verdicts' worth, first
+        lines.insert(0, f"> ⚠️ **Judge:** {md_text(judge[0].upper() + judge[1:])}.\n")
     incomplete = incomplete_text(summary)
     if incomplete is not None:
         lines.insert(0, f"> **Partial run ({incomplete_cause(summary)}):** {md_text(incomplete)}.\n")
@@ -228,7 +251,7 @@ def delta_sort_key(delta: ScenarioDelta) -> tuple[int, int, str]:
     return group, score if group < 2 else -score, delta.nodeid
 
 
-def _score_arrow(old: int | None, new: int | None) -> str:
+def _score_arrow(old: float | int | None, new: float | int | None) -> str:
     return f"{'–' if old is None else old} → {'–' if new is None else new}"
 
 
@@ -491,13 +514,17 @@ def render_markdown(summary: RunSummary, gates: Gates, missed: Sequence[str], re
     title, totals and gates alone are longer). See the module docstring for escaping and truncation."""
     regressed = sum(1 for d in deltas or () if d.regressed)
     blocks = _blocks(records, deltas or ())
+    known = known_failures_markdown(summary, deltas or ())
     head = "\n\n".join([verdict_title(summary, missed, regressed), totals_markdown(summary),
-                        gates_markdown(summary, gates, missed)]) + "\n\n"
+                        gates_markdown(summary, gates, missed), *([known] if known else [])]) + "\n\n"
     table = ""
     if deltas is not None:
         changed = sorted((d for d in deltas if _changed(d)), key=delta_sort_key)
         intro = changes_intro(deltas, baseline_label=baseline_label, new=new, missing=missing,
                               mean_score_delta=mean_score_delta) + "\n\n"
+        caveat = local_judge_baseline_text(summary)
+        if caveat is not None:
+            intro += f"> ⚠️ {md_text(caveat[0].upper() + caveat[1:])}.\n\n"
         if changed:
             # With transcripts to show, a full table leaves room for their heading and truncation note.
             rows, note = _fit_table(head + intro, [delta_row(d) for d in changed], "\n\n",

@@ -180,6 +180,10 @@ OPTIONS: tuple[Option, ...] = (
            "newly fails.", "false", flag="--llmsim-fail-on-regression", kind="bool"),
     Option("llmsim_max_score_drop", "Baseline gate: the session fails if the mean score dropped by more than this.",
            flag="--llmsim-max-score-drop", kind="float", low=0, metavar="X"),
+    Option("llmsim_gate", "Which failing scenarios fail the run: all (any failed item) or regressions (needs "
+           "llmsim_baseline: a scenario that failed on the baseline too, with no significant score drop, is a known "
+           "failure, reported as xfailed; a new failure, a significant drop or any error still fails).", "all",
+           flag="--llmsim-gate", kind="choice", choices=("all", "regressions"), metavar="MODE"),
     Option("llmsim_markdown", "Write a GitHub-flavoured markdown summary to this file (also appended to "
            "$GITHUB_STEP_SUMMARY when set).", flag="--llmsim-markdown", kind="path", metavar="FILE"),
     Option("llmsim_calibrate", "Judge calibration: before the scenarios, the judge scores this folder of "

@@ -12,6 +12,7 @@ import pytest
 from . import options
 from .calibration_plugin import CalibrationPlugin
 from .fixture import attach_runs, llmsim_fixture  # noqa: F401  (the llmsim fixture, registered with this plugin)
+from .gate_plugin import register_gate
 from .items import (
     ScenarioFile,
     ScenarioItem,
@@ -66,6 +67,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[OPTIONS_KEY] = resolved
     config.stash[SESSION_KEY] = LlmsimSession(config, resolved)
     config.stash[SESSION_KEY].interrupts.install()
+    register_gate(config)  # --llmsim-gate=regressions: known failures xfailed, in every process (xdist workers too)
     if config.pluginmanager.hasplugin("xdist"):
         from .xdist_support import XdistHooks
 

@@ -33,19 +33,32 @@ import pytest
 from .baseline import Comparison, ScenarioDelta, compare, regression_gates, scenario_delta
 from .collector import RecordCollector, trimmed_report_data
 from .exports import export_format, write_results
+from .gate_plugin import is_known_failure
 from .histogram import HistogramUnavailable, draw_histogram
 from .html_hooks import HtmlHooks
 from .markdown_report import STEP_SUMMARY_ENV, append_step_summary, render_markdown, write_markdown
 from .report_options import (
+    WORKER_BASELINE,
+    WORKER_BASELINE_SHOWN,
     WORKER_PRICES,
     baseline_from_config,
     gates_from_config,
+    local_judge,
     path_option,
     price_table,
     scenario_cost_usd,
 )
-from .results import ScenarioRecord, Status
-from .summary import Gates, RunSummary, gates_unchecked_reason, missed_gates, summary_dict
+from .results import Outcome, ScenarioRecord, Status
+from .summary import (
+    Gates,
+    RunSummary,
+    gates_unchecked_reason,
+    known_failures_text,
+    local_judge_baseline_text,
+    local_judge_text,
+    missed_gates,
+    summary_dict,
+)
 from .terminal_report import Line, backend_messages, record_text, summary_lines
 
 __all__ = ["ReportPlugin", "junit_transcript", "scenario_cost_usd"]
@@ -88,6 +101,7 @@ class ReportPlugin:
             gates = dataclasses.replace(gates, fail_on_regression=False, max_score_drop=None)
         self.gates = gates
         self.comparison: Comparison | None = None
+        self.known_failures: set[str] = set()  # --llmsim-gate=regressions: reports made xfailed (gate_plugin)
         self.results_path = path_option(config, "llmsim_results")
         if self.results_path is not None:
             try:
@@ -150,10 +164,15 @@ class ReportPlugin:
     def pytest_configure_node(self, node: Any) -> None:
         # Workers price items for the JUnit property; give them the file this process resolved.
         node.workerinput[WORKER_PRICES] = str(self.prices_path) if self.prices_path else ""
+        if self.baseline is not None:  # the regressions gate decides in the workers, from the same baseline
+            node.workerinput[WORKER_BASELINE] = str(self.baseline.path)
+            node.workerinput[WORKER_BASELINE_SHOWN] = self.baseline.label
 
     @pytest.hookimpl(tryfirst=True)  # before pytest-html (trylast) and junitxml read the report
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         record = self.collector.add_report(report)
+        if is_known_failure(report):
+            self.known_failures.add(report.nodeid)
         data = getattr(report, "llmsim", None)
         if record is not None and self.html is not None and data is not None:
             self.html.attach_extras(report, record, self._changed_delta(record))
@@ -179,8 +198,11 @@ class ReportPlugin:
         if self.config.getoption("collectonly", default=False):
             return  # nothing ran: keep the previous export and histogram
         interrupted = session.exitstatus == pytest.ExitCode.INTERRUPTED
-        summary = self.final = self._with_rate_limits(self.collector.summary(interrupted=interrupted, final=True))
+        summary = self._with_rate_limits(self.collector.summary(interrupted=interrupted, final=True))
         records = self.collector.ordered()
+        known = [r.nodeid for r in records if r.nodeid in self.known_failures and r.outcome == Outcome.XFAILED]
+        summary = self.final = dataclasses.replace(summary, local_judge=local_judge(self.config, records),
+                                                   known_failures=known)
         self.missed = missed_gates(summary, self.gates) + self.extra_missed
         if self.baseline is not None:
             self.comparison = compare(records, self.baseline)
@@ -278,9 +300,21 @@ class ReportPlugin:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.config.getoption("collectonly", default=False):
             return
-        lines = summary_lines(self.collector.ordered(), self.summary, gates=self.gates, missed=self.missed,
-                              verbosity=self.config.get_verbosity(), notes=self.notes, backend=self.backend,
-                              comparison=self.comparison)
+        summary = self.summary
+        known = known_failures_text(summary)
+        notes = [Line(f"llmsim: {known}", {"yellow": True})] if known is not None else []
+        judge = local_judge_text(summary)  # one line, even under -q: the verdicts' worth
+        judge_lines = [Line(f"llmsim: {judge}", {"yellow": True, "bold": True})] if judge is not None else []
+        caveat = local_judge_baseline_text(summary) if self.comparison is not None else None
+        if caveat is not None:
+            judge_lines.append(Line(f"llmsim: {caveat}", {"yellow": True}))
+        quiet = self.config.get_verbosity() < 0
+        lines = summary_lines(self.collector.ordered(), summary, gates=self.gates, missed=self.missed,
+                              verbosity=self.config.get_verbosity(),
+                              notes=[*([] if quiet else judge_lines), *notes, *self.notes],
+                              backend=self.backend, comparison=self.comparison)
+        if quiet and lines:
+            lines.extend(judge_lines)
         for line in lines:
             if line.markup.get("separator"):
                 terminalreporter.write_sep("=", line.text)

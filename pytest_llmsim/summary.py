@@ -149,6 +149,14 @@ class RunSummary:
     effective_rpm: float | None = None
     effective_tpm: float | None = None
     reserved_tpm: float | None = None
+    # ``llmsim_gate = regressions``: the xfailed scenarios that are known failures (failed on the baseline too, so
+    # reported as xfailed: counted as any xfailed scenario is), in run order. Set by the pytest front, not from
+    # the records.
+    known_failures: list[str] = field(default_factory=list)
+    # The judge, when it is a local model (``report_options.local_judge``): ``model`` (its GGUF file name),
+    # ``bundled`` and ``calibration`` (the accuracy recorded for it, ``local_model.JUDGE_CALIBRATION``; None: never
+    # measured). None: the judge is not a local model. Set by the pytest front, not from the records.
+    local_judge: dict[str, Any] | None = None
 
     @property
     def scores_count(self) -> int:
@@ -175,10 +183,12 @@ class RunSummary:
 
 def outcome_counts(summary: RunSummary) -> str:
     """``1 passed, 6 failed, 0 errored, 1 skipped, 1 xfailed``: the counts every surface prints (skipped,
-    xfailed and xpassed only when there are any)."""
+    xfailed and xpassed only when there are any; ``2 xfailed (2 known failures)`` under the regressions gate)."""
     parts = [f"{summary.successful_scenarios} passed", f"{summary.failed_scenarios} failed",
              f"{summary.errored_scenarios} errored"]
-    for count, word in ((summary.skipped_scenarios, "skipped"), (summary.xfailed_scenarios, "xfailed"),
+    count = len(summary.known_failures)
+    known = f" ({count} known failure{'' if count == 1 else 's'})" if count else ""
+    for count, word in ((summary.skipped_scenarios, "skipped"), (summary.xfailed_scenarios, f"xfailed{known}"),
                         (summary.xpassed_scenarios, "xpassed")):
         if count:
             parts.append(f"{count} {word}")
@@ -305,7 +315,9 @@ class Gates:
     """Suite-level thresholds; None = not set. ``min_pass_rate`` is a fraction (0.9 = 90 %).
 
     ``fail_on_regression`` and ``max_score_drop`` are the baseline gates (checked by
-    ``baseline.regression_gates``, only when a baseline is given; ``missed_gates`` leaves them out)."""
+    ``baseline.regression_gates``, only when a baseline is given; ``missed_gates`` leaves them out). ``gate`` is
+    ``llmsim_gate``: ``all`` (any failed item fails the run) or ``regressions`` (a known failure, one that failed
+    on the baseline too, is xfailed: ``baseline.known_failure_reason``)."""
 
     min_mean_score: float | None = None
     min_pass_rate: float | None = None
@@ -313,6 +325,7 @@ class Gates:
     fail_on_regression: bool = False
     max_score_drop: float | None = None
     min_pass_hat_k: float | None = None
+    gate: str = "all"
 
     @property
     def any(self) -> bool:
@@ -324,7 +337,7 @@ class Gates:
     def baseline_gates(self) -> bool:
         return self.fail_on_regression or self.max_score_drop is not None
 
-    def to_dict(self) -> dict[str, float | bool | None]:
+    def to_dict(self) -> dict[str, float | bool | str | None]:
         return asdict(self)
 
 
@@ -379,3 +392,44 @@ def summary_dict(summary: RunSummary, gates: Gates, missed: Sequence[str],
     data["gates"] = {**gates.to_dict(), "checked": gates.any and unchecked is None, "missed": list(missed)}
     data["baseline"] = dict(baseline) if baseline is not None else None
     return data
+
+
+def known_failures_text(summary: RunSummary, names: int = 10) -> str | None:
+    """``2 known failures (failed on the baseline too; ...): a, b``; None when there are none."""
+    known = summary.known_failures
+    if not known:
+        return None
+    more = len(known) - names
+    shown = ", ".join(known[:names]) + (f" and {more} more" if more > 0 else "")
+    noun = "known failure" if len(known) == 1 else "known failures"
+    return (f"{len(known)} {noun} (failed on the baseline too; --llmsim-gate=regressions does not fail the run for "
+            f"them): {shown}")
+
+
+def local_judge_text(summary: RunSummary) -> str | None:
+    """One line when the judge is a local model: what it is, its recorded calibration accuracy, and that its
+    verdicts are not evidence; None otherwise."""
+    judge = summary.local_judge
+    if not judge:
+        return None
+    what = f"the {'bundled ' if judge.get('bundled') else ''}local model {judge.get('model')}"
+    calibration = judge.get("calibration")
+    if not isinstance(calibration, Mapping):
+        return (f"the judge is {what}, whose agreement with human scores was never measured: calibrate it "
+                "(--llmsim-calibrate) before trusting its verdicts")
+    return (f"the judge is {what}, which agreed with the shipped calibration labels on {calibration['agreed']} "
+            f"of {calibration['cases']} conversations ({calibration['accuracy']:.1%}, measured "
+            f"{calibration['measured']}): its scores are not evidence; configure an endpoint for verdicts that "
+            "mean something")
+
+
+def local_judge_baseline_text(summary: RunSummary) -> str | None:
+    """The caveat under a baseline comparison made with a local judge; None otherwise."""
+    judge = summary.local_judge
+    if not judge:
+        return None
+    calibration = judge.get("calibration")
+    accuracy = (f"{calibration['accuracy']:.1%} calibration accuracy" if isinstance(calibration, Mapping)
+                else "calibration accuracy never measured")
+    return (f"the score deltas since the baseline come from the local judge {judge.get('model')} ({accuracy}): "
+            "they are not evidence of a change")

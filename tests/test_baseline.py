@@ -318,3 +318,36 @@ def test_load_baseline_reads_exports_and_names_what_is_wrong(tmp_path: Path) -> 
     path.write_bytes(b"\xff\xfe")
     with pytest.raises(ConfigError, match="is not UTF-8 text"):
         load_baseline(path, PriceTable.default())
+
+
+def _trials(name: str, scores: list[int], *, min_score: int = 2) -> ScenarioRecord:
+    """A scenario run as trials that failed (its pass rate below its minimum), its trials scored ``scores``."""
+    trials = [{"status": "passed" if s >= min_score else "failed", "score": s} for s in scores]
+    result = ScenarioResult(name, f"s.json::{name}", "s.json", Status.FAILED, min_score, score=scores[0],
+                            trials=trials)
+    return ScenarioRecord(result, Outcome.FAILED)
+
+
+def test_which_failures_are_known_failures_on_the_baseline() -> None:
+    """--llmsim-gate=regressions: failed on the baseline too, no drop of a point or below the minimum (trial
+    means with trials), the score kept; an error, a new scenario or one that passed or errored there: never."""
+    from pytest_llmsim.baseline import known_failure_reason
+
+    def known(new: ScenarioRecord, old: ScenarioRecord | None) -> str | None:
+        return known_failure_reason(new.result, old, "base.json")
+
+    assert known(_record("a", 1), _record("a", 1)) == \
+        "known failure on the baseline (base.json): failed there too, score 1 -> 1"
+    assert known(_record("a", 2, min_score=3), _record("a", 2, min_score=3)) is not None
+    assert known(_record("a", 1, min_score=3), _record("a", 2, min_score=3)) is None  # dropped a point
+    assert known(_record("a", 1), _record("a", 3)) is None  # passed there: newly failing
+    assert known(_record("a", 1), None) is None  # not in the baseline
+    assert known(_record("a", 1), _record("a", None)) is None  # errored there
+    assert known(_record("a", None), _record("a", 1)) is None  # an error now: never hidden
+    # Trials: the means of the trials' scores. 2.5 -> 2.0 is half a point and stays at the minimum 2: known;
+    # 2.5 -> 1.75 crosses the minimum; 2.0 -> 1.0 drops a point.
+    assert known(_trials("t", [3, 2, 2, 3]), _trials("t", [3, 2, 2, 3])) is not None
+    assert known(_trials("t", [2, 2, 2, 2]), _trials("t", [3, 2, 2, 3])) == \
+        "known failure on the baseline (base.json): failed there too, score 2.5 -> 2"
+    assert known(_trials("t", [2, 2, 2, 1]), _trials("t", [3, 2, 2, 3])) is None
+    assert known(_trials("t", [1, 1, 1, 1]), _trials("t", [2, 2, 2, 2])) is None

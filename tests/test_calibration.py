@@ -276,3 +276,79 @@ def test_the_shipped_shop_set_loads_validates_and_covers_both_languages_and_ever
     resolved = resolve_values(OPTIONS, cli={}, env={}, ini={}, invocation_dir=REPO, ini_dir=REPO)
     settings = build_settings(resolved)
     check_prompts(cases, settings, PromptRenderer(settings.prompts_dir))  # the shop's judge template renders each
+
+
+# -- the bundled local judge says what its verdicts are worth (issue 25, part 3) ----------------------------------
+BUNDLED_LINE = ("llmsim: the judge is the bundled local model SmolLM2-135M-Instruct.Q4_1.gguf, which agreed with the "
+                "shipped calibration labels on 4 of 12 conversations (33.3%, measured 2026-11-30): its scores are "
+                "not evidence; configure an endpoint for verdicts that mean something")
+CAVEAT_LINE = ("llmsim: the score deltas since the baseline come from the local judge SmolLM2-135M-Instruct.Q4_1.gguf "
+               "(33.3% calibration accuracy): they are not evidence of a change")
+
+
+def _local_judge_recordings(sim: SimProject) -> None:
+    """Recordings whose every call went to the local model's name (``local-gguf``): a run without an endpoint
+    replays them (role settings adopted from the recordings), so its judge is the local model, without starting
+    it. The scripted server stands in for the model when recording."""
+    sim.write_scenarios("s.json", [scenario("fine"), scenario("low_b")])
+    sim.run("--llmsim-model=local-gguf", "--llmsim-results=base.json").assert_outcomes(passed=1, failed=1)
+
+
+def test_the_bundled_local_judge_is_named_with_its_recorded_accuracy_everywhere(sim: SimProject) -> None:
+    from pytest_llmsim.local_model import BUNDLED_MODEL_FILE, JUDGE_CALIBRATION
+
+    assert JUDGE_CALIBRATION[BUNDLED_MODEL_FILE].accuracy == 0.3333  # the one place the figure lives
+    _local_judge_recordings(sim)
+    result = sim.run("--llmsim-record=none", "--llmsim-baseline=base.json", "--llmsim-results=r.json",
+                     "--llmsim-markdown=summary.md", "--html=report.html", "--self-contained-html", base_url="")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([BUNDLED_LINE, CAVEAT_LINE])
+    summary = json.loads((sim.path / "r.json").read_text(encoding="utf-8"))["summary"]
+    assert summary["local_judge"] == {
+        "model": "SmolLM2-135M-Instruct.Q4_1.gguf", "bundled": True,
+        "calibration": {"agreed": 4, "cases": 12, "accuracy": 0.3333, "mean_absolute_error": 1.0,
+                        "command": "python -m pytest scenarios/ --llmsim-calibrate calibration/shop -q",
+                        "measured": "2026-11-30"}}
+    markdown = (sim.path / "summary.md").read_text(encoding="utf-8")
+    assert "> ⚠️ **Judge:** The judge is the bundled local model SmolLM2\\-135M\\-Instruct\\.Q4\\_1\\.gguf" in markdown
+    assert "> ⚠️ The score deltas since the baseline come from the local judge" in markdown
+    html = (sim.path / "report.html").read_text(encoding="utf-8")
+    assert "<th>Judge</th><td>The judge is the bundled local model SmolLM2-135M-Instruct.Q4_1.gguf, which agreed " \
+           "with the shipped calibration labels on 4 of 12 conversations (33.3%" in html
+    quiet = sim.run("-q", "--llmsim-record=none", base_url="")
+    quiet.stdout.fnmatch_lines([BUNDLED_LINE])
+
+
+def test_no_judge_line_for_an_endpoint_or_a_replay_of_another_judge(sim: SimProject) -> None:
+    sim.write_scenarios("s.json", [scenario("fine")])
+    result = sim.run("--llmsim-results=r.json", "--llmsim-markdown=summary.md")  # the scripted endpoint
+    assert "the judge is" not in result.stdout.str()
+    assert json.loads((sim.path / "r.json").read_text(encoding="utf-8"))["summary"]["local_judge"] is None
+    assert "Judge:" not in (sim.path / "summary.md").read_text(encoding="utf-8")
+    replay = sim.run("--llmsim-record=none", "--llmsim-min-judge-accuracy=0.9", base_url="")  # gpt-4o-mini judged
+    replay.assert_outcomes(passed=1)
+    assert "the judge is" not in replay.stdout.str() and replay.ret == pytest.ExitCode.OK
+    replay.stdout.fnmatch_lines(["llmsim: judge gate (llmsim_min_judge_accuracy) not checked: no calibration set "
+                                 "given (--llmsim-calibrate)"])
+
+
+def test_the_judge_gate_in_the_ini_refuses_the_bundled_judge_by_its_recorded_accuracy(sim: SimProject) -> None:
+    _local_judge_recordings(sim)
+    sim.write_ini(llmsim_min_judge_accuracy="80%")
+    result = sim.run("--llmsim-record=none", "--llmsim-results=r.json", base_url="")
+    result.assert_outcomes(passed=1, failed=1)
+    line = ("judge accuracy 33.3% (4 of 12 on the shipped calibration set, recorded for the bundled local model "
+            "SmolLM2-135M-Instruct.Q4_1.gguf: `python -m pytest scenarios/ --llmsim-calibrate calibration/shop -q`, "
+            "2026-11-30; no calibration set given) is below the minimum 80.0% (llmsim_min_judge_accuracy)")
+    result.stdout.fnmatch_lines([f"llmsim gate missed: {line}"])
+    assert "not checked" not in result.stdout.str()
+    summary = json.loads((sim.path / "r.json").read_text(encoding="utf-8"))["summary"]
+    assert summary["gates"]["missed"] == [line]
+    # Only the gate fails a run whose scenarios all pass.
+    sim.write_scenarios("s.json", [scenario("fine")])
+    assert sim.run("--llmsim-record=none", base_url="").ret == pytest.ExitCode.TESTS_FAILED
+    sim.write_ini(llmsim_min_judge_accuracy="0.3")
+    met = sim.run("--llmsim-record=none", base_url="")
+    assert met.ret == pytest.ExitCode.OK
+    met.stdout.fnmatch_lines(["llmsim: judge gate (llmsim_min_judge_accuracy) met by the accuracy recorded for the "
+                              "local model SmolLM2-135M-Instruct.Q4_1.gguf (33.3%; no calibration set given)"])
