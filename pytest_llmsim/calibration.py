@@ -10,10 +10,11 @@ lowers the accuracy); it is never guessed.
 A file is either
 
 * a calibration file: ``{"name", "human_score", "note", "variables", "transcript": [{"role": "client" | "agent",
-  "text"}], "ended_by", "end_reason"}`` (``name`` defaults to the file's stem; ``note`` and ``variables`` are
-  optional; ``end_reason`` defaults to who ended the call when that was the customer or the agent; the scenario
-  fields the judge's template may read, ``language``, ``persona``, ``goal``, ``description``, ``criteria`` and
-  ``evaluator``, are accepted too); or
+  "text", "tool_calls"}], "ended_by", "end_reason"}`` (``name`` defaults to the file's stem; ``note``,
+  ``variables`` and an agent turn's ``tool_calls``, ``[{"name", "arguments", "result"}]`` as in a chat file and
+  shown to the judge as ``[tool name(arguments) -> result]``, are optional; ``end_reason`` defaults to who ended
+  the call when that was the customer or the agent; the scenario fields the judge's template may read,
+  ``language``, ``persona``, ``goal``, ``description``, ``criteria`` and ``evaluator``, are accepted too); or
 * a chat file written by ``--llmsim-chats-dir`` (``chat_files``) with ``human_score`` added (and ``variables``
   when the evaluator template needs them); its ``score`` is the judge's of that run, not the person's, and is
   ignored.
@@ -59,6 +60,7 @@ _CHAT_FIELDS = frozenset({"nodeid", "scenario", "trial", "seed", "status", "scor
                           "metrics", "ended_by", "end_reason", "turns", "tool_calls", "usage", "error_kind", "error",
                           "human_score", "note", "variables", *_SCENARIO_FIELDS})
 _TURN_FIELDS = frozenset({"role", "text", "tool_calls", "scripted"})
+_CALL_FIELDS = frozenset({"name", "arguments", "result"})
 
 
 class CalibrationError(ConfigError):
@@ -106,15 +108,37 @@ def _turns(path: Path, key: str, raw: Any) -> list[Turn]:
             raise _problem(path, f"{where}.role", f"must be \"client\" or \"agent\" (got {_shown(role)})")
         if not isinstance(text, str):
             raise _problem(path, f"{where}.text", f"must be a string (got {_shown(text)})")
-        if not isinstance(calls, list) or not all(isinstance(c, dict) and isinstance(c.get("name"), str)
-                                                   for c in calls):
-            raise _problem(path, f"{where}.tool_calls", "must be a list of {\"name\", \"arguments\", \"result\"} "
-                                                        f"objects (got {_shown(calls)})")
-        turns.append(Turn(role, text, tool_calls=[dict(call) for call in calls]))
+        turns.append(Turn(role, text, tool_calls=_tool_calls(path, f"{where}.tool_calls", role, calls)))
     if not any(t.role == "agent" and t.text.strip() for t in turns):
         raise _problem(path, key, "no agent turn has text; the judge never scores a call in which the agent said "
                                   "nothing, so such a conversation cannot calibrate it")
     return turns
+
+
+def _tool_calls(path: Path, where: str, role: str, calls: Any) -> list[dict[str, Any]]:
+    """An agent turn's tool calls as the judge's transcript shows them (``results.tool_call_text``): each
+    ``{"name": non-empty string, "arguments": JSON value, "result": JSON value or null}``, as a chat file holds them.
+    A misspelt key would silently drop what the tool returned from the judge's view, so it is an error."""
+    shape = "a list of {\"name\", \"arguments\", \"result\"} objects"
+    if not isinstance(calls, list):
+        raise _problem(path, where, f"must be {shape} (got {_shown(calls)})")
+    if calls and role != "agent":
+        raise _problem(path, where, "only an agent turn makes tool calls; move them to the agent's turn")
+    checked = []
+    for i, call in enumerate(calls):
+        if not isinstance(call, dict):
+            raise _problem(path, f"{where}[{i}]", f"must be an object {{\"name\", \"arguments\", \"result\"}} "
+                                                  f"(got {_shown(call)})")
+        unknown = sorted(set(call) - _CALL_FIELDS, key=str)
+        if unknown:
+            raise _problem(path, f"{where}[{i}].{unknown[0]}", "unknown field; a tool call has 'name', 'arguments' "
+                                                               "and 'result'")
+        name = call.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise _problem(path, f"{where}[{i}].name", f"must be the tool's name, a non-empty string (got "
+                                                       f"{_shown(name)})")
+        checked.append({"name": name, "arguments": call.get("arguments", {}), "result": call.get("result")})
+    return checked
 
 
 def _human_score(path: Path, data: Mapping[str, Any], chat: bool) -> int:
