@@ -3,7 +3,6 @@ scenarios; accuracy, confusion, mean absolute error, disagreements, the judge ga
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 from pathlib import Path
@@ -12,10 +11,9 @@ from typing import Any
 import pytest
 
 from conftest import SimProject, default_script, scenario
-from pytest_llmsim.calibration import CalibrationError, check_prompts, load_calibration_set, load_case
+from pytest_llmsim.calibration import CalibrationError, load_case
 
 REPO = Path(__file__).resolve().parent.parent
-SHIPPED = REPO / "calibration" / "shop"
 
 
 def case(name: str, human: int, **fields: Any) -> dict[str, Any]:
@@ -251,31 +249,6 @@ def test_a_case_file_names_its_problem_without_pytest(tmp_path: Path) -> None:
     assert (loaded.human_score, loaded.transcript.ended_by, loaded.transcript.end_reason) == \
         (2, "max_turns", "reached max_turns=8")
     assert loaded.transcript.as_text().splitlines()[1].startswith("  2. Agent: Two fillets")
-
-
-# -- the shipped set ----------------------------------------------------------------------------------------------
-def test_the_shipped_shop_set_loads_validates_and_covers_both_languages_and_every_score() -> None:
-    from pytest_llmsim.options import OPTIONS, build_settings, resolve_values
-    from pytest_llmsim.prompts import PromptRenderer
-
-    files = sorted(SHIPPED.glob("*.json"))
-    cases = load_calibration_set(SHIPPED)
-    assert len(cases) == len(files) >= 9
-    assert {c.human_score for c in cases} == {1, 2, 3}
-    cyrillic = re.compile("[А-Яа-яЁё]")
-    languages = {"ru" if cyrillic.search(c.transcript.as_text()) else "en" for c in cases}
-    assert languages == {"en", "ru"}
-    for score in (1, 2, 3):  # each score level in both languages
-        assert {"ru" if cyrillic.search(c.transcript.as_text()) else "en"
-                for c in cases if c.human_score == score} == {"en", "ru"}
-    for c in cases:
-        assert c.note, f"{c.path.name}: a shipped case says why the person gave its score"
-        assert {"PERSONALITY", "ORDER_GOAL", "LOCATIONS", "DELIVERY_DAYS"} <= set(c.scenario.variables), c.path
-        roles = [t.role for t in c.transcript.turns]
-        assert all(a != b for a, b in itertools.pairwise(roles)), f"{c.path.name}: turns alternate"
-    resolved = resolve_values(OPTIONS, cli={}, env={}, ini={}, invocation_dir=REPO, ini_dir=REPO)
-    settings = build_settings(resolved)
-    check_prompts(cases, settings, PromptRenderer(settings.prompts_dir))  # the shop's judge template renders each
 
 
 # -- the bundled local judge says what its verdicts are worth (issue 25, part 3) ----------------------------------
