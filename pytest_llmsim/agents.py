@@ -171,8 +171,8 @@ def reply_size_error(text: str, tool_calls: list[dict[str, Any]], what: str,
         size += len(json.dumps(tool_calls, ensure_ascii=False).encode("utf-8", "surrogatepass"))
     if size <= limit:
         return None
-    return (f"{what} is {size:,} bytes (text and tool calls), larger than the {limit:,} bytes an agent turn may "
-            "have; an agent that answers with a whole document, a log or a runaway loop is a bug in the agent")
+    return (f"{what} replied with {size:,} bytes (text and tool calls), more than the {limit:,} bytes an agent "
+            "turn may have; an agent that answers with a whole document, a log or a runaway loop is a bug in it")
 
 
 def normalize_tool_call(call: Any, results: Mapping[str, Any] | None = None, *,
@@ -835,10 +835,11 @@ class CachedSession(AgentSession):
     """``agent_cache: true``: replies recorded and replayed like LLM calls, keyed by the agent's kind, identity,
     seed and messages (no session id, header value or key)."""
 
-    __slots__ = ("cache", "endpoint", "inner", "seed")
+    __slots__ = ("cache", "endpoint", "inner", "seed", "what")
 
     def __init__(self, inner: AgentSession, driver: AgentDriver, cache: CallCache, seed: int | None) -> None:
         self.inner, self.cache, self.seed = inner, cache, seed
+        self.what = describe_spec(driver.spec)
         self.endpoint = f"agent:{driver.kind}:{driver.identity}"
 
     async def reply(self, messages: list[dict[str, Any]], *, label: str) -> AgentReply:
@@ -862,8 +863,7 @@ class CachedSession(AgentSession):
                                  f"(agent_cache: true) in {self.cache.directory} and record mode is 'none'; record "
                                  "it with --llmsim-record=once, then commit the cache")
         reply = await self.inner.reply(messages, label=label)
-        too_large = reply_size_error(reply.text, reply.tool_calls,
-                                     f"{label}: the {self.endpoint.removeprefix('agent:')} agent's reply")
+        too_large = reply_size_error(reply.text, reply.tool_calls, f"{label}: the {self.what}")
         if too_large is not None:  # not stored: the conversation errors on it
             raise AgentError(too_large)
         response: dict[str, Any] = {"text": reply.text, "prompt_tokens": 0, "completion_tokens": 0,

@@ -229,7 +229,7 @@ async def simulate(
     agent_messages: list[dict[str, Any]] = []  # the conversation from the code agent's side
     results_only = False
     if code_agent:
-        from .agents import agent_view, new_context, reply_size_error
+        from .agents import agent_view, describe_spec, new_context, reply_size_error
 
         assert agents is not None and spec is not None
         driver, session = await agents.open(spec, new_context(scenario.name, scenario.variables, seed),
@@ -272,7 +272,7 @@ async def simulate(
         elif side == "agent" and session is not None:
             reply = await session.reply(list(agent_messages), label=f"{label} agent turn {number}")
             too_large = reply_size_error(reply.text, reply.tool_calls,
-                                         f"{label} agent turn {number}: the {spec.kind} agent's reply")  # type: ignore[union-attr]
+                                         f"{label} agent turn {number}: the {describe_spec(spec)}")  # type: ignore[arg-type]
             if too_large is not None:
                 raise AgentError(too_large)
             text, ended = strip_end_marker(reply.text.strip(), settings.end_marker)

@@ -582,8 +582,16 @@ class Runner:
             self.client.cache.close()
 
         self._stop.set()
-        if not self._thread.is_alive() or self.stalled_for() > 1.0:
-            timeout = min(timeout, 1.0)  # a dead or blocked loop runs no shutdown: do not wait for it
+        if not self._thread.is_alive() and not self._loop.is_closed():
+            # The loop thread died: run the shutdown here (connections and the cache closed, not leaked).
+            try:
+                self._loop.run_until_complete(asyncio.wait_for(shutdown(), timeout))
+            except BaseException:  # whatever killed the loop may strike again: the run is over
+                pass
+            self._loop.close()
+            return
+        if self.stalled_for() > 1.0:
+            timeout = min(timeout, 1.0)  # a blocked loop runs no shutdown: do not wait for it
         try:
             asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout)
         except (concurrent.futures.TimeoutError, RuntimeError):
