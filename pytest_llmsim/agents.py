@@ -23,9 +23,11 @@ import functools
 import importlib
 import inspect
 import json
+import math
 import os
 import random
 import re
+import reprlib
 import sys
 import threading
 import time
@@ -93,18 +95,96 @@ class AgentReply:
 
 
 # -- replies and tool calls ---------------------------------------------------------------------------------------
+MAX_JSON_DEPTH = 64  # nesting levels of a tool call's arguments or result
+MAX_AGENT_REPLY_BYTES = 1_000_000  # one agent turn: its text and tool calls (UTF-8)
+_JSON_KINDS = "a string, a finite number, true/false, null, a list or an object with string keys"
+
+
 def _parse_arguments(arguments: Any) -> Any:
     if isinstance(arguments, str):
         try:
             return json.loads(arguments)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON (or nested past the parser's limit): kept as text
             return arguments
     return {} if arguments is None else arguments
 
 
-def normalize_tool_call(call: Any, results: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def _lone_surrogate(text: str) -> str | None:
+    """A description of the first lone surrogate in ``text`` (not valid Unicode: no UTF-8 file, cache or report
+    can hold it), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"a lone surrogate {text[exc.start]!r} at index {exc.start}"
+    return None
+
+
+def strict_json(value: Any, where: str, depth: int = 0) -> Any:
+    """``value`` as plain JSON data (dicts, lists, str, int, float, bool, None; tuples become lists, mappings
+    dicts), or TypeError naming ``where`` (extended by the path to the offending value) and the value's kind:
+    NaN/infinity, a set or any other object, a non-string key, a lone surrogate, nesting past MAX_JSON_DEPTH
+    levels (a cycle included). What an agent reports must survive the cache, the recordings and every report."""
+    if depth > MAX_JSON_DEPTH:
+        raise TypeError(f"{where} nests deeper than {MAX_JSON_DEPTH} levels (or refers to itself); a tool call's "
+                        f"data must be {_JSON_KINDS}")
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise TypeError(f"{where} is {value!r}, which JSON cannot hold; a tool call's data must be {_JSON_KINDS}")
+        return float(value)
+    if isinstance(value, str):
+        problem = _lone_surrogate(value)
+        if problem is not None:
+            raise TypeError(f"{where} holds {problem} (not valid Unicode text)")
+        return str(value)
+    if isinstance(value, Mapping):
+        copy: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{where} has a {type(key).__name__} key; a tool call's data must be {_JSON_KINDS}")
+            problem = _lone_surrogate(key)
+            if problem is not None:
+                raise TypeError(f"{where} has a key holding {problem} (not valid Unicode text)")
+            copy[str(key)] = strict_json(item, f"{where}.{_short(key, 40)}", depth + 1)
+        return copy
+    if isinstance(value, list | tuple):
+        return [strict_json(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
+    raise TypeError(f"{where} is a {type(value).__name__}, not JSON data; a tool call's data must be {_JSON_KINDS}")
+
+
+def _end_flag(value: Any, where: str = "'end'") -> bool:
+    """A reply's ``end``: true or false (absent/null: false). Anything else is a TypeError: ``"false"`` is a
+    non-empty string, and taking it as truthy would end the call the agent meant to continue."""
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    raise TypeError(f"{where} must be true or false (or absent), got {type(value).__name__} {_short(repr(value), 60)}")
+
+
+def reply_size_error(text: str, tool_calls: list[dict[str, Any]], what: str,
+                     limit: int = MAX_AGENT_REPLY_BYTES) -> str | None:
+    """Why an agent turn is too large to keep (its text and tool calls over ``limit`` UTF-8 bytes), or None.
+    A reply that size would be copied into the transcript, the customer's and the judge's prompts, the cache
+    and every report: many times its size in memory."""
+    size = len(text) if len(text) * 4 <= limit else len(text.encode("utf-8", "surrogatepass"))
+    if tool_calls and size <= limit:
+        size += len(json.dumps(tool_calls, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    if size <= limit:
+        return None
+    return (f"{what} replied with {size:,} bytes (text and tool calls), more than the {limit:,} bytes an agent "
+            "turn may have; an agent that answers with a whole document, a log or a runaway loop is a bug in it")
+
+
+def normalize_tool_call(call: Any, results: Mapping[str, Any] | None = None, *,
+                        index: int | None = None) -> dict[str, Any]:
     """``{"name", "arguments", "result"}`` from our shape or OpenAI's (``{"id", "type": "function", "function":
-    {"name", "arguments": "<json>"}}``); arguments are parsed from JSON when they parse, else kept as text."""
+    {"name", "arguments": "<json>"}}``); arguments are parsed from JSON when they parse, else kept as text.
+    Arguments and result must be JSON data (``strict_json``): TypeError naming the call (``index``: its
+    position in the turn) and the offending value otherwise."""
     if not isinstance(call, Mapping):
         raise TypeError(f"a tool call must be an object, got {type(call).__name__}")
     function = call.get("function")
@@ -116,9 +196,12 @@ def normalize_tool_call(call: Any, results: Mapping[str, Any] | None = None) -> 
     else:
         name, arguments, result = call.get("name"), call.get("arguments"), call.get("result")
     if not isinstance(name, str) or not name:
-        raise TypeError(f"a tool call needs a non-empty 'name' (got {_short(repr(call))})")
-    return {"name": name, "arguments": _parse_arguments(arguments), "result": _parse_arguments(result)
-            if isinstance(result, str) else result}
+        raise TypeError(f"a tool call needs a non-empty 'name' (got {_short(reprlib.repr(call))})")
+    where = f"{'tool call' if index is None else f'tool call #{index + 1}'} {_short(name, 60)!r}"
+    name = strict_json(name, f"{where}: its name")
+    arguments = strict_json(_parse_arguments(arguments), f"{where}: arguments")
+    result = strict_json(_parse_arguments(result) if isinstance(result, str) else result, f"{where}: result")
+    return {"name": name, "arguments": arguments, "result": result}
 
 
 def normalize_tool_calls(calls: Any, results: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -126,7 +209,7 @@ def normalize_tool_calls(calls: Any, results: Mapping[str, Any] | None = None) -
         return []
     if not isinstance(calls, list | tuple):
         raise TypeError(f"'tool_calls' must be a list, got {type(calls).__name__}")
-    return [normalize_tool_call(call, results) for call in calls]
+    return [normalize_tool_call(call, results, index=i) for i, call in enumerate(calls)]
 
 
 def read_reply(value: Any) -> tuple[str, list[dict[str, Any]], bool]:
@@ -139,7 +222,7 @@ def read_reply(value: Any) -> tuple[str, list[dict[str, Any]], bool]:
         content = value.get("content")
         if content is not None and not isinstance(content, str):
             raise TypeError(f"'content' must be a string or null, got {type(content).__name__}")
-        return content or "", normalize_tool_calls(value.get("tool_calls")), bool(value.get("end"))
+        return content or "", normalize_tool_calls(value.get("tool_calls")), _end_flag(value.get("end"))
     if isinstance(value, list | tuple) and value and all(isinstance(m, Mapping) for m in value):
         results = {m.get("tool_call_id"): m.get("content") for m in value if m.get("role") == "tool"}
         text, calls, end = "", [], False
@@ -151,7 +234,7 @@ def read_reply(value: Any) -> tuple[str, list[dict[str, Any]], bool]:
             text, end = part or text, end or part_end
         return text, calls, end
     raise TypeError(f"expected a string, a message dict with 'content' (and optional 'tool_calls', 'end') or a "
-                    f"list of messages; got {type(value).__name__} {_short(repr(value))}")
+                    f"list of messages; got {type(value).__name__} {_short(reprlib.repr(value))}")
 
 
 def openai_tool_calls(turn_number: int, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -387,15 +470,29 @@ class _PythonSession(AgentSession):
         started = time.perf_counter()
         try:
             value = await self.caller(messages, self.context)
-        except Exception as exc:
-            raise AgentError(f"{label}: the python agent {self.driver.identity!r} raised "
-                             f"{type(exc).__name__}: {_short(str(exc))}\n{_user_traceback(exc)}") from None
+        except asyncio.CancelledError:
+            raise  # the conversation's timeout (or the run's end), not the agent's trouble
+        except BaseException as exc:  # sys.exit() and KeyboardInterrupt too: see ``agent_raised``
+            raise agent_raised(f"{label}: the python agent {self.driver.identity!r}", exc) from None
         try:
             text, calls, end = read_reply(value)
-        except TypeError as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise AgentError(f"{label}: the python agent {self.driver.identity!r} returned an unusable reply: "
                              f"{exc}") from None
         return AgentReply(text, calls, end, latency_s=round(time.perf_counter() - started, 4))
+
+
+def agent_raised(what: str, exc: BaseException, doing: str = "raised") -> AgentError:
+    """The AgentError for a python agent's exception, with its own traceback. ``SystemExit`` and
+    ``KeyboardInterrupt`` included: the agent runs in the engine's loop thread or a worker thread, where no
+    Ctrl-C arrives (Python delivers SIGINT to the main thread, which stops the run there), so one raised there
+    comes from the agent's own code; let through, it would kill the loop thread every conversation waits on."""
+    note = ""
+    if isinstance(exc, SystemExit | KeyboardInterrupt):
+        note = (f" ({'sys.exit()' if isinstance(exc, SystemExit) else 'KeyboardInterrupt'} in an agent ends neither "
+                "the run nor pytest: the item errors)")
+    detail = f": {_short(str(exc))}" if str(exc) else ""
+    return AgentError(f"{what} {doing} {type(exc).__name__}{detail}{note}\n{_user_traceback(exc)}")
 
 
 class PythonDriver(AgentDriver):
@@ -450,9 +547,10 @@ class PythonDriver(AgentDriver):
                 agent = await self._factory(context)
             else:
                 agent = self.target(context) if self._class_arity >= 1 else self.target()
-        except Exception as exc:
-            raise AgentError(f"{label}: creating the python agent {self.identity!r} raised {type(exc).__name__}: "
-                             f"{_short(str(exc))}\n{_user_traceback(exc)}") from None
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            raise agent_raised(f"{label}: creating the python agent {self.identity!r}", exc) from None
         turn = getattr(agent, "respond", None) or agent
         if not callable(turn):
             raise AgentError(f"{label}: the python agent {self.identity!r} made a {type(agent).__name__}, which has "
@@ -663,7 +761,7 @@ class HttpDriver(AgentDriver):
 
         try:
             data = json.loads(content)
-        except ValueError:
+        except (ValueError, RecursionError):  # (nested past the parser's limit)
             raise bad("the body is not JSON") from None
         try:
             text = _lookup(data, self.http.reply)
@@ -681,13 +779,15 @@ class HttpDriver(AgentDriver):
                     calls = normalize_tool_calls(_lookup(data, self.http.tool_calls))
                 except KeyError:
                     calls = []
-            if self.http.end is not None:
-                try:
-                    end = bool(_lookup(data, self.http.end))
-                except KeyError:
-                    end = False
         except TypeError as exc:
             raise bad(f"its tool calls are unusable ({exc})") from None
+        if self.http.end is not None:
+            try:
+                end = _end_flag(_lookup(data, self.http.end), f"the end path {self.http.end!r}")
+            except KeyError:
+                end = False
+            except TypeError as exc:
+                raise bad(str(exc)) from None
         # A naive agent may echo its headers: their values must not reach the customer, the judge, the cache or
         # a report, so they are scrubbed as the reply enters the conversation.
         text = self.scrub(text)
@@ -794,10 +894,11 @@ class CachedSession(AgentSession):
     """``agent_cache: true``: replies recorded and replayed like LLM calls, keyed by the agent's kind, identity,
     seed and messages (no session id, header value or key)."""
 
-    __slots__ = ("cache", "endpoint", "inner", "seed")
+    __slots__ = ("cache", "endpoint", "inner", "seed", "what")
 
     def __init__(self, inner: AgentSession, driver: AgentDriver, cache: CallCache, seed: int | None) -> None:
         self.inner, self.cache, self.seed = inner, cache, seed
+        self.what = describe_spec(driver.spec)
         self.endpoint = f"agent:{driver.kind}:{driver.identity}"
 
     async def reply(self, messages: list[dict[str, Any]], *, label: str) -> AgentReply:
@@ -822,6 +923,9 @@ class CachedSession(AgentSession):
                                  "it with --llmsim-record=once, then commit the recordings/ it writes "
                                  "(.llmsim_cache/ is local: keep it out of git)")
         reply = await self.inner.reply(messages, label=label)
+        too_large = reply_size_error(reply.text, reply.tool_calls, f"{label}: the {self.what}")
+        if too_large is not None:  # not stored: the conversation errors on it
+            raise AgentError(too_large)
         response: dict[str, Any] = {"text": reply.text, "prompt_tokens": 0, "completion_tokens": 0,
                                     "latency_s": reply.latency_s, "model": self.endpoint}
         if reply.tool_calls:

@@ -194,7 +194,7 @@ class BatchRunner(Runner):
                     on_turn: Callable[[Turn], None] | None = None) -> concurrent.futures.Future[ScenarioResult]:
         if self._closed:
             raise RuntimeError("runner is closed")
-        return asyncio.run_coroutine_threadsafe(self._run_with(job, on_start, on_turn), self._loop)
+        return self._schedule(self._run_with(job, on_start, on_turn), job)
 
     async def _run_with(self, job: ScenarioJob, on_start: Callable[[], None] | None,
                         on_turn: Callable[[Turn], None] | None) -> ScenarioResult:

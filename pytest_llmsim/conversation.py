@@ -73,8 +73,26 @@ class Transcript:
 
     @property
     def agent_replied(self) -> bool:
-        """The agent said something: at least one agent turn with text (the end marker alone is empty)."""
-        return any(t.role == "agent" and t.text.strip() for t in self.turns)
+        """The agent said something: at least one agent turn with visible text (the end marker alone, spaces and
+        invisible characters such as a zero-width space are empty)."""
+        return any(t.role == "agent" and visible(t.text) for t in self.turns)
+
+
+# Letters that render as nothing (Hangul fillers, the braille blank, ...): not format characters to unicodedata.
+_INVISIBLE_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800\u180e")
+
+
+def visible(text: str) -> bool:
+    """Whether ``text`` shows anything: a character that is not whitespace, a control or format character
+    (zero-width space U+200B, word joiner U+2060, BOM U+FEFF, soft hyphen, direction marks) or a blank letter."""
+    import unicodedata
+
+    for char in text:
+        if char.isspace() or char in _INVISIBLE_LETTERS:
+            continue
+        if unicodedata.category(char) not in ("Cf", "Cc", "Zs", "Zl", "Zp"):
+            return True
+    return False
 
 
 def _turn_text(turn: Turn) -> str:
@@ -211,7 +229,7 @@ async def simulate(
     agent_messages: list[dict[str, Any]] = []  # the conversation from the code agent's side
     results_only = False
     if code_agent:
-        from .agents import agent_view, new_context
+        from .agents import agent_view, describe_spec, new_context, reply_size_error
 
         assert agents is not None and spec is not None
         driver, session = await agents.open(spec, new_context(scenario.name, scenario.variables, seed),
@@ -253,7 +271,13 @@ async def simulate(
             transcript.turns.append(Turn("client", text, scripted=True))
         elif side == "agent" and session is not None:
             reply = await session.reply(list(agent_messages), label=f"{label} agent turn {number}")
+            too_large = reply_size_error(reply.text, reply.tool_calls,
+                                         f"{label} agent turn {number}: the {describe_spec(spec)}")  # type: ignore[arg-type]
+            if too_large is not None:
+                raise AgentError(too_large)
             text, ended = strip_end_marker(reply.text.strip(), settings.end_marker)
+            if not visible(text):
+                text = ""  # only invisible characters: no reply (a judge would score a blank turn)
             ended = ended or reply.end
             transcript.turns.append(Turn("agent", text, reply.prompt_tokens, reply.completion_tokens,
                                          reply.latency_s, reply.cached, tool_calls=reply.tool_calls))
@@ -267,6 +291,8 @@ async def simulate(
             )
             reply = await client.complete(request, label=f"{label} {side} turn {number}")
             text, ended = strip_end_marker(reply.text.strip(), settings.end_marker)
+            if side == "agent" and not visible(text):
+                text = ""
             turn = Turn(side, text, reply.prompt_tokens, reply.completion_tokens, reply.latency_s, reply.cached)
             if getattr(reply, "tool_calls", None):
                 turn.tool_calls = _normalized_calls(reply.tool_calls, f"{label} {side} turn {number}")

@@ -19,6 +19,7 @@ failure names the metric. A metric that raises makes the scenario an *error* nam
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import json
 import math
@@ -188,19 +189,38 @@ def check_metric(metric: Metric, name: str, scenario: Scenario, *, label: str) -
 
 
 async def run_metric(metric: Metric, name: str, conversation: Conversation, scenario: Scenario, *,
-                     label: str) -> MetricResult:
+                     label: str, timeout: float | None = None) -> MetricResult:
     """``metric``'s result; an exception of the engine (endpoint, cache miss, invalid verdict) passes through,
-    anything else is a MetricError naming the metric with its traceback."""
+    anything else is a MetricError naming the metric with its traceback (``sys.exit()`` and KeyboardInterrupt
+    included: raised in the engine's threads, they come from the metric, never from a Ctrl-C).
+
+    A sync ``evaluate`` runs in a daemon thread, an async one on the loop. ``timeout`` (seconds, None: none) is
+    the metric's deadline: past it the metric is a MetricError and a sync one's thread is abandoned (a thread
+    cannot be killed; being a daemon, it does not keep the process alive)."""
+    deadline = asyncio.timeout(timeout)
     try:
-        if getattr(metric, "off_loop", False):  # a sync metric that says it may run in a worker thread
-            outcome = await asyncio.to_thread(metric.evaluate, conversation, scenario)
-        else:
-            outcome = metric.evaluate(conversation, scenario)
-        if inspect.isawaitable(outcome):
-            outcome = await outcome
+        async with deadline:
+            if inspect.iscoroutinefunction(metric.evaluate):
+                outcome = await metric.evaluate(conversation, scenario)
+            else:
+                from .agents import run_in_daemon_thread
+
+                context = contextvars.copy_context()
+                outcome = await run_in_daemon_thread(context.run, metric.evaluate, conversation, scenario)
+            if inspect.isawaitable(outcome):
+                outcome = await outcome
     except LlmsimError:
         raise
-    except Exception as exc:
+    except TimeoutError as exc:
+        if not deadline.expired():
+            raise MetricError(f"{label}: metric {name!r} raised TimeoutError: {exc}\n"
+                              f"{traceback.format_exc(limit=-6)}") from None
+        raise MetricError(f"{label}: metric {name!r} did not return within {timeout:g}s (a blocking call, a "
+                          "deadlock, a hung service?); the scenario was not scored. A metric gets as long as the "
+                          "scenario's conversation: raise the scenario's 'timeout' if it needs longer") from None
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:
         raise MetricError(f"{label}: metric {name!r} raised {type(exc).__name__}: {exc}\n"
                           f"{traceback.format_exc(limit=-6)}") from None
     if not isinstance(outcome, MetricResult):

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import contextvars
 import dataclasses
+import re
+import sys
 import threading
 import time
 import traceback
@@ -23,12 +27,13 @@ from .agents import AgentRuntime
 from .cache import CallCache
 from .client import LLMClient, LLMReply, LLMRequest, RateLimiter
 from .conversation import Transcript, no_agent_reply_error, simulate
-from .errors import LlmsimError, VerdictError
+from .errors import LlmsimError, ScenarioError, VerdictError
 from .judge import CriteriaMetric, JudgeMetric, check_judge_sees_criteria
 from .metric_rules import RougeMetric, RulesMetric
 from .metrics import (
     Conversation,
     Metric,
+    MetricError,
     MetricResult,
     check_metric,
     conversation_of,
@@ -136,6 +141,7 @@ async def _run_scenario(
                    for name, options in specs]
         for metric, (name, _) in zip(metrics, specs, strict=True):
             check_metric(metric, name, scenario, label=job.label)
+        _check_a_metric_decides(metrics, specs, scenario, job.label)
         if any(isinstance(metric, JudgeMetric) for metric in metrics) and "criteria" not in {n for n, _ in specs}:
             # (with the criteria metric, the criteria are checked one by one: the judge need not see them)
             check_judge_sees_criteria(scenario, settings, renderer, label=job.label)
@@ -144,6 +150,7 @@ async def _run_scenario(
 
             transcript = recorded_conversation(job.transcript, scenario, settings, renderer, label=job.label)
         else:
+            _phase("conversation")
             transcript = await simulate(scenario, settings, metered, renderer, label=job.label, cache=client.cache,
                                         agents=agents)
         result.transcript = transcript.to_dicts()
@@ -151,13 +158,19 @@ async def _run_scenario(
         refusal = no_agent_reply_error(transcript, scenario, settings, label=job.label)
         if refusal is not None:  # nothing the agent said: an error, never a verdict (the transcript stays)
             raise refusal
+        _phase("metrics")
         outcomes = await _evaluate(metrics, specs, conversation_of(transcript, scenario, result.transcript),
                                    scenario, settings, metered, renderer, job.label)
+        if all(outcome.passed is None for outcome in outcomes):
+            result.metrics = [outcome.to_dict() for outcome in outcomes]  # shown with the error
+            raise MetricError(no_deciding_metric(scenario.name, job.label, [o.name for o in outcomes]))
     except VerdictError as exc:
         result.error_kind, result.error_message, result.raw_verdict = exc.kind, str(exc), exc.raw_reply
     except LlmsimError as exc:
         result.error_kind, result.error_message = exc.kind, str(exc)
-    except Exception as exc:  # a bug or an unexpected library error: keep it visible as an error result
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:  # a bug or an unexpected library error: an error
+        # result. (SystemExit and KeyboardInterrupt on the loop thread come from user code, e.g. a metric's
+        # constructor, never from a Ctrl-C; let through, they would kill the loop every item waits on.)
         result.error_kind = "internal_error"
         result.error_message = (f"{job.label}: internal error {type(exc).__name__}: {exc} (please report this "
                                 f"with the traceback below)\n{traceback.format_exc(limit=-8)}")
@@ -204,15 +217,40 @@ def _with_base_dir(options: dict[str, Any], source: str) -> dict[str, Any]:
 async def _evaluate(metrics: list[Metric], specs: list[tuple[str, dict[str, Any]]], conversation: Conversation,
                     scenario: Scenario, settings: RunSettings, client: MeteredClient, renderer: PromptRenderer,
                     label: str) -> list[MetricResult]:
-    """Every metric's result, in the scenario's order (each LLM metric metered with the scenario)."""
+    """Every metric's result, in the scenario's order (each LLM metric metered with the scenario).
+
+    Each metric gets as long as the conversation (the scenario's ``timeout``), except the built-in judge and
+    criteria metrics: their every LLM call has its own deadline and bounded retries."""
     outcomes = []
+    deadline = scenario.timeout or settings.timeout
     for metric, (name, _) in zip(metrics, specs, strict=True):
         if callable(getattr(metric, "bind", None)):  # an LLMMetric (duck-typed, as make_metric checks metrics)
             metric.bind(client, settings, scenario, label)  # type: ignore[attr-defined]
         if isinstance(metric, JudgeMetric):
             metric.bind_renderer(renderer)
-        outcomes.append(await run_metric(metric, name, conversation, scenario, label=label))
+        bounded = type(metric) in (JudgeMetric, CriteriaMetric)
+        outcomes.append(await run_metric(metric, name, conversation, scenario, label=label,
+                                         timeout=None if bounded else deadline))
     return outcomes
+
+
+def _check_a_metric_decides(metrics: list[Metric], specs: list[tuple[str, dict[str, Any]]], scenario: Scenario,
+                            label: str) -> None:
+    """ScenarioError, before any call, when no metric of the scenario can pass or fail it (each is a rouge
+    without a threshold: it only informs), so the scenario could never fail. Whether another metric decides
+    is known only from its result (``no_deciding_metric``)."""
+    if all(isinstance(metric, RougeMetric) and metric.threshold is None for metric in metrics):
+        raise ScenarioError(no_deciding_metric(scenario.name, label, [name for name, _ in specs], static=True))
+
+
+def no_deciding_metric(scenario: str, label: str, names: list[str], *, static: bool = False) -> str:
+    """The error of a scenario whose metrics all only inform (``passed`` None): a pass would be no verdict."""
+    shown = ", ".join(names) if names else "none"
+    why = ("rouge without a 'threshold' only informs" if static
+           else "every metric returned passed=None (it only informs)")
+    return (f"{label}: no metric decides scenario {scenario!r} (metrics: {shown}): {why}, so the scenario could "
+            "never fail and its pass would mean nothing. Add a 'threshold' to the metric (e.g. rouge: {reference: "
+            "..., threshold: 0.3}) or a deciding metric (judge, criteria, rules) to its 'evaluate'")
 
 
 async def run_job(job: ScenarioJob, settings: RunSettings, client: LLMClient, renderer: PromptRenderer,
@@ -308,8 +346,42 @@ def _scrub_secrets(result: ScenarioResult, scrub: Callable[[str], str]) -> None:
         metric["details"] = scrub_data(metric.get("details") or {}, scrub)
 
 
+@dataclass
+class _JobState:
+    """What the runner's watchdog knows of one submitted job (written on the loop thread, read by the watchdog)."""
+
+    job: ScenarioJob
+    timeout: float
+    phase: str = "waiting"  # waiting (for a slot) | conversation | metrics
+
+
+_JOB_STATE: contextvars.ContextVar[_JobState | None] = contextvars.ContextVar("llmsim_job_state", default=None)
+
+
+def _phase(phase: str) -> None:
+    state = _JOB_STATE.get()
+    if state is not None:
+        state.phase = phase
+
+
+_BEAT_S = 0.25  # how often the watchdog checks that the loop runs
+
+
+def stall_grace(timeout: float) -> float:
+    """How much longer than a scenario's ``timeout`` the loop may stall before its item errors."""
+    return max(2.0, 0.1 * timeout)
+
+
 class Runner:
-    """An event loop in a daemon thread running up to ``settings.concurrency`` scenarios at once."""
+    """An event loop in a daemon thread running up to ``settings.concurrency`` scenarios at once.
+
+    No item waits forever on it. A watchdog thread checks that the loop runs: when it has been blocked longer
+    than a scenario's ``timeout`` (+ ``stall_grace``), by an async agent or metric making a blocking call
+    (``time.sleep`` in an ``async def``), the scenario's future gets an error result naming where the loop is
+    stuck, since its own ``asyncio`` deadline cannot fire on a blocked loop. When the loop thread dies (a
+    ``SystemExit`` no boundary caught), every unfinished future gets an ``internal_error`` naming the cause,
+    and so does every later submission.
+    """
 
     def __init__(self, settings: RunSettings, *, rpm: float | None = None, tpm: float | None = None,
                  shared_dir: Path | None = None, workers: int = 1) -> None:
@@ -318,12 +390,149 @@ class Runner:
         self.settings = settings
         self._limits = {"rpm": rpm, "tpm": tpm, "shared_dir": shared_dir, "workers": workers}
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="llmsim-loop", daemon=True)
+        self._pending: dict[concurrent.futures.Future[ScenarioResult], _JobState] = {}
+        self._lock = threading.Lock()
+        self._death = ""  # why the loop thread ended, once it has
+        self._beat = time.monotonic()  # when the loop last ran the watchdog's heartbeat
+        self._ping_sent = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="llmsim-loop", daemon=True)
         self._thread.start()
         self._closed = False
         self.client, self.renderer, self._slots = asyncio.run_coroutine_threadsafe(
             self._make_services(), self._loop
         ).result()
+        threading.Thread(target=self._watch, name="llmsim-watchdog", daemon=True).start()
+
+    def _serve(self) -> None:
+        """The loop thread: runs the loop until ``close`` stops it; if anything ends it otherwise, every waiting
+        job errors with the cause instead of waiting forever."""
+        cause = "the engine's event loop stopped"
+        try:
+            self._loop.run_forever()
+        except BaseException as exc:  # SystemExit / KeyboardInterrupt raised by user code on the loop
+            cause = (f"the engine's event loop thread died of {type(exc).__name__}: {exc} (raised by code running "
+                     f"on it: an agent, a metric or a hook)\n{traceback.format_exc(limit=-8)}")
+        finally:
+            self._loop_ended(cause)
+
+    def _loop_ended(self, cause: str) -> None:
+        with self._lock:
+            if self._death:
+                return
+            self._death = cause
+            pending = list(self._pending.items())
+            self._pending.clear()
+        for future, state in pending:
+            self._fail(future, state, "internal_error", f"{state.job.label}: not finished: {cause}; every "
+                       "conversation still running or waiting errors (please report this if no agent or metric "
+                       "of yours exits)")
+
+    @staticmethod
+    def _fail(future: concurrent.futures.Future[ScenarioResult], state: _JobState, kind: str,
+              message: str) -> None:
+        job = state.job
+        result = ScenarioResult(scenario=job.scenario.name, nodeid=job.report_as or job.nodeid, source=job.source,
+                                status=ERROR, min_score=job.scenario.min_score, trial=job.trial,
+                                error_kind=kind, error_message=message)
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            future.set_result(result)
+
+    def _schedule(self, coroutine: Any, job: ScenarioJob) -> concurrent.futures.Future[ScenarioResult]:
+        """Run ``coroutine`` (``job``'s) on the loop; its future is the runner's own, which the watchdog and the
+        loop thread's end can settle with an error when the coroutine cannot finish. Cancelling it cancels the
+        coroutine."""
+        state = _JobState(job, job.scenario.timeout or self.settings.timeout)
+        outer: concurrent.futures.Future[ScenarioResult] = concurrent.futures.Future()
+
+        async def run() -> ScenarioResult:
+            _JOB_STATE.set(state)
+            return await coroutine  # type: ignore[no-any-return]
+
+        with self._lock:
+            dead = self._death
+            if not dead:
+                self._pending[outer] = state
+        if dead:
+            coroutine.close()
+            self._fail(outer, state, "internal_error", f"{job.label}: not run: {dead}")
+            return outer
+        inner = asyncio.run_coroutine_threadsafe(run(), self._loop)
+
+        def settle(done: concurrent.futures.Future[ScenarioResult]) -> None:
+            with self._lock:
+                self._pending.pop(outer, None)
+            if done.cancelled():
+                outer.cancel()
+                return
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                error = done.exception()
+                if error is not None:
+                    outer.set_exception(error)
+                else:
+                    outer.set_result(done.result())
+
+        def cancelled(done: concurrent.futures.Future[ScenarioResult]) -> None:
+            with self._lock:
+                self._pending.pop(outer, None)
+            if done.cancelled():
+                inner.cancel()
+
+        inner.add_done_callback(settle)
+        outer.add_done_callback(cancelled)
+        return outer
+
+    def _heartbeat(self) -> None:
+        self._beat = time.monotonic()
+        self._ping_sent = False
+
+    def stalled_for(self) -> float:
+        """Seconds since the loop last ran a heartbeat (about 0 while it runs)."""
+        return max(0.0, time.monotonic() - self._beat - _BEAT_S)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(_BEAT_S):
+            if not self._thread.is_alive():
+                self._loop_ended("the engine's event loop thread ended")
+                return
+            if not self._ping_sent:
+                self._ping_sent = True
+                try:
+                    self._loop.call_soon_threadsafe(self._heartbeat)
+                except RuntimeError:  # closed
+                    return
+            stalled = self.stalled_for()
+            if stalled < 1.0:
+                continue
+            with self._lock:
+                late = [(future, state) for future, state in self._pending.items()
+                        if stalled > state.timeout + stall_grace(state.timeout)]
+                for future, _ in late:
+                    del self._pending[future]
+            if late:
+                where = self._stuck_at()
+                for future, state in late:
+                    kind = {"conversation": "agent_error", "metrics": "metric_error"}.get(state.phase,
+                                                                                        "internal_error")
+                    self._fail(future, state, kind, (
+                        f"{state.job.label}: timeout: the scenario's timeout={state.timeout:g}s cannot be enforced: "
+                        f"the engine's event loop has been blocked for {stalled:.1f}s{where} (in the {state.phase} "
+                        "phase of this scenario). An async agent or metric that makes a blocking call (time.sleep, "
+                        "blocking I/O, a long computation) inside 'async def' stalls every conversation of the "
+                        "run; await asyncio.sleep or an async client instead, or make it a plain 'def' (a sync "
+                        "agent or metric runs in its own thread)"))
+
+    def _stuck_at(self) -> str:
+        """`` at file:line in function`` of the innermost frame of the loop thread outside asyncio and llmsim."""
+        frame = sys._current_frames().get(self._thread.ident or -1)
+        package = str(Path(__file__).resolve().parent)
+        while frame is not None:
+            filename = frame.f_code.co_filename
+            if not filename.startswith(package) and not re.search(r"[/\\](asyncio|concurrent|threading)",
+                                                                   filename):
+                return f" at {filename}:{frame.f_lineno} in {frame.f_code.co_name}()"
+            frame = frame.f_back
+        return ""
 
     async def _make_services(self) -> tuple[LLMClient, PromptRenderer, asyncio.Semaphore]:
         # Every secret of the run, scrubbed from replies as they arrive and from everything written (the cache too).
@@ -349,7 +558,7 @@ class Runner:
     def submit(self, job: ScenarioJob) -> concurrent.futures.Future[ScenarioResult]:
         if self._closed:
             raise RuntimeError("runner is closed")
-        return asyncio.run_coroutine_threadsafe(self._run(job), self._loop)
+        return self._schedule(self._run(job), job)
 
     def run_all(self, jobs: Iterable[ScenarioJob]) -> list[ScenarioResult]:
         """Run ``jobs`` concurrently and return their results in the given order."""
@@ -373,11 +582,23 @@ class Runner:
             await self.client.aclose()
             self.client.cache.close()
 
+        self._stop.set()
+        if not self._thread.is_alive() and not self._loop.is_closed():
+            # The loop thread died: run the shutdown here (connections and the cache closed, not leaked).
+            try:
+                self._loop.run_until_complete(asyncio.wait_for(shutdown(), timeout))
+            except BaseException:  # whatever killed the loop may strike again: the run is over
+                pass
+            self._loop.close()
+            return
+        if self.stalled_for() > 1.0:
+            timeout = min(timeout, 1.0)  # a blocked loop runs no shutdown: do not wait for it
         try:
             asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout)
         except (concurrent.futures.TimeoutError, RuntimeError):
             pass
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout)
         if not self._thread.is_alive():
             self._loop.close()

@@ -474,3 +474,118 @@ def test_http_agent_url_may_name_an_environment_variable(sim: SimProject, monkey
     result = sim.run(subprocess=True)
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*environment variable SHOP_AGENT_PORT (named in the http agent's url) is not set*"])
+
+
+# -- what an agent returns, held to JSON, a strict 'end', visible text and a bounded size (issue 24) ------------
+BAD_TOOL_CALL_BOTS = """
+    import math
+
+    def deep(n):
+        value = []
+        for _ in range(n):
+            value = [value]
+        return value
+
+    ARGUMENTS = {
+        "nan": {"weight": math.nan},
+        "set": {"ids": {1, 2}},
+        "object": {"when": object()},
+        "deep": {"tree": deep(5000)},
+        "surrogate": {"name": "caf\\ud800"},
+    }
+
+    def reply(messages, context):
+        kind = context.scenario
+        return {"content": "Looking it up.", "tool_calls": [{"name": "lookup", "arguments": ARGUMENTS[kind]}]}
+"""
+
+
+def test_tool_call_arguments_that_are_not_json_are_an_agent_error_naming_the_value(sim: SimProject) -> None:
+    write_bot(sim, BAD_TOOL_CALL_BOTS)
+    kinds = {"nan": "arguments.weight is nan, which JSON cannot hold",
+             "set": "arguments.ids is a set, not JSON data",
+             "object": "arguments.when is a object, not JSON data",
+             "deep": "arguments.tree" + "[0]" * 64 + " nests deeper than 64 levels",
+             "surrogate": "arguments.name holds a lone surrogate '\\ud800' at index 3 (not valid Unicode text)"}
+    sim.write_scenarios("s.json", [scenario(kind, agent={"python": "bots.shop:reply"}) for kind in kinds])
+    sim.run("--llmsim-results=out.json").assert_outcomes(errors=len(kinds))
+    rows = results(sim)
+    for kind, problem in kinds.items():
+        assert rows[kind]["error_kind"] == "agent_error", rows[kind]["error_message"]
+        assert (f"s.json::{kind} agent turn 2: the python agent 'bots.shop:reply' returned an unusable reply: tool "
+                f"call #1 'lookup': {problem}") in rows[kind]["error_message"]
+
+
+def test_strict_json_keeps_json_data_and_normalises_containers() -> None:
+    from types import MappingProxyType
+
+    from pytest_llmsim.agents import normalize_tool_call, strict_json
+
+    assert strict_json({"a": (1, 2.5, None, True), "b": MappingProxyType({"c": "ok"})}, "x") == \
+        {"a": [1, 2.5, None, True], "b": {"c": "ok"}}
+    loop: list[Any] = []
+    loop.append(loop)
+    with pytest.raises(TypeError, match="nests deeper than 64 levels"):
+        strict_json(loop, "x")
+    with pytest.raises(TypeError, match=r"x has a int key"):
+        strict_json({1: "a"}, "x")
+    with pytest.raises(TypeError, match=r"tool call 'f': arguments.v is inf"):
+        normalize_tool_call({"name": "f", "arguments": '{"v": Infinity}'})  # JSON text is parsed, then held to it
+    deep_text = "[" * 5000 + "]" * 5000
+    assert normalize_tool_call({"name": "f", "arguments": deep_text})["arguments"] == deep_text  # kept as text
+
+
+@pytest.mark.parametrize("end", ["false", "true", 0, 1, "no"])
+def test_an_end_that_is_not_a_boolean_is_an_agent_error(sim: SimProject, end: Any) -> None:
+    write_bot(sim, f"""
+        def reply(messages, context):
+            return {{"content": "Happy to help.", "end": {end!r}}}
+    """)
+    sim.write_scenarios("s.json", [scenario("a", agent={"python": "bots.shop:reply"})])
+    result = sim.run("--llmsim-results=out.json")
+    result.assert_outcomes(errors=1)
+    assert ("returned an unusable reply: 'end' must be true or false (or absent), got "
+            f"{type(end).__name__} {end!r}") in results(sim)["a"]["error_message"]
+
+
+def test_an_http_agents_end_that_is_not_a_boolean_is_an_agent_error(sim: SimProject) -> None:
+    with LoopbackAgentServer(lambda b, h, n: (200, {"reply": {"text": "Sure."}, "done": "false"})) as agent:
+        spec = http_agent(agent)
+        spec["http"]["end"] = "done"
+        sim.write_scenarios("s.json", [scenario("a", agent=spec)])
+        sim.run("--llmsim-results=out.json").assert_outcomes(errors=1)
+    assert "the end path 'done' must be true or false (or absent), got str 'false'" in \
+        results(sim)["a"]["error_message"]
+
+
+def test_a_reply_of_invisible_characters_is_no_reply(sim: SimProject) -> None:
+    write_bot(sim, """
+        def reply(messages, context):
+            return context.variables["TEXT"]
+    """)
+    texts = {"zwsp": "\u200b", "bom": "\ufeff", "joiner": " \u2060\u200b ", "filler": "\u3164"}
+    sim.write_scenarios("s.json", [scenario(name, agent={"python": "bots.shop:reply"}, variables={"TEXT": text})
+                                   for name, text in texts.items()] + [
+        scenario("visible", agent={"python": "bots.shop:reply"}, variables={"TEXT": "\u200bHello [END_CALL]"})])
+    sim.run("--llmsim-results=out.json").assert_outcomes(passed=1, errors=len(texts))
+    rows = results(sim)
+    for name in texts:
+        assert rows[name]["error_kind"] == "no_agent_reply", rows[name]
+        assert rows[name]["score"] is None
+    assert not any(p for p in judge_prompts(sim) if "visible" not in p)  # only the visible reply was judged
+
+
+@pytest.mark.parametrize("agent_cache", [False, True])
+def test_an_agent_reply_larger_than_the_limit_is_an_agent_error(sim: SimProject, agent_cache: bool) -> None:
+    write_bot(sim, """
+        def reply(messages, context):
+            return "x" * 3_000_000
+    """)
+    sim.write_scenarios("s.json", [scenario("huge", agent={"python": "bots.shop:reply"}, agent_cache=agent_cache)])
+    sim.run("--llmsim-results=out.json").assert_outcomes(errors=1)
+    row = results(sim)["huge"]
+    assert row["error_kind"] == "agent_error"
+    assert ("s.json::huge agent turn 2: the python agent 'bots.shop:reply' replied with 3,000,000 bytes (text and "
+            "tool calls), more than the 1,000,000 bytes an agent turn may have") in row["error_message"]
+    assert all(len(t["text"]) < 1_000_000 for t in row["transcript"])
+    assert sum(f.stat().st_size for f in sim.path.rglob("*") if f.is_file()) < 1_000_000  # stored nowhere

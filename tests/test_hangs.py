@@ -1,13 +1,24 @@
 """Hung and dripping endpoints: every request has one deadline covering the reply body, and a silent endpoint
-fails the run fast (the first requests time out, later ones are not sent) instead of hanging it."""
+fails the run fast (the first requests time out, later ones are not sent) instead of hanging it. User code
+(agents, metrics) that exits, never returns or blocks the engine's event loop errors its item, never freezes
+the run."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from conftest import SimProject, default_script, scenario
+from conftest import TEMPLATES, SimProject, default_script, scenario, write_bot
+from pytest_llmsim.runner import Runner, ScenarioJob
+from pytest_llmsim.scenario import Scenario
+from pytest_llmsim.settings import EndpointSettings, RoleSettings, RunSettings
+from pytest_llmsim.testing.openai_server import ScriptedOpenAIServer
 
 NOT_ANSWERED = "(not retried: the endpoint has not answered any request in this run)"
 
@@ -74,3 +85,209 @@ def test_a_drip_is_cut_at_the_deadline_even_when_retried(sim: SimProject) -> Non
                                  "reply within 0.5s after 3 attempt(s); check the server*"])
     assert sim.server.stats()["faults"] == {"drip": 3}
     assert elapsed < 15, f"the run took {elapsed:.1f}s (one dripped reply alone lasts 20 s)"
+
+
+# -- code of the user's that never returns, exits or blocks the engine's loop (issue 24) --------------------------
+# Each inner run is a real process with a deadline: a regression (a run that freezes) fails here instead of
+# hanging this suite.
+INNER_DEADLINE_S = 120
+
+
+def run_bounded(sim: SimProject, *args: str, timeout: float = INNER_DEADLINE_S) -> pytest.RunResult:
+    return sim.pytester.runpytest_subprocess("-p", "no:randomly", f"--llmsim-base-url={sim.server.base_url}", *args,
+                                             timeout=timeout)
+
+
+EXITING_AGENTS = {
+    "sync_exit": """
+        import sys
+
+        def reply(messages, context):
+            sys.exit(3)
+    """,
+    "sync_keyboard_interrupt": """
+        def reply(messages, context):
+            raise KeyboardInterrupt("from the agent")
+    """,
+    "async_system_exit": """
+        async def reply(messages, context):
+            raise SystemExit(4)
+    """,
+    "async_keyboard_interrupt": """
+        async def reply(messages, context):
+            raise KeyboardInterrupt
+    """,
+    "factory_exit": """
+        import sys
+
+        class Bot:
+            def __init__(self):
+                sys.exit("no bot today")
+
+            def respond(self, messages):
+                return "never"
+    """,
+}
+
+
+class TestUserCodeThatExitsOrHangs:
+    @pytest.fixture
+    def http_backend(self) -> str:  # the endpoint's transport plays no part here: one run, not one per backend
+        return "default"
+
+    @pytest.mark.parametrize("kind", sorted(EXITING_AGENTS))
+    def test_an_agent_that_exits_is_an_agent_error_and_the_run_goes_on(self, sim: SimProject, kind: str) -> None:
+        write_bot(sim, EXITING_AGENTS[kind])
+        name = "Bot" if kind == "factory_exit" else "reply"
+        sim.write_scenarios("s.json", [scenario("exits", agent={"python": f"bots.shop:{name}"}), scenario("fine")])
+        result = run_bounded(sim, "--llmsim-results=out.json")
+        result.assert_outcomes(passed=1, errors=1)
+        exc = "KeyboardInterrupt" if "keyboard" in kind else "SystemExit"
+        where = " agent turn 2: the" if kind != "factory_exit" else ": creating the"
+        result.stdout.fnmatch_lines([f"*s.json::exits{where} python agent 'bots.shop:{name}' raised {exc}*in an "
+                                     "agent ends neither the run nor pytest: the item errors*"])
+        rows = {r["scenario"]: r for r in json.loads((sim.path / "out.json").read_text())["results"]}
+        assert rows["exits"]["error_kind"] == "agent_error"
+        assert rows["fine"]["status"] == "passed"
+
+    def test_an_exiting_agent_under_xdist(self, sim: SimProject) -> None:
+        write_bot(sim, EXITING_AGENTS["sync_exit"])
+        sim.write_scenarios("s.json", [scenario(f"exits{i}", agent={"python": "bots.shop:reply"}) for i in range(3)]
+                            + [scenario("fine")])
+        result = run_bounded(sim, "-n", "2")
+        result.assert_outcomes(passed=1, errors=3)
+        assert result.stdout.str().count("raised SystemExit: 3") >= 3
+
+    def test_an_exiting_agent_in_the_cli(self, sim: SimProject) -> None:
+        write_bot(sim, EXITING_AGENTS["async_system_exit"])
+        sim.write_scenarios("s.json", [scenario("exits", agent={"python": "bots.shop:reply"}), scenario("fine")])
+        command = [sys.executable, "-m", "pytest_llmsim.cli", "run", "scenarios/s.json", "--output-dir", "out",
+                   "--base-url", sim.server.base_url]
+        env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+        done = subprocess.run(command, cwd=sim.path, env=env, capture_output=True, text=True,
+                              timeout=INNER_DEADLINE_S)
+        assert done.returncode == 1, done.stderr
+        export = next(p for p in (sim.path / "out").glob("*.json") if not p.name.endswith(".summary.json"))
+        rows = {r["scenario"]: r for r in json.loads(export.read_text())["results"]}
+        assert rows["exits"]["error_kind"] == "agent_error"
+        assert "raised SystemExit: 4" in rows["exits"]["error_message"]
+        assert rows["fine"]["outcome"] == "passed"
+
+    def test_an_async_agent_blocking_the_event_loop_errors_at_its_timeout(self, sim: SimProject) -> None:
+        write_bot(sim, """
+            import time
+
+            async def reply(messages, context):
+                time.sleep(30)
+                return "late"
+        """)
+        sim.write_scenarios("s.json", [scenario("blocks", agent={"python": "bots.shop:reply"}, timeout=2)])
+        started = time.monotonic()
+        result = run_bounded(sim)
+        elapsed = time.monotonic() - started
+        result.assert_outcomes(errors=1)
+        result.stdout.fnmatch_lines(["*s.json::blocks: timeout: the scenario's timeout=2s cannot be enforced: the "
+                                     "engine's event loop has been blocked for *s at *shop.py:5 in reply() (in the "
+                                     "conversation phase of this scenario)*"])
+        assert elapsed < 25, f"the run took {elapsed:.1f}s: the item waited for the blocked loop"
+
+    @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dead loop's HTTP session
+    def test_the_loop_threads_death_errors_every_waiting_item(self, llm_server: ScriptedOpenAIServer,
+                                                              tmp_path: Path) -> None:
+        """The net under the boundaries: whatever kills the loop thread, no future is left waiting."""
+        llm_server.set_script({"rules": [{"delay": 5.0, "reply": "slow"}]})
+        prompts = tmp_path / "prompts"
+        prompts.mkdir()
+        for name, text in TEMPLATES.items():
+            (prompts / name).write_text(text)
+        role = RoleSettings("m", "agent.j2", 0.0, 50)
+        settings = RunSettings(endpoint=EndpointSettings(base_url=llm_server.base_url, max_retries=0), agent=role,
+                               client=RoleSettings("m", "client.j2", 0.0, 50),
+                               evaluator=RoleSettings("m", "evaluator.j2", 0.0, 50), prompts_dir=prompts,
+                               cache_dir=tmp_path / "cache")
+        job = ScenarioJob("s.json::a", "s.json", Scenario.model_validate(scenario("a")))
+        runner = Runner(settings)
+        try:
+            waiting = runner.submit(job)
+            time.sleep(0.5)
+
+            def die() -> None:
+                raise SystemExit("from a callback on the loop")
+
+            runner._loop.call_soon_threadsafe(die)
+            result = waiting.result(timeout=10)
+            assert (result.status, result.error_kind) == ("error", "internal_error")
+            assert "the engine's event loop thread died of SystemExit: from a callback on the loop" in \
+                result.error_message
+            later = runner.submit(job).result(timeout=5)
+            assert later.error_kind == "internal_error" and "s.json::a: not run: " in later.error_message
+        finally:
+            started = time.monotonic()
+            runner.close()
+            assert time.monotonic() - started < 5
+
+
+METRICS_CONFTEST = '''
+import asyncio
+import sys
+import time
+
+from pytest_llmsim import Metric, MetricResult
+
+
+class Sleeps(Metric):
+    name = "sleeps"
+
+    def evaluate(self, conversation, scenario):
+        time.sleep(3600)
+        return MetricResult(self.name, 1, True)
+
+
+class SleepsAsync(Metric):
+    name = "sleeps_async"
+
+    async def evaluate(self, conversation, scenario):
+        await asyncio.sleep(3600)
+        return MetricResult(self.name, 1, True)
+
+
+class Exits(Metric):
+    name = "exits"
+
+    def evaluate(self, conversation, scenario):
+        sys.exit(5)
+
+
+class ExitsAsync(Metric):
+    name = "exits_async"
+
+    async def evaluate(self, conversation, scenario):
+        raise KeyboardInterrupt
+
+
+def pytest_llmsim_metrics():
+    return [Sleeps, SleepsAsync, Exits, ExitsAsync]
+'''
+
+
+class TestMetricsThatNeverReturnOrExit:
+    @pytest.fixture
+    def http_backend(self) -> str:
+        return "default"
+
+    def test_a_metric_gets_a_deadline_and_an_exit_is_a_metric_error(self, sim: SimProject) -> None:
+        (sim.path / "conftest.py").write_text(METRICS_CONFTEST)
+        names = ["sleeps", "sleeps_async", "exits", "exits_async"]
+        sim.write_scenarios("s.json", [scenario(name, evaluate=["judge", name], timeout=2) for name in names]
+                            + [scenario("fine")])
+        started = time.monotonic()
+        result = run_bounded(sim, "--llmsim-results=out.json")
+        elapsed = time.monotonic() - started
+        result.assert_outcomes(passed=1, errors=4)
+        rows = {r["scenario"]: r for r in json.loads((sim.path / "out.json").read_text())["results"]}
+        assert all(rows[name]["error_kind"] == "metric_error" for name in names)
+        for name in ("sleeps", "sleeps_async"):
+            assert f"s.json::{name}: metric {name!r} did not return within 2s" in rows[name]["error_message"]
+        assert "metric 'exits' raised SystemExit: 5" in rows["exits"]["error_message"]
+        assert "metric 'exits_async' raised KeyboardInterrupt" in rows["exits_async"]["error_message"]
+        assert elapsed < 60, f"the run took {elapsed:.1f}s"

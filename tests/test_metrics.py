@@ -276,3 +276,34 @@ def test_rouge_and_rules_through_a_run_with_a_reference_file_beside_the_scenario
     metrics = _metrics(_results(sim)["a"])
     assert metrics["rouge"]["score"] == 1.0 and metrics["rouge"]["passed"] is True
     assert metrics["rules"]["passed"] is False and metrics["rules"]["score"] == 0.75
+
+
+INFORMING_CONFTEST = '''
+from pytest_llmsim import Metric, MetricResult
+
+
+class Tone(Metric):
+    name = "tone"
+
+    def evaluate(self, conversation, scenario):
+        return MetricResult(self.name, 0.8, None, "friendly")
+
+
+def pytest_llmsim_metrics():
+    return [Tone]
+'''
+
+
+def test_a_scenario_whose_metrics_all_only_inform_errors(sim: SimProject) -> None:
+    """passed=None from every metric is no verdict: an error naming the scenario, never a pass (issue 24)."""
+    (sim.path / "conftest.py").write_text(INFORMING_CONFTEST)
+    sim.write_scenarios("s.json", [scenario("informs", evaluate=["tone"]),
+                                   scenario("decides", evaluate=["tone", "judge"])])
+    result = sim.run("--llmsim-results=out.json")
+    result.assert_outcomes(passed=1, errors=1)
+    rows = _results(sim)
+    assert rows["informs"]["error_kind"] == "metric_error"
+    assert ("s.json::informs: no metric decides scenario 'informs' (metrics: tone): every metric returned "
+            "passed=None (it only informs)") in rows["informs"]["error_message"]
+    assert _metrics(rows["informs"])["tone"]["score"] == 0.8  # the scores it gave are kept
+    assert rows["decides"]["status"] == "passed"

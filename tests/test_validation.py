@@ -197,3 +197,23 @@ def test_names_with_control_characters_are_rejected_and_markup_stays_plain_text(
     assert "\x1b[31m" not in result.stdout.str()
     prompts = [r["body"]["messages"][0]["content"] for r in sim.server.requests_log()]
     assert any(markup in p for p in prompts), "the name reaches the templates as plain text"
+
+
+def test_a_scenario_no_metric_can_decide_errors_before_any_call(sim: SimProject) -> None:
+    """rouge without a threshold only informs: a scenario scored by it alone could never fail (issue 24)."""
+    pytest.importorskip("rouge_score")  # the test extra
+    sim.write_scenarios("s.json", [
+        scenario("informs", evaluate=[{"rouge": {"reference": "x"}}]),
+        scenario("informs_twice", evaluate=[{"rouge": {"reference": "x"}}, {"rouge": {"reference": "y"}}]),
+        scenario("decides", evaluate=[{"rouge": {"reference": "x"}}, "judge"]),
+        scenario("threshold", evaluate=[{"rouge": {"reference": "Your order is confirmed", "threshold": 0.1}}]),
+    ])
+    result = sim.run("--llmsim-concurrency=1")
+    result.assert_outcomes(passed=2, errors=2)
+    result.stdout.fnmatch_lines([
+        "*s.json::informs: no metric decides scenario 'informs' (metrics: rouge): rouge without a 'threshold' only "
+        "informs, so the scenario could never fail*Add a 'threshold' to the metric*or a deciding metric (judge, "
+        "criteria, rules) to its 'evaluate'*"])
+    assert "scenario_error" in result.stdout.str()
+    prompts = [m["content"] for r in sim.server.requests_log() for m in r["body"]["messages"] if m["role"] == "system"]
+    assert not any("informs" in p for p in prompts), "no call for a scenario that could never fail"
