@@ -320,9 +320,6 @@ class RulesMetric(Metric):
             raise ValueError("the 'rules' metric needs at least one check: contains, not_contains, regex, not_regex, "
                              "tool_called, ended_by, max_agent_turns, min_agent_turns or language")
 
-    # The metric only reads its options and the conversation: the engine may run it off its event loop.
-    off_loop = True
-
     @staticmethod
     def _compile(pattern: str, key: str, flags: int) -> Any:
         try:
@@ -488,7 +485,6 @@ class RougeMetric(Metric):
 
     name = "rouge"
     OPTIONS = ("reference", "reference_file", "base_dir", "variant", "target", "threshold")
-    off_loop = True  # reads only its options and the conversation: scored in a worker thread, off the event loop
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(options)
