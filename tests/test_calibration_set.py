@@ -183,3 +183,23 @@ def test_a_customer_turn_makes_no_tool_calls(tmp_path: Path) -> None:
     client["tool_calls"] = []  # what a chat file (--llmsim-chats-dir) writes for every turn
     path = write_case(tmp_path, {"role": "agent", "text": "Checking."}, client)
     assert load_case(path).transcript.turns[0].tool_calls == []
+
+
+def test_the_second_labelling_pass_covers_every_file_and_agrees_as_the_readme_says() -> None:
+    """``second_pass.json`` labels every file of both halves; the agreement, kappa and disagreements that
+    ``calibration/README.md`` quotes are recomputed from the files (a relabelled file must update the README)."""
+    second = json.loads((REPO / "calibration" / "second_pass.json").read_text(encoding="utf-8"))
+    files = {f"{half}/{path.name}": path for half in HALVES for path in calibration_files(REPO / "calibration" / half)}
+    assert set(second) == set(files)
+    pairs = {name: (load_case(path).human_score, second[name]["score"]) for name, path in files.items()}
+    assert all(second[name]["reason"].strip() for name in second)
+    agreed = sum(first == other for first, other in pairs.values())
+    first_counts = Counter(first for first, _ in pairs.values())
+    second_counts = Counter(other for _, other in pairs.values())
+    expected = sum(first_counts[s] * second_counts[s] for s in (1, 2, 3)) / len(pairs) ** 2
+    kappa = (agreed / len(pairs) - expected) / (1 - expected)
+    readme = (REPO / "calibration" / "README.md").read_text(encoding="utf-8")
+    assert f"agree on **{agreed} of {len(pairs)} ({agreed / len(pairs):.1%}; Cohen's kappa {kappa:.2f})**" in readme
+    for name, (first, other) in pairs.items():
+        if first != other:
+            assert f"| `{name}` | {first} | {other} |" in readme, name
