@@ -69,7 +69,7 @@ class LlmsimSession:
         self.runner: Runner | None = None
         self._futures: dict[str, concurrent.futures.Future[ScenarioResult]] = {}
         self._consumed: set[str] = set()
-        self.interrupts = InterruptGuard()
+        self.interrupts = InterruptGuard(sigterm=not hasattr(config, "workerinput"))  # workers: see interrupts.py
         self._messages: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.unconsumed_finished = 0
         self.notes: list[str] = []  # lines for the terminal summary, gathered when the runner closes
