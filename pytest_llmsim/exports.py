@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
@@ -78,6 +79,8 @@ def _create_temporary(path: Path) -> tuple[int, str]:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:
             continue
+        except OSError as exc:  # name the folder that refused it, not the temporary file's made-up name
+            raise type(exc)(exc.errno, exc.strerror, str(path.parent)) from None
     raise FileExistsError(f"could not create a temporary file beside {path}")
 
 
@@ -91,10 +94,21 @@ def atomic_write_chunks(path: Path, chunks: Iterable[str]) -> None:
     _atomic_write(path, (chunk.encode("utf-8") for chunk in chunks))
 
 
+def _prepare_target(path: Path) -> None:
+    """Create ``path``'s folder; an OSError naming the offending path (not the temporary file's) when ``path`` is
+    a folder or one of its parents is a file."""
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "it is a folder, not a file", str(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:  # a parent is a file (or a dangling link): ``exist_ok`` does not cover it
+        raise NotADirectoryError(errno.ENOTDIR, "a parent of it is a file, not a folder", exc.filename) from None
+
+
 def _atomic_write(path: Path, blocks: Iterable[bytes]) -> None:
     """Write ``blocks`` to a temporary file beside ``path`` and rename it into place: a reader sees the old file
     or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _prepare_target(path)
     fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as handle:

@@ -52,10 +52,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
     if not config.getoption("llmsim_init", False):
         return None
-    from .starter import starter_lines, write_starter
+    from .starter import StarterError, starter_lines, write_starter
 
     root = config.invocation_params.dir
-    written, skipped = write_starter(root)
+    try:
+        written, skipped = write_starter(root)
+    except StarterError as exc:  # checked before anything is written: one line per problem, nothing written
+        for problem in exc.problems:
+            print(f"llmsim: cannot write the example: {problem}")
+        print("llmsim: nothing was written")
+        return pytest.ExitCode.USAGE_ERROR
     for line in starter_lines(root, written, skipped):
         print(line)
     return 0

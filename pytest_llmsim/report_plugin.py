@@ -116,6 +116,8 @@ class ReportPlugin:
         self.final: RunSummary | None = None
         self.worker_rate_limits: list[Any] = []  # each xdist worker's rate-limit figures, sent at its end
         self.missed: list[str] = []
+        # Files this run was asked to write and could not: one line each, printed even under -q; the run fails.
+        self.write_failures: list[Line] = []
         self.extra_missed: list[str] = []  # gates other plugins decide (the judge calibration's), in every report
         self.backend: list[str] = []
         self.html: HtmlHooks | None = None
@@ -216,10 +218,14 @@ class ReportPlugin:
             self._histogram(summary)
         self._markdown(records, summary)
         self._chat_files(records)
-        if self.backend:
+        if self.backend or (self.write_failures and session.exitstatus == pytest.ExitCode.OK):
             session.exitstatus = pytest.ExitCode.USAGE_ERROR
         elif self.missed and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def _write_failed(self, what: str, path: Path | str, exc: OSError) -> None:
+        self.write_failures.append(Line(f"llmsim: could not write {what} to {path}: {exc}", {"red": True,
+                                                                                             "bold": True}))
 
     def _export(self, records: list[ScenarioRecord], summary: RunSummary) -> None:
         assert self.results_path is not None
@@ -232,7 +238,7 @@ class ReportPlugin:
                                     run_id=self.run_id, generated_at=generated, comparison=comparison,
                                     baseline_field=True)
         except OSError as exc:
-            self.notes.append(Line(f"llmsim: could not write results to {self.results_path}: {exc}", {"red": True}))
+            self._write_failed("results", self.results_path, exc)
             return
         extra = f"; summary in {written[1]}" if len(written) > 1 else ""
         partial = "" if summary.complete else " (a partial run, marked as such)"
@@ -266,15 +272,15 @@ class ReportPlugin:
             try:
                 write_markdown(self.markdown_path, text)
             except OSError as exc:
-                self.notes.append(Line(f"llmsim: could not write the markdown summary to {self.markdown_path}: "
-                                       f"{exc}", {"red": True}))
+                self._write_failed("the markdown summary", self.markdown_path, exc)
             else:
                 self.notes.append(Line(f"llmsim: markdown summary written to {self.markdown_path}"))
         if step_summary:
             try:
                 append_step_summary(text)
             except OSError as exc:
-                self.notes.append(Line(f"llmsim: could not append to ${STEP_SUMMARY_ENV}: {exc}", {"red": True}))
+                self._write_failed(f"the summary (append to ${STEP_SUMMARY_ENV})", os.environ[STEP_SUMMARY_ENV],
+                                   exc)
             else:
                 self.notes.append(Line(f"llmsim: summary appended to ${STEP_SUMMARY_ENV}"))
 
@@ -285,8 +291,7 @@ class ReportPlugin:
         except HistogramUnavailable as exc:
             self.notes.append(Line(f"llmsim: --llmsim-histogram: {exc}", {"yellow": True}))
         except OSError as exc:
-            self.notes.append(Line(f"llmsim: could not write the histogram to {self.histogram_path}: {exc}",
-                                   {"red": True}))
+            self._write_failed("the histogram", self.histogram_path, exc)
         else:
             self.notes.append(Line(f"llmsim: score histogram written to {self.histogram_path}"))
 
@@ -315,7 +320,7 @@ class ReportPlugin:
                               backend=self.backend, comparison=self.comparison)
         if quiet and lines:
             lines.extend(judge_lines)
-        for line in lines:
+        for line in [*lines, *self.write_failures]:  # a file not written is said even under -q
             if line.markup.get("separator"):
                 terminalreporter.write_sep("=", line.text)
             else:

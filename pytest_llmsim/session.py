@@ -30,6 +30,7 @@ from .settings import RunSettings
 
 if TYPE_CHECKING:  # the runner pulls in openai and diskcache: imported only when a scenario runs
     from .runner import Runner
+    from .xdist_support import IsolatedItems, Journal
 
 _ELIGIBLE_KEY = pytest.StashKey[bool]()
 SESSION_KEY = pytest.StashKey["LlmsimSession"]()
@@ -69,12 +70,20 @@ class LlmsimSession:
         self.runner: Runner | None = None
         self._futures: dict[str, concurrent.futures.Future[ScenarioResult]] = {}
         self._consumed: set[str] = set()
-        self.interrupts = InterruptGuard()
+        self.interrupts = InterruptGuard(sigterm=not hasattr(config, "workerinput"))  # workers: see interrupts.py
         self._messages: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.unconsumed_finished = 0
         self.notes: list[str] = []  # lines for the terminal summary, gathered when the runner closes
         self.limit_stats: dict[str, object] | None = None  # the rate limiter's figures, kept when the runner closes
         self.nextitem: pytest.Item | None = None
+        self._journal: Journal | None = None  # xdist worker: the conversations in flight, for a crash's blame
+        self._isolated: IsolatedItems | None = None  # xdist worker: items whose conversation must run alone
+        if hasattr(config, "workerinput"):
+            from .xdist_support import IsolatedItems, Journal, isolated_path, journal_path
+
+            state = local_state_dir(config)
+            self._journal = Journal(journal_path(state, str(config.workerinput.get("workerid", ""))))
+            self._isolated = IsolatedItems(isolated_path(state))
         self.lookahead_enabled = not (
             config.getoption("collectonly") or config.getoption("usepdb", False)
             or config.getoption("trace", False) or config.getoption("setuponly", False)
@@ -166,9 +175,20 @@ class LlmsimSession:
         else:
             job = ScenarioJob(item.nodeid, str(item.path), item.scenario,
                               transcript=getattr(item, "transcript", None))  # a recorded conversation's item
+        journal, nodeid = self._journal, item.nodeid
+        if journal is not None:
+            journal.write("+", nodeid)
         future = runner.submit(job)
+        if journal is not None:
+            future.add_done_callback(lambda _: journal.write("-", nodeid))
         self._futures[item.nodeid] = future
         return future
+
+    def _isolated_ids(self) -> frozenset[str]:
+        return self._isolated.current() if self._isolated is not None else frozenset()
+
+    def _running(self) -> list[concurrent.futures.Future[ScenarioResult]]:
+        return [future for future in self._futures.values() if not future.done()]
 
     def before_item(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
         """pytest is about to run ``item``: make sure its conversation and the next ones are started."""
@@ -183,6 +203,9 @@ class LlmsimSession:
             return
         window = 2 * self.settings.concurrency
         in_window = 0
+        isolated = self._isolated_ids()  # suspects of a worker's death: each runs with no other conversation
+        if isolated and any(nodeid in isolated and not future.done() for nodeid, future in self._futures.items()):
+            return
         for item in upcoming:
             if in_window >= window:
                 break
@@ -190,6 +213,10 @@ class LlmsimSession:
                 continue
             in_window += 1
             if item.nodeid not in self._futures and item.nodeid not in self._consumed:
+                if item.nodeid in isolated:
+                    if not self._running():
+                        self._submit(item)
+                    return  # nothing starts beside it, nor before the ones in flight end
                 self._submit(item)  # type: ignore[arg-type]
 
     def top_up(self, item: pytest.Item) -> None:
@@ -203,6 +230,10 @@ class LlmsimSession:
         future = self._futures.get(item.nodeid)
         if future is None or item.nodeid in self._consumed:
             self._consumed.discard(item.nodeid)
+            if item.nodeid in self._isolated_ids():  # it runs alone: let the conversations in flight end first
+                while running := self._running():
+                    concurrent.futures.wait(running, timeout=0.2)
+                    self.interrupts.check()
             future = self._submit(item)
         return future
 
@@ -241,6 +272,8 @@ class LlmsimSession:
                                   f"{cache.store_error}")
             self.runner.close()
             self.runner = None
+        if self._journal is not None:
+            self._journal.close()
 
 
 def metric_registry(config: pytest.Config) -> dict[str, object]:

@@ -11,8 +11,11 @@ it, ``pytest`` runs the example (on the local model when no endpoint is configur
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,7 +148,11 @@ def existing_pytest_config(root: Path) -> PytestConfig | None:
             return PytestConfig(path, "[pytest]", toml=True)
         if name in ("pytest.ini", ".pytest.ini"):  # pytest takes these even when they are empty
             return PytestConfig(path, "[pytest]", toml=False)
-        text = path.read_text(encoding="utf-8", errors="replace")
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:  # unreadable: pytest cannot read it either; leave it alone and do not shadow it
+            return PytestConfig(path, "[tool.pytest.ini_options]" if name == "pyproject.toml" else
+                                "[tool:pytest]" if name == "setup.cfg" else "[pytest]", toml=name == "pyproject.toml")
         if name == "pyproject.toml":
             try:
                 tool = tomllib.loads(text).get("tool")
@@ -162,23 +169,119 @@ def existing_pytest_config(root: Path) -> PytestConfig | None:
     return None
 
 
-def write_starter(root: Path) -> tuple[list[Path], list[Path]]:
-    """Write the starter files under ``root``; return (written, skipped because they exist). Never overwrites;
-    no ``pytest.ini`` when the project's pytest settings live in another file (``starter_lines`` shows them)."""
-    written: list[Path] = []
+class StarterError(Exception):
+    """The starter cannot be written: ``problems`` holds one line per target (its path and what to do). Nothing
+    was written."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+AGAIN = "then run pytest --llmsim-init again"
+
+
+def _link_problem(path: Path, root: Path) -> str | None:
+    """A line for ``path`` when it is a symbolic link to nothing (``exists()`` is False, yet nothing can be created
+    there), None otherwise."""
+    if path.is_symlink() and not path.exists():
+        target = os.readlink(path)
+        return (f"{_shown(path, root)} is a symbolic link to {target}, which does not exist: remove the link or "
+                f"create {target}, {AGAIN}")
+    return None
+
+
+def _shown(path: Path, root: Path) -> str:
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+def _probe(folder: Path) -> OSError | None:
+    """Whether a file can be created in ``folder``, by creating one and removing it (file modes do not tell for
+    root, nor for a read-only mount)."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".llmsim-init-", dir=folder)
+    except OSError as exc:
+        return exc
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(name)
+    return None
+
+
+def plan_starter(root: Path) -> tuple[list[StarterFile], list[Path], list[str]]:
+    """What ``write_starter`` would do, checked without writing: (files to write, targets kept because they exist,
+    problems, one line each)."""
+    to_write: list[StarterFile] = []
     skipped: list[Path] = []
+    problems: list[str] = []
     has_config = existing_pytest_config(root) is not None
+    probed: set[Path] = set()
     for item in FILES:
         target = root / item.path
         if item.path == "pytest.ini" and has_config:
             continue
-        if target.exists():
+        problem = None
+        folder = root
+        for part in Path(item.path).parts[:-1]:  # each folder on the way: a folder, or nothing yet
+            folder = folder / part
+            problem = _link_problem(folder, root)
+            if problem is None and folder.exists() and not folder.is_dir():
+                problem = (f"{_shown(folder, root)} is a file, and the example needs a folder of that name for "
+                           f"{item.path}: rename or remove the file, {AGAIN}")
+            if problem is not None or not folder.exists():
+                break
+        problem = problem or _link_problem(target, root)
+        if problem is None and target.exists():
             skipped.append(target)
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target, "x", encoding="utf-8") as handle:  # "x": never replace a file that appeared meanwhile
-            handle.write(item.text)
-        written.append(target)
+        if problem is None:  # the nearest existing folder must take a new file
+            existing = target.parent
+            while not existing.exists() and existing != existing.parent:
+                existing = existing.parent
+            if existing not in probed:
+                probed.add(existing)
+                refused = _probe(existing)
+                if refused is not None:
+                    problem = (f"the folder {existing} is not writable ([Errno {refused.errno}] {refused.strerror}): "
+                               "make it writable or run pytest "
+                               "--llmsim-init in a folder you can write to")
+        if problem is not None:
+            if problem not in problems:
+                problems.append(problem)
+            continue
+        to_write.append(item)
+    return to_write, skipped, problems
+
+
+def write_starter(root: Path) -> tuple[list[Path], list[Path]]:
+    """Write the starter files under ``root``; return (written, skipped because they exist). Never overwrites;
+    no ``pytest.ini`` when the project's pytest settings live in another file (``starter_lines`` shows them).
+    All or nothing: every target is checked first (``StarterError`` with one line per problem), and a write that
+    fails anyway removes what was written before it."""
+    to_write, skipped, problems = plan_starter(root)
+    if problems:
+        raise StarterError(problems)
+    written: list[Path] = []
+    created: list[Path] = []
+    try:
+        for item in to_write:
+            target = root / item.path
+            missing = [parent for parent in target.relative_to(root).parents if not (root / parent).exists()]
+            for parent in reversed(missing):
+                (root / parent).mkdir()
+                created.append(root / parent)
+            with open(target, "x", encoding="utf-8") as handle:  # "x": never replace a file that appeared meanwhile
+                written.append(target)
+                handle.write(item.text)
+    except OSError as exc:
+        for path in reversed(written):
+            with contextlib.suppress(OSError):
+                path.unlink()
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise StarterError([f"{_shown(Path(exc.filename), root) if exc.filename else root}: {exc}: {AGAIN} "
+                            "once that is fixed"]) from None
     return written, skipped
 
 
@@ -192,7 +295,10 @@ def starter_lines(root: Path, written: list[Path], skipped: list[Path]) -> list[
         def bare(line: str) -> str:
             return re.sub(r"\s", "", line).replace("'", '"')
 
-        present = {bare(line) for line in config.path.read_text(encoding="utf-8", errors="replace").splitlines()}
+        try:
+            present = {bare(line) for line in config.path.read_text(encoding="utf-8", errors="replace").splitlines()}
+        except OSError:
+            present = set()
         missing = [line for line in setting_lines(toml=config.toml) if bare(line) not in present]
         lines.append(f"llmsim: kept {config.path.relative_to(root)} (it holds this project's pytest settings; nothing "
                      "was overwritten)")

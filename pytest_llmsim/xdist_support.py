@@ -14,11 +14,26 @@ conversations alone; stealing keeps the dynamic balance that uneven real convers
 
 Reading a worker's queue touches xdist internals (``WorkerInteractor.torun``, a lock-guarded deque since 3.7);
 it is feature-detected and falls back to pytest's ``nextitem`` only.
+
+A worker whose process dies (an agent calling ``os._exit``, a fatal signal): xdist blames the item the worker was
+running (the first one it had pending) and re-queues the rest. With the run-ahead that item is often innocent,
+waiting on its finished conversation while another item's agent killed the process. So each worker keeps a
+journal of the conversations it has in flight (``inflight/<worker id>.log``: ``+nodeid`` when one starts,
+``-nodeid`` when it ends), and ``WindowScheduling.remove_node`` reads the dead worker's journal:
+
+* one conversation was in flight (or only a non-scenario item could have done it): that item is the one xdist
+  reports as crashed, as an error saying its code ended the worker process (``pytest_handlecrashitem``); every
+  other pending item runs again elsewhere;
+* several were in flight: none can be blamed. Every pending item runs again, and the suspects are *isolated*
+  (listed in ``isolate.txt``): a worker runs an isolated item's conversation with no other one beside it, so if it
+  kills its worker again, it is the only one in flight and is reported alone;
+* none was in flight (the process died outside any conversation): xdist's own report stands.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,6 +55,9 @@ class WindowScheduling(LoadScheduling):  # type: ignore[misc,valid-type]
         self.slots = max(1, min(slots, self.window))
         self._windowed: bool | None = None
         self._owner: dict[int, Any] = {}
+        self.state_dir = _state_dir(config)
+        self.isolated: set[str] = set()  # suspects of a worker's death, each run with no other conversation
+        self.culprits: set[str] = set()  # items whose conversation alone was running when their worker died
 
     def _use_window(self) -> bool:
         if self._windowed is None:
@@ -67,6 +85,32 @@ class WindowScheduling(LoadScheduling):  # type: ignore[misc,valid-type]
             for node in self.nodes:
                 node.shutdown()
         return None
+
+    def remove_node(self, node: Any) -> str | None:
+        """xdist's ``remove_node``, but a crashed worker's blame goes to the conversation that was running in it
+        (see the module's docstring); the other pending items are re-queued."""
+        pending = self.node2pending.get(node)
+        if not pending or not self._use_window() or self.collection is None:
+            return super().remove_node(node)  # type: ignore[no-any-return]
+        in_flight = read_in_flight(journal_path(self.state_dir, _worker_id(node)))
+        suspects = [index for index in pending if self.collection[index] in in_flight]
+        if not is_scenario_nodeid(self.collection[pending[0]]) and pending[0] not in suspects:
+            suspects.insert(0, pending[0])  # a plain test may have done it as well as a conversation
+        if not suspects:
+            return super().remove_node(node)  # type: ignore[no-any-return]
+        del self.node2pending[node]
+        crashed: str | None = None
+        if len(suspects) == 1:
+            crashed = str(self.collection[suspects[0]])
+            self.culprits.add(crashed)
+            self.pending.extend(index for index in pending if index != suspects[0])
+        else:
+            self.isolated.update(self.collection[index] for index in suspects)
+            write_isolated(self.state_dir, self.isolated)
+            self.pending.extend(pending)
+        for other in self.node2pending:
+            self.check_schedule(other)
+        return crashed
 
     def check_schedule(self, node: Any, duration: float = 0) -> None:
         if not self._use_window():
@@ -144,6 +188,7 @@ class XdistHooks:
     def __init__(self, window: int, slots: int) -> None:
         self.window = window
         self.slots = slots
+        self.scheduler: WindowScheduling | None = None
 
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput["llmsim_controller_pid"] = os.getpid()
@@ -151,7 +196,33 @@ class XdistHooks:
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
         if config.getvalue("dist") != "load":
             return None
-        return WindowScheduling(config, log, window=self.window, slots=self.slots)
+        self.scheduler = WindowScheduling(config, log, window=self.window, slots=self.slots)
+        return self.scheduler
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport, sched: Any) -> bool | None:
+        """The item whose conversation alone was running when its worker died: an error (not a failure) that
+        says its code ended the process, with an error record for the reports."""
+        if not isinstance(sched, WindowScheduling) or crashitem not in sched.culprits:
+            return None
+        from .results import ErrorKind, ScenarioResult, Status
+
+        worker = _worker_id(getattr(report, "node", None)) or "?"
+        message = (f"llmsim: this scenario's agent (or code it called) ended its xdist worker process {worker}: "
+                   "its conversation was the only one running when the process died (os._exit, a fatal signal, "
+                   "a crash of the interpreter). The other scenarios that worker had started were run again.")
+        path, _, name = crashitem.rpartition("::")
+        report.when = "setup"  # an error of the item, as pytest words it
+        report.longrepr = message
+        report.location = (path, None, f"scenario: {name}")
+        report.llmsim = ScenarioResult(  # type: ignore[attr-defined]
+            scenario=name, nodeid=crashitem, source=path, status=Status.ERROR, min_score=None,
+            error_kind=ErrorKind.CRASHED, error_message=message).to_dict()
+        return True
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if not hasattr(config, "workerinput"):
+            remove_crash_files(_state_dir(config))
 
 
 def queued_indices(config: pytest.Config) -> list[int] | None:
@@ -166,3 +237,111 @@ def queued_indices(config: pytest.Config) -> list[int] | None:
         except Exception:
             return None
     return None
+
+
+# -- the in-flight journal and the isolated items (see the module's docstring) ------------------------------------
+def _state_dir(config: pytest.Config) -> Path:
+    from .session import local_state_dir
+
+    return local_state_dir(config)
+
+
+def _worker_id(node: Any) -> str:
+    workerinput = getattr(node, "workerinput", None)
+    return str(workerinput.get("workerid", "")) if isinstance(workerinput, dict) else ""
+
+
+def journal_path(state_dir: Path, worker_id: str) -> Path:
+    return state_dir / "inflight" / f"{worker_id or 'worker'}.log"
+
+
+def isolated_path(state_dir: Path) -> Path:
+    return state_dir / "inflight" / "isolate.txt"
+
+
+def read_in_flight(path: Path) -> set[str]:
+    """The node ids a journal shows started and not ended (empty when there is none)."""
+    counts: dict[str, int] = {}
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line[:1] in ("+", "-"):
+            counts[line[1:]] = counts.get(line[1:], 0) + (1 if line[0] == "+" else -1)
+    return {nodeid for nodeid, count in counts.items() if count > 0}
+
+
+def write_isolated(state_dir: Path, nodeids: set[str]) -> None:
+    from .exports import atomic_write_text
+
+    try:
+        atomic_write_text(isolated_path(state_dir), "".join(f"{nodeid}\n" for nodeid in sorted(nodeids)))
+    except OSError:  # the workers then run them with the others: the blame may be shared, never lost
+        pass
+
+
+def remove_crash_files(state_dir: Path) -> None:
+    folder = state_dir / "inflight"
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        try:
+            path.unlink()
+        except OSError:
+            pass
+    try:
+        folder.rmdir()
+        state_dir.rmdir()  # only when nothing else (the local model, rate limits) uses it
+    except OSError:
+        pass
+
+
+class Journal:
+    """A worker's in-flight journal: one ``+nodeid`` / ``-nodeid`` line per start and end, appended with one
+    ``write`` each (the engine's threads end conversations), so what a dead process had in flight is on disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def write(self, sign: str, nodeid: str) -> None:
+        try:
+            if self._fd is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o600)
+            os.write(self._fd, f"{sign}{nodeid}\n".encode("utf-8", "replace"))
+        except OSError:  # no journal: a crash is then blamed as xdist does
+            pass
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
+
+
+class IsolatedItems:
+    """The isolated node ids the controller listed, re-read when the file changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._key: tuple[int, int] | None = None
+        self.nodeids: frozenset[str] = frozenset()
+
+    def current(self) -> frozenset[str]:
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return self.nodeids
+        key = (stat.st_mtime_ns, stat.st_size)
+        if key != self._key:
+            try:
+                self.nodeids = frozenset(self.path.read_text(encoding="utf-8").splitlines())
+                self._key = key
+            except OSError:
+                pass
+        return self.nodeids

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 
 import pytest
 
-from conftest import SimProject, scenario
+from conftest import SimProject, scenario, write_bot
 
 # Replies carry the seed and turn, so a conversation that received another's reply would show it.
 SEEDED_SCRIPT = {"rules": [
@@ -156,3 +157,36 @@ def test_xdist_spreads_a_small_suite_over_every_worker(sim: SimProject) -> None:
     reported_by = {line.split("]")[0] + "]" for line in result.stdout.lines
                    if line.startswith("[gw") and "scenarios/s.json::" in line}
     assert reported_by == {"[gw0]", "[gw1]"}
+
+
+KILLER_BOT = """
+    import os
+    import time
+
+    def reply(messages, context):
+        time.sleep(0.15)  # every conversation lasts long enough for the run-ahead to overlap them
+        turn = sum(1 for m in messages if m["role"] == "assistant") + 1
+        if context.scenario == "s05" and turn == 2:
+            os._exit(1)  # the agent under test kills its worker process, mid-conversation
+        if turn == 3:
+            return {"content": f"Done for {context.scenario}.", "end": True}
+        return f"Turn {turn} for {context.scenario}"
+"""
+
+
+def test_an_agent_that_kills_its_xdist_worker_errors_alone(sim: SimProject) -> None:
+    """Issue 24.18: a python agent that ends its worker process (``os._exit``) took the conversations the worker
+    was running ahead down with it: xdist blamed whichever item the worker was reporting, as "failed". Only the
+    scenario whose agent did it is an error, saying so; every other scenario runs to its own verdict."""
+    write_bot(sim, KILLER_BOT)
+    # Two shares of 4 (s00-s03, s04-s07): s05 runs ahead while its worker reports s04, s06 and s07 run beside it.
+    sim.write_scenarios("s.json", [scenario(f"s{i:02d}", agent={"python": "bots.shop:reply"}) for i in range(8)])
+    result = sim.run("-n", "2", "--llmsim-concurrency=3", "--llmsim-results=out.json", "-rA")
+    out = result.stdout.str()
+    result.assert_outcomes(passed=7, errors=1)
+    records = {r["scenario"]: r for r in json.loads((sim.path / "out.json").read_text())["results"]}
+    assert {name: r["status"] for name, r in records.items()} == {
+        **{f"s{i:02d}": "passed" for i in range(8) if i != 5}, "s05": "error"}, out
+    assert records["s05"]["error_kind"] == "crashed"
+    assert "ended its xdist worker process" in records["s05"]["error_message"], records["s05"]
+    assert "ended its xdist worker process" in out

@@ -197,3 +197,61 @@ def test_a_json_export_written_row_by_row_is_the_document_json_would_write(head:
     document ``json.dumps(..., indent=2)`` gives for the whole thing."""
     whole = json.dumps({**head, "results": rows, "total_results": len(rows)}, ensure_ascii=False, indent=2) + "\n"
     assert "".join(_json_document_chunks(head, iter(rows))) == whole
+
+
+def _unwritable(sim: Any, case: str, name: str) -> str:
+    """The option's value (a path naming the file ``name``) for each way a path cannot be written."""
+    if case == "a-folder":
+        (sim.path / name).mkdir()
+        return name
+    if case == "parent-is-a-file":
+        (sim.path / "blocker").write_text("x")
+        return f"blocker/{name}"
+    if case == "parent-cannot-be-created":  # even root cannot make a folder in /proc
+        return f"/proc/nonexistent-dir/{name}"
+    if case == "read-only-folder-sysfs":  # read-only for root too
+        return f"/sys/{name}"
+    assert case == "read-only-folder"
+    folder = sim.path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    return f"ro/{name}"
+
+
+UNWRITABLE = ["a-folder", "parent-is-a-file",
+              pytest.param("parent-cannot-be-created", marks=pytest.mark.skipif(
+                  not sys.platform.startswith("linux"), reason="/proc")),
+              pytest.param("read-only-folder-sysfs", marks=pytest.mark.skipif(
+                  not sys.platform.startswith("linux"), reason="/sys")),
+              pytest.param("read-only-folder", marks=pytest.mark.skipif(
+                  sys.platform == "win32" or os.geteuid() == 0, reason="POSIX modes; root writes anyway"))]
+
+
+@pytest.mark.parametrize("option", ["--llmsim-results", "--llmsim-markdown"])
+@pytest.mark.parametrize("case", UNWRITABLE)
+def test_a_file_that_cannot_be_written_fails_the_run_and_says_so_under_q(sim: Any, option: str,
+                                                                           case: str) -> None:
+    """Issue 24.16: an export or markdown path that cannot be written exited 0 with nothing said under -q."""
+    from conftest import scenario
+
+    sim.write_scenarios("s.json", [scenario("a"), scenario("b")])
+    value = _unwritable(sim, case, "r.json" if option == "--llmsim-results" else "r.md")
+    result = sim.run("-q", f"{option}={value}")
+    out = result.stdout.str()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, out
+    assert "2 passed" in out  # the run's verdicts are still reported
+    what = "results" if option == "--llmsim-results" else "the markdown summary"
+    lines = [line for line in result.stdout.lines if line.startswith(f"llmsim: could not write {what} to ")]
+    assert len(lines) == 1, out
+    assert f"{value}: [Errno " in lines[0], lines[0]
+    assert ".tmp" not in lines[0]  # the target, not the temporary file beside it
+
+
+def test_a_run_whose_tests_failed_keeps_its_exit_status_when_a_file_cannot_be_written(sim: Any) -> None:
+    from conftest import scenario
+
+    sim.write_scenarios("s.json", [scenario("low_a"), scenario("b")])
+    (sim.path / "r.json").mkdir()
+    result = sim.run("-q", "--llmsim-results=r.json")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["llmsim: could not write results to *r.json: *it is a folder, not a file*"])

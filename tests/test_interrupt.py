@@ -91,3 +91,46 @@ def test_a_ctrl_c_that_python_swallows_still_stops_the_run(sim: SimProject) -> N
     assert result.ret == pytest.ExitCode.INTERRUPTED, result.stdout.str()
     document = json.loads((sim.path / "r.json").read_text(encoding="utf-8"))
     assert document["interrupted"] is True and 1 <= document["total_results"] < 6
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("mode", MODES)
+def test_sigterm_never_leaves_the_previous_complete_export(sim: SimProject, mode: list[str]) -> None:
+    """Issue 24.17: SIGTERM (a CI runner cancelling the job, ``timeout``) killed the run outright and left the
+    previous run's export in place, still ``complete: true``. It now takes Ctrl-C's path: the run stops and its
+    export says interrupted."""
+    sim.write_scenarios("s.json", [scenario(f"s{i:02d}") for i in range(SCENARIOS)])
+    sim.run("--llmsim-results=r.json").assert_outcomes(passed=SCENARIOS)
+    previous = json.loads((sim.path / "r.json").read_text(encoding="utf-8"))
+    assert previous["complete"] is True
+
+    sim.server.latency = 0.1
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "PYTEST_ADDOPTS")}
+    env["PYTHONUNBUFFERED"] = "1"
+    command = [sys.executable, "-m", "pytest", "-p", "no:randomly", "-v", *mode, "--llmsim-record=all",
+               "--llmsim-concurrency=2", f"--llmsim-base-url={sim.server.base_url}", "--llmsim-results=r.json"]
+    process = subprocess.Popen(command, cwd=sim.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    lines: list[str] = []
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + 120
+        for line in process.stdout:
+            lines.append(line)
+            if " PASSED (score" in line or time.monotonic() > deadline:
+                break
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    out = "".join(lines) + rest
+    assert process.returncode == pytest.ExitCode.INTERRUPTED, out
+    assert "SIGTERM" in out, out
+    path = sim.path / "r.json"
+    if path.exists():
+        document = json.loads(path.read_text(encoding="utf-8"))
+        assert document["run_id"] != previous["run_id"], out
+        assert document["interrupted"] is True and document["complete"] is False, out
+        assert 1 <= document["total_results"] < SCENARIOS, out

@@ -123,3 +123,73 @@ def test_init_then_pytest_on_the_local_model(pytester: pytest.Pytester, monkeypa
         assert record["status"] in ("passed", "failed"), record  # scored: the conversation happened and was judged
         assert record["score"] in (1, 2, 3)
         assert any(turn["role"] == "agent" and turn["text"] for turn in record["transcript"])
+
+
+def _listing(root: object) -> dict[str, str]:
+    """Every entry under ``root`` (links not followed): relative path -> kind."""
+    import os
+    from pathlib import Path
+
+    found: dict[str, str] = {}
+    for folder, dirs, files in os.walk(str(root)):
+        for name in dirs + files:
+            path = Path(folder) / name
+            kind = "link" if path.is_symlink() else "dir" if path.is_dir() else "file"
+            found[str(path.relative_to(str(root)))] = kind
+    return found
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="symbolic links")
+@pytest.mark.parametrize("case", ["dangling-agent-link", "dangling-scenarios-link", "scenarios-is-a-file"])
+def test_init_refuses_a_bad_target_before_writing_anything(pytester: pytest.Pytester, case: str) -> None:
+    """Issue 24.19: a dangling link or a file named ``scenarios`` gave a traceback and a half-written starter.
+    Every target is checked first: one line per problem (the path and what to do), exit 4, nothing written."""
+    import os
+
+    if case == "dangling-agent-link":
+        os.symlink("gone.py", pytester.path / "support_agent.py")
+        named, todo = "support_agent.py", "remove the link or create gone.py"
+    elif case == "dangling-scenarios-link":
+        os.symlink("gone", pytester.path / "scenarios")
+        named, todo = "scenarios", "remove the link or create gone"
+    else:
+        (pytester.path / "scenarios").write_text("not a folder\n")
+        named, todo = "scenarios", "rename or remove the file"
+    before = _listing(pytester.path)
+    result = pytester.runpytest("--llmsim-init")
+    out = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, out
+    assert "Traceback" not in out and "INTERNALERROR" not in out, out
+    problems = [line for line in result.stdout.lines if line.startswith("llmsim: cannot write the example: ")]
+    assert len(problems) == 1, out
+    assert f": {named} " in problems[0] and todo in problems[0], problems[0]
+    assert "llmsim: nothing was written" in out
+    assert _listing(pytester.path) == before  # all or nothing
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a folder even root cannot write: /sys")
+def test_init_in_a_read_only_folder_writes_nothing_and_says_so(pytester: pytest.Pytester) -> None:
+    """Issue 24.19: a read-only folder. Run as a user would (a subprocess in that folder); under root, whom file
+    modes do not stop, /sys/kernel plays the read-only folder."""
+    import os
+
+    folder = pytester.path / "ro"
+    folder.mkdir()
+    if os.geteuid() == 0:
+        folder = pytester.path.__class__("/sys/kernel")
+    else:
+        folder.chmod(0o500)
+    before = _listing(folder) if folder.name == "ro" else None
+    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--llmsim-init"], cwd=folder,
+                         capture_output=True, text=True, timeout=120)
+    out = run.stdout + run.stderr
+    assert run.returncode == pytest.ExitCode.USAGE_ERROR, out
+    assert "Traceback" not in out and "INTERNALERROR" not in out, out
+    problems = [line for line in run.stdout.splitlines() if line.startswith("llmsim: cannot write the example: ")]
+    assert len(problems) == 1, out
+    assert str(folder) in problems[0] and "[Errno" in problems[0], problems[0]
+    assert "llmsim: nothing was written" in out
+    if before is not None:
+        assert _listing(folder) == before
+    else:
+        assert not any((folder / name).exists() for name in ("scenarios", "support_agent.py", "pytest.ini"))

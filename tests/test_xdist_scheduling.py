@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from pytest_llmsim.xdist_support import pick_items, split_evenly
+from pytest_llmsim.xdist_support import Journal, journal_path, pick_items, read_in_flight, split_evenly
 
 
 @pytest.mark.parametrize(("count", "nodes", "sizes"), [(200, 2, [100, 100]), (7, 3, [3, 2, 2]), (1, 2, [1, 0])])
@@ -50,3 +52,15 @@ def test_a_crashed_workers_items_go_to_anyone_before_stealing() -> None:
     assert pick_items(pending, owner, "b", {"a", "b"}, stealable_from={"a"}, own_count=2, steal_count=0) == [4, 5]
     assert pick_items(pending, owner, "b", {"a", "b"}, stealable_from={"a"}, own_count=3,
                       steal_count=3) == [4, 5, 1]
+
+
+def test_the_in_flight_journal_counts_starts_and_ends(tmp_path: Path) -> None:
+    """What a dead worker had in flight: started and not ended, a re-run item counted once per start."""
+    journal = Journal(journal_path(tmp_path, "gw0"))
+    for sign, nodeid in [("+", "s.json::a"), ("+", "s.json::b"), ("-", "s.json::a"), ("+", "s.json::c"),
+                         ("+", "s.json::a"), ("-", "s.json::c")]:
+        journal.write(sign, nodeid)
+    assert read_in_flight(journal_path(tmp_path, "gw0")) == {"s.json::a", "s.json::b"}
+    assert read_in_flight(journal_path(tmp_path, "gw9")) == set()
+    journal.close()
+    assert not journal_path(tmp_path, "gw0").exists()  # a worker that ends normally leaves nothing
