@@ -191,7 +191,7 @@ def test_a_429_on_the_judges_first_call_does_not_downgrade_structured_output(sim
 def test_a_rejected_json_schema_is_remembered_per_model(sim: SimProject) -> None:
     """llama.cpp answers json_schema with HTTP 500 and honours json_object: remembered for that model only."""
     _with_first_rule(sim, {"match": {"system_contains": "EVALUATOR", "model": "judge-a"},
-                           "reject_response_format": ["json_schema"], "reply": verdict(3, "Polite.")})
+                           "reject_response_format": ["json_schema"], "reply": verdict(3, "Polite and complete.")})
     names = ["a1", "b1", "a2", "a3", "b2"]
     sim.write_scenarios("s.json", [scenario(n, evaluator={"model": f"judge-{n[0]}"}) for n in names])
     sim.run("--llmsim-concurrency=1").assert_outcomes(passed=5)
