@@ -82,8 +82,7 @@ _SCALE_RE = re.compile(r"\b1\s*(?:-|–|—|\bto\b|\bдо\b)\s*3\b", re.IGNORECA
 # the string: 'polite" ,"blame":"agent"}'), another verdict field ("blame: agent"), key names only ("judge:
 # blame"), fewer than MIN_COMMENT_WORDS words, or text copied from the evaluator prompt.
 MIN_COMMENT_WORDS = 3
-_JSON_FRAGMENT_RE = re.compile(r"\"\s*,\s*\"\w+\"\s*:|\"(?:score|comment|blame)\"\s*:|\"\s*}\s*\Z|\A\s*[{\[]",
-                               re.IGNORECASE)
+_JSON_FRAGMENT_RE = re.compile(r"\"\s*,\s*\"\w+\"\s*:|\"\s*}\s*\Z|\A\s*{")
 _FIELD_LABEL_RE = re.compile(r"(?<![\w\"'])(?:score|comment|blame)\s*:", re.IGNORECASE)
 _KEY_WORDS = frozenset({"score", "comment", "comments", "blame", "judge", "verdict", "reason", "agent", "customer",
                         "cut", "short", "none", "json", "key", "keys", "object", "null", "true", "false"})
