@@ -89,6 +89,7 @@ _KEY_WORDS = frozenset({"score", "comment", "comments", "blame", "judge", "verdi
 # A word: a run of letters, or one character of a script written without spaces (Chinese, Japanese).
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _WORD_RE = re.compile(rf"[{_CJK}]|[^\W\d_{_CJK}]+")
+_SCALE_LINE_RE = re.compile(r"^[\s*\-•]*([123])\s*[=:\-–—.)]\s*(.+)$", re.MULTILINE)  # "3 = polite and clear; ..."
 
 
 @dataclass
@@ -271,8 +272,9 @@ def _score_mentions(text: str) -> list[tuple[float, str]]:
     return found
 
 
-def _comment_problem(comment: str, field: str, prompt: str | None) -> str | None:
-    """Why ``comment`` (``field`` names it when empty) is no reason for a verdict, or None when it is one."""
+def _comment_problem(comment: str, field: str, score: int, prompt: str | None) -> str | None:
+    """Why ``comment`` (``field`` names it when empty) is no reason for a verdict of ``score``, or None when it
+    is one."""
     if not _has_words(comment):
         return f"{field} is missing or empty (got {comment!r}); a verdict needs a reason"
     fragment = _JSON_FRAGMENT_RE.search(comment)
@@ -289,10 +291,20 @@ def _comment_problem(comment: str, field: str, prompt: str | None) -> str | None
         return (f"the comment {comment!r} has {len(words)} word(s); a verdict needs a reason of at least "
                 f"{MIN_COMMENT_WORDS} words")
     if prompt is not None:
-        said = " ".join(re.findall(r"\w+", comment.lower()))
-        if f" {said} " in " " + " ".join(re.findall(r"\w+", prompt.lower())) + " ":
-            return f"the comment {comment!r} copies the evaluator prompt's own text, not a reason"
+        said = f" {_normalized(comment)} "
+        if said in f" {_normalized(prompt)} ":
+            # The scale's own words for the score given ("3 = every criterion is met") are its reason; any other
+            # copy (the instructions, another score's line, a criterion) says nothing about this conversation.
+            rubric = [f" {_normalized(match.group(2))} " for match in _SCALE_LINE_RE.finditer(prompt)
+                      if int(match.group(1)) == score]
+            if not any(said in line for line in rubric):
+                return f"the comment {comment!r} copies the evaluator prompt's own text, not a reason"
     return None
+
+
+def _normalized(text: str) -> str:
+    """``text`` as lower-case words separated by single blanks: punctuation and quotes do not hide a copy."""
+    return " ".join(re.findall(r"\w+", text.lower()))
 
 
 def _json_verdict(text: str, found: _JsonFound, candidates: list[dict[str, Any]],
@@ -332,7 +344,7 @@ def _json_verdict(text: str, found: _JsonFound, candidates: list[dict[str, Any]]
     comment = candidates[0].get("comment")
     if not isinstance(comment, str):
         raise ValueError(f"'comment' is missing or empty (got {comment!r}); a verdict needs a reason")
-    problem = _comment_problem(comment.strip(), "'comment'", prompt)
+    problem = _comment_problem(comment.strip(), "'comment'", scores[0], prompt)
     if problem:
         raise ValueError(problem)
     return scores[0], comment.strip()
@@ -389,7 +401,7 @@ def _text_verdict(text: str, prompt: str | None) -> tuple[int, str]:
         raise ValueError(f"found score {score} but no 'Comment: ...' line; a verdict needs a reason")
     if not _has_words(comment):
         raise ValueError(f"the 'Comment:' line is empty (got {comment!r}); a verdict needs a reason")
-    junk = _comment_problem(comment, "the comment", prompt)
+    junk = _comment_problem(comment, "the comment", score, prompt)
     if junk:
         raise ValueError(junk)
     return score, comment

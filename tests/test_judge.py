@@ -172,6 +172,8 @@ EVALUATOR_PROMPT = (Path(__file__).parent.parent / "prompts" / "evaluator.j2").r
          r"copies the evaluator prompt's own text"),
         ('{"score": 1, "comment": "the integer from the scale above that fits this call"}',
          r"copies the evaluator prompt's own text"),
+        # Another score's line of the scale is no reason for this one.
+        ('{"score": 1, "comment": "polite and clear; understood the order"}', r"copies the evaluator prompt's own"),
         ('{"score": 3, "comment": "Polite."}', r"the comment 'Polite\.' has 1 word\(s\); a verdict needs a reason of "
                                                r"at least 3 words"),
         ("Score: 2\nComment: ok 100%", r"has 1 word\(s\)"),
@@ -189,6 +191,12 @@ def test_a_comment_is_checked_against_the_prompt_only_when_given() -> None:
     assert parse_verdict(text)[0] == 3
     assert parse_verdict('{"score": 3, "comment": "Polite, clear and complete."}', prompt=EVALUATOR_PROMPT) == (
         3, "Polite, clear and complete.")
+
+
+def test_the_scales_words_for_the_score_given_are_a_reason() -> None:
+    """"3 = polite and clear; understood the order; ...": a judge giving 3 may say why in the scale's words."""
+    text = '{"score": 3, "comment": "Polite and clear; understood the order."}'
+    assert parse_verdict(text, prompt=EVALUATOR_PROMPT) == (3, "Polite and clear; understood the order.")
 
 
 @pytest.mark.parametrize(("score", "blame", "min_score", "problem"), [
