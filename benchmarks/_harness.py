@@ -26,7 +26,7 @@ def conversation_script(agent_turns: int) -> dict:
     agent = [f"Agent line {i}" for i in range(agent_turns - 1)] + ["Confirmed, goodbye [END_CALL]"]
     client = [f"Customer line {i}" for i in range(agent_turns)]
     return {"rules": [
-        {"match": {"system_contains": "EVALUATOR"}, "reply": '{"score": 3, "comment": "fine"}'},
+        {"match": {"system_contains": "EVALUATOR"}, "reply": '{"score": 3, "comment": "a fine, polite call"}'},
         {"match": {"system_contains": "AGENT"}, "replies": agent},
         {"match": {"system_contains": "CLIENT"}, "replies": client},
     ]}

@@ -44,11 +44,14 @@ if TYPE_CHECKING:
 # Wire formats tried, in order, for a request that wants JSON matching a schema. llama.cpp's server
 # rejects ``json_schema`` with HTTP 500 but honours ``json_object`` with a ``schema``. A format is remembered as
 # unsupported (per endpoint and model) only on evidence: the same request succeeded with the next weaker
-# format, and the rejection was a 400/422, or its body named the format, or it happened on
-# ``_FORMAT_CONFIRMATIONS`` requests in a row. A flaky 500 must not downgrade a whole run.
+# format, and the rejection's body named the format, or it happened on ``_FORMAT_CONFIRMATIONS`` requests in a
+# row. A flaky 500 must not downgrade a whole run, nor a 400 about something else: a rejection whose body names
+# another cause (``_OTHER_CAUSES``: the prompt is longer than the model's context, ...) is no evidence at all.
 STRUCTURED_MODES = ("json_schema", "json_object", "plain")
 _FORMAT_REJECTED = {400, 422, 500}
-_FORMAT_WORDS = ("response_format", "json_schema")
+_FORMAT_WORDS = ("response_format", "json_schema", "json schema", "json_object")
+_OTHER_CAUSES = ("context length", "context_length", "context window", "context size", "maximum context",
+                 "too many tokens", "too long", "max_tokens", "rate limit", "rate_limit", "quota")
 _FORMAT_CONFIRMATIONS = 3
 _RETRYABLE = {408, 409, 429, 500, 502, 503, 504}
 # A request answered 429 is retried this many times before its 429s count against llmsim_max_retries: at a
@@ -489,10 +492,15 @@ class LLMClient:
         """The same request failed with ``STRUCTURED_MODES[rejected]`` and succeeded with the next weaker format:
         remember the weaker one when that is evidence of an unsupported format, not of a flaky server."""
         key = (self.endpoint.identity, request.model)
-        strikes = self._format_strikes.get(key, 0) + 1
         body = _response_text(exc).lower()
-        if (exc.status_code in (400, 422) or any(word in body for word in _FORMAT_WORDS)
-                or strikes >= _FORMAT_CONFIRMATIONS):
+        if any(cause in body for cause in _OTHER_CAUSES):
+            # The endpoint said what was wrong, and it was not the format (a prompt too long for the model's
+            # context fails with every format; the weaker one may just have been luckier): no evidence, and it
+            # breaks a run of unexplained rejections.
+            self._format_strikes.pop(key, None)
+            return
+        strikes = self._format_strikes.get(key, 0) + 1
+        if any(word in body for word in _FORMAT_WORDS) or strikes >= _FORMAT_CONFIRMATIONS:
             # Compare first: concurrent requests may have moved it already.
             if self._structured_mode.get(key, 0) == rejected:
                 self._structured_mode[key] = rejected + 1

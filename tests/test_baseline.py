@@ -102,7 +102,7 @@ def test_recordings_folder_baseline_newly_failing_passing_and_transcript_changed
     sim.run().assert_outcomes(passed=3, failed=1)
     shutil.copytree(sim.path / "recordings", sim.path / "main_recordings")  # e.g. the main branch's checkout
     sim.server.set_script(_script(
-        _judge("a", 1, "Rude this time."), _judge("low_b", 3, "Fixed."),
+        _judge("a", 1, "Rude this time."), _judge("low_b", 3, "Fixed this time."),
         {"match": {"system_contains": "AGENT for c."}, "replies": ["Hi.", "Done, goodbye. [END_CALL]"]},
     ))
     result = sim.run("--llmsim-record=all", "--llmsim-baseline=main_recordings", "--llmsim-results=new.csv",
@@ -154,7 +154,7 @@ def test_a_changed_prompt_changes_the_transcript_against_a_recordings_baseline(s
 def test_an_xfailed_scenario_is_not_a_regression(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a"), scenario("x")])
     sim.run("--llmsim-results=base.json").assert_outcomes(passed=2)
-    sim.server.set_script(_script(_judge("x", 1, "Known bad.")))
+    sim.server.set_script(_script(_judge("x", 1, "Known to be bad.")))
     sim.write_scenarios("s.json", [scenario("a"), scenario("x", xfail="known bad")])
     result = sim.run("--llmsim-record=all", "--llmsim-baseline=base.json", "--llmsim-fail-on-regression",
                      "--llmsim-max-score-drop=0", "--llmsim-results=new.json")
@@ -176,7 +176,7 @@ def test_an_xfailed_scenario_is_not_a_regression(sim: SimProject) -> None:
 def test_baseline_gates_are_not_checked_for_a_partial_run(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a"), scenario("b")])
     sim.run("--llmsim-results=base.json").assert_outcomes(passed=2)
-    sim.server.set_script(_script(_judge("a", 1, "Rude.")))
+    sim.server.set_script(_script(_judge("a", 1, "The agent was rude.")))
     result = sim.run("-x", "--llmsim-record=all", "--llmsim-baseline=base.json", "--llmsim-fail-on-regression")
     result.assert_outcomes(failed=1)
     assert _gate_lines(result) == []

@@ -11,8 +11,8 @@ from conftest import SimProject, scenario, write_bot
 
 # Replies carry the seed and turn, so a conversation that received another's reply would show it.
 SEEDED_SCRIPT = {"rules": [
-    {"match": {"system_contains": "EVALUATOR for low_"}, "reply": '{"score": 1, "comment": "bad {seed}"}'},
-    {"match": {"system_contains": "EVALUATOR"}, "reply": '{"score": 3, "comment": "good {seed}"}'},
+    {"match": {"system_contains": "EVALUATOR for low_"}, "reply": '{"score": 1, "comment": "bad call, seed {seed}"}'},
+    {"match": {"system_contains": "EVALUATOR"}, "reply": '{"score": 3, "comment": "good call, seed {seed}"}'},
     {"match": {"system_contains": "AGENT"},
      "replies": ["agent {seed} a", "agent {seed} b", "agent {seed} bye [END_CALL]"]},
     {"match": {"system_contains": "CLIENT"}, "replies": ["client {seed} x", "client {seed} y", "client {seed} z"]},
@@ -110,7 +110,7 @@ def test_exitfirst_stops_and_says_what_finished_ahead(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("low_first", variables={"SEED": 1}),
                                    *(scenario(f"c{i}", variables={"SEED": 10 + i}) for i in range(5))])
     slow_verdict = {"match": {"system_contains": "EVALUATOR for low_first"}, "delay": 1.5,
-                    "reply": '{"score": 1, "comment": "bad"}'}
+                    "reply": '{"score": 1, "comment": "a bad call"}'}
     sim.server.set_script({"rules": [slow_verdict, *SEEDED_SCRIPT["rules"]]})
     result = sim.run("-x", "--llmsim-concurrency=6")
     result.assert_outcomes(failed=1)

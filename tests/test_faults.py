@@ -156,6 +156,27 @@ def test_a_400_context_length_for_every_format_is_the_error_not_a_format_problem
     assert "maximum context length" in records["a"]["error_message"]
 
 
+@pytest.mark.parametrize(("error", "later"), [
+    (CONTEXT_LENGTH, "json_schema"),
+    ({"message": "Request too long: 9120 tokens exceed the context size (8192)", "type": "invalid_request_error"},
+     "json_schema"),
+    ({"message": "Bad request."}, "json_schema"),
+    ({"message": "response_format 'json_schema' is not supported by this model"}, "json_object"),
+], ids=["context-length", "context-size", "400-without-a-reason", "400-about-response-format"])
+def test_a_single_400_on_the_judges_first_call_downgrades_only_when_it_is_about_the_format(
+        sim: SimProject, error: dict, later: str) -> None:
+    """Issue 24.4: one 400 "maximum context length" on the first judge call, after which the json_object probe
+    happened to work, downgraded every later judge call to json_object. Only a body about the response format is
+    evidence from a single rejection; one naming another cause never is, and one saying nothing needs 3 in a row."""
+    _with_first_rule(sim, {"match": {"system_contains": "EVALUATOR"}, "status": 400, "times": 1, "error": error,
+                           "reply": verdict(3, "Polite and complete.")})
+    sim.write_scenarios("s.json", [scenario(f"s{i}") for i in range(3)])
+    sim.run("--llmsim-concurrency=1").assert_outcomes(passed=3)
+    assert sim.server.stats()["status_counts"]["400"] == 1
+    # s0: the 400 and the json_object probe that worked; s1 and s2 keep json_schema unless the 400 was about it.
+    assert _judge_formats(sim) == ["json_schema", "json_object", later, later]
+
+
 def test_a_429_on_the_judges_first_call_does_not_downgrade_structured_output(sim: SimProject) -> None:
     """A 429 is the rate limit speaking: retried with the same format, never evidence against json_schema."""
     _with_first_rule(sim, {"match": {"system_contains": "EVALUATOR", "response_format_type": "json_schema"},
@@ -170,7 +191,7 @@ def test_a_429_on_the_judges_first_call_does_not_downgrade_structured_output(sim
 def test_a_rejected_json_schema_is_remembered_per_model(sim: SimProject) -> None:
     """llama.cpp answers json_schema with HTTP 500 and honours json_object: remembered for that model only."""
     _with_first_rule(sim, {"match": {"system_contains": "EVALUATOR", "model": "judge-a"},
-                           "reject_response_format": ["json_schema"], "reply": verdict(3, "Polite.")})
+                           "reject_response_format": ["json_schema"], "reply": verdict(3, "Polite and complete.")})
     names = ["a1", "b1", "a2", "a3", "b2"]
     sim.write_scenarios("s.json", [scenario(n, evaluator={"model": f"judge-{n[0]}"}) for n in names])
     sim.run("--llmsim-concurrency=1").assert_outcomes(passed=5)

@@ -32,7 +32,7 @@ def generic_script(low_marker: str = "LOW-SCORE") -> dict[str, Any]:
     return {"rules": [
         {"match": {"system_contains": low_marker}, "reply": verdict(1, "Criterion 2 was not met.")},
         {"match": {"system_contains": GENERIC_JUDGE}, "reply": verdict(3, "Every criterion was met.")},
-        {"match": {"system_contains": "CUSTOM JUDGE"}, "reply": verdict(3, "Custom judge.")},
+        {"match": {"system_contains": "CUSTOM JUDGE"}, "reply": verdict(3, "The custom judge agrees.")},
         {"match": {"system_contains": "CUSTOM CUSTOMER"}, "replies": CLIENT_REPLIES},
         {"match": {"system_contains": GENERIC_CUSTOMER}, "replies": CLIENT_REPLIES},
         {"match": {"system_contains": "You are"}, "replies": AGENT_REPLIES},

@@ -56,7 +56,8 @@ def test_blame_from_the_transcript_when_the_judge_says_nothing() -> None:
 @pytest.mark.parametrize("mode", [[], ["-n", "2"]], ids=["one-process", "xdist"])
 def test_repeated_verdicts_that_straddle_the_minimum_are_unstable(sim: SimProject, mode: list[str]) -> None:
     sim.server.set_script({"rules": [
-        {"match": {"system_contains": "EVALUATOR", "seed": JUDGE_SEEDS[1]}, "reply": _verdict(1, "Rude.", "agent")},
+        {"match": {"system_contains": "EVALUATOR", "seed": JUDGE_SEEDS[1]},
+         "reply": _verdict(1, "The agent was rude.", "agent")},
         *default_script()["rules"]]})
     sim.write_scenarios("s.json", [scenario("split", variables={"SEED": SEED}), scenario("calm")])
     result = sim.run(*mode, "--llmsim-judge-repeats=3", "--llmsim-results=out.json", "--junitxml=junit.xml", "-rA")
@@ -90,8 +91,8 @@ def test_failures_are_counted_by_blame(sim: SimProject) -> None:
     hang_up = ["Hi, I would like chicken fillet.", "Two packs, delivered to Moscow please.", "No. [END_CALL]"]
     sim.server.set_script({"rules": [
         {"match": {"system_contains": "EVALUATOR for judged_"}, "reply": _verdict(1, "Forgot the city.", "agent")},
-        {"match": {"system_contains": "EVALUATOR for sim_"}, "reply": _verdict(1, "Odd customer.", "customer")},
-        {"match": {"system_contains": "EVALUATOR for"}, "reply": _verdict(1, "Unfinished.")},
+        {"match": {"system_contains": "EVALUATOR for sim_"}, "reply": _verdict(1, "The customer was odd.", "customer")},
+        {"match": {"system_contains": "EVALUATOR for"}, "reply": _verdict(1, "The call was unfinished.")},
         {"match": {"system_contains": "CLIENT for hangup"}, "replies": hang_up},
         {"match": {"system_contains": "AGENT"}, "replies": AGENT_REPLIES},
         {"match": {"system_contains": "CLIENT"}, "replies": [*hang_up[:2], "Yes, please confirm."]},

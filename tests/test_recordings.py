@@ -392,7 +392,7 @@ def test_recording_paths_are_safe_and_distinct(tmp_path: Path) -> None:
 
 def test_a_timed_out_conversation_replays_to_the_same_turn_from_its_recording(sim: SimProject) -> None:
     sim.server.set_script({"rules": [
-        {"match": {"system_contains": "EVALUATOR"}, "reply": verdict(3, "ok")},
+        {"match": {"system_contains": "EVALUATOR"}, "reply": verdict(3, "Polite and complete.")},
         {"match": {"system_contains": "AGENT"}, "reply": "Still here."},
         {"match": {"system_contains": "CLIENT"}, "reply": "Go on.", "delay": 0.4},
     ]})

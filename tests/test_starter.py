@@ -13,7 +13,7 @@ from pytest_llmsim import local_model
 from pytest_llmsim.testing.openai_server import ScriptedOpenAIServer
 
 STARTER_SCRIPT = {"rules": [
-    {"match": {"response_format_type": "json_schema"}, "reply": verdict(3, "Criteria met.")},
+    {"match": {"response_format_type": "json_schema"}, "reply": verdict(3, "Every criterion was met.")},
     {"replies": ["Hello, my parcel is late. The order number is 1042.", "Thank you, bye! [END_CALL]"]},
 ]}
 

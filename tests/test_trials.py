@@ -18,7 +18,8 @@ SEEDS = [SEED, derive_seed(SEED, 2), derive_seed(SEED, 3)]
 
 def _judge_low_on(seeds: list[int]) -> dict[str, Any]:
     """The default script, with the judge scoring 1 for the conversations run with ``seeds``."""
-    return {"rules": [{"match": {"system_contains": "EVALUATOR", "seed": seeds}, "reply": verdict(1, "Rude.")},
+    return {"rules": [{"match": {"system_contains": "EVALUATOR", "seed": seeds},
+                       "reply": verdict(1, "The agent was rude.")},
                       *default_script()["rules"]]}
 
 
@@ -74,7 +75,8 @@ def test_a_flaky_scenario_fails_by_default_and_names_its_trials(sim: SimProject,
     assert flaky["trial_scores"] == [3, 1, 3] and flaky["mean_score"] == pytest.approx(2.3333)
     assert [t["seed"] for t in flaky["trial_results"]] == SEEDS
     assert [t["trial"] for t in flaky["trial_results"]] == [1, 2, 3]
-    assert flaky["score"] == 1 and flaky["comment"] == "Rude."  # the conversation shown is the failing trial's
+    # the conversation shown is the failing trial's
+    assert flaky["score"] == 1 and flaky["comment"] == "The agent was rude."
     assert flaky["live_calls"] == 21  # usage of all three trials
     tolerant = _row(document, "tolerant")
     assert (tolerant["status"], tolerant["min_pass_rate"], tolerant["score"]) == ("passed", 0.6, 3)
