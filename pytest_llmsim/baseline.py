@@ -36,7 +36,7 @@ from .errors import CacheError, ConfigError
 from .pricing import PriceTable, usage_cost
 from .results import Outcome, ScenarioRecord, ScenarioResult, Status, result_stats, turn_key
 from .safe_files import UnreadableFile, read_bounded
-from .summary import COUNTED_OUTCOMES, PASSING_OUTCOMES, RECORD_COST_DECIMALS, STAT_DECIMALS, as_records
+from .summary import COUNTED_OUTCOMES, PASSING_OUTCOMES, RECORD_COST_DECIMALS, STAT_DECIMALS, as_records, plural
 
 NAMED_IN_GATE = 10  # scenarios named in a missed gate's line before "and N more"
 MAX_BASELINE_BYTES = 256 * 2**20  # an export of 10 000 scenarios is a few dozen MiB
@@ -453,8 +453,9 @@ def regression_gates(comparison: Comparison, *, fail_on_regression: bool, max_sc
         tail = f"; regressed: {_named(regressed)}" if regressed else ""
         if delta is not None and -delta > max_score_drop + 1e-9:
             missed.append(f"mean score dropped by {-delta:g} since the baseline ({comparison.old_mean_score:g} -> "
-                          f"{comparison.new_mean_score:g} over {comparison.scored_in_both} scenarios scored in "
-                          f"both), more than the allowed {max_score_drop:g}{tail} (llmsim_max_score_drop)")
+                          f"{comparison.new_mean_score:g} over "
+                          f"{plural(comparison.scored_in_both, 'scenario')} scored in both), more than the allowed "
+                          f"{max_score_drop:g}{tail} (llmsim_max_score_drop)")
         elif delta is None:
             lost = [d for d in comparison.deltas if d.counted and d.old_score is not None and d.new_score is None]
             if lost:

@@ -35,6 +35,7 @@ from typing import Any
 from .errors import ConfigError, ScenarioError
 from .options import OPTIONS, Option, ResolvedOptions, endpoint_configured, resolve_values
 from .settings import resolve_http_backend
+from .summary import plural
 
 OK, FAILED_EXIT, USAGE, INTERNAL = 0, 1, 2, 3
 # The reference's environment variables: read by ``llmsim`` only (generic names such as PORT or HOST are often set
@@ -237,10 +238,6 @@ def command_run(args: argparse.Namespace) -> int:
     if backend:
         return USAGE
     return batch.exit_status(ordered, missed)
-
-def plural(count: int, word: str) -> str:
-    """``1 scenario``, ``2 scenarios``."""
-    return f"{count:,} {word}{'' if count == 1 else 's'}"
 
 
 _INVALID_FILE_ITEM = "invalid-file"  # the item pytest reports for an unusable file (items.INVALID_FILE_ITEM)

@@ -10,7 +10,7 @@ import io
 from pathlib import Path
 
 from .exports import atomic_write_bytes
-from .summary import RunSummary, incomplete_cause, outcome_counts, pass_rate_text
+from .summary import RunSummary, incomplete_cause, outcome_counts, pass_rate_text, plural
 
 INSTALL_HINT = "pip install 'pytest-llmsim[histogram]'"
 _COLOURS = {"1": "#d9534f", "2": "#f0ad4e", "3": "#5cb85c", "error": "#9e9e9e"}
@@ -26,7 +26,7 @@ def histogram_title(summary: RunSummary) -> str:
     partial = ""
     if not summary.complete:
         partial = f" ({incomplete_cause(summary)}: {summary.unfinished_scenarios} did not finish)"
-    return (f"{summary.total_scenarios} scenarios: {outcome_counts(summary)}; pass rate "
+    return (f"{plural(summary.total_scenarios, 'scenario')}: {outcome_counts(summary)}; pass rate "
             f"{pass_rate_text(summary)}{partial}\n"
             f"mean score {mean}; {summary.total_tokens + summary.replayed_tokens} tokens; "
             f"cost ${summary.total_cost_usd:.6f} (saved ${summary.saved_cost_usd:.6f} by replays)")

@@ -45,6 +45,7 @@ from .summary import (
     local_judge_text,
     outcome_counts,
     pass_rate_text,
+    plural,
 )
 from .terminal_report import (
     SPEAKERS,
@@ -478,10 +479,10 @@ def _fit_blocks(blocks: Sequence[_Block], room: int, limit_bytes: int) -> tuple[
         return text, ""
     said = []
     if stubbed:
-        said.append(f"the transcripts of {len(stubbed)} scenarios, the longest (listed below with their sizes): "
-                    f"{_names(stubbed)}")
+        said.append(f"the transcripts of {plural(len(stubbed), 'scenario')}, the longest (listed below with their "
+                    f"sizes): {_names(stubbed)}")
     if dropped:
-        said.append(f"the last {len(dropped)} scenarios entirely: {_names(dropped)}")
+        said.append(f"the last {plural(len(dropped), 'scenario')} entirely: {_names(dropped)}")
     note = (f"> **Left out to keep this summary under {limit_bytes:,} bytes:** {'; '.join(said)}. The full "
             "transcripts are in the HTML report and the JSON export (`--llmsim-results`).\n\n")
     return text, note

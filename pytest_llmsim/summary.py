@@ -74,6 +74,11 @@ COUNTED_OUTCOMES = frozenset({Outcome.PASSED, Outcome.XPASSED, Outcome.FAILED, O
 PASSING_OUTCOMES = frozenset({Outcome.PASSED, Outcome.XPASSED})
 
 
+
+def plural(count: int, word: str) -> str:
+    """``1 scenario``, ``2 scenarios`` (``1,000`` with a thousands separator)."""
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
+
 def make_record(result: ScenarioResult | Mapping[str, Any], cost: ScenarioCost, *, run_id: str,
                 outcome: Outcome | str, worker: str = "") -> ScenarioRecord:
     """One run record from a result (or its ``to_dict()``), its cost and pytest's outcome."""
@@ -205,7 +210,7 @@ def incomplete_text(summary: RunSummary) -> str | None:
         return None
     finished = summary.total_scenarios
     total = finished + summary.unfinished_scenarios
-    return (f"{summary.unfinished_scenarios} of {total} scenarios did not finish; the totals cover the "
+    return (f"{summary.unfinished_scenarios} of {plural(total, 'scenario')} did not finish; the totals cover the "
             f"{finished} that did")
 
 
@@ -347,7 +352,7 @@ def gates_unchecked_reason(summary: RunSummary) -> str | None:
         return "no scenario ran"
     if not summary.complete:
         return ("the run was interrupted" if summary.interrupted else
-                f"{summary.unfinished_scenarios} scenarios did not finish")
+                f"{plural(summary.unfinished_scenarios, 'scenario')} did not finish")
     return None
 
 
@@ -370,7 +375,7 @@ def missed_gates(summary: RunSummary, gates: Gates) -> list[str]:
         left_out = summary.skipped_scenarios + summary.xfailed_scenarios
         note = f"; {left_out} skipped or xfailed not counted" if left_out else ""
         missed.append(f"pass rate {summary.success_rate:.1%} ({summary.passing_scenarios} of "
-                      f"{summary.counted_scenarios} scenarios{note}) is below the minimum "
+                      f"{plural(summary.counted_scenarios, 'scenario')}{note}) is below the minimum "
                       f"{gates.min_pass_rate:.1%} (llmsim_min_pass_rate)")
     if gates.min_pass_hat_k is not None and summary.pass_hat_k is not None \
             and summary.pass_hat_k + 1e-9 < gates.min_pass_hat_k:

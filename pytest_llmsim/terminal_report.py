@@ -30,6 +30,7 @@ from .summary import (
     incomplete_text,
     outcome_counts,
     pass_rate_text,
+    plural,
 )
 
 if TYPE_CHECKING:
@@ -277,7 +278,7 @@ def table_lines(records: Sequence[ScenarioRecord], verbosity: int) -> list[Line]
     lines = [Line(fmt(header), {"bold": True})]
     lines.extend(Line(fmt(cells), {"red": True} if bad else {}) for cells, bad in rows)
     if hidden:
-        lines.append(Line(f"... and {hidden} scenarios that did not fail (-v lists every scenario)"))
+        lines.append(Line(f"... and {plural(hidden, 'scenario')} that did not fail (-v lists every scenario)"))
     return lines
 
 
@@ -430,7 +431,7 @@ def baseline_counts_text(comparison: Comparison) -> str:
     if comparison.mean_score_delta is None:
         return text + "; mean score: no scenario scored in both"
     return (f"{text}; mean score {comparison.old_mean_score:g} -> {comparison.new_mean_score:g} "
-            f"({comparison.mean_score_delta:+g}) over {comparison.scored_in_both} scenarios scored in both")
+            f"({comparison.mean_score_delta:+g}) over {plural(comparison.scored_in_both, 'scenario')} scored in both")
 
 
 def baseline_lines(comparison: Comparison, verbosity: int) -> list[Line]:
@@ -438,7 +439,7 @@ def baseline_lines(comparison: Comparison, verbosity: int) -> list[Line]:
     ``TABLE_ROWS_DEFAULT`` only the regressed unless ``-v``), the counts, the new and missing scenarios."""
     baseline = comparison.baseline
     partial = ", a partial run" if baseline.partial else ""
-    lines = [Line(f"changes since the baseline ({baseline.label}: {len(baseline.records)} scenarios from "
+    lines = [Line(f"changes since the baseline ({baseline.label}: {plural(len(baseline.records), 'scenario')} from "
                   f"{'an export' if baseline.source == 'export' else 'recordings'}{partial}):", {"bold": True})]
     changed = [d for d in comparison.deltas if d.changed]
     hidden = 0

@@ -145,7 +145,7 @@ def test_a_changed_prompt_changes_the_transcript_against_a_recordings_baseline(s
     result.assert_outcomes(passed=1)
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(["llmsim baseline main_recordings: 0 regressed, 0 improved, 1 changed, 0 unchanged, "
-                                 "0 new, 0 missing; mean score 3 -> 3 (+0) over 1 scenarios scored in both"])
+                                 "0 new, 0 missing; mean score 3 -> 3 (+0) over 1 scenario scored in both"])
     (row,) = [json.loads(line) for line in (sim.path / "new.ndjson").read_text(encoding="utf-8").splitlines()]
     assert row["baseline"]["transcript_changed"] is True and row["baseline"]["turns_delta"] == -2
     assert row["baseline"]["regressed"] is False
@@ -164,7 +164,7 @@ def test_an_xfailed_scenario_is_not_a_regression(sim: SimProject) -> None:
         "  scenarios/s.json::x: changed: score 3 -> 1 (-2), passed -> failed, xfailed: not counted*",
         # the xfailed scenario's score is left out of the mean, as in the run's own mean score
         "  0 regressed, 0 improved, 1 changed, 1 unchanged, 0 new, 0 missing; mean score 3 -> 3 (+0) over 1 "
-        "scenarios scored in both",
+        "scenario scored in both",
         "llmsim: all suite gates met",
     ])
     rows, summary = _export(sim.path / "new.json")
@@ -181,7 +181,7 @@ def test_baseline_gates_are_not_checked_for_a_partial_run(sim: SimProject) -> No
     result.assert_outcomes(failed=1)
     assert _gate_lines(result) == []
     result.stdout.fnmatch_lines(["  scenarios/s.json::a: regressed: *", "*1 missing*",
-                                 "llmsim: suite gates not checked: 1 scenarios did not finish"])
+                                 "llmsim: suite gates not checked: 1 scenario did not finish"])
 
 
 def test_baseline_gates_without_a_baseline_are_a_note(sim: SimProject) -> None:

@@ -238,3 +238,10 @@ def test_usage_errors_exit_2_with_one_line_naming_the_input(sim: SimProject, tmp
     from_env = llmsim(sim.path, "run", "scenarios/good.json", env={"OPENAI_BASE_URL": "localhost:8000/v1"})
     assert from_env.returncode == 2 and from_env.stderr.startswith("llmsim: OPENAI_BASE_URL: 'localhost:8000/v1'")
     assert not (sim.path / "out").exists()  # nothing ran
+
+
+def test_counts_of_one_are_singular_in_every_summary_line() -> None:
+    from pytest_llmsim.summary import plural
+
+    assert [plural(n, "scenario") for n in (0, 1, 2, 1000)] == ["0 scenarios", "1 scenario", "2 scenarios",
+                                                                "1,000 scenarios"]
