@@ -735,7 +735,23 @@ class ScenarioRecorder:
     def finish(self, result: ScenarioResult, roles: Mapping[str, Mapping[str, Any]],
                scrub: Callable[[str], str] = lambda text: text) -> str:
         """Write the recording when the mode allows and the result is worth keeping; what happened, in a word:
-        ``written``, ``unchanged``, ``replayed`` (left as it was) or ``""`` (nothing to record)."""
+        ``written``, ``unchanged``, ``replayed`` (left as it was) or ``""`` (nothing to record). Record mode
+        ``changed`` words it for a pull request: ``replayed unchanged``, ``judged live`` (the conversation changed
+        and its recording is rewritten; ``judged from the cache`` when the disk cache answered what the recording
+        lacked), ``not written: changed, not judged`` (``unjudged``)."""
+        state = self._finish(result, roles, scrub)
+        if self.mode is not RecordMode.CHANGED or not state:
+            return state
+        if state == "replayed" and result.status in (Status.PASSED, Status.FAILED) and not self.left_the_recording:
+            return REPLAYED_UNCHANGED
+        if state in ("written", "unchanged"):
+            live = any(usage.get("live_calls") if isinstance(usage, Mapping) else getattr(usage, "live_calls", 0)
+                       for usage in result.usage)
+            return JUDGED_LIVE if live else JUDGED_FROM_CACHE
+        return state
+
+    def _finish(self, result: ScenarioResult, roles: Mapping[str, Mapping[str, Any]],
+                scrub: Callable[[str], str]) -> str:
         problem = self.disagreement(result)
         if problem is not None:  # what a reviewer reads is not what the replay decided: neither is a verdict
             result.status, result.error_kind = Status.ERROR, ErrorKind.RECORDING
@@ -743,12 +759,69 @@ class ScenarioRecorder:
             result.score = None
             return "replayed"
         if str(result.error_kind or "") == ErrorKind.UNJUDGED:
-            return "not written: changed, not judged"
+            return NOT_JUDGED
         recordable = result.status in (Status.PASSED, Status.FAILED) or (
             result.status == Status.ERROR and str(result.error_kind or "") in RECORDABLE_ERRORS)
         if not recordable or not self._calls or not self.may_write() or self.trusts_the_file():
             return "replayed" if self.existing is not None else ""
         return "written" if write_if_changed(self.path, render(self.document(result, roles, scrub))) else "unchanged"
+
+
+# Recording states of record mode ``changed`` (``ScenarioRecorder.finish``), read by the pull-request summary.
+REPLAYED_UNCHANGED = "replayed unchanged"
+JUDGED_LIVE = "judged live"
+JUDGED_FROM_CACHE = "judged from the cache"
+NOT_JUDGED = "not written: changed, not judged"
+
+
+@dataclass
+class ChangedConversations:
+    """What a record mode ``changed`` run did with each conversation (``changed_conversations``): item names;
+    ``judged`` with each one's live cost (USD)."""
+
+    replayed: list[str] = field(default_factory=list)
+    judged: list[tuple[str, float]] = field(default_factory=list)
+    unjudged: list[str] = field(default_factory=list)
+
+    @property
+    def judged_cost(self) -> float:
+        return sum(cost for _, cost in self.judged)
+
+    def text(self, names: Callable[[list[str]], str] = ", ".join, limit: int | None = None) -> str:
+        """One line: ``3 replayed unchanged (no live call); 2 changed and judged live ($0.000120): a ($0.000060),
+        b ($0.000060); 1 changed but not judged: c`` (``names`` joins the names, e.g. escaped for markdown;
+        ``limit``: at most this many judged ones named)."""
+        parts = [f"{len(self.replayed)} conversation(s) replayed unchanged (no live call)"]
+        shown = self.judged if limit is None else self.judged[:limit]
+        judged = ", ".join(f"{names([name])} (${cost:.6f})" for name, cost in shown)
+        if len(shown) < len(self.judged):
+            judged += f" and {len(self.judged) - len(shown)} more"
+        parts.append(f"{len(self.judged)} changed and judged live (${self.judged_cost:.6f})"
+                     + (f": {judged}" if judged else ""))
+        if self.unjudged:
+            parts.append(f"{len(self.unjudged)} changed but NOT judged (unjudged, never a pass): "
+                         f"{names(self.unjudged)}")
+        return "; ".join(parts)
+
+
+def changed_conversations(records: Iterable[Any]) -> ChangedConversations | None:
+    """The record mode ``changed`` figures of a run's ``ScenarioRecord``s (from their recording states, which travel
+    on xdist's reports), or None when no record carries one (another record mode)."""
+    found = ChangedConversations()
+    any_state = False
+    for record in records:
+        result = record.result
+        states = [str(trial.get("recording_state") or "") for trial in result.trials] or [result.recording_state]
+        if not any(state in (REPLAYED_UNCHANGED, JUDGED_LIVE, JUDGED_FROM_CACHE, NOT_JUDGED) for state in states):
+            continue
+        any_state = True
+        if NOT_JUDGED in states or str(result.error_kind or "") == ErrorKind.UNJUDGED:
+            found.unjudged.append(record.nodeid)
+        elif JUDGED_LIVE in states or JUDGED_FROM_CACHE in states:
+            found.judged.append((record.nodeid, float(getattr(record, "cost_usd", 0.0) or 0.0)))
+        elif all(state == REPLAYED_UNCHANGED for state in states):
+            found.replayed.append(record.nodeid)
+    return found if any_state else None
 
 
 def _turn(turn: Mapping[str, Any]) -> dict[str, Any]:
