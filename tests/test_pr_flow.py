@@ -15,10 +15,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from test_ci_recipe import _ci_pytest_args
 
 from conftest import AGENT_REPLIES, SimProject, default_script, scenario, verdict, write_bot
 from pytest_llmsim.markdown_report import md_text
-from test_ci_recipe import _ci_pytest_args
 
 # The gate that fails the job on a regression; the regressions-only gate replaces it here when it lands.
 GATE_FLAG = "--llmsim-fail-on-regression"
