@@ -94,13 +94,16 @@ def _requests_for(sim: SimProject, start: int, name: str) -> int:
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+@pytest.mark.parametrize("workers", [0, 2], ids=["one-process", "xdist"])
 def test_changed_conversations_are_judged_live_in_the_pull_request_job(
-        sim: SimProject, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        sim: SimProject, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int) -> None:
+    """Under xdist the figures come to the controller on the items' reports."""
     baseline = _main_and_branch(sim, tmp_path)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-ci-secret-key")  # the CI secret; the base URL is the scripted server
     start = len(sim.server.requests_log())
 
-    ci = sim.run(*_ci_args(baseline))
+    xdist = ("-p", "xdist", f"-n{workers}") if workers else ()
+    ci = sim.run(*_ci_args(baseline), *xdist, subprocess=bool(workers))
 
     # unchanged conversations replay with zero calls; the changed ones are continued live and judged
     assert _requests_for(sim, start, "same") == 0 and _requests_for(sim, start, "low_legacy") == 0
@@ -129,7 +132,7 @@ def test_changed_conversations_are_judged_live_in_the_pull_request_job(
     # committed, the new recordings replay in the next job with no call and no change
     _git(sim.path, "commit", "-q", "-am", "re-recorded by CI")
     again_start = len(sim.server.requests_log())
-    again = sim.run(*_ci_args(baseline))
+    again = sim.run(*_ci_args(baseline), *xdist, subprocess=bool(workers))
     assert len(sim.server.requests_log()) == again_start
     again.stdout.fnmatch_lines(["*4 conversation(s) replayed unchanged (no live call); 0 changed*"])
     assert _git(sim.path, "status", "--porcelain", "recordings") == ""
