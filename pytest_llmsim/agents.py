@@ -917,7 +917,7 @@ class CachedSession(AgentSession):
                 recorder.add(key, descriptor, hit, label, "agent")
             return AgentReply(hit["text"], [dict(c) for c in hit.get("tool_calls") or []], bool(hit.get("end")),
                               latency_s=hit["latency_s"], cached=True)
-        if not self.cache.may_call_network:
+        if not self.cache.mode.may_call_agent():
             raise CacheMissError(f"{label}: no recorded reply of the {self.endpoint.removeprefix('agent:')} agent "
                                  f"(agent_cache: true) in {self.cache.directory} and record mode is 'none'; record "
                                  "it with --llmsim-record=once, then commit the recordings/ it writes "

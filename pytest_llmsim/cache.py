@@ -462,7 +462,9 @@ class CallCache:
 
     @property
     def may_call_network(self) -> bool:
-        return self.mode is not RecordMode.NONE
+        """The mode lets an unrecorded call go to the endpoint (``RecordMode.may_call_network``; the client also
+        asks whether the endpoint was configured, for ``changed``)."""
+        return self.mode.may_call_network()
 
     # -- reading --
 
@@ -482,7 +484,7 @@ class CallCache:
             value = self._get(key)
             return None if value is _MISSING else _check_entry(value, kind)
         except CorruptEntry as exc:
-            if self.mode is RecordMode.NONE:
+            if self.mode.corrupt_entry_is_error():
                 what = f"{label}: " if label else ""
                 raise CacheError(f"{what}corrupt or foreign entry {key[:12]} in the llmsim cache {self.directory} "
                                  f"({exc}); {_RECORD_HINT} (needs the endpoint)") from None
@@ -495,7 +497,7 @@ class CallCache:
         A corrupt or foreign entry is None (the caller calls the endpoint and ``store`` overwrites it), except
         in mode ``none``, where it raises CacheError naming the directory and ``label``.
         """
-        if self.mode is RecordMode.ALL:
+        if not self.mode.replays():
             return None
         entry = self._entry(key, "call", label)
         return entry["response"] if entry is not None else None
@@ -551,7 +553,7 @@ class CallCache:
             raise CacheError(_db_message(self.directory, f"cannot be read ({exc})")) from None
 
     def lookup_marker(self, key: str, *, label: str | None = None) -> dict[str, Any] | None:
-        if self.mode is RecordMode.ALL:
+        if not self.mode.replays():
             return None
         entry = self._entry(key, "marker", label)
         return entry["marker"] if entry is not None else None

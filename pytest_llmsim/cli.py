@@ -34,7 +34,7 @@ from typing import Any
 
 from .errors import ConfigError, ScenarioError
 from .options import OPTIONS, Option, ResolvedOptions, endpoint_configured, resolve_values
-from .settings import resolve_http_backend
+from .settings import RecordMode, resolve_http_backend
 from .summary import plural
 
 OK, FAILED_EXIT, USAGE, INTERNAL = 0, 1, 2, 3
@@ -571,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-stream", action="store_true", help="with --single: print only the verdict")
     run.add_argument("--output-dir", metavar="DIR", help="directory of the results (default: results)")
     run.add_argument("--concurrency", type=int, metavar="N", help="conversations at once (env CONCURRENCY)")
-    run.add_argument("--record", choices=("once", "new", "none", "all"), help="record mode of cache/recordings")
+    run.add_argument("--record", choices=tuple(m.value for m in RecordMode), help="record mode of cache/recordings")
     run.add_argument("--quiet", action="store_true", help="print nothing but errors")
     common(run)
     run.set_defaults(handler=command_run)
@@ -590,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--db", metavar="PATH", help="SQLite database (default: results/llmsim.sqlite3)")
     serve.add_argument("--output-dir", metavar="DIR")
     serve.add_argument("--concurrency", type=int, metavar="N")
-    serve.add_argument("--record", choices=("once", "new", "none", "all"))
+    serve.add_argument("--record", choices=tuple(m.value for m in RecordMode))
     common(serve)
     serve.set_defaults(handler=command_serve)
 

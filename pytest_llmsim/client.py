@@ -26,11 +26,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .cache import CallCache, request_key
-from .errors import BackendMissingError, CacheMissError, ConfigError, EndpointError
+from .errors import BackendMissingError, CacheMissError, ConfigError, EndpointError, UnjudgedError
 from .rate_limits import RateLimiter, Ticket
 from .recordings import CURRENT as RECORDER
 from .scrubbing import RunSecrets, scrub_data
-from .settings import EndpointSettings, redact_url, resolve_http_backend, scrub_secrets, split_url_query, url_secrets
+from .settings import (
+    EndpointSettings,
+    RecordMode,
+    redact_url,
+    resolve_http_backend,
+    scrub_secrets,
+    split_url_query,
+    url_secrets,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -93,6 +101,35 @@ def _recording_miss(recorder: ScenarioRecorder, descriptor: dict[str, Any], labe
             "it with --llmsim-record=once (needs the endpoint) and commit it.")
     message = recorder.miss_message(label, descriptor, role)
     return message if cache_miss is None else message + "\n" + cache_miss(descriptor, label, role)
+
+
+UNJUDGED_HINT = ("set OPENAI_API_KEY and/or llmsim_base_url (--llmsim-base-url; in CI, from a secret) so that "
+                 "--llmsim-record=changed continues it live and judges it, or re-record it locally with "
+                 "--llmsim-record=once and commit recordings/")
+
+
+def unjudged_message(label: str, why: str, cause: str = "") -> str:
+    """What record mode ``changed`` says of a changed conversation it cannot continue live: which call, where the
+    conversation left its recording (``why``), and why it stops there (``cause``; default: no endpoint)."""
+    cause = cause or f"it cannot be judged without an endpoint: {UNJUDGED_HINT}"
+    return f"{label}: the conversation changed since its recording ({why}); {cause}."
+
+
+def _change_reason(recorder: ScenarioRecorder | None, descriptor: dict[str, Any], role: str,
+                   cache_reason: Callable[[], str | None]) -> str:
+    """Where the conversation left its recording, in a phrase (``recordings.ScenarioRecorder.divergence``), or what
+    the disk cache's closest call says (``cache_reason``)."""
+    if recorder is not None and recorder.existing is None:
+        return f"the scenario has no recording yet in {recorder.path}"
+    if recorder is not None:
+        why = recorder.divergence(descriptor, role)
+        if why is not None:
+            return why
+    try:
+        why = cache_reason()
+    except Exception:  # the explanation must never hide the miss itself
+        why = None
+    return why or "this request was never recorded"
 
 
 # Transport failures, as ``_transport_failure`` classifies them.
@@ -238,6 +275,81 @@ def _retry_after_seconds(exc: openai.APIStatusError) -> float | None:
     return None
 
 
+class LiveSpend:
+    """What this run's live calls cost, for record mode ``changed``'s cap (``EndpointSettings.max_live_cost_usd``,
+    from ``llmsim_max_cost_usd``), priced as the reports price them (``llmsim_prices``, then genai-prices; an
+    unpriced model counts $0). With ``shared_dir`` (the xdist workers' rate-limit folder) the sum is kept in a
+    file there under ``fcntl.flock``, so the cap is the run's, not each worker's; elsewhere each process counts
+    its own. Checked before each live call: calls already in flight finish, so the spend can pass the cap by what
+    they cost (the suite gate on ``llmsim_max_cost_usd`` fails the run then)."""
+
+    def __init__(self, limit: float | None, prices: Any = None, shared_dir: Any = None) -> None:
+        self.limit = limit
+        self.spent = 0.0  # this process's
+        self._prices = prices
+        self._table: Any = None
+        self._path = None
+        if limit is not None and shared_dir is not None:
+            try:
+                import fcntl  # noqa: F401  (POSIX only)
+            except ImportError:  # pragma: no cover - Windows: each process counts its own
+                pass
+            else:
+                self._path = shared_dir / "live-spend.bin"
+
+    def add(self, model: str, reply: LLMReply) -> None:
+        if self.limit is None:
+            return
+        if self._table is None:
+            from .pricing import load_price_table
+
+            self._table = load_price_table(self._prices)
+        found = self._table.match(model)
+        cost = 0.0 if found is None else found.cost(1, reply.prompt_tokens, reply.completion_tokens,
+                                                     reply.cached_input_tokens, self._table.at)
+        if cost <= 0:
+            return
+        self.spent += cost
+        if self._path is not None:
+            self._update(cost)
+
+    def total(self) -> float:
+        return self._update(0.0) if self._path is not None else self.spent
+
+    def _update(self, cost: float) -> float:
+        """Add ``cost`` to the shared sum and return it (this process's sum when the file cannot be used)."""
+        import fcntl
+        import os
+        import struct
+
+        assert self._path is not None
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            return self.spent
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            data = os.pread(fd, 8, 0)
+            total = (struct.unpack("<d", data)[0] if len(data) == 8 else 0.0) + cost
+            if cost:
+                os.pwrite(fd, struct.pack("<d", total), 0)
+            return total
+        finally:
+            os.close(fd)  # (closing releases the lock)
+
+    def over_budget(self) -> str | None:
+        """Why no new live call may be made (the cap is reached), or None."""
+        if self.limit is None:
+            return None
+        total = self.total()
+        if total < self.limit:
+            return None
+        return (f"it was not continued live because the cost budget is reached: live calls have cost "
+                f"${total:.6f}, llmsim_max_cost_usd is ${self.limit:g}; raise --llmsim-max-cost-usd, or re-record "
+                "it locally with --llmsim-record=once and commit recordings/")
+
+
 class LLMClient:
     """Cached, retrying chat completions. Create and use on one event loop."""
 
@@ -251,6 +363,7 @@ class LLMClient:
         self.cache = cache
         self.limiter = limiter or RateLimiter()
         self.stats = CallStats()
+        self.spend = LiveSpend(endpoint.max_live_cost_usd, endpoint.prices, getattr(self.limiter, "shared_dir", None))
         # Structured output: per (endpoint identity, model), the index in STRUCTURED_MODES to start from, and
         # how many requests in a row have shown the stronger format rejected while the weaker one worked.
         self._structured_mode: dict[tuple[str, str], int] = {}
@@ -362,12 +475,22 @@ class LLMClient:
             return LLMReply(hit["text"], hit["prompt_tokens"], hit["completion_tokens"],
                             hit["latency_s"], True, hit["model"], hit.get("tool_calls"),
                             _token_count(hit, "cached_input_tokens"))
-        if not self.cache.may_call_network:
+        mode = self.cache.mode
+        if not mode.may_call_network(self.endpoint.configured):
+            if mode is RecordMode.CHANGED:
+                why = _change_reason(recorder, descriptor, request.role,
+                                     lambda: self._divergence_phrase(descriptor, label, request.role))
+                raise UnjudgedError(self._scrub(unjudged_message(label, why)))
             if recorder is not None and recorder.existing is not None:
                 message = _recording_miss(recorder, descriptor, label, request.role, self._miss_message)
             else:
                 message = self._miss_message(descriptor, label, request.role)
             raise CacheMissError(self._scrub(message))
+        spent = self.spend.over_budget() if mode is RecordMode.CHANGED else None
+        if spent is not None:
+            why = _change_reason(recorder, descriptor, request.role,
+                                 lambda: self._divergence_phrase(descriptor, label, request.role))
+            raise UnjudgedError(self._scrub(unjudged_message(label, why, spent)))
         reply = self._scrub_reply(await self._call_with_retries(request, label))
         response = {
             "text": reply.text, "prompt_tokens": reply.prompt_tokens,
@@ -381,6 +504,7 @@ class LLMClient:
         if recorder is not None:
             recorder.add(match, descriptor, response, label, request.role, self._recorded_endpoint())
         self.stats.live_calls += 1
+        self.spend.add(request.model, reply)
         return reply
 
     def _recorded_endpoint(self) -> str:
@@ -410,6 +534,26 @@ class LLMClient:
         """"The conversation diverged from the recording at turn N", with the recorded and the new agent text,
         when the closest recorded request of this scenario differs only in what the agent said: the agent under
         test changed its reply, so the customer's (or the judge's) next request is new."""
+        found = self._diverged_turn(descriptor, label, role)
+        if found is None:
+            return None
+        turn, was, now = found
+        return diverged_message(label, turn, was, now, "none") + (
+            "If the change is intended, re-record with --llmsim-record=once (needs the endpoint), then commit the "
+            "recordings/ it writes (.llmsim_cache/ is local: keep it out of git).")
+
+    def _divergence_phrase(self, descriptor: dict[str, Any], label: str, role: str) -> str | None:
+        """``_divergence`` in a phrase, for record mode ``changed``'s ``unjudged`` message."""
+        if role not in ("client", "evaluator"):
+            return None
+        found = self._diverged_turn(descriptor, label, role)
+        if found is None:
+            return None
+        turn, was, now = found
+        return f"diverged at turn {turn}: was {_shorten(was, 120)!r}, now {_shorten(now, 120)!r}"
+
+    def _diverged_turn(self, descriptor: dict[str, Any], label: str, role: str) -> tuple[int, str, str] | None:
+        """(turn, recorded agent text, new agent text) of ``_divergence``, from the disk cache's closest request."""
         from .prompts import OPENING_CUE
 
         recorded = self._closest_request(descriptor, label.split(" ")[0])
@@ -440,9 +584,7 @@ class LLMClient:
             if old_match is None or new_match is None or old_match.group(1, 2) != new_match.group(1, 2):
                 return None
             turn, was, now = int(new_match.group(1)), old_match.group(3), new_match.group(3)
-        return diverged_message(label, turn, was, now, "none") + (
-            "If the change is intended, re-record with --llmsim-record=once (needs the endpoint), then commit the "
-            "recordings/ it writes (.llmsim_cache/ is local: keep it out of git).")
+        return turn, was, now
 
     def _miss_message(self, descriptor: dict[str, Any], label: str, role: str = "") -> str:
         if role in ("client", "evaluator"):

@@ -9,6 +9,8 @@ Hierarchy::
     ├── EndpointError            the LLM endpoint failed after bounded retries (unreachable, 4xx, 5xx)
     │   └── BackendMissingError  no endpoint is configured and the local model backend is not installed
     ├── CacheMissError           replay-only mode (record mode ``none``) met an unrecorded call
+    │   └── UnjudgedError        record mode ``changed`` met a changed conversation it cannot judge (no endpoint
+    │                            configured, or the live-cost cap reached)
     ├── CacheError               the cache directory cannot be opened, read or written (corrupt, not a dir)
     │   └── RecordingError       a recording's verdict or transcript disagrees with its recorded calls
     ├── NoAgentReplyError        the conversation has no non-empty agent turn: nothing to judge
@@ -49,6 +51,14 @@ class BackendMissingError(EndpointError):
 
 class CacheMissError(LlmsimError):
     kind = "cache_miss"
+
+
+class UnjudgedError(CacheMissError):
+    """Record mode ``changed``: the conversation left its recording (or has none) and continuing it needs a live
+    call, which this run may not make (no endpoint configured, or ``llmsim_max_cost_usd`` already spent). Never a
+    pass: the change is named, not judged."""
+
+    kind = "unjudged"
 
 
 class CacheError(LlmsimError):

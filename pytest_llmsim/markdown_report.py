@@ -219,6 +219,19 @@ def gates_markdown(summary: RunSummary, gates: Gates, missed: Sequence[str]) -> 
     return "\n".join(lines)
 
 
+def changed_markdown(records: Sequence[ScenarioRecord]) -> list[str]:
+    """Record mode ``changed``: how many conversations replayed unchanged, which changed and were judged live (with
+    their live cost) and which could not be judged; nothing in other record modes. (Names are capped like a
+    truncation note's: the table and transcripts below name every changed scenario.)"""
+    from .recordings import changed_conversations
+
+    changed = changed_conversations(records)
+    if changed is None:
+        return []
+    mark = "❌" if changed.unjudged else "✅"
+    return [f"**Changed conversations** (`--llmsim-record=changed`)\n\n- {mark} {changed.text(_names, NOTE_NAMES)}"]
+
+
 # -- changes since the baseline ------------------------------------------------------------------------------
 def _changed(delta: ScenarioDelta) -> bool:
     return (delta.regressed or delta.newly_passing or delta.transcript_changed or delta.old_status is None
@@ -517,7 +530,8 @@ def render_markdown(summary: RunSummary, gates: Gates, missed: Sequence[str], re
     blocks = _blocks(records, deltas or ())
     known = known_failures_markdown(summary, deltas or ())
     head = "\n\n".join([verdict_title(summary, missed, regressed), totals_markdown(summary),
-                        gates_markdown(summary, gates, missed), *([known] if known else [])]) + "\n\n"
+                        gates_markdown(summary, gates, missed), *([known] if known else []),
+                        *changed_markdown(records)]) + "\n\n"
     table = ""
     if deltas is not None:
         changed = sorted((d for d in deltas if _changed(d)), key=delta_sort_key)

@@ -85,9 +85,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("llmsim_prompts_dir", "Directory of the jinja2 prompt templates.", "prompts", kind="path"),
     Option("llmsim_cache_dir", "Directory of the LLM call cache.", ".llmsim_cache", flag="--llmsim-cache-dir",
            kind="path", metavar="DIR"),
-    Option("llmsim_record_mode", "Record mode: once (replay hits, record misses, rewrite a changed recording), new "
-           "(record only scenarios without a recording, never change one), none (replay only, a miss is an error), "
-           "all (call everything, overwrite).", "once", flag="--llmsim-record", kind="choice",
+    Option("llmsim_record_mode", "Record mode: once (replay hits, record misses, rewrite a changed recording), "
+           "changed (pull requests: replay unchanged conversations, continue changed ones live on a configured "
+           "endpoint and judge them, rewriting their recordings; with no endpoint configured they are unjudged "
+           "errors), new (record only scenarios without a recording, never change one), none (replay only, a miss "
+           "is an error), all (call everything, overwrite).", "once", flag="--llmsim-record", kind="choice",
            choices=tuple(m.value for m in RecordMode), metavar="MODE"),
     Option("llmsim_recordings", "Directory of the readable recordings, one YAML file per scenario, replayed before "
            "the cache (`off`: no recordings, only the cache).", "recordings", flag="--llmsim-recordings", kind="path",
@@ -422,6 +424,7 @@ def build_settings(
 
         agent_spec = parse_agent_spec(resolved["llmsim_agent"])
     shared_model = resolved["llmsim_model"] or default_model
+    record_mode = RecordMode(resolved["llmsim_record_mode"])
     roles = {
         role: RoleSettings(
             model=resolved[f"llmsim_{role}_model"] or shared_model,
@@ -440,6 +443,9 @@ def build_settings(
         connect=connect,
         description=description,
         http_backend=resolved["llmsim_http_backend"],
+        configured=endpoint_chosen(resolved),
+        max_live_cost_usd=resolved["llmsim_max_cost_usd"] if record_mode is RecordMode.CHANGED else None,
+        prices=resolved["llmsim_prices"],
     )
     return RunSettings(
         endpoint=endpoint,
@@ -448,7 +454,7 @@ def build_settings(
         evaluator=roles["evaluator"],
         prompts_dir=resolved["llmsim_prompts_dir"],
         cache_dir=resolved["llmsim_cache_dir"],
-        record_mode=RecordMode(resolved["llmsim_record_mode"]),
+        record_mode=record_mode,
         default_seed=resolved["llmsim_seed"],
         min_score=resolved["llmsim_min_score"],
         max_turns=resolved["llmsim_max_turns"],
@@ -473,11 +479,23 @@ def build_settings(
     )
 
 
+def endpoint_chosen(resolved: ResolvedOptions) -> bool:
+    """The user configured where calls go: a base URL or an API key, or, with neither, an explicit
+    ``llmsim_local_model``. False: the bundled local model would serve by default (never called by record mode
+    ``changed``, whose verdicts would be noise)."""
+    return not resolved.local or resolved.source("llmsim_local_model") != "default"
+
+
 def adoptable_role_settings(resolved: ResolvedOptions) -> frozenset[str]:
     """Role settings a replay-only run without an endpoint takes from each scenario's recording: those the user
     set nowhere (only a default applies), so that recordings made against an API replay in CI without its key
-    (whose run would otherwise take the local model's defaults and miss every call). Empty in any other run."""
-    if not resolved.local or RecordMode(resolved["llmsim_record_mode"]) is not RecordMode.NONE:
+    (whose run would otherwise take the local model's defaults and miss every call). Such a run is record mode
+    ``none``, or ``changed`` with no endpoint chosen (``endpoint_chosen``); with an endpoint, ``changed`` uses the
+    configured role settings (a recording made with other ones is a changed conversation). Empty in any other
+    run."""
+    mode = RecordMode(resolved["llmsim_record_mode"])
+    replay_only = mode is RecordMode.NONE or (mode is RecordMode.CHANGED and not endpoint_chosen(resolved))
+    if not resolved.local or not replay_only:
         return frozenset()
     user_set = {name for name, source in resolved.sources.items() if source not in ("default", "local-model default")}
     adoptable = set()

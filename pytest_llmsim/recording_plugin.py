@@ -128,6 +128,12 @@ class RecordingInventory:
             for state, n in sorted(states.items()):
                 if state.startswith("not "):
                     write(f"llmsim: {n} recording(s) {state}", red=True)
+        from .recordings import changed_conversations
+
+        changed = changed_conversations(_records(self.config))
+        if changed is not None:  # record mode changed: what a pull request's reviewer needs to know
+            write(f"llmsim --llmsim-record=changed: {changed.text()}", red=bool(changed.unjudged),
+                  yellow=bool(changed.judged) and not changed.unjudged)
         if self.prune_error:
             write(f"llmsim: --llmsim-prune: {self.prune_error}", yellow=True)
         if self.pruned:

@@ -55,6 +55,7 @@ SUFFIX = ".json"
 MAX_RECORDING_BYTES = 32 * 2**20
 _MAX_DEPTH = 64
 _KEY = re.compile(r"[0-9a-f]{64}")
+_TRANSCRIPT_LINE = re.compile(r"\s*(\d+)\. ([^:]+): (.*)")  # a line of ``Transcript.as_text`` in a judge prompt
 _UNSAFE_NAME = re.compile(r"[^\w.\-\[\]]+", re.UNICODE)
 # Errors that a replay of the same calls reproduces: such a scenario's calls are worth keeping. Others
 # (endpoint down, cache miss, an agent crash) say nothing about the recorded conversation.
@@ -484,7 +485,7 @@ class ScenarioRecorder:
         self.mode = mode
         self.nodeid, self.item, self.scenario, self.endpoint = nodeid, item, scenario, endpoint
         self.match_endpoint = match_endpoint
-        self.existing = existing if mode is not RecordMode.ALL else None
+        self.existing = existing if mode.replays() else None
         self.exclusive = mode is RecordMode.NEW and existing is not None
         self._calls: list[tuple[str, Mapping[str, Any], Mapping[str, Any], str, str, str]] = []
         self._all_replayed = True  # every call so far was answered by the existing recording
@@ -495,7 +496,7 @@ class ScenarioRecorder:
              endpoint: str, match_endpoint: bool = False, trial: int | None = None) -> ScenarioRecorder:
         """The recorder of one scenario; its existing recording is read (and checked) unless mode is ``all``."""
         path = recording_path(root, nodeid, trial)
-        raw = read_recording(path) if mode is not RecordMode.ALL else None
+        raw = read_recording(path) if mode.replays() else None
         existing = parse_recording(raw, path) if raw is not None else None
         if existing is not None and existing.nodeid != nodeid:
             raise CacheError(f"{_where(path)} belongs to {existing.nodeid!r}, not {nodeid!r} (two names map to one "
@@ -539,8 +540,15 @@ class ScenarioRecorder:
                 "--llmsim-record=once (needs the endpoint) and commit it.")
 
     def divergence(self, descriptor: Mapping[str, Any], role: str) -> str | None:
-        """Where ``descriptor`` (a customer or agent request) leaves the recording: its settings, its system
-        prompt, or the first transcript turn whose text differs."""
+        """Where ``descriptor`` (a customer, agent or judge request) leaves the recording: its settings, its system
+        prompt, or the first transcript turn whose text differs (for the judge, the first changed line of the
+        transcript its prompt shows)."""
+        if role == "evaluator" and self.changed_setting(descriptor, role, prompt=False) is None:
+            judged = self._judged_turn_change(descriptor)
+            if judged is not None:
+                number, was, now = judged
+                return (f"the conversation diverged from the recording at turn {number}: recorded "
+                        f"{_shorten(was)!r}, now {_shorten(now)!r}")
         changed = self.changed_setting(descriptor, role)
         if changed is not None:
             return changed
@@ -551,18 +559,40 @@ class ScenarioRecorder:
         return (f"the conversation diverged from the recording at turn {number}: recorded {_shorten(was)!r}, "
                 f"now {_shorten(now)!r}")
 
-    def changed_setting(self, descriptor: Mapping[str, Any], role: str) -> str | None:
-        """The role's setting (model, temperature, max tokens) or system prompt that differs from the recording."""
+    def _judged_turn_change(self, descriptor: Mapping[str, Any]) -> tuple[int, str, str] | None:
+        """(turn, recorded text, new text) of the first transcript line (``N. Speaker: text``) that differs between
+        the recorded judge prompt and this one, when that is the prompts' first difference."""
+        if self.existing is None:
+            return None
+        messages = list(descriptor.get("messages") or [])
+        prompt = (self.existing.data.get("prompts") or {}).get("evaluator")
+        if not messages or prompt is None or messages[0].get("role") != "system":
+            return None
+        prompt = "\n".join(map(str, prompt)) if isinstance(prompt, list) else str(prompt)
+        old_lines, new_lines = prompt.splitlines(), str(messages[0].get("content") or "").splitlines()
+        pair = next(((a, b) for a, b in zip(old_lines, new_lines, strict=False) if a != b), None)
+        if pair is None:
+            return None
+        old_match, new_match = _TRANSCRIPT_LINE.match(pair[0]), _TRANSCRIPT_LINE.match(pair[1])
+        if old_match is None or new_match is None or old_match.group(1) != new_match.group(1):
+            return None
+        return int(new_match.group(1)), old_match.group(3), new_match.group(3)
+
+    def changed_setting(self, descriptor: Mapping[str, Any], role: str, *, prompt: bool = True) -> str | None:
+        """The role's setting (model, temperature, max tokens) or system prompt (unless ``prompt`` is False) that
+        differs from the recording."""
         if self.existing is None:
             return None
         recorded_role = (self.existing.data.get("roles") or {}).get(role) or {}
         for name in ("model", "temperature", "max_tokens"):
             if name in recorded_role and recorded_role[name] != descriptor.get(name):
                 return f"{role} {name}: recorded {recorded_role[name]!r}, now {descriptor.get(name)!r}"
+        if not prompt:
+            return None
         messages = list(descriptor.get("messages") or [])
-        prompt = (self.existing.data.get("prompts") or {}).get(role)
-        if messages and prompt is not None and messages[0].get("role") == "system" \
-                and messages[0].get("content") != prompt:
+        recorded = (self.existing.data.get("prompts") or {}).get(role)
+        if messages and recorded is not None and messages[0].get("role") == "system" \
+                and messages[0].get("content") != recorded:
             return f"the {role} prompt changed"
         return None
 
@@ -588,9 +618,15 @@ class ScenarioRecorder:
             self._all_replayed = False  # (the recording answers first: a key it holds was answered by it)
 
     def trusts_the_file(self) -> bool:
-        """This run replayed the recording as it is and will not rewrite it (``none``, or ``new`` with a
+        """This run replayed the recording as it is and will not rewrite it (``none``, ``changed``, or ``new`` with a
         recording): every call was answered by the file, so its verdict and transcript must be what they give."""
-        return self.existing is not None and bool(self._calls) and self._all_replayed and not self.may_write()
+        return (self.existing is not None and bool(self._calls) and self._all_replayed
+                and self.mode.trusts_replayed_recordings())
+
+    @property
+    def left_the_recording(self) -> bool:
+        """Some call of this conversation was not answered by the scenario's recording (or it has none)."""
+        return bool(self._calls) and not self._all_replayed
 
     def disagreement(self, result: ScenarioResult) -> str | None:
         """Where the recording's verdict or transcript differs from what replaying its calls gave (``result``),
@@ -634,9 +670,9 @@ class ScenarioRecorder:
         return len(self._calls)
 
     def may_write(self) -> bool:
-        if self.mode is RecordMode.NONE or self.exclusive:
+        if self.exclusive or not self.mode.may_call_network():
             return False
-        return not (self.mode is RecordMode.NEW and self.path.exists())
+        return self.mode.rewrites_recordings() or not self.path.exists()
 
     def document(self, result: ScenarioResult, roles: Mapping[str, Mapping[str, Any]],
                  scrub: Callable[[str], str] = lambda text: text) -> dict[str, Any]:
@@ -699,18 +735,93 @@ class ScenarioRecorder:
     def finish(self, result: ScenarioResult, roles: Mapping[str, Mapping[str, Any]],
                scrub: Callable[[str], str] = lambda text: text) -> str:
         """Write the recording when the mode allows and the result is worth keeping; what happened, in a word:
-        ``written``, ``unchanged``, ``replayed`` (left as it was) or ``""`` (nothing to record)."""
+        ``written``, ``unchanged``, ``replayed`` (left as it was) or ``""`` (nothing to record). Record mode
+        ``changed`` words it for a pull request: ``replayed unchanged``, ``judged live`` (the conversation changed
+        and its recording is rewritten; ``judged from the cache`` when the disk cache answered what the recording
+        lacked), ``not written: changed, not judged`` (``unjudged``)."""
+        state = self._finish(result, roles, scrub)
+        if self.mode is not RecordMode.CHANGED or not state:
+            return state
+        if state == "replayed" and result.status in (Status.PASSED, Status.FAILED) and not self.left_the_recording:
+            return REPLAYED_UNCHANGED
+        if state in ("written", "unchanged"):
+            live = any(usage.get("live_calls") if isinstance(usage, Mapping) else getattr(usage, "live_calls", 0)
+                       for usage in result.usage)
+            return JUDGED_LIVE if live else JUDGED_FROM_CACHE
+        return state
+
+    def _finish(self, result: ScenarioResult, roles: Mapping[str, Mapping[str, Any]],
+                scrub: Callable[[str], str]) -> str:
         problem = self.disagreement(result)
         if problem is not None:  # what a reviewer reads is not what the replay decided: neither is a verdict
             result.status, result.error_kind = Status.ERROR, ErrorKind.RECORDING
             result.error_message = scrub(f"{self.item}: {_where(self.path)}: {problem}; {_RESTORE}")
             result.score = None
             return "replayed"
+        if str(result.error_kind or "") == ErrorKind.UNJUDGED:
+            return NOT_JUDGED
         recordable = result.status in (Status.PASSED, Status.FAILED) or (
             result.status == Status.ERROR and str(result.error_kind or "") in RECORDABLE_ERRORS)
-        if not recordable or not self._calls or not self.may_write():
+        if not recordable or not self._calls or not self.may_write() or self.trusts_the_file():
             return "replayed" if self.existing is not None else ""
         return "written" if write_if_changed(self.path, render(self.document(result, roles, scrub))) else "unchanged"
+
+
+# Recording states of record mode ``changed`` (``ScenarioRecorder.finish``), read by the pull-request summary.
+REPLAYED_UNCHANGED = "replayed unchanged"
+JUDGED_LIVE = "judged live"
+JUDGED_FROM_CACHE = "judged from the cache"
+NOT_JUDGED = "not written: changed, not judged"
+
+
+@dataclass
+class ChangedConversations:
+    """What a record mode ``changed`` run did with each conversation (``changed_conversations``): item names;
+    ``judged`` with each one's live cost (USD)."""
+
+    replayed: list[str] = field(default_factory=list)
+    judged: list[tuple[str, float]] = field(default_factory=list)
+    unjudged: list[str] = field(default_factory=list)
+
+    @property
+    def judged_cost(self) -> float:
+        return sum(cost for _, cost in self.judged)
+
+    def text(self, names: Callable[[list[str]], str] = ", ".join, limit: int | None = None) -> str:
+        """One line: ``3 replayed unchanged (no live call); 2 changed and judged live ($0.000120): a ($0.000060),
+        b ($0.000060); 1 changed but not judged: c`` (``names`` joins the names, e.g. escaped for markdown;
+        ``limit``: at most this many judged ones named)."""
+        parts = [f"{len(self.replayed)} conversation(s) replayed unchanged (no live call)"]
+        shown = self.judged if limit is None else self.judged[:limit]
+        judged = ", ".join(f"{names([name])} (${cost:.6f})" for name, cost in shown)
+        if len(shown) < len(self.judged):
+            judged += f" and {len(self.judged) - len(shown)} more"
+        parts.append(f"{len(self.judged)} changed and judged live (${self.judged_cost:.6f})"
+                     + (f": {judged}" if judged else ""))
+        if self.unjudged:
+            parts.append(f"{len(self.unjudged)} changed but NOT judged (unjudged, never a pass): "
+                         f"{names(self.unjudged)}")
+        return "; ".join(parts)
+
+
+def changed_conversations(records: Iterable[Any]) -> ChangedConversations | None:
+    """The record mode ``changed`` figures of a run's ``ScenarioRecord``s (from their recording states, which travel
+    on xdist's reports), or None when no record carries one (another record mode)."""
+    found = ChangedConversations()
+    any_state = False
+    for record in records:
+        result = record.result
+        states = [str(trial.get("recording_state") or "") for trial in result.trials] or [result.recording_state]
+        if not any(state in (REPLAYED_UNCHANGED, JUDGED_LIVE, JUDGED_FROM_CACHE, NOT_JUDGED) for state in states):
+            continue
+        any_state = True
+        if NOT_JUDGED in states or str(result.error_kind or "") == ErrorKind.UNJUDGED:
+            found.unjudged.append(record.nodeid)
+        elif JUDGED_LIVE in states or JUDGED_FROM_CACHE in states:
+            found.judged.append((record.nodeid, float(getattr(record, "cost_usd", 0.0) or 0.0)))
+        elif all(state == REPLAYED_UNCHANGED for state in states):
+            found.replayed.append(record.nodeid)
+    return found if any_state else None
 
 
 def _turn(turn: Mapping[str, Any]) -> dict[str, Any]:

@@ -56,6 +56,7 @@ class ErrorKind(StrEnum):
     ENDPOINT = "endpoint_error"
     BACKEND_MISSING = "backend_missing"
     CACHE_MISS = "cache_miss"
+    UNJUDGED = "unjudged"  # record mode changed: a changed conversation that could not be continued live
     CACHE = "cache_error"
     RECORDING = "recording_error"  # a recording's verdict or transcript disagrees with its recorded calls
     NO_AGENT_REPLY = "no_agent_reply"

@@ -21,14 +21,50 @@ if TYPE_CHECKING:
 
 class RecordMode(StrEnum):
     """What recordings and the disk cache may do. ``once``: replay hits, call and record misses (a scenario's
-    recording is rewritten when its conversation changed); ``new``: record scenarios that have no recording yet
-    and never change an existing one (a call missing from it is an error); ``none``: replay only, a miss is an
-    error (CI with committed recordings); ``all``: call everything and overwrite."""
+    recording is rewritten when its conversation changed); ``changed``: like ``once``, for pull-request jobs, but
+    an unrecorded call goes live only to an endpoint the user configured (never to the bundled local model by
+    default: without one, it is an ``unjudged`` error), and a recording its conversation replays entirely is
+    trusted as in ``none``; ``new``: record scenarios that have no recording yet and never change an existing one
+    (a call missing from it is an error); ``none``: replay only, a miss is an error (CI with committed
+    recordings); ``all``: call everything and overwrite.
+
+    The predicates below say what each mode means, once, for the cache, the recordings, the client and the agents.
+    """
 
     ONCE = "once"
+    CHANGED = "changed"
     NEW = "new"
     NONE = "none"
     ALL = "all"
+
+    def replays(self) -> bool:
+        """Recorded replies answer (every mode but ``all``)."""
+        return self is not RecordMode.ALL
+
+    def may_call_network(self, endpoint_configured: bool = True) -> bool:
+        """Whether an unrecorded LLM call may be sent: never in ``none``; in ``changed`` only when the user
+        configured an endpoint (``endpoint_configured``: a base URL, an API key or an explicit local model)."""
+        if self is RecordMode.NONE:
+            return False
+        return endpoint_configured or self is not RecordMode.CHANGED
+
+    def may_call_agent(self) -> bool:
+        """Whether an agent under test with ``agent_cache: true`` may be called for a reply not recorded (its own
+        code or service, not the LLM endpoint): every mode but ``none``."""
+        return self is not RecordMode.NONE
+
+    def rewrites_recordings(self) -> bool:
+        """Whether a scenario's existing recording is rewritten when its conversation changed."""
+        return self in (RecordMode.ONCE, RecordMode.CHANGED, RecordMode.ALL)
+
+    def trusts_replayed_recordings(self) -> bool:
+        """Whether a recording that answered every call of its conversation is trusted as it is (its verdict and
+        transcript must be what its calls give, else a ``recording_error``) instead of being rewritten."""
+        return self in (RecordMode.NONE, RecordMode.NEW, RecordMode.CHANGED)
+
+    def corrupt_entry_is_error(self) -> bool:
+        """Whether a corrupt cache entry is an error (replay only) rather than a miss to re-record."""
+        return self is RecordMode.NONE
 
     @classmethod
     def parse(cls, value: str) -> RecordMode:
@@ -152,6 +188,12 @@ class EndpointSettings:
     endpoint_id: str = ""
     request_timeout: float = 60.0
     max_retries: int = 4
+    # The user configured this endpoint (a base URL, an API key, an explicit ``llmsim_local_model``); False: the
+    # bundled local model serves by default, which record mode ``changed`` never calls.
+    configured: bool = True
+    # Record mode ``changed``: no new live call once this process's live calls cost this much (USD; None: no cap).
+    max_live_cost_usd: float | None = None
+    prices: Path | None = None  # the price file (``llmsim_prices``) the cap is counted with
     backoff_base: float = 0.5
     backoff_max: float = 20.0
     connect: Callable[[], str] | None = field(default=None, repr=False, compare=False)
