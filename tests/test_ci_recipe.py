@@ -4,6 +4,7 @@ re-record, then replay the branch as CI does (no endpoint, no key) against main'
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -19,9 +20,15 @@ WORKFLOW = ROOT / "examples" / "ci" / "llmsim.yml"
 
 
 def _ci_pytest_args(baseline: str) -> list[str]:
-    """The workflow's pytest command, with its ``$BASELINE`` filled in as the workflow's shell would."""
-    line = next(line.strip() for line in WORKFLOW.read_text().splitlines() if line.strip().startswith("pytest "))
-    return [arg for arg in shlex.split(line.replace("$BASELINE", baseline))][1:]
+    """The workflow's pytest command, with its ``$BASELINE`` filled in as the workflow's shell would when the base
+    branch has recordings (``baseline``: ``--llmsim-baseline=PATH``, PATH standing for ``../baseline/recordings``)."""
+    lines = [line.strip() for line in WORKFLOW.read_text().splitlines()]
+    command = next(line for line in lines if line.startswith("pytest "))
+    assigned = next(re.search(r'then BASELINE="([^"]*)"', line) for line in lines if 'then BASELINE="' in line)
+    assert assigned is not None
+    path = baseline.removeprefix("--llmsim-baseline=")
+    value = assigned.group(1).replace("../baseline/recordings", path)
+    return shlex.split(command.replace("$BASELINE", value))[1:]
 
 
 def _git(cwd: Path, *args: str) -> str:

@@ -20,8 +20,8 @@ from test_ci_recipe import _ci_pytest_args
 from conftest import AGENT_REPLIES, SimProject, default_script, scenario, verdict, write_bot
 from pytest_llmsim.markdown_report import md_text
 
-# The gate that fails the job on a regression; the regressions-only gate replaces it here when it lands.
-GATE_FLAG = "--llmsim-fail-on-regression"
+# The gate: scenarios failing on main too are known failures (xfailed); a regression fails the job.
+GATE_FLAG = "--llmsim-gate=regressions"
 GATE_MISSED = "*1 scenario regressed since the baseline*scenarios/shop.json::regress*"
 
 BAD = ["Hmm.", "Whatever.", "Bye. [END_CALL]"]
@@ -109,7 +109,9 @@ def test_changed_conversations_are_judged_live_in_the_pull_request_job(
     assert _requests_for(sim, start, "same") == 0 and _requests_for(sim, start, "low_legacy") == 0
     assert _requests_for(sim, start, "regress") > 0 and _requests_for(sim, start, "improve") > 0
     assert ci.ret == pytest.ExitCode.TESTS_FAILED  # the regression fails the job
-    ci.assert_outcomes(passed=2, failed=2)  # same and improve pass; regress and low_legacy fail
+    # same and improve pass; regress fails; low_legacy failed on main too: a known failure, not the job's failure
+    ci.assert_outcomes(passed=2, failed=1, xfailed=1)
+    ci.stdout.fnmatch_lines([f"*1 known failure*{SOURCE}::low_legacy*"])
     ci.stdout.fnmatch_lines([GATE_MISSED])
     ci.stdout.fnmatch_lines([
         "llmsim --llmsim-record=changed: 2 conversation(s) replayed unchanged (no live call); 2 changed and judged "
@@ -122,6 +124,7 @@ def test_changed_conversations_are_judged_live_in_the_pull_request_job(
     assert "2 conversation(s) replayed unchanged" in markdown and "2 changed and judged live" in markdown
     assert md_text(f"{SOURCE}::regress") in markdown and md_text(f"{SOURCE}::improve") in markdown
     assert "regressed" in markdown and "Whatever." in markdown
+    assert "Known failures" in markdown and md_text(f"{SOURCE}::low_legacy") in markdown
 
     # the new recordings, for the author to commit (and the job's artifact): only the changed ones
     changed = sorted(line[3:] for line in _git(sim.path, "status", "--porcelain").splitlines()
@@ -148,7 +151,7 @@ def test_without_an_endpoint_changed_conversations_are_named_unjudged_and_the_ru
 
     assert len(sim.server.requests_log()) == start  # nothing sent anywhere, and no local model started
     assert ci.ret != pytest.ExitCode.OK
-    ci.assert_outcomes(passed=1, failed=1, errors=2)
+    ci.assert_outcomes(passed=1, xfailed=1, errors=2)
     out = ci.stdout.str()
     assert "backend_missing" not in out and "local model" not in out.split("short test summary")[-1]
     ci.stdout.fnmatch_lines([
@@ -175,7 +178,7 @@ def test_the_live_cost_cap_stops_new_live_calls_and_names_the_rest_unjudged(
 
     assert len(sim.server.requests_log()) == start + 1  # the first live call reached the cap; no other was sent
     assert ci.ret != pytest.ExitCode.OK
-    ci.assert_outcomes(passed=1, failed=1, errors=2)
+    ci.assert_outcomes(passed=1, xfailed=1, errors=2)
     ci.stdout.fnmatch_lines(["*it was not continued live because the cost budget is reached: live calls have "
                              "cost $0.0*, llmsim_max_cost_usd is $1e-07*"])
     ci.stdout.fnmatch_lines(["*2 changed but NOT judged (unjudged, never a pass)*"])
