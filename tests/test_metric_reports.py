@@ -7,7 +7,6 @@ import csv
 import io
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -132,16 +131,12 @@ def test_malformed_metrics_are_left_out() -> None:
 
 
 # -- JUnit properties -----------------------------------------------------------------------------------------
-def test_junit_properties_per_metric(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(plugin, "scenario_cost_usd", lambda config, data: "0.00000100")
+def test_junit_properties_per_metric() -> None:
     result = _result([JUDGE_FAILED, RULES_FAILED, TONE_INFO, {"name": "bare", "score": None, "passed": True}])
-    item = SimpleNamespace(config=None, user_properties=[])
-    report = SimpleNamespace(llmsim=result.to_dict(), user_properties=[])
-    plugin._result_properties(item, report, result)  # type: ignore[arg-type]
-    assert report.user_properties == item.user_properties
-    properties = dict(report.user_properties)
+    figures = plugin.junit_properties(result, "0.00000100")
+    properties = dict(figures)
     assert properties["score"] == 1 and properties["cost_usd"] == "0.00000100"
-    metrics = [(name, value) for name, value in report.user_properties if name.startswith("metric.")]
+    metrics = [(name, value) for name, value in figures if name.startswith("metric.")]
     assert metrics == [
         ("metric.judge.score", 1), ("metric.judge.passed", "false"),
         ("metric.rules.score", 0.5), ("metric.rules.passed", "false"),

@@ -46,11 +46,21 @@ def _prices(sim: SimProject) -> str:
 
 
 def _junit(path: Path) -> dict[str, dict[str, Any]]:
+    """Each test case's scenario figures (``properties``: the test case's <properties> under junit_family=xunit1,
+    else the ``[llmsim]`` block of its <system-out>), the rest of its <system-out>, and its verdict."""
     cases = {}
     for case in ET.parse(path).getroot().iter("testcase"):
+        figures: dict[str, str] = {}
+        rest = []
+        for node in case.findall("system-out"):
+            text = node.text or ""
+            if text.startswith("[llmsim]\n"):
+                block, _, text = text.removeprefix("[llmsim]\n").partition("\n\n")
+                figures = dict(line.split("=", 1) for line in block.splitlines())
+            rest.append(text)
         cases[case.get("name")] = {
-            "properties": {p.get("name"): p.get("value") for p in case.iter("property")},
-            "system_out": "".join(node.text or "" for node in case.findall("system-out")),
+            "properties": {p.get("name"): p.get("value") for p in case.iter("property")} or figures,
+            "system_out": "".join(rest),
             "failed": case.find("failure") is not None,
             "error": case.find("error") is not None,
         }
