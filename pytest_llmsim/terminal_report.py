@@ -283,7 +283,9 @@ def status_text(record: ScenarioRecord) -> str:
     if outcome == Outcome.ERROR:
         return f"ERROR ({record.error_kind or ErrorKind.ERROR})"
     if outcome == Outcome.XFAILED and status in (Status.FAILED, Status.ERROR):
-        detail = "score below min" if status == Status.FAILED else str(record.error_kind or ErrorKind.ERROR)
+        decided_by, reason = record.result.failure
+        detail = ("score below min" if decided_by == JUDGE_METRIC else reason or "failed") \
+            if status == Status.FAILED else str(record.error_kind or ErrorKind.ERROR)
         return f"xfailed ({detail})"
     return str(outcome)
 
