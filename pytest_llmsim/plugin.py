@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Generator
+from collections.abc import Generator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -188,9 +188,21 @@ class WorkerLines:
         lines = getattr(report, "llmsim_lines", None)
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if lines and reporter is not None:
-            reporter.ensure_newline()
-            for line in lines:
-                reporter.write_line(line)
+            write_lines_apart(reporter, lines)
+
+
+def write_lines_apart(reporter: Any, lines: Iterable[str]) -> None:
+    """Write ``lines`` through pytest's terminal reporter, each on a line of its own, never inside a progress line.
+
+    ``ensure_newline`` ends the current line only after pytest wrote a file name on it; the progress of ``-q`` and
+    of xdist without ``-v`` is dots alone (``....``), so a line written after ``ensure_newline`` alone would land
+    at the end of the dots (issue 25: the local model's "loading ..." line under ``-n 8``)."""
+    reporter.ensure_newline()
+    writer = getattr(reporter, "_tw", None)
+    if writer is not None and getattr(writer, "width_of_current_line", 0):
+        writer.line()
+    for line in lines:
+        reporter.write_line(line)
 
 
 class FixtureHtml:

@@ -574,3 +574,48 @@ def test_api_key_never_reaches_reports_or_exports(sim: SimProject, monkeypatch: 
     for path in sim.path.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), f"API key leaked into {path}"
+
+
+# -- lines for the terminal (the local model's "loading ..." line) --------------------------------------------------
+LOADING = "llmsim: loading local model fake.gguf (llama.cpp server on 127.0.0.1:1) ..."
+
+
+def test_terminal_lines_start_on_a_line_of_their_own(pytester: pytest.Pytester) -> None:
+    """``write_lines_apart`` through a real TerminalReporter: after progress dots (``-q``, xdist without ``-v``:
+    no file name, so ``ensure_newline`` alone does nothing) the line starts a new one; at the start of a line and
+    after a file name's progress it adds no blank line."""
+    import io
+
+    from _pytest.terminal import TerminalReporter
+
+    from pytest_llmsim.plugin import write_lines_apart
+
+    def written(before: str, fspath: bool = False) -> str:
+        out = io.StringIO()
+        reporter = TerminalReporter(pytester.parseconfig(), out)
+        if fspath:
+            reporter.write_fspath_result("test_x.py", before)
+        else:
+            reporter.write(before)
+        write_lines_apart(reporter, [LOADING, "llmsim: local model ready in 1.0s"])
+        return out.getvalue()
+
+    assert written("...") == f"...\n{LOADING}\nllmsim: local model ready in 1.0s\n"
+    assert written("") == f"{LOADING}\nllmsim: local model ready in 1.0s\n"
+    assert written("..", fspath=True).endswith(f"test_x.py ..\n{LOADING}\nllmsim: local model ready in 1.0s\n")
+
+
+def test_a_workers_line_is_not_printed_inside_the_progress_line(pytester: pytest.Pytester) -> None:
+    """Issue 25 (7): under xdist the line a worker queued (the local model's "loading ...", printed by the
+    controller from the worker's report) landed at the end of the dots: ``....llmsim: loading ...``."""
+    pytester.makeconftest(f"""
+        def pytest_runtest_setup(item):
+            if item.name == "test_5":  # the session's queue, which the local model's log callback feeds
+                from pytest_llmsim.session import SESSION_KEY
+                item.config.stash[SESSION_KEY]._say({LOADING!r})
+    """)
+    pytester.makepyfile("\n".join(f"def test_{n}(): pass" for n in range(1, 9)))
+    result = pytester.runpytest_subprocess("-n", "1", "-p", "no:randomly")
+    result.assert_outcomes(passed=8)
+    assert LOADING in result.outlines, result.outlines
+    assert result.outlines.count(LOADING) == 1
