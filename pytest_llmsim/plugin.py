@@ -198,8 +198,8 @@ def write_lines_apart(reporter: Any, lines: Iterable[str]) -> None:
     of xdist without ``-v`` is dots alone (``....``), so a line written after ``ensure_newline`` alone would land
     at the end of the dots (issue 25: the local model's "loading ..." line under ``-n 8``)."""
     reporter.ensure_newline()
-    writer = getattr(reporter, "_tw", None)
-    if writer is not None and getattr(writer, "width_of_current_line", 0):
+    writer: Any = getattr(reporter, "_tw", None)
+    if writer is not None and writer.width_of_current_line:
         writer.line()
     for line in lines:
         reporter.write_line(line)
