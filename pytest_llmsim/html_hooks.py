@@ -10,6 +10,7 @@ hook rewrites that cell with the id escaped, so names show as text.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from html import escape
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
 from .summary import Gates, RunSummary
 
 TEST_ID_CELL = '<td class="col-testId">{}</td>'
+CHAT_MARK = '<div class="llmsim-card">'  # scenario_html's card: the chat extra of a row
+# pytest-html's log entry of a report section: `` Captured llmsim transcript call `` centred in dashes, then the text.
+TRANSCRIPT_SECTION = re.compile(r"-* Captured llmsim transcript\b[^\n]* -*\n")
 
 
 def escaped_test_id_cells(report: Any, cells: list[str]) -> None:
@@ -70,6 +74,14 @@ class HtmlHooks:
             cost = f"{record.cost_usd:.6f}"
         cells.insert(2, f'<td class="col-score">{score}</td>')
         cells.insert(3, f'<td class="col-cost">{cost}</td>')
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_results_table_html(self, report: pytest.TestReport, data: list[str]) -> None:
+        """One transcript per row: a row that shows the chat (our extra) drops the ``llmsim transcript`` report
+        sections from its log, which pytest-html would print below it as the same conversation again."""
+        if any(CHAT_MARK in str(extra.get("content", "")) for extra in getattr(report, "extras", [])
+               if isinstance(extra, dict)):
+            data[:] = [entry for entry in data if not TRANSCRIPT_SECTION.match(entry)] or ["No log output captured."]
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_results_summary(self, prefix: list[str], summary: list[str], postfix: list[str],

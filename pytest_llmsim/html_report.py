@@ -37,6 +37,7 @@ from .terminal_report import (
     metric_verdict,
     one_line,
     rate_limits_text,
+    status_text,
     trials_text,
 )
 
@@ -49,9 +50,10 @@ STYLE = """<style>
 .llmsim-card{font-family:Helvetica,Arial,sans-serif;font-size:13px;color:#222;margin:6px 0 10px;max-width:980px}
 .llmsim-meta{display:flex;flex-wrap:wrap;gap:6px;margin-bottom:8px;align-items:center}
 .llmsim-pill{background:#eef1f4;border:1px solid #d5dbe1;border-radius:10px;padding:2px 8px;color:#333}
-.llmsim-score{font-weight:bold;border-radius:10px;padding:2px 10px;color:#fff}
-.llmsim-score-1{background:#c9302c}.llmsim-score-2{background:#d58512}.llmsim-score-3{background:#449d44}
-.llmsim-score-none{background:#777}
+.llmsim-verdict{font-weight:bold;border-radius:10px;padding:2px 10px;color:#fff;background:#777}
+.llmsim-verdict-passed{background:#449d44}.llmsim-verdict-failed,.llmsim-verdict-error{background:#c9302c}
+.llmsim-verdict-xfailed,.llmsim-verdict-xpassed{background:#d58512}.llmsim-verdict-skipped{background:#777}
+.llmsim-score{font-weight:bold}
 .llmsim-status-failed,.llmsim-status-error{border-color:#c9302c;color:#a94442;font-weight:bold}
 .llmsim-metrics{display:flex;flex-wrap:wrap;gap:6px;margin:0 0 8px}
 .llmsim-metric{border:1px solid #d5dbe1;border-radius:10px;padding:2px 8px;background:#eef1f4;color:#333;
@@ -123,12 +125,19 @@ def cache_state(result: ScenarioResult) -> str:
     return "live" if live else "no LLM calls"
 
 
-def score_badge(result: ScenarioResult) -> str:
-    score = result.score
-    kind = score if score in (1, 2, 3) else "none"
-    shown = "no score" if score is None else f"score {score}"
+def verdict_badge(record: ScenarioRecord) -> str:
+    """The row's badge: pytest's outcome, coloured by it (green only for a pass), and what decided it, as the
+    terminal table's status cell (``FAILED (rules: tool 'lookup_order' never called)``, ``ERROR
+    (endpoint_error)``, ``xfailed (score below min)``)."""
+    return f'<span class="llmsim-verdict llmsim-verdict-{_e(record.outcome)}">{_e(status_text(record))}</span>'
+
+
+def score_pill(result: ScenarioResult) -> str:
+    """The judge's score against the minimum (``score 3 / min 2``), uncoloured: the verdict badge says whether
+    the item passed; a score that met its minimum may still belong to a failed item."""
+    shown = "no score" if result.score is None else f"score {result.score}"
     suffix = f" / min {_e(result.min_score)}" if result.min_score is not None else ""
-    return f'<span class="llmsim-score llmsim-score-{kind}">{_e(shown)}{suffix}</span>'
+    return f'<span class="llmsim-pill llmsim-score">{_e(shown)}{suffix}</span>'
 
 
 def tool_call_html(call: Mapping[str, Any]) -> str:
@@ -170,10 +179,8 @@ def metrics_html(result: ScenarioResult) -> str:
 def scenario_html(record: ScenarioRecord) -> str:
     """The chat of one scenario run with its verdict, tokens, cost, duration and cache state."""
     result = record.result
-    status = str(result.status)
-    shown = status if str(record.outcome) == status else f"{status} ({record.outcome})"
     pills = [
-        f'<span class="llmsim-pill llmsim-status-{_e(status)}">{_e(shown)}</span>',
+        score_pill(result),
         f'<span class="llmsim-pill">{result.total_turns} turns</span>',
         f'<span class="llmsim-pill">tokens {result.prompt_tokens} prompt + {result.completion_tokens} '
         f'completion</span>',
@@ -186,7 +193,7 @@ def scenario_html(record: ScenarioRecord) -> str:
                      f'</span>')
     if record.unpriced_models:
         pills.append(f'<span class="llmsim-pill">unpriced: {_e(", ".join(record.unpriced_models))}</span>')
-    parts = [f'<div class="llmsim-card"><div class="llmsim-meta">{score_badge(result)}{"".join(pills)}</div>',
+    parts = [f'<div class="llmsim-card"><div class="llmsim-meta">{verdict_badge(record)}{"".join(pills)}</div>',
              metrics_html(result)]
     if result.comment:
         parts.append(f'<div class="llmsim-judge"><strong>Judge:</strong> {_e(result.comment)}</div>')

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Generator
+from collections.abc import Generator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from .items import (
     uncollected_scenarios_line,
 )
 from .report_plugin import ReportPlugin, scenario_cost_usd
-from .results import ScenarioResult, judge_details
+from .results import ScenarioResult
 from .session import SESSION_KEY, LlmsimSession, local_model_path, local_state_dir
 from .settings import redact_url
 from .transcript_items import is_transcript_path, transcript_collector
@@ -197,9 +197,21 @@ class WorkerLines:
         lines = getattr(report, "llmsim_lines", None)
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if lines and reporter is not None:
-            reporter.ensure_newline()
-            for line in lines:
-                reporter.write_line(line)
+            write_lines_apart(reporter, lines)
+
+
+def write_lines_apart(reporter: Any, lines: Iterable[str]) -> None:
+    """Write ``lines`` through pytest's terminal reporter, each on a line of its own, never inside a progress line.
+
+    ``ensure_newline`` ends the current line only after pytest wrote a file name on it; the progress of ``-q`` and
+    of xdist without ``-v`` is dots alone (``....``), so a line written after ``ensure_newline`` alone would land
+    at the end of the dots (issue 25: the local model's "loading ..." line under ``-n 8``)."""
+    reporter.ensure_newline()
+    writer: Any = getattr(reporter, "_tw", None)
+    if writer is not None and writer.width_of_current_line:
+        writer.line()
+    for line in lines:
+        reporter.write_line(line)
 
 
 class FixtureHtml:
@@ -259,9 +271,36 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
+def per_testcase_properties(config: pytest.Config) -> bool:
+    """Whether the JUnit XML may carry ``<properties>`` in a ``<testcase>``: only under ``junit_family=xunit1`` (or
+    ``legacy``), chosen explicitly. pytest's default, xunit2, follows a schema (junit-10.xsd) without them: there
+    the scenario figures go to the test case's ``<system-out>`` instead (``report_plugin.junit_transcript``)."""
+    try:
+        family = config.getini("junit_family")
+    except ValueError:  # junitxml disabled (-p no:junitxml): no XML to write
+        return False
+    return family in ("xunit1", "legacy")
+
+
 def _result_properties(item: pytest.Item, report: pytest.TestReport, result: ScenarioResult) -> None:
-    """The JUnit properties of the conversation ``report.llmsim`` carries, then ``metric.<name>.score`` and
-    ``metric.<name>.passed`` (``true``, ``false``, empty for an informational metric) per metric."""
+    """Under ``junit_family=xunit1``: the scenario's JUnit properties (``junit_properties``) as the report's and
+    item's ``user_properties``, which junitxml writes as the test case's ``<properties>``. Under xunit2 (the default)
+    nothing: the controller writes the same figures into ``<system-out>``; the reports and exports read
+    ``report.llmsim``, never ``user_properties``."""
+    if not per_testcase_properties(item.config):
+        return
+    cost = scenario_cost_usd(item.config, report.llmsim)  # type: ignore[attr-defined]
+    for name, value in junit_properties(result, cost):
+        # The current report gets a copy; the item's list reaches the teardown report (which
+        # junitxml writes properties from) and every later report of this item.
+        report.user_properties.append((name, value))
+        item.user_properties.append((name, value))
+
+
+def junit_properties(result: ScenarioResult, cost_usd: str) -> list[tuple[str, Any]]:
+    """The JUnit figures of a conversation: score, min_score, comment, turns, ended_by, tokens, ``cost_usd`` (given:
+    fixed-point, 8 decimals), cached, then ``metric.<name>.score`` and ``metric.<name>.passed`` (``true``,
+    ``false``, empty for an informational metric) per metric, the trials' and the judge's figures."""
     from .terminal_report import metric_entries
 
     metrics: list[tuple[str, Any]] = []
@@ -269,20 +308,15 @@ def _result_properties(item: pytest.Item, report: pytest.TestReport, result: Sce
         name, score, passed = metric.get("name", "?"), metric.get("score"), metric.get("passed")
         metrics.append((f"metric.{name}.score", "" if score is None else score))
         metrics.append((f"metric.{name}.passed", "true" if passed is True else "false" if passed is False else ""))
-    for name, value in (
+    return [
         ("score", result.score), ("min_score", result.min_score), ("comment", result.comment),
         ("turns", result.total_turns), ("ended_by", result.ended_by),
         ("prompt_tokens", result.prompt_tokens), ("completion_tokens", result.completion_tokens),
-        ("cost_usd", scenario_cost_usd(item.config, report.llmsim)),  # type: ignore[attr-defined]
-        ("cached", result.fully_cached),
+        ("cost_usd", cost_usd), ("cached", result.fully_cached),
         *metrics,
         *_trial_properties(result),
         *_judge_properties(result),
-    ):
-        # The current report gets a copy; the item's list reaches the teardown report (which
-        # junitxml writes properties from) and every later report of this item.
-        report.user_properties.append((name, value))
-        item.user_properties.append((name, value))
+    ]
 
 def _judge_properties(result: ScenarioResult) -> list[tuple[str, Any]]:
     """JUnit properties of the judge's repeats and of who is to blame for a failure."""
@@ -312,15 +346,10 @@ def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -
     data = getattr(report, "llmsim", None)
     if data is None or report.when != "call" or hasattr(report, "wasxfail") or data.get("score") is None:
         return None
-    trials = [t for t in data.get("trials") or [] if isinstance(t, dict)]
-    if trials:
-        passed = sum(1 for t in trials if t.get("status") == "passed")
-        word = f"{report.outcome.upper()} ({passed}/{len(trials)} trials passed)"
-    else:
-        unstable = ", unstable" if (judge_details(data.get("metrics")).get("unstable") is True) else ""
-        word = f"{report.outcome.upper()} (score {data['score']}, min {data['min_score']}{unstable})"
+    from .terminal_report import progress_word
+
     letter = "." if report.passed else "F"
-    return report.outcome, letter, (word, {"green": report.passed, "red": report.failed})
+    return report.outcome, letter, (progress_word(report.outcome, data), {"green": report.passed, "red": report.failed})
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     uncollected = uncollected_scenarios_line(terminalreporter.config)

@@ -59,19 +59,21 @@ from .summary import (
     missed_gates,
     summary_dict,
 )
-from .terminal_report import Line, backend_messages, record_text, summary_lines
+from .terminal_report import Line, backend_messages, one_line, record_text, summary_lines
 
 __all__ = ["ReportPlugin", "junit_transcript", "scenario_cost_usd"]
 
 
-def junit_transcript(config: pytest.Config, report: pytest.TestReport, record: ScenarioRecord) -> None:
-    """Put a failing or erroring scenario's transcript into its JUnit ``<system-out>``.
+def junit_transcript(config: pytest.Config, report: pytest.TestReport, record: ScenarioRecord, *,
+                     figures: bool = False) -> None:
+    """The test case's llmsim ``<system-out>`` in the JUnit XML, if any: under ``junit_family=xunit2`` (pytest's
+    default, whose schema has no per-testcase ``<properties>``) and ``figures`` (the item reported a conversation),
+    the scenario's figures as ``name=value`` lines under ``[llmsim]`` (the properties xunit1 gets, see
+    ``plugin.junit_properties``); for a failing or erroring scenario, its verdict, metrics and transcript.
 
     junitxml copies only *captured stdout* there, and our transcript is a report section of its own; so
     append the element to the test case's node reporter (internal API: ``_pytest.junitxml.xml_key``).
     """
-    if record.status not in (Status.FAILED, Status.ERROR) or not record.result.transcript:
-        return
     try:
         from _pytest.junitxml import bin_xml_escape, xml_key
     except ImportError:  # pragma: no cover - a pytest without these internals: properties still work
@@ -79,8 +81,19 @@ def junit_transcript(config: pytest.Config, report: pytest.TestReport, record: S
     xml = config.stash.get(xml_key, None)
     if xml is None:
         return
+    parts = []
+    if figures and xml.family != "xunit1":
+        from .plugin import junit_properties
+
+        lines = [f"{name}={one_line('' if value is None else value)}"
+                 for name, value in junit_properties(record.result, f"{record.cost_usd:.8f}")]
+        parts.append("\n".join(["[llmsim]", *lines]) + "\n")
+    if record.status in (Status.FAILED, Status.ERROR) and record.result.transcript:
+        parts.append(record_text(record))
+    if not parts:
+        return
     element = ET.Element("system-out")
-    element.text = bin_xml_escape(record_text(record))
+    element.text = bin_xml_escape("\n".join(parts))
     xml.node_reporter(report).append(element)
 
 
@@ -120,6 +133,7 @@ class ReportPlugin:
         self.write_failures: list[Line] = []
         self.extra_missed: list[str] = []  # gates other plugins decide (the judge calibration's), in every report
         self.backend: list[str] = []
+        self.junit_figures: set[str] = set()  # items that reported a conversation and are not torn down yet
         self.html: HtmlHooks | None = None
         if config.pluginmanager.hasplugin("html") and config.getoption("htmlpath", default=None):
             self.html = HtmlHooks(self.collector.get, self._html_totals)
@@ -176,6 +190,8 @@ class ReportPlugin:
         if is_known_failure(report):
             self.known_failures.add(report.nodeid)
         data = getattr(report, "llmsim", None)
+        if record is not None and data is not None:
+            self.junit_figures.add(report.nodeid)
         if record is not None and self.html is not None and data is not None:
             self.html.attach_extras(report, record, self._changed_delta(record))
         if record is not None and isinstance(data, dict):
@@ -183,7 +199,8 @@ class ReportPlugin:
         if report.when == "teardown":
             record = self.collector.get(report.nodeid)
             if record is not None:
-                junit_transcript(self.config, report, record)
+                junit_transcript(self.config, report, record, figures=report.nodeid in self.junit_figures)
+            self.junit_figures.discard(report.nodeid)
 
     def _changed_delta(self, record: ScenarioRecord) -> ScenarioDelta | None:
         """``record`` compared with its baseline record, when there is one and something changed."""

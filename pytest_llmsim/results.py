@@ -19,6 +19,7 @@ totals count outcomes (see ``summary``).
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -181,6 +182,61 @@ def blame_of(status: Any, metrics: Any, transcript: Any, ended_by: Any) -> tuple
     return BLAME_UNKNOWN, ""
 
 
+_REASON_CHARS = 120  # one failed metric's reason, at most, in a failure reason
+_LINE_BREAKS = re.compile(r"\s*(?:\r\n|\r|\n|\u2028|\u2029)\s*")
+
+
+def failure_reason(data: Mapping[str, Any]) -> tuple[str, str]:
+    """``(decided_by, reason)``: what decided that a conversation failed (``("", "")`` unless its ``status`` is
+    ``failed``). ``decided_by`` names the failed metrics, ``, ``-separated in the scenario's order (``rules``,
+    ``judge, rules``), or is ``trials``; ``reason`` says why on one line: each failed metric with its reason
+    (``rules: tool 'lookup_order' never called``; the judge as ``judge: score 1, min 2``), ``; ``-separated, or
+    the trials' verdict (``trials: 2 of 5 trials passed (...)``).
+
+    ``data`` is a ``ScenarioResult.to_dict()`` (or a mapping with its keys status, metrics, score, min_score,
+    trials, min_pass_rate). The terminal, pytest-html and the exports show these same texts."""
+    if str(data.get("status")) != Status.FAILED:
+        return "", ""
+    trials = data.get("trials")
+    counted = [t for t in trials if isinstance(t, Mapping)] if isinstance(trials, list | tuple) else []
+    if counted:
+        from .trials import verdict_text
+
+        stats = stats_of([t.get("status") or ERROR for t in counted], [t.get("score") for t in counted])
+        return "trials", f"trials: {verdict_text(stats, data.get('min_pass_rate'))}"
+    names, parts = [], []
+    metrics = data.get("metrics")
+    for metric in metrics if isinstance(metrics, list | tuple) else []:
+        if not isinstance(metric, Mapping) or metric.get("passed") is not False:
+            continue
+        name = str(metric.get("name", "?"))
+        names.append(name)
+        if name == "judge":
+            details = metric.get("details")
+            minimum = details.get("min_score") if isinstance(details, Mapping) else None
+            minimum = data.get("min_score") if minimum is None else minimum
+            parts.append(f"judge: score {_number(metric.get('score', data.get('score')))}, min {_number(minimum)}")
+            continue
+        reason = _LINE_BREAKS.sub(" ", str(metric.get("reason") or "")).strip()
+        if len(reason) > _REASON_CHARS:
+            reason = reason[: _REASON_CHARS - 1] + "…"
+        parts.append(f"{name}: {reason}" if reason else f"{name}: failed (score {_number(metric.get('score'))})")
+    if not parts and data.get("score") is not None:  # a record without metrics: the judge's score decided
+        names.append("judge")
+        parts.append(f"judge: score {data.get('score')}, min {data.get('min_score')}")
+    return ", ".join(names), "; ".join(parts)
+
+
+def _number(value: Any) -> str:
+    """A score as people read it: an int as is, a float with up to 2 decimals, ``-`` for none."""
+    if value is None:
+        return "-"
+    if isinstance(value, float) and value == value and value not in (float("inf"), float("-inf")):
+        text = f"{value:.2f}".rstrip("0").rstrip(".")
+        return "0" if text == "-0" else text
+    return str(value)
+
+
 @dataclass
 class ModelUsage:
     """Calls and tokens of one (role, model) pair in one scenario, split into live and cache-replayed."""
@@ -262,6 +318,14 @@ class ScenarioResult:
         return judge_scores(self.metrics, self.score)
 
     @property
+    def failure(self) -> tuple[str, str]:
+        """``(decided_by, reason)``: what decided that this conversation failed (``failure_reason``); empty
+        unless failed."""
+        return failure_reason({"status": self.status, "metrics": self.metrics, "score": self.score,
+                               "min_score": self.min_score, "trials": self.trials,
+                               "min_pass_rate": self.min_pass_rate})
+
+    @property
     def judge_unstable(self) -> bool:
         """The judge's repeated verdicts straddle its minimum (some pass, some fail)."""
         return judge_details(self.metrics).get("unstable") is True
@@ -308,9 +372,11 @@ class ScenarioResult:
         data["transcript"] = [dict(turn) for turn in self.transcript]
         data["usage"] = [dict(vars(usage)) for usage in self.usage]
         data["trials"] = [dict(trial) for trial in self.trials]
+        decided_by, reason = self.failure
         data.update(total_turns=self.total_turns, tool_calls=self.tool_calls, prompt_tokens=self.prompt_tokens,
                     completion_tokens=self.completion_tokens, live_calls=self.live_calls,
-                    cached_calls=self.cached_calls, cached=self.fully_cached)
+                    cached_calls=self.cached_calls, cached=self.fully_cached, decided_by=decided_by,
+                    failure_reason=reason)
         return data
 
     @classmethod
@@ -392,6 +458,7 @@ class ScenarioRecord:
         """The export row: the flat fields of ``summary.RECORD_FIELDS`` (``metrics`` as the list of metric
         results), then raw verdict, transcript, usage."""
         r = self.result
+        decided_by, reason = r.failure
         return {
             "session_id": self.run_id,
             "nodeid": r.nodeid,
@@ -421,6 +488,8 @@ class ScenarioRecord:
             "unpriced_models": list(self.unpriced_models),
             "error_kind": str(r.error_kind) if r.error_kind else "",
             "error_message": r.error_message,
+            "decided_by": decided_by,
+            "failure_reason": reason,
             "worker": self.worker,
             "blame": r.blame,
             "judge_scores": r.judge_scores,

@@ -131,12 +131,12 @@ class LlmsimSession:
             return
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         capman = self.config.pluginmanager.get_plugin("capturemanager")
-        for line in self.take_messages():
-            if reporter is None:
-                continue
+        lines = self.take_messages()
+        if lines and reporter is not None:
+            from .plugin import write_lines_apart  # each on its own line, never after a line of progress dots
+
             with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
-                reporter.ensure_newline()
-                reporter.write_line(line)
+                write_lines_apart(reporter, lines)
 
     def take_messages(self) -> list[str]:
         """The queued lines, removed from the queue."""

@@ -63,8 +63,8 @@ RECORD_FIELDS = (
     "session_id", "nodeid", "scenario", "source", "status", "outcome", "score", "min_score", "comment", "metrics",
     "total_turns", "ended_by", "end_reason", "tool_calls", "duration_seconds", "prompt_tokens", "completion_tokens",
     "total_tokens", "live_calls", "cached_calls", "live_tokens", "replayed_tokens", "cached", "cost_usd",
-    "saved_cost_usd", "unpriced_models", "error_kind", "error_message", "worker", "blame", "judge_scores",
-    "judge_unstable", "trial", "seed", "trials",
+    "saved_cost_usd", "unpriced_models", "error_kind", "error_message", "decided_by", "failure_reason", "worker",
+    "blame", "judge_scores", "judge_unstable", "trial", "seed", "trials",
     "passed_trials", "failed_trials", "errored_trials", "pass_rate", "pass_hat_k", "pass_at_k", "flaky", "mean_score",
     "trial_scores", "min_pass_rate",
 )

@@ -19,6 +19,8 @@ from .results import (
     ScenarioRecord,
     ScenarioResult,
     Status,
+    failure_reason,
+    judge_details,
     tool_call_text,
     turn_tool_calls,
 )
@@ -237,17 +239,54 @@ def usd(value: float) -> str:
     return f"${value:.6f}"
 
 
+def decided(data: Mapping[str, Any]) -> tuple[str, str]:
+    """``(decided_by, reason)`` of a ``ScenarioResult.to_dict()``: its own keys (they survive the report's
+    trimming, see ``collector.trimmed_report_data``), else computed (``results.failure_reason``)."""
+    if "decided_by" in data:
+        return str(data.get("decided_by") or ""), str(data.get("failure_reason") or "")
+    return failure_reason(data)
+
+
+def progress_word(outcome: str, data: Mapping[str, Any]) -> str:
+    """The word of a scored item in pytest's progress line (``-v``) and short summary: pytest's outcome and what
+    decided it. ``PASSED (score 3, min 2)``; ``FAILED (score 1, min 2)`` when the judge's score failed it;
+    ``FAILED (rules: tool 'lookup_order' never called)`` when another metric did (every failed metric listed);
+    ``FAILED (2/5 trials passed)``; a strict XPASS (its conversation passed) ``FAILED (strict xfail passed; score
+    3, min 2)``; a test that passed although its ``llmsim`` conversation failed says so."""
+    word = str(outcome).upper()
+    trials = [t for t in data.get("trials") or [] if isinstance(t, Mapping)]
+    if trials:
+        passed = sum(1 for t in trials if t.get("status") == "passed")
+        return f"{word} ({passed}/{len(trials)} trials passed)"
+    unstable = ", unstable" if judge_details(data.get("metrics")).get("unstable") is True else ""
+    score = f"score {data.get('score')}, min {data.get('min_score')}{unstable}"
+    status = str(data.get("status"))
+    decided_by, reason = decided(data)
+    if status == Status.FAILED and decided_by != JUDGE_METRIC and reason:
+        return f"{word} ({reason})" if outcome == Outcome.FAILED else f"{word} (conversation failed: {reason})"
+    if outcome == Outcome.FAILED and status == Status.PASSED:
+        return f"{word} (strict xfail passed; {score})"
+    return f"{word} ({score})"
+
+
 def status_text(record: ScenarioRecord) -> str:
-    """The table's status cell: pytest's outcome, with the verdict where they differ."""
+    """The table's status cell (and the pytest-html verdict badge): pytest's outcome, with the verdict where they
+    differ and the failed metrics when a metric other than the judge failed the item (the score column shows the
+    judge's)."""
     outcome, status = record.outcome, record.status
     if outcome == Outcome.PASSED:
         return "passed"
     if outcome == Outcome.FAILED:
-        return "FAILED" if status != Status.PASSED else "FAILED (strict xfail passed)"
+        if status == Status.PASSED:
+            return "FAILED (strict xfail passed)"
+        decided_by, reason = record.result.failure
+        return f"FAILED ({reason})" if reason and decided_by != JUDGE_METRIC else "FAILED"
     if outcome == Outcome.ERROR:
         return f"ERROR ({record.error_kind or ErrorKind.ERROR})"
     if outcome == Outcome.XFAILED and status in (Status.FAILED, Status.ERROR):
-        detail = "score below min" if status == Status.FAILED else str(record.error_kind or ErrorKind.ERROR)
+        decided_by, reason = record.result.failure
+        detail = ("score below min" if decided_by == JUDGE_METRIC else reason or "failed") \
+            if status == Status.FAILED else str(record.error_kind or ErrorKind.ERROR)
         return f"xfailed ({detail})"
     return str(outcome)
 

@@ -22,11 +22,11 @@ def _junit_scores(sim: SimProject) -> dict[str, str]:
 
 def test_second_run_replays_with_zero_network_calls(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a"), scenario("low_b"), scenario("mid_c")])
-    sim.run("-rP", "--junitxml=junit.xml").assert_outcomes(passed=2, failed=1)
+    sim.run("-rP", "--junitxml=junit.xml", "-o", "junit_family=xunit1").assert_outcomes(passed=2, failed=1)
     first = sim.server.stats()["requests"]
     first_out = _junit_scores(sim)
     assert first > 0
-    sim.run("-rP", "--junitxml=junit.xml").assert_outcomes(passed=2, failed=1)
+    sim.run("-rP", "--junitxml=junit.xml", "-o", "junit_family=xunit1").assert_outcomes(passed=2, failed=1)
     assert sim.server.stats()["requests"] == first
     assert _junit_scores(sim) == first_out
 

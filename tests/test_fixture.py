@@ -127,7 +127,7 @@ def test_low(llmsim):
 
 def test_a_failing_assertion_shows_the_transcript(sim: SimProject) -> None:
     write_tests(sim, FAILING_TEST)
-    out = sim.run("test_bot.py", "--junitxml=junit.xml")
+    out = sim.run("test_bot.py", "--junitxml=junit.xml", "-o", "junit_family=xunit1")
     out.assert_outcomes(failed=1)
     out.stdout.fnmatch_lines([
         "*AssertionError: No refund was offered.*",

@@ -60,7 +60,8 @@ def test_repeated_verdicts_that_straddle_the_minimum_are_unstable(sim: SimProjec
          "reply": _verdict(1, "The agent was rude.", "agent")},
         *default_script()["rules"]]})
     sim.write_scenarios("s.json", [scenario("split", variables={"SEED": SEED}), scenario("calm")])
-    result = sim.run(*mode, "--llmsim-judge-repeats=3", "--llmsim-results=out.json", "--junitxml=junit.xml", "-rA")
+    result = sim.run(*mode, "--llmsim-judge-repeats=3", "--llmsim-results=out.json", "--junitxml=junit.xml", "-rA",
+                     "-o", "junit_family=xunit1")  # per-testcase JUnit properties
     result.assert_outcomes(passed=2)  # majority: 3, 1, 3 -> 3
     result.stdout.fnmatch_lines([
         "*judge repeats: 1 of 2 conversations judged unanimously (50.0%); unstable (verdicts straddle the "

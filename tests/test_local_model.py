@@ -413,7 +413,7 @@ def test_same_seeds_give_the_same_scores_with_fresh_caches(pytester: pytest.Pyte
     runs = []
     for n in range(2):
         result = _run(pytester, monkeypatch, "scenarios/", f"--llmsim-cache-dir=cache{n}",
-                      f"--llmsim-recordings=rec{n}", f"--junitxml=r{n}.xml",
+                      f"--llmsim-recordings=rec{n}", f"--junitxml=r{n}.xml", "-o", "junit_family=xunit1",
                       "-rA")
         assert result.ret in (0, 1), result.stdout.str()  # 1: scored below the minimum; the scores are compared
         transcript = [line for line in result.stdout.lines if "Customer:" in line or "Agent:" in line]

@@ -7,7 +7,6 @@ import csv
 import io
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -24,7 +23,9 @@ from pytest_llmsim.terminal_report import (
     metric_line,
     metric_score_text,
     metrics_cell,
+    progress_word,
     record_text,
+    status_text,
 )
 
 HOSTILE = "<script>alert(\"x\")</script> & 'quotes'"
@@ -132,16 +133,12 @@ def test_malformed_metrics_are_left_out() -> None:
 
 
 # -- JUnit properties -----------------------------------------------------------------------------------------
-def test_junit_properties_per_metric(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(plugin, "scenario_cost_usd", lambda config, data: "0.00000100")
+def test_junit_properties_per_metric() -> None:
     result = _result([JUDGE_FAILED, RULES_FAILED, TONE_INFO, {"name": "bare", "score": None, "passed": True}])
-    item = SimpleNamespace(config=None, user_properties=[])
-    report = SimpleNamespace(llmsim=result.to_dict(), user_properties=[])
-    plugin._result_properties(item, report, result)  # type: ignore[arg-type]
-    assert report.user_properties == item.user_properties
-    properties = dict(report.user_properties)
+    figures = plugin.junit_properties(result, "0.00000100")
+    properties = dict(figures)
     assert properties["score"] == 1 and properties["cost_usd"] == "0.00000100"
-    metrics = [(name, value) for name, value in report.user_properties if name.startswith("metric.")]
+    metrics = [(name, value) for name, value in figures if name.startswith("metric.")]
     assert metrics == [
         ("metric.judge.score", 1), ("metric.judge.passed", "false"),
         ("metric.rules.score", 0.5), ("metric.rules.passed", "false"),
@@ -240,3 +237,65 @@ def test_markdown_block_has_the_metric_lines_and_names_the_failed_metrics() -> N
     assert "failed metrics" not in only_judge.split("</summary>")[0]
     document = render_markdown(summarize([record]), Gates(), [], [record], None)
     assert "metric rules: 0.5 FAILED" in document
+
+
+# -- what decided the verdict: the progress word, the status cell, the export fields ----------------------------
+def test_progress_word_names_the_metric_that_decided_a_failure() -> None:
+    def word(outcome: str, metrics: list[dict[str, Any]], **kwargs: Any) -> str:
+        return progress_word(outcome, _result(metrics, **kwargs).to_dict())
+
+    assert word("failed", [JUDGE_FAILED]) == "FAILED (score 1, min 2)"  # the judge alone: as before
+    assert word("failed", []) == "FAILED (score 1, min 2)"  # a result without metrics
+    assert word("failed", [JUDGE_PASSED, RULES_FAILED], score=3) == \
+        "FAILED (rules: not_contains 'refund' found in agent turn 4)"
+    assert word("failed", [JUDGE_FAILED, RULES_FAILED, CRITERIA_FAILED]) == (
+        "FAILED (judge: score 1, min 2; rules: not_contains 'refund' found in agent turn 4; criteria: 'confirms "
+        "the delivery date' not met: no date given)")
+    assert word("passed", [JUDGE_PASSED, ROUGE_PASSED], status="passed", score=3) == "PASSED (score 3, min 2)"
+    # pytest failed a strict XPASS whose conversation passed; a fixture test passed though its conversation failed.
+    assert word("failed", [JUDGE_PASSED], status="passed", score=3) == \
+        "FAILED (strict xfail passed; score 3, min 2)"
+    assert word("passed", [JUDGE_PASSED, RULES_FAILED], score=3) == \
+        "PASSED (conversation failed: rules: not_contains 'refund' found in agent turn 4)"
+    # A reason with line breaks is one line; a long one is cut; a failed metric without a reason shows its score.
+    long = {**RULES_FAILED, "reason": "x\n" * 200}
+    assert "\n" not in word("failed", [long]) and len(word("failed", [long])) < 150
+    assert word("failed", [{"name": "custom", "score": 0.25, "passed": False}]) == \
+        "FAILED (custom: failed (score 0.25))"
+
+
+def test_the_word_survives_the_trimmed_report_data() -> None:
+    """The controller trims ``report.llmsim`` (no metrics) before pytest asks for the word: it keeps the
+    scalar ``decided_by`` and ``failure_reason``."""
+    from pytest_llmsim.collector import trimmed_report_data
+
+    data = _result([JUDGE_PASSED, RULES_FAILED], score=3).to_dict()
+    trimmed = trimmed_report_data(data)
+    assert "metrics" not in trimmed
+    assert progress_word("failed", trimmed) == progress_word("failed", data) == \
+        "FAILED (rules: not_contains 'refund' found in agent turn 4)"
+
+
+def test_status_cell_and_export_fields_name_the_deciding_metric() -> None:
+    rules = _record([JUDGE_PASSED, RULES_FAILED], score=3)
+    judge = _record([JUDGE_FAILED, ROUGE_PASSED])
+    assert status_text(rules) == "FAILED (rules: not_contains 'refund' found in agent turn 4)"
+    assert status_text(judge) == "FAILED"  # the score column shows the judge's
+    assert (rules.to_dict()["decided_by"], rules.to_dict()["failure_reason"]) == \
+        ("rules", "rules: not_contains 'refund' found in agent turn 4")
+    assert (judge.to_dict()["decided_by"], judge.to_dict()["failure_reason"]) == ("judge", "judge: score 1, min 2")
+    both = _record([JUDGE_FAILED, CRITERIA_FAILED]).to_dict()
+    assert both["decided_by"] == "judge, criteria"
+    passed = _record([JUDGE_PASSED], status="passed", score=3).to_dict()
+    assert (passed["decided_by"], passed["failure_reason"]) == ("", "")
+    rows = list(csv.DictReader(io.StringIO(render_csv([rules.to_dict()]))))
+    assert rows[0]["decided_by"] == "rules" and rows[0]["failure_reason"].startswith("rules: not_contains")
+
+
+def test_html_badge_is_the_outcome_never_green_on_a_failed_row() -> None:
+    fragment = scenario_html(_record([JUDGE_PASSED, RULES_FAILED], score=3))
+    assert ('<span class="llmsim-verdict llmsim-verdict-failed">FAILED (rules: not_contains &#x27;refund&#x27; '
+            "found in agent turn 4)</span>") in fragment
+    assert '<span class="llmsim-pill llmsim-score">score 3 / min 2</span>' in fragment
+    assert "llmsim-score-3" not in fragment and "llmsim-verdict-passed" not in fragment
+    assert ".llmsim-verdict-passed{background:#449d44}" in STYLE and ".llmsim-verdict-failed," in STYLE

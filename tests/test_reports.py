@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import html
+import html.parser
 import json
 import re
 import sys
@@ -46,11 +47,21 @@ def _prices(sim: SimProject) -> str:
 
 
 def _junit(path: Path) -> dict[str, dict[str, Any]]:
+    """Each test case's scenario figures (``properties``: the test case's <properties> under junit_family=xunit1,
+    else the ``[llmsim]`` block of its <system-out>), the rest of its <system-out>, and its verdict."""
     cases = {}
     for case in ET.parse(path).getroot().iter("testcase"):
+        figures: dict[str, str] = {}
+        rest = []
+        for node in case.findall("system-out"):
+            text = node.text or ""
+            if text.startswith("[llmsim]\n"):
+                block, _, text = text.removeprefix("[llmsim]\n").partition("\n\n")
+                figures = dict(line.split("=", 1) for line in block.splitlines())
+            rest.append(text)
         cases[case.get("name")] = {
-            "properties": {p.get("name"): p.get("value") for p in case.iter("property")},
-            "system_out": "".join(node.text or "" for node in case.findall("system-out")),
+            "properties": {p.get("name"): p.get("value") for p in case.iter("property")} or figures,
+            "system_out": "".join(rest),
             "failed": case.find("failure") is not None,
             "error": case.find("error") is not None,
         }
@@ -343,6 +354,94 @@ def test_html_report_shows_the_escaped_chat_and_the_summary(sim: SimProject, mod
     assert "replayed (recordings or cache)" in "".join(e["content"] for e in rows["a"][0]["extras"])
 
 
+# A scenario whose judge passes (score 3) but whose rules metric fails, beside one of every other outcome.
+RULES = {"rules": {"tool_called": "lookup_order"}}
+VERDICTS = [scenario("a"), scenario("rules_c", evaluate=["judge", RULES]), scenario("low_b"),
+            scenario("broken", min_score=7), scenario("not_today", skip="later"),
+            scenario("low_x", xfail="known bad"), scenario("a_xp", xfail=True),
+            scenario("rules_x", evaluate=["judge", RULES], xfail="tools pending")]
+RULES_REASON = "rules: tool 'lookup_order' never called"
+LAST_AGENT_LINE = AGENT_REPLIES[2].replace(" [END_CALL]", "")
+
+
+class _Badges(html.parser.HTMLParser):
+    """The classes of the llmsim verdict badges and of every element of an HTML fragment."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.badges: list[str] = []
+        self.classes: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        classes = (dict(attrs).get("class") or "").split()
+        self.classes.extend(classes)
+        if "llmsim-verdict" in classes:
+            self.badges.extend(c for c in classes if c != "llmsim-verdict")
+
+
+def _backgrounds(style: str) -> dict[str, str]:
+    """``.class`` -> background colour of the pytest-html style block's rules (``.a,.b{background:#x}``)."""
+    colours = {}
+    for selectors, body in re.findall(r"([^{}]+)\{([^{}]*)\}", style):
+        found = re.search(r"background:(#[0-9a-f]{3,6})", body)
+        for selector in selectors.split(","):
+            if found and re.fullmatch(r"\s*\.[\w-]+\s*", selector):
+                colours[selector.strip()[1:]] = found.group(1)
+    return colours
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_failed_item_shows_its_outcome_and_the_metric_that_decided_it(sim: SimProject, mode: list[str]) -> None:
+    """Issue 25 (5): a scenario failed by its rules metric (its judge passed with 3) was ``FAILED (score 3, min
+    2)`` in the terminal, a green "score 3 / min 2" badge in pytest-html, and its transcript twice in the row."""
+    sim.write_scenarios("s.json", VERDICTS)
+    result = sim.run(*mode, "-v", "-rA", "--html=report.html", "--llmsim-results=r.json")
+    result.assert_outcomes(passed=1, failed=2, errors=1, skipped=1, xfailed=2, xpassed=1)
+    # Terminal: the progress line, the short summary and the table say what decided it.
+    def progress(name: str, word: str) -> bool:  # -v: ``<nodeid> <word>``; under xdist ``[gw0] [ 50%] <word> <nodeid>``
+        return any(f"s.json::{name}" in line and word in line and not line.startswith(word)
+                   for line in result.outlines)
+
+    assert progress("rules_c", f"FAILED ({RULES_REASON})") and progress("low_b", "FAILED (score 1, min 2)")
+    result.stdout.fnmatch_lines([f"FAILED ({RULES_REASON}) scenarios/s.json::rules_c*"])
+    result.stdout.re_match_lines([rf"scenarios/s\.json::rules_c\s+3 \(min 2\)\s+6\s+\$\d+\.\d{{6}}\s+"
+                                  rf"FAILED \({re.escape(RULES_REASON)}\)$",
+                                  r"scenarios/s\.json::low_b\s+1 \(min 2\)\s+6\s+\$\d+\.\d{6}\s+FAILED$",
+                                  rf".*::rules_x .*  xfailed \({re.escape(RULES_REASON)}\)$"])
+    assert not progress("rules_c", "FAILED (score")
+
+    # pytest-html: one badge per row, of the row's outcome, green only for a pass; one transcript per row.
+    from pytest_llmsim.html_report import STYLE
+
+    colours = _backgrounds(STYLE)
+    green = colours["llmsim-verdict-passed"]
+    expected = {"a": "passed", "rules_c": "failed", "low_b": "failed", "low_x": "xfailed", "a_xp": "xpassed",
+                "rules_x": "xfailed"}
+    rows = {nodeid.split("::")[-1]: entries for nodeid, entries in _html_tests(sim.path / "report.html").items()}
+    for name, outcome in expected.items():
+        (row,) = rows[name]
+        assert row["result"].lower() == outcome
+        chat = "".join(e["content"] for e in row["extras"] if e["format_type"] == "html")
+        parsed = _Badges()
+        parsed.feed(chat)
+        assert parsed.badges == [f"llmsim-verdict-{outcome}"], name
+        assert (colours[parsed.badges[0]] == green) == (outcome == "passed"), name
+        assert not any(c.startswith("llmsim-score-") for c in parsed.classes)  # no colour by score alone
+        page = html.unescape(row["log"] + chat)
+        assert page.count(LAST_AGENT_LINE) == 1, (name, row["log"])
+    rules_chat = "".join(e["content"] for e in rows["rules_c"][0]["extras"])
+    assert f">FAILED ({html.escape(RULES_REASON)})</span>" in rules_chat and "score 3 / min 2" in rules_chat
+    assert "llmsim-metric-failed" in rules_chat  # the rules chip says failed
+    assert "scenario 'rules_c' failed metrics: rules" in html.unescape(rows["rules_c"][0]["log"])  # the failure stays
+
+    # Exports: which metric decided the failure, and why.
+    records, _ = _load_export(sim.path / "r.json")
+    decided = {r["scenario"]: (r["decided_by"], r["failure_reason"]) for r in records}
+    assert decided == {"a": ("", ""), "rules_c": ("rules", RULES_REASON), "low_b": ("judge", "judge: score 1, min 2"),
+                       "broken": ("", ""), "not_today": ("", ""), "low_x": ("judge", "judge: score 1, min 2"),
+                       "a_xp": ("", ""), "rules_x": ("rules", RULES_REASON)}
+
+
 def test_plugin_works_without_pytest_html_and_xdist(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a"), scenario("low_b")])
     result = sim.run("-p", "no:html", "-p", "no:xdist", "--llmsim-results=r.ndjson", "--junitxml=junit.xml")
@@ -475,3 +574,48 @@ def test_api_key_never_reaches_reports_or_exports(sim: SimProject, monkeypatch: 
     for path in sim.path.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), f"API key leaked into {path}"
+
+
+# -- lines for the terminal (the local model's "loading ..." line) --------------------------------------------------
+LOADING = "llmsim: loading local model fake.gguf (llama.cpp server on 127.0.0.1:1) ..."
+
+
+def test_terminal_lines_start_on_a_line_of_their_own(pytester: pytest.Pytester) -> None:
+    """``write_lines_apart`` through a real TerminalReporter: after progress dots (``-q``, xdist without ``-v``:
+    no file name, so ``ensure_newline`` alone does nothing) the line starts a new one; at the start of a line and
+    after a file name's progress it adds no blank line."""
+    import io
+
+    from _pytest.terminal import TerminalReporter
+
+    from pytest_llmsim.plugin import write_lines_apart
+
+    def written(before: str, fspath: bool = False) -> str:
+        out = io.StringIO()
+        reporter = TerminalReporter(pytester.parseconfig(), out)
+        if fspath:
+            reporter.write_fspath_result("test_x.py", before)
+        else:
+            reporter.write(before)
+        write_lines_apart(reporter, [LOADING, "llmsim: local model ready in 1.0s"])
+        return out.getvalue()
+
+    assert written("...") == f"...\n{LOADING}\nllmsim: local model ready in 1.0s\n"
+    assert written("") == f"{LOADING}\nllmsim: local model ready in 1.0s\n"
+    assert written("..", fspath=True).endswith(f"test_x.py ..\n{LOADING}\nllmsim: local model ready in 1.0s\n")
+
+
+def test_a_workers_line_is_not_printed_inside_the_progress_line(pytester: pytest.Pytester) -> None:
+    """Issue 25 (7): under xdist the line a worker queued (the local model's "loading ...", printed by the
+    controller from the worker's report) landed at the end of the dots: ``....llmsim: loading ...``."""
+    pytester.makeconftest(f"""
+        def pytest_runtest_setup(item):
+            if item.name == "test_5":  # the session's queue, which the local model's log callback feeds
+                from pytest_llmsim.session import SESSION_KEY
+                item.config.stash[SESSION_KEY]._say({LOADING!r})
+    """)
+    pytester.makepyfile("\n".join(f"def test_{n}(): pass" for n in range(1, 9)))
+    result = pytester.runpytest_subprocess("-n", "1", "-p", "no:randomly")
+    result.assert_outcomes(passed=8)
+    assert LOADING in result.outlines, result.outlines
+    assert result.outlines.count(LOADING) == 1

@@ -231,8 +231,8 @@ def test_exports_carry_the_items_and_a_rerun_replays_every_judge_call(sim: SimPr
     _transcripts_only(sim)
     _write(sim, "order.json", {"name": "order", "messages": ORDER_CHAT, "evaluate": ["judge", TOOL_RULES]})
     _write(sim, "more.jsonl", [SHORT, {"name": "low_rude", "messages": SHORT}, [SHORT[0]]], lines=True)
-    args = [*mode, "--llmsim-results=out.json", "--junitxml=junit.xml", "--html=report.html",
-            "--self-contained-html"]
+    args = [*mode, "--llmsim-results=out.json", "--junitxml=junit.xml", "-o", "junit_family=xunit1",
+            "--html=report.html", "--self-contained-html"]
     sim.run(*args).assert_outcomes(passed=2, failed=1, errors=1)
     rows = _rows(sim)
     assert sorted(rows) == ["transcripts/more.jsonl::line-1", "transcripts/more.jsonl::line-3",
