@@ -34,7 +34,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_llmsim import local_model, options
+from pytest_llmsim.config import options
+from pytest_llmsim.llm import local_model
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEM = (ROOT / "prompts" / "agent.j2").read_text(encoding="utf-8")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from _harness import conversation_script, make_suite, print_machine_reference, run_measured, run_pytest, server
 
-from pytest_llmsim.settings import resolve_http_backend
+from pytest_llmsim.model.settings import resolve_http_backend
 
 
 def main() -> None:

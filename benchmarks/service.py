@@ -50,7 +50,7 @@ def run_service(root: Path, base_url: str, concurrency: int) -> tuple[float, flo
     """(seconds from the POST to the batch's completion, the server's peak RSS in MB, the batch's status)."""
     port = _free_port()
     env = {**os.environ, "OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "bench"}
-    command = [sys.executable, "-m", "pytest_llmsim.cli", "serve", "--port", str(port), "-o",
+    command = [sys.executable, "-m", "pytest_llmsim.apps.cli", "serve", "--port", str(port), "-o",
                f"llmsim_concurrency={concurrency}", "-o", "llmsim_cache_dir=cache_api"]
     process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

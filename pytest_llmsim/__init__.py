@@ -1,8 +1,6 @@
 """pytest-llmsim: conversational regression testing of LLM agents.
 
-The engine (this package minus the pytest front end: ``plugin``, ``session``, ``items``, ``options``,
-``report_plugin``, ``report_options``, ``html_hooks``, ``fixture``; ``starter`` writes files only) never
-imports pytest and can be used from a script::
+Every package but ``plugin`` (the pytest front end) is free of pytest and can be used from a script::
 
     from pytest_llmsim import Runner, ScenarioJob, load_scenario_file
 
@@ -21,15 +19,17 @@ _EXPORTS = {
     "CacheMissError": "errors", "CacheError": "errors", "NoAgentReplyError": "errors",
     "ConfigError": "errors", "EndpointError": "errors", "LlmsimError": "errors",
     "PromptError": "errors", "ScenarioError": "errors", "VerdictError": "errors",
-    "ScenarioResult": "results", "ScenarioRunError": "items",
-    "AgentContext": "agents", "agent_factory": "agents", "AgentError": "errors",
-    "Runner": "runner", "ScenarioJob": "runner", "run_scenario": "runner",
-    "Scenario": "scenario", "load_scenario_file": "scenario",
-    "EndpointSettings": "settings", "RecordMode": "settings", "RoleSettings": "settings", "RunSettings": "settings",
-    "Metric": "metrics", "LLMMetric": "metrics", "MetricResult": "metrics", "Conversation": "metrics",
-    "MetricError": "metrics",
-    "load_transcript_file": "transcripts", "score_transcript": "runner",
-    "combine": "trials", "derive_seed": "trials",
+    "ScenarioRunError": "errors", "MetricError": "errors", "AgentError": "errors", "ErrorKind": "errors",
+    "ScenarioResult": "model.results",
+    "AgentContext": "agents.base", "agent_factory": "agents.base",
+    "Runner": "engine.runner", "ScenarioJob": "engine.runner", "run_scenario": "engine.runner",
+    "score_transcript": "engine.runner",
+    "Scenario": "model.scenario", "load_scenario_file": "model.scenario",
+    "EndpointSettings": "model.settings", "RecordMode": "model.settings", "RoleSettings": "model.settings",
+    "RunSettings": "model.settings",
+    "Metric": "metrics.api", "LLMMetric": "metrics.api", "MetricResult": "metrics.api", "Conversation": "metrics.api",
+    "load_transcript_file": "engine.transcripts",
+    "combine": "model.trials", "derive_seed": "model.trials",
 }
 __all__ = [
     "AgentContext",
@@ -40,6 +40,7 @@ __all__ = [
     "Conversation",
     "EndpointError",
     "EndpointSettings",
+    "ErrorKind",
     "LLMMetric",
     "LlmsimError",
     "Metric",
@@ -81,19 +82,20 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from .errors import (
+    from pytest_llmsim.engine.runner import Runner, ScenarioJob, run_scenario, score_transcript
+    from pytest_llmsim.engine.transcripts import load_transcript_file
+    from pytest_llmsim.errors import (
         CacheMissError,
         ConfigError,
         EndpointError,
         LlmsimError,
+        MetricError,
         PromptError,
         ScenarioError,
         VerdictError,
     )
-    from .metrics import Conversation, LLMMetric, Metric, MetricError, MetricResult
-    from .results import ScenarioResult
-    from .runner import Runner, ScenarioJob, run_scenario, score_transcript
-    from .scenario import Scenario, load_scenario_file
-    from .settings import EndpointSettings, RecordMode, RoleSettings, RunSettings
-    from .transcripts import load_transcript_file
-    from .trials import combine, derive_seed
+    from pytest_llmsim.metrics.api import Conversation, LLMMetric, Metric, MetricResult
+    from pytest_llmsim.model.results import ScenarioResult
+    from pytest_llmsim.model.scenario import Scenario, load_scenario_file
+    from pytest_llmsim.model.settings import EndpointSettings, RecordMode, RoleSettings, RunSettings
+    from pytest_llmsim.model.trials import combine, derive_seed

@@ -77,7 +77,7 @@ def test_python_async_callable_and_agent_first(sim: SimProject) -> None:
 
 def test_python_factory_class_keeps_state_per_conversation(sim: SimProject) -> None:
     write_bot(sim, """
-        from pytest_llmsim.agents import agent_factory
+        from pytest_llmsim.agents.base import agent_factory
 
         class ShopBot:
             def __init__(self, context):
@@ -519,7 +519,7 @@ def test_tool_call_arguments_that_are_not_json_are_an_agent_error_naming_the_val
 def test_strict_json_keeps_json_data_and_normalises_containers() -> None:
     from types import MappingProxyType
 
-    from pytest_llmsim.agents import normalize_tool_call, strict_json
+    from pytest_llmsim.agents.base import normalize_tool_call, strict_json
 
     assert strict_json({"a": (1, 2.5, None, True), "b": MappingProxyType({"c": "ok"})}, "x") == \
         {"a": [1, 2.5, None, True], "b": {"c": "ok"}}

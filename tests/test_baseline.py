@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from conftest import SimProject, default_script, scenario, verdict
-from pytest_llmsim.baseline import Baseline, compare, load_baseline, regression_gates
 from pytest_llmsim.errors import ConfigError
-from pytest_llmsim.pricing import PriceTable
-from pytest_llmsim.results import ModelUsage, Outcome, ScenarioRecord, ScenarioResult, Status
+from pytest_llmsim.llm.pricing import PriceTable
+from pytest_llmsim.model.results import ModelUsage, Outcome, ScenarioRecord, ScenarioResult, Status
+from pytest_llmsim.reporting.baseline import Baseline, compare, load_baseline, regression_gates
 
 MODES = [pytest.param([], id="one-process"), pytest.param(["-n", "2"], id="xdist")]
 GATE = "llmsim gate missed: "
@@ -331,7 +331,7 @@ def _trials(name: str, scores: list[int], *, min_score: int = 2) -> ScenarioReco
 def test_which_failures_are_known_failures_on_the_baseline() -> None:
     """--llmsim-gate=regressions: failed on the baseline too, no drop of a point or below the minimum (trial
     means with trials), the score kept; an error, a new scenario or one that passed or errored there: never."""
-    from pytest_llmsim.baseline import known_failure_reason
+    from pytest_llmsim.reporting.baseline import known_failure_reason
 
     def known(new: ScenarioRecord, old: ScenarioRecord | None) -> str | None:
         return known_failure_reason(new.result, old, "base.json")

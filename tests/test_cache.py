@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 from conftest import SimProject, scenario
-from pytest_llmsim.cache import request_key
+from pytest_llmsim.replay.cache import request_key
 
 
 def _junit_scores(sim: SimProject) -> dict[str, str]:
@@ -98,8 +98,8 @@ def test_two_processes_share_one_cache_safely(tmp_path: Path) -> None:
         """
         import sys
         from pathlib import Path
-        from pytest_llmsim.cache import CallCache
-        from pytest_llmsim.settings import RecordMode
+        from pytest_llmsim.replay.cache import CallCache
+        from pytest_llmsim.model.settings import RecordMode
         cache = CallCache(Path(sys.argv[1]), RecordMode.ONCE)
         for i in range(300):
             key = f"k{i}"
@@ -112,8 +112,8 @@ def test_two_processes_share_one_cache_safely(tmp_path: Path) -> None:
     )
     procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(n)]) for n in range(3)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
-    from pytest_llmsim.cache import CallCache
-    from pytest_llmsim.settings import RecordMode
+    from pytest_llmsim.model.settings import RecordMode
+    from pytest_llmsim.replay.cache import CallCache
 
     cache = CallCache(tmp_path, RecordMode.NONE)
     assert len(cache) == 300

@@ -28,9 +28,9 @@ import pytest
 
 import pytest_llmsim
 from conftest import SimProject, scenario
-from pytest_llmsim.cache import CACHE_FORMAT_VERSION, CallCache, JsonDisk
 from pytest_llmsim.errors import CacheError
-from pytest_llmsim.settings import RecordMode
+from pytest_llmsim.model.settings import RecordMode
+from pytest_llmsim.replay.cache import CACHE_FORMAT_VERSION, CallCache, JsonDisk
 
 NOBODY = 65534
 RESPONSE = {"text": "hi", "prompt_tokens": 1, "completion_tokens": 1, "latency_s": 0.1, "model": "m"}
@@ -333,8 +333,8 @@ _NOBODY_SCRIPT = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
-    from pytest_llmsim.cache import CallCache
-    from pytest_llmsim.settings import RecordMode
+    from pytest_llmsim.replay.cache import CallCache
+    from pytest_llmsim.model.settings import RecordMode
     out = {}
     for mode in (RecordMode.NONE, RecordMode.ONCE):
         cache = CallCache(Path(sys.argv[1]), mode)
@@ -378,7 +378,7 @@ def _nobody_python() -> tuple[str, dict[str, str]]:
             candidates.append((str(system), {"PYTHONPATH": paths}))
     for executable, extra in candidates:
         try:
-            probe = subprocess.run([executable, "-c", "import pytest, pytest_llmsim.cache, diskcache"],
+            probe = subprocess.run([executable, "-c", "import pytest, pytest_llmsim.replay.cache, diskcache"],
                                    env={**os.environ, **extra}, user=NOBODY, group=NOBODY, extra_groups=[],
                                    capture_output=True, timeout=60)
         except OSError:
@@ -431,7 +431,7 @@ def test_replay_as_a_user_who_cannot_write_the_project(sim: SimProject) -> None:
 def test_a_secret_in_a_value_is_scrubbed_before_it_is_stored(tmp_path: Path) -> None:
     """A key an endpoint or agent echoed never reaches the disk: the value is scrubbed before diskcache stores
     it, and no file of the directory (cache.db, its log, value files) holds it, compressed or not."""
-    from pytest_llmsim.scrubbing import RunSecrets
+    from pytest_llmsim.llm.scrubbing import RunSecrets
 
     secret = "sk-echoed-4b7e1f9a2c"
     secrets = RunSecrets(values=[secret])

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from conftest import SimProject, default_script, scenario
-from pytest_llmsim.calibration import CalibrationError, load_case
+from pytest_llmsim.engine.calibration import CalibrationError, load_case
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -268,7 +268,7 @@ def _local_judge_recordings(sim: SimProject) -> None:
 
 
 def test_the_bundled_local_judge_is_named_with_its_recorded_accuracy_everywhere(sim: SimProject) -> None:
-    from pytest_llmsim.local_model import BUNDLED_MODEL_FILE, JUDGE_CALIBRATION
+    from pytest_llmsim.llm.local_model import BUNDLED_MODEL_FILE, JUDGE_CALIBRATION
 
     assert JUDGE_CALIBRATION[BUNDLED_MODEL_FILE].accuracy == 0.3333  # the one place the figure lives
     _local_judge_recordings(sim)

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from pytest_llmsim.calibration import (
+from pytest_llmsim.config.options import OPTIONS, build_settings, resolve_values
+from pytest_llmsim.engine.calibration import (
     CalibrationCase,
     CalibrationError,
     calibration_files,
@@ -21,8 +22,7 @@ from pytest_llmsim.calibration import (
     load_calibration_set,
     load_case,
 )
-from pytest_llmsim.options import OPTIONS, build_settings, resolve_values
-from pytest_llmsim.prompts import PACKAGE_TEMPLATES_DIR, PromptRenderer
+from pytest_llmsim.model.prompts import PACKAGE_TEMPLATES_DIR, PromptRenderer
 
 REPO = Path(__file__).resolve().parent.parent
 HALVES = ("dev", "heldout")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import AGENT_REPLIES, CLIENT_REPLIES, SimProject, default_script, scenario, verdict
-from pytest_llmsim.markdown_report import md_text
+from pytest_llmsim.reporting.markdown import md_text
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / "examples" / "ci" / "llmsim.yml"

@@ -27,7 +27,7 @@ def llmsim(project: Path, *args: str, base_url: str | None = None, env: dict[str
     full_env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
     full_env.update(env or {})
     extra = ["--base-url", base_url] if base_url else []
-    command = [sys.executable, "-m", "pytest_llmsim.cli", *args]
+    command = [sys.executable, "-m", "pytest_llmsim.apps.cli", *args]
     if args and args[0] == "run":
         command += extra
     return subprocess.run(command, cwd=project, env=full_env, capture_output=True, text=True, timeout=timeout)
@@ -94,7 +94,7 @@ def test_single_streams_the_conversation_as_it_happens(sim: SimProject) -> None:
     with ScriptedOpenAIServer(script) as server:
         env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
         process = subprocess.Popen(
-            [sys.executable, "-m", "pytest_llmsim.cli", "run", "scenarios/shop.json", "--single", "1",
+            [sys.executable, "-m", "pytest_llmsim.apps.cli", "run", "scenarios/shop.json", "--single", "1",
              "--base-url", server.base_url, "--output-dir", "out"],
             cwd=sim.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert process.stdout is not None
@@ -151,7 +151,7 @@ def test_exit_codes_and_one_line_input_errors(sim: SimProject) -> None:
 def test_the_references_generic_environment_variables_are_read_by_llmsim_only(sim: SimProject,
                                                                               monkeypatch: Any) -> None:
     """PORT, HOST or MAX_TURNS set in a shell for something else must not change or break a pytest run."""
-    from pytest_llmsim.cli import resolve_options
+    from pytest_llmsim.apps.cli import resolve_options
 
     for name, value in (("PORT", "not-a-port"), ("HOST", "0.0.0.0"), ("MAX_TURNS", "x"), ("WEBHOOK_URL", "y")):
         monkeypatch.setenv(name, value)
@@ -241,7 +241,7 @@ def test_usage_errors_exit_2_with_one_line_naming_the_input(sim: SimProject, tmp
 
 
 def test_counts_of_one_are_singular_in_every_summary_line() -> None:
-    from pytest_llmsim.summary import plural
+    from pytest_llmsim.reporting.summary import plural
 
     assert [plural(n, "scenario") for n in (0, 1, 2, 1000)] == ["0 scenarios", "1 scenario", "2 scenarios",
                                                                 "1,000 scenarios"]

@@ -104,9 +104,9 @@ def test_a_run_without_scenarios_does_not_import_the_engine(pytester: pytest.Pyt
         import sys
 
         def test_engine_not_imported():
-            heavy = ("openai", "diskcache", "pydantic", "pytest_llmsim.runner")
+            heavy = ("openai", "diskcache", "pydantic", "pytest_llmsim.engine.runner")
             assert [name for name in heavy if name in sys.modules] == []
-            assert "pytest_llmsim.plugin" in sys.modules
+            assert "pytest_llmsim.plugin.hooks" in sys.modules
     """)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)

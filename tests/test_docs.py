@@ -20,16 +20,16 @@ def test_every_option_and_ini_key_is_in_the_readme(pytester: pytest.Pytester) ->
 
 
 def test_readme_configuration_table_is_generated_from_the_option_table() -> None:
-    from pytest_llmsim.options import markdown_table
+    from pytest_llmsim.config.options import markdown_table
 
-    assert markdown_table() in README, "regenerate the README table with pytest_llmsim.options.markdown_table()"
+    assert markdown_table() in README, "regenerate the README table with pytest_llmsim.config.options.markdown_table()"
 
 
 def test_an_option_set_to_its_default_still_beats_the_local_model_default() -> None:
     """``llmsim_concurrency = 16`` in the ini file is the user's choice, even though 16 is also the default."""
     from pathlib import Path
 
-    from pytest_llmsim.options import OPTIONS, resolve_values
+    from pytest_llmsim.config.options import OPTIONS, resolve_values
 
     def resolved(ini: dict[str, str]) -> object:
         return resolve_values(OPTIONS, cli={}, env={}, ini=ini, invocation_dir=Path("/inv"), ini_dir=Path("/ini"),
@@ -44,7 +44,7 @@ def test_an_option_set_to_its_default_still_beats_the_local_model_default() -> N
 def test_paths_resolve_against_the_invocation_dir_on_the_command_line_and_the_ini_dir_in_the_ini() -> None:
     from pathlib import Path
 
-    from pytest_llmsim.options import OPTIONS, resolve_values
+    from pytest_llmsim.config.options import OPTIONS, resolve_values
 
     common = {"env": {}, "invocation_dir": Path("/inv"), "ini_dir": Path("/ini")}
     cli = resolve_values(OPTIONS, cli={"llmsim_cache_dir": "c", "llmsim_results": "r.json"}, ini={}, **common)
@@ -73,7 +73,7 @@ def test_each_agent_kind_has_its_own_readme_subsection_with_a_valid_scenario_fil
                                                                                    tmp_path: Path) -> None:
     """"Test your own agent": one subsection per agent kind, each with a scenario file that loads and names an
     agent of that kind (a reader who has never seen the plugin copies it)."""
-    from pytest_llmsim.scenario import load_scenario_file
+    from pytest_llmsim.model.scenario import load_scenario_file
 
     section = README[README.index("## Test your own agent"):]
     section = section[:section.index("\n## ")]
@@ -91,7 +91,7 @@ def test_each_agent_kind_has_its_own_readme_subsection_with_a_valid_scenario_fil
 def test_the_error_kinds_table_has_one_row_per_error_kind() -> None:
     """README's failure and error kinds table lists every ``ErrorKind``, once each, with a non-empty "when" and
     "what to do" (a new kind without a row fails here)."""
-    from pytest_llmsim.results import ErrorKind
+    from pytest_llmsim.errors import ErrorKind
 
     header = "| `error_kind` | when | what to do |\n| --- | --- | --- |\n"
     assert README.count(header) == 1, "the error kinds table's header is missing or duplicated"

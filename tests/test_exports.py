@@ -15,11 +15,11 @@ from typing import Any
 import genai_prices
 import pytest
 
-from pytest_llmsim.exports import _json_document_chunks, export_format, summary_path_for, write_results
-from pytest_llmsim.histogram import HistogramUnavailable, draw_histogram
-from pytest_llmsim.pricing import PriceTable, scenario_cost
-from pytest_llmsim.results import ModelUsage, ScenarioRecord, ScenarioResult
-from pytest_llmsim.summary import RECORD_FIELDS, Gates, make_record, missed_gates, summarize
+from pytest_llmsim.llm.pricing import PriceTable, scenario_cost
+from pytest_llmsim.model.results import ModelUsage, ScenarioRecord, ScenarioResult
+from pytest_llmsim.reporting.exports import _json_document_chunks, export_format, summary_path_for, write_results
+from pytest_llmsim.reporting.histogram import HistogramUnavailable, draw_histogram
+from pytest_llmsim.reporting.summary import RECORD_FIELDS, Gates, make_record, missed_gates, summarize
 
 
 def _result(name: str, score: int | None, *, min_score: int = 2, live: int = 3, cached: int = 0,
@@ -137,7 +137,7 @@ def test_export_is_atomic_and_a_failed_write_keeps_the_old_file(tmp_path: Path,
         assert Path(src).read_bytes().startswith(b"{") and Path(src).parent == path.parent
         raise OSError("disk full")
 
-    monkeypatch.setattr("pytest_llmsim.exports.os.replace", failing_replace)
+    monkeypatch.setattr("pytest_llmsim.reporting.exports.os.replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
         write_results(path, records, summarize(records).to_dict(), run_id="three", generated_at="t")
     assert path.read_bytes() == before
@@ -184,9 +184,9 @@ def test_histogram_without_matplotlib(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_reporting_engine_does_not_import_pytest() -> None:
     code = ("import sys; sys.modules['pytest'] = None; sys.modules['_pytest'] = None\n"
-            "import pytest_llmsim.pricing, pytest_llmsim.summary, pytest_llmsim.exports\n"
-            "import pytest_llmsim.histogram, pytest_llmsim.html_report, pytest_llmsim.results\n"
-            "import pytest_llmsim.collector, pytest_llmsim.terminal_report\n")
+            "import pytest_llmsim.llm.pricing, pytest_llmsim.reporting.summary, pytest_llmsim.reporting.exports\n"
+            "import pytest_llmsim.reporting.histogram, pytest_llmsim.reporting.html, pytest_llmsim.model.results\n"
+            "import pytest_llmsim.reporting.collector, pytest_llmsim.reporting.terminal\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 

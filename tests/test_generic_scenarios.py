@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from conftest import SimProject, verdict
-from pytest_llmsim.prompts import PACKAGE_TEMPLATES_DIR, PromptRenderer, template_context
-from pytest_llmsim.scenario import Scenario
-from pytest_llmsim.settings import EndpointSettings, RoleSettings, RunSettings
+from pytest_llmsim.model.prompts import PACKAGE_TEMPLATES_DIR, PromptRenderer, template_context
+from pytest_llmsim.model.scenario import Scenario
+from pytest_llmsim.model.settings import EndpointSettings, RoleSettings, RunSettings
 
 REPO = Path(__file__).resolve().parent.parent
 

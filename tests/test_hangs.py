@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from conftest import TEMPLATES, SimProject, default_script, scenario, write_bot
-from pytest_llmsim.runner import Runner, ScenarioJob
-from pytest_llmsim.scenario import Scenario
-from pytest_llmsim.settings import EndpointSettings, RoleSettings, RunSettings
+from pytest_llmsim.engine.runner import Runner, ScenarioJob
+from pytest_llmsim.model.scenario import Scenario
+from pytest_llmsim.model.settings import EndpointSettings, RoleSettings, RunSettings
 from pytest_llmsim.testing.openai_server import ScriptedOpenAIServer
 
 NOT_ANSWERED = "(not retried: the endpoint has not answered any request in this run)"
@@ -161,7 +161,7 @@ class TestUserCodeThatExitsOrHangs:
     def test_an_exiting_agent_in_the_cli(self, sim: SimProject) -> None:
         write_bot(sim, EXITING_AGENTS["async_system_exit"])
         sim.write_scenarios("s.json", [scenario("exits", agent={"python": "bots.shop:reply"}), scenario("fine")])
-        command = [sys.executable, "-m", "pytest_llmsim.cli", "run", "scenarios/s.json", "--output-dir", "out",
+        command = [sys.executable, "-m", "pytest_llmsim.apps.cli", "run", "scenarios/s.json", "--output-dir", "out",
                    "--base-url", sim.server.base_url]
         env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
         done = subprocess.run(command, cwd=sim.path, env=env, capture_output=True, text=True,

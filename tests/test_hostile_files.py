@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import SimProject, scenario
-from pytest_llmsim.prompts import MAX_PROMPT_CHARS
-from pytest_llmsim.scenario import (
+from pytest_llmsim.model.prompts import MAX_PROMPT_CHARS
+from pytest_llmsim.model.scenario import (
     MAX_EXPANDED_NODES,
     MAX_FILE_BYTES,
     MAX_NESTING_DEPTH,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from html.parser import HTMLParser
 from typing import Any
 
-from pytest_llmsim.baseline import ScenarioDelta
-from pytest_llmsim.html_report import STYLE, baseline_diff_html, diff_turns, turn_key
+from pytest_llmsim.reporting.baseline import ScenarioDelta
+from pytest_llmsim.reporting.html import STYLE, baseline_diff_html, diff_turns, turn_key
 
 HOSTILE = "<script>alert('x')</script> </td></tr></table> & \"quoted\""
 OLD = [

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SimProject, default_script, scenario
-from pytest_llmsim.judge import blame_contradiction, parse_verdict
+from pytest_llmsim.engine.judge import blame_contradiction, parse_verdict
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from conftest import AGENT_REPLIES, SimProject, default_script, scenario
-from pytest_llmsim.judge import parse_blame, policy_score
-from pytest_llmsim.results import blame_of
-from pytest_llmsim.trials import derive_seed
+from pytest_llmsim.engine.judge import parse_blame, policy_score
+from pytest_llmsim.model.results import blame_of
+from pytest_llmsim.model.trials import derive_seed
 
 SEED = 11
 JUDGE_SEEDS = [SEED, derive_seed(SEED, 2, salt="judge"), derive_seed(SEED, 3, salt="judge")]

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from conftest import sigint_as_a_terminal_sends_it
-from pytest_llmsim import local_model
+from pytest_llmsim.llm import local_model
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.localmodel
@@ -134,7 +134,7 @@ def _long_completion(base_url: str, seed: int, sent: threading.Event, results: l
 _OTHER_WORKER = """
 import json, sys
 from pathlib import Path
-from pytest_llmsim import local_model
+from pytest_llmsim.llm import local_model
 server = local_model.ensure_local_server(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))
 print(json.dumps({"base_url": server.base_url, "started_here": server.started_here,
                   "watchdog_pid": server.watchdog_pid}))

@@ -10,16 +10,17 @@ from typing import Any
 
 import pytest
 
-from pytest_llmsim.baseline import ScenarioDelta
-from pytest_llmsim.markdown_report import (
+from pytest_llmsim.errors import ErrorKind
+from pytest_llmsim.model.results import ModelUsage, Outcome, ScenarioRecord, ScenarioResult, Status
+from pytest_llmsim.reporting.baseline import ScenarioDelta
+from pytest_llmsim.reporting.markdown import (
     append_step_summary,
     fenced,
     md_text,
     render_markdown,
     write_markdown,
 )
-from pytest_llmsim.results import ErrorKind, ModelUsage, Outcome, ScenarioRecord, ScenarioResult, Status
-from pytest_llmsim.summary import Gates, missed_gates, outcome_counts, summarize
+from pytest_llmsim.reporting.summary import Gates, missed_gates, outcome_counts, summarize
 
 HOSTILE = ("<script>alert(1)</script> <img src=x onerror=alert(2)> a | b ``` ```` \n</details>\n\n"
            "# heading [link](http://evil) *em* &amp; <!-- \n```\n</summary> $x$")
@@ -348,5 +349,5 @@ def test_write_markdown_and_step_summary(tmp_path: Path) -> None:
 
 def test_markdown_report_does_not_import_pytest() -> None:
     code = ("import sys; sys.modules['pytest'] = None; sys.modules['_pytest'] = None\n"
-            "import pytest_llmsim.markdown_report, pytest_llmsim.html_report\n")
+            "import pytest_llmsim.reporting.markdown, pytest_llmsim.reporting.html\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-from pytest_llmsim import plugin
-from pytest_llmsim.exports import render_csv, write_results
-from pytest_llmsim.html_report import STYLE, metric_chip, scenario_html
-from pytest_llmsim.items import _failure_text
-from pytest_llmsim.markdown_report import record_block, render_markdown
-from pytest_llmsim.results import ModelUsage, Outcome, ScenarioRecord, ScenarioResult
-from pytest_llmsim.summary import RECORD_FIELDS, Gates, summarize
-from pytest_llmsim.terminal_report import (
+from pytest_llmsim.model.results import ModelUsage, Outcome, ScenarioRecord, ScenarioResult
+from pytest_llmsim.plugin import hooks as plugin
+from pytest_llmsim.plugin.items import _failure_text
+from pytest_llmsim.reporting.exports import render_csv, write_results
+from pytest_llmsim.reporting.html import STYLE, metric_chip, scenario_html
+from pytest_llmsim.reporting.markdown import record_block, render_markdown
+from pytest_llmsim.reporting.summary import RECORD_FIELDS, Gates, summarize
+from pytest_llmsim.reporting.terminal import (
     failure_headline,
     metric_line,
     metric_score_text,
@@ -267,7 +267,7 @@ def test_progress_word_names_the_metric_that_decided_a_failure() -> None:
 def test_the_word_survives_the_trimmed_report_data() -> None:
     """The controller trims ``report.llmsim`` (no metrics) before pytest asks for the word: it keeps the
     scalar ``decided_by`` and ``failure_reason``."""
-    from pytest_llmsim.collector import trimmed_report_data
+    from pytest_llmsim.reporting.collector import trimmed_report_data
 
     data = _result([JUDGE_PASSED, RULES_FAILED], score=3).to_dict()
     trimmed = trimmed_report_data(data)

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from pytest_llmsim.metric_rules import RougeMetric, RulesMetric, _read_reference, detect_language
-from pytest_llmsim.metrics import Conversation, MetricResult
-from pytest_llmsim.scenario import Scenario
+from pytest_llmsim.metrics.api import Conversation, MetricResult
+from pytest_llmsim.metrics.rules import RougeMetric, RulesMetric, _read_reference, detect_language
+from pytest_llmsim.model.scenario import Scenario
 
 SCENARIO = Scenario(name="a")
 
@@ -404,8 +404,8 @@ def test_a_nested_repeat_is_matched_at_once_and_a_runaway_regex_is_stopped_with_
     scenario, the check and the pattern."""
     import time
 
-    from pytest_llmsim.metric_rules import REGEX_SECONDS
-    from pytest_llmsim.metrics import MetricError
+    from pytest_llmsim.metrics.api import MetricError
+    from pytest_llmsim.metrics.rules import REGEX_SECONDS
 
     conv = conversation("hi", RUNAWAY)
     started = time.monotonic()

@@ -141,7 +141,7 @@ def test_an_unknown_metric_or_a_bad_option_is_an_error_before_any_call(sim: SimP
     result.assert_outcomes(errors=2)
     result.stdout.fnmatch_lines([
         "*unknown metric 'sentiment' in 'evaluate'; known metrics: criteria, judge, rouge, rules (register your own "
-        "with the pytest_llmsim_metrics hook or the pytest_llmsim.metrics entry point)*",
+        "with the pytest_llmsim_metrics hook or the pytest_llmsim.metrics.api entry point)*",
         "*metric 'judge': min_score must be 1, 2 or 3 (got 5)*"])
     assert sim.server.stats()["requests"] == requests
 
@@ -172,7 +172,7 @@ def test_a_metric_from_an_installed_entry_point(sim: SimProject) -> None:
     (site / "epmetric_pkg-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: epmetric-pkg\n"
                                                                 "Version: 1.0\n")
     (site / "epmetric_pkg-1.0.dist-info" / "entry_points.txt").write_text(
-        "[pytest_llmsim.metrics]\nagent_spoke_last = epmetric:AgentSpokeLast\n")
+        "[pytest_llmsim.metrics.api]\nagent_spoke_last = epmetric:AgentSpokeLast\n")
     (site / "epmetric.py").write_text(textwrap.dedent('''
         from pytest_llmsim import Metric, MetricResult
 
@@ -206,7 +206,7 @@ def test_a_hook_returning_something_else_is_a_usage_error(sim: SimProject) -> No
 
 def test_the_metric_api_is_usable_without_pytest(tmp_path: Path) -> None:
     from pytest_llmsim import Conversation, Metric, MetricResult
-    from pytest_llmsim.metrics import failed_metrics
+    from pytest_llmsim.metrics.api import failed_metrics
 
     class Echo(Metric):
         name = "echo"

@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 
 from conftest import SimProject, scenario
-from pytest_llmsim.collector import RecordCollector, report_outcome
-from pytest_llmsim.errors import LlmsimError
-from pytest_llmsim.pricing import PriceTable, ScenarioCost
-from pytest_llmsim.results import ErrorKind, ModelUsage, Outcome, ScenarioResult, Status
-from pytest_llmsim.summary import Gates, make_record, missed_gates, summarize
-from pytest_llmsim.terminal_report import summary_lines, totals_line
+from pytest_llmsim.errors import ErrorKind, LlmsimError
+from pytest_llmsim.llm.pricing import PriceTable, ScenarioCost
+from pytest_llmsim.model.results import ModelUsage, Outcome, ScenarioResult, Status
+from pytest_llmsim.reporting.collector import RecordCollector, report_outcome
+from pytest_llmsim.reporting.summary import Gates, make_record, missed_gates, summarize
+from pytest_llmsim.reporting.terminal import summary_lines, totals_line
 
 MODES = [pytest.param([], id="one-process"), pytest.param(["-n", "2"], id="xdist")]
 
@@ -192,7 +192,7 @@ def test_every_engine_error_kind_is_an_error_kind() -> None:
 
 
 def test_html_summary_counts_by_outcome(tmp_path: Path) -> None:
-    from pytest_llmsim.html_report import summary_html
+    from pytest_llmsim.reporting.html import summary_html
 
     records = _records(("a", Status.PASSED, 3, Outcome.PASSED), ("x", Status.FAILED, 1, Outcome.XFAILED))
     text = html.unescape(re.sub(r"<[^>]+>", " ", summary_html(summarize(records), Gates(), [])))

@@ -18,7 +18,7 @@ import pytest
 from test_ci_recipe import _ci_pytest_args
 
 from conftest import AGENT_REPLIES, SimProject, default_script, scenario, verdict, write_bot
-from pytest_llmsim.markdown_report import md_text
+from pytest_llmsim.reporting.markdown import md_text
 
 # The gate: scenarios failing on main too are known failures (xfailed); a regression fails the job.
 GATE_FLAG = "--llmsim-gate=regressions"
@@ -154,6 +154,7 @@ def test_without_an_endpoint_changed_conversations_are_named_unjudged_and_the_ru
     ci.assert_outcomes(passed=1, xfailed=1, errors=2)
     out = ci.stdout.str()
     assert "backend_missing" not in out and "local model" not in out.split("short test summary")[-1]
+    ci.stdout.fnmatch_lines(["llmsim: record mode=changed, *endpoint=none (replay only: no model is started)"])
     ci.stdout.fnmatch_lines([
         f"*{SOURCE}::regress client turn *: the conversation changed since its recording (the conversation "
         "diverged from the recording at turn 2: recorded 'Hello, Meat Market, how can I help?', now 'Hmm.'); it "

@@ -19,10 +19,10 @@ import pytest
 
 from conftest import AGENT_REPLIES, SimProject, default_script, scenario
 from pytest_llmsim.errors import ConfigError
-from pytest_llmsim.local_model import LOCAL_MODEL_NAME
-from pytest_llmsim.pricing import DATABASE, PriceTable, load_price_file, load_price_table, scenario_cost, usage_cost
-from pytest_llmsim.results import ModelUsage, ScenarioResult
-from pytest_llmsim.summary import Gates, make_record, summarize
+from pytest_llmsim.llm.local_model import LOCAL_MODEL_NAME
+from pytest_llmsim.llm.pricing import DATABASE, PriceTable, load_price_file, load_price_table, scenario_cost, usage_cost
+from pytest_llmsim.model.results import ModelUsage, ScenarioResult
+from pytest_llmsim.reporting.summary import Gates, make_record, summarize
 
 VERSION = genai_prices.__version__
 
@@ -203,7 +203,7 @@ NO_NETWORK = textwrap.dedent("""
 
     sys.addaudithook(block)
     import genai_prices.data_snapshot
-    from pytest_llmsim.pricing import PriceTable, usage_cost
+    from pytest_llmsim.llm.pricing import PriceTable, usage_cost
 
     cost = usage_cost([{"model": m, "live_calls": 1, "prompt_tokens": 1000, "completion_tokens": 100}
                        for m in ("gpt-4o-mini", "claude-3-5-sonnet-20241022", "mystery")], PriceTable.default())
@@ -227,7 +227,7 @@ def test_pricing_never_touches_the_network() -> None:
 
 # -- the summary and the reports ---------------------------------------------------------------------------
 def test_summary_and_html_name_each_price_source(tmp_path: Path) -> None:
-    from pytest_llmsim.html_report import summary_html
+    from pytest_llmsim.reporting.html import summary_html
 
     path = tmp_path / "prices.yaml"
     path.write_text("my-ft: {input: 1, output: 2}\n", encoding="utf-8")

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from conftest import default_script, scenario
-from pytest_llmsim.rate_limits import (
+from pytest_llmsim.llm.rate_limits import (
     LimitStats,
     RateLimiter,
     estimate_prompt_tokens,
@@ -24,8 +24,8 @@ from pytest_llmsim.rate_limits import (
     read_headers,
     throughput_fields,
 )
-from pytest_llmsim.summary import RunSummary
-from pytest_llmsim.terminal_report import totals_lines
+from pytest_llmsim.reporting.summary import RunSummary
+from pytest_llmsim.reporting.terminal import totals_lines
 from pytest_llmsim.testing.openai_server import ScriptedOpenAIServer
 
 MESSAGES = ({"role": "system", "content": "You are a shop assistant. " * 4}, {"role": "user", "content": "hello"})

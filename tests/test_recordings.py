@@ -13,7 +13,7 @@ import pytest
 
 from conftest import AGENT_REPLIES, SimProject, scenario, verdict, write_bot
 from pytest_llmsim.errors import CacheError
-from pytest_llmsim.recordings import load_recording, parse_recording, recording_path
+from pytest_llmsim.replay.recordings import load_recording, parse_recording, recording_path
 
 REC = Path("recordings/scenarios/s.json")
 

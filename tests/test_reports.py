@@ -411,7 +411,7 @@ def test_a_failed_item_shows_its_outcome_and_the_metric_that_decided_it(sim: Sim
     assert not progress("rules_c", "FAILED (score")
 
     # pytest-html: one badge per row, of the row's outcome, green only for a pass; one transcript per row.
-    from pytest_llmsim.html_report import STYLE
+    from pytest_llmsim.reporting.html import STYLE
 
     colours = _backgrounds(STYLE)
     green = colours["llmsim-verdict-passed"]
@@ -588,7 +588,7 @@ def test_terminal_lines_start_on_a_line_of_their_own(pytester: pytest.Pytester) 
 
     from _pytest.terminal import TerminalReporter
 
-    from pytest_llmsim.plugin import write_lines_apart
+    from pytest_llmsim.plugin.session import write_lines_apart
 
     def written(before: str, fspath: bool = False) -> str:
         out = io.StringIO()
@@ -611,7 +611,7 @@ def test_a_workers_line_is_not_printed_inside_the_progress_line(pytester: pytest
     pytester.makeconftest(f"""
         def pytest_runtest_setup(item):
             if item.name == "test_5":  # the session's queue, which the local model's log callback feeds
-                from pytest_llmsim.session import SESSION_KEY
+                from pytest_llmsim.plugin.session import SESSION_KEY
                 item.config.stash[SESSION_KEY]._say({LOADING!r})
     """)
     pytester.makepyfile("\n".join(f"def test_{n}(): pass" for n in range(1, 9)))

@@ -59,8 +59,8 @@ class Service:
         self.process: subprocess.Popen[str] | None = None
 
     def start(self) -> Service:
-        command = [sys.executable, "-m", "pytest_llmsim.cli", "serve", "--host", self.host, "--port", str(self.port),
-                   *self.options]
+        command = [sys.executable, "-m", "pytest_llmsim.apps.cli", "serve", "--host", self.host, "--port",
+                   str(self.port), *self.options]
         self.process = subprocess.Popen(command, cwd=self.project, env=self.env, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 30
@@ -303,7 +303,7 @@ def test_bad_requests_are_422_404_413_and_no_request_names_a_server_path(
 
 
 def test_any_address_but_loopback_needs_a_token(sim: SimProject, services: list[Service]) -> None:
-    refused = subprocess.run([sys.executable, "-m", "pytest_llmsim.cli", "serve", "--host", "0.0.0.0", "--port",
+    refused = subprocess.run([sys.executable, "-m", "pytest_llmsim.apps.cli", "serve", "--host", "0.0.0.0", "--port",
                               str(free_port())], cwd=sim.path, capture_output=True, text=True, timeout=60,
                              env={k: v for k, v in os.environ.items() if k != "LLMSIM_API_TOKEN"})
     assert refused.returncode == 2 and "LLMSIM_API_TOKEN" in refused.stderr
@@ -329,7 +329,8 @@ def test_any_address_but_loopback_needs_a_token(sim: SimProject, services: list[
         "Authorization": f"Bearer {token}", "content-type": "application/x-www-form-urlencoded"})
     assert form.status_code == 415
     assert service.request("GET", "/api/health").status_code == 200
-    status = subprocess.run([sys.executable, "-m", "pytest_llmsim.cli", "status", "nope", "--api-url", service.url],
+    status = subprocess.run([sys.executable, "-m", "pytest_llmsim.apps.cli", "status", "nope", "--api-url",
+                             service.url],
                             capture_output=True, text=True, env={**os.environ, "LLMSIM_API_TOKEN": token}, timeout=60)
     assert status.returncode == 2 and "not found" in status.stderr
 
@@ -339,10 +340,11 @@ def test_cli_status_and_fetch_talk_to_the_service(sim: SimProject, services: lis
     batch_id = service.launch([scenario("good_one")])
     service.wait(batch_id)
     env = {k: v for k, v in os.environ.items() if k != "LLMSIM_API_TOKEN"}
-    status = subprocess.run([sys.executable, "-m", "pytest_llmsim.cli", "status", batch_id, "--api-url", service.url],
+    status = subprocess.run([sys.executable, "-m", "pytest_llmsim.apps.cli", "status", batch_id, "--api-url",
+                             service.url],
                             capture_output=True, text=True, env=env, timeout=60)
     assert status.returncode == 0 and json.loads(status.stdout)["status"] == "completed"
-    fetched = subprocess.run([sys.executable, "-m", "pytest_llmsim.cli", "fetch", batch_id, "--format", "ndjson",
+    fetched = subprocess.run([sys.executable, "-m", "pytest_llmsim.apps.cli", "fetch", batch_id, "--format", "ndjson",
                               "--output", "got.ndjson", "--api-url", service.url],
                              cwd=sim.path, capture_output=True, text=True, env=env, timeout=60)
     assert fetched.returncode == 0, fetched.stderr

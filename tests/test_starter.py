@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import verdict
-from pytest_llmsim import local_model
+from pytest_llmsim.llm import local_model
 from pytest_llmsim.testing.openai_server import ScriptedOpenAIServer
 
 STARTER_SCRIPT = {"rules": [

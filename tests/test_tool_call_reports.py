@@ -20,13 +20,13 @@ from typing import Any
 
 import pytest
 
-from pytest_llmsim.collector import RecordCollector
-from pytest_llmsim.exports import write_results
-from pytest_llmsim.html_report import scenario_html
-from pytest_llmsim.pricing import PriceTable, scenario_cost
-from pytest_llmsim.results import ModelUsage, ScenarioRecord, ScenarioResult, tool_call_text
-from pytest_llmsim.summary import RECORD_FIELDS, make_record, summarize
-from pytest_llmsim.terminal_report import record_text, result_transcript_text, transcript_lines
+from pytest_llmsim.llm.pricing import PriceTable, scenario_cost
+from pytest_llmsim.model.results import ModelUsage, ScenarioRecord, ScenarioResult, tool_call_text
+from pytest_llmsim.reporting.collector import RecordCollector
+from pytest_llmsim.reporting.exports import write_results
+from pytest_llmsim.reporting.html import scenario_html
+from pytest_llmsim.reporting.summary import RECORD_FIELDS, make_record, summarize
+from pytest_llmsim.reporting.terminal import record_text, result_transcript_text, transcript_lines
 
 HOSTILE = "<script>alert('tool')</script>"
 LOOKUP = {"name": "lookup_order", "arguments": {"order_id": 7}, "result": {"status": "lost", "note": HOSTILE}}

@@ -325,11 +325,11 @@ def test_the_engine_scores_transcripts_without_pytest(tmp_path: Path, llm_server
         sys.modules["pytest"] = None  # any 'import pytest' now fails
         from pathlib import Path
         from pytest_llmsim import EndpointSettings, RoleSettings, Runner, RunSettings, ScenarioJob
-        from pytest_llmsim.cache import CallCache
-        from pytest_llmsim.client import LLMClient
-        from pytest_llmsim.prompts import PromptRenderer
-        from pytest_llmsim.runner import score_transcript
-        from pytest_llmsim.transcripts import load_transcript_file
+        from pytest_llmsim.replay.cache import CallCache
+        from pytest_llmsim.llm.client import LLMClient
+        from pytest_llmsim.model.prompts import PromptRenderer
+        from pytest_llmsim.engine.runner import score_transcript
+        from pytest_llmsim.engine.transcripts import load_transcript_file
 
         settings = RunSettings(
             endpoint=EndpointSettings(base_url=sys.argv[1], max_retries=0),

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from conftest import SimProject, default_script, scenario, verdict
-from pytest_llmsim.summary import summarize
-from pytest_llmsim.trials import derive_seed, stats_of, trial_of_nodeid
+from pytest_llmsim.model.trials import derive_seed, stats_of, trial_of_nodeid
+from pytest_llmsim.reporting.summary import summarize
 
 SEED = 7
 SEEDS = [SEED, derive_seed(SEED, 2), derive_seed(SEED, 3)]

@@ -91,7 +91,7 @@ def test_http_backend_is_shown_and_a_bad_one_is_a_usage_error(sim: SimProject) -
 
 def test_http_backend_resolution() -> None:
     from pytest_llmsim.errors import ConfigError
-    from pytest_llmsim.settings import resolve_http_backend
+    from pytest_llmsim.model.settings import resolve_http_backend
 
     assert resolve_http_backend("auto", "http://127.0.0.1:8000/v1") == "aiohttp"  # aiohttp is a dependency
     assert resolve_http_backend("httpx", "http://127.0.0.1:8000/v1") == "httpx"

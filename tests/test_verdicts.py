@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 
 from conftest import AGENT_REPLIES, CLIENT_REPLIES, SimProject, default_script, scenario, verdict
-from pytest_llmsim.client import LLMClient, LLMReply, LLMRequest
-from pytest_llmsim.conversation import simulate
-from pytest_llmsim.prompts import PromptRenderer
-from pytest_llmsim.results import ERROR, PASSED
-from pytest_llmsim.runner import Runner, ScenarioJob
-from pytest_llmsim.scenario import Scenario
-from pytest_llmsim.settings import EndpointSettings, RoleSettings, RunSettings
+from pytest_llmsim.engine.conversation import simulate
+from pytest_llmsim.engine.runner import Runner, ScenarioJob
+from pytest_llmsim.llm.client import LLMClient, LLMReply, LLMRequest
+from pytest_llmsim.model.prompts import PromptRenderer
+from pytest_llmsim.model.results import ERROR, PASSED
+from pytest_llmsim.model.scenario import Scenario
+from pytest_llmsim.model.settings import EndpointSettings, RoleSettings, RunSettings
 from pytest_llmsim.testing.openai_server import ScriptedOpenAIServer
 
 ANONYMOUS_TEMPLATES = {

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmsim.xdist_support import Journal, journal_path, pick_items, read_in_flight, split_evenly
+from pytest_llmsim.plugin.xdist import Journal, journal_path, pick_items, read_in_flight, split_evenly
 
 
 @pytest.mark.parametrize(("count", "nodes", "sizes"), [(200, 2, [100, 100]), (7, 3, [3, 2, 2]), (1, 2, [1, 0])])

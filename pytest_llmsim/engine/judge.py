@@ -1,0 +1,710 @@
+"""The evaluator: a judge LLM scores a transcript 1-3 with a comment.
+
+The verdict is requested as structured output (see ``client.STRUCTURED_MODES``). Whatever comes back is
+parsed strictly by ``parse_verdict``, which never guesses: a JSON object with ``score`` and ``comment``
+decides when nothing around it names another score; otherwise an explicit ``Score: N`` line does; a score
+mentioned in prose never does, and several different candidate scores make the reply invalid. The comment must
+be a reason (not junk: a piece of JSON, key names, the prompt's own text, under 3 words), and the blame must not
+contradict the score (``blame_contradiction``). An invalid verdict is re-requested with a new attempt index (a
+new cache key and seed); if every attempt fails the result is a ``VerdictError`` carrying the raw reply, never
+a made-up score.
+
+A conversation in which the agent never said anything is not judged at all (``NoAgentReplyError``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pytest_llmsim.engine.conversation import no_agent_reply_error
+from pytest_llmsim.errors import ConfigError, PromptError, VerdictError
+from pytest_llmsim.llm.client import Completer, LLMRequest
+from pytest_llmsim.metrics.api import Conversation, LLMMetric, MetricResult
+from pytest_llmsim.model.prompts import PromptRenderer, template_context
+from pytest_llmsim.model.scenario import Scenario
+from pytest_llmsim.model.settings import RunSettings
+from pytest_llmsim.model.transcript import Transcript
+
+BLAMES = ("agent", "customer", "cut_short", "none")
+VERDICT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "score": {"type": "integer", "enum": [1, 2, 3]},
+        "comment": {"type": "string"},
+        "blame": {"type": "string", "enum": list(BLAMES)},
+    },
+    "required": ["score", "comment", "blame"],
+    "additionalProperties": False,
+}
+POLICIES = ("majority", "min", "mean")
+
+# A label name may be wrapped in markdown emphasis or quotes: **Score:** 2, **Score**: 2, "score": 2.
+_LABEL_WRAP = r"[*_`\"' \t]*"
+# Labels that give a score: ``Score:`` decides; the others (Final: 1, Rating: 2, Оценка: 2, ...) never decide but
+# must agree with it when they carry a number.
+_LABEL_RE = re.compile(rf"(?<!\w)(score|final|rating|grade|verdict|оценка|баллы?|итог)(?!\w){_LABEL_WRAP}:",
+                       re.IGNORECASE)
+_COMMENT_LABEL_RE = re.compile(rf"\bcomments?\b{_LABEL_WRAP}:", re.IGNORECASE)
+_BLAME_NAME_RE = re.compile(rf"\bblame\b{_LABEL_WRAP}:", re.IGNORECASE)
+# What may precede a label on its line for it to count as starting the line: blanks, bullets, headings,
+# quote marks, emphasis.
+_LINE_START_RE = re.compile(r"[\s>#*_`\"'\-•]*")
+# What may precede a label in its line for it to start a sentence: "... was slow. Score: 1".
+_SENTENCE_END_RE = re.compile(r"[.!?]\s+[*_`\"'\-•]*\Z")
+# A quotation within one line: a label inside one (the customer's "Score: 3, please") is not the judge's.
+_QUOTE_RE = re.compile(r"\"[^\"\n]*\"|“[^”\n]*”|«[^»\n]*»|„[^“”\n]*[“”]")
+# A score value: "2", "**2**", "2.", "2/3", "2 out of 3". The number is checked afterwards.
+_VALUE_RE = re.compile(r"[\s*_`\"']*(\d+(?:\.\d+)?)(?:\s*(?:/|out of|of)\s*(\d+(?:\.\d+)?))?", re.IGNORECASE)
+_BLAME_LABEL_RE = re.compile(rf"\bblame\b{_LABEL_WRAP}:{_LABEL_WRAP}([a-z_]+)", re.IGNORECASE)
+_MAX_JSON_STARTS = 200  # bound the scan of a long reply full of braces
+
+# A score named in any form in prose: a number near a word that makes it one ("a score of 3", "rate the call 1",
+# "Final: 1", "Оценка: 2", "2 балла", "I'd give it 1"), or a fraction ("1 out of 3", "2/3").
+_SCORE_WORD_RE = re.compile(
+    r"scor\w*|rat(?:e|es|ed|ing|ings)|grad(?:e|es|ed|ing)|marks?|points?|stars?|final\w*|verdicts?|deserv\w*"
+    r"|earn\w*|merit\w*|award\w*|assign\w*|giv(?:e|es|en|ing)|gave"
+    r"|оцен\w*|балл\w*|очк\w*|звезд\w*|ставл\w*|постав\w*|итог\w*",
+    re.IGNORECASE,
+)
+_NUMBER_WORDS = {"one": 1, "two": 2, "three": 3, "один": 1, "одна": 1, "одну": 1, "единица": 1, "единицу": 1,
+                 "два": 2, "две": 2, "двойка": 2, "двойку": 2, "три": 3, "тройка": 3, "тройку": 3}
+_TOKEN_RE = re.compile(r"\d+(?:\.\d+)?|[^\W\d_]+|[.!?;\n]")
+_FRACTION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:/|\bout\s+of\b|\bиз\b)\s*\d+(?:\.\d+)?", re.IGNORECASE)
+_SCALE_RE = re.compile(r"\b1\s*(?:-|–|—|\bto\b|\bдо\b)\s*3\b", re.IGNORECASE)  # "from 1 to 3" names no score
+
+# What a comment must not be (a verdict needs a reason): a piece of the JSON around it (the model broke out of
+# the string: 'polite" ,"blame":"agent"}'), another verdict field ("blame: agent"), key names only ("judge:
+# blame"), fewer than MIN_COMMENT_WORDS words, or text copied from the evaluator prompt.
+MIN_COMMENT_WORDS = 3
+_JSON_FRAGMENT_RE = re.compile(r"\"\s*,\s*\"\w+\"\s*:|\"\s*}\s*\Z|\A\s*{")
+_FIELD_LABEL_RE = re.compile(r"(?<![\w\"'])(?:score|comment|blame)\s*:", re.IGNORECASE)
+_KEY_WORDS = frozenset({"score", "comment", "comments", "blame", "judge", "verdict", "reason", "agent", "customer",
+                        "cut", "short", "none", "json", "key", "keys", "object", "null", "true", "false"})
+# A word: a run of letters, or one character of a script written without spaces (Chinese, Japanese).
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_WORD_RE = re.compile(rf"[{_CJK}]|[^\W\d_{_CJK}]+")
+_SCALE_LINE_RE = re.compile(r"^[\s*\-•]*([123])\s*[=:\-–—.)]\s*(.+)$", re.MULTILINE)  # "3 = polite and clear; ..."
+
+
+@dataclass
+class Verdict:
+    score: int
+    comment: str
+    raw_reply: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached: bool
+    attempts: int
+    blame: str | None = None  # who the judge blames (``BLAMES``); None when the reply does not say
+
+
+def _coerce_score(value: Any) -> int | None:
+    """1, 2 or 3 from a JSON value (2, 2.0, "2"); None for anything else (booleans included)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float) and float(value).is_integer() and int(value) in (1, 2, 3):
+        return int(value)
+    if isinstance(value, str) and value.strip() in ("1", "2", "3"):
+        return int(value.strip())
+    return None
+
+
+def _number_score(number: str, out_of: str | None) -> int | None:
+    """1, 2 or 3 from a number written in text ("2", "2.0", "2/3"); None if it is not one."""
+    if out_of is not None and float(out_of) != 3:
+        return None
+    value = float(number)
+    return int(value) if value.is_integer() and int(value) in (1, 2, 3) else None
+
+
+def _has_words(text: str) -> bool:
+    """A comment must say something: "...", "-" or "" copied from a template is not a comment."""
+    return any(ch.isalnum() for ch in text)
+
+
+def _show(values: list[str]) -> str:
+    return ", ".join(dict.fromkeys(values))
+
+
+@dataclass
+class _JsonFound:
+    objects: list[Any]
+    spans: list[tuple[int, int]]
+    duplicate_scores: list[list[Any]]
+
+
+def _find_json_objects(text: str) -> _JsonFound:
+    """Every JSON object in ``text`` (fenced, bare, or embedded in prose), outermost only, with its span."""
+    duplicates: list[list[Any]] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        scores = [value for key, value in items if isinstance(key, str) and key.lower() == "score"]
+        if len({json.dumps(v, sort_keys=True) for v in scores}) > 1:
+            duplicates.append(scores)  # {"score": 3, "score": 1}: json.loads would silently keep the last
+        return dict(items)
+
+    decoder = json.JSONDecoder(object_pairs_hook=pairs)
+    found = _JsonFound([], [], duplicates)
+    position = tries = 0
+    while tries < _MAX_JSON_STARTS and (start := text.find("{", position)) != -1:
+        tries += 1
+        try:
+            obj, end = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            position = start + 1
+            continue
+        found.objects.append(obj)
+        found.spans.append((start, end))
+        position = end
+    return found
+
+
+def _verdict_dicts(obj: Any) -> list[dict[str, Any]]:
+    """Objects with a ``score`` key (any case), searched recursively; keys lower-cased."""
+    found: list[dict[str, Any]] = []
+    if isinstance(obj, dict):
+        lowered = {str(k).lower(): v for k, v in obj.items()}
+        if "score" in lowered:
+            found.append(lowered)
+        else:
+            for value in obj.values():
+                found.extend(_verdict_dicts(value))
+    elif isinstance(obj, list):
+        for value in obj:
+            found.extend(_verdict_dicts(value))
+    return found
+
+
+@dataclass
+class _Label:
+    start: int  # where the label name starts
+    value_start: int  # just after the colon
+    line_start: bool  # the label opens its line (after bullets / markdown)
+    sentence_start: bool  # the label opens its line or a sentence ("... was slow. Score: 1")
+    quoted: bool  # inside a quotation ('"Score: 3, please," the customer wrote') or a "> " quoted line
+    name: str  # "score", "final", "оценка", ...
+    text: str  # the label's line from the label on, for messages
+
+    @property
+    def decides(self) -> bool:
+        return self.name == "score"
+
+
+def _quotations(text: str) -> list[tuple[int, int]]:
+    return [match.span() for match in _QUOTE_RE.finditer(text)]
+
+
+def _verdict_labels(text: str) -> list[_Label]:
+    """Every score label (``Score:``, ``Final:``, ``Оценка:``, ...), noting where it stands."""
+    labels = []
+    quotations = _quotations(text)
+    for match in _LABEL_RE.finditer(text):
+        line_begin = text.rfind("\n", 0, match.start()) + 1
+        line_end = text.find("\n", match.start())
+        shown = text[match.start():len(text) if line_end == -1 else line_end].strip()[:80]
+        line_start = _LINE_START_RE.fullmatch(text, line_begin, match.start()) is not None
+        before = text[line_begin:match.start()]
+        key_style = re.search(r"[{,]\s*[\"']\Z", before) is not None  # "score": 2 in JSON-like text
+        sentence_start = line_start or key_style or _SENTENCE_END_RE.search(before) is not None
+        # Quoted: the quotation goes on past the label's colon (a key like "score": ends before it).
+        quoted = (text[line_begin:].lstrip().startswith(">")
+                  or any(begin < match.start() < end and end > match.end() for begin, end in quotations))
+        labels.append(_Label(match.start(), match.end(), line_start, sentence_start, quoted,
+                             match.group(1).lower(), shown))
+    return labels
+
+
+def _label_score(text: str, label: _Label) -> tuple[int | None, str | None]:
+    """(score or None, the value as written, None when no number follows the label)."""
+    match = _VALUE_RE.match(text, label.value_start)
+    if match is None:
+        return None, None
+    written = match.group(1) + (f"/{match.group(2)}" if match.group(2) else "")
+    return _number_score(match.group(1), match.group(2)), written
+
+
+def _masked(text: str, spans: list[tuple[int, int]]) -> str:
+    """``text`` with the given spans blanked out (line breaks kept, so line starts stay line starts)."""
+    chars = list(text)
+    for start, end in spans:
+        for i in range(start, end):
+            if chars[i] != "\n":
+                chars[i] = " "
+    return "".join(chars)
+
+
+def _score_mentions(text: str) -> list[tuple[float, str]]:
+    """Every score ``text`` names, in any form, as (value, the words naming it): "a score of 3", "I rate the
+    call 1", "Final: 1", "Оценка: 2", "2 балла", "1 out of 3", "2/3". A number is a score when a score word
+    stands up to four words before it or two after it in the same sentence; a fraction always is."""
+    found = [(float(match.group(1)), match.group(0)) for match in _FRACTION_RE.finditer(text)]
+    rest = _SCALE_RE.sub(lambda m: " " * len(m.group(0)), text)
+    rest = _FRACTION_RE.sub(lambda m: " " * len(m.group(0)), rest)
+    tokens = list(_TOKEN_RE.finditer(rest))
+    for i, token in enumerate(tokens):
+        word = token.group(0)
+        if word[0].isdigit():
+            value, before, after = float(word), 4, 2
+        elif word.lower() in _NUMBER_WORDS:
+            value, before, after = float(_NUMBER_WORDS[word.lower()]), 3, 0
+        else:
+            continue
+        near = []
+        for j in range(i - 1, max(-1, i - 1 - before), -1):
+            if tokens[j].group(0) in ".!?;\n":
+                break
+            near.append(tokens[j])
+        for j in range(i + 1, min(len(tokens), i + 1 + after)):
+            if tokens[j].group(0) in ".!?;\n":
+                break
+            near.append(tokens[j])
+        words = [t for t in near if _SCORE_WORD_RE.fullmatch(t.group(0))]
+        if words:  # shown from the nearest score word to the number: "rate the call 1", "3 points"
+            nearest = min(words, key=lambda t: abs(t.start() - token.start()))
+            begin, end = min(nearest.start(), token.start()), max(nearest.end(), token.end())
+            found.append((value, " ".join(text[begin:end].split())))
+    return found
+
+
+def _comment_problem(comment: str, field: str, score: int, prompt: str | None) -> str | None:
+    """Why ``comment`` (``field`` names it when empty) is no reason for a verdict of ``score``, or None when it
+    is one."""
+    if not _has_words(comment):
+        return f"{field} is missing or empty (got {comment!r}); a verdict needs a reason"
+    fragment = _JSON_FRAGMENT_RE.search(comment)
+    if fragment:
+        return (f"the comment {comment!r} holds a piece of the JSON around it ({fragment.group(0).strip()!r}): the "
+                "reply is garbled, not a reason")
+    label = _FIELD_LABEL_RE.search(comment)
+    if label:
+        return f"the comment {comment!r} holds another verdict field ({label.group(0)!r}), not a reason"
+    words = _WORD_RE.findall(comment)
+    if all(word.lower() in _KEY_WORDS for word in words):
+        return f"the comment {comment!r} is only key names, not a reason"
+    if len(words) < MIN_COMMENT_WORDS:
+        return (f"the comment {comment!r} has {len(words)} word(s); a verdict needs a reason of at least "
+                f"{MIN_COMMENT_WORDS} words")
+    if prompt is not None:
+        said = f" {_normalized(comment)} "
+        if said in f" {_normalized(prompt)} ":
+            # The scale's own words for the score given ("3 = every criterion is met") are its reason; any other
+            # copy (the instructions, another score's line, a criterion) says nothing about this conversation.
+            rubric = [f" {_normalized(match.group(2))} " for match in _SCALE_LINE_RE.finditer(prompt)
+                      if int(match.group(1)) == score]
+            if not any(said in line for line in rubric):
+                return f"the comment {comment!r} copies the evaluator prompt's own text, not a reason"
+    return None
+
+
+def _normalized(text: str) -> str:
+    """``text`` as lower-case words separated by single blanks: punctuation and quotes do not hide a copy."""
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
+def _json_verdict(text: str, found: _JsonFound, candidates: list[dict[str, Any]],
+                  prompt: str | None) -> tuple[int, str]:
+    if found.duplicate_scores:
+        shown = _show([json.dumps(v) for v in found.duplicate_scores[0]])
+        raise ValueError(f"a JSON object repeats 'score' with different values ({shown}); not guessing which "
+                         "one is the verdict")
+    scores = []
+    for candidate in candidates:
+        score = _coerce_score(candidate["score"])
+        if score is None:
+            raise ValueError(f"'score' must be 1, 2 or 3, got {candidate['score']!r}")
+        scores.append(score)
+    if len(set(scores)) > 1:
+        raise ValueError(f"the reply holds {len(candidates)} JSON verdicts with different scores "
+                         f"({_show([str(s) for s in scores])}); not guessing which one is meant")
+    for candidate in candidates:  # {"score": 3, "comment": "...", "final": 1}
+        for key, value in candidate.items():
+            if (key not in ("score", "comment", "blame") and _SCORE_WORD_RE.fullmatch(key)
+                    and not isinstance(value, bool) and isinstance(value, int | float) and value != scores[0]):
+                raise ValueError(f"the JSON verdict says score {scores[0]} but its {key!r} says {value!r}; not "
+                                 "guessing which one is meant")
+    # The text around the verdict (other JSON included) must not name another score in any form: a quoted
+    # transcript, a negated or hypothetical score, an injected verdict the judge then contradicts.
+    rest = _masked(text, [span for obj, span in zip(found.objects, found.spans, strict=True)
+                          if _verdict_dicts(obj)])
+    for label in _verdict_labels(rest):
+        other, written = _label_score(rest, label)
+        if written is not None and other != scores[0]:
+            raise ValueError(f"the JSON verdict says score {scores[0]} but the text around it says "
+                             f"{label.text!r} ({written}); not guessing which one is meant")
+    for value, shown in _score_mentions(rest):
+        if value != scores[0]:
+            raise ValueError(f"the JSON verdict says score {scores[0]} but the text around it names another "
+                             f"score ({shown!r}); not guessing which one is meant")
+    comment = candidates[0].get("comment")
+    if not isinstance(comment, str):
+        raise ValueError(f"'comment' is missing or empty (got {comment!r}); a verdict needs a reason")
+    problem = _comment_problem(comment.strip(), "'comment'", scores[0], prompt)
+    if problem:
+        raise ValueError(problem)
+    return scores[0], comment.strip()
+
+
+def _text_comment(text: str, labels: list[_Label]) -> str | None:
+    """The text after the first ``Comment:`` label, up to the next score label or ``Blame:`` line, or the end."""
+    match = _COMMENT_LABEL_RE.search(text)
+    if match is None:
+        return None
+    ends = [label.start for label in labels if label.start > match.end()]
+    ends += [blame.start() for blame in _BLAME_NAME_RE.finditer(text, match.end())
+             if _LINE_START_RE.fullmatch(text, text.rfind("\n", 0, blame.start()) + 1, blame.start())]
+    comment = text[match.end():min(ends) if ends else len(text)]
+    return comment.strip().strip("*_`\"'").strip()
+
+
+def _text_verdict(text: str, prompt: str | None) -> tuple[int, str]:
+    found = _verdict_labels(text)
+    labels = []  # the judge's own labels that carry a value: a Score: label always, others with a number
+    for label in found:
+        if not label.quoted and (label.decides or _label_score(text, label)[1] is not None):
+            labels.append(label)
+    if not labels:
+        problem = "no JSON object with 'score' and 'comment' and no 'Score: N' / 'Comment: ...' lines"
+        quoted = [label for label in found if label.quoted]
+        mentions = _score_mentions(text)
+        if quoted:
+            problem += f"; {quoted[0].text!r} is quoted, not the judge's verdict"
+        elif mentions:
+            problem += (f"; {mentions[0][1]!r} in prose is not a verdict (it may be quoted, negated, reported or "
+                        "hypothetical); not guessing")
+        raise ValueError(problem)
+    deciding = [label for label in labels if label.line_start]
+    if not deciding:
+        if not any(label.sentence_start for label in labels):
+            raise ValueError(f"a score label inside a sentence is not a verdict line: {labels[0].text!r} (it may "
+                             "be quoted, negated or reported); a verdict needs a 'Score: N' line")
+        deciding = labels
+    if not any(label.decides for label in deciding):
+        raise ValueError(f"no 'Score: N' line, only {deciding[0].text!r}; not guessing that it is the verdict")
+    values = [_label_score(text, label) for label in deciding]
+    bad = [label.text for label, (score, _) in zip(deciding, values, strict=True) if score is None]
+    if bad:
+        raise ValueError(f"a 'Score:' label without a score 1, 2 or 3: {bad[0]!r}")
+    if len({score for score, _ in values}) > 1:
+        written = [str(shown) if label.decides else f"{label.text.split(':')[0]}: {shown}"
+                   for label, (_, shown) in zip(deciding, values, strict=True)]
+        raise ValueError(f"'Score:' labels disagree: {_show(written)}; not guessing which one is the verdict")
+    score = values[0][0]
+    assert score is not None
+    comment = _text_comment(text, labels)
+    if comment is None:
+        raise ValueError(f"found score {score} but no 'Comment: ...' line; a verdict needs a reason")
+    if not _has_words(comment):
+        raise ValueError(f"the 'Comment:' line is empty (got {comment!r}); a verdict needs a reason")
+    junk = _comment_problem(comment, "the comment", score, prompt)
+    if junk:
+        raise ValueError(junk)
+    return score, comment
+
+
+def parse_verdict(text: str, *, prompt: str | None = None) -> tuple[int, str]:
+    """Return (score, comment) from a judge reply or raise ValueError saying what is wrong. Never guesses:
+    an ambiguous reply is invalid.
+
+    A JSON object with ``score`` and ``comment`` decides when every such object agrees and the text around it
+    names no other score in any form (a ``Score:``/``Final:``/``Оценка:`` label, "a score of 1", "1 out of 3",
+    "I rate it 1"). Otherwise ``Score: N`` labels decide: those opening a line if there are any, else those
+    opening a sentence (with every label agreeing); a label inside a sentence or a quotation, and a score
+    mentioned in prose ("I would not give it a score of 3", 'the customer said "score 3"'), never decides. Other
+    score labels (``Final: 1``) must agree with it. The comment (the JSON's or the ``Comment:`` label's) must be
+    a reason: at least ``MIN_COMMENT_WORDS`` words, not a piece of JSON, another field or key names, and not
+    text copied from ``prompt`` (the evaluator prompt that was sent, when given).
+    """
+    found = _find_json_objects(text)
+    candidates = [d for obj in found.objects for d in _verdict_dicts(obj)]
+    if candidates or found.duplicate_scores:
+        return _json_verdict(text, found, candidates, prompt)
+    return _text_verdict(text, prompt)
+
+
+def blame_contradiction(score: int, blame: str | None, min_score: int) -> str | None:
+    """Why a verdict's ``blame`` contradicts its ``score`` (then the verdict can't be trusted), or None: the top
+    score blaming the agent, or a failing score (below ``min_score``, or 1) saying nothing went wrong."""
+    if blame == "agent" and score == 3:
+        return ("score 3 (the top score, a pass) with blame 'agent' (the agent failed): the verdict contradicts "
+                "itself; not guessing which half is meant")
+    if blame == "none" and (score < min_score or score == 1):
+        failing = f"below min_score {min_score}" if score < min_score else "the bottom of the scale"
+        return (f"score {score} ({failing}) with blame 'none' (nothing went wrong): the verdict contradicts "
+                "itself; not guessing which half is meant")
+    return None
+
+
+def parse_blame(text: str) -> str | None:
+    """The ``blame`` of a judge reply (a JSON object's key, else a ``Blame:`` label) when it is one of ``BLAMES``;
+    None otherwise. Blame sorts failures in the reports; it never decides a verdict, so a reply without it is
+    still a verdict."""
+    found = _find_json_objects(text)
+    for candidate in (d for obj in found.objects for d in _verdict_dicts(obj)):
+        value = candidate.get("blame")
+        if isinstance(value, str) and value.strip().lower() in BLAMES:
+            return value.strip().lower()
+    match = _BLAME_LABEL_RE.search(text)
+    return match.group(1).lower() if match and match.group(1).lower() in BLAMES else None
+
+
+def policy_score(scores: list[int], policy: str) -> float:
+    """The judge's score over repeats: ``majority`` (the most frequent; a tie goes to the lowest of the tied
+    scores, so an even split never rounds up), ``min`` (the lowest) or ``mean`` (the exact mean)."""
+    if policy == "min":
+        return float(min(scores))
+    if policy == "mean":
+        return round(sum(scores) / len(scores), 4)
+    counts = {score: scores.count(score) for score in scores}
+    top = max(counts.values())
+    return float(min(score for score, count in counts.items() if count == top))
+
+
+def check_judge_sees_criteria(scenario: Scenario, settings: RunSettings, renderer: PromptRenderer, *,
+                              label: str) -> None:
+    """PromptError when the scenario has ``criteria`` that its evaluator template never shows the judge. Checked
+    before the conversation too, so a template that would drop them costs no calls."""
+    if not scenario.criteria:
+        return
+    template = settings.role("evaluator", scenario).template
+    used = renderer.variables_used(template)
+    if used is not None and "criteria" not in used:  # the judge would silently never see them
+        raise PromptError(
+            f"{label}: the scenario has 'criteria' but the evaluator template {template!r} never uses the "
+            "variable 'criteria', so the judge would not see them; list them in the template "
+            "(e.g. {% for c in criteria %}{{ loop.index }}. {{ c }}{% endfor %}) or remove the project's "
+            "template to use the package's generic evaluator"
+        )
+
+
+async def evaluate(
+    scenario: Scenario,
+    transcript: Transcript,
+    settings: RunSettings,
+    client: Completer,
+    renderer: PromptRenderer,
+    *,
+    label: str,
+    repeat: int = 0,
+    min_score: int | None = None,
+) -> Verdict:
+    """Judge ``transcript``; a transcript without a single non-empty agent turn is refused, not judged.
+    ``repeat`` n > 0 is the n+1-th independent verdict of the same transcript (its own seed and cache key).
+    ``min_score`` (default: the scenario's, else the run's) tells a failing score, for ``blame_contradiction``."""
+    refusal = no_agent_reply_error(transcript, scenario, settings, label=label)
+    if refusal is not None:
+        raise refusal
+    role = settings.role("evaluator", scenario)
+    context = template_context(scenario, settings, transcript=transcript.to_dicts(),
+                               transcript_text=transcript.as_text(), ended_by=transcript.ended_by,
+                               end_reason=transcript.end_reason)
+    prompt = renderer.render(role.template, context, scenario_label=label)
+    seed = scenario.seed if scenario.seed is not None else settings.default_seed
+    if repeat:
+        from pytest_llmsim.model.trials import derive_seed
+
+        seed = derive_seed(seed, repeat + 1, salt="judge")
+        label = f"{label} judge repeat {repeat + 1}"
+    minimum = min_score or scenario.min_score or settings.min_score
+    ask = "Return the verdict as JSON now."
+    problems: list[str] = []
+    raw = ""
+    prompt_tokens = completion_tokens = 0
+    for attempt in range(settings.judge_attempts):
+        request = LLMRequest(
+            role="evaluator", model=role.model,
+            messages=({"role": "system", "content": prompt}, {"role": "user", "content": ask}),
+            temperature=role.temperature, max_tokens=role.max_tokens, seed=seed,
+            json_schema=VERDICT_SCHEMA, attempt=attempt,
+        )
+        reply = await client.complete(request, label=f"{label} evaluator attempt {attempt + 1}")
+        raw = reply.text
+        prompt_tokens += reply.prompt_tokens
+        completion_tokens += reply.completion_tokens
+        try:
+            score, comment = parse_verdict(raw, prompt=f"{prompt}\n{ask}")
+            blame = parse_blame(raw)
+            contradiction = blame_contradiction(score, blame, minimum)
+            if contradiction is not None:
+                raise ValueError(contradiction)
+        except ValueError as exc:
+            problems.append(str(exc))
+            continue
+        return Verdict(score, comment, raw, prompt_tokens, completion_tokens, reply.cached, attempt + 1, blame)
+    raise VerdictError(
+        f"{label}: the evaluator's reply is not a valid verdict after {settings.judge_attempts} attempt(s): "
+        f"{problems[-1]}",
+        raw_reply=raw,
+    )
+
+
+# -- the judge and the criteria as metrics -------------------------------------------------------------------------
+class JudgeMetric(LLMMetric):
+    """``judge``: today's 1-3 verdict and comment; passes at ``min_score`` (the option, else the scenario's,
+    else the run's). Needs the renderer (the evaluator template), bound by the runner."""
+
+    name = "judge"
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(options)
+        unknown = sorted(set(self.options) - {"min_score"})
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))}; the judge takes min_score")
+        min_score = self.options.get("min_score")
+        if min_score is not None and (not isinstance(min_score, int) or isinstance(min_score, bool)
+                                      or not 1 <= min_score <= 3):
+            raise ValueError(f"min_score must be 1, 2 or 3 (got {min_score!r})")
+        self.verdict: Verdict | None = None
+
+    def bind_renderer(self, renderer: PromptRenderer) -> None:
+        self._renderer = renderer
+
+    def min_score(self, scenario: Scenario) -> int:
+        return self.options.get("min_score") or scenario.min_score or self._settings.min_score
+
+    async def evaluate(self, conversation: Conversation, scenario: Scenario) -> MetricResult:
+        assert conversation.transcript is not None
+        repeats = max(1, self._settings.judge_repeats)
+        verdicts = list(await asyncio.gather(*(
+            evaluate(scenario, conversation.transcript, self._settings, self._client, self._renderer,
+                     label=self._label, repeat=repeat, min_score=self.min_score(scenario))
+            for repeat in range(repeats))))
+        minimum = self.min_score(scenario)
+        details: dict[str, Any] = {"min_score": minimum, "attempts": verdicts[0].attempts}
+        if repeats == 1:
+            verdict = self.verdict = verdicts[0]
+            passed = verdict.score >= minimum
+        else:  # several verdicts of one transcript: the policy decides, and a split is said, never hidden
+            scores = [v.score for v in verdicts]
+            policy = self._settings.judge_policy
+            exact = policy_score(scores, policy)
+            passed = exact >= minimum
+            score = math.floor(exact)  # (passes at an integer minimum exactly when the exact score does)
+            chosen = next((v for v in verdicts if v.score == score), verdicts[0])
+            verdict = self.verdict = dataclasses.replace(chosen, score=score)
+            details.update(scores=scores, policy=policy, policy_score=exact, spread=max(scores) - min(scores),
+                           unanimous=len(set(scores)) == 1,
+                           unstable=any(s >= minimum for s in scores) and any(s < minimum for s in scores),
+                           attempts=max(v.attempts for v in verdicts))
+        if verdict.blame is not None:
+            details["blame"] = verdict.blame
+        return MetricResult("judge", verdict.score, passed, verdict.comment, details)
+
+
+CRITERIA_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "criteria": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"number": {"type": "integer"}, "met": {"type": "boolean"},
+                               "reason": {"type": "string"}},
+                "required": ["number", "met", "reason"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    "required": ["criteria"],
+    "additionalProperties": False,
+}
+
+
+def criteria_prompt(scenario: Scenario, transcript: Transcript, language: str) -> str:
+    criteria = "\n".join(f"{i}. {criterion}" for i, criterion in enumerate(scenario.criteria or (), start=1))
+    return (
+        "You check a conversation between a customer and an AI assistant (the AGENT) against criteria, one by "
+        "one. Judge only the AGENT.\n\nCriteria:\n" + criteria + "\n\n"
+        "In the transcript, text in square brackets before an agent's line is a tool call the agent made and what "
+        f"it returned.\nHow the conversation ended: {transcript.end_reason}.\n\nTranscript:\n{transcript.as_text()}\n\n"
+        'Reply with one JSON object only: {"criteria": [{"number": <criterion number>, "met": true or false, '
+        f'"reason": "<one sentence in {language}>"}}, ...]}}, one entry per criterion, in order.'
+    )
+
+
+def parse_criteria(raw: str, count: int) -> list[tuple[bool, str]]:
+    """``(met, reason)`` per criterion from the judge's reply; ValueError unless it answers every criterion
+    exactly once with a boolean (never guessed)."""
+    try:
+        data = json.loads(raw.strip().removeprefix("```json").removeprefix("```").removesuffix("```").strip())
+    except ValueError:
+        raise ValueError("the reply is not a JSON object") from None
+    entries = data.get("criteria") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError("the reply has no 'criteria' list")
+    found: dict[int, tuple[bool, str]] = {}
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise ValueError("a 'criteria' entry is not an object")
+        number, met = entry.get("number"), entry.get("met")
+        if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= count:
+            raise ValueError(f"a criterion number {number!r} is not between 1 and {count}")
+        if not isinstance(met, bool):
+            raise ValueError(f"criterion {number}: 'met' is {met!r}, not true or false")
+        if number in found:
+            raise ValueError(f"criterion {number} is answered twice")
+        found[number] = (met, str(entry.get("reason") or ""))
+    missing = [n for n in range(1, count + 1) if n not in found]
+    if missing:
+        raise ValueError(f"criteria {', '.join(map(str, missing))} are not answered")
+    return [found[n] for n in range(1, count + 1)]
+
+
+class CriteriaMetric(LLMMetric):
+    """``criteria``: one judge call returns met / not met and a reason for each of the scenario's ``criteria``;
+    passes when every criterion is met (or at least ``min_share`` of them). ``score``: the share met."""
+
+    name = "criteria"
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(options)
+        unknown = sorted(set(self.options) - {"min_share"})
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))}; criteria takes min_share")
+        share = self.options.get("min_share", 1.0)
+        if not isinstance(share, int | float) or isinstance(share, bool) or not 0 <= share <= 1:
+            raise ValueError(f"min_share must be a number from 0 to 1 (got {share!r})")
+        self.min_share = float(share)
+
+    def check(self, scenario: Scenario) -> None:
+        if not scenario.criteria:
+            raise ValueError("it checks the scenario's 'criteria', and this scenario lists none; add 'criteria' "
+                             "(a list of what the agent must do) or remove the metric")
+
+    async def evaluate(self, conversation: Conversation, scenario: Scenario) -> MetricResult:
+        assert conversation.transcript is not None
+        if not scenario.criteria:
+            raise ConfigError(f"{self._label}: the metric 'criteria' needs the scenario's 'criteria' list")
+        refusal = no_agent_reply_error(conversation.transcript, scenario, self._settings, label=self._label)
+        if refusal is not None:
+            raise refusal
+        language = scenario.language or self._settings.language
+        messages = [{"role": "system", "content": criteria_prompt(scenario, conversation.transcript, language)},
+                    {"role": "user", "content": "Return the verdicts as JSON now."}]
+        problems: list[str] = []
+        raw = ""
+        for attempt in range(self._settings.judge_attempts):
+            reply = await self.ask(messages, json_schema=CRITERIA_SCHEMA, attempt=attempt)
+            raw = reply.text
+            try:
+                verdicts = parse_criteria(raw, len(scenario.criteria))
+            except ValueError as exc:
+                problems.append(str(exc))
+                continue
+            met = sum(1 for ok, _ in verdicts if ok)
+            share = met / len(verdicts)
+            failed = [f"{criterion!r} not met: {reason}" if reason else f"{criterion!r} not met"
+                      for criterion, (ok, reason) in zip(scenario.criteria, verdicts, strict=True) if not ok]
+            details = {"criteria": [{"criterion": criterion, "met": ok, "reason": reason}
+                                    for criterion, (ok, reason) in zip(scenario.criteria, verdicts, strict=True)],
+                       "min_share": self.min_share}
+            return MetricResult("criteria", round(share, 4), share >= self.min_share - 1e-9,
+                                "; ".join(failed) or f"all {len(verdicts)} criteria met", details)
+        raise VerdictError(f"{self._label}: the criteria verdict is not valid after {self._settings.judge_attempts} "
+                           f"attempt(s): {problems[-1]}", raw_reply=raw)

@@ -1,0 +1,389 @@
+"""The controller's reporting plugin: a thin pytest front over the reporting engine.
+
+Who does what:
+
+* ``report_options``: the report options' values (gates, output paths, the baseline, the price table), from the
+  option table;
+* ``baseline``: the baseline (loaded at configure time: a bad one is a usage error before anything runs), this
+  run compared with it (``self.comparison``, read by the terminal, the exports, the HTML and markdown reports)
+  and the baseline gates;
+* ``collector.RecordCollector``: test reports -> one ``ScenarioRecord`` per scenario item, in collection order;
+* ``summary``: the run totals and the suite gates; ``exports``: the results files; ``histogram``: the PNG;
+* ``terminal_report``: the llmsim terminal summary as lines; ``html_hooks`` + ``html_report``: pytest-html;
+* this module: the pytest hooks that feed the collector and, at session end, compute the summary once, compare
+  with the baseline, check the gates, write the exports and the histogram, set the exit status and print the
+  summary; plus the JUnit transcript.
+
+Only the controller (the process without ``config.workerinput``) has a ``ReportPlugin``. Workers only price
+their own items for the JUnit ``cost_usd`` property (``scenario_cost_usd``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import uuid
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_llmsim.model.results import Outcome, ScenarioRecord, ScenarioResult, Status
+from pytest_llmsim.plugin.gate import is_known_failure
+from pytest_llmsim.plugin.html_hooks import HtmlHooks
+from pytest_llmsim.plugin.report_options import (
+    WORKER_BASELINE,
+    WORKER_BASELINE_SHOWN,
+    WORKER_PRICES,
+    baseline_from_config,
+    gates_from_config,
+    local_judge,
+    path_option,
+    price_table,
+    scenario_cost_usd,
+)
+from pytest_llmsim.reporting.baseline import Comparison, ScenarioDelta, compare, regression_gates, scenario_delta
+from pytest_llmsim.reporting.collector import RecordCollector, trimmed_report_data
+from pytest_llmsim.reporting.exports import export_format, write_results
+from pytest_llmsim.reporting.histogram import HistogramUnavailable, draw_histogram
+from pytest_llmsim.reporting.markdown import STEP_SUMMARY_ENV, append_step_summary, render_markdown, write_markdown
+from pytest_llmsim.reporting.summary import (
+    Gates,
+    RunSummary,
+    gates_unchecked_reason,
+    known_failures_text,
+    local_judge_baseline_text,
+    local_judge_text,
+    missed_gates,
+    summary_dict,
+)
+from pytest_llmsim.reporting.terminal import Line, backend_messages, one_line, record_text, summary_lines
+
+__all__ = ["ReportPlugin", "junit_transcript", "scenario_cost_usd"]
+
+
+def junit_transcript(config: pytest.Config, report: pytest.TestReport, record: ScenarioRecord, *,
+                     figures: bool = False) -> None:
+    """The test case's llmsim ``<system-out>`` in the JUnit XML, if any: under ``junit_family=xunit2`` (pytest's
+    default, whose schema has no per-testcase ``<properties>``) and ``figures`` (the item reported a conversation),
+    the scenario's figures as ``name=value`` lines under ``[llmsim]`` (the properties xunit1 gets, see
+    ``junit_properties``); for a failing or erroring scenario, its verdict, metrics and transcript.
+
+    junitxml copies only *captured stdout* there, and our transcript is a report section of its own; so
+    append the element to the test case's node reporter (internal API: ``_pytest.junitxml.xml_key``).
+    """
+    try:
+        from _pytest.junitxml import bin_xml_escape, xml_key
+    except ImportError:  # pragma: no cover - a pytest without these internals: properties still work
+        return
+    xml = config.stash.get(xml_key, None)
+    if xml is None:
+        return
+    parts = []
+    if figures and xml.family != "xunit1":
+
+        lines = [f"{name}={one_line('' if value is None else value)}"
+                 for name, value in junit_properties(record.result, f"{record.cost_usd:.8f}")]
+        parts.append("\n".join(["[llmsim]", *lines]) + "\n")
+    if record.status in (Status.FAILED, Status.ERROR) and record.result.transcript:
+        parts.append(record_text(record))
+    if not parts:
+        return
+    element = ET.Element("system-out")
+    element.text = bin_xml_escape("\n".join(parts))
+    xml.node_reporter(report).append(element)
+
+
+class ReportPlugin:
+    """Feeds the record collector and, at session end, reports the run (controller only)."""
+
+    name = "llmsim-report"
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        gates = gates_from_config(config)
+        self.notes: list[Line] = []
+        # A bad baseline is a usage error now, before anything runs; its recordings are priced with this run's table.
+        self.baseline = baseline_from_config(config)
+        if self.baseline is None and gates.baseline_gates:
+            self.notes.append(Line("llmsim: baseline gates (llmsim_fail_on_regression, llmsim_max_score_drop) not "
+                                   "checked: no baseline given (--llmsim-baseline)", {"yellow": True}))
+            gates = dataclasses.replace(gates, fail_on_regression=False, max_score_drop=None)
+        self.gates = gates
+        self.comparison: Comparison | None = None
+        self.known_failures: set[str] = set()  # --llmsim-gate=regressions: reports made xfailed (gate_plugin)
+        self.results_path = path_option(config, "llmsim_results")
+        if self.results_path is not None:
+            try:
+                export_format(self.results_path)
+            except ValueError as exc:
+                raise pytest.UsageError(f"llmsim: llmsim_results: {exc}") from None
+        self.markdown_path = path_option(config, "llmsim_markdown")
+        self.histogram_path = path_option(config, "llmsim_histogram")
+        self.prices_path = path_option(config, "llmsim_prices")
+        # A bad price file is a usage error before anything runs. One run id for every record of the session.
+        self.collector = RecordCollector(price_table(config), run_id=str(uuid.uuid4()))
+        self.final: RunSummary | None = None
+        self.worker_rate_limits: list[Any] = []  # each xdist worker's rate-limit figures, sent at its end
+        self.missed: list[str] = []
+        # Files this run was asked to write and could not: one line each, printed even under -q; the run fails.
+        self.write_failures: list[Line] = []
+        self.extra_missed: list[str] = []  # gates other plugins decide (the judge calibration's), in every report
+        self.backend: list[str] = []
+        self.junit_figures: set[str] = set()  # items that reported a conversation and are not torn down yet
+        self.html: HtmlHooks | None = None
+        if config.pluginmanager.hasplugin("html") and config.getoption("htmlpath", default=None):
+            self.html = HtmlHooks(self.collector.get, self._html_totals)
+            config.pluginmanager.register(self.html, "llmsim-html")
+
+    @property
+    def run_id(self) -> str:
+        return self.collector.run_id
+
+    @property
+    def summary(self) -> RunSummary:
+        """The final summary once the session finished; the totals so far before."""
+        return self.final if self.final is not None else self.collector.summary()
+
+    def _html_totals(self) -> tuple[RunSummary, Gates, list[str]]:
+        summary = self.summary
+        return summary, self.gates, self.missed if self.final is not None else missed_gates(summary, self.gates)
+
+    # -- collecting ---------------------------------------------------------------------------------------
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.collector.expect((item.nodeid for item in session.items),
+                              (item.nodeid for item in session.items if item.get_closest_marker("llmsim")))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        from pytest_llmsim.model.scenario_paths import is_scenario_nodeid
+
+        self.collector.expect(ids, (nodeid for nodeid in ids if is_scenario_nodeid(nodeid)))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        self.worker_rate_limits.append(getattr(node, "workeroutput", {}).get("llmsim_rate_limits"))
+
+    def _with_rate_limits(self, summary: RunSummary) -> RunSummary:
+        """``summary`` with the rate-limit figures of this process and of every xdist worker, added up."""
+        from pytest_llmsim.llm.rate_limits import merge_stats, throughput_fields
+        from pytest_llmsim.plugin.session import SESSION_KEY
+
+        llmsim = self.config.stash.get(SESSION_KEY, None)
+        own = llmsim.rate_limit_stats() if llmsim is not None else None
+        return dataclasses.replace(summary, **throughput_fields(merge_stats([own, *self.worker_rate_limits])))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        # Workers price items for the JUnit property; give them the file this process resolved.
+        node.workerinput[WORKER_PRICES] = str(self.prices_path) if self.prices_path else ""
+        if self.baseline is not None:  # the regressions gate decides in the workers, from the same baseline
+            node.workerinput[WORKER_BASELINE] = str(self.baseline.path)
+            node.workerinput[WORKER_BASELINE_SHOWN] = self.baseline.label
+
+    @pytest.hookimpl(tryfirst=True)  # before pytest-html (trylast) and junitxml read the report
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        record = self.collector.add_report(report)
+        if is_known_failure(report):
+            self.known_failures.add(report.nodeid)
+        data = getattr(report, "llmsim", None)
+        if record is not None and data is not None:
+            self.junit_figures.add(report.nodeid)
+        if record is not None and self.html is not None and data is not None:
+            self.html.attach_extras(report, record, self._changed_delta(record))
+        if record is not None and isinstance(data, dict):
+            report.llmsim = trimmed_report_data(data)  # type: ignore[attr-defined]
+        if report.when == "teardown":
+            record = self.collector.get(report.nodeid)
+            if record is not None:
+                junit_transcript(self.config, report, record, figures=report.nodeid in self.junit_figures)
+            self.junit_figures.discard(report.nodeid)
+
+    def _changed_delta(self, record: ScenarioRecord) -> ScenarioDelta | None:
+        """``record`` compared with its baseline record, when there is one and something changed."""
+        if self.baseline is None:
+            return None
+        old = self.baseline.records.get(record.nodeid)
+        if old is None:
+            return None
+        delta = scenario_delta(record, old)
+        return delta if delta.changed else None
+
+    # -- session end --------------------------------------------------------------------------------------
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.config.getoption("collectonly", default=False):
+            return  # nothing ran: keep the previous export and histogram
+        interrupted = session.exitstatus == pytest.ExitCode.INTERRUPTED
+        summary = self._with_rate_limits(self.collector.summary(interrupted=interrupted, final=True))
+        records = self.collector.ordered()
+        known = [r.nodeid for r in records if r.nodeid in self.known_failures and r.outcome == Outcome.XFAILED]
+        summary = self.final = dataclasses.replace(summary, local_judge=local_judge(self.config, records),
+                                                   known_failures=known)
+        self.missed = missed_gates(summary, self.gates) + self.extra_missed
+        if self.baseline is not None:
+            self.comparison = compare(records, self.baseline)
+            if gates_unchecked_reason(summary) is None:
+                self.missed += regression_gates(self.comparison, fail_on_regression=self.gates.fail_on_regression,
+                                                max_score_drop=self.gates.max_score_drop)
+        self.backend = backend_messages(records)
+        if self.results_path is not None:
+            self._export(records, summary)
+        if self.histogram_path is not None:
+            self._histogram(summary)
+        self._markdown(records, summary)
+        self._chat_files(records)
+        if self.backend or (self.write_failures and session.exitstatus == pytest.ExitCode.OK):
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR
+        elif self.missed and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def _write_failed(self, what: str, path: Path | str, exc: OSError) -> None:
+        self.write_failures.append(Line(f"llmsim: could not write {what} to {path}: {exc}", {"red": True,
+                                                                                             "bold": True}))
+
+    def _export(self, records: list[ScenarioRecord], summary: RunSummary) -> None:
+        assert self.results_path is not None
+        generated = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        try:
+            comparison = self.comparison
+            written = write_results(self.results_path, records,
+                                    summary_dict(summary, self.gates, self.missed,
+                                                 comparison.summary_dict() if comparison is not None else None),
+                                    run_id=self.run_id, generated_at=generated, comparison=comparison,
+                                    baseline_field=True)
+        except OSError as exc:
+            self._write_failed("results", self.results_path, exc)
+            return
+        extra = f"; summary in {written[1]}" if len(written) > 1 else ""
+        partial = "" if summary.complete else " (a partial run, marked as such)"
+        self.notes.append(Line(f"llmsim: {len(records)} results written to {written[0]}{extra}{partial}",
+                               {} if summary.complete else {"yellow": True}))
+
+    def _chat_files(self, records: list[ScenarioRecord]) -> None:
+        """Say where ``--llmsim-chats-dir`` wrote the conversations, and how many could not be written."""
+        chats = [record.result.chat_file for record in records if record.result.chat_file]
+        written = [chat for chat in chats if not chat.startswith("not written")]
+        if written:
+            self.notes.append(Line(f"llmsim: {len(written)} chat file(s) written to {Path(written[0]).parent}"))
+        failed = [chat for chat in chats if chat.startswith("not written")]
+        if failed:
+            self.notes.append(Line(f"llmsim: {len(failed)} chat file(s) {failed[0]}", {"red": True}))
+
+    def _markdown(self, records: list[ScenarioRecord], summary: RunSummary) -> None:
+        """The pull request summary: to ``llmsim_markdown``, and appended to ``$GITHUB_STEP_SUMMARY`` when that is
+        set and scenarios ran (a plain test suite in the same job adds nothing)."""
+        step_summary = bool(os.environ.get(STEP_SUMMARY_ENV)) and bool(records)
+        if self.markdown_path is None and not step_summary:
+            return
+        comparison = self.comparison
+        text = render_markdown(
+            summary, self.gates, self.missed, records, comparison.deltas if comparison is not None else None,
+            baseline_label=comparison.baseline_label if comparison is not None else "",
+            new=comparison.new if comparison is not None else (),
+            missing=comparison.missing if comparison is not None else (),
+            mean_score_delta=comparison.mean_score_delta if comparison is not None else None)
+        if self.markdown_path is not None:
+            try:
+                write_markdown(self.markdown_path, text)
+            except OSError as exc:
+                self._write_failed("the markdown summary", self.markdown_path, exc)
+            else:
+                self.notes.append(Line(f"llmsim: markdown summary written to {self.markdown_path}"))
+        if step_summary:
+            try:
+                append_step_summary(text)
+            except OSError as exc:
+                self._write_failed(f"the summary (append to ${STEP_SUMMARY_ENV})", os.environ[STEP_SUMMARY_ENV],
+                                   exc)
+            else:
+                self.notes.append(Line(f"llmsim: summary appended to ${STEP_SUMMARY_ENV}"))
+
+    def _histogram(self, summary: RunSummary) -> None:
+        assert self.histogram_path is not None
+        try:
+            draw_histogram(summary, self.histogram_path)
+        except HistogramUnavailable as exc:
+            self.notes.append(Line(f"llmsim: --llmsim-histogram: {exc}", {"yellow": True}))
+        except OSError as exc:
+            self._write_failed("the histogram", self.histogram_path, exc)
+        else:
+            self.notes.append(Line(f"llmsim: score histogram written to {self.histogram_path}"))
+
+    def pytest_unconfigure(self) -> None:
+        # pytest's assertion-rewriting import hook stays in ``sys.meta_path`` holding the config, and with it this
+        # plugin, until the interpreter exits, where the garbage collector frees what is left piece by piece:
+        # 10 000 records took it ~4 s. Dropped here, they are freed at once by reference counting.
+        self.collector.records = {}
+        self.comparison = None
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.config.getoption("collectonly", default=False):
+            return
+        summary = self.summary
+        known = known_failures_text(summary)
+        notes = [Line(f"llmsim: {known}", {"yellow": True})] if known is not None else []
+        judge = local_judge_text(summary)  # one line, even under -q: the verdicts' worth
+        judge_lines = [Line(f"llmsim: {judge}", {"yellow": True, "bold": True})] if judge is not None else []
+        caveat = local_judge_baseline_text(summary) if self.comparison is not None else None
+        if caveat is not None:
+            judge_lines.append(Line(f"llmsim: {caveat}", {"yellow": True}))
+        quiet = self.config.get_verbosity() < 0
+        lines = summary_lines(self.collector.ordered(), summary, gates=self.gates, missed=self.missed,
+                              verbosity=self.config.get_verbosity(),
+                              notes=[*([] if quiet else judge_lines), *notes, *self.notes],
+                              backend=self.backend, comparison=self.comparison)
+        if quiet and lines:
+            lines.extend(judge_lines)
+        for line in [*lines, *self.write_failures]:  # a file not written is said even under -q
+            if line.markup.get("separator"):
+                terminalreporter.write_sep("=", line.text)
+            else:
+                terminalreporter.write_line(line.text, **line.markup)
+
+
+def junit_properties(result: ScenarioResult, cost_usd: str) -> list[tuple[str, Any]]:
+    """The JUnit figures of a conversation: score, min_score, comment, turns, ended_by, tokens, ``cost_usd`` (given:
+    fixed-point, 8 decimals), cached, then ``metric.<name>.score`` and ``metric.<name>.passed`` (``true``,
+    ``false``, empty for an informational metric) per metric, the trials' and the judge's figures."""
+    from pytest_llmsim.reporting.terminal import metric_entries
+
+    metrics: list[tuple[str, Any]] = []
+    for metric in metric_entries(result.metrics):
+        name, score, passed = metric.get("name", "?"), metric.get("score"), metric.get("passed")
+        metrics.append((f"metric.{name}.score", "" if score is None else score))
+        metrics.append((f"metric.{name}.passed", "true" if passed is True else "false" if passed is False else ""))
+    return [
+        ("score", result.score), ("min_score", result.min_score), ("comment", result.comment),
+        ("turns", result.total_turns), ("ended_by", result.ended_by),
+        ("prompt_tokens", result.prompt_tokens), ("completion_tokens", result.completion_tokens),
+        ("cost_usd", cost_usd), ("cached", result.fully_cached),
+        *metrics,
+        *_trial_properties(result),
+        *_judge_properties(result),
+    ]
+
+
+def _judge_properties(result: ScenarioResult) -> list[tuple[str, Any]]:
+    """JUnit properties of the judge's repeats and of who is to blame for a failure."""
+    properties: list[tuple[str, Any]] = []
+    if len(result.judge_scores) > 1:
+        properties += [("judge_scores", ";".join(map(str, result.judge_scores))),
+                       ("judge_unstable", "true" if result.judge_unstable else "false")]
+    if result.blame and result.blame != "unknown":
+        properties.append(("blame", result.blame))
+    return properties
+
+
+def _trial_properties(result: ScenarioResult) -> list[tuple[str, Any]]:
+    """JUnit properties of trials: a trial item's trial and seed; a scenario's trials' figures."""
+    if result.trial:
+        return [("trial", result.trial), ("seed", result.seed)]
+    if not result.trials:
+        return []
+    from pytest_llmsim.model.trials import result_stats
+
+    figures = result_stats(result).to_dict()
+    return [(name, figures[name]) for name in ("trials", "passed_trials", "pass_rate", "pass_hat_k", "pass_at_k",
+                                               "flaky", "mean_score")]
