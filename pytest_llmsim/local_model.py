@@ -208,6 +208,10 @@ def server_command(model_path: Path, port: int, threads: int, context: int, *, v
         return [
             sys.executable, "-m", "pytest_llmsim.local_server", "--engine", XLLAMACPP, "--model", str(model_path),
             "--alias", LOCAL_MODEL_NAME, "--host", "127.0.0.1", "--port", str(port), "--ctx", str(context),
+            # As for llama-cpp-python below: prompts on every core, tokens on half of them; idle threads sleep
+            # instead of spinning (``--poll 0``, and OpenMP's passive wait policy in ``local_server``). Measured
+            # on the 2 busy cores (load 7-10), 8 calls of 2 interleaved conversations: 1/2 threads 5.1-7.1 s,
+            # 1/1 7.4-9.5 s, 2/2 5.3-7.8 s; with OpenMP's default spinning 1/2 took 24-36 s and 2/2 26-50 s.
             "--threads", str(max(1, threads // 2)), "--threads-batch", str(threads), "--poll", "0",
             # Prompts of other conversations are saved to RAM and restored when the conversation goes on.
             "--cache-mib", str(PROMPT_CACHE_BYTES >> 20),
