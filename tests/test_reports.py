@@ -548,7 +548,7 @@ def test_histogram_without_matplotlib_is_a_message(sim: SimProject, monkeypatch:
 # -- backend missing, secrets ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", MODES)
 def test_missing_backend_is_reported_once_with_usage_error_status(sim: SimProject, mode: list[str]) -> None:
-    sim.pytester.makeconftest("import sys\nsys.modules['llama_cpp'] = None\n")
+    sim.pytester.makeconftest("import sys\nsys.modules['llama_cpp'] = sys.modules['xllamacpp'] = None\n")
     sim.write_scenarios("s.json", [scenario("a"), scenario("b"), scenario("c")])
     result = sim.pytester.runpytest("-p", "no:randomly", *mode, "--llmsim-results=r.json")
     assert result.ret == pytest.ExitCode.USAGE_ERROR

