@@ -244,4 +244,4 @@ def test_counts_of_one_are_singular_in_every_summary_line() -> None:
     from pytest_llmsim.reporting.summary import plural
 
     assert [plural(n, "scenario") for n in (0, 1, 2, 1000)] == ["0 scenarios", "1 scenario", "2 scenarios",
-                                                                "1,000 scenarios"]
+                                                                "1000 scenarios"]

@@ -431,7 +431,7 @@ def test_pytest_with_a_runaway_regex_finishes_quickly_with_a_clear_error(sim: An
     from pytest_llmsim.testing.openai_server import ScriptedOpenAIServer
 
     script = {"rules": [
-        {"match": {"system_contains": "EVALUATOR"}, "reply": verdict(3, "Fine.")},
+        {"match": {"system_contains": "EVALUATOR"}, "reply": verdict(3, "Fine by every criterion.")},
         {"match": {"system_contains": "AGENT"}, "replies": [RUNAWAY, "Bye. [END_CALL]"]},
         {"match": {"system_contains": "CLIENT"}, "replies": ["Hello", "Thanks"]},
     ]}

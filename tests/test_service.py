@@ -424,7 +424,7 @@ def test_health_answers_while_a_batch_runs_a_runaway_regex(sim: SimProject, serv
     """``(a+)+$`` on 34 a's and '!' froze the whole service (``re`` holds the interpreter): the regex is matched at
     once now, a pattern that still backtracks is stopped after a second, and the server answers meanwhile."""
     script = {"rules": [
-        {"match": {"system_contains": "EVALUATOR"}, "reply": json.dumps({"score": 3, "comment": "Fine."})},
+        {"match": {"system_contains": "EVALUATOR"}, "reply": json.dumps({"score": 3, "comment": "Fine by every criterion."})},
         {"match": {"system_contains": "AGENT"}, "replies": ["a" * 34 + "!", "Bye. [END_CALL]"]},
         {"match": {"system_contains": "CLIENT"}, "replies": ["Hello", "Thanks"]},
     ]}
@@ -482,7 +482,7 @@ def test_the_readmes_service_example_runs_and_a_batch_of_errors_is_not_ok(
     shutil.rmtree(sim.path / "prompts")
     shutil.copytree(shipped, sim.path / "prompts")
     script = {"rules": [
-        {"match": {"system_contains": "strict"}, "reply": json.dumps({"score": 3, "comment": "Good."})},
+        {"match": {"system_contains": "strict"}, "reply": json.dumps({"score": 3, "comment": "Order is confirmed."})},
         {"match": {"system_contains": "CUSTOMER"}, "replies": ["Two chicken fillets to Moscow.", "Yes. Bye!"]},
         {"match": {}, "replies": ["Two chicken fillets to Moscow, 1-2 days. Confirm?", "Confirmed. Bye [END_CALL]"]},
     ]}

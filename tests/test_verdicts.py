@@ -311,7 +311,8 @@ def test_secrets_are_scrubbed_from_the_result(engine_dir: Path, server: Scripted
     (result,) = _run(settings, {"name": "a", "variables": VARIABLES})
     assert result.score == 2
     stored = json.dumps(result.to_dict())
-    assert key not in stored and "***" in result.comment and "***" in result.raw_verdict
+    # the comment's trailing markdown (``***``) is trimmed by the verdict parser; the raw reply keeps the mask
+    assert key not in stored and result.comment.startswith("the agent read out") and "***" in result.raw_verdict
 
 
 def test_a_timeout_while_the_endpoint_is_being_retried_is_an_endpoint_error(sim: SimProject) -> None:

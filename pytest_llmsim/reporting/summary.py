@@ -76,8 +76,8 @@ PASSING_OUTCOMES = frozenset({Outcome.PASSED, Outcome.XPASSED})
 
 
 def plural(count: int, word: str) -> str:
-    """``1 scenario``, ``2 scenarios`` (``1,000`` with a thousands separator)."""
-    return f"{count:,} {word}{'' if count == 1 else 's'}"
+    """``1 scenario``, ``2 scenarios``, ``3000 scenarios`` (digits only, as every other count in the reports)."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
 
 def make_record(result: ScenarioResult | Mapping[str, Any], cost: ScenarioCost, *, run_id: str,
                 outcome: Outcome | str, worker: str = "") -> ScenarioRecord:
