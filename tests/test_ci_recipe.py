@@ -1,4 +1,4 @@
-"""The README's pull-request workflow, run locally: record on main, change the agent prompt on a branch and
+"""The pull-request workflow of docs/ci.md, run locally: record on main, change the agent prompt on a branch and
 re-record, then replay the branch as CI does (no endpoint, no key) against main's recordings."""
 
 from __future__ import annotations

@@ -261,7 +261,8 @@ def test_regressions_still_fail_under_the_regressions_gate(sim: SimProject, mode
     sim.write_scenarios("s.json", [scenario("fine"), scenario("mid_known", min_score=3),
                                    scenario("mid_both", min_score=3), scenario("err_both"), scenario("low_new")])
     sim.server.set_script({"rules": [broken_judge, _judge("fine", 1, "The agent is rude now."),
-                                     _judge("mid_known", 1, "Worse than on the baseline."), *default_script()["rules"]]})
+                                     _judge("mid_known", 1, "Worse than on the baseline."),
+                                     *default_script()["rules"]]})
     result = sim.run(*mode, "-o", "llmsim_judge_attempts=1", "--llmsim-record=all", "--llmsim-baseline=base.json",
                      "--llmsim-gate=regressions", "-rfEx")
     result.assert_outcomes(failed=3, xfailed=1, errors=1)

@@ -1,7 +1,7 @@
 """The whole pull-request flow of record mode ``changed``, on a local git repository against the scripted server.
 
 main has recordings of four conversations with a python agent (two already failing); a branch changes the agent
-(one conversation regresses, one improves, two are unchanged); CI runs the README's recipe command on the branch:
+(one conversation regresses, one improves, two are unchanged); CI runs the recipe command of docs/ci.md on the branch:
 the unchanged conversations replay with zero calls, the changed ones continue live from the turn where they
 diverged and are judged, the markdown summary and the new recordings are written, and the regression fails the
 job. Without an endpoint the changed conversations are named as unjudged and the run does not pass.

@@ -424,7 +424,8 @@ def test_health_answers_while_a_batch_runs_a_runaway_regex(sim: SimProject, serv
     """``(a+)+$`` on 34 a's and '!' froze the whole service (``re`` holds the interpreter): the regex is matched at
     once now, a pattern that still backtracks is stopped after a second, and the server answers meanwhile."""
     script = {"rules": [
-        {"match": {"system_contains": "EVALUATOR"}, "reply": json.dumps({"score": 3, "comment": "Fine by every criterion."})},
+        {"match": {"system_contains": "EVALUATOR"},
+         "reply": json.dumps({"score": 3, "comment": "Fine by every criterion."})},
         {"match": {"system_contains": "AGENT"}, "replies": ["a" * 34 + "!", "Bye. [END_CALL]"]},
         {"match": {"system_contains": "CLIENT"}, "replies": ["Hello", "Thanks"]},
     ]}
@@ -452,16 +453,17 @@ def test_health_answers_while_a_batch_runs_a_runaway_regex(sim: SimProject, serv
     assert "scenario 'runaway_0': metric 'rules': not_regex '(a|aa)+$' took over 1 s" in rows[1]["error_message"]
 
 
-# -- the README's example (issue 25.7) -----------------------------------------------------------------------------
-README = Path(__file__).resolve().parents[1] / "README.md"
+# -- the docs' example (issue 25.7; it was the README's) -----------------------------------------------------------
+SERVICE_DOC = Path(__file__).resolve().parents[1] / "docs" / "service.md"
 
 
 def readme_launch_body() -> Any:
-    """The JSON body of the README's ``curl -X POST .../api/batches`` example, as a shell passes it."""
+    """The JSON body of the ``curl -X POST .../api/batches`` example in docs/service.md, as a shell passes it."""
     import re
     import shlex
 
-    section = README.read_text(encoding="utf-8").split("\n## The service\n", 1)[1].split("\n## ", 1)[0]
+    section = SERVICE_DOC.read_text(encoding="utf-8")
+    assert section.startswith("# The service\n")
     command = next(block for block in re.findall(r"```bash\n(.*?)```", section, re.DOTALL)
                    if "-X POST" in block).split("\n# ", 1)[0]
     words = shlex.split(command.replace("\\\n", " "))
@@ -472,10 +474,10 @@ def readme_launch_body() -> Any:
 
 def test_the_readmes_service_example_runs_and_a_batch_of_errors_is_not_ok(
         sim: SimProject, services: list[Service]) -> None:
-    """The README's curl example errored on every scenario with the shipped prompts ('agent.j2' uses undefined
-    variable 'CURRENT_DATE') while the batch read ``completed``: it runs clean now, in the repository's sample
-    project and in a folder with the package's generic prompts, and a batch whose scenarios errored says
-    ``ok: false``."""
+    """The service page's curl example (once the README's) errored on every scenario with the shipped prompts
+    ('agent.j2' uses undefined variable 'CURRENT_DATE') while the batch read ``completed``: it runs clean now, in the
+    repository's sample project and in a folder with the package's generic prompts, and a batch whose scenarios
+    errored says ``ok: false``."""
     import shutil
 
     shipped = Path(__file__).resolve().parents[1] / "prompts"

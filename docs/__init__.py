@@ -1,0 +1,1 @@
+"""The documentation site (MkDocs); ``docs.gen`` regenerates its generated reference tables."""
