@@ -37,7 +37,8 @@ from pydantic import ValidationError
 
 from pytest_llmsim.engine.judge import evaluate
 from pytest_llmsim.errors import CalibrationError, ErrorKind, LlmsimError, PromptError, ScenarioError, VerdictError
-from pytest_llmsim.llm.client import Completer, LLMClient, RateLimiter
+from pytest_llmsim.llm.client import Completer, LLMClient
+from pytest_llmsim.llm.rate_limits import RateLimiter
 from pytest_llmsim.model.prompts import PromptRenderer, template_context
 from pytest_llmsim.model.scenario import Scenario, _describe_validation_error, name_problem, read_scenario_data
 from pytest_llmsim.model.settings import RunSettings

@@ -26,13 +26,13 @@ from typing import Any
 from pytest_llmsim.agents.runtime import AgentRuntime
 from pytest_llmsim.engine.conversation import no_agent_reply_error, simulate
 from pytest_llmsim.engine.judge import CriteriaMetric, JudgeMetric, check_judge_sees_criteria
-from pytest_llmsim.errors import ErrorKind, LlmsimError, ScenarioError, VerdictError
-from pytest_llmsim.llm.client import LLMClient, LLMReply, LLMRequest, RateLimiter
+from pytest_llmsim.errors import ErrorKind, LlmsimError, MetricError, ScenarioError, VerdictError
+from pytest_llmsim.llm.client import LLMClient, LLMReply, LLMRequest
+from pytest_llmsim.llm.rate_limits import RateLimiter
 from pytest_llmsim.llm.scrubbing import LogScrubber, RunSecrets, scrub_data
 from pytest_llmsim.metrics.api import (
     Conversation,
     Metric,
-    MetricError,
     MetricResult,
     check_metric,
     conversation_of,

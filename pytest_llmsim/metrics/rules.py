@@ -29,9 +29,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import regex  # type: ignore[import-untyped]  # re-compatible, with a time limit and the GIL released
+import regex  # re-compatible, with a time limit and the GIL released
 
-from pytest_llmsim.metrics.api import Conversation, Metric, MetricError, MetricResult
+from pytest_llmsim.errors import MetricError
+from pytest_llmsim.metrics.api import Conversation, Metric, MetricResult
 
 if TYPE_CHECKING:
     from pytest_llmsim.model.scenario import Scenario

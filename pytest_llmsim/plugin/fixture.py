@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
+from pytest_llmsim.errors import ScenarioRunError
 from pytest_llmsim.model.results import ERROR, ScenarioResult
-from pytest_llmsim.plugin.items import ScenarioRunError
 from pytest_llmsim.plugin.session import SESSION_KEY
 
 __all__ = ["RUNS_KEY", "LlmsimFixture", "ScenarioRunError", "attach_runs", "llmsim_fixture"]

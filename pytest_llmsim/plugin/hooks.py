@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from pytest_llmsim.config.options import ResolvedOptions
+from pytest_llmsim.errors import ScenarioRunError
 from pytest_llmsim.model.results import ScenarioResult
 from pytest_llmsim.model.settings import redact_url
 from pytest_llmsim.plugin import options
@@ -19,7 +20,6 @@ from pytest_llmsim.plugin.gate import register_gate
 from pytest_llmsim.plugin.items import (
     ScenarioFile,
     ScenarioItem,
-    ScenarioRunError,
     is_scenario_file,
     note_uncollected_scenario_file,
     uncollected_scenarios_line,

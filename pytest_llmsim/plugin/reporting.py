@@ -382,7 +382,7 @@ def _trial_properties(result: ScenarioResult) -> list[tuple[str, Any]]:
         return [("trial", result.trial), ("seed", result.seed)]
     if not result.trials:
         return []
-    from pytest_llmsim.model.trials import result_stats
+    from pytest_llmsim.model.results import result_stats
 
     figures = result_stats(result).to_dict()
     return [(name, figures[name]) for name in ("trials", "passed_trials", "pass_rate", "pass_hat_k", "pass_at_k",

@@ -241,8 +241,7 @@ def trials_html(result: ScenarioResult) -> str:
     folded below it ("" without trials)."""
     if not result.trials:
         return ""
-    from pytest_llmsim.model.results import verdict_text
-    from pytest_llmsim.model.trials import result_stats
+    from pytest_llmsim.model.results import result_stats, verdict_text
 
     rows, chats = [], []
     for trial in result.trials:

@@ -161,8 +161,7 @@ def trial_lines(result: ScenarioResult) -> list[str]:
     """A combined result's trials: what they say together, then one line per trial (none without trials)."""
     if not result.trials:
         return []
-    from pytest_llmsim.model.results import verdict_text
-    from pytest_llmsim.model.trials import result_stats
+    from pytest_llmsim.model.results import result_stats, verdict_text
 
     lines = [f"trials: {verdict_text(result_stats(result), result.min_pass_rate)}; the conversation shown is "
              f"trial {result.shown_trial}'s"]
@@ -189,8 +188,7 @@ def failure_headline(result: ScenarioResult) -> str:
     (or the result has no metrics); ``scenario 'a' failed metrics: judge (score 1, min 2), rules`` when other
     metrics failed; ``scenario 'a' failed its trials: 2 of 5 trials passed (...)`` with trials."""
     if result.trials:
-        from pytest_llmsim.model.results import verdict_text
-        from pytest_llmsim.model.trials import result_stats
+        from pytest_llmsim.model.results import result_stats, verdict_text
 
         return (f"scenario {result.scenario!r} failed its trials: "
                 f"{verdict_text(result_stats(result), result.min_pass_rate)}")
