@@ -37,8 +37,9 @@ def main() -> None:
     """Serve as ``python -m llama_cpp.server`` does, with ``--cache true --cache_type ram`` using the lean cache."""
     from llama_cpp.server.__main__ import main as serve
 
-    llama_cpp.LlamaRAMCache = LeanRAMCache  # llama_cpp.server.model builds its RAM cache from this name
-    serve()
+    # llama_cpp.server.model builds its RAM cache from this name (star-imported into llama_cpp: mypy misses it)
+    llama_cpp.LlamaRAMCache = LeanRAMCache  # type: ignore[attr-defined]
+    serve()  # type: ignore[no-untyped-call]  # llama_cpp.server's main has no annotations
 
 
 if __name__ == "__main__":

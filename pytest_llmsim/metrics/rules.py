@@ -116,8 +116,8 @@ _LETTERS: dict[str, str] = {
     "ru": "ыэъё", "uk": "іїєґ",
     "de": "ßäöü", "fr": "œêâîûëÿ", "es": "ñ¿¡", "pt": "ãõ", "it": "òì",
 }
-_CYRILLIC_LANGUAGES = ("ru", "uk")
-_LATIN_LANGUAGES = ("en", "de", "fr", "es", "it", "pt")
+_CYRILLIC_LANGUAGES: tuple[str, ...] = ("ru", "uk")
+_LATIN_LANGUAGES: tuple[str, ...] = ("en", "de", "fr", "es", "it", "pt")
 
 
 def _script(word: str) -> str | None:
@@ -469,7 +469,7 @@ def _unicode_tokenizer() -> Any:
     if _TOKENIZER is None:
         from rouge_score import tokenizers
 
-        class UnicodeTokenizer(tokenizers.Tokenizer):
+        class UnicodeTokenizer(tokenizers.Tokenizer):  # type: ignore[misc]  # rouge_score is untyped: a base of type Any
             def tokenize(self, text: str) -> list[str]:
                 return re.findall(r"\w+", text.lower())
 

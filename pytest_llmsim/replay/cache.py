@@ -158,7 +158,7 @@ def decode_row(directory: str | os.PathLike[str], mode: Any, filename: Any, valu
         raise CorruptEntry(f"its value is not compressed JSON ({type(exc).__name__})") from None
 
 
-class JsonDisk(diskcache.Disk):
+class JsonDisk(diskcache.Disk):  # type: ignore[misc]  # diskcache is untyped: a base of type Any
     """diskcache serialization that stores str keys raw and values as compressed JSON and never unpickles.
 
     ``fetch`` raises :class:`CorruptEntry` for any row it did not write (diskcache's ``Cache.get`` passes it
@@ -179,7 +179,8 @@ class JsonDisk(diskcache.Disk):
     def store(self, value: Any, read: bool, key: Any = UNKNOWN) -> tuple[int, int, str | None, Any]:
         if read:
             raise TypeError("llmsim cache values are JSON data, not files")
-        return super().store(encode_value(value), False, key=key)
+        stored: tuple[int, int, str | None, Any] = super().store(encode_value(value), False, key=key)
+        return stored
 
     def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
         return decode_row(self._directory, mode, filename, value)

@@ -136,7 +136,9 @@ def metric_line(metric: Mapping[str, Any]) -> str:
         text += f" (min {metric_score_text(minimum)})"
     verdict = metric_verdict(metric)
     text += " FAILED" if verdict == "failed" else f" {verdict}"
-    details = metric.get("details") if isinstance(metric.get("details"), Mapping) else {}
+    details = metric.get("details")
+    if not isinstance(details, Mapping):
+        details = {}
     scores = details.get("scores") if isinstance(details, Mapping) else None
     if isinstance(scores, list) and len(scores) > 1:  # the judge's repeats
         text += (f" [verdicts {', '.join(map(str, scores))} by {details.get('policy')}"
