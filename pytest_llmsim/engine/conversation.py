@@ -221,13 +221,14 @@ async def simulate(
                 role=side, model=role.model, messages=_messages_for(side, prompts[side], transcript.turns),
                 temperature=role.temperature, max_tokens=role.max_tokens, seed=seed,
             )
-            reply = await client.complete(request, label=f"{label} {side} turn {number}")
-            text, ended = strip_end_marker(reply.text.strip(), settings.end_marker)
+            llm_reply = await client.complete(request, label=f"{label} {side} turn {number}")
+            text, ended = strip_end_marker(llm_reply.text.strip(), settings.end_marker)
             if side == "agent" and not visible(text):
                 text = ""
-            turn = Turn(side, text, reply.prompt_tokens, reply.completion_tokens, reply.latency_s, reply.cached)
-            if getattr(reply, "tool_calls", None):
-                turn.tool_calls = _normalized_calls(reply.tool_calls, f"{label} {side} turn {number}")
+            turn = Turn(side, text, llm_reply.prompt_tokens, llm_reply.completion_tokens, llm_reply.latency_s,
+                        llm_reply.cached)
+            if getattr(llm_reply, "tool_calls", None):
+                turn.tool_calls = _normalized_calls(llm_reply.tool_calls, f"{label} {side} turn {number}")
             transcript.turns.append(turn)
         if session is not None:
             last = transcript.turns[-1]

@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from pytest_llmsim.agents.runtime import AgentRuntime
 from pytest_llmsim.engine.conversation import no_agent_reply_error, simulate
@@ -324,7 +324,8 @@ def _finish_recording(recorder: ScenarioRecorder, result: ScenarioResult, job: S
 
 def _scrubber(settings: RunSettings, extra: frozenset[str] = frozenset()) -> Callable[[str], str]:
     """The function removing the run's secrets (``extra``: ``scrubbing.RunSecrets.values``) from a text."""
-    endpoint_scrub = getattr(settings.endpoint, "scrub", None)  # EndpointSettings.scrub, where available
+    # EndpointSettings.scrub, where available
+    endpoint_scrub: Callable[[str], str] | None = getattr(settings.endpoint, "scrub", None)
     if endpoint_scrub is None:
         return lambda text: text
     if not extra:
@@ -365,6 +366,15 @@ def _phase(phase: str) -> None:
         state.phase = phase
 
 
+class _Limits(TypedDict):
+    """The run's rate caps, as ``RateLimiter`` takes them."""
+
+    rpm: float | None
+    tpm: float | None
+    shared_dir: Path | None
+    workers: int
+
+
 _BEAT_S = 0.25  # how often the watchdog checks that the loop runs
 
 
@@ -389,7 +399,7 @@ class Runner:
         """``rpm``/``tpm``: caps for the whole run, one budget in ``shared_dir`` for its processes (else an even
         share of ``workers``); see ``rate_limits.RateLimiter``."""
         self.settings = settings
-        self._limits = {"rpm": rpm, "tpm": tpm, "shared_dir": shared_dir, "workers": workers}
+        self._limits: _Limits = {"rpm": rpm, "tpm": tpm, "shared_dir": shared_dir, "workers": workers}
         self._loop = asyncio.new_event_loop()
         self._pending: dict[concurrent.futures.Future[ScenarioResult], _JobState] = {}
         self._lock = threading.Lock()

@@ -55,7 +55,8 @@ class LlmsimFixture:
     @property
     def results(self) -> list[ScenarioResult]:
         """The conversations this test has finished, in order."""
-        return list(self._item.stash.get(RUNS_KEY, []))
+        runs = self._item.stash.get(RUNS_KEY, [])
+        return list(runs)
 
     # -- building the job ------------------------------------------------------------------------------------
     def _job(self, fields: dict[str, Any]) -> Any:

@@ -281,7 +281,7 @@ def _result_properties(item: pytest.Item, report: pytest.TestReport, result: Sce
     ``report.llmsim``, never ``user_properties``."""
     if not per_testcase_properties(item.config):
         return
-    cost = scenario_cost_usd(item.config, report.llmsim)  # type: ignore[attr-defined]
+    cost = scenario_cost_usd(item.config, report.llmsim)
     for name, value in junit_properties(result, cost):
         # The current report gets a copy; the item's list reaches the teardown report (which
         # junitxml writes properties from) and every later report of this item.

@@ -377,7 +377,7 @@ def _diff_cell(turn: Mapping[str, Any] | None, side: str) -> str:
             f'{tools}<div class="llmsim-diff-text">{_e(turn.get("text"))}</div></td>')
 
 
-def _score_text(score: int | None) -> str:
+def _score_text(score: float | None) -> str:
     return "-" if score is None else str(score)
 
 
