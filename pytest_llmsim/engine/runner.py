@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
@@ -225,8 +225,9 @@ async def _evaluate(metrics: list[Metric], specs: list[tuple[str, dict[str, Any]
     outcomes = []
     deadline = scenario.timeout or settings.timeout
     for metric, (name, _) in zip(metrics, specs, strict=True):
-        if callable(getattr(metric, "bind", None)):  # an LLMMetric (duck-typed, as make_metric checks metrics)
-            metric.bind(client, settings, scenario, label)  # type: ignore[attr-defined]
+        bind = getattr(metric, "bind", None)
+        if callable(bind):  # an LLMMetric (duck-typed, as make_metric checks metrics)
+            bind(client, settings, scenario, label)
         if isinstance(metric, JudgeMetric):
             metric.bind_renderer(renderer)
         bounded = type(metric) in (JudgeMetric, CriteriaMetric)
@@ -449,7 +450,8 @@ class Runner:
         with contextlib.suppress(concurrent.futures.InvalidStateError):
             future.set_result(result)
 
-    def _schedule(self, coroutine: Any, job: ScenarioJob) -> concurrent.futures.Future[ScenarioResult]:
+    def _schedule(self, coroutine: Coroutine[Any, Any, ScenarioResult],
+                  job: ScenarioJob) -> concurrent.futures.Future[ScenarioResult]:
         """Run ``coroutine`` (``job``'s) on the loop; its future is the runner's own, which the watchdog and the
         loop thread's end can settle with an error when the coroutine cannot finish. Cancelling it cancels the
         coroutine."""
@@ -458,7 +460,7 @@ class Runner:
 
         async def run() -> ScenarioResult:
             _JOB_STATE.set(state)
-            return await coroutine  # type: ignore[no-any-return]
+            return await coroutine
 
         with self._lock:
             dead = self._death

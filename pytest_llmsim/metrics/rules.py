@@ -469,7 +469,7 @@ def _unicode_tokenizer() -> Any:
     if _TOKENIZER is None:
         from rouge_score import tokenizers
 
-        class UnicodeTokenizer(tokenizers.Tokenizer):  # type: ignore[misc]  # rouge_score is untyped: a base of type Any
+        class UnicodeTokenizer(tokenizers.Tokenizer):  # type: ignore[misc]  # rouge_score is untyped: an Any base
             def tokenize(self, text: str) -> list[str]:
                 return re.findall(r"\w+", text.lower())
 

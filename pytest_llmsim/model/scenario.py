@@ -487,7 +487,7 @@ _YamlBase: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when a
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-class _StrictYamlLoader(_YamlBase):  # type: ignore[misc]
+class _StrictYamlLoader(_YamlBase):  # type: ignore[misc]  # its base is chosen at run time: typed Any
     """Safe loader that rejects duplicate keys (merge keys ``<<`` may still be overridden, as YAML intends).
 
     The check runs in ``flatten_mapping``, which the constructor calls on every mapping before it merges

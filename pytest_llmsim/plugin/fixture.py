@@ -170,9 +170,9 @@ def attach_runs(item: pytest.Item, report: pytest.TestReport) -> list[ScenarioRe
     runs = item.stash.get(RUNS_KEY, [])
     if report.when != "call" or not runs:
         return []
-    report.llmsim = runs[0].to_dict()  # type: ignore[attr-defined]
+    report.llmsim = runs[0].to_dict()  # type: ignore[attr-defined]  # plugin data rides on the report
     if len(runs) > 1:
-        report.llmsim_more = [r.to_dict() for r in runs[1:]]  # type: ignore[attr-defined]
+        report.llmsim_more = [r.to_dict() for r in runs[1:]]  # type: ignore[attr-defined]  # plugin data rides on the report
     for number, result in enumerate(runs, 1):
         title = "llmsim transcript" if len(runs) == 1 else f"llmsim transcript ({number}: {result.scenario})"
         report.sections.append((f"Captured {title} call", run_section(result)))

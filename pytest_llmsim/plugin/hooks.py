@@ -234,7 +234,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if hasattr(item.config, "workerinput"):
         lines = item.config.stash[SESSION_KEY].take_messages()
         if lines:  # a plain attribute crosses xdist with the report; WorkerLines prints it on the controller
-            report.llmsim_lines = lines  # type: ignore[attr-defined]
+            report.llmsim_lines = lines  # type: ignore[attr-defined]  # plugin data rides on the report
     if (isinstance(item, ScenarioItem) and report.when == "setup" and call.excinfo is not None
             and isinstance(call.excinfo.value, ScenarioRunError)):
         # pytest formats setup errors as tracebacks; a scenario error is a message, not a bug.
@@ -247,7 +247,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             report.duration = max(0.0, report.duration - item.conversation_wait_s)
         if report.when == decided:
             result = item.result
-            report.llmsim = result.to_dict()  # type: ignore[attr-defined]
+            report.llmsim = result.to_dict()  # type: ignore[attr-defined]  # plugin data rides on the report
             # The phase that carries the verdict reports the conversation's own wall time, so --durations,
             # JUnit and pytest-html show how long each conversation took, not how long its item waited.
             report.duration = result.duration_seconds

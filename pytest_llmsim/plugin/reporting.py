@@ -194,7 +194,7 @@ class ReportPlugin:
         if record is not None and self.html is not None and data is not None:
             self.html.attach_extras(report, record, self._changed_delta(record))
         if record is not None and isinstance(data, dict):
-            report.llmsim = trimmed_report_data(data)  # type: ignore[attr-defined]
+            report.llmsim = trimmed_report_data(data)  # type: ignore[attr-defined]  # plugin data rides on the report
         if report.when == "teardown":
             record = self.collector.get(report.nodeid)
             if record is not None:

@@ -47,7 +47,7 @@ except ImportError:  # pragma: no cover - module only imported when xdist is pre
     LoadScheduling = object
 
 
-class WindowScheduling(LoadScheduling):  # type: ignore[misc]  # xdist is untyped: a base of type Any
+class WindowScheduling(LoadScheduling):  # type: ignore[misc]  # xdist is untyped: an Any base
     """``--dist load`` with every worker's queue kept ``window`` deep (falls back to stock for plain suites)."""
 
     collection: list[str] | None  # LoadScheduling's: the collected node ids once every worker has collected
@@ -222,7 +222,7 @@ class XdistHooks:
         report.when = "setup"  # an error of the item, as pytest words it
         report.longrepr = message
         report.location = (path, None, f"scenario: {name}")
-        report.llmsim = ScenarioResult(  # type: ignore[attr-defined]
+        report.llmsim = ScenarioResult(  # type: ignore[attr-defined]  # plugin data rides on the report
             scenario=name, nodeid=crashitem, source=path, status=Status.ERROR, min_score=None,
             error_kind=ErrorKind.CRASHED, error_message=message).to_dict()
         return True

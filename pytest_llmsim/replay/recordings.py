@@ -391,7 +391,7 @@ def render(data: Mapping[str, Any]) -> bytes:
     return (_layout(dict(data), 0, force=True) + "\n").encode("utf-8")
 
 
-class _Lines(list):  # type: ignore[type-arg]
+class _Lines(list[str]):
     """A text of several lines, written one line per line (always expanded, so each line diffs on its own)."""
 
 
