@@ -63,7 +63,8 @@ class OpenAIDriver(AgentDriver):
                  secrets: RunSecrets | None = None) -> None:
         super().__init__(spec)
         assert spec.openai is not None
-        from pytest_llmsim.llm.client import LLMClient, RateLimiter
+        from pytest_llmsim.llm.client import LLMClient
+        from pytest_llmsim.llm.rate_limits import RateLimiter
 
         self.openai: OpenAIAgentSpec = spec.openai
         key = openai_agent_key(self.openai)

@@ -75,7 +75,7 @@ def object_agent_spec(target: Any) -> AgentSpec:
     module = getattr(target, "__module__", None) or type(target).__module__
     name = getattr(target, "__qualname__", None) or type(target).__qualname__
     spec = _object_spec_class().model_construct(python=f"{module}:{name}")
-    spec._target = target
+    spec._target = target  # type: ignore[attr-defined]  # ObjectAgentSpec's (made lazily: no name to cast to)
     return spec
 
 

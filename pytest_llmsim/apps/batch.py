@@ -234,7 +234,10 @@ def run_batch(
             start = (lambda item=item: on_start(item)) if on_start is not None else None
             future = runner.submit_with(job, on_start=start, on_turn=on_turn)
             in_flight[item.index] = future
-            future.add_done_callback(lambda f, item=item: finished.put((item, f)))
+
+            def done(f: concurrent.futures.Future[ScenarioResult], item: BatchItem = item) -> None:
+                finished.put((item, f))
+            future.add_done_callback(done)
         if not in_flight:
             return not cancel.is_set()
         try:

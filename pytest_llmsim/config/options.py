@@ -295,19 +295,19 @@ def _parse(row: Option, raw: Any, base: Path) -> Any:
     if row.kind == "rate":
         return _parse_rate(where, text)
     try:
-        value = int(text) if row.kind == "int" else float(text)
+        number = int(text) if row.kind == "int" else float(text)
     except ValueError:
         kind = "a whole number" if row.kind == "int" else "a number"
         raise ConfigError(f"{where} must be {kind}, got {text!r}") from None
-    if isinstance(value, float) and not math.isfinite(value):
+    if isinstance(number, float) and not math.isfinite(number):
         raise ConfigError(f"{where} must be a finite number, got {text!r}")
-    if row.low is not None and row.high is not None and not row.low <= value <= row.high:
+    if row.low is not None and row.high is not None and not row.low <= number <= row.high:
         raise ConfigError(f"{where} must be between {row.low:g} and {row.high:g}, got {text}")
-    if row.low is not None and value < row.low:
+    if row.low is not None and number < row.low:
         raise ConfigError(f"{where} must be >= {row.low:g}, got {text}")
-    if row.high is not None and value > row.high:
+    if row.high is not None and number > row.high:
         raise ConfigError(f"{where} must be <= {row.high:g}, got {text}")
-    return value
+    return number
 
 
 def _parse_rate(where: str, text: str) -> float:

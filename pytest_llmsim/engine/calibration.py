@@ -31,13 +31,14 @@ import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from pydantic import ValidationError
 
 from pytest_llmsim.engine.judge import evaluate
 from pytest_llmsim.errors import CalibrationError, ErrorKind, LlmsimError, PromptError, ScenarioError, VerdictError
-from pytest_llmsim.llm.client import Completer, LLMClient, RateLimiter
+from pytest_llmsim.llm.client import Completer, LLMClient
+from pytest_llmsim.llm.rate_limits import RateLimiter
 from pytest_llmsim.model.prompts import PromptRenderer, template_context
 from pytest_llmsim.model.scenario import Scenario, _describe_validation_error, name_problem, read_scenario_data
 from pytest_llmsim.model.settings import RunSettings
@@ -277,11 +278,20 @@ class CaseOutcome:
                 "error_kind": self.error_kind, "error": self.error, "raw_verdict": self.raw_verdict}
 
 
+class _CaseFields(TypedDict):
+    """What every ``CaseOutcome`` of a case has, whatever the judge said."""
+
+    file: str
+    name: str
+    human_score: int
+    note: str
+
+
 async def judge_case(case: CalibrationCase, settings: RunSettings, client: Completer, renderer: PromptRenderer,
                      *, file: str) -> CaseOutcome:
     """The suite's judge on one case; never raises for the case's own trouble (an error entry instead)."""
     scrub = settings.endpoint.scrub
-    base = {"file": file, "name": case.scenario.name, "human_score": case.human_score, "note": case.note}
+    base: _CaseFields = {"file": file, "name": case.scenario.name, "human_score": case.human_score, "note": case.note}
     try:
         verdict = await evaluate(case.scenario, case.transcript, settings, client, renderer,
                                  label=f"calibration {file}")

@@ -148,6 +148,7 @@ async def simulate(
     spec = settings.agent_for(scenario)
     code_agent = spec is not None and spec.kind != "prompt"
     if code_agent and (agents is None or cache is None):
+        # The ignore below: code_agent implies a spec (mypy does not follow a condition kept in a variable)
         raise AgentError(f"{label}: a {spec.kind} agent needs the runner's agent runtime and cache")  # type: ignore[union-attr]
     context = template_context(scenario, settings)
     roles = {side: settings.role(side, scenario) for side in (("client",) if code_agent else ("agent", "client"))}
@@ -181,7 +182,7 @@ async def simulate(
         "first_speaker": speaker, "script": script,
         "roles": {side: [r.model, r.temperature, r.max_tokens] for side, r in roles.items()},
         "end_marker": settings.end_marker, "endpoint": settings.endpoint.identity,
-        **({"agent": f"{spec.kind}:{driver.identity}"} if code_agent else {}),  # type: ignore[union-attr]
+        **({"agent": f"{spec.kind}:{driver.identity}"} if code_agent else {}),  # type: ignore[union-attr]  # as above
     }
     recorder = RECORDER.get()
     recorder_key = recorder.marker_key(timeout_payload) if recorder is not None else ""
@@ -203,6 +204,7 @@ async def simulate(
             transcript.turns.append(Turn("client", text, scripted=True))
         elif side == "agent" and session is not None:
             reply = await session.reply(list(agent_messages), label=f"{label} agent turn {number}")
+            # The ignore below: spec is asserted not None where the session is opened (outside this closure)
             too_large = reply_size_error(reply.text, reply.tool_calls,
                                          f"{label} agent turn {number}: the {describe_spec(spec)}")  # type: ignore[arg-type]
             if too_large is not None:
@@ -221,13 +223,14 @@ async def simulate(
                 role=side, model=role.model, messages=_messages_for(side, prompts[side], transcript.turns),
                 temperature=role.temperature, max_tokens=role.max_tokens, seed=seed,
             )
-            reply = await client.complete(request, label=f"{label} {side} turn {number}")
-            text, ended = strip_end_marker(reply.text.strip(), settings.end_marker)
+            llm_reply = await client.complete(request, label=f"{label} {side} turn {number}")
+            text, ended = strip_end_marker(llm_reply.text.strip(), settings.end_marker)
             if side == "agent" and not visible(text):
                 text = ""
-            turn = Turn(side, text, reply.prompt_tokens, reply.completion_tokens, reply.latency_s, reply.cached)
-            if getattr(reply, "tool_calls", None):
-                turn.tool_calls = _normalized_calls(reply.tool_calls, f"{label} {side} turn {number}")
+            turn = Turn(side, text, llm_reply.prompt_tokens, llm_reply.completion_tokens, llm_reply.latency_s,
+                        llm_reply.cached)
+            if getattr(llm_reply, "tool_calls", None):
+                turn.tool_calls = _normalized_calls(llm_reply.tool_calls, f"{label} {side} turn {number}")
             transcript.turns.append(turn)
         if session is not None:
             last = transcript.turns[-1]

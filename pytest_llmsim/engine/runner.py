@@ -18,21 +18,21 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from pytest_llmsim.agents.runtime import AgentRuntime
 from pytest_llmsim.engine.conversation import no_agent_reply_error, simulate
 from pytest_llmsim.engine.judge import CriteriaMetric, JudgeMetric, check_judge_sees_criteria
-from pytest_llmsim.errors import ErrorKind, LlmsimError, ScenarioError, VerdictError
-from pytest_llmsim.llm.client import LLMClient, LLMReply, LLMRequest, RateLimiter
+from pytest_llmsim.errors import ErrorKind, LlmsimError, MetricError, ScenarioError, VerdictError
+from pytest_llmsim.llm.client import LLMClient, LLMReply, LLMRequest
+from pytest_llmsim.llm.rate_limits import RateLimiter
 from pytest_llmsim.llm.scrubbing import LogScrubber, RunSecrets, scrub_data
 from pytest_llmsim.metrics.api import (
     Conversation,
     Metric,
-    MetricError,
     MetricResult,
     check_metric,
     conversation_of,
@@ -225,8 +225,9 @@ async def _evaluate(metrics: list[Metric], specs: list[tuple[str, dict[str, Any]
     outcomes = []
     deadline = scenario.timeout or settings.timeout
     for metric, (name, _) in zip(metrics, specs, strict=True):
-        if callable(getattr(metric, "bind", None)):  # an LLMMetric (duck-typed, as make_metric checks metrics)
-            metric.bind(client, settings, scenario, label)  # type: ignore[attr-defined]
+        bind = getattr(metric, "bind", None)
+        if callable(bind):  # an LLMMetric (duck-typed, as make_metric checks metrics)
+            bind(client, settings, scenario, label)
         if isinstance(metric, JudgeMetric):
             metric.bind_renderer(renderer)
         bounded = type(metric) in (JudgeMetric, CriteriaMetric)
@@ -324,7 +325,8 @@ def _finish_recording(recorder: ScenarioRecorder, result: ScenarioResult, job: S
 
 def _scrubber(settings: RunSettings, extra: frozenset[str] = frozenset()) -> Callable[[str], str]:
     """The function removing the run's secrets (``extra``: ``scrubbing.RunSecrets.values``) from a text."""
-    endpoint_scrub = getattr(settings.endpoint, "scrub", None)  # EndpointSettings.scrub, where available
+    # EndpointSettings.scrub, where available
+    endpoint_scrub: Callable[[str], str] | None = getattr(settings.endpoint, "scrub", None)
     if endpoint_scrub is None:
         return lambda text: text
     if not extra:
@@ -365,6 +367,15 @@ def _phase(phase: str) -> None:
         state.phase = phase
 
 
+class _Limits(TypedDict):
+    """The run's rate caps, as ``RateLimiter`` takes them."""
+
+    rpm: float | None
+    tpm: float | None
+    shared_dir: Path | None
+    workers: int
+
+
 _BEAT_S = 0.25  # how often the watchdog checks that the loop runs
 
 
@@ -389,7 +400,7 @@ class Runner:
         """``rpm``/``tpm``: caps for the whole run, one budget in ``shared_dir`` for its processes (else an even
         share of ``workers``); see ``rate_limits.RateLimiter``."""
         self.settings = settings
-        self._limits = {"rpm": rpm, "tpm": tpm, "shared_dir": shared_dir, "workers": workers}
+        self._limits: _Limits = {"rpm": rpm, "tpm": tpm, "shared_dir": shared_dir, "workers": workers}
         self._loop = asyncio.new_event_loop()
         self._pending: dict[concurrent.futures.Future[ScenarioResult], _JobState] = {}
         self._lock = threading.Lock()
@@ -439,7 +450,8 @@ class Runner:
         with contextlib.suppress(concurrent.futures.InvalidStateError):
             future.set_result(result)
 
-    def _schedule(self, coroutine: Any, job: ScenarioJob) -> concurrent.futures.Future[ScenarioResult]:
+    def _schedule(self, coroutine: Coroutine[Any, Any, ScenarioResult],
+                  job: ScenarioJob) -> concurrent.futures.Future[ScenarioResult]:
         """Run ``coroutine`` (``job``'s) on the loop; its future is the runner's own, which the watchdog and the
         loop thread's end can settle with an error when the coroutine cannot finish. Cancelling it cancels the
         coroutine."""
@@ -448,7 +460,7 @@ class Runner:
 
         async def run() -> ScenarioResult:
             _JOB_STATE.set(state)
-            return await coroutine  # type: ignore[no-any-return]
+            return await coroutine
 
         with self._lock:
             dead = self._death

@@ -22,8 +22,9 @@ import random
 import re
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from pytest_llmsim.errors import BackendMissingError, CacheMissError, ConfigError, EndpointError, UnjudgedError
 from pytest_llmsim.llm.rate_limits import RateLimiter, Ticket
@@ -67,7 +68,16 @@ _RETRYABLE = {408, 409, 429, 500, 502, 503, 504}
 _RATE_LIMIT_RETRIES = 8
 
 # openai's marker for "return the raw response" (``with_raw_response``): the reply's rate-limit headers are read
-_RAW_RESPONSE = {"headers": {"X-Stainless-Raw-Response": "true"}}
+_RAW_RESPONSE: openai.RequestOptions = {"headers": {"X-Stainless-Raw-Response": "true"}}
+
+
+class _RawReply(Protocol):
+    """What ``post`` returns with ``_RAW_RESPONSE`` (openai's LegacyAPIResponse, not the type ``cast_to`` names)."""
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    def parse(self) -> Any: ...
 
 _TRANSCRIPT_LINE = re.compile(r"\s*(\d+)\. ([^:]+): (.*)")  # a line of ``Transcript.as_text``
 
@@ -739,7 +749,7 @@ class LLMClient:
         exchange itself."""
         status, headers, parsed = 0, None, None
         try:
-            raw = await api.post("/chat/completions", body=body, cast_to=object, options=_RAW_RESPONSE)
+            raw = cast(_RawReply, await api.post("/chat/completions", body=body, cast_to=object, options=_RAW_RESPONSE))
             status, headers = 200, raw.headers
             parsed = raw.parse()
             return parsed

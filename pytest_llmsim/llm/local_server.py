@@ -53,8 +53,9 @@ def serve_llama_cpp_python() -> None:
     import llama_cpp
     from llama_cpp.server.__main__ import main as serve
 
-    llama_cpp.LlamaRAMCache = _lean_ram_cache()  # llama_cpp.server.model builds its RAM cache from this name
-    serve()
+    # llama_cpp.server.model builds its RAM cache from this name (star-imported into llama_cpp: mypy misses it)
+    llama_cpp.LlamaRAMCache = _lean_ram_cache()  # type: ignore[attr-defined]
+    serve()  # type: ignore[no-untyped-call]  # llama_cpp.server's main has no annotations
 
 
 def xllamacpp_parser() -> argparse.ArgumentParser:

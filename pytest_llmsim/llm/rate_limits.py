@@ -42,7 +42,7 @@ from typing import Any
 try:  # POSIX only: elsewhere every process keeps its own budget (static caps split evenly)
     import fcntl
 except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None  # type: ignore[assignment]  # None stands for "no fcntl module" here
 
 CHARS_PER_TOKEN = 4.0  # the usual rule of thumb for English text with OpenAI's tokenizers
 MESSAGE_OVERHEAD_TOKENS = 4  # role and separators per message (OpenAI's cookbook counts 3-4)

@@ -29,9 +29,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import regex  # type: ignore[import-untyped]  # re-compatible, with a time limit and the GIL released
+import regex  # re-compatible, with a time limit and the GIL released
 
-from pytest_llmsim.metrics.api import Conversation, Metric, MetricError, MetricResult
+from pytest_llmsim.errors import MetricError
+from pytest_llmsim.metrics.api import Conversation, Metric, MetricResult
 
 if TYPE_CHECKING:
     from pytest_llmsim.model.scenario import Scenario
@@ -115,8 +116,8 @@ _LETTERS: dict[str, str] = {
     "ru": "ыэъё", "uk": "іїєґ",
     "de": "ßäöü", "fr": "œêâîûëÿ", "es": "ñ¿¡", "pt": "ãõ", "it": "òì",
 }
-_CYRILLIC_LANGUAGES = ("ru", "uk")
-_LATIN_LANGUAGES = ("en", "de", "fr", "es", "it", "pt")
+_CYRILLIC_LANGUAGES: tuple[str, ...] = ("ru", "uk")
+_LATIN_LANGUAGES: tuple[str, ...] = ("en", "de", "fr", "es", "it", "pt")
 
 
 def _script(word: str) -> str | None:
@@ -468,7 +469,7 @@ def _unicode_tokenizer() -> Any:
     if _TOKENIZER is None:
         from rouge_score import tokenizers
 
-        class UnicodeTokenizer(tokenizers.Tokenizer):
+        class UnicodeTokenizer(tokenizers.Tokenizer):  # type: ignore[misc]  # rouge_score is untyped: an Any base
             def tokenize(self, text: str) -> list[str]:
                 return re.findall(r"\w+", text.lower())
 

@@ -109,7 +109,9 @@ class PromptRenderer:
 
     def _find_variables(self, template_name: str) -> frozenset[str] | None:
         try:
-            source, _, _ = self._env.loader.get_source(self._env, template_name)  # type: ignore[union-attr]
+            loader = self._env.loader
+            assert loader is not None  # __init__ gives the environment one
+            source, _, _ = loader.get_source(self._env, template_name)
             parsed = self._env.parse(source)
         except (jinja2.TemplateNotFound, jinja2.TemplateSyntaxError):
             return None

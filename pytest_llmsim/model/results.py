@@ -479,7 +479,7 @@ class ScenarioRecord:
         metrics = data.get("metrics")
         if isinstance(metrics, str):  # a CSV cell: name=score:verdict;... (no reasons or details)
             verdicts = {"passed": True, "failed": False}
-            rows = []
+            rows: list[dict[str, Any]] = []
             for entry in filter(None, metrics.split(";")):
                 name, _, rest = entry.partition("=")
                 score, _, verdict = rest.rpartition(":")

@@ -487,7 +487,7 @@ _YamlBase: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when a
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-class _StrictYamlLoader(_YamlBase):  # type: ignore[misc]
+class _StrictYamlLoader(_YamlBase):  # type: ignore[misc]  # its base is chosen at run time: typed Any
     """Safe loader that rejects duplicate keys (merge keys ``<<`` may still be overridden, as YAML intends).
 
     The check runs in ``flatten_mapping``, which the constructor calls on every mapping before it merges
@@ -711,23 +711,23 @@ def load_scenario_file(path: Path) -> list[ScenarioEntry]:
                             f"{MAX_SCENARIOS_PER_FILE:,} per file (MAX_SCENARIOS_PER_FILE); split the file")
     raw_names = [raw.get("name") if isinstance(raw, dict) else None for raw in raw_scenarios]
     # Real (valid) names always keep their name; generated ones must never take a real name.
-    taken: set[str] = {name for name in raw_names if name_problem(name) is None}
+    taken: set[str] = {name for name in raw_names if isinstance(name, str) and name_problem(name) is None}
     used: set[str] = set()
     entries: list[ScenarioEntry] = []
     for index, (raw, raw_name) in enumerate(zip(raw_scenarios, raw_names, strict=True)):
         shown_name = isinstance(raw_name, str) and raw_name.strip()
         label = f"#{index} {_shown(raw_name)}" if shown_name else f"#{index}"
-        valid_name = name_problem(raw_name) is None
-        if valid_name and raw_name not in used:
-            item_name = raw_name
+        valid_name = raw_name if isinstance(raw_name, str) and name_problem(raw_name) is None else None
+        if valid_name is not None and valid_name not in used:
+            item_name = valid_name
         else:
-            item_name = _item_name(raw_name if valid_name else "scenario", index, taken | used)
+            item_name = _item_name(valid_name if valid_name is not None else "scenario", index, taken | used)
         used.add(item_name)
         problem: str | None = None
         scenario: Scenario | None = None
         if not isinstance(raw, dict):
             problem = f"must be an object with 'name' and 'variables', got {type(raw).__name__}"
-        elif valid_name and item_name != raw_name:
+        elif valid_name is not None and item_name != valid_name:
             problem = (f"field 'name': duplicate name {_shown(raw_name)} in this file; "
                        "names must be unique per file")
         else:

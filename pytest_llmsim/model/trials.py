@@ -154,6 +154,7 @@ def scenario_groups(records: Iterable[ScenarioRecord]) -> list[ScenarioGroup]:
         if record.outcome not in _COUNTED:
             continue
         result = record.result
+        entry: tuple[str, str, list[Status], list[int | None]]
         if result.trials:
             stats = result_stats(result)
             statuses = [PASSED] * stats.passed + [FAILED] * stats.failed + [ERROR] * stats.errored

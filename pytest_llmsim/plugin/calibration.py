@@ -36,7 +36,8 @@ class CalibrationPlugin:
         self.report: CalibrationReport | None = None
         self.note = ""
         if self.source is not None:
-            from pytest_llmsim.engine.calibration import CalibrationError, load_calibration_set
+            from pytest_llmsim.engine.calibration import load_calibration_set
+            from pytest_llmsim.errors import CalibrationError
 
             try:
                 self.cases = load_calibration_set(self.source)
@@ -65,8 +66,8 @@ class CalibrationPlugin:
         if self.cases is None or self.report is not None or self.config.getoption("collectonly", default=False):
             return
         from pytest_llmsim.config.options import rpm_share
-        from pytest_llmsim.engine.calibration import CalibrationError, check_prompts, run_calibration, shown_path
-        from pytest_llmsim.errors import CacheError
+        from pytest_llmsim.engine.calibration import check_prompts, run_calibration, shown_path
+        from pytest_llmsim.errors import CacheError, CalibrationError
         from pytest_llmsim.model.prompts import PromptRenderer
 
         llmsim = self.config.stash[SESSION_KEY]

@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
+from pytest_llmsim.errors import ScenarioRunError
 from pytest_llmsim.model.results import ERROR, ScenarioResult
-from pytest_llmsim.plugin.items import ScenarioRunError
 from pytest_llmsim.plugin.session import SESSION_KEY
 
 __all__ = ["RUNS_KEY", "LlmsimFixture", "ScenarioRunError", "attach_runs", "llmsim_fixture"]
@@ -55,7 +55,8 @@ class LlmsimFixture:
     @property
     def results(self) -> list[ScenarioResult]:
         """The conversations this test has finished, in order."""
-        return list(self._item.stash.get(RUNS_KEY, []))
+        runs = self._item.stash.get(RUNS_KEY, [])
+        return list(runs)
 
     # -- building the job ------------------------------------------------------------------------------------
     def _job(self, fields: dict[str, Any]) -> Any:
@@ -169,9 +170,9 @@ def attach_runs(item: pytest.Item, report: pytest.TestReport) -> list[ScenarioRe
     runs = item.stash.get(RUNS_KEY, [])
     if report.when != "call" or not runs:
         return []
-    report.llmsim = runs[0].to_dict()  # type: ignore[attr-defined]
+    report.llmsim = runs[0].to_dict()  # type: ignore[attr-defined]  # plugin data rides on the report
     if len(runs) > 1:
-        report.llmsim_more = [r.to_dict() for r in runs[1:]]  # type: ignore[attr-defined]
+        report.llmsim_more = [r.to_dict() for r in runs[1:]]  # type: ignore[attr-defined]  # plugin data rides on the report
     for number, result in enumerate(runs, 1):
         title = "llmsim transcript" if len(runs) == 1 else f"llmsim transcript ({number}: {result.scenario})"
         report.sections.append((f"Captured {title} call", run_section(result)))

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from pytest_llmsim.config.options import ResolvedOptions
+from pytest_llmsim.errors import ScenarioRunError
 from pytest_llmsim.model.results import ScenarioResult
 from pytest_llmsim.model.settings import redact_url
 from pytest_llmsim.plugin import options
@@ -19,7 +20,6 @@ from pytest_llmsim.plugin.gate import register_gate
 from pytest_llmsim.plugin.items import (
     ScenarioFile,
     ScenarioItem,
-    ScenarioRunError,
     is_scenario_file,
     note_uncollected_scenario_file,
     uncollected_scenarios_line,
@@ -234,7 +234,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if hasattr(item.config, "workerinput"):
         lines = item.config.stash[SESSION_KEY].take_messages()
         if lines:  # a plain attribute crosses xdist with the report; WorkerLines prints it on the controller
-            report.llmsim_lines = lines  # type: ignore[attr-defined]
+            report.llmsim_lines = lines  # type: ignore[attr-defined]  # plugin data rides on the report
     if (isinstance(item, ScenarioItem) and report.when == "setup" and call.excinfo is not None
             and isinstance(call.excinfo.value, ScenarioRunError)):
         # pytest formats setup errors as tracebacks; a scenario error is a message, not a bug.
@@ -247,7 +247,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             report.duration = max(0.0, report.duration - item.conversation_wait_s)
         if report.when == decided:
             result = item.result
-            report.llmsim = result.to_dict()  # type: ignore[attr-defined]
+            report.llmsim = result.to_dict()  # type: ignore[attr-defined]  # plugin data rides on the report
             # The phase that carries the verdict reports the conversation's own wall time, so --durations,
             # JUnit and pytest-html show how long each conversation took, not how long its item waited.
             report.duration = result.duration_seconds
@@ -281,7 +281,7 @@ def _result_properties(item: pytest.Item, report: pytest.TestReport, result: Sce
     ``report.llmsim``, never ``user_properties``."""
     if not per_testcase_properties(item.config):
         return
-    cost = scenario_cost_usd(item.config, report.llmsim)  # type: ignore[attr-defined]
+    cost = scenario_cost_usd(item.config, report.llmsim)
     for name, value in junit_properties(result, cost):
         # The current report gets a copy; the item's list reaches the teardown report (which
         # junitxml writes properties from) and every later report of this item.

@@ -57,7 +57,7 @@ class HtmlHooks:
         added = [extras.html(scenario_html(record))]
         if delta is not None:
             added.append(extras.html(baseline_diff_html(delta)))
-        report.extras = [*getattr(report, "extras", []), *added]  # type: ignore[attr-defined]
+        report.extras = [*getattr(report, "extras", []), *added]  # type: ignore[attr-defined]  # pytest-html reads it
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_results_table_header(self, cells: list[str]) -> None:

@@ -56,8 +56,11 @@ class RecordingInventory:
             return 1
         from pytest_llmsim.plugin.session import SESSION_KEY
 
-        own = item.scenario.trials
-        return own if own is not None else self.config.stash[SESSION_KEY].options["llmsim_trials"]
+        own: int | None = item.scenario.trials
+        if own is not None:
+            return own
+        trials: int = self.config.stash[SESSION_KEY].options["llmsim_trials"]
+        return trials
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:

@@ -194,7 +194,7 @@ class ReportPlugin:
         if record is not None and self.html is not None and data is not None:
             self.html.attach_extras(report, record, self._changed_delta(record))
         if record is not None and isinstance(data, dict):
-            report.llmsim = trimmed_report_data(data)  # type: ignore[attr-defined]
+            report.llmsim = trimmed_report_data(data)  # type: ignore[attr-defined]  # plugin data rides on the report
         if report.when == "teardown":
             record = self.collector.get(report.nodeid)
             if record is not None:
@@ -382,7 +382,7 @@ def _trial_properties(result: ScenarioResult) -> list[tuple[str, Any]]:
         return [("trial", result.trial), ("seed", result.seed)]
     if not result.trials:
         return []
-    from pytest_llmsim.model.trials import result_stats
+    from pytest_llmsim.model.results import result_stats
 
     figures = result_stats(result).to_dict()
     return [(name, figures[name]) for name in ("trials", "passed_trials", "pass_rate", "pass_hat_k", "pass_at_k",

@@ -29,6 +29,7 @@ from pytest_llmsim.plugin.xdist import controller_pid, local_state_dir
 
 if TYPE_CHECKING:  # the runner pulls in openai and diskcache: imported only when a scenario runs
     from pytest_llmsim.engine.runner import Runner
+    from pytest_llmsim.model.scenario import Scenario
     from pytest_llmsim.plugin.xdist import IsolatedItems, Journal
 
 _ELIGIBLE_KEY = pytest.StashKey[bool]()
@@ -149,16 +150,17 @@ class LlmsimSession:
         return not (xfail and xfail.kwargs.get("run") is False and not self.config.getoption("runxfail"))
 
     def _submit(self, item: pytest.Item) -> concurrent.futures.Future[ScenarioResult]:
-        assert item.scenario is not None
+        scenario: Scenario | None = getattr(item, "scenario", None)  # a ScenarioItem's (see _eligible)
+        assert scenario is not None
         runner = self.ensure_runner()
         from pytest_llmsim.engine.runner import ScenarioJob
 
         trial = getattr(item, "trial", 0)
         if trial:  # one trial of a scenario: recorded as the scenario's trial, reported as its item
-            job = ScenarioJob(item.nodeid.removesuffix(f"[trial-{trial}]"), str(item.path), item.scenario,
+            job = ScenarioJob(item.nodeid.removesuffix(f"[trial-{trial}]"), str(item.path), scenario,
                               report_as=item.nodeid, trial=trial)
         else:
-            job = ScenarioJob(item.nodeid, str(item.path), item.scenario,
+            job = ScenarioJob(item.nodeid, str(item.path), scenario,
                               transcript=getattr(item, "transcript", None))  # a recorded conversation's item
         journal, nodeid = self._journal, item.nodeid
         if journal is not None:
@@ -202,7 +204,7 @@ class LlmsimSession:
                     if not self._running():
                         self._submit(item)
                     return  # nothing starts beside it, nor before the ones in flight end
-                self._submit(item)  # type: ignore[arg-type]
+                self._submit(item)
 
     def top_up(self, item: pytest.Item) -> None:
         """Called while pytest waits on ``item``: start newly queued items (xdist refills the queue meanwhile)."""

@@ -44,11 +44,13 @@ from pytest_llmsim.model.scenario_paths import is_scenario_nodeid
 try:
     from xdist.scheduler import LoadScheduling
 except ImportError:  # pragma: no cover - module only imported when xdist is present
-    LoadScheduling = object  # type: ignore[assignment,misc]
+    LoadScheduling = object
 
 
-class WindowScheduling(LoadScheduling):  # type: ignore[misc,valid-type]
+class WindowScheduling(LoadScheduling):  # type: ignore[misc]  # xdist is untyped: an Any base
     """``--dist load`` with every worker's queue kept ``window`` deep (falls back to stock for plain suites)."""
+
+    collection: list[str] | None  # LoadScheduling's: the collected node ids once every worker has collected
 
     def __init__(self, config: pytest.Config, log: Any = None, *, window: int, slots: int) -> None:
         super().__init__(config, log)
@@ -68,14 +70,16 @@ class WindowScheduling(LoadScheduling):  # type: ignore[misc,valid-type]
 
     def schedule(self) -> None:
         if self.collection is not None or not self.collection_is_completed:
-            return super().schedule()
+            super().schedule()
+            return None
         if not self._check_nodes_have_same_collection():
             self.log("**Different tests collected, aborting run**")
             return None
         self.collection = next(iter(self.node2collection.values()))
         if not self._use_window():
             self.collection = None
-            return super().schedule()
+            super().schedule()
+            return None
         self.pending[:] = range(len(self.collection))
         if not self.collection:
             return None
@@ -92,13 +96,13 @@ class WindowScheduling(LoadScheduling):  # type: ignore[misc,valid-type]
         (see the module's docstring); the other pending items are re-queued."""
         pending = self.node2pending.get(node)
         if not pending or not self._use_window() or self.collection is None:
-            return super().remove_node(node)  # type: ignore[no-any-return]
+            return super().remove_node(node)  # type: ignore[no-any-return]  # xdist is untyped
         in_flight = read_in_flight(journal_path(self.state_dir, _worker_id(node)))
         suspects = [index for index in pending if self.collection[index] in in_flight]
         if not is_scenario_nodeid(self.collection[pending[0]]) and pending[0] not in suspects:
             suspects.insert(0, pending[0])  # a plain test may have done it as well as a conversation
         if not suspects:
-            return super().remove_node(node)  # type: ignore[no-any-return]
+            return super().remove_node(node)  # type: ignore[no-any-return]  # xdist is untyped
         del self.node2pending[node]
         crashed: str | None = None
         if len(suspects) == 1:
@@ -115,7 +119,8 @@ class WindowScheduling(LoadScheduling):  # type: ignore[misc,valid-type]
 
     def check_schedule(self, node: Any, duration: float = 0) -> None:
         if not self._use_window():
-            return super().check_schedule(node, duration)
+            super().check_schedule(node, duration)
+            return None
         if node.shutting_down:
             return None
         if self.pending:
@@ -217,7 +222,7 @@ class XdistHooks:
         report.when = "setup"  # an error of the item, as pytest words it
         report.longrepr = message
         report.location = (path, None, f"scenario: {name}")
-        report.llmsim = ScenarioResult(  # type: ignore[attr-defined]
+        report.llmsim = ScenarioResult(  # type: ignore[attr-defined]  # plugin data rides on the report
             scenario=name, nodeid=crashitem, source=path, status=Status.ERROR, min_score=None,
             error_kind=ErrorKind.CRASHED, error_message=message).to_dict()
         return True

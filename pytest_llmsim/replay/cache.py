@@ -158,7 +158,7 @@ def decode_row(directory: str | os.PathLike[str], mode: Any, filename: Any, valu
         raise CorruptEntry(f"its value is not compressed JSON ({type(exc).__name__})") from None
 
 
-class JsonDisk(diskcache.Disk):
+class JsonDisk(diskcache.Disk):  # type: ignore[misc]  # diskcache is untyped: an Any base
     """diskcache serialization that stores str keys raw and values as compressed JSON and never unpickles.
 
     ``fetch`` raises :class:`CorruptEntry` for any row it did not write (diskcache's ``Cache.get`` passes it
@@ -179,7 +179,8 @@ class JsonDisk(diskcache.Disk):
     def store(self, value: Any, read: bool, key: Any = UNKNOWN) -> tuple[int, int, str | None, Any]:
         if read:
             raise TypeError("llmsim cache values are JSON data, not files")
-        return super().store(encode_value(value), False, key=key)
+        stored: tuple[int, int, str | None, Any] = super().store(encode_value(value), False, key=key)
+        return stored
 
     def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
         return decode_row(self._directory, mode, filename, value)
@@ -355,10 +356,11 @@ class _ReadOnlyStore:
         """The decoded value of ``key``, ``_MISSING``, or raise CorruptEntry."""
         if type(key) is not str:
             raise TypeError(f"llmsim cache keys are str, got {type(key).__name__}")
-        if not self._has_table:
+        con = self._con
+        if con is None or not self._has_table:
             return _MISSING
         with self._lock:
-            rows = self._con.execute(  # type: ignore[union-attr]
+            rows = con.execute(
                 "SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1"
                 " AND (expire_time IS NULL OR expire_time > ?)", (key, time.time())).fetchall()
         if not rows:
@@ -367,10 +369,11 @@ class _ReadOnlyStore:
 
     def items(self) -> Iterator[tuple[Any, Any]]:
         """(key, decoded value or CorruptEntry) of every row."""
-        if not self._has_table:
+        con = self._con
+        if con is None or not self._has_table:
             return
         with self._lock:
-            rows = self._con.execute("SELECT key, raw, mode, filename, value FROM Cache").fetchall()  # type: ignore[union-attr]
+            rows = con.execute("SELECT key, raw, mode, filename, value FROM Cache").fetchall()
         for key, raw, mode, filename, value in rows:
             if not raw or not isinstance(key, str):
                 yield _FOREIGN_KEY, CorruptEntry("its key was pickled")
@@ -381,10 +384,11 @@ class _ReadOnlyStore:
                 yield key, exc
 
     def __len__(self) -> int:
-        if not self._has_table:
+        con = self._con
+        if con is None or not self._has_table:
             return 0
         with self._lock:
-            return int(self._con.execute("SELECT COUNT(*) FROM Cache").fetchone()[0])  # type: ignore[union-attr]
+            return int(con.execute("SELECT COUNT(*) FROM Cache").fetchone()[0])
 
     def close(self) -> None:
         _discard(self._con, self._copy)

@@ -42,7 +42,7 @@ import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pytest_llmsim.errors import CacheError, ErrorKind, RecordingError
 from pytest_llmsim.model.results import ModelUsage, ScenarioResult, Status, tool_call_text, turn_tool_calls
@@ -229,10 +229,11 @@ def _text(mapping: dict[str, Any], name: str, where: str, *, optional: bool = Fa
     value = mapping.get(name)
     if isinstance(value, list) and all(isinstance(line, str) for line in value):
         mapping[name] = value = "\n".join(value)
-    return _need(mapping, name, (str,), where, optional=optional)
+    text: str | None = _need(mapping, name, (str,), where, optional=optional)
+    return text
 
 
-def _call_problem(call: dict[str, Any], where: str) -> None:
+def _call_problem(call: dict[str, Any], where: str) -> NoReturn:
     """Raise the problem of a call that failed the quick check, worded field by field."""
     key = call.get("key")
     if type(key) is not str or not _KEY.fullmatch(key):
@@ -320,6 +321,7 @@ def _check_recording(data: Any, path: Path) -> Recording:
         if type(prompt_tokens) is not int or type(completion_tokens) is not int:
             for name in ("prompt_tokens", "completion_tokens"):
                 _need(usage, name, _INT, f"calls[{i}].usage.")
+            raise _Problem(f"calls[{i}].usage is not valid")  # pragma: no cover - _need named the field
         if prompt_tokens < 0 or completion_tokens < 0:
             name = "prompt_tokens" if prompt_tokens < 0 else "completion_tokens"
             raise _Problem(f"calls[{i}].usage.{name} is {usage[name]}, not a non-negative integer")
@@ -389,7 +391,7 @@ def render(data: Mapping[str, Any]) -> bytes:
     return (_layout(dict(data), 0, force=True) + "\n").encode("utf-8")
 
 
-class _Lines(list):  # type: ignore[type-arg]
+class _Lines(list[str]):
     """A text of several lines, written one line per line (always expanded, so each line diffs on its own)."""
 
 
@@ -420,7 +422,8 @@ def _inline(value: Any) -> Any:
 
 
 def _text_of(inline: Any) -> str:
-    return inline[0] if isinstance(inline, tuple) else inline
+    text: str = inline[0] if isinstance(inline, tuple) else inline
+    return text
 
 
 def _laid(value: Any, inline: Any, indent: int, start: int, force: bool) -> str:

@@ -241,7 +241,9 @@ def load_baseline(path: Path, prices: PriceTable) -> Baseline:
     if not isinstance(document, dict) or not isinstance(document.get("results"), list):
         raise ConfigError(f'{where} is not a pytest-llmsim JSON export (no "results" list); give the file '
                           "--llmsim-results run.json wrote, or a recordings directory")
-    summary = document.get("summary") if isinstance(document.get("summary"), dict) else {}
+    summary = document.get("summary")
+    if not isinstance(summary, dict):
+        summary = {}
     partial = document.get("complete") is False or bool(summary.get("interrupted")) \
         or bool(summary.get("unfinished_scenarios"))
     return Baseline(path, "export", _records(document["results"], where, "results"), partial=partial)

@@ -37,6 +37,7 @@ def draw_histogram(summary: RunSummary, path: Path) -> None:
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
     except ImportError as exc:
         if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] == "matplotlib":
             raise HistogramUnavailable(f"the score histogram needs matplotlib, which is not installed: "
@@ -55,7 +56,9 @@ def draw_histogram(summary: RunSummary, path: Path) -> None:
     axes.set_xlabel("score")
     axes.set_ylabel("scenarios")
     axes.set_ylim(0, max([*counts, 1]) * 1.2)
-    axes.yaxis.get_major_locator().set_params(integer=True)
+    locator = axes.yaxis.get_major_locator()
+    if isinstance(locator, MaxNLocator):  # the default AutoLocator is one
+        locator.set_params(integer=True)
     axes.set_title(histogram_title(summary), fontsize=9, parse_math=False)  # "$" is not mathtext here
     figure.suptitle("pytest-llmsim score distribution", fontsize=12, fontweight="bold")
     figure.tight_layout()

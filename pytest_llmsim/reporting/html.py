@@ -241,8 +241,7 @@ def trials_html(result: ScenarioResult) -> str:
     folded below it ("" without trials)."""
     if not result.trials:
         return ""
-    from pytest_llmsim.model.results import verdict_text
-    from pytest_llmsim.model.trials import result_stats
+    from pytest_llmsim.model.results import result_stats, verdict_text
 
     rows, chats = [], []
     for trial in result.trials:
@@ -378,7 +377,7 @@ def _diff_cell(turn: Mapping[str, Any] | None, side: str) -> str:
             f'{tools}<div class="llmsim-diff-text">{_e(turn.get("text"))}</div></td>')
 
 
-def _score_text(score: int | None) -> str:
+def _score_text(score: float | None) -> str:
     return "-" if score is None else str(score)
 
 

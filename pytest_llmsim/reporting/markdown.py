@@ -252,7 +252,7 @@ def change_label(delta: ScenarioDelta) -> str:
 _LABEL_MARKS = {"regressed": "🔻 regressed", "improved": "🟢 improved", "new": "🆕 new", "changed": "✏️ changed"}
 
 
-def delta_sort_key(delta: ScenarioDelta) -> tuple[int, int, str]:
+def delta_sort_key(delta: ScenarioDelta) -> tuple[int, float, str]:
     """Regressions first (newly failing, then the largest score drops), then improvements, other changes and
     new scenarios; by node id within a group."""
     if delta.newly_failing:
@@ -339,7 +339,7 @@ def diff_lines(pairs: Sequence[TurnPair], *, context: int = DIFF_CONTEXT) -> lis
             head = run[:context] if index > 0 else []
             tail = run[-context:] if end < len(pairs) and context else []
             if len(run) > len(head) + len(tail):
-                kept = head + tail
+                kept = [*head, *tail]
                 skipped = len(run) - len(kept)
                 lines.extend(line for pair in head for line in _turn_lines(" ", pair.new_number, pair.new or {}))
                 lines.append(f"@@ {skipped} unchanged turn{'s' if skipped != 1 else ''} @@")

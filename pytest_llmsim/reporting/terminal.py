@@ -136,7 +136,9 @@ def metric_line(metric: Mapping[str, Any]) -> str:
         text += f" (min {metric_score_text(minimum)})"
     verdict = metric_verdict(metric)
     text += " FAILED" if verdict == "failed" else f" {verdict}"
-    details = metric.get("details") if isinstance(metric.get("details"), Mapping) else {}
+    details = metric.get("details")
+    if not isinstance(details, Mapping):
+        details = {}
     scores = details.get("scores") if isinstance(details, Mapping) else None
     if isinstance(scores, list) and len(scores) > 1:  # the judge's repeats
         text += (f" [verdicts {', '.join(map(str, scores))} by {details.get('policy')}"
@@ -161,8 +163,7 @@ def trial_lines(result: ScenarioResult) -> list[str]:
     """A combined result's trials: what they say together, then one line per trial (none without trials)."""
     if not result.trials:
         return []
-    from pytest_llmsim.model.results import verdict_text
-    from pytest_llmsim.model.trials import result_stats
+    from pytest_llmsim.model.results import result_stats, verdict_text
 
     lines = [f"trials: {verdict_text(result_stats(result), result.min_pass_rate)}; the conversation shown is "
              f"trial {result.shown_trial}'s"]
@@ -189,8 +190,7 @@ def failure_headline(result: ScenarioResult) -> str:
     (or the result has no metrics); ``scenario 'a' failed metrics: judge (score 1, min 2), rules`` when other
     metrics failed; ``scenario 'a' failed its trials: 2 of 5 trials passed (...)`` with trials."""
     if result.trials:
-        from pytest_llmsim.model.results import verdict_text
-        from pytest_llmsim.model.trials import result_stats
+        from pytest_llmsim.model.results import result_stats, verdict_text
 
         return (f"scenario {result.scenario!r} failed its trials: "
                 f"{verdict_text(result_stats(result), result.min_pass_rate)}")
