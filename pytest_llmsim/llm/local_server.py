@@ -39,7 +39,7 @@ def _lean_ram_cache() -> type:
     from llama_cpp.llama import LlamaState
     from llama_cpp.llama_cache import LlamaRAMCache
 
-    class LeanRAMCache(LlamaRAMCache):
+    class LeanRAMCache(LlamaRAMCache):  # type: ignore[misc]  # Any where llama-cpp-python is not installed
         def __setitem__(self, key: Sequence[int], value: LlamaState) -> None:
             if value.scores.shape[0] > 1:
                 value.scores = value.scores[:1].copy()
