@@ -48,7 +48,7 @@ POLICIES = ("majority", "min", "mean")
 # * ``verdict``: the evaluator template's 1-3 verdict, a JSON object with score, comment and blame
 #   (``VERDICT_SCHEMA``), parsed strictly by ``parse_verdict``;
 # * ``constrained``: the same verdict under a grammar that makes an invalid one impossible to write
-#   (``CONSTRAINED_VERDICT_SCHEMA``: a blame that fits the score, a comment of 20-160 characters that starts with
+#   (``CONSTRAINED_VERDICT_SCHEMA``: a blame that fits the score, a comment of 20-120 characters that starts with
 #   a letter and holds no JSON); for servers that turn a JSON schema into a grammar (llama.cpp, vLLM, Ollama);
 # * ``criteria``: each of the scenario's ``criteria`` asked as a yes/no question with the transcript, the answer
 #   constrained to {"answer": "yes" | "no"}; score 3 when every answer is yes, 2 when one is no, 1 otherwise
@@ -56,13 +56,17 @@ POLICIES = ("majority", "min", "mean")
 #   model, else ``verdict``);
 # * ``auto`` (the default): ``constrained`` for the bundled local backend's model, ``verdict`` for an endpoint.
 JUDGE_METHODS = ("auto", "verdict", "constrained", "criteria")
-_COMMENT_CHARS = (20, 160)
+_COMMENT_CHARS = (20, 120)
+_COMMENT_LETTERS = "A-Za-zА-Яа-яЁё"
 _CONSTRAINED_COMMENT: dict[str, Any] = {
     "type": "string",
-    # 20-160 characters, starting with a letter (Latin or Cyrillic), without braces, quotes, backslashes or line
-    # breaks: no piece of JSON, never under 3 words in practice. Written as a pattern because llama.cpp's schema
-    # converter ignores minLength/maxLength when a pattern is given.
-    "pattern": f'^[A-Za-zА-Яа-яЁё][^{{}}"\\\n]{{{_COMMENT_CHARS[0] - 1},{_COMMENT_CHARS[1] - 1}}}$',
+    # 20-120 characters: a letter (Latin or Cyrillic), then letters, digits, blanks and plain punctuation. No
+    # braces, quotes, backslashes or line breaks, so no piece of JSON and nothing a grammar must escape
+    # (llama-cpp-python's converter copies an escaped line break in a character class into the grammar raw;
+    # llama.cpp then fails to parse the grammar and its server process dies). A pattern, because llama.cpp's
+    # converter ignores minLength/maxLength beside one.
+    "pattern": (f"^[{_COMMENT_LETTERS}][{_COMMENT_LETTERS}0-9 .,;:!?'()%/+-]"
+                f"{{{_COMMENT_CHARS[0] - 1},{_COMMENT_CHARS[1] - 1}}}$"),
 }
 CONSTRAINED_VERDICT_SCHEMA: dict[str, Any] = {
     "type": "object",

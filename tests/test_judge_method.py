@@ -179,11 +179,21 @@ def test_the_constrained_grammar_admits_no_contradicting_blame() -> None:
     ("The agent confirmed the order but gave no delivery time.", True),
     ("Агент подтвердил заказ и время доставки.", True),
     ("ok", False), ("blame", False), ('{"score": 3}', False), ('polite", "blame": "agent', False),
-    ("x" * 161, False), ("3 = every criterion is met", False),
+    ("x" * 121, False), ("A comment with a line\nbreak in it.", False), ("A backslash \\ in the comment", False),
+    ("3 = every criterion is met", False),
 ])
 def test_the_constrained_comment_pattern(comment: str, allowed: bool) -> None:
-    """What the grammar lets the model write as a comment: 20-160 characters from a letter on, no JSON."""
+    """What the grammar lets the model write as a comment: 20-120 characters from a letter on, no JSON."""
     pattern = CONSTRAINED_VERDICT_SCHEMA["anyOf"][0]["properties"]["comment"]["pattern"]
     assert (re.fullmatch(pattern, comment) is not None) == allowed
     if allowed:  # and what it lets through is a reason to the strict parser
         assert parse_verdict(json.dumps({"score": 2, "comment": comment, "blame": "agent"}))[1] == comment
+
+
+def test_the_constrained_schema_converts_to_a_grammar_llama_cpp_parses() -> None:
+    """llama-cpp-python turns the schema into a GBNF grammar; a line break or escape in the comment's character
+    class came out raw, split a rule over two lines, and llama.cpp's parser failed on it and took the server
+    down. Every rule of the converted grammar is one line."""
+    gbnf = pytest.importorskip("llama_cpp.llama_grammar").json_schema_to_gbnf(json.dumps(CONSTRAINED_VERDICT_SCHEMA))
+    rules = [line for line in gbnf.splitlines() if line.strip()]
+    assert rules and all(" ::= " in line for line in rules), gbnf
