@@ -47,7 +47,7 @@ POLICIES = ("majority", "min", "mean")
 # How the judge turns a transcript into a score (``llmsim_judge_method``; ``resolve_method``):
 # * ``verdict``: the evaluator template's 1-3 verdict, a JSON object with score, comment and blame
 #   (``VERDICT_SCHEMA``), parsed strictly by ``parse_verdict``;
-# * ``constrained``: the same verdict under a grammar that makes an invalid one impossible to write
+# * ``constrained``: the same verdict under a grammar that rules out most invalid ones
 #   (``CONSTRAINED_VERDICT_SCHEMA``: a blame that fits the score, a comment of 20-120 characters that starts with
 #   a letter and holds no JSON); for servers that turn a JSON schema into a grammar (llama.cpp, vLLM, Ollama);
 # * ``criteria``: each of the scenario's ``criteria`` asked as a yes/no question with the transcript, answered in
@@ -63,11 +63,12 @@ _COMMENT_LETTERS = "A-Za-zА-Яа-яЁё"
 _CONSTRAINED_COMMENT: dict[str, Any] = {
     "type": "string",
     # 20-120 characters: a letter (Latin or Cyrillic), then letters, digits, blanks and plain punctuation. No
-    # braces, quotes, backslashes or line breaks, so no piece of JSON and nothing a grammar must escape
+    # colon (SmolLM2 wrote "blame: agent. ..." in 7 of its 11 invalid verdicts on the dev half), no braces,
+    # quotes, backslashes or line breaks, so no piece of JSON and nothing a grammar must escape
     # (llama-cpp-python's converter copies an escaped line break in a character class into the grammar raw;
     # llama.cpp then fails to parse the grammar and its server process dies). A pattern, because llama.cpp's
     # converter ignores minLength/maxLength beside one.
-    "pattern": (f"^[{_COMMENT_LETTERS}][{_COMMENT_LETTERS}0-9 .,;:!?'()%/+-]"
+    "pattern": (f"^[{_COMMENT_LETTERS}][{_COMMENT_LETTERS}0-9 .,;!?'()%/+-]"
                 f"{{{_COMMENT_CHARS[0] - 1},{_COMMENT_CHARS[1] - 1}}}$"),
 }
 CONSTRAINED_VERDICT_SCHEMA: dict[str, Any] = {

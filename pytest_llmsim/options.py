@@ -127,7 +127,7 @@ OPTIONS: tuple[Option, ...] = (
            "or mean.", "majority", flag="--llmsim-judge-policy", kind="choice",
            choices=("majority", "min", "mean")),
     Option("llmsim_judge_method", "How the judge scores: verdict (a 1-3 verdict with a comment), constrained (the "
-           "same under a grammar that makes an invalid verdict impossible: llama.cpp, vLLM, Ollama), criteria (each "
+           "same under a grammar that rules out most invalid verdicts: llama.cpp, vLLM, Ollama), criteria (each "
            "scenario criterion a yes/no question: 3 all yes, 2 one no, 1 otherwise) or auto (criteria on the "
            "local model, else verdict).", "auto", flag="--llmsim-judge-method", kind="choice",
            choices=("auto", "verdict", "constrained", "criteria")),

@@ -194,7 +194,7 @@ def test_the_constrained_grammar_admits_no_contradicting_blame() -> None:
     ("Агент подтвердил заказ и время доставки.", True),
     ("ok", False), ("blame", False), ('{"score": 3}', False), ('polite", "blame": "agent', False),
     ("x" * 121, False), ("A comment with a line\nbreak in it.", False), ("A backslash \\ in the comment", False),
-    ("3 = every criterion is met", False),
+    ("3 = every criterion is met", False), ("blame: agent. I am sorry for the inconvenience.", False),
 ])
 def test_the_constrained_comment_pattern(comment: str, allowed: bool) -> None:
     """What the grammar lets the model write as a comment: 20-120 characters from a letter on, no JSON."""
