@@ -55,9 +55,12 @@ POLICIES = ("majority", "min", "mean")
 #   score 3 when every answer is yes, 2 when one is no, 1 otherwise
 #   (``criteria_rule``); a scenario without criteria gets the holistic verdict (``constrained`` on the local
 #   model, else ``verdict``);
-# * ``auto`` (the default): ``criteria`` for the bundled local backend's model (``constrained`` for a scenario
-#   without criteria), ``verdict`` for an endpoint.
-JUDGE_METHODS = ("auto", "verdict", "constrained", "criteria")
+# * ``score``: the evaluator template's prompt, the reply constrained to {"score": 1 | 2 | 3} and nothing else:
+#   the score never comes from free text and no reason is asked for (the comment says so);
+# * ``auto`` (the default): ``criteria`` for the bundled local backend's model (``score`` for a scenario without
+#   criteria: under ``constrained`` SmolLM2 still copied a line of the transcript as its comment, an invalid
+#   verdict, in 1 of the sample suite's 8 conversations), ``verdict`` for an endpoint.
+JUDGE_METHODS = ("auto", "verdict", "constrained", "criteria", "score")
 _COMMENT_CHARS = (20, 120)
 _COMMENT_LETTERS = "A-Za-zА-Яа-яЁё"
 _CONSTRAINED_COMMENT: dict[str, Any] = {
@@ -84,6 +87,27 @@ CONSTRAINED_VERDICT_SCHEMA: dict[str, Any] = {
          "required": ["score", "comment", "blame"]},
     ],
 }
+
+
+SCORE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"score": {"type": "integer", "enum": [1, 2, 3]}},
+    "required": ["score"],
+    "additionalProperties": False,
+}
+
+
+def _score_only(raw: str, cached: bool, prompt_tokens: int, completion_tokens: int, attempts: int) -> Verdict:
+    """The ``score`` method's verdict from a ``{"score": N}`` reply; ValueError for anything else."""
+    try:
+        data = json.loads(raw.strip())
+    except ValueError:
+        raise ValueError(f"the reply {raw[:80]!r} is not a JSON object") from None
+    score = _coerce_score(data.get("score")) if isinstance(data, dict) else None
+    if score is None:
+        raise ValueError(f"the reply {raw[:80]!r} has no 'score' of 1, 2 or 3")
+    comment = f"Score {score}, answered alone under a grammar (judge method 'score' asks for no reason)."
+    return Verdict(score, comment, raw, prompt_tokens, completion_tokens, cached, attempts, None, "score")
 
 
 def resolve_method(method: str, model: str) -> str:
@@ -597,13 +621,13 @@ async def evaluate(
     if method == "criteria":
         if scenario.criteria:
             return await _criteria_verdict(scenario, transcript, settings, client, seed=seed, label=label)
-        # Nothing to ask one by one: the holistic verdict, under the grammar on the local model.
-        method = "constrained" if resolve_method("auto", role.model) == "criteria" else "verdict"
+        # Nothing to ask one by one: the holistic verdict (the score alone on the local model).
+        method = "score" if resolve_method("auto", role.model) == "criteria" else "verdict"
     context = template_context(scenario, settings, transcript=transcript.to_dicts(),
                                transcript_text=transcript.as_text(), ended_by=transcript.ended_by,
                                end_reason=transcript.end_reason)
     prompt = renderer.render(role.template, context, scenario_label=scenario_label)
-    schema = CONSTRAINED_VERDICT_SCHEMA if method == "constrained" else VERDICT_SCHEMA
+    schema = {"constrained": CONSTRAINED_VERDICT_SCHEMA, "score": SCORE_SCHEMA}.get(method, VERDICT_SCHEMA)
     minimum = min_score or scenario.min_score or settings.min_score
     ask = "Return the verdict as JSON now."
     problems: list[str] = []
@@ -621,6 +645,8 @@ async def evaluate(
         prompt_tokens += reply.prompt_tokens
         completion_tokens += reply.completion_tokens
         try:
+            if method == "score":
+                return _score_only(raw, reply.cached, prompt_tokens, completion_tokens, attempt + 1)
             score, comment = parse_verdict(raw, prompt=f"{prompt}\n{ask}")
             blame = parse_blame(raw)
             contradiction = blame_contradiction(score, blame, minimum)

@@ -120,6 +120,7 @@ def test_the_guard_finds_a_planted_copy() -> None:
 from conftest import SimProject, default_script, scenario  # noqa: E402
 from pytest_llmsim.judge import (  # noqa: E402
     CONSTRAINED_VERDICT_SCHEMA,
+    SCORE_SCHEMA,
     blame_contradiction,
     criteria_rule,
     parse_answer,
@@ -346,3 +347,28 @@ def test_the_simulated_customer_keeps_its_role_on_the_default_model(tmp_path: Pa
     assert len(firsts) >= 8 and all(firsts.values()), firsts
     agent_like = {nodeid: text for nodeid, text in firsts.items() if AGENT_SPEAK.search(text or "")}
     assert agent_like == {}, f"customer turns that speak as the agent: {agent_like}"
+
+
+def test_auto_on_the_local_model_asks_criteria_one_by_one_and_the_score_alone_without_them(sim: SimProject) -> None:
+    """``auto`` for the local backend's model name: yes/no questions for a scenario with criteria; for one without,
+    the evaluator prompt with the reply constrained to the score (no reason asked, the comment says so)."""
+    sim.server.set_script(_answers([CRITERIA[2]]))
+    sim.write_scenarios("s.json", [scenario("fine", criteria=CRITERIA), scenario("plain")])
+    result = sim.run(f"--llmsim-model={LOCAL_MODEL_NAME}", "--llmsim-results=out.json")
+    result.assert_outcomes(passed=2)
+    records = _records(sim)
+    assert (records["fine"]["score"], records["fine"]["comment"]) == (2, "1 of 3 criteria answered no: 3. Say goodbye.")
+    assert (records["plain"]["score"], records["plain"]["comment"]) == \
+        (3, "Score 3, answered alone under a grammar (judge method 'score' asks for no reason).")
+    schemas = [b["response_format"]["json_schema"]["schema"] for b in _judge_bodies(sim) if "response_format" in b]
+    assert schemas == [SCORE_SCHEMA]
+
+
+def test_the_score_method_never_guesses(sim: SimProject) -> None:
+    sim.server.set_script({"rules": [{"match": {"system_contains": "EVALUATOR"}, "reply": "three"},
+                                     *default_script()["rules"]]})
+    sim.write_scenarios("s.json", [scenario("plain")])
+    sim.run("--llmsim-judge-method=score", "--llmsim-results=out.json")
+    record = _records(sim)["plain"]
+    assert (record["status"], record["error_kind"]) == ("error", "invalid_verdict")
+    assert "the reply 'three' is not a JSON object" in record["error_message"]
