@@ -62,7 +62,10 @@ def test_accuracy_confusion_mae_and_disagreements_are_exact(sim: SimProject) -> 
         "*llmsim: the judge scores the calibration set calibration (7 conversations) before the scenarios ...",
         "*= llmsim judge calibration =*",
         "set: calibration (7 conversations); judge calls: 9 live, 0 replayed;*",
-        "judge accuracy 42.9%: 3 of 7 calibration conversations match the human score, 1 judge error",
+        "judge accuracy 42.9% (95% CI 15.8%-75.0%, Wilson): 3 of 7 calibration conversations match the human "
+        "score, 1 judge error",
+        "false passes: 1 of 2 conversations a person scored below min_score 2 were scored 2 or more by the judge "
+        "(50.0%)",
         "mean absolute error: 0.6667 over 6 scored",
         "confusion (rows: human score, columns: judge score):",
         "  human \\ judge      1      2      3  error",
@@ -82,6 +85,8 @@ def test_accuracy_confusion_mae_and_disagreements_are_exact(sim: SimProject) -> 
     data = json.loads((sim.path / "out.json").read_text())["calibration"]
     assert (data["total"], data["matches"], data["errors"], data["accuracy"], data["mean_absolute_error"]) == \
         (7, 3, 1, 0.4286, 0.6667)
+    assert (data["accuracy_95ci"], data["min_score"], data["should_fail"], data["false_passes"],
+            data["false_pass_rate"]) == ([0.1582, 0.7495], 2, 2, 1, 0.5)
     assert data["confusion"] == {"1": {"1": 1, "2": 0, "3": 1, "error": 0},
                                  "2": {"1": 1, "2": 1, "3": 0, "error": 1},
                                  "3": {"1": 0, "2": 1, "3": 1, "error": 0}}
@@ -115,13 +120,30 @@ def test_the_judge_gate_fails_the_session_below_the_minimum(sim: SimProject, gat
         assert missed == [] and "gate missed" not in result.stdout.str()
 
 
+@pytest.mark.parametrize(("gate", "ret"), [(None, 0), ("0.4", 0), ("0.5", 1)])
+def test_a_calibration_only_run_exits_by_its_gate_not_with_no_tests_ran(sim: SimProject, gate: str | None,
+                                                                         ret: int) -> None:
+    """`-k calibration_only --llmsim-calibrate DIR` runs no test: the calibration is the run, so the exit status
+    is 0 when it ran (and met its gate, if any) and 1 when it missed the gate, never pytest's 5 (no tests ran)."""
+    sim.server.set_script(script_with_junk())
+    write_set(sim, SEVEN)
+    sim.write_scenarios("s.json", [scenario("fine")])
+    options = [f"--llmsim-min-judge-accuracy={gate}"] if gate else []
+    result = sim.run("-k", "calibration_only", "--llmsim-calibrate=calibration", *options)
+    result.assert_outcomes()
+    assert result.ret == ret
+    result.stdout.fnmatch_lines(["judge accuracy 42.9% (95% CI*"])
+    assert sim.run("-k", "calibration_only").ret == pytest.ExitCode.NO_TESTS_COLLECTED  # without a calibration
+
+
 def test_the_gate_from_the_ini_file_and_a_gate_without_a_set(sim: SimProject) -> None:
     write_set(sim, [case("low_a", 3)])
     sim.write_scenarios("s.json", [scenario("fine")])
     sim.write_ini(llmsim_calibrate="calibration", llmsim_min_judge_accuracy="1.0")
     result = sim.run("--llmsim-results=out.ndjson")
     assert result.ret == 1
-    result.stdout.fnmatch_lines(["llmsim gate missed: judge accuracy 0.0% (0 of 1 *"])
+    result.stdout.fnmatch_lines(["false passes: n/a (no conversation a person scored below min_score 2)",
+                                 "llmsim gate missed: judge accuracy 0.0% (0 of 1 *"])
     summary = json.loads((sim.path / "out.summary.json").read_text())  # beside an NDJSON export: its summary file
     assert summary["calibration"]["accuracy"] == 0.0 and summary["calibration"]["gate"]["checked"] is True
     sim.write_ini(llmsim_calibrate="")
@@ -200,13 +222,13 @@ def test_it_runs_once_before_the_scenarios_and_a_rerun_replays(sim: SimProject, 
     out = result.stdout.str()
     assert out.count("llmsim judge calibration") == 1
     result.stdout.fnmatch_lines(["set: calibration (3 conversations); judge calls: 3 live, 0 replayed*",
-                                 "judge accuracy 66.7%: 2 of 3 *"])
+                                 "judge accuracy 66.7% (95% CI *): 2 of 3 *"])
     sim.server.reset()
     result = sim.run(*mode, "--llmsim-calibrate=calibration", "--llmsim-record=none")
     result.assert_outcomes(passed=4)
     assert sim.server.stats()["requests"] == 0
     result.stdout.fnmatch_lines(["set: calibration (3 conversations); judge calls: 0 live, 3 replayed*",
-                                 "judge accuracy 66.7%: 2 of 3 *"])
+                                 "judge accuracy 66.7% (95% CI *): 2 of 3 *"])
 
 
 def test_a_chat_file_with_a_human_score_replays_the_runs_own_verdict(sim: SimProject) -> None:
@@ -253,10 +275,10 @@ def test_a_case_file_names_its_problem_without_pytest(tmp_path: Path) -> None:
 
 # -- the bundled local judge says what its verdicts are worth (issue 25, part 3) ----------------------------------
 BUNDLED_LINE = ("llmsim: the judge is the bundled local model SmolLM2-135M-Instruct.Q4_1.gguf, which agreed with the "
-                "shipped calibration labels on 4 of 12 conversations (33.3%, measured 2026-11-30): its scores are "
+                "shipped calibration labels on 14 of 48 conversations (29.2%, measured 2026-12-07): its scores are "
                 "not evidence; configure an endpoint for verdicts that mean something")
 CAVEAT_LINE = ("llmsim: the score deltas since the baseline come from the local judge SmolLM2-135M-Instruct.Q4_1.gguf "
-               "(33.3% calibration accuracy): they are not evidence of a change")
+               "(29.2% calibration accuracy): they are not evidence of a change")
 
 
 def _local_judge_recordings(sim: SimProject) -> None:
@@ -270,7 +292,7 @@ def _local_judge_recordings(sim: SimProject) -> None:
 def test_the_bundled_local_judge_is_named_with_its_recorded_accuracy_everywhere(sim: SimProject) -> None:
     from pytest_llmsim.llm.local_model import BUNDLED_MODEL_FILE, JUDGE_CALIBRATION
 
-    assert JUDGE_CALIBRATION[BUNDLED_MODEL_FILE].accuracy == 0.3333  # the one place the figure lives
+    assert JUDGE_CALIBRATION[BUNDLED_MODEL_FILE].accuracy == 0.2917  # the one place the figure lives
     _local_judge_recordings(sim)
     result = sim.run("--llmsim-record=none", "--llmsim-baseline=base.json", "--llmsim-results=r.json",
                      "--llmsim-markdown=summary.md", "--html=report.html", "--self-contained-html", base_url="")
@@ -279,15 +301,17 @@ def test_the_bundled_local_judge_is_named_with_its_recorded_accuracy_everywhere(
     summary = json.loads((sim.path / "r.json").read_text(encoding="utf-8"))["summary"]
     assert summary["local_judge"] == {
         "model": "SmolLM2-135M-Instruct.Q4_1.gguf", "bundled": True,
-        "calibration": {"agreed": 4, "cases": 12, "accuracy": 0.3333, "mean_absolute_error": 1.0,
-                        "command": "python -m pytest scenarios/ --llmsim-calibrate calibration/shop -q",
-                        "measured": "2026-11-30"}}
+        "calibration": {"agreed": 14, "cases": 48, "accuracy": 0.2917, "mean_absolute_error": 1.0,
+                        "false_passes": 15, "should_fail": 16, "false_pass_rate": 0.9375,
+                        "command": "python -m pytest scenarios/ -k calibration_only --llmsim-calibrate "
+                                   "calibration/heldout -o llmsim_prompts_dir=pytest_llmsim/templates",
+                        "measured": "2026-12-07"}}
     markdown = (sim.path / "summary.md").read_text(encoding="utf-8")
     assert "> ⚠️ **Judge:** The judge is the bundled local model SmolLM2\\-135M\\-Instruct\\.Q4\\_1\\.gguf" in markdown
     assert "> ⚠️ The score deltas since the baseline come from the local judge" in markdown
     html = (sim.path / "report.html").read_text(encoding="utf-8")
     assert "<th>Judge</th><td>The judge is the bundled local model SmolLM2-135M-Instruct.Q4_1.gguf, which agreed " \
-           "with the shipped calibration labels on 4 of 12 conversations (33.3%" in html
+           "with the shipped calibration labels on 14 of 48 conversations (29.2%" in html
     quiet = sim.run("-q", "--llmsim-record=none", base_url="")
     quiet.stdout.fnmatch_lines([BUNDLED_LINE])
 
@@ -310,9 +334,10 @@ def test_the_judge_gate_in_the_ini_refuses_the_bundled_judge_by_its_recorded_acc
     sim.write_ini(llmsim_min_judge_accuracy="80%")
     result = sim.run("--llmsim-record=none", "--llmsim-results=r.json", base_url="")
     result.assert_outcomes(passed=1, failed=1)
-    line = ("judge accuracy 33.3% (4 of 12 on the shipped calibration set, recorded for the bundled local model "
-            "SmolLM2-135M-Instruct.Q4_1.gguf: `python -m pytest scenarios/ --llmsim-calibrate calibration/shop -q`, "
-            "2026-11-30; no calibration set given) is below the minimum 80.0% (llmsim_min_judge_accuracy)")
+    line = ("judge accuracy 29.2% (14 of 48 on the shipped calibration set, recorded for the bundled local model "
+            "SmolLM2-135M-Instruct.Q4_1.gguf: `python -m pytest scenarios/ -k calibration_only --llmsim-calibrate "
+            "calibration/heldout -o llmsim_prompts_dir=pytest_llmsim/templates`, 2026-12-07; no calibration set "
+            "given) is below the minimum 80.0% (llmsim_min_judge_accuracy)")
     result.stdout.fnmatch_lines([f"llmsim gate missed: {line}"])
     assert "not checked" not in result.stdout.str()
     summary = json.loads((sim.path / "r.json").read_text(encoding="utf-8"))["summary"]
@@ -320,8 +345,8 @@ def test_the_judge_gate_in_the_ini_refuses_the_bundled_judge_by_its_recorded_acc
     # Only the gate fails a run whose scenarios all pass.
     sim.write_scenarios("s.json", [scenario("fine")])
     assert sim.run("--llmsim-record=none", base_url="").ret == pytest.ExitCode.TESTS_FAILED
-    sim.write_ini(llmsim_min_judge_accuracy="0.3")
+    sim.write_ini(llmsim_min_judge_accuracy="0.29")
     met = sim.run("--llmsim-record=none", base_url="")
     assert met.ret == pytest.ExitCode.OK
     met.stdout.fnmatch_lines(["llmsim: judge gate (llmsim_min_judge_accuracy) met by the accuracy recorded for the "
-                              "local model SmolLM2-135M-Instruct.Q4_1.gguf (33.3%; no calibration set given)"])
+                              "local model SmolLM2-135M-Instruct.Q4_1.gguf (29.2%; no calibration set given)"])

@@ -132,6 +132,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("llmsim_judge_policy", "How repeated verdicts decide: majority (a tie goes to the lowest score), min "
            "or mean.", "majority", flag="--llmsim-judge-policy", kind="choice",
            choices=("majority", "min", "mean")),
+    Option("llmsim_judge_method", "How the judge scores: verdict (a 1-3 verdict with a comment), constrained (the "
+           "same under a grammar that rules out most invalid verdicts: llama.cpp, vLLM, Ollama), criteria (each "
+           "scenario criterion a yes/no question: 3 all yes, 2 one no, 1 otherwise), score (the score alone under a "
+           "grammar, no reason) or auto (criteria on the local model, score there without criteria, else verdict).",
+           "auto", flag="--llmsim-judge-method", kind="choice",
+           choices=("auto", "verdict", "constrained", "criteria", "score")),
     Option("llmsim_judge_attempts", "Evaluator attempts before an unparsable verdict is an error.", "3",
            kind="int", low=1),
     Option("llmsim_language", "Language of the evaluator's comment.", "English", flag="--llmsim-language",
@@ -428,6 +434,7 @@ def build_settings(
         judge_attempts=resolved["llmsim_judge_attempts"],
         judge_repeats=resolved["llmsim_judge_repeats"],
         judge_policy=resolved["llmsim_judge_policy"],
+        judge_method=resolved["llmsim_judge_method"],
         concurrency=resolved["llmsim_concurrency"],
         agent_spec=agent_spec,
         rootdir=rootdir if rootdir is not None else resolved.ini_dir,

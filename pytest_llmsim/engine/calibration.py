@@ -26,6 +26,7 @@ reported honestly without every file of it, so the front end stops before any ca
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import traceback
 from collections.abc import Mapping, Sequence
@@ -352,7 +353,8 @@ def run_calibration(cases: Sequence[CalibrationCase], settings: RunSettings, *, 
     started = time.perf_counter()
     outcomes, live, replayed, unstored = asyncio.run(main())
     return CalibrationReport(source, outcomes, live_calls=live, replayed_calls=replayed,
-                             duration_seconds=round(time.perf_counter() - started, 2), unstored=unstored)
+                             duration_seconds=round(time.perf_counter() - started, 2), unstored=unstored,
+                             min_score=settings.min_score)
 
 
 # -- the report ----------------------------------------------------------------------------------------------------
@@ -367,6 +369,7 @@ class CalibrationReport:
     replayed_calls: int = 0
     duration_seconds: float = 0.0
     unstored: str = ""
+    min_score: int = 2  # the run's passing score: a judge score at or above it passes a conversation
 
     @property
     def total(self) -> int:
@@ -394,6 +397,28 @@ class CalibrationReport:
         if not scored:
             return None
         return round(sum(abs(o.human_score - (o.judge_score or 0)) for o in scored) / len(scored), DECIMALS)
+
+    def accuracy_interval(self) -> tuple[float, float] | None:
+        """The 95% Wilson score interval of ``accuracy`` (None for an empty set): on 48 conversations an accuracy
+        of 50% is anything from about 36% to 64%, and a report that quotes the point alone overstates it."""
+        return wilson_interval(self.matches, self.total)
+
+    @property
+    def should_fail(self) -> list[CaseOutcome]:
+        """The cases a person scored below ``min_score``: a test with this conversation should fail."""
+        return [outcome for outcome in self.outcomes if outcome.human_score < self.min_score]
+
+    @property
+    def false_passes(self) -> list[CaseOutcome]:
+        """The cases a person scored below ``min_score`` that the judge scored at or above it: the judge would
+        have passed a test that should fail. A judge error is no pass (the item errors)."""
+        return [o for o in self.should_fail if o.judge_score is not None and o.judge_score >= self.min_score]
+
+    @property
+    def false_pass_rate(self) -> float | None:
+        """``false_passes`` over ``should_fail``; None when no case should fail."""
+        failing = self.should_fail
+        return round(len(self.false_passes) / len(failing), DECIMALS) if failing else None
 
     @property
     def disagreements(self) -> list[CaseOutcome]:
@@ -423,9 +448,14 @@ class CalibrationReport:
     def to_dict(self, min_accuracy: float | None = None) -> dict[str, Any]:
         """The export's ``calibration`` object."""
         missed = self.missed_gate(min_accuracy)
+        interval = self.accuracy_interval()
         return {
             "source": self.source, "total": self.total, "matches": self.matches, "errors": len(self.errors),
-            "accuracy": self.accuracy, "mean_absolute_error": self.mean_absolute_error,
+            "accuracy": self.accuracy,
+            "accuracy_95ci": None if interval is None else list(interval),
+            "mean_absolute_error": self.mean_absolute_error,
+            "min_score": self.min_score, "should_fail": len(self.should_fail),
+            "false_passes": len(self.false_passes), "false_pass_rate": self.false_pass_rate,
             "confusion": self.confusion(),
             "disagreements": [{"file": o.file, "human": o.human_score, "judge": o.judge_score,
                                "comment": o.comment or o.error} for o in self.disagreements],
@@ -435,6 +465,18 @@ class CalibrationReport:
             "live_calls": self.live_calls, "replayed_calls": self.replayed_calls,
             "duration_seconds": self.duration_seconds,
         }
+
+
+def wilson_interval(successes: int, total: int, z: float = 1.959964) -> tuple[float, float] | None:
+    """The Wilson score interval (95% for the default ``z``) of the proportion ``successes / total``; None when
+    ``total`` is 0. Unlike the normal approximation it stays within 0-1 and is honest for small sets."""
+    if total <= 0:
+        return None
+    p = successes / total
+    denominator = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
+    return round(max(0.0, centre - half), DECIMALS), round(min(1.0, centre + half), DECIMALS)
 
 
 def confusion_lines(report: CalibrationReport) -> list[str]:
@@ -452,10 +494,18 @@ def report_lines(report: CalibrationReport, *, min_accuracy: float | None = None
     missed suite gate prints, ``llmsim gate missed: ...``)."""
     accuracy = "n/a" if report.accuracy is None else f"{report.accuracy:.1%}"
     mae = report.mean_absolute_error
+    interval = report.accuracy_interval()
+    ci = "" if interval is None else f" (95% CI {interval[0]:.1%}-{interval[1]:.1%}, Wilson)"
+    failing = report.should_fail
+    false_pass = (f"false passes: {len(report.false_passes)} of {len(failing)} conversations a person scored below "
+                  f"min_score {report.min_score} were scored {report.min_score} or more by the judge "
+                  f"({report.false_pass_rate:.1%})" if failing else
+                  f"false passes: n/a (no conversation a person scored below min_score {report.min_score})")
     lines = [
         Line(f"set: {report.source} ({report.total} conversations); judge calls: {report.live_calls} live, "
              f"{report.replayed_calls} replayed; {report.duration_seconds:g}s"),
-        Line(f"judge accuracy {accuracy}: {report.counts_text()}", {"bold": True}),
+        Line(f"judge accuracy {accuracy}{ci}: {report.counts_text()}", {"bold": True}),
+        Line(false_pass, {"red": True} if report.false_passes else {}),
         Line(f"mean absolute error: {'n/a' if mae is None else f'{mae:g}'} over {len(report.scored)} scored"),
         Line("confusion (rows: human score, columns: judge score):"),
         *(Line(line) for line in confusion_lines(report)),

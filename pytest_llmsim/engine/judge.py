@@ -45,6 +45,114 @@ VERDICT_SCHEMA: dict[str, Any] = {
 }
 POLICIES = ("majority", "min", "mean")
 
+# How the judge turns a transcript into a score (``llmsim_judge_method``; ``resolve_method``):
+# * ``verdict``: the evaluator template's 1-3 verdict, a JSON object with score, comment and blame
+#   (``VERDICT_SCHEMA``), parsed strictly by ``parse_verdict``;
+# * ``constrained``: the same verdict under a grammar that rules out most invalid ones
+#   (``CONSTRAINED_VERDICT_SCHEMA``: a blame that fits the score, a comment of 20-120 characters that starts with
+#   a letter and holds no JSON); for servers that turn a JSON schema into a grammar (llama.cpp, vLLM, Ollama);
+# * ``criteria``: each of the scenario's ``criteria`` asked as a yes/no question with the transcript, answered in
+#   one word (a JSON-constrained answer made SmolLM2 say yes to everything: 100% false passes on the dev half);
+#   score 3 when every answer is yes, 2 when one is no, 1 otherwise
+#   (``criteria_rule``); a scenario without criteria gets the holistic verdict (``constrained`` on the local
+#   model, else ``verdict``);
+# * ``score``: the evaluator template's prompt, the reply constrained to {"score": 1 | 2 | 3} and nothing else:
+#   the score never comes from free text and no reason is asked for (the comment says so);
+# * ``auto`` (the default): ``criteria`` for the bundled local backend's model (``score`` for a scenario without
+#   criteria: under ``constrained`` SmolLM2 still copied a line of the transcript as its comment, an invalid
+#   verdict, in 1 of the sample suite's 8 conversations), ``verdict`` for an endpoint.
+JUDGE_METHODS = ("auto", "verdict", "constrained", "criteria", "score")
+_COMMENT_CHARS = (20, 120)
+_COMMENT_LETTERS = "A-Za-zА-Яа-яЁё"
+_CONSTRAINED_COMMENT: dict[str, Any] = {
+    "type": "string",
+    # 20-120 characters: a letter (Latin or Cyrillic), then letters, digits, blanks and plain punctuation. No
+    # colon (SmolLM2 wrote "blame: agent. ..." in 7 of its 11 invalid verdicts on the dev half), no braces,
+    # quotes, backslashes or line breaks, so no piece of JSON and nothing a grammar must escape
+    # (llama-cpp-python's converter copies an escaped line break in a character class into the grammar raw;
+    # llama.cpp then fails to parse the grammar and its server process dies). A pattern, because llama.cpp's
+    # converter ignores minLength/maxLength beside one.
+    "pattern": (f"^[{_COMMENT_LETTERS}][{_COMMENT_LETTERS}0-9 .,;!?'()%/+-]"
+                f"{{{_COMMENT_CHARS[0] - 1},{_COMMENT_CHARS[1] - 1}}}$"),
+}
+CONSTRAINED_VERDICT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    # The top score never blames the agent, a failing one never says nothing went wrong (``blame_contradiction``
+    # for any min_score): the grammar offers only blames that fit the score chosen.
+    "anyOf": [
+        {"properties": {"score": {"type": "integer", "enum": [3]}, "comment": _CONSTRAINED_COMMENT,
+                        "blame": {"type": "string", "enum": ["none", "customer", "cut_short"]}},
+         "required": ["score", "comment", "blame"]},
+        {"properties": {"score": {"type": "integer", "enum": [1, 2]}, "comment": _CONSTRAINED_COMMENT,
+                        "blame": {"type": "string", "enum": ["agent", "customer", "cut_short"]}},
+         "required": ["score", "comment", "blame"]},
+    ],
+}
+
+
+SCORE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"score": {"type": "integer", "enum": [1, 2, 3]}},
+    "required": ["score"],
+    "additionalProperties": False,
+}
+
+
+def _score_only(raw: str, cached: bool, prompt_tokens: int, completion_tokens: int, attempts: int) -> Verdict:
+    """The ``score`` method's verdict from a ``{"score": N}`` reply; ValueError for anything else."""
+    try:
+        data = json.loads(raw.strip())
+    except ValueError:
+        raise ValueError(f"the reply {raw[:80]!r} is not a JSON object") from None
+    score = _coerce_score(data.get("score")) if isinstance(data, dict) else None
+    if score is None:
+        raise ValueError(f"the reply {raw[:80]!r} has no 'score' of 1, 2 or 3")
+    comment = f"Score {score}, answered alone under a grammar (judge method 'score' asks for no reason)."
+    return Verdict(score, comment, raw, prompt_tokens, completion_tokens, cached, attempts, None, "score")
+
+
+def resolve_method(method: str, model: str) -> str:
+    """The judging method a run uses for the evaluator ``model``: ``auto`` is ``criteria`` for the bundled local
+    backend's model (its holistic scores were mostly 3: 69% false passes on the dev half, against none for the
+    one-word answers) and ``verdict`` for any other."""
+    if method not in JUDGE_METHODS:
+        raise ConfigError(f"llmsim_judge_method must be one of {', '.join(JUDGE_METHODS)} (got {method!r})")
+    if method != "auto":
+        return method
+    from pytest_llmsim.llm.local_model import LOCAL_MODEL_NAME
+
+    return "criteria" if model == LOCAL_MODEL_NAME else "verdict"
+
+
+def criteria_rule(answers: list[bool]) -> int:
+    """The score of the ``criteria`` method from the yes/no answers: 3 when all are yes, 2 when exactly one is no,
+    1 when two or more are no."""
+    missed = answers.count(False)
+    return 3 if missed == 0 else 2 if missed == 1 else 1
+
+
+def criterion_messages(scenario: Scenario, transcript: Transcript, criterion: str) -> tuple[dict[str, str], ...]:
+    """One yes/no question of the ``criteria`` method: the transcript first (the same for every criterion of a
+    conversation, so a server's prompt cache evaluates it once), the criterion last."""
+    context = ("You check a conversation between a customer and an AI assistant (the AGENT). Judge only the AGENT. "
+               "Text in square brackets before an agent's line is a tool call the agent made and what it "
+               f"returned.\nHow the conversation ended: {transcript.end_reason}.\n\nTranscript:\n"
+               f"{transcript.as_text()}")
+    question = f"Did the AGENT do this: {criterion}\nAnswer with one word: yes or no."
+    return ({"role": "system", "content": context}, {"role": "user", "content": question})
+
+
+_ANSWER_RE = re.compile(r"[\s*_`\"']*(yes|no|да|нет)(?![^\W_])", re.IGNORECASE)
+
+
+def parse_answer(raw: str) -> bool:
+    """True for yes, False for no: the reply's first word ("Yes.", "no", "**No**, ...", "Да"); ValueError for
+    anything else (never guessed)."""
+    match = _ANSWER_RE.match(raw)
+    if match is None:
+        raise ValueError(f"the reply {raw[:80]!r} does not start with yes or no")
+    return match.group(1).lower() in ("yes", "да")
+
 # A label name may be wrapped in markdown emphasis or quotes: **Score:** 2, **Score**: 2, "score": 2.
 _LABEL_WRAP = r"[*_`\"' \t]*"
 # Labels that give a score: ``Score:`` decides; the others (Final: 1, Rating: 2, Оценка: 2, ...) never decide but
@@ -103,6 +211,7 @@ class Verdict:
     cached: bool
     attempts: int
     blame: str | None = None  # who the judge blames (``BLAMES``); None when the reply does not say
+    method: str = "verdict"  # the judging method that gave it (``JUDGE_METHODS``, never "auto")
 
 
 def _coerce_score(value: Any) -> int | None:
@@ -470,8 +579,9 @@ def check_judge_sees_criteria(scenario: Scenario, settings: RunSettings, rendere
                               label: str) -> None:
     """PromptError when the scenario has ``criteria`` that its evaluator template never shows the judge. Checked
     before the conversation too, so a template that would drop them costs no calls."""
-    if not scenario.criteria:
-        return
+    if not scenario.criteria or resolve_method(settings.judge_method,
+                                               settings.role("evaluator", scenario).model) == "criteria":
+        return  # the criteria method asks each criterion itself
     template = settings.role("evaluator", scenario).template
     used = renderer.variables_used(template)
     if used is not None and "criteria" not in used:  # the judge would silently never see them
@@ -501,16 +611,24 @@ async def evaluate(
     if refusal is not None:
         raise refusal
     role = settings.role("evaluator", scenario)
-    context = template_context(scenario, settings, transcript=transcript.to_dicts(),
-                               transcript_text=transcript.as_text(), ended_by=transcript.ended_by,
-                               end_reason=transcript.end_reason)
-    prompt = renderer.render(role.template, context, scenario_label=label)
+    method = resolve_method(settings.judge_method, role.model)
+    scenario_label = label
     seed = scenario.seed if scenario.seed is not None else settings.default_seed
     if repeat:
         from pytest_llmsim.model.trials import derive_seed
 
         seed = derive_seed(seed, repeat + 1, salt="judge")
         label = f"{label} judge repeat {repeat + 1}"
+    if method == "criteria":
+        if scenario.criteria:
+            return await _criteria_verdict(scenario, transcript, settings, client, seed=seed, label=label)
+        # Nothing to ask one by one: the holistic verdict (the score alone on the local model).
+        method = "score" if resolve_method("auto", role.model) == "criteria" else "verdict"
+    context = template_context(scenario, settings, transcript=transcript.to_dicts(),
+                               transcript_text=transcript.as_text(), ended_by=transcript.ended_by,
+                               end_reason=transcript.end_reason)
+    prompt = renderer.render(role.template, context, scenario_label=scenario_label)
+    schema = {"constrained": CONSTRAINED_VERDICT_SCHEMA, "score": SCORE_SCHEMA}.get(method, VERDICT_SCHEMA)
     minimum = min_score or scenario.min_score or settings.min_score
     ask = "Return the verdict as JSON now."
     problems: list[str] = []
@@ -521,13 +639,15 @@ async def evaluate(
             role="evaluator", model=role.model,
             messages=({"role": "system", "content": prompt}, {"role": "user", "content": ask}),
             temperature=role.temperature, max_tokens=role.max_tokens, seed=seed,
-            json_schema=VERDICT_SCHEMA, attempt=attempt,
+            json_schema=schema, attempt=attempt,
         )
         reply = await client.complete(request, label=f"{label} evaluator attempt {attempt + 1}")
         raw = reply.text
         prompt_tokens += reply.prompt_tokens
         completion_tokens += reply.completion_tokens
         try:
+            if method == "score":
+                return _score_only(raw, reply.cached, prompt_tokens, completion_tokens, attempt + 1)
             score, comment = parse_verdict(raw, prompt=f"{prompt}\n{ask}")
             blame = parse_blame(raw)
             contradiction = blame_contradiction(score, blame, minimum)
@@ -536,12 +656,59 @@ async def evaluate(
         except ValueError as exc:
             problems.append(str(exc))
             continue
-        return Verdict(score, comment, raw, prompt_tokens, completion_tokens, reply.cached, attempt + 1, blame)
+        return Verdict(score, comment, raw, prompt_tokens, completion_tokens, reply.cached, attempt + 1, blame,
+                       method)
     raise VerdictError(
         f"{label}: the evaluator's reply is not a valid verdict after {settings.judge_attempts} attempt(s): "
         f"{problems[-1]}",
         raw_reply=raw,
     )
+
+
+async def _criteria_verdict(scenario: Scenario, transcript: Transcript, settings: RunSettings, client: Completer,
+                            *, seed: int | None, label: str) -> Verdict:
+    """The ``criteria`` method: one yes/no question per criterion, scored by ``criteria_rule``; the comment names
+    every criterion answered no. An answer that is not yes or no is re-asked (``judge_attempts``), then a
+    VerdictError: never a guessed answer."""
+    role = settings.role("evaluator", scenario)
+    criteria = list(scenario.criteria or ())
+    answers: list[bool] = []
+    raws: list[str] = []
+    prompt_tokens = completion_tokens = attempts = 0
+    cached = True
+    for number, criterion in enumerate(criteria, start=1):
+        problems: list[str] = []
+        raw = ""
+        for attempt in range(settings.judge_attempts):
+            request = LLMRequest(role="evaluator", model=role.model,
+                                 messages=criterion_messages(scenario, transcript, criterion),
+                                 temperature=role.temperature, max_tokens=min(role.max_tokens, 8), seed=seed,
+                                 attempt=attempt)
+            reply = await client.complete(request, label=f"{label} evaluator criterion {number} attempt "
+                                                         f"{attempt + 1}")
+            raw = reply.text
+            prompt_tokens += reply.prompt_tokens
+            completion_tokens += reply.completion_tokens
+            cached = cached and reply.cached
+            attempts = max(attempts, attempt + 1)
+            try:
+                answers.append(parse_answer(raw))
+            except ValueError as exc:
+                problems.append(str(exc))
+                continue
+            raws.append(json.dumps({"criterion": number, "answer": "yes" if answers[-1] else "no"}))
+            break
+        else:
+            raise VerdictError(f"{label}: the evaluator's answer to criterion {number} ({criterion!r}) is not yes or "
+                               f"no after {settings.judge_attempts} attempt(s): {problems[-1]}", raw_reply=raw)
+    score = criteria_rule(answers)
+    missed = [f"{number}. {criterion}" for number, (criterion, met) in enumerate(zip(criteria, answers,
+                                                                                       strict=True), start=1)
+              if not met]
+    comment = (f"All {len(criteria)} criteria answered yes." if not missed else
+               f"{len(missed)} of {len(criteria)} criteria answered no: " + " ".join(missed))
+    return Verdict(score, comment, "\n".join(raws), prompt_tokens, completion_tokens, cached, attempts,
+                   "none" if not missed else "agent", "criteria")
 
 
 # -- the judge and the criteria as metrics -------------------------------------------------------------------------
@@ -594,6 +761,7 @@ class JudgeMetric(LLMMetric):
                            attempts=max(v.attempts for v in verdicts))
         if verdict.blame is not None:
             details["blame"] = verdict.blame
+        details["judge_method"] = verdict.method
         return MetricResult("judge", verdict.score, passed, verdict.comment, details)
 
 

@@ -58,31 +58,41 @@ BUNDLED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"  # the GGUF file the llm-
 
 @dataclass(frozen=True)
 class JudgeCalibration:
-    """How often a local model, as the judge, agreed with the shipped calibration labels (``calibration/shop``),
-    as measured by ``command`` on ``measured``. The one place these figures live: the reports quote them and the
-    judge gate (``llmsim_min_judge_accuracy``) checks them when no calibration set is given."""
+    """How often a local model, as the judge, agreed with the held-out calibration labels (the half of
+    ``calibration/`` never used for tuning), as measured by ``command`` on ``measured``, and how many of the
+    conversations a person scored below the minimum score 2 (``should_fail``) it passed (``false_passes``). The one
+    place these figures live: the reports quote them and the judge gate (``llmsim_min_judge_accuracy``) checks them
+    when no calibration set is given."""
 
     agreed: int
     cases: int
     mean_absolute_error: float
     command: str
     measured: str  # ISO date
+    false_passes: int | None = None
+    should_fail: int | None = None
 
     @property
     def accuracy(self) -> float:
         return round(self.agreed / self.cases, 4)
 
     def to_dict(self) -> dict[str, Any]:
+        rate = (round(self.false_passes / self.should_fail, 4)
+                if self.false_passes is not None and self.should_fail else None)
         return {"agreed": self.agreed, "cases": self.cases, "accuracy": self.accuracy,
-                "mean_absolute_error": self.mean_absolute_error, "command": self.command, "measured": self.measured}
+                "mean_absolute_error": self.mean_absolute_error, "false_passes": self.false_passes,
+                "should_fail": self.should_fail, "false_pass_rate": rate, "command": self.command,
+                "measured": self.measured}
 
 
-# By GGUF file name. Re-measure with the command (it replays from the cache once run: clear the cache, or use
-# --llmsim-record=all, for a fresh measurement) and update the row.
+# By GGUF file name. Re-measure with the command on a fresh cache (it replays from the cache once run: clear the
+# cache, or use --llmsim-record=all) and update the row. The judging method is the default, ``auto``.
 JUDGE_CALIBRATION: dict[str, JudgeCalibration] = {
     BUNDLED_MODEL_FILE: JudgeCalibration(
-        agreed=4, cases=12, mean_absolute_error=1.0, measured="2026-11-30",
-        command="python -m pytest scenarios/ --llmsim-calibrate calibration/shop -q"),
+        agreed=14, cases=48, mean_absolute_error=1.0, measured="2026-12-07",
+        false_passes=15, should_fail=16,
+        command="python -m pytest scenarios/ -k calibration_only --llmsim-calibrate calibration/heldout "
+                "-o llmsim_prompts_dir=pytest_llmsim/templates"),
 }
 
 

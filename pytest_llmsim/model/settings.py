@@ -266,6 +266,7 @@ class RunSettings:
     judge_attempts: int = 3
     judge_repeats: int = 1  # independent verdicts per transcript (``judge.JudgeMetric``)
     judge_policy: str = "majority"  # how they decide: majority | min | mean
+    judge_method: str = "auto"  # how a verdict is asked for: ``judge.JUDGE_METHODS``
     concurrency: int = 16
     # The suite-wide agent under test (ini ``llmsim_agent`` / ``--llmsim-agent``): a validated
     # ``scenario.AgentSpec``, or None for the prompt agent. A scenario's own ``agent:`` naming a kind (or only

@@ -130,7 +130,11 @@ class CalibrationPlugin:
         if self.report is None:
             return
         self._export()
-        if self.missed is not None and session.exitstatus == pytest.ExitCode.OK:
+        if session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+            # A calibration-only run (`-k calibration_only`, or a folder without scenarios): the calibration is
+            # what ran, so its gate decides the exit status, not pytest's "no tests ran" (5).
+            session.exitstatus = pytest.ExitCode.OK if self.missed is None else pytest.ExitCode.TESTS_FAILED
+        elif self.missed is not None and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def _export(self) -> None:
