@@ -15,7 +15,7 @@ import pytest
 from conftest import AGENT_REPLIES, CLIENT_REPLIES, SimProject, default_script, scenario, verdict
 from pytest_llmsim.reporting.markdown import md_text
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW = ROOT / "examples" / "ci" / "llmsim.yml"
 
 

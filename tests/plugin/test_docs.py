@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+README = (Path(__file__).resolve().parent.parent.parent / "README.md").read_text(encoding="utf-8")
 
 
 def test_every_option_and_ini_key_is_in_the_readme(pytester: pytest.Pytester) -> None:
@@ -61,7 +61,7 @@ def test_bad_values_are_one_line_usage_errors(pytester: pytest.Pytester) -> None
 
 
 def test_the_readme_shows_the_tested_ci_workflow_verbatim() -> None:
-    workflow = (Path(__file__).resolve().parents[1] / "examples" / "ci" / "llmsim.yml").read_text()
+    workflow = (Path(__file__).resolve().parents[2] / "examples" / "ci" / "llmsim.yml").read_text()
     assert f"```yaml\n{workflow}```" in README
 
 

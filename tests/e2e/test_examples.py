@@ -24,7 +24,7 @@ import pytest
 from conftest import verdict
 from pytest_llmsim.testing.openai_server import ScriptedOpenAIServer
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 EXAMPLES = REPO / "examples"
 GENERIC_JUDGE = "strict reviewer of a conversation"
 GENERIC_CUSTOMER = "role-playing a CUSTOMER"

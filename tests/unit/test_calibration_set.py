@@ -24,7 +24,7 @@ from pytest_llmsim.engine.calibration import (
 )
 from pytest_llmsim.model.prompts import PACKAGE_TEMPLATES_DIR, PromptRenderer
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 HALVES = ("dev", "heldout")
 DOMAINS = ("shop", "support", "booking")
 CYRILLIC = re.compile("[А-Яа-яЁё]")

@@ -28,7 +28,7 @@ import pytest
 from conftest import sigint_as_a_terminal_sends_it
 from pytest_llmsim.llm import local_model
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 pytestmark = pytest.mark.localmodel
 
 needs_backend = pytest.mark.skipif(

@@ -453,7 +453,7 @@ def test_health_answers_while_a_batch_runs_a_runaway_regex(sim: SimProject, serv
 
 
 # -- the README's example (issue 25.7) -----------------------------------------------------------------------------
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def readme_launch_body() -> Any:
@@ -478,7 +478,7 @@ def test_the_readmes_service_example_runs_and_a_batch_of_errors_is_not_ok(
     ``ok: false``."""
     import shutil
 
-    shipped = Path(__file__).resolve().parents[1] / "prompts"
+    shipped = Path(__file__).resolve().parents[2] / "prompts"
     shutil.rmtree(sim.path / "prompts")
     shutil.copytree(shipped, sim.path / "prompts")
     script = {"rules": [

@@ -155,7 +155,7 @@ def test_quoted_negated_or_reported_scores_are_not_a_verdict(text: str, problem:
         parse_verdict(text)
 
 
-EVALUATOR_PROMPT = (Path(__file__).parent.parent / "prompts" / "evaluator.j2").read_text(encoding="utf-8")
+EVALUATOR_PROMPT = (Path(__file__).parent.parent.parent / "prompts" / "evaluator.j2").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from pytest_llmsim.model.prompts import PACKAGE_TEMPLATES_DIR, PromptRenderer, t
 from pytest_llmsim.model.scenario import Scenario
 from pytest_llmsim.model.settings import EndpointSettings, RoleSettings, RunSettings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 
 # Phrases that only the package's generic templates contain.
 GENERIC_JUDGE = "strict reviewer of a conversation"

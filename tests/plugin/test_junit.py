@@ -18,7 +18,7 @@ from conftest import AGENT_REPLIES, SimProject, scenario
 
 xmlschema = pytest.importorskip("xmlschema")
 
-SCHEMA = Path(__file__).parent / "data" / "junit-10.xsd"
+SCHEMA = Path(__file__).parent.parent / "data" / "junit-10.xsd"
 MODES = [pytest.param([], id="one-process"), pytest.param(["-n", "2"], id="xdist")]
 # One of each pytest outcome: passed, failed (by the judge), failed by a rules metric whose judge passed, error
 # (an invalid scenario), skipped, xfailed (scores 1 under an xfail mark), xpassed (scores 3 under one).

@@ -13,7 +13,7 @@ import pytest
 from conftest import SimProject, default_script, scenario
 from pytest_llmsim.engine.calibration import CalibrationError, load_case
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 
 
 def case(name: str, human: int, **fields: Any) -> dict[str, Any]:

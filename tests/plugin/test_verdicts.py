@@ -293,7 +293,7 @@ def test_a_copied_placeholder_comment_is_not_a_verdict(sim: SimProject) -> None:
 
 
 def test_the_evaluator_prompt_offers_no_example_verdict_to_copy() -> None:
-    text = (Path(__file__).parent.parent / "prompts" / "evaluator.j2").read_text(encoding="utf-8")
+    text = (Path(__file__).parent.parent.parent / "prompts" / "evaluator.j2").read_text(encoding="utf-8")
     assert '"score"' in text and '"comment"' in text
     assert not any(f'"score": {n}' in text or f'"score":{n}' in text for n in (1, 2, 3))
     assert '"..."' not in text
