@@ -15,6 +15,8 @@ import pytest
 from conftest import AGENT_REPLIES, CLIENT_REPLIES, SimProject, default_script, scenario, verdict
 from pytest_llmsim.reporting.markdown import md_text
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW = ROOT / "examples" / "ci" / "llmsim.yml"
 

@@ -11,8 +11,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from conftest import SimProject, default_script, scenario
 from pytest_llmsim.testing.openai_server import ScriptedOpenAIServer
+
+pytestmark = pytest.mark.slow
 
 SCENARIOS = [scenario("good_one"), scenario("low_one"), scenario("mid_one", variables={"SEED": 7}),
              scenario("skipped_one", skip="not today"), scenario("low_expected", xfail="known rude")]

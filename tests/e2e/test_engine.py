@@ -7,8 +7,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from conftest import TEMPLATES, default_script
 from pytest_llmsim.testing.openai_server import ScriptedOpenAIServer
+
+pytestmark = pytest.mark.slow
 
 
 def test_engine_imports_and_runs_with_pytest_unimportable(tmp_path: Path) -> None:

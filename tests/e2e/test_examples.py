@@ -24,6 +24,8 @@ import pytest
 from conftest import verdict
 from pytest_llmsim.testing.openai_server import ScriptedOpenAIServer
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent.parent
 EXAMPLES = REPO / "examples"
 GENERIC_JUDGE = "strict reviewer of a conversation"

@@ -34,6 +34,7 @@ def _before_summary(result: pytest.RunResult) -> str:
     return result.stdout.str().split("short test summary info")[0]  # CI=true repeats messages in full there
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["hang", "drip"])
 def test_a_silent_endpoint_fails_the_run_fast(sim: SimProject, fault: str) -> None:
     # drip: a byte every 0.1 s for 10 s. Every read makes progress, so a per-read timeout never trips.
@@ -52,6 +53,7 @@ def test_a_silent_endpoint_fails_the_run_fast(sim: SimProject, fault: str) -> No
     assert elapsed < 10, f"the run took {elapsed:.1f}s"
 
 
+@pytest.mark.slow
 def test_timeouts_of_an_endpoint_that_answered_are_retried_then_fail_fast(sim: SimProject) -> None:
     rules = default_script()["rules"]
     sim.server.set_script({"rules": [{"match": {"system_contains": "AGENT"}, "fault": "hang"}, *rules]})
@@ -70,6 +72,7 @@ def test_timeouts_of_an_endpoint_that_answered_are_retried_then_fail_fast(sim: S
     assert elapsed < 10, f"the run took {elapsed:.1f}s"
 
 
+@pytest.mark.slow
 def test_a_drip_is_cut_at_the_deadline_even_when_retried(sim: SimProject) -> None:
     """The deadline covers the body on every attempt, not only on the first one."""
     rules = default_script()["rules"]
@@ -135,6 +138,7 @@ class TestUserCodeThatExitsOrHangs:
     def http_backend(self) -> str:  # the endpoint's transport plays no part here: one run, not one per backend
         return "default"
 
+    @pytest.mark.slow
     @pytest.mark.parametrize("kind", sorted(EXITING_AGENTS))
     def test_an_agent_that_exits_is_an_agent_error_and_the_run_goes_on(self, sim: SimProject, kind: str) -> None:
         write_bot(sim, EXITING_AGENTS[kind])
@@ -150,6 +154,7 @@ class TestUserCodeThatExitsOrHangs:
         assert rows["exits"]["error_kind"] == "agent_error"
         assert rows["fine"]["status"] == "passed"
 
+    @pytest.mark.slow
     def test_an_exiting_agent_under_xdist(self, sim: SimProject) -> None:
         write_bot(sim, EXITING_AGENTS["sync_exit"])
         sim.write_scenarios("s.json", [scenario(f"exits{i}", agent={"python": "bots.shop:reply"}) for i in range(3)]
@@ -158,6 +163,7 @@ class TestUserCodeThatExitsOrHangs:
         result.assert_outcomes(passed=1, errors=3)
         assert result.stdout.str().count("raised SystemExit: 3") >= 3
 
+    @pytest.mark.slow
     def test_an_exiting_agent_in_the_cli(self, sim: SimProject) -> None:
         write_bot(sim, EXITING_AGENTS["async_system_exit"])
         sim.write_scenarios("s.json", [scenario("exits", agent={"python": "bots.shop:reply"}), scenario("fine")])
@@ -173,6 +179,7 @@ class TestUserCodeThatExitsOrHangs:
         assert "raised SystemExit: 4" in rows["exits"]["error_message"]
         assert rows["fine"]["outcome"] == "passed"
 
+    @pytest.mark.slow
     def test_an_async_agent_blocking_the_event_loop_errors_at_its_timeout(self, sim: SimProject) -> None:
         write_bot(sim, """
             import time
@@ -275,6 +282,7 @@ class TestMetricsThatNeverReturnOrExit:
     def http_backend(self) -> str:
         return "default"
 
+    @pytest.mark.slow
     def test_a_metric_gets_a_deadline_and_an_exit_is_a_metric_error(self, sim: SimProject) -> None:
         (sim.path / "conftest.py").write_text(METRICS_CONFTEST)
         names = ["sleeps", "sleeps_async", "exits", "exits_async"]

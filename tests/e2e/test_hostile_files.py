@@ -63,6 +63,7 @@ def _bounded_subprocess_run(sim: SimProject, *args: str) -> pytest.RunResult:
     return result
 
 
+@pytest.mark.slow
 def test_deeply_nested_json_and_yaml_are_error_items_and_the_valid_file_runs(sim: SimProject) -> None:
     sim.write_scenarios("good.json", [scenario("fine")])
     _write(sim, "deep.json", "[" * 1500 + "]" * 1500)
@@ -81,6 +82,7 @@ def test_deeply_nested_json_and_yaml_are_error_items_and_the_valid_file_runs(sim
     assert "RecursionError" not in result.stdout.str()
 
 
+@pytest.mark.slow
 def test_yaml_alias_bomb_is_rejected_before_it_is_built(sim: SimProject) -> None:
     """682 bytes that stand for 387 million strings: rejected from the event stream, in well under a second."""
     sim.write_scenarios("good.json", [scenario("fine")])
@@ -96,6 +98,7 @@ def test_yaml_alias_bomb_is_rejected_before_it_is_built(sim: SimProject) -> None
     assert not any("lol" in json.dumps(r["body"]) for r in sim.server.requests_log())
 
 
+@pytest.mark.slow
 def test_small_alias_bomb_never_reaches_the_endpoint_as_a_huge_prompt(sim: SimProject) -> None:
     """~530 bytes expanding to a 3.7 MB prompt: within the file limits, stopped by the prompt-size limit."""
     sim.write_scenarios("good.json", [scenario("fine")])
@@ -140,6 +143,7 @@ def test_recursive_and_deeply_expanding_aliases(sim: SimProject) -> None:
     ])
 
 
+@pytest.mark.slow
 def test_file_over_the_size_limit_is_not_read(sim: SimProject) -> None:
     sim.write_scenarios("good.json", [scenario("fine")])
     sim.write_scenarios("big.json", [scenario("big", description="x" * (MAX_FILE_BYTES + 10))])
@@ -150,6 +154,7 @@ def test_file_over_the_size_limit_is_not_read(sim: SimProject) -> None:
     ])
 
 
+@pytest.mark.slow
 def test_too_many_values_or_scenarios_in_one_file(sim: SimProject) -> None:
     many = [scenario(f"s{i}") for i in range(MAX_SCENARIOS_PER_FILE + 1)]
     sim.write_scenarios("many.json", many)
@@ -169,6 +174,7 @@ def test_too_many_values_or_scenarios_in_one_file(sim: SimProject) -> None:
     ])
 
 
+@pytest.mark.slow
 def test_values_python_cannot_build_are_error_items(sim: SimProject) -> None:
     """An integer of 5000 digits, an impossible date, NaN: each raised out of collection (rc 2, nothing ran)."""
     sim.write_scenarios("good.json", [scenario("fine")])
@@ -195,6 +201,7 @@ def _not_a_file(path: Path, kind: str) -> str:
     return "is a FIFO (named pipe), not a regular file"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "mkfifo") or not Path("/dev/zero").exists(), reason="needs /dev/zero, mkfifo")
 @pytest.mark.parametrize("kind", ["dev-zero", "fifo"])
 def test_a_recording_that_is_not_a_regular_file_is_an_error_item_never_read(sim: SimProject, kind: str) -> None:
@@ -209,6 +216,7 @@ def test_a_recording_that_is_not_a_regular_file_is_an_error_item_never_read(sim:
                                  "it and re-record with --llmsim-record=once*"])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "mkfifo") or not Path("/dev/zero").exists(), reason="needs /dev/zero, mkfifo")
 @pytest.mark.parametrize("kind", ["dev-zero", "fifo"])
 @pytest.mark.parametrize("where", ["file", "recordings-folder"])

@@ -20,8 +20,8 @@ from conftest import SimProject, scenario
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 BROWSER = next((path for path in map(shutil.which, BROWSERS) if path), None)
-pytestmark = pytest.mark.skipif(
-    BROWSER is None, reason="headless Chromium is not installed (Debian: apt-get install -y chromium); CI installs it")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+    BROWSER is None, reason="headless Chromium is not installed (Debian: apt-get install -y chromium); CI installs it")]
 
 # Scenario names may hold neither "/" nor "::"; file names no "/".
 HOSTILE_NAME = """<img src=x onerror="document.title+='PWNED-NAME'">"""

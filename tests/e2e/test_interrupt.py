@@ -17,6 +17,8 @@ import pytest
 
 from conftest import SimProject, scenario, sigint_as_a_terminal_sends_it
 
+pytestmark = pytest.mark.slow
+
 SCENARIOS = 20
 MODES = [pytest.param([], id="one-process"), pytest.param(["-n", "2"], id="xdist")]
 

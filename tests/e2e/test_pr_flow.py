@@ -20,6 +20,8 @@ from test_ci_recipe import _ci_pytest_args
 from conftest import AGENT_REPLIES, SimProject, default_script, scenario, verdict, write_bot
 from pytest_llmsim.reporting.markdown import md_text
 
+pytestmark = pytest.mark.slow
+
 # The gate: scenarios failing on main too are known failures (xfailed); a regression fails the job.
 GATE_FLAG = "--llmsim-gate=regressions"
 GATE_MISSED = "*1 scenario regressed since the baseline*scenarios/shop.json::regress*"

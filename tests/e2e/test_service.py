@@ -23,6 +23,8 @@ import pytest
 from conftest import SimProject, default_script, scenario
 from pytest_llmsim.testing.openai_server import ScriptedOpenAIServer
 
+pytestmark = pytest.mark.slow
+
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")

@@ -35,6 +35,7 @@ def test_init_writes_the_example_and_never_overwrites(pytester: pytest.Pytester)
     assert (pytester.path / "pytest.ini").read_text() == "[pytest]\nllmsim_paths = scenarios\nmarkers = mine\n"
 
 
+@pytest.mark.slow
 def test_init_writes_the_ini_settings_and_they_win_over_a_parent_folders(pytester: pytest.Pytester,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """The example's ``pytest.ini`` holds its settings and makes its folder the rootdir: a parent folder's pytest
@@ -85,6 +86,7 @@ def test_a_pyproject_without_pytest_settings_gets_a_pytest_ini(pytester: pytest.
     assert (pytester.path / "pyproject.toml").read_text() == '[project]\nname = "shop"\n'
 
 
+@pytest.mark.slow
 def test_the_example_runs_right_after_init_without_a_prompts_folder(pytester: pytest.Pytester,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
@@ -147,6 +149,7 @@ def test_init_refuses_a_bad_target_before_writing_anything(pytester: pytest.Pyte
     assert _listing(pytester.path) == before  # all or nothing
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a folder even root cannot write: /sys")
 def test_init_in_a_read_only_folder_writes_nothing_and_says_so(pytester: pytest.Pytester) -> None:
     """Issue 24.19: a read-only folder. Run as a user would (a subprocess in that folder); under root, whom file

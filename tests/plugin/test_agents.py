@@ -240,6 +240,7 @@ def test_http_agent_posts_each_turn_with_a_session_and_reads_the_reply_path(sim:
     assert agent.requests[0]["body"]["history"] == [{"role": "user", "content": "Hi, I would like chicken fillet."}]
 
 
+@pytest.mark.slow
 def test_http_agent_retries_a_500_then_fails_bounded_and_clear(sim: SimProject) -> None:
     def flaky(body: dict[str, Any], headers: dict[str, str], n: int) -> tuple[Any, ...]:
         if n == 1:
@@ -273,6 +274,7 @@ def test_http_agent_timeout_is_a_clear_agent_error(sim: SimProject) -> None:
     assert "timed out: no complete reply within 0.3s" in message and agent.url in message
 
 
+@pytest.mark.slow
 def test_a_hung_http_agent_fails_fast_after_its_first_timeout(sim: SimProject) -> None:
     """As for LLM calls: a service that never answered is hung, not slow: no retries, later requests not sent."""
     sim.write_ini(llmsim_max_retries="3")
@@ -286,6 +288,7 @@ def test_a_hung_http_agent_fails_fast_after_its_first_timeout(sim: SimProject) -
     assert sum("not sent: the http agent" in m and "did not answer within 0.5s" in m for m in messages) == 4
 
 
+@pytest.mark.slow
 def test_http_agent_header_secret_never_reaches_an_artifact(sim: SimProject, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every file the runs write (reports, exports, chats, recordings, the cache, a DEBUG log...) is read byte by
     byte: the header's value is in none of them, nor in what pytest printed or what the judge was sent."""
@@ -396,6 +399,7 @@ def test_openai_agent_is_called_live_by_default_and_replayed_with_agent_cache(si
 
 
 # -- what is cached ---------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_unchanged_agent_replays_with_zero_requests_and_a_changed_one_diverges(sim: SimProject) -> None:
     write_bot(sim, SYNC_BOT)
     sim.write_scenarios("s.json", [scenario("a", agent={"python": "bots.shop:reply"})])
@@ -442,6 +446,7 @@ def test_prompt_agent_transcripts_and_judge_text_are_unchanged(sim: SimProject, 
     assert "  2. Agent: Hello, Meat Market, how can I help?\n" in judge_prompts(sim)[0]
 
 
+@pytest.mark.slow
 def test_a_python_agent_stuck_in_a_blocking_call_errors_and_pytest_still_exits(sim: SimProject) -> None:
     """The conversation's timeout stops the conversation; the agent's thread must not keep pytest alive."""
     write_bot(sim, """
@@ -459,6 +464,7 @@ def test_a_python_agent_stuck_in_a_blocking_call_errors_and_pytest_still_exits(s
     assert result.duration < 60
 
 
+@pytest.mark.slow
 def test_http_agent_url_may_name_an_environment_variable(sim: SimProject, monkeypatch: pytest.MonkeyPatch) -> None:
     """A service a fixture started on a free port says where it listens through the environment."""
     with LoopbackAgentServer(lambda b, h, n: (200, {"reply": {"text": "Done [END_CALL]"}})) as agent:
@@ -500,6 +506,7 @@ BAD_TOOL_CALL_BOTS = """
 """
 
 
+@pytest.mark.slow
 def test_tool_call_arguments_that_are_not_json_are_an_agent_error_naming_the_value(sim: SimProject) -> None:
     write_bot(sim, BAD_TOOL_CALL_BOTS)
     kinds = {"nan": "arguments.weight is nan, which JSON cannot hold",
@@ -535,6 +542,7 @@ def test_strict_json_keeps_json_data_and_normalises_containers() -> None:
     assert normalize_tool_call({"name": "f", "arguments": deep_text})["arguments"] == deep_text  # kept as text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("end", ["false", "true", 0, 1, "no"])
 def test_an_end_that_is_not_a_boolean_is_an_agent_error(sim: SimProject, end: Any) -> None:
     write_bot(sim, f"""
@@ -558,6 +566,7 @@ def test_an_http_agents_end_that_is_not_a_boolean_is_an_agent_error(sim: SimProj
         results(sim)["a"]["error_message"]
 
 
+@pytest.mark.slow
 def test_a_reply_of_invisible_characters_is_no_reply(sim: SimProject) -> None:
     write_bot(sim, """
         def reply(messages, context):

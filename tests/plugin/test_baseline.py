@@ -41,6 +41,7 @@ def _gate_lines(result: pytest.RunResult) -> list[str]:
 
 
 # -- through inner sessions -----------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 def test_score_drop_since_a_json_export_is_shown_and_gated(sim: SimProject, mode: list[str]) -> None:
     sim.write_scenarios("s.json", [scenario("a"), scenario("b"), scenario("gone")])
@@ -97,6 +98,7 @@ def test_score_drop_since_a_json_export_is_shown_and_gated(sim: SimProject, mode
         "the allowed 0.25; regressed: scenarios/s.json::a (score 3 -> 2) (llmsim_max_score_drop)"]
 
 
+@pytest.mark.slow
 def test_recordings_folder_baseline_newly_failing_passing_and_transcript_changed(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a"), scenario("low_b"), scenario("c"), scenario("d")])
     sim.run().assert_outcomes(passed=3, failed=1)
@@ -135,6 +137,7 @@ def test_recordings_folder_baseline_newly_failing_passing_and_transcript_changed
     assert summary["baseline"]["source"] == "recordings" and summary["baseline"]["mean_score_delta"] == 0
 
 
+@pytest.mark.slow
 def test_a_changed_prompt_changes_the_transcript_against_a_recordings_baseline(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a")])
     sim.run().assert_outcomes(passed=1)
@@ -151,6 +154,7 @@ def test_a_changed_prompt_changes_the_transcript_against_a_recordings_baseline(s
     assert row["baseline"]["regressed"] is False
 
 
+@pytest.mark.slow
 def test_an_xfailed_scenario_is_not_a_regression(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a"), scenario("x")])
     sim.run("--llmsim-results=base.json").assert_outcomes(passed=2)
@@ -173,6 +177,7 @@ def test_an_xfailed_scenario_is_not_a_regression(sim: SimProject) -> None:
     assert summary["baseline"]["regressed"] == []
 
 
+@pytest.mark.slow
 def test_baseline_gates_are_not_checked_for_a_partial_run(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a"), scenario("b")])
     sim.run("--llmsim-results=base.json").assert_outcomes(passed=2)
@@ -303,6 +308,7 @@ def test_xfailed_and_skipped_never_regress() -> None:
     assert regression_gates(comparison, fail_on_regression=True, max_score_drop=0) == []
 
 
+@pytest.mark.slow
 def test_load_baseline_reads_exports_and_names_what_is_wrong(tmp_path: Path) -> None:
     rows = [_record("a", 3).to_dict(), _record("b", 1).to_dict()]
     path = tmp_path / "run.json"

@@ -8,6 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from conftest import SimProject, scenario
 from pytest_llmsim.replay.cache import request_key
 
@@ -122,6 +124,7 @@ def test_two_processes_share_one_cache_safely(tmp_path: Path) -> None:
     cache.close()
 
 
+@pytest.mark.slow
 def test_a_full_replay_never_imports_the_http_client(sim: SimProject) -> None:
     """openai costs about a second to import; a run served entirely from the cache must not pay for it."""
     sim.write_scenarios("s.json", [scenario("a"), scenario("low_b")])

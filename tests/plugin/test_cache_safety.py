@@ -74,6 +74,7 @@ def _one_line_error(directory: Path, make: Callable[[], object], *hints: str) ->
 # --- no pickle ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_planted_pickle_row_never_runs(sim: SimProject, tmp_path: Path) -> None:
     cache_dir = _record(sim, "a")
     marker = tmp_path / "pwned"
@@ -162,6 +163,7 @@ def test_a_row_pointing_at_a_file_outside_the_cache_is_not_read(tmp_path: Path) 
                     "outside the cache directory")
 
 
+@pytest.mark.slow
 def test_a_damaged_row_is_re_recorded_in_once_and_reported_in_none(sim: SimProject) -> None:
     cache_dir = _record(sim, "a")
     first_key = _keys(cache_dir)[0]
@@ -226,6 +228,7 @@ def test_a_settings_row_diskcache_would_run_as_a_pragma(tmp_path: Path) -> None:
 
 
 # needs the plugin wiring (the session turns a CacheError from opening the cache into a one-line usage error)
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["file", "garbage", "truncated"])
 @pytest.mark.parametrize("mode", ["once", "none"])
 def test_unusable_cache_is_one_line_not_internalerror(sim: SimProject, damage: str, mode: str) -> None:
@@ -284,6 +287,7 @@ def _tree_digest(path: Path) -> dict[str, bytes]:
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make_read_only", [_read_only_bind_mount, _immutable], ids=["ro-mount", "chattr+i"])
 def test_replay_from_a_read_only_cache(sim: SimProject, make_read_only: ReadOnlyMaker) -> None:
     cache_dir = _record(sim, "a", "low_b")
@@ -409,6 +413,7 @@ def test_cache_unwritable_by_permissions_opens_read_only(tmp_path: Path) -> None
         assert json.loads(done.stdout) == {"none": [True, 20, 20, 1, None], "once": [True, 20, 20, 1, None]}
 
 
+@pytest.mark.slow
 def test_replay_as_a_user_who_cannot_write_the_project(sim: SimProject) -> None:
     _record(sim, "a", "low_b")
     requests = sim.server.stats()["requests"]

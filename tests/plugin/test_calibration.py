@@ -51,6 +51,7 @@ def judge_requests(sim: SimProject, names: list[str]) -> int:
     return count
 
 
+@pytest.mark.slow
 def test_accuracy_confusion_mae_and_disagreements_are_exact(sim: SimProject) -> None:
     sim.server.set_script(script_with_junk())
     write_set(sim, SEVEN)
@@ -94,6 +95,7 @@ def test_accuracy_confusion_mae_and_disagreements_are_exact(sim: SimProject) -> 
     assert data["gate"] == {"min_accuracy": None, "checked": False, "missed": []}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("gate", "ret"), [("0.4", 0), ("42%", 0), ("0.5", 1), ("90%", 1)])
 def test_the_judge_gate_fails_the_session_below_the_minimum(sim: SimProject, gate: str, ret: int) -> None:
     sim.server.set_script(script_with_junk())
@@ -115,6 +117,7 @@ def test_the_judge_gate_fails_the_session_below_the_minimum(sim: SimProject, gat
         assert missed == [] and "gate missed" not in result.stdout.str()
 
 
+@pytest.mark.slow
 def test_the_gate_from_the_ini_file_and_a_gate_without_a_set(sim: SimProject) -> None:
     write_set(sim, [case("low_a", 3)])
     sim.write_scenarios("s.json", [scenario("fine")])
@@ -184,6 +187,7 @@ def test_unreadable_files_and_sets_and_a_missing_template_variable(sim: SimProje
     assert sim.server.stats()["requests"] == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", [[], ["-n", "2"]], ids=["one-process", "xdist"])
 def test_it_runs_once_before_the_scenarios_and_a_rerun_replays(sim: SimProject, mode: list[str]) -> None:
     cases = [case("low_x", 1), case("mid_y", 2), case("good_z", 2)]
@@ -209,6 +213,7 @@ def test_it_runs_once_before_the_scenarios_and_a_rerun_replays(sim: SimProject, 
                                  "judge accuracy 66.7%: 2 of 3 *"])
 
 
+@pytest.mark.slow
 def test_a_chat_file_with_a_human_score_replays_the_runs_own_verdict(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("mid_call")])
     sim.run("--llmsim-chats-dir=chats").assert_outcomes(passed=1)
@@ -267,6 +272,7 @@ def _local_judge_recordings(sim: SimProject) -> None:
     sim.run("--llmsim-model=local-gguf", "--llmsim-results=base.json").assert_outcomes(passed=1, failed=1)
 
 
+@pytest.mark.slow
 def test_the_bundled_local_judge_is_named_with_its_recorded_accuracy_everywhere(sim: SimProject) -> None:
     from pytest_llmsim.llm.local_model import BUNDLED_MODEL_FILE, JUDGE_CALIBRATION
 
@@ -292,6 +298,7 @@ def test_the_bundled_local_judge_is_named_with_its_recorded_accuracy_everywhere(
     quiet.stdout.fnmatch_lines([BUNDLED_LINE])
 
 
+@pytest.mark.slow
 def test_no_judge_line_for_an_endpoint_or_a_replay_of_another_judge(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("fine")])
     result = sim.run("--llmsim-results=r.json", "--llmsim-markdown=summary.md")  # the scripted endpoint
@@ -305,6 +312,7 @@ def test_no_judge_line_for_an_endpoint_or_a_replay_of_another_judge(sim: SimProj
                                  "given (--llmsim-calibrate)"])
 
 
+@pytest.mark.slow
 def test_the_judge_gate_in_the_ini_refuses_the_bundled_judge_by_its_recorded_accuracy(sim: SimProject) -> None:
     _local_judge_recordings(sim)
     sim.write_ini(llmsim_min_judge_accuracy="80%")

@@ -17,6 +17,7 @@ def test_each_scenario_is_an_item_with_the_scenario_name_as_id(sim: SimProject) 
     assert sim.server.stats()["requests"] == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("filename", "data"),
     [
@@ -61,6 +62,7 @@ def test_llmsim_paths_accepts_globs(sim: SimProject) -> None:
     result.stdout.no_fnmatch_line("*nope*")
 
 
+@pytest.mark.slow
 def test_k_selects_scenarios_and_only_they_call_the_endpoint(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("calm_reorder"), scenario("impatient"), scenario("confused")])
     result = sim.run("-k", "calm_reorder", "-v")
@@ -69,6 +71,7 @@ def test_k_selects_scenarios_and_only_they_call_the_endpoint(sim: SimProject) ->
     assert prompts and all("calm_reorder" in p for p in prompts)
 
 
+@pytest.mark.slow
 def test_tags_become_markers(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a", tags=["impatient"]), scenario("b", tags=["calm"])])
     result = sim.run("-m", "impatient", "--strict-markers", "-v")
@@ -78,6 +81,7 @@ def test_tags_become_markers(sim: SimProject) -> None:
     result.stdout.fnmatch_lines(["*2 tests collected*"])
 
 
+@pytest.mark.slow
 def test_skip_and_xfail_fields(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [
         scenario("skipped", skip="prompt not ready"),
@@ -97,6 +101,7 @@ def test_collect_only_makes_no_requests(sim: SimProject) -> None:
     assert sim.server.stats()["requests"] == 0
 
 
+@pytest.mark.slow
 def test_a_run_without_scenarios_does_not_import_the_engine(pytester: pytest.Pytester) -> None:
     """The plugin loads into every pytest run of the environment: plain test suites must not pay for openai,
     diskcache or pydantic."""

@@ -9,6 +9,8 @@ import pytest
 
 from conftest import SimProject, scenario, write_bot
 
+pytestmark = pytest.mark.slow
+
 # Replies carry the seed and turn, so a conversation that received another's reply would show it.
 SEEDED_SCRIPT = {"rules": [
     {"match": {"system_contains": "EVALUATOR for low_"}, "reply": '{"score": 1, "comment": "bad call, seed {seed}"}'},

@@ -22,6 +22,7 @@ def _with_first_rule(sim: SimProject, rule: dict) -> None:
     sim.server.set_script({"rules": [rule, *default_script()["rules"]]})
 
 
+@pytest.mark.slow
 def test_429_is_retried_honouring_retry_after(sim: SimProject) -> None:
     _with_first_rule(sim, {"match": {"system_contains": "CLIENT"}, "status": 429, "times": 2, "retry_after": 1,
                            "replies": ["Hi, I would like chicken fillet.", "Two packs, delivered to Moscow please.",
@@ -43,6 +44,7 @@ def test_500_is_retried_then_succeeds(sim: SimProject) -> None:
     assert sim.server.stats()["status_counts"]["503"] == 1
 
 
+@pytest.mark.slow
 def test_persistent_500_is_an_error_after_bounded_retries(sim: SimProject) -> None:
     _with_first_rule(sim, {"match": {"system_contains": "AGENT"}, "status": 500})
     sim.write_scenarios("s.json", [scenario("a")])
@@ -61,6 +63,7 @@ def test_401_is_not_retried(sim: SimProject) -> None:
     assert sim.server.stats()["requests"] == 1
 
 
+@pytest.mark.slow
 def test_request_timeout_is_retried_then_reported(sim: SimProject) -> None:
     """An endpoint that has answered before gets its timeouts retried (bounded); see test_hangs.py for one
     that never answered."""
@@ -74,6 +77,7 @@ def test_request_timeout_is_retried_then_reported(sim: SimProject) -> None:
     assert sim.server.stats()["requests"] == 4  # client, agent, client twice
 
 
+@pytest.mark.slow
 def test_close_before_reply_says_so(sim: SimProject) -> None:
     sim.server.set_script({"rules": [{"fault": "close_before_reply"}]})
     sim.write_scenarios("s.json", [scenario("a"), scenario("b")])
@@ -88,6 +92,7 @@ def test_close_before_reply_says_so(sim: SimProject) -> None:
     assert sim.server.stats()["faults"] == {"close_before_reply": 4}
 
 
+@pytest.mark.slow
 def test_close_mid_body_says_so(sim: SimProject) -> None:
     _with_first_rule(sim, {"match": {"system_contains": "AGENT"}, "fault": "close_mid_body",
                            "replies": ["Hello, Meat Market, how can I help?"]})
@@ -108,6 +113,7 @@ def _judge_formats(sim: SimProject, model: str | None = None) -> list[str | None
             and (model is None or entry["body"]["model"] == model)]
 
 
+@pytest.mark.slow
 def test_a_flaky_500_on_the_judge_does_not_downgrade_structured_output(sim: SimProject) -> None:
     _with_first_rule(sim, {"match": {"system_contains": "EVALUATOR"}, "status": 500, "times": 1,
                            "reply": verdict(3, "Polite and complete.")})
@@ -120,6 +126,7 @@ def test_a_flaky_500_on_the_judge_does_not_downgrade_structured_output(sim: SimP
     assert sim.server.stats()["status_counts"]["500"] == 1
 
 
+@pytest.mark.slow
 def test_a_500_for_every_format_is_the_error_not_a_format_problem(sim: SimProject) -> None:
     _with_first_rule(sim, {"match": {"system_contains": "EVALUATOR for a"}, "status": 500})
     sim.write_scenarios("s.json", [scenario("a"), scenario("b")])
@@ -137,6 +144,7 @@ CONTEXT_LENGTH = {"message": "This model's maximum context length is 8192 tokens
                   "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}
 
 
+@pytest.mark.slow
 def test_a_400_context_length_for_every_format_is_the_error_not_a_format_problem(sim: SimProject) -> None:
     """A 400 is evidence against a format only when the weaker format then works: a prompt too long for the
     model fails with every format, is reported as what it is, and leaves the later judge calls on json_schema."""
@@ -156,6 +164,7 @@ def test_a_400_context_length_for_every_format_is_the_error_not_a_format_problem
     assert "maximum context length" in records["a"]["error_message"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("error", "later"), [
     (CONTEXT_LENGTH, "json_schema"),
     ({"message": "Request too long: 9120 tokens exceed the context size (8192)", "type": "invalid_request_error"},
@@ -177,6 +186,7 @@ def test_a_single_400_on_the_judges_first_call_downgrades_only_when_it_is_about_
     assert _judge_formats(sim) == ["json_schema", "json_object", later, later]
 
 
+@pytest.mark.slow
 def test_a_429_on_the_judges_first_call_does_not_downgrade_structured_output(sim: SimProject) -> None:
     """A 429 is the rate limit speaking: retried with the same format, never evidence against json_schema."""
     _with_first_rule(sim, {"match": {"system_contains": "EVALUATOR", "response_format_type": "json_schema"},
@@ -188,6 +198,7 @@ def test_a_429_on_the_judges_first_call_does_not_downgrade_structured_output(sim
     assert _judge_formats(sim) == ["json_schema"] * 5
 
 
+@pytest.mark.slow
 def test_a_rejected_json_schema_is_remembered_per_model(sim: SimProject) -> None:
     """llama.cpp answers json_schema with HTTP 500 and honours json_object: remembered for that model only."""
     _with_first_rule(sim, {"match": {"system_contains": "EVALUATOR", "model": "judge-a"},
@@ -199,6 +210,7 @@ def test_a_rejected_json_schema_is_remembered_per_model(sim: SimProject) -> None
     assert _judge_formats(sim, "judge-b") == ["json_schema", "json_schema"]
 
 
+@pytest.mark.slow
 def test_a_plain_500_for_json_schema_only_is_remembered_after_three_requests_in_a_row(sim: SimProject) -> None:
     """No 400/422 and no word about the format in the body: only a repeated pattern is evidence."""
     _with_first_rule(sim, {"match": {"system_contains": "EVALUATOR", "response_format_type": "json_schema"},
@@ -250,6 +262,7 @@ def test_a_key_echoed_by_the_server_is_scrubbed_everywhere(sim: SimProject, monk
             assert key[:20].encode() not in data and query_secret.encode() not in data, f"a secret leaked into {path}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("body", ['{"object": "chat.completion"}', "<html>502 Bad Gateway</html>",
                                   '{"choices": [{"message": {"content": 42}}]}', '{"choices": []}', "[1, 2]"],
                          ids=["no-choices", "not-json", "content-not-text", "empty-choices", "json-list"])
@@ -261,6 +274,7 @@ def test_malformed_completion_is_an_error(sim: SimProject, body: str) -> None:
     result.stdout.fnmatch_lines(["*agent turn 2: malformed completion*"])
 
 
+@pytest.mark.slow
 def test_dead_endpoint_fails_fast_after_the_first_exhausted_call(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario(f"s{i}") for i in range(6)])
     result = sim.run("--llmsim-concurrency=1", "-o", "llmsim_max_retries=2", base_url="http://127.0.0.1:9/v1")

@@ -70,6 +70,7 @@ def test_refund(llmsim):
 '''
 
 
+@pytest.mark.slow
 def test_run_sync_with_an_in_memory_agent_is_exported_like_a_scenario(sim: SimProject) -> None:
     write_tests(sim, SYNC_TEST)
     out = sim.run("test_bot.py", "-v", "--llmsim-results=out.json")
@@ -143,6 +144,7 @@ def test_a_failing_assertion_shows_the_transcript(sim: SimProject) -> None:
     assert "I have issued a refund" in junit  # the failing case carries the transcript
 
 
+@pytest.mark.slow
 def test_the_html_row_of_the_test_shows_its_chats(sim: SimProject) -> None:
     write_tests(sim, SYNC_TEST + '''
 def test_twice(llmsim):
@@ -164,6 +166,7 @@ def test_twice(llmsim):
     assert chats["test_bot.py::test_twice"].count("I have issued a refund for your parcel.") == 2
 
 
+@pytest.mark.slow
 def test_the_cache_is_shared_a_replay_makes_no_request(sim: SimProject) -> None:
     write_tests(sim, SYNC_TEST)
     sim.run("test_bot.py").assert_outcomes(passed=1)
@@ -223,6 +226,7 @@ def test_bad(llmsim):
     assert sim.server.stats()["requests"] == 0
 
 
+@pytest.mark.slow
 def test_the_fixture_works_under_xdist(sim: SimProject) -> None:
     write_tests(sim, SYNC_TEST + '''
 def test_other(llmsim):

@@ -18,6 +18,7 @@ def test_passing_scenario_shows_its_score(sim: SimProject) -> None:
     result.stdout.fnmatch_lines(["*s.json::calm_reorder PASSED (score 3, min 2)*"])
 
 
+@pytest.mark.slow
 def test_score_below_minimum_fails_with_verdict_not_traceback(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("low_service"), scenario("fine")])
     result = sim.run("-v")
@@ -47,6 +48,7 @@ def test_a_failure_prints_its_conversation_once(sim: SimProject) -> None:
     assert out.count("Captured llmsim transcript call") == 2
 
 
+@pytest.mark.slow
 def test_min_score_precedence_scenario_then_option_then_ini(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("mid_a"), scenario("mid_b", min_score=3)])
     sim.run().assert_outcomes(passed=1, failed=1)  # default 2: mid_a passes; mid_b needs 3
@@ -57,6 +59,7 @@ def test_min_score_precedence_scenario_then_option_then_ini(sim: SimProject) -> 
     sim.run().assert_outcomes(passed=1)
 
 
+@pytest.mark.slow
 def test_unreachable_endpoint_is_an_error_naming_the_url(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a")])
     result = sim.run("-o", "llmsim_max_retries=0", base_url="http://127.0.0.1:9/v1")
@@ -65,6 +68,7 @@ def test_unreachable_endpoint_is_an_error_naming_the_url(sim: SimProject) -> Non
                                  "*s.json::a client turn 1: cannot connect to http://127.0.0.1:9/v1*"])
 
 
+@pytest.mark.slow
 def test_secret_key_is_sent_but_never_stored(sim: SimProject, monkeypatch) -> None:
     secret = "sk-test-SECRET-do-not-leak-123"
     monkeypatch.setenv("OPENAI_API_KEY", secret)
@@ -78,6 +82,7 @@ def test_secret_key_is_sent_but_never_stored(sim: SimProject, monkeypatch) -> No
             assert secret.encode() not in path.read_bytes(), f"API key leaked into {path}"
 
 
+@pytest.mark.slow
 def test_credentials_in_the_base_url_are_redacted_everywhere(sim: SimProject) -> None:
     secret = "pw-SECRET-in-url-789"
     url = sim.server.base_url.replace("http://", f"http://token:{secret}@")
@@ -96,6 +101,7 @@ def test_credentials_in_the_base_url_are_redacted_everywhere(sim: SimProject) ->
             assert secret.encode() not in path.read_bytes(), f"URL credentials leaked into {path}"
 
 
+@pytest.mark.slow
 def test_end_marker_is_stripped_and_agent_end_recorded(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a")])
     result = sim.run("-rP")
@@ -159,6 +165,7 @@ def test_scenario_seed_is_sent_and_default_seed_otherwise(sim: SimProject) -> No
     assert seeds == {"seeded": {777}, "unseeded": {99}}
 
 
+@pytest.mark.slow
 def test_role_overrides_reach_the_request(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a", agent={"model": "agent-x", "temperature": 0.1, "max_tokens": 42})])
     sim.run("--llmsim-model=base-model").assert_outcomes(passed=1)
@@ -168,6 +175,7 @@ def test_role_overrides_reach_the_request(sim: SimProject) -> None:
     assert {b["model"] for b in client} == {"base-model"}
 
 
+@pytest.mark.slow
 def test_a_passed_conversation_is_kept_once_and_printed_only_when_passes_are(sim: SimProject) -> None:
     """pytest keeps every report to the end of the run. A passed item carries no transcript section unless pytest
     prints passes' output (-rP), and once the report plugin has its record the report keeps only the verdict's
@@ -200,6 +208,7 @@ def _export(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     return {row["nodeid"]: row for row in document["results"]}, document["summary"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", GATE_MODES)
 def test_failures_that_fail_on_the_baseline_too_are_known_failures_not_a_failed_run(sim: SimProject,
                                                                                      mode: list[str]) -> None:
@@ -247,6 +256,7 @@ def test_failures_that_fail_on_the_baseline_too_are_known_failures_not_a_failed_
            "scenarios/s.json::low_known, scenarios/s.json::low_also</td>" in html
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", GATE_MODES)
 def test_regressions_still_fail_under_the_regressions_gate(sim: SimProject, mode: list[str]) -> None:
     """A newly failing scenario, a failing scenario new in this run, a known failure whose score dropped a point

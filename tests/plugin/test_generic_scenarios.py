@@ -148,6 +148,7 @@ def test_a_project_template_wins_over_the_package_one(sim: SimProject) -> None:
     assert "1. resets the password" in judge
 
 
+@pytest.mark.slow
 def test_a_missing_custom_template_names_both_folders(sim: SimProject) -> None:
     no_prompts_folder(sim)
     sim.write_scenarios("s.yaml", [{"name": "custom", "goal": "x", "evaluator": {"template": "strict.j2"}}])
@@ -188,6 +189,7 @@ def test_criteria_a_custom_judge_ignores_are_an_error_not_silently_dropped(sim: 
     assert sim.server.requests_log() and not [r for r in sim.server.requests_log() if "ZEBRA" in json.dumps(r["body"])]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("fields", "message"),
     [

@@ -227,6 +227,7 @@ def test_judge_uses_json_schema_when_the_server_accepts_it(sim: SimProject) -> N
     assert formats[0]["json_schema"]["schema"]["properties"]["score"]["enum"] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_judge_falls_back_to_json_object_like_llama_cpp(sim: SimProject) -> None:
     rules = default_script()["rules"]
     for rule in rules[:3]:

@@ -53,6 +53,7 @@ def test_blame_from_the_transcript_when_the_judge_says_nothing() -> None:
     assert blame_of("passed", judged, asked, "client") == ("", "")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", [[], ["-n", "2"]], ids=["one-process", "xdist"])
 def test_repeated_verdicts_that_straddle_the_minimum_are_unstable(sim: SimProject, mode: list[str]) -> None:
     sim.server.set_script({"rules": [

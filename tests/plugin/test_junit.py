@@ -16,6 +16,8 @@ import pytest
 
 from conftest import AGENT_REPLIES, SimProject, scenario
 
+pytestmark = pytest.mark.slow
+
 xmlschema = pytest.importorskip("xmlschema")
 
 SCHEMA = Path(__file__).parent.parent / "data" / "junit-10.xsd"

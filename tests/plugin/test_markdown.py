@@ -274,6 +274,7 @@ def test_md_text_and_fences() -> None:
 
 
 # -- the size limit ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_three_thousand_long_transcripts_stay_under_the_limit() -> None:
     records = [_record(f"s{i:04d}", "failed", 1, transcript=_turns(12, "x" * (200 + i % 500)))
                for i in range(3000)]
@@ -295,6 +296,7 @@ def test_three_thousand_long_transcripts_stay_under_the_limit() -> None:
     _outside_fences(text)
 
 
+@pytest.mark.slow
 def test_a_small_limit_drops_the_later_scenarios_and_says_so() -> None:
     records = [_record(f"s{i:04d}", "failed", 1, transcript=_turns(6, "y" * 300)) for i in range(3000)]
     text = _render(records, Gates(min_mean_score=2), limit_bytes=100_000)
@@ -315,6 +317,7 @@ def test_everything_that_fits_is_kept_whole() -> None:
     assert "Left out" not in text and text.count("<details><summary>") == 20
 
 
+@pytest.mark.slow
 def test_a_table_longer_than_the_limit_is_cut_with_a_note_and_the_totals_kept() -> None:
     records = [_record(f"s{i:04d}") for i in range(3000)]
     deltas = [_delta(f"s{i:04d}", "passed", "passed", 3 if i % 2 else 2, 3 if i % 2 == 0 else 2)

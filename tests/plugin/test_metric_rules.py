@@ -398,6 +398,7 @@ def test_rouge_without_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
 RUNAWAY = "a" * 34 + "!"
 
 
+@pytest.mark.slow
 def test_a_nested_repeat_is_matched_at_once_and_a_runaway_regex_is_stopped_with_an_error() -> None:
     """``(a+)+$`` on 34 a's and '!' ran for hours under ``re`` (holding the interpreter); the rules metric now
     matches it at once, and a pattern that still backtracks is stopped after REGEX_SECONDS with an error naming the
@@ -421,6 +422,7 @@ def test_a_nested_repeat_is_matched_at_once_and_a_runaway_regex_is_stopped_with_
     assert "backtracks catastrophically" in message
 
 
+@pytest.mark.slow
 def test_pytest_with_a_runaway_regex_finishes_quickly_with_a_clear_error(sim: Any) -> None:
     """The whole run (a pytest subprocess) ends in seconds: the nested repeat gives a verdict, the runaway pattern
     errors its scenario only, naming it, and the other scenarios run."""

@@ -27,6 +27,7 @@ def _criteria_reply(*met: bool) -> str:
                                     for i, ok in enumerate(met, start=1)]})
 
 
+@pytest.mark.slow
 def test_the_judge_alone_is_the_default_metric(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a"), scenario("low_b")])
     sim.run("--llmsim-results=out.json").assert_outcomes(passed=1, failed=1)
@@ -36,6 +37,7 @@ def test_the_judge_alone_is_the_default_metric(sim: SimProject) -> None:
     assert _metrics(rows["low_b"])["judge"]["passed"] is False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", [[], ["-n", "2"]], ids=["one-process", "xdist"])
 def test_criteria_give_a_verdict_per_criterion_and_name_the_ones_missed(sim: SimProject, mode: list[str]) -> None:
     sim.write_scenarios("s.json", [scenario("a", criteria=CRITERIA, evaluate=["judge", "criteria"]),
@@ -60,6 +62,7 @@ def test_criteria_give_a_verdict_per_criterion_and_name_the_ones_missed(sim: Sim
     assert only["status"] == "passed"
 
 
+@pytest.mark.slow
 def test_an_unparsable_criteria_verdict_is_an_error_never_a_guess(sim: SimProject) -> None:
     sim.server.set_script({"rules": [
         {"match": {"system_contains": "against criteria"}, "reply": '{"criteria": [{"number": 1, "met": "yes"}]}'},
@@ -109,6 +112,7 @@ def pytest_llmsim_metrics():
 '''
 
 
+@pytest.mark.slow
 def test_custom_metrics_from_the_hook_sync_and_llm_and_one_that_raises(sim: SimProject) -> None:
     (sim.path / "conftest.py").write_text(CONFTEST)
     sim.server.set_script({"rules": [{"match": {"system_contains": "POLITENESS"}, "reply": "yes"},
@@ -146,6 +150,7 @@ def test_an_unknown_metric_or_a_bad_option_is_an_error_before_any_call(sim: SimP
     assert sim.server.stats()["requests"] == requests
 
 
+@pytest.mark.slow
 def test_a_bad_evaluate_list_is_a_scenario_error(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a", evaluate=["judge", "judge"]), scenario("b", evaluate="judge")])
     result = sim.run()
@@ -154,6 +159,7 @@ def test_a_bad_evaluate_list_is_a_scenario_error(sim: SimProject) -> None:
     result.stdout.fnmatch_lines(["*must be a non-empty list of metric names*"])
 
 
+@pytest.mark.slow
 def test_the_ini_default_and_the_file_defaults(sim: SimProject) -> None:
     sim.write_ini(llmsim_evaluate="\n    judge\n    short_call")
     (sim.path / "conftest.py").write_text(CONFTEST)
@@ -166,6 +172,7 @@ def test_the_ini_default_and_the_file_defaults(sim: SimProject) -> None:
     assert [m["name"] for m in rows["b"]["metrics"]] == ["short_call"]
 
 
+@pytest.mark.slow
 def test_a_metric_from_an_installed_entry_point(sim: SimProject) -> None:
     site = sim.path / "site"
     (site / "epmetric_pkg-1.0.dist-info").mkdir(parents=True)
@@ -221,6 +228,7 @@ def test_the_metric_api_is_usable_without_pytest(tmp_path: Path) -> None:
     assert verdict(3, "x")  # conftest helpers importable alongside
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", [[], ["-n", "2"]], ids=["one-process", "xdist"])
 def test_chat_files_hold_each_conversation_and_a_readable_text(sim: SimProject, mode: list[str]) -> None:
     sim.write_scenarios("s.json", [scenario("a"), scenario("low_b")])

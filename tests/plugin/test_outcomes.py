@@ -42,6 +42,7 @@ def _counts_text(outcomes: dict[str, int]) -> str:
     return ", ".join(parts)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("strict", [pytest.param([], id="xfail"), pytest.param(["-o", "xfail_strict=true"],
                                                                                id="xfail-strict")])
@@ -84,6 +85,7 @@ def test_llmsim_totals_agree_with_pytest_outcomes(sim: SimProject, mode: list[st
     assert line.startswith(f"llmsim: 6 scenarios, {counts}, pass rate {rate}, mean score 2.3333,"), line
 
 
+@pytest.mark.slow
 def test_xfailed_and_skipped_scenarios_are_not_failures_in_the_table(sim: SimProject) -> None:
     sim.write_scenarios("s.json", MIX)
     result = sim.run()

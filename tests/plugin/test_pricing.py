@@ -41,6 +41,7 @@ def _database_usd(model: str, prompt: int, completion: int, *, provider: str = "
 
 
 # -- the database ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize(("model", "ref", "provider", "matched"), [
     ("gpt-4o-mini", "gpt-4o-mini", "openai", "openai gpt-4o-mini"),
     ("gpt-4o-mini-2024-07-18", "gpt-4o-mini-2024-07-18", "openai", "openai gpt-4o-mini"),  # a dated name
@@ -256,6 +257,7 @@ def test_terminal_names_the_price_sources(sim: SimProject) -> None:
                      f"my-ft from override file prices.yaml"]
 
 
+@pytest.mark.slow
 def test_cached_tokens_reported_by_the_endpoint_lower_the_cost(sim: SimProject) -> None:
     """The server reports 5 prompt tokens of each agent call of ``cached_x`` as cached; ``plain`` has the same
     token counts without. Live run: the difference is those tokens at input minus cache-read rate. The replay

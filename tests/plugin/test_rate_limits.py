@@ -104,6 +104,7 @@ def test_a_static_rpm_spaces_requests_evenly() -> None:
     assert min(b - a for a, b in itertools.pairwise(times)) > 0.04
 
 
+@pytest.mark.slow
 def test_a_static_tpm_paces_by_the_estimated_prompt_plus_max_tokens() -> None:
     async def main() -> float:
         limiter = RateLimiter(tpm=60_000)  # 1000 tokens a second; each request costs about 300 + 17
@@ -201,6 +202,7 @@ def test_a_429_pause_holds_every_request_to_that_model() -> None:
     assert other < 0.05 and paused == pytest.approx(0.3, abs=0.08)
 
 
+@pytest.mark.slow
 def test_two_limiters_on_one_shared_budget_stay_under_the_cap_together(tmp_path: Path) -> None:
     """Two processes' limiters (here two in one loop) share the file budget: together 20 requests at 1200/min take
     about a second, where two private budgets would take half that."""
@@ -271,6 +273,7 @@ def _export(sim: Any) -> dict[str, Any]:
     return json.loads((sim.path / "out.json").read_text())
 
 
+@pytest.mark.slow
 def test_a_run_at_a_tight_rpm_paces_itself_from_the_headers(sim: Any) -> None:
     """The server allows 1200 requests a minute (20 a second, a one-second burst); 16 conversations at once would
     send about 60 a second. The run paces from the headers: no error, few 429s, the limit held."""
@@ -290,6 +293,7 @@ def test_a_run_at_a_tight_rpm_paces_itself_from_the_headers(sim: Any) -> None:
                                  "* requests/min, * tokens/min (* counted against a tokens-per-minute limit)"])
 
 
+@pytest.mark.slow
 def test_a_tokens_per_minute_limit_binds_through_the_estimate(sim: Any) -> None:
     """Every request reserves its max_tokens (300 for the agent and the judge, 150 for the customer): at 30 000
     tokens a minute the tokens bind long before the requests do."""
@@ -304,6 +308,7 @@ def test_a_tokens_per_minute_limit_binds_through_the_estimate(sim: Any) -> None:
     assert summary["reserved_tpm"] == pytest.approx(30_000, rel=0.3)
 
 
+@pytest.mark.slow
 def test_static_caps_hold_without_any_header(sim: Any) -> None:
     """A server that sends no rate-limit headers: --llmsim-rpm alone keeps the pace (no 429 to learn from)."""
     _scenarios(sim, 8)
@@ -314,6 +319,7 @@ def test_static_caps_hold_without_any_header(sim: Any) -> None:
     assert (times[-1] - times[0]) * 30 >= len(times) - 2
 
 
+@pytest.mark.slow
 def test_xdist_workers_share_one_budget(sim: Any) -> None:
     """Two workers under one --llmsim-rpm: together they stay under it (one budget in the session's temp folder),
     instead of each taking the whole cap; the summary adds both workers' figures up."""
@@ -331,6 +337,7 @@ def test_xdist_workers_share_one_budget(sim: Any) -> None:
     assert summary["limiter_wait_seconds"] > 1
 
 
+@pytest.mark.slow
 def test_xdist_workers_under_a_server_limit_get_few_429s(sim: Any) -> None:
     pytest.importorskip("xdist")
     sim.server.set_script(_limited_script(rpm=1200, burst=1))
@@ -344,6 +351,7 @@ def test_xdist_workers_under_a_server_limit_get_few_429s(sim: Any) -> None:
     assert summary["rate_limited_requests"] == stats["status_counts"].get("429", 0)
 
 
+@pytest.mark.slow
 def test_a_replayed_run_shows_no_rate_line(sim: Any) -> None:
     _scenarios(sim, 2)
     sim.run().assert_outcomes(passed=2)

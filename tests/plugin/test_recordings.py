@@ -49,6 +49,7 @@ def test_each_scenario_gets_one_readable_file_with_transcript_verdict_and_calls(
     assert '    {"role": "agent", "text": "Hello, Meat Market, how can I help?"},\n' in text  # a turn per line
 
 
+@pytest.mark.slow
 def test_re_recording_an_unchanged_suite_changes_no_byte(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a"), scenario("mid_b"), scenario("low_c")])
     sim.run().assert_outcomes(passed=2, failed=1)
@@ -62,6 +63,7 @@ def test_re_recording_an_unchanged_suite_changes_no_byte(sim: SimProject) -> Non
     assert _files(sim) == before
 
 
+@pytest.mark.slow
 def test_a_changed_prompt_gives_a_readable_turn_by_turn_diff(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a"), scenario("b")])
     sim.run().assert_outcomes(passed=2)
@@ -99,6 +101,7 @@ def test_replay_needs_no_endpoint_no_key_and_no_cache(sim: SimProject) -> None:
     replay.stdout.fnmatch_lines(["llmsim recordings in recordings: 2 replayed"])
 
 
+@pytest.mark.slow
 def test_replay_with_the_server_gone(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a")])
     sim.run().assert_outcomes(passed=1)
@@ -118,6 +121,7 @@ def test_match_endpoint_makes_the_endpoint_part_of_the_match(sim: SimProject) ->
     result.stdout.fnmatch_lines(["*no recorded reply*record mode is 'none'*"])
 
 
+@pytest.mark.slow
 def test_record_mode_new_records_only_missing_scenarios_and_never_changes_one(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a")])
     sim.run().assert_outcomes(passed=1)
@@ -159,6 +163,7 @@ def test_none_mode_names_where_the_conversation_left_the_recording(sim: SimProje
     assert "No recorded reply" not in result.stdout.str()  # the cache's own explanation adds nothing here
 
 
+@pytest.mark.slow
 def test_unused_recordings_are_listed_and_pruned(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a"), scenario("b")])
     sim.write_scenarios("gone.json", [scenario("c")])
@@ -185,6 +190,7 @@ def test_a_file_that_does_not_parse_keeps_its_recordings(sim: SimProject) -> Non
     assert (sim.path / REC / "a.json").exists()
 
 
+@pytest.mark.slow
 def test_unused_recordings_under_xdist(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a"), scenario("b")])
     sim.run().assert_outcomes(passed=2)
@@ -195,6 +201,7 @@ def test_unused_recordings_under_xdist(sim: SimProject) -> None:
     assert sorted(_files(sim)) == ["scenarios/s.json/a.json"]
 
 
+@pytest.mark.slow
 def test_xdist_writes_the_same_recordings_as_one_process(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario(f"s{i}") for i in range(6)] + [scenario("low_x")])
     sim.run("--llmsim-recordings=one").assert_outcomes(passed=6, failed=1)
@@ -211,6 +218,7 @@ def test_recordings_off_keeps_only_the_cache(sim: SimProject) -> None:
     assert (sim.path / ".llmsim_cache").is_dir()
 
 
+@pytest.mark.slow
 def test_two_branches_recording_different_scenarios_merge_without_conflict(sim: SimProject) -> None:
     git = shutil.which("git")
     if git is None:
@@ -255,6 +263,7 @@ def _recorded(sim: SimProject) -> Path:
     return sim.path / REC / "a.json"
 
 
+@pytest.mark.slow
 def test_a_crafted_recording_is_rejected_and_nothing_in_it_runs(sim: SimProject) -> None:
     path = _recorded(sim)
     marker = sim.path / "pwned"
@@ -330,6 +339,7 @@ def _transcript(data: dict[str, Any]) -> None:
     data["transcript"][1]["text"] = "Hello, Fish Market, how can I help?"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("change", "field", "says"), [
     (_evaluator_reply, "verdict.score", "says 1 but the recorded evaluator reply scores 3"),
     (lambda data: data["verdict"].update(status="passed", score=3), "verdict.score",
@@ -359,6 +369,7 @@ def test_a_hand_edited_recording_is_an_error_naming_the_file_and_the_field(
     assert path.read_bytes() == edited  # never rewritten by a mode that trusts the file
 
 
+@pytest.mark.slow
 def test_an_unedited_recording_replays_and_once_rewrites_a_hand_edit_from_its_calls(sim: SimProject) -> None:
     """``once`` re-records: a pure replay rewrites the file from its calls, so the edit shows in the diff."""
     sim.write_scenarios("s.json", [scenario("low_a")])
@@ -390,6 +401,7 @@ def test_recording_paths_are_safe_and_distinct(tmp_path: Path) -> None:
     assert russian.name == "заказ_курицы.json"
 
 
+@pytest.mark.slow
 def test_a_timed_out_conversation_replays_to_the_same_turn_from_its_recording(sim: SimProject) -> None:
     sim.server.set_script({"rules": [
         {"match": {"system_contains": "EVALUATOR"}, "reply": verdict(3, "Polite and complete.")},
@@ -406,6 +418,7 @@ def test_a_timed_out_conversation_replays_to_the_same_turn_from_its_recording(si
     assert sim.server.stats()["requests"] == requests
 
 
+@pytest.mark.slow
 def test_naming_one_scenario_on_the_command_line_leaves_the_others_recordings_alone(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a"), scenario("b")])
     sim.run().assert_outcomes(passed=2)
@@ -415,6 +428,7 @@ def test_naming_one_scenario_on_the_command_line_leaves_the_others_recordings_al
     assert (sim.path / REC / "b.json").exists()
 
 
+@pytest.mark.slow
 def test_secrets_never_reach_a_recording(sim: SimProject, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-very-secret-4711")
     sim.write_scenarios("s.json", [scenario("a", variables={"PERSONALITY": "reads out sk-test-very-secret-4711"})])
@@ -424,6 +438,7 @@ def test_secrets_never_reach_a_recording(sim: SimProject, monkeypatch: pytest.Mo
     assert "sk-test-very-secret-4711" not in text
 
 
+@pytest.mark.slow
 def test_a_cached_code_agent_replays_from_the_recording_without_being_called(sim: SimProject) -> None:
     bot = sim.path / "cbot"
     write_bot(sim, module="cbot", source=(
@@ -444,6 +459,7 @@ def test_a_cached_code_agent_replays_from_the_recording_without_being_called(sim
     assert (bot / "calls.txt").read_text() == "xx"  # replayed, not called
 
 
+@pytest.mark.slow
 def test_a_recordings_folder_that_cannot_be_written_is_reported_and_the_verdicts_stand(sim: SimProject) -> None:
     """The recordings path is a file (or a read-only mount): each item keeps its verdict, the summary says how many
     recordings were not written and why, and the run's exit status is the verdicts'."""

@@ -105,6 +105,7 @@ def _terminal_totals(summary: dict[str, Any]) -> list[str]:
 
 
 # -- JUnit --------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 def test_junit_properties_and_failing_transcripts(sim: SimProject, mode: list[str]) -> None:
     sim.write_scenarios("s.json", KNOWN)
@@ -137,6 +138,7 @@ def test_junit_properties_and_failing_transcripts(sim: SimProject, mode: list[st
                                                                     encoding="unicode")
 
 
+@pytest.mark.slow
 def test_replayed_run_costs_nothing_and_reports_the_saving(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a"), scenario("low_b")])
     prices = _prices(sim)
@@ -159,6 +161,7 @@ def test_replayed_run_costs_nothing_and_reports_the_saving(sim: SimProject) -> N
 
 
 # -- exports and terminal totals ------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", ["results.json", "results.ndjson", "results.csv"])
 def test_export_fields_and_summary_match_the_terminal(sim: SimProject, mode: list[str], name: str) -> None:
@@ -205,6 +208,7 @@ def test_export_fields_and_summary_match_the_terminal(sim: SimProject, mode: lis
     result.stdout.fnmatch_lines(["*llmsim summary*", *_terminal_totals(summary)])
 
 
+@pytest.mark.slow
 def test_done_means_command_in_a_subprocess(sim: SimProject) -> None:
     """``pytest scenarios/ -n 2 --html --junitxml --llmsim-results=results.ndjson``, as a user runs it."""
     sim.write_scenarios("s.json", KNOWN)
@@ -225,6 +229,7 @@ def test_done_means_command_in_a_subprocess(sim: SimProject) -> None:
                for nodeid, entries in tests.items() if not nodeid.endswith("broken"))
 
 
+@pytest.mark.slow
 def test_one_process_and_xdist_agree(sim: SimProject) -> None:
     sim.write_scenarios("s.json", KNOWN)
     prices = _prices(sim)
@@ -256,6 +261,7 @@ def pytest_runtest_protocol(item, nextitem):
 """
 
 
+@pytest.mark.slow
 def test_a_rerun_replaces_the_earlier_record(sim: SimProject) -> None:
     sim.pytester.makeconftest(RERUN_EVERY_ITEM)
     sim.write_scenarios("s.json", [scenario("a"), scenario("low_b")])
@@ -269,6 +275,7 @@ def test_a_rerun_replaces_the_earlier_record(sim: SimProject) -> None:
     assert (summary["total_requests"], summary["replayed_requests"]) == (0, 2 * CALLS_PER_SCENARIO)
 
 
+@pytest.mark.slow
 def test_collect_only_keeps_the_previous_export(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a")])
     sim.run("--llmsim-results=r.json").assert_outcomes(passed=1)
@@ -277,6 +284,7 @@ def test_collect_only_keeps_the_previous_export(sim: SimProject) -> None:
     assert (sim.path / "r.json").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_terminal_table_and_quiet_totals(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a"), scenario("low_b")])
     result = sim.run(_prices(sim))
@@ -295,6 +303,7 @@ def test_terminal_table_and_quiet_totals(sim: SimProject) -> None:
                     totals[0]), totals[0]
 
 
+@pytest.mark.slow
 def test_unpriced_model_is_flagged_once(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a"), scenario("b")])
     result = sim.run("--llmsim-model=mystery-model", "--llmsim-results=r.json")
@@ -304,6 +313,7 @@ def test_unpriced_model_is_flagged_once(sim: SimProject) -> None:
     assert lines == ["unpriced models (counted at $0; add them to llmsim_prices): mystery-model"]
 
 
+@pytest.mark.slow
 def test_price_file_from_the_ini_with_an_alias(sim: SimProject) -> None:
     (sim.path / "prices.yaml").write_text("mystery-model: gpt-4o-mini\ngpt-4o-mini: {input: 1000, output: 2000}\n",
                                           encoding="utf-8")
@@ -317,6 +327,7 @@ def test_price_file_from_the_ini_with_an_alias(sim: SimProject) -> None:
 
 
 # -- HTML -----------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 def test_html_report_shows_the_escaped_chat_and_the_summary(sim: SimProject, mode: list[str]) -> None:
     evil = "<script>alert('x')</script> & <b>bold</b>"
@@ -390,6 +401,7 @@ def _backgrounds(style: str) -> dict[str, str]:
     return colours
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 def test_a_failed_item_shows_its_outcome_and_the_metric_that_decided_it(sim: SimProject, mode: list[str]) -> None:
     """Issue 25 (5): a scenario failed by its rules metric (its judge passed with 3) was ``FAILED (score 3, min
@@ -453,6 +465,7 @@ def test_plugin_works_without_pytest_html_and_xdist(sim: SimProject) -> None:
 
 
 # -- gates ----------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize(("option", "missed"), [
     # Scores 3, 2, 1 count (mean 2); the xfailed scenario's 1 does not (with it the mean would be 1.75).
@@ -482,6 +495,7 @@ def test_missed_gate_fails_a_session_whose_items_all_passed(sim: SimProject, mod
     assert len(gate_lines) == 1
 
 
+@pytest.mark.slow
 def test_pass_rate_gate_counts_errors_but_not_skips(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a"), scenario("low_b"), scenario("broken", min_score=7),
                                    scenario("skipped", skip=True), scenario("low_x", xfail=True)])
@@ -494,6 +508,7 @@ def test_pass_rate_gate_counts_errors_but_not_skips(sim: SimProject) -> None:
     assert summary["success_rate"] == 0.3333 and summary["gates"]["checked"] is True
 
 
+@pytest.mark.slow
 def test_gates_from_the_ini_all_missed_and_all_met(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a"), scenario("mid_b")])
     sim.write_ini(llmsim_min_mean_score="3", llmsim_min_pass_rate="1.0", llmsim_max_cost_usd="0")
@@ -526,6 +541,7 @@ def test_bad_report_options_are_usage_errors(sim: SimProject, args: list[str], m
 
 
 # -- histogram ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_histogram_png(sim: SimProject) -> None:
     pytest.importorskip("matplotlib")
     sim.write_scenarios("s.json", [scenario("a"), scenario("mid_b"), scenario("low_c")])
@@ -534,6 +550,7 @@ def test_histogram_png(sim: SimProject) -> None:
     result.stdout.fnmatch_lines(["llmsim: score histogram written to */charts/scores.png"])
 
 
+@pytest.mark.slow
 def test_histogram_without_matplotlib_is_a_message(sim: SimProject, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
         monkeypatch.setitem(sys.modules, name, None)
@@ -546,6 +563,7 @@ def test_histogram_without_matplotlib_is_a_message(sim: SimProject, monkeypatch:
 
 
 # -- backend missing, secrets ---------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 def test_missing_backend_is_reported_once_with_usage_error_status(sim: SimProject, mode: list[str]) -> None:
     sim.pytester.makeconftest("import sys\nsys.modules['llama_cpp'] = sys.modules['xllamacpp'] = None\n")
@@ -561,6 +579,7 @@ def test_missing_backend_is_reported_once_with_usage_error_status(sim: SimProjec
     assert {r["error_kind"] for r in records} == {"backend_missing"} and len(records) == 3
 
 
+@pytest.mark.slow
 def test_api_key_never_reaches_reports_or_exports(sim: SimProject, monkeypatch: pytest.MonkeyPatch) -> None:
     secret = "sk-test-REPORTS-do-not-leak-456"
     monkeypatch.setenv("OPENAI_API_KEY", secret)
@@ -605,6 +624,7 @@ def test_terminal_lines_start_on_a_line_of_their_own(pytester: pytest.Pytester) 
     assert written("..", fspath=True).endswith(f"test_x.py ..\n{LOADING}\nllmsim: local model ready in 1.0s\n")
 
 
+@pytest.mark.slow
 def test_a_workers_line_is_not_printed_inside_the_progress_line(pytester: pytest.Pytester) -> None:
     """Issue 25 (7): under xdist the line a worker queued (the local model's "loading ...", printed by the
     controller from the worker's report) landed at the end of the dots: ``....llmsim: loading ...``."""

@@ -69,6 +69,7 @@ def assert_no_secret(where: str, data: bytes) -> None:
             assert form not in data, f"{name} in {where}"
 
 
+@pytest.mark.slow
 def test_every_file_a_run_writes_is_free_of_every_secret(sim: SimProject, monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in SECRETS.items():
         monkeypatch.setenv(name, value)
@@ -173,6 +174,7 @@ def test_a_scenario_knows_the_secrets_of_scenarios_that_have_not_run_yet(
 
 
 # -- the http agent's redirects ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_http_agent_never_follows_a_redirect_to_another_origin(sim: SimProject,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A 307 from the agent to another port must not carry the configured header there (nor anything else)."""
@@ -192,6 +194,7 @@ def test_http_agent_never_follows_a_redirect_to_another_origin(sim: SimProject,
     assert SECRETS["HTTP_KEY"] not in out.stdout.str()
 
 
+@pytest.mark.slow
 def test_http_agent_follows_a_redirect_within_its_origin(sim: SimProject, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTP_KEY", SECRETS["HTTP_KEY"])
 
@@ -211,6 +214,7 @@ def test_http_agent_follows_a_redirect_within_its_origin(sim: SimProject, monkey
 
 
 # -- the openai agent's key --------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("api_key_env", ["UNSET_AGENT_KEY", "EMPTY_AGENT_KEY", "omitted"])
 def test_openai_agent_without_its_key_is_a_configuration_error(sim: SimProject, monkeypatch: pytest.MonkeyPatch,
                                                                api_key_env: str) -> None:
@@ -248,6 +252,7 @@ def test_openai_agent_sends_its_key_or_none_when_the_scenario_says_so(sim: SimPr
 
 
 # -- messages ----------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_replay_miss_never_tells_to_commit_the_cache(sim: SimProject) -> None:
     """The cache is local (.gitignore'd); what is committed is recordings/. A divergence caused by a changed
     tool result says so."""

@@ -15,6 +15,8 @@ import pytest_llmsim
 from pytest_llmsim import errors
 from pytest_llmsim.errors import ErrorKind, LlmsimError
 
+pytestmark = pytest.mark.slow
+
 PACKAGE = Path(pytest_llmsim.__file__).resolve().parent
 FRONT = "plugin"  # the only package that may import pytest
 PYTEST_FREE = ("engine", "metrics", "config", "llm", "agents", "replay", "reporting", "apps")

@@ -130,6 +130,7 @@ def test_a_rule_that_fails_on_the_folded_tool_calls_fails_the_item_and_names_the
     assert _roles_asked(sim) == []  # a rules-only conversation costs no LLM call
 
 
+@pytest.mark.slow
 def test_broken_files_and_conversations_are_errors_naming_file_line_and_field_and_the_rest_still_run(
         sim: SimProject) -> None:
     _transcripts_only(sim)
@@ -179,6 +180,7 @@ def test_broken_files_and_conversations_are_errors_naming_file_line_and_field_an
     assert _roles_asked(sim) == ["evaluator"] * 3  # the broken ones cost nothing
 
 
+@pytest.mark.slow
 def test_a_conversation_without_an_agent_reply_is_a_no_agent_reply_error_never_judged(sim: SimProject) -> None:
     _transcripts_only(sim)
     _write(sim, "silent.jsonl", [
@@ -198,6 +200,7 @@ def test_a_conversation_without_an_agent_reply_is_a_no_agent_reply_error_never_j
     assert sim.server.requests_log() == []
 
 
+@pytest.mark.slow
 def test_a_chat_file_of_a_simulated_run_scored_as_a_transcript_gets_the_same_judge_call_and_score(
         sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("polite"), scenario("mid_slow")])
@@ -226,6 +229,7 @@ def test_a_chat_file_of_a_simulated_run_scored_as_a_transcript_gets_the_same_jud
     assert {request["body"].get("seed") for request in asked} == {1234}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", [[], ["-n", "2"]], ids=["one-process", "xdist"])
 def test_exports_carry_the_items_and_a_rerun_replays_every_judge_call(sim: SimProject, mode: list[str]) -> None:
     _transcripts_only(sim)
@@ -310,6 +314,7 @@ def test_transcript_files_are_not_scenario_files_and_not_collected_unless_config
     assert "meta" not in result.stdout.str()
 
 
+@pytest.mark.slow
 def test_the_engine_scores_transcripts_without_pytest(tmp_path: Path, llm_server: ScriptedOpenAIServer) -> None:
     prompts = tmp_path / "prompts"
     prompts.mkdir()

@@ -49,6 +49,7 @@ def test_stats_of_trials() -> None:
     assert (none_passed.pass_at_k, none_passed.flaky, none_passed.pass_rate) == (False, False, 0.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", [[], ["-n", "2"]], ids=["one-process", "xdist"])
 def test_a_flaky_scenario_fails_by_default_and_names_its_trials(sim: SimProject, mode: list[str]) -> None:
     sim.server.set_script(_judge_low_on([SEEDS[1]]))
@@ -107,6 +108,7 @@ def test_a_rerun_replays_every_trial_and_the_recordings_are_the_trials(sim: SimP
     assert row["trial_scores"] == [3, 3, 1] and row["cached_calls"] == 21 and row["live_calls"] == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", [[], ["-n", "2"]], ids=["one-process", "xdist"])
 def test_one_item_per_trial_gives_the_same_figures(sim: SimProject, mode: list[str]) -> None:
     sim.server.set_script(_judge_low_on([SEEDS[1]]))
@@ -187,6 +189,7 @@ def test_trials_and_min_pass_rate_are_validated(sim: SimProject) -> None:
                                  "*'min_pass_rate': Input should be less than or equal to 1*"])
 
 
+@pytest.mark.slow
 def test_a_baseline_compares_a_scenario_with_trials_by_its_mean_score(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a", trials=3, min_pass_rate=0.5, variables={"SEED": SEED})])
     sim.run("--llmsim-results=base.json").assert_outcomes(passed=1)  # 3, 3, 3

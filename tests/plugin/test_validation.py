@@ -27,6 +27,7 @@ def test_wrong_type_is_reported_with_the_value(sim: SimProject) -> None:
     result.stdout.fnmatch_lines(["*scenario #0 't': field 'max_turns': *integer*'many'*"])
 
 
+@pytest.mark.slow
 def test_duplicate_and_empty_names(sim: SimProject) -> None:
     sim.write_scenarios("dup.json", [scenario("same"), scenario("same"), scenario("  ")])
     result = sim.run("-v")
@@ -37,6 +38,7 @@ def test_duplicate_and_empty_names(sim: SimProject) -> None:
     ])
 
 
+@pytest.mark.slow
 def test_unparsable_file_is_an_error_item_and_other_files_still_run(sim: SimProject) -> None:
     _run_with_good_file(sim)
     (sim.path / "scenarios" / "broken.yaml").write_text("- name: x\n  variables: {a: [1, 2}\n")
@@ -125,6 +127,7 @@ COERCED = [  # (fields of the bad scenario, the one-line message after "field ")
 ]
 
 
+@pytest.mark.slow
 def test_values_are_never_silently_coerced(sim: SimProject) -> None:
     """Each bad value is one error line naming the scenario and the field; the good scenario still runs."""
     bad = [scenario(f"bad{i}", **fields) for i, (fields, _) in enumerate(COERCED)]
@@ -135,6 +138,7 @@ def test_values_are_never_silently_coerced(sim: SimProject) -> None:
         result.stdout.fnmatch_lines([f"*scenarios/s.json: scenario #{i + 1} 'bad{i}': field {message}"])
 
 
+@pytest.mark.slow
 def test_defaults_are_validated_once_for_the_file(sim: SimProject) -> None:
     sim.write_scenarios("good.json", [scenario("fine")])
     sim.write_scenarios("list_vars.json", {"defaults": {"variables": [1, 2]}, "scenarios": [scenario("a")]})
@@ -159,6 +163,7 @@ def test_duplicate_keys_are_errors_naming_the_key(sim: SimProject) -> None:
     result.stdout.fnmatch_lines(["*scenarios/dup.json: duplicate key 'LOCATIONS' in an object*"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("filename", "text", "why"), [
     ("empty.yaml", "# nothing yet\n", "it is empty"),
     ("empty_list.json", "[]", "an empty list"),
@@ -172,6 +177,7 @@ def test_a_file_without_scenarios_says_so(sim: SimProject, filename: str, text: 
     result.stdout.fnmatch_lines([f"*scenarios/{filename}: the file has no scenarios ({why})*"])
 
 
+@pytest.mark.slow
 def test_generated_names_never_collide_with_real_names(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("dup"), scenario("dup"), scenario("dup#1"), scenario("scenario#3"),
                                    {"variables": {}}])
@@ -183,6 +189,7 @@ def test_generated_names_never_collide_with_real_names(sim: SimProject) -> None:
     result.stdout.fnmatch_lines(["*scenario #4: field 'name': Field required*"])
 
 
+@pytest.mark.slow
 def test_names_with_control_characters_are_rejected_and_markup_stays_plain_text(sim: SimProject) -> None:
     markup = "<img src=x onerror=alert(1)>"
     sim.write_scenarios("s.json", [scenario("two\nlines"), scenario("red\x1b[31mtext"), scenario(markup)])
@@ -199,6 +206,7 @@ def test_names_with_control_characters_are_rejected_and_markup_stays_plain_text(
     assert any(markup in p for p in prompts), "the name reaches the templates as plain text"
 
 
+@pytest.mark.slow
 def test_a_scenario_no_metric_can_decide_errors_before_any_call(sim: SimProject) -> None:
     """rouge without a threshold only informs: a scenario scored by it alone could never fail (issue 24)."""
     pytest.importorskip("rouge_score")  # the test extra

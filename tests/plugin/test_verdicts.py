@@ -80,6 +80,7 @@ def server() -> Iterator[ScriptedOpenAIServer]:
 
 # -- a conversation in which the agent never said anything is an error, never judged --------------------------
 
+@pytest.mark.slow
 def test_timeout_before_the_agent_answers_is_an_error_not_a_pass(sim: SimProject) -> None:
     slow_agent = {"match": {"system_contains": "AGENT"}, "delay": 3.0, "reply": "too late"}
     sim.server.set_script({"rules": [slow_agent, *default_script()["rules"]]})
@@ -133,6 +134,7 @@ def test_empty_agent_replies_are_an_error_in_a_pytest_run(sim: SimProject) -> No
     assert _judge_requests(sim.server) == []
 
 
+@pytest.mark.slow
 def test_a_timeout_without_agent_reply_is_not_replayed(engine_dir: Path, server: ScriptedOpenAIServer) -> None:
     """The endpoint hung once: a rerun (record mode once) must call the agent again, not replay the hang."""
     server.set_script({"rules": [{"match": {"system_contains": "AGENT"}, "delay": 3.0, "reply": "late"},
@@ -147,6 +149,7 @@ def test_a_timeout_without_agent_reply_is_not_replayed(engine_dir: Path, server:
 
 # -- the recorded timeout marker is keyed by everything that decides it ------------------------------------------
 
+@pytest.mark.slow
 def test_a_changed_timeout_does_not_replay_the_old_timeout(engine_dir: Path, server: ScriptedOpenAIServer) -> None:
     server.set_script({"rules": [SLOW_SECOND_AGENT_TURN, *_fast_rules()]})
     settings = _settings(engine_dir, server)
@@ -162,6 +165,7 @@ def test_a_changed_timeout_does_not_replay_the_old_timeout(engine_dir: Path, ser
     assert (longer.ended_by, longer.end_reason, longer.total_turns) == ("agent", "the agent ended the call", 6)
 
 
+@pytest.mark.slow
 def test_scenarios_differing_only_in_name_do_not_share_a_timeout(engine_dir: Path,
                                                                  server: ScriptedOpenAIServer) -> None:
     server.set_script({"rules": [SLOW_SECOND_AGENT_TURN, *_fast_rules()]})
@@ -314,6 +318,7 @@ def test_secrets_are_scrubbed_from_the_result(engine_dir: Path, server: Scripted
     assert key not in stored and "***" in result.comment and "***" in result.raw_verdict
 
 
+@pytest.mark.slow
 def test_a_timeout_while_the_endpoint_is_being_retried_is_an_endpoint_error(sim: SimProject) -> None:
     """The agent spoke once, then its endpoint answers 503 until the conversation's time is up: the endpoint
     used the time, so the item is an error naming it, not a verdict on a cut-short call."""

@@ -47,6 +47,7 @@ def halves() -> dict[str, list[CalibrationCase]]:
     return {half: load(half) for half in HALVES}
 
 
+@pytest.mark.slow
 def test_every_file_of_both_halves_loads_and_says_why(halves: dict[str, list[CalibrationCase]]) -> None:
     for half, cases in halves.items():
         assert len(cases) == len(calibration_files(REPO / "calibration" / half))
