@@ -116,6 +116,19 @@ def write_bot(sim: SimProject, source: str, module: str = "bots") -> None:
     (package / "shop.py").write_text(textwrap.dedent(source))
 
 
+LOCALMODEL_TESTS = Path(__file__).resolve().parent / "tests" / "localmodel"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Layer markers: every test under ``tests/localmodel/`` is ``localmodel``, and every ``localmodel`` test is
+    ``slow`` (``pytest -m "not slow"`` is the quick subset; other slow tests carry ``@pytest.mark.slow``)."""
+    for item in items:
+        if LOCALMODEL_TESTS in item.path.parents:
+            item.add_marker(pytest.mark.localmodel)
+        if item.get_closest_marker("localmodel"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def llm_server() -> Iterator[ScriptedOpenAIServer]:
     server = ScriptedOpenAIServer(default_script())

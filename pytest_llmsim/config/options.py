@@ -4,7 +4,7 @@ Each ``Option`` row names its ini key, command-line flag, environment variable, 
 local-model default, and help text. ``plugin.options`` registers the rows with pytest and reads them
 once, at ``pytest_configure``, into a frozen ``ResolvedOptions`` that every other part reads (with where each
 value came from); ``build_settings`` turns that into the engine's ``RunSettings``. The README's configuration
-table is generated from the same rows (``markdown_table``; ``tests/test_docs.py`` keeps them in step).
+table is generated from the same rows (``markdown_table``; ``tests/plugin/test_docs.py`` keeps them in step).
 
 Precedence, highest first: command line, environment variable (rows that name one), ini file, local-model
 default (only when no endpoint is configured and the user set the option nowhere), default. Per-scenario fields
