@@ -34,7 +34,7 @@ def test_each_scenario_gets_one_readable_file_with_transcript_verdict_and_calls(
     assert list(data) == ["llmsim_recording", "nodeid", "scenario", "endpoint", "roles", "verdict", "metrics",
                           "ended_by", "end_reason", "transcript", "prompts", "calls"]
     assert data["metrics"] == [{"name": "judge", "score": 3, "passed": True, "reason": "Polite and complete.",
-                                "details": {"min_score": 2, "attempts": 1}}]
+                                "details": {"min_score": 2, "attempts": 1, "judge_method": "verdict"}}]
     assert data["nodeid"] == "scenarios/s.json::a"
     assert data["verdict"] == {"status": "passed", "score": 3, "min_score": 2, "comment": "Polite and complete."}
     assert [t["role"] for t in data["transcript"]] == ["client", "agent"] * 3
