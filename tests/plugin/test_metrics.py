@@ -33,7 +33,7 @@ def test_the_judge_alone_is_the_default_metric(sim: SimProject) -> None:
     sim.run("--llmsim-results=out.json").assert_outcomes(passed=1, failed=1)
     rows = _results(sim)
     assert rows["a"]["metrics"] == [{"name": "judge", "score": 3, "passed": True, "reason": "Polite and complete.",
-                                     "details": {"min_score": 2, "attempts": 1}}]
+                                     "details": {"min_score": 2, "attempts": 1, "judge_method": "verdict"}}]
     assert _metrics(rows["low_b"])["judge"]["passed"] is False
 
 

@@ -302,7 +302,9 @@ def test_a_tokens_per_minute_limit_binds_through_the_estimate(sim: Any) -> None:
     result = sim.run("--llmsim-concurrency=6", "--llmsim-results=out.json")
     result.assert_outcomes(passed=6)
     stats = sim.server.stats()
-    assert stats["status_counts"].get("429", 0) <= 4, stats
+    # Before the first reply announces the limit, each of the 6 conversations in flight may meet one 429 (4 or 5
+    # were seen, by timing); a limiter that did not pace by the estimate would meet dozens.
+    assert stats["status_counts"].get("429", 0) <= 6, stats
     assert stats["limits"]["rate_limited"].get("requests", 0) == 0
     summary = _export(sim)["summary"]
     assert summary["reserved_tpm"] == pytest.approx(30_000, rel=0.3)
