@@ -34,6 +34,7 @@ from typing import Any
 
 from pytest_llmsim.config.options import OPTIONS, Option, ResolvedOptions, endpoint_configured, resolve_values
 from pytest_llmsim.errors import ConfigError, ScenarioError
+from pytest_llmsim.model.scenario_paths import under_llmsim_paths
 from pytest_llmsim.model.settings import RecordMode, resolve_http_backend
 from pytest_llmsim.reporting.summary import plural
 
@@ -247,17 +248,7 @@ _SKIPPED_DIRS = ("*.egg", ".*", "_darcs", "build", "CVS", "dist", "node_modules"
 
 def _under(rel: str, patterns: Sequence[str]) -> bool:
     """``rel`` (relative to the rootdir) matches one of ``patterns`` as ``llmsim_paths`` entries match."""
-    import fnmatch
-
-    for pattern in (p.strip().strip("/") for p in patterns):
-        if not pattern:
-            continue
-        if any(ch in pattern for ch in "*?["):
-            if fnmatch.fnmatch(rel, pattern):
-                return True
-        elif pattern == "." or rel == pattern or rel.startswith(pattern + "/"):
-            return True
-    return False
+    return under_llmsim_paths(rel, patterns)
 
 
 def scenario_files(folder: Path, resolved: ResolvedOptions) -> list[Path]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
 import time
@@ -14,7 +13,7 @@ import pytest
 
 from pytest_llmsim.errors import ErrorKind, ScenarioError, ScenarioRunError
 from pytest_llmsim.model.results import ERROR, FAILED, PASSED, ScenarioResult
-from pytest_llmsim.model.scenario_paths import SCENARIO_SUFFIXES
+from pytest_llmsim.model.scenario_paths import SCENARIO_SUFFIXES, under_llmsim_paths
 
 if TYPE_CHECKING:
     from pytest_llmsim.model.scenario import Scenario
@@ -37,16 +36,7 @@ def is_scenario_file(config: pytest.Config, file_path: Path) -> bool:
         rel = file_path.resolve().relative_to(config.rootpath.resolve()).as_posix()
     except ValueError:
         return False
-    for pattern in config.getini("llmsim_paths"):
-        pattern = pattern.strip().strip("/")
-        if not pattern:
-            continue
-        if any(ch in pattern for ch in "*?["):
-            if fnmatch.fnmatch(rel, pattern):
-                return True
-        elif pattern == "." or rel == pattern or rel.startswith(pattern + "/"):
-            return True
-    return False
+    return under_llmsim_paths(rel, config.getini("llmsim_paths"))
 
 
 # -- scenario-like files that are not collected ----------------------------------------------------------------
