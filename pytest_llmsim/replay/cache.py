@@ -233,6 +233,15 @@ def _db_message(directory: Path, problem: str) -> str:
             f"elsewhere) and {_RECORD_HINT}")
 
 
+def _holds_data(path: Path) -> bool:
+    """Whether ``path`` exists and is not empty. Another process closing the database removes its
+    write-ahead log at any moment, so a vanished file is an empty one, never an error."""
+    try:
+        return path.stat().st_size > 0
+    except FileNotFoundError:
+        return False
+
+
 def _check_database_file(directory: Path) -> None:
     """Raise CacheError if ``cache.db`` is not an SQLite database or is visibly truncated (header only)."""
     db = directory / DBNAME
@@ -257,7 +266,7 @@ def _check_database_file(directory: Path) -> None:
     header_size_valid = pages > 0 and header[24:28] == header[92:96]
     wal = directory / (DBNAME + "-wal")
     # a write in progress (write-ahead log or rollback journal) may not have extended the file yet
-    settled = not (wal.exists() and wal.stat().st_size > 0) and not (directory / (DBNAME + "-journal")).exists()
+    settled = not _holds_data(wal) and not (directory / (DBNAME + "-journal")).exists()
     if size % page_size or (header_size_valid and settled and size < pages * page_size):
         raise CacheError(_db_message(directory, f"is truncated ({size} bytes, expected {pages * page_size})"))
 
@@ -295,7 +304,7 @@ def _connect_read_only(directory: Path) -> tuple[sqlite3.Connection | None, temp
     for attempt in ("ro", "immutable", "copy"):
         copy: tempfile.TemporaryDirectory[str] | None = None
         if attempt == "copy":
-            if not (wal.exists() and wal.stat().st_size > 0):
+            if not _holds_data(wal):
                 break
             copy = tempfile.TemporaryDirectory(prefix="llmsim-cache-")
             try:
@@ -306,7 +315,7 @@ def _connect_read_only(directory: Path) -> tuple[sqlite3.Connection | None, temp
                 raise CacheError(f"llmsim cache {directory}: {DBNAME} cannot be read ({exc}); fix its "
                                  f"permissions or point --llmsim-cache-dir elsewhere") from None
             uri = _ro_uri(Path(copy.name) / DBNAME, immutable=False)
-        elif attempt == "immutable" and wal.exists() and wal.stat().st_size > 0:
+        elif attempt == "immutable" and _holds_data(wal):
             continue  # immutable=1 would ignore the log's data
         else:
             uri = _ro_uri(db, immutable=attempt == "immutable")

@@ -19,6 +19,7 @@ import sys
 import sysconfig
 import tempfile
 import textwrap
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -456,3 +457,30 @@ def test_a_secret_in_a_value_is_scrubbed_before_it_is_stored(tmp_path: Path) -> 
     with sqlite3.connect(tmp_path / "c" / "cache.db") as con:
         values = [zlib.decompress(v).decode() for (v,) in con.execute("SELECT value FROM Cache")]
     assert len(values) == 2 and all(secret not in v for v in values) and "***" in values[0]
+
+
+
+def test_a_write_ahead_log_that_vanishes_while_the_cache_is_checked_is_an_empty_log(tmp_path: Path) -> None:
+    """The last connection to close a database removes ``cache.db-wal``, so under xdist the log can vanish
+    between two looks at it; that is an empty log, not a crash (it failed a CI run as FileNotFoundError in
+    one worker). A thread creates and removes a real log file while the check runs."""
+    from pytest_llmsim.replay.cache import _check_database_file
+
+    directory = tmp_path / "cache"
+    CallCache(directory, RecordMode.ONCE).close()
+    wal = directory / "cache.db-wal"
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            wal.write_bytes(b"x" * 10)
+            wal.unlink()
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    try:
+        for _ in range(5000):
+            _check_database_file(directory)
+    finally:
+        stop.set()
+        thread.join()
