@@ -108,11 +108,11 @@ def assign(keys: Iterable[str], costs: Mapping[str, float], count: int) -> dict[
             shed.append(key)
     for key in sorted(shed, key=lambda k: (-_cost_class(cost[k]), _hash(k), k)):
         order = ranked[key][1:] + ranked[key][:1]
-        shard = next((s for s in order if loads[s] + cost[key] <= capacity + 1e-9), None)
-        if shard is None:
-            shard = min(order, key=lambda s: loads[s])  # ties: the key's preference order (min keeps the first)
-        loads[shard] += cost[key]
-        placed[key] = shard
+        room = next((s for s in order if loads[s] + cost[key] <= capacity + 1e-9), None)
+        # none with room: the least loaded (ties: the key's preference order; min keeps the first)
+        target = room if room is not None else min(order, key=lambda s: loads[s])
+        loads[target] += cost[key]
+        placed[key] = target
     return placed
 
 
