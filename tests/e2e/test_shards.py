@@ -130,10 +130,14 @@ def test_four_shards_merged_give_the_single_runs_export_summary_markdown_and_exi
 
 
 def test_a_passing_suite_merges_to_exit_code_0_and_a_gate_flag_overrides_the_shards(sim: SimProject) -> None:
+    """Shard 1 runs under xdist (-n 2), shard 2 in one process; the merge posts the job summary and exits 0, and a
+    gate given to the merge fails it."""
     sim.write_scenarios("shop.json", [scenario(f"good_{i}") for i in range(5)] + [scenario("mid_one")])
     assert sim.run("--llmsim-record=once").ret == 0
-    for k in (1, 2):
-        assert pytest_process(sim, f"--llmsim-shard={k}/2", f"--llmsim-results=s{k}.json").returncode == 0
+    for k, workers in ((1, "2"), (2, "0")):  # xdist inside a shard: the workers split alike, the controller exports
+        assert pytest_process(sim, f"--llmsim-shard={k}/2", f"--llmsim-results=s{k}.json", "-n", workers
+                              ).returncode == 0
+    assert json.loads((sim.path / "s1.json").read_text())["llmsim_shard"]["collected"] == 6
     summary_file = sim.path / "step-summary.md"
     passed = merge(sim, "s1.json", "s2.json", env={"GITHUB_STEP_SUMMARY": str(summary_file)})
     assert passed.returncode == 0, passed.stdout + passed.stderr
@@ -195,3 +199,13 @@ def test_the_ini_key_shards_and_deselection_is_reported(sim: SimProject) -> None
     outcomes = result.parseoutcomes()
     assert outcomes["passed"] + outcomes["deselected"] == 8 and outcomes["deselected"] >= 2
     result.stdout.fnmatch_lines(["llmsim: shard 2/2: * of 8 items (*% of the cost, split by count)"])
+
+
+def test_a_shard_with_nothing_to_run_passes_and_merges(sim: SimProject) -> None:
+    """More shards than scenarios: the empty shard exits 0 (pytest would say "no tests ran", exit 5) and the merge
+    gives the single run's verdict."""
+    sim.write_scenarios("shop.json", [scenario("low_one")])
+    assert sim.run("--llmsim-record=once").ret == 1
+    codes = [pytest_process(sim, f"--llmsim-shard={k}/2", f"--llmsim-results=s{k}.json").returncode for k in (1, 2)]
+    assert sorted(codes) == [0, 1]
+    assert merge(sim, "s1.json", "s2.json").returncode == 1
