@@ -78,7 +78,12 @@ def _baseline(args: argparse.Namespace, exports: list[Any]) -> Any:
         return None
     prices_text = args.prices or settings.get("llmsim_prices")
     prices = load_price_table(Path(prices_text) if prices_text else None)
-    baseline = load_baseline(Path(path_text), prices)
+    try:
+        baseline = load_baseline(Path(path_text), prices)
+    except ConfigError as exc:
+        if args.baseline or not isinstance(used, dict):
+            raise
+        raise ConfigError(f"{exc}; the shards compared with this baseline: give it with --baseline") from None
     if isinstance(used, dict):
         baseline = dataclasses.replace(baseline, shown_as=str(used.get("label") or ""))
         if baseline_digest(baseline) != used.get("digest"):

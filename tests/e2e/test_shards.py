@@ -29,6 +29,7 @@ def test_conversation(llmsim):
     result = llmsim.run_sync(name="fixture_chat", variables={"LOCATIONS": "Moscow", "PERSONALITY": "calm"})
     assert result.score >= 2
 """
+COMMIT = "a" * 40
 # Wall-clock figures, normalised explicitly: everything else of the merged run must equal the single run's.
 TIME_FIELDS = {"duration_seconds", "total_duration_seconds", "generated_at", "effective_rpm", "effective_tpm",
                "reserved_tpm", "limiter_wait_seconds"}
@@ -54,6 +55,7 @@ def normalised(document: dict[str, Any]) -> dict[str, Any]:
 def pytest_process(sim: SimProject, *args: str) -> subprocess.CompletedProcess[str]:
     """pytest in its own process, replaying the shared recordings (no call may reach the endpoint)."""
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "GITHUB_STEP_SUMMARY")}
+    env["GITHUB_SHA"] = COMMIT  # the commit every shard records (as in a workflow run)
     command = [sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:cacheprovider",
                f"--llmsim-base-url={sim.server.base_url}", "--llmsim-record=none", *args]
     return subprocess.run(command, cwd=sim.path, env=env, capture_output=True, text=True, timeout=300)
@@ -125,6 +127,17 @@ def test_four_shards_merged_give_the_single_runs_export_summary_markdown_and_exi
     assert merged_doc["summary"]["gates"]["missed"]  # the mean-score gate (and, with the baseline, the regression)
     if baseline:
         assert any("regressed since the baseline" in line for line in merged_doc["summary"]["gates"]["missed"])
+        other = json.loads((sim.path / "base.json").read_text())
+        other["results"][0]["score"] = 2 if other["results"][0]["score"] != 2 else 3
+        (sim.path / "other.json").write_text(json.dumps(other))
+        refused = merge(sim, *(f"shard-{k}.json" for k in range(1, 5)), "--baseline", "other.json")
+        assert refused.returncode == 2
+        assert refused.stderr.strip() == ("llmsim: the baseline other.json is not the one the shards compared with "
+                                          "(base.json): its records differ; give that baseline with --baseline")
+        (sim.path / "base.json").unlink()
+        gone = merge(sim, *(f"shard-{k}.json" for k in range(1, 5)))
+        assert gone.returncode == 2 and "llmsim_baseline base.json does not exist" in gone.stderr
+        assert "the shards compared with this baseline: give it with --baseline" in gone.stderr
     assert [entry["shard"] for entry in merged_doc["merged_from"]] == ["1/4", "2/4", "3/4", "4/4"]
     assert len(sim.server.requests_log()) == sim.server.recorded  # type: ignore[attr-defined]  # replays: no call
 
@@ -175,7 +188,7 @@ def test_merges_that_are_not_one_run_are_one_clear_error(sim: SimProject) -> Non
     (sim.path / "commit3.json").write_text(json.dumps(document))
     result = merge(sim, "s1.json", "s2.json", "commit3.json")
     assert result.returncode == 2
-    assert "the shards ran different commits: null in shards 1/3, 2/3; " + '"' + "0" * 40 + '" in shard 3/3' \
+    assert f'the shards ran different commits: "{COMMIT}" in shards 1/3, 2/3; "{"0" * 40}" in shard 3/3' \
         in result.stderr
     # A plain export (no --llmsim-shard) is not a shard's.
     assert sim.run("--llmsim-record=none", "--llmsim-results=plain.json").ret == 0
