@@ -2,7 +2,8 @@
 
 ``llmsim run FILE`` runs a scenario file as a batch on the engine pytest uses (``batch.py``) and writes the
 results (JSON, CSV, NDJSON) and the summary to the output directory; ``--single INDEX`` streams one conversation
-turn by turn. ``llmsim summarise EXPORT`` prints the summary of any export. ``llmsim serve`` starts the REST API;
+turn by turn. ``llmsim summarise EXPORT`` prints the summary of any export; ``llmsim merge SHARD_EXPORT...`` merges CI
+shards' exports into one run (``merge.py``). ``llmsim serve`` starts the REST API;
 ``status`` and ``fetch`` ask it about a batch.
 
 Settings come from the option table pytest reads (``options.OPTIONS``): the ini file (pytest.ini, pyproject.toml,
@@ -574,6 +575,10 @@ def build_parser() -> argparse.ArgumentParser:
     summarise.add_argument("--histogram", metavar="PNG")
     summarise.add_argument("--quiet", action="store_true")
     summarise.set_defaults(handler=command_summarise)
+
+    from pytest_llmsim.apps.merge import add_merge_parser  # llmsim merge: CI shards as one run
+
+    add_merge_parser(commands)
 
     serve = commands.add_parser("serve", help="start the REST API")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1; env HOST)")

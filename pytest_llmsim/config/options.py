@@ -33,6 +33,7 @@ from pytest_llmsim.model.settings import (
     RoleSettings,
     RunSettings,
 )
+from pytest_llmsim.model.shards import parse_shard
 
 DEFAULT_MODEL = "gpt-4o-mini"
 HTTP_BACKENDS = ("auto", "aiohttp", "httpx")
@@ -46,7 +47,7 @@ class Option:
     help: str
     default: str | list[str] = ""
     flag: str | None = None
-    kind: str = "str"  # str | int | float | rate | path | lines | choice | bool
+    kind: str = "str"  # str | int | float | rate | path | lines | choice | bool | shard
     low: float | None = None
     high: float | None = None
     choices: tuple[str, ...] = ()
@@ -198,6 +199,10 @@ OPTIONS: tuple[Option, ...] = (
            flag="--llmsim-gate", kind="choice", choices=("all", "regressions"), metavar="MODE"),
     Option("llmsim_markdown", "Write a GitHub-flavoured markdown summary to this file (also appended to "
            "$GITHUB_STEP_SUMMARY when set).", flag="--llmsim-markdown", kind="path", metavar="FILE"),
+    Option("llmsim_shard", "Run only shard K of N (e.g. 2/4) of the collected items, a split by scenario that is "
+           "stable when scenarios are added and balanced by the recorded conversations' tokens (by count without "
+           "recordings); the rest is deselected. Suite and baseline gates are then checked by `llmsim merge`, "
+           "over every shard's --llmsim-results JSON export.", flag="--llmsim-shard", kind="shard", metavar="K/N"),
     Option("llmsim_calibrate", "Judge calibration: before the scenarios, the judge scores this folder of "
            "conversations a person scored (1-3); the run reports its accuracy, mean absolute error, a confusion "
            "table and the disagreements.", flag="--llmsim-calibrate", kind="path", metavar="DIR"),
@@ -298,6 +303,11 @@ def _parse(row: Option, raw: Any, base: Path) -> Any:
         return value
     if text == "":
         return None
+    if row.kind == "shard":
+        try:
+            return parse_shard(text)
+        except ValueError as exc:
+            raise ConfigError(f"{where} {exc}") from None
     if row.kind == "rate":
         return _parse_rate(where, text)
     try:
@@ -314,6 +324,12 @@ def _parse(row: Option, raw: Any, base: Path) -> Any:
     if row.high is not None and number > row.high:
         raise ConfigError(f"{where} must be <= {row.high:g}, got {text}")
     return number
+
+
+def parse_value(row: Option, raw: Any, base: Path) -> Any:
+    """``raw`` as ``row``'s type (a front's own flag read like the row, e.g. ``llmsim merge --min-pass-rate``);
+    ConfigError naming the option."""
+    return _parse(row, raw, base)
 
 
 def _parse_rate(where: str, text: str) -> float:
@@ -483,3 +499,39 @@ def rpm_share(resolved: ResolvedOptions, workers: int) -> float | None:
     it evenly (``-n 4 --llmsim-rpm 600``: 150 each)."""
     total = resolved["llmsim_rpm"]
     return None if total is None else total / max(1, workers)
+
+
+# Options that change where results go, how fast a run goes or which part of the suite runs, never a verdict: left
+# out of ``verdict_settings``, so shards may differ in them.
+NOT_VERDICT_SETTINGS = frozenset({
+    "llmsim_cache_dir", "llmsim_concurrency", "llmsim_rpm", "llmsim_tpm", "llmsim_http_backend", "llmsim_chats_dir",
+    "llmsim_readable", "llmsim_results", "llmsim_histogram", "llmsim_markdown", "llmsim_output_dir", "llmsim_host",
+    "llmsim_port", "llmsim_service_db", "llmsim_log_dir", "llmsim_webhook_url", "llmsim_webhook_timeout",
+    "llmsim_webhook_retries", "llmsim_max_request_bytes", "llmsim_shard", "llmsim_api_key_env",
+})
+
+
+def verdict_settings(resolved: ResolvedOptions) -> dict[str, Any]:
+    """Every resolved option that can change a verdict, as JSON values: what the shards of one run must share
+    (``reporting.merge``). Paths are relative to the ini file's directory when under it (each CI job checks the
+    repository out in its own place); the base URL without credentials."""
+    from pytest_llmsim.model.settings import redact_url
+
+    base = resolved.ini_dir.resolve()
+    settings: dict[str, Any] = {}
+    for row in OPTIONS:
+        if row.ini in NOT_VERDICT_SETTINGS:
+            continue
+        value = resolved.values.get(row.ini)
+        if isinstance(value, Path):
+            path = value.resolve()
+            value = path.relative_to(base).as_posix() if path.is_relative_to(base) else path.as_posix()
+        elif row.ini == "llmsim_base_url" and value:
+            value = redact_url(str(value))
+        elif isinstance(value, list | tuple):
+            value = [str(v) for v in value]
+        elif value is not None and not isinstance(value, str | int | float | bool):
+            value = str(value)
+        settings[row.ini] = value
+    settings["endpoint"] = "local model" if resolved.local else "configured"  # an API key decides it too
+    return settings

@@ -464,6 +464,7 @@ class ScenarioRecord:
             "judge_unstable": r.judge_unstable,
             "trial": r.trial,
             "seed": r.seed,
+            "shown_trial": r.shown_trial,  # the trial whose conversation ``transcript`` is (0: no trials)
             **self.trial_figures(),
             "raw_verdict": r.raw_verdict,
             "transcript": [dict(turn) for turn in r.transcript],

@@ -26,6 +26,7 @@ from pytest_llmsim.plugin.items import (
 )
 from pytest_llmsim.plugin.reporting import ReportPlugin, junit_properties, scenario_cost_usd
 from pytest_llmsim.plugin.session import SESSION_KEY, LlmsimSession, local_model_path, write_lines_apart
+from pytest_llmsim.plugin.shards import register_shards
 from pytest_llmsim.plugin.transcript_items import is_transcript_path, transcript_collector
 from pytest_llmsim.plugin.xdist import local_state_dir
 
@@ -76,6 +77,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSION_KEY] = LlmsimSession(config, resolved)
     config.stash[SESSION_KEY].interrupts.install()
     register_gate(config)  # --llmsim-gate=regressions: known failures xfailed, in every process (xdist workers too)
+    register_shards(config, resolved)  # --llmsim-shard=K/N: the other shards' items deselected, in every process
     if config.pluginmanager.hasplugin("xdist"):
         from pytest_llmsim.plugin.xdist import XdistHooks
 

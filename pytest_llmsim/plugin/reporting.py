@@ -44,15 +44,16 @@ from pytest_llmsim.plugin.report_options import (
     price_table,
     scenario_cost_usd,
 )
-from pytest_llmsim.reporting.baseline import Comparison, ScenarioDelta, compare, regression_gates, scenario_delta
+from pytest_llmsim.plugin.shards import ShardPlugin
+from pytest_llmsim.reporting.baseline import Comparison, ScenarioDelta, compare, run_missed, scenario_delta
 from pytest_llmsim.reporting.collector import RecordCollector, trimmed_report_data
 from pytest_llmsim.reporting.exports import export_format, write_results
 from pytest_llmsim.reporting.histogram import HistogramUnavailable, draw_histogram
-from pytest_llmsim.reporting.markdown import STEP_SUMMARY_ENV, append_step_summary, render_markdown, write_markdown
+from pytest_llmsim.reporting.markdown import STEP_SUMMARY_ENV, append_step_summary, run_markdown, write_markdown
+from pytest_llmsim.reporting.merge import SHARD_FIELD, baseline_identity
 from pytest_llmsim.reporting.summary import (
     Gates,
     RunSummary,
-    gates_unchecked_reason,
     known_failures_text,
     local_judge_baseline_text,
     local_judge_text,
@@ -127,7 +128,9 @@ class ReportPlugin:
         self.collector = RecordCollector(price_table(config), run_id=str(uuid.uuid4()))
         self.final: RunSummary | None = None
         self.worker_rate_limits: list[Any] = []  # each xdist worker's rate-limit figures, sent at its end
+        self.worker_shard: dict[str, Any] | None = None  # --llmsim-shard under xdist: a worker's split
         self.missed: list[str] = []
+        self.shard_block: dict[str, Any] | None = None  # --llmsim-shard: the export's ``llmsim_shard`` object
         # Files this run was asked to write and could not: one line each, printed even under -q; the run fails.
         self.write_failures: list[Line] = []
         self.extra_missed: list[str] = []  # gates other plugins decide (the judge calibration's), in every report
@@ -164,16 +167,31 @@ class ReportPlugin:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
-        self.worker_rate_limits.append(getattr(node, "workeroutput", {}).get("llmsim_rate_limits"))
+        output = getattr(node, "workeroutput", {})
+        self.worker_rate_limits.append(output.get("llmsim_rate_limits"))
+        if self.worker_shard is None and isinstance(output.get("llmsim_shard"), dict):
+            self.worker_shard = output["llmsim_shard"]
 
-    def _with_rate_limits(self, summary: RunSummary) -> RunSummary:
-        """``summary`` with the rate-limit figures of this process and of every xdist worker, added up."""
-        from pytest_llmsim.llm.rate_limits import merge_stats, throughput_fields
+    def _rate_limit_stats(self) -> Any:
+        """The rate-limit figures of this process and of every xdist worker, added up (``LimitStats``)."""
+        from pytest_llmsim.llm.rate_limits import merge_stats
         from pytest_llmsim.plugin.session import SESSION_KEY
 
         llmsim = self.config.stash.get(SESSION_KEY, None)
         own = llmsim.rate_limit_stats() if llmsim is not None else None
-        return dataclasses.replace(summary, **throughput_fields(merge_stats([own, *self.worker_rate_limits])))
+        return merge_stats([own, *self.worker_rate_limits])
+
+    def _with_rate_limits(self, summary: RunSummary) -> RunSummary:
+        """``summary`` with the rate-limit figures of this process and of every xdist worker, added up."""
+        from pytest_llmsim.llm.rate_limits import throughput_fields
+
+        return dataclasses.replace(summary, **throughput_fields(self._rate_limit_stats()))
+
+    @property
+    def shard(self) -> ShardPlugin | None:
+        """The ``--llmsim-shard`` plugin when this run is a shard."""
+        plugin = self.config.pluginmanager.get_plugin(ShardPlugin.name)
+        return plugin if isinstance(plugin, ShardPlugin) else None
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
@@ -216,18 +234,27 @@ class ReportPlugin:
         if self.config.getoption("collectonly", default=False):
             return  # nothing ran: keep the previous export and histogram
         interrupted = session.exitstatus == pytest.ExitCode.INTERRUPTED
+        items_status = int(session.exitstatus)  # pytest's, from the items' outcomes alone (a shard's export keeps it)
         summary = self._with_rate_limits(self.collector.summary(interrupted=interrupted, final=True))
         records = self.collector.ordered()
         known = [r.nodeid for r in records if r.nodeid in self.known_failures and r.outcome == Outcome.XFAILED]
         summary = self.final = dataclasses.replace(summary, local_judge=local_judge(self.config, records),
                                                    known_failures=known)
-        self.missed = missed_gates(summary, self.gates) + self.extra_missed
         if self.baseline is not None:
             self.comparison = compare(records, self.baseline)
-            if gates_unchecked_reason(summary) is None:
-                self.missed += regression_gates(self.comparison, fail_on_regression=self.gates.fail_on_regression,
-                                                max_score_drop=self.gates.max_score_drop)
+        shard = self.shard
+        if shard is None:
+            self.missed = run_missed(summary, self.gates, self.comparison, self.extra_missed)
+        else:  # the suite and baseline gates are the whole suite's: ``llmsim merge`` checks them over every shard
+            self.missed = list(self.extra_missed)
+            if self.gates.any:
+                self.notes.append(Line(f"llmsim: shard {shard.shard}: the suite and baseline gates are checked by "
+                                       "llmsim merge over every shard's export, not here", {"yellow": True}))
         self.backend = backend_messages(records)
+        self.shard_block = None if shard is None else shard.block(
+            self.worker_shard, exit_status=items_status, extra_missed=self.extra_missed,
+            rate_limits=self._rate_limit_stats().to_dict(),
+            baseline=None if self.baseline is None else baseline_identity(self.baseline))
         if self.results_path is not None:
             self._export(records, summary)
         if self.histogram_path is not None:
@@ -248,11 +275,13 @@ class ReportPlugin:
         generated = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         try:
             comparison = self.comparison
-            written = write_results(self.results_path, records,
-                                    summary_dict(summary, self.gates, self.missed,
-                                                 comparison.summary_dict() if comparison is not None else None),
-                                    run_id=self.run_id, generated_at=generated, comparison=comparison,
-                                    baseline_field=True)
+            document = summary_dict(summary, self.gates, self.missed,
+                                    comparison.summary_dict() if comparison is not None else None)
+            if self.shard_block is not None:
+                document["gates"]["checked"] = False  # checked by llmsim merge (``reporting.merge``)
+            written = write_results(self.results_path, records, document, run_id=self.run_id,
+                                    generated_at=generated, comparison=comparison, baseline_field=True,
+                                    extra=None if self.shard_block is None else {SHARD_FIELD: self.shard_block})
         except OSError as exc:
             self._write_failed("results", self.results_path, exc)
             return
@@ -274,16 +303,11 @@ class ReportPlugin:
     def _markdown(self, records: list[ScenarioRecord], summary: RunSummary) -> None:
         """The pull request summary: to ``llmsim_markdown``, and appended to ``$GITHUB_STEP_SUMMARY`` when that is
         set and scenarios ran (a plain test suite in the same job adds nothing)."""
-        step_summary = bool(os.environ.get(STEP_SUMMARY_ENV)) and bool(records)
+        # A shard's own verdict leaves the gates out: the job summary is the merge's (``llmsim merge``).
+        step_summary = bool(os.environ.get(STEP_SUMMARY_ENV)) and bool(records) and self.shard is None
         if self.markdown_path is None and not step_summary:
             return
-        comparison = self.comparison
-        text = render_markdown(
-            summary, self.gates, self.missed, records, comparison.deltas if comparison is not None else None,
-            baseline_label=comparison.baseline_label if comparison is not None else "",
-            new=comparison.new if comparison is not None else (),
-            missing=comparison.missing if comparison is not None else (),
-            mean_score_delta=comparison.mean_score_delta if comparison is not None else None)
+        text = run_markdown(summary, self.gates, self.missed, records, self.comparison)
         if self.markdown_path is not None:
             try:
                 write_markdown(self.markdown_path, text)

@@ -384,6 +384,32 @@ def iter_recordings(root: Path) -> Iterator[Path]:
                 yield Path(dirpath) / name
 
 
+def recorded_tokens(root: Path, nodeid: str) -> int | None:
+    """The tokens (prompt + completion) of every recorded call of the scenario ``nodeid``, its trials' recordings
+    (``.trial-2``, ...) included: what the shard split balances (``model.shards``). None when it has no recording
+    or one that cannot be read (its replay reports that; the split counts it as a typical scenario)."""
+    total, found = 0, False
+    for trial in range(1, 1_000):
+        path = recording_path(root, nodeid, trial)
+        if not path.exists():
+            break
+        try:
+            raw = read_recording(path)
+            data = json.loads(raw) if raw is not None else None
+        except (CacheError, ValueError, RecursionError):
+            continue
+        calls = data.get("calls") if isinstance(data, dict) else None
+        if not isinstance(calls, list):
+            continue
+        found = True
+        for call in calls:
+            usage = call.get("usage") if isinstance(call, dict) else None
+            if isinstance(usage, dict):
+                total += sum(value for name in ("prompt_tokens", "completion_tokens")
+                             if isinstance(value := usage.get(name), int) and not isinstance(value, bool))
+    return total if found else None
+
+
 # -- writing -----------------------------------------------------------------------------------------------------
 def render(data: Mapping[str, Any]) -> bytes:
     """The file's bytes: keys in the order given, a value on one line when it fits in ``_WIDTH`` columns, one

@@ -40,7 +40,11 @@ from pytest_llmsim.reporting.summary import (
     PASSING_OUTCOMES,
     RECORD_COST_DECIMALS,
     STAT_DECIMALS,
+    Gates,
+    RunSummary,
     as_records,
+    gates_unchecked_reason,
+    missed_gates,
     plural,
 )
 from pytest_llmsim.safe_files import UnreadableFile, read_bounded
@@ -473,6 +477,17 @@ def regression_gates(comparison: Comparison, *, fail_on_regression: bool, max_sc
             if lost:
                 missed.append(f"mean score: none of the {len(lost)} scenarios scored in the baseline was scored in "
                               f"this run{tail} (llmsim_max_score_drop)")
+    return missed
+
+
+def run_missed(summary: RunSummary, gates: Gates, comparison: Comparison | None, extra: Sequence[str] = ()
+               ) -> list[str]:
+    """Every gate the run missed, as the run's reports list them: the suite gates, ``extra`` (gates decided
+    elsewhere, e.g. the judge calibration's), then the baseline gates (with a comparison, for a complete run)."""
+    missed = missed_gates(summary, gates) + list(extra)
+    if comparison is not None and gates_unchecked_reason(summary) is None:
+        missed += regression_gates(comparison, fail_on_regression=gates.fail_on_regression,
+                                   max_score_drop=gates.max_score_drop)
     return missed
 
 

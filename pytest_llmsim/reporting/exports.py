@@ -205,19 +205,20 @@ def export_rows(records: Iterable[ScenarioRecord], comparison: Comparison | None
 
 def write_results(path: Path, records: Sequence[ScenarioRecord], summary: Mapping[str, Any], *,
                   run_id: str, generated_at: str, comparison: Comparison | None = None,
-                  baseline_field: bool = False) -> list[Path]:
+                  baseline_field: bool = False, extra: Mapping[str, Any] | None = None) -> list[Path]:
     """Write ``records`` and ``summary`` (``summary.summary_dict``) to ``path`` in the format its extension
     names; return the files written. ``comparison``: the run compared with its baseline, if any;
     ``baseline_field``: give every JSON/NDJSON record a ``baseline`` key even without a baseline (null), as the
     plugin does, so a run's records have the same keys with or without one. Plain rows otherwise. Rows are
-    made and written one at a time."""
+    made and written one at a time. ``extra``: more top-level objects (a shard's ``llmsim_shard``), after the
+    summary, in the JSON document or the summary file of a CSV/NDJSON export."""
     fmt = export_format(path)
     rows = export_rows(records, comparison, baseline_field=baseline_field)
     if fmt == "json":
         interrupted = bool(summary.get("interrupted"))
         complete = not interrupted and not summary.get("unfinished_scenarios")
         head = {"run_id": run_id, "generated_at": generated_at, "interrupted": interrupted,
-                "complete": complete, "summary": dict(summary)}
+                "complete": complete, "summary": dict(summary), **(extra or {})}
         atomic_write_chunks(path, _json_document_chunks(head, rows))
         return [path]
     if fmt == "csv":
@@ -225,8 +226,8 @@ def write_results(path: Path, records: Sequence[ScenarioRecord], summary: Mappin
     else:
         atomic_write_chunks(path, ndjson_chunks(rows))
     side = summary_path_for(path)
-    atomic_write_text(side, _json(summary_document(summary, run_id=run_id, generated_at=generated_at),
-                                  indent=2) + "\n")
+    atomic_write_text(side, _json({**summary_document(summary, run_id=run_id, generated_at=generated_at),
+                                   **(extra or {})}, indent=2) + "\n")
     return [path, side]
 
 

@@ -58,7 +58,7 @@ from pytest_llmsim.reporting.terminal import (
 )
 
 if TYPE_CHECKING:  # only for annotations: no import-time dependency on the baseline comparison
-    from pytest_llmsim.reporting.baseline import ScenarioDelta
+    from pytest_llmsim.reporting.baseline import Comparison, ScenarioDelta
 
 DEFAULT_LIMIT_BYTES = 1_000_000  # GitHub's step summary limit is 1 MiB (1,048,576 bytes): keep a margin
 STEP_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
@@ -556,6 +556,17 @@ def render_markdown(summary: RunSummary, gates: Gates, missed: Sequence[str], re
 
 
 # -- writing -------------------------------------------------------------------------------------------------
+def run_markdown(summary: RunSummary, gates: Gates, missed: Sequence[str], records: Sequence[ScenarioRecord],
+                 comparison: Comparison | None) -> str:
+    """``render_markdown`` of a run, with its baseline comparison if any (the pytest run's and ``llmsim merge``'s)."""
+    return render_markdown(
+        summary, gates, missed, records, comparison.deltas if comparison is not None else None,
+        baseline_label=comparison.baseline_label if comparison is not None else "",
+        new=comparison.new if comparison is not None else (),
+        missing=comparison.missing if comparison is not None else (),
+        mean_score_delta=comparison.mean_score_delta if comparison is not None else None)
+
+
 def write_markdown(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (a reader never sees half a file)."""
     atomic_write_text(path, text)

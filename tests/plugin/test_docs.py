@@ -84,6 +84,30 @@ def test_the_ci_recipes_show_the_tested_ci_workflow_verbatim() -> None:
     assert f"```yaml\n{workflow}```" in PAGES["ci.md"]
 
 
+def test_the_sharded_workflow_is_valid_yaml_whose_shards_and_merge_agree_and_is_shown_verbatim() -> None:
+    """examples/ci/llmsim-shards.yml: a matrix of N shard jobs, each running ``--llmsim-shard=K/N`` with K from the
+    matrix and writing its export, and a merge job that runs after all of them (even when one failed) and merges
+    every export with a command ``llmsim`` accepts."""
+    from pytest_llmsim.apps.cli import build_parser
+
+    text = (ROOT / "examples" / "ci" / "llmsim-shards.yml").read_text()
+    assert f"```yaml\n{text}```" in PAGES["ci.md"]
+    workflow = yaml.safe_load(text)
+    shard, merge = workflow["jobs"]["shard"], workflow["jobs"]["merge"]
+    count = len(shard["strategy"]["matrix"]["shard"])
+    assert shard["strategy"]["matrix"]["shard"] == list(range(1, count + 1)) and count > 1
+    assert shard["strategy"]["fail-fast"] is False  # a failed shard must not cancel the others' exports
+    command = next(step["run"] for step in shard["steps"] if "--llmsim-shard" in str(step.get("run")))
+    assert f"--llmsim-shard=${{{{ matrix.shard }}}}/{count}" in command
+    assert "--llmsim-results=shard-${{ matrix.shard }}.json" in command
+    upload = next(step for step in shard["steps"] if step.get("uses", "").startswith("actions/upload-artifact"))
+    assert upload["if"] == "always()" and upload["with"]["path"] == "shard-${{ matrix.shard }}.json"
+    assert merge["needs"] == "shard" and merge["if"] == "always()"
+    merge_run = next(step["run"] for step in merge["steps"] if str(step.get("run", "")).startswith("llmsim merge"))
+    args = build_parser().parse_args(merge_run.split()[1:])
+    assert args.command == "merge" and args.files == ["shard-*.json"] and args.markdown and args.results
+
+
 def _subsection(section: str, heading: str, level: str) -> str:
     """The body of ``heading`` (a heading of ``level``, ``##`` or ``###``) in ``section``, up to the next heading of
     that level."""
