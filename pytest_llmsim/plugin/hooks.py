@@ -81,16 +81,23 @@ def pytest_configure(config: pytest.Config) -> None:
 
         slots = resolved["llmsim_concurrency"]
         config.pluginmanager.register(XdistHooks(2 * slots + 1, slots), "llmsim-xdist")
+    # The plugins talk through explicit calls, wired here: the report plugin asks the calibration for its gate,
+    # export section and lines (``ReportContributor``); the recordings line reads the report plugin's records.
+    report: ReportPlugin | None = None
+    calibration: CalibrationPlugin | None = None
+    if not hasattr(config, "workerinput"):  # summary, gates and exports are computed once, on the controller
+        calibration = CalibrationPlugin(config)
+        report = ReportPlugin(config, contributors=[calibration])
     if resolved["llmsim_recordings"] is not None:
         from pytest_llmsim.plugin.recordings import RecordingInventory
 
-        config.pluginmanager.register(RecordingInventory(config, resolved["llmsim_recordings"], config.rootpath),
-                                      RecordingInventory.name)
-    if not hasattr(config, "workerinput"):  # summary, gates and exports are computed once, on the controller
-        config.pluginmanager.register(ReportPlugin(config), ReportPlugin.name)
+        inventory = RecordingInventory(config, resolved["llmsim_recordings"], config.rootpath,
+                                       records=report.records if report is not None else list)
+        config.pluginmanager.register(inventory, RecordingInventory.name)
+    if report is not None and calibration is not None:
+        config.pluginmanager.register(report, ReportPlugin.name)
         config.pluginmanager.register(WorkerLines(config), WorkerLines.name)
-        config.pluginmanager.register(FixtureHtml(config), FixtureHtml.name)
-        config.pluginmanager.register(CalibrationPlugin(config), CalibrationPlugin.name)
+        config.pluginmanager.register(calibration, CalibrationPlugin.name)
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
@@ -204,28 +211,6 @@ class WorkerLines:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if lines and reporter is not None:
             write_lines_apart(reporter, lines)
-
-
-class FixtureHtml:
-    """On the controller: the chats of a test's second and later ``llmsim`` fixture conversations
-    (``report.llmsim_more``) as pytest-html extras of the test's row, after the report plugin (tryfirst) has
-    recorded them and before pytest-html (trylast) reads the extras. The first one is attached by the report
-    plugin itself, like a scenario item's."""
-
-    name = "llmsim-fixture-html"
-
-    def __init__(self, config: pytest.Config) -> None:
-        self.config = config
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        more = getattr(report, "llmsim_more", None)
-        plugin = self.config.pluginmanager.get_plugin(ReportPlugin.name)
-        if not more or not isinstance(plugin, ReportPlugin) or plugin.html is None:
-            return
-        for data in more:
-            record = plugin.collector.get(str(data.get("nodeid", ""))) if isinstance(data, dict) else None
-            if record is not None:
-                plugin.html.attach_extras(report, record)
 
 
 @pytest.hookimpl(wrapper=True)
