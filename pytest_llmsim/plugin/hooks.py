@@ -117,7 +117,7 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     return None
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def pytest_report_header(config: pytest.Config) -> list[str]:
     from pytest_llmsim.config.options import endpoint_chosen
     from pytest_llmsim.model.settings import RecordMode, resolve_http_backend
 
@@ -131,9 +131,13 @@ def pytest_report_header(config: pytest.Config) -> str:
     else:
         endpoint = redact_url(resolved["llmsim_base_url"] or "https://api.openai.com/v1")
     http = resolve_http_backend(resolved["llmsim_http_backend"], resolved["llmsim_base_url"] or None)
-    return (f"llmsim: record mode={resolved['llmsim_record_mode']}, cache={resolved['llmsim_cache_dir']}, "
-            f"seed={resolved['llmsim_seed']}, concurrency={resolved['llmsim_concurrency']}, http={http}, "
-            f"endpoint={endpoint}")
+    lines = [f"llmsim: record mode={resolved['llmsim_record_mode']}, cache={resolved['llmsim_cache_dir']}, "
+             f"seed={resolved['llmsim_seed']}, concurrency={resolved['llmsim_concurrency']}, http={http}, "
+             f"endpoint={endpoint}"]
+    from_env = [f"{name} ({source[4:]})" for name, source in resolved.sources.items() if source.startswith("env ")]
+    if from_env:  # generic names (MAX_TURNS, CONCURRENCY, ...) may be set in a shell for something else
+        lines.append(f"llmsim: from the environment: {', '.join(from_env)}")
+    return lines
 
 
 @pytest.hookimpl(tryfirst=True)
