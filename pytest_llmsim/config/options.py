@@ -6,9 +6,10 @@ once, at ``pytest_configure``, into a frozen ``ResolvedOptions`` that every othe
 value came from); ``build_settings`` turns that into the engine's ``RunSettings``. The README's configuration
 table is generated from the same rows (``markdown_table``; ``tests/plugin/test_docs.py`` keeps them in step).
 
-Precedence, highest first: command line, environment variable (rows that name one), ini file, local-model
-default (only when no endpoint is configured and the user set the option nowhere), default. Per-scenario fields
-(``min_score``, ``max_turns``, ``timeout``, role overrides) beat all of these.
+Precedence, highest first: command line, environment variable (rows that name one; pytest and ``llmsim`` read
+the same ones: ``config.resolve``), ini file, local-model default (only when no endpoint is configured and the
+user set the option nowhere), default. Per-scenario fields (``min_score``, ``max_turns``, ``timeout``, role
+overrides) beat all of these.
 
 Paths given on the command line or in the environment are relative to the directory pytest was started in;
 paths in the ini file are relative to the ini file's directory (the rootdir when there is no ini file), as
@@ -55,6 +56,7 @@ class Option:
     env: str | None = None
     metavar: str | None = None
     shown_default: str | None = None  # the README's wording when the default is not a plain value
+    pytest: bool = True  # False: only ``llmsim`` and its service read it; pytest registers the ini key, no more
 
     @property
     def dest(self) -> str:
@@ -108,15 +110,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("llmsim_endpoint_id", "Identity of the endpoint in cache keys (default: its URL without credentials).",
            ""),
     Option("llmsim_model", "Model for every role unless a role sets its own.", flag="--llmsim-model",
-           metavar="NAME", shown_default=f"(empty: `{DEFAULT_MODEL}`, or the local model)"),
+           metavar="NAME", shown_default=f"(empty: `{DEFAULT_MODEL}`, or the local model)", env="OPENAI_MODEL"),
     Option("llmsim_seed", "Seed sent with every call when a scenario has no SEED variable.", "1234",
            flag="--llmsim-seed", kind="int", metavar="N"),
     Option("llmsim_min_score", "Minimum passing score (1-3) when a scenario sets none.", "2",
            flag="--llmsim-min-score", kind="int", low=1, high=3, metavar="N"),
     Option("llmsim_max_turns", "Messages (both sides) after which a conversation stops.", "30",
-           flag="--llmsim-max-turns", kind="int", low=1, metavar="N"),
+           flag="--llmsim-max-turns", kind="int", low=1, metavar="N", env="MAX_TURNS"),
     Option("llmsim_timeout", "Seconds per conversation before it is stopped (and judged if the agent spoke).",
-           "90", flag="--llmsim-timeout", kind="float", low=0.001, local_default="300", metavar="SECONDS"),
+           "90", flag="--llmsim-timeout", kind="float", low=0.001, local_default="300", metavar="SECONDS",
+           env="TIMEOUT_SEC"),
     Option("llmsim_request_timeout", "Seconds per LLM request, reading the whole reply included.", "30",
            flag="--llmsim-request-timeout", kind="float", low=0.001, local_default="300", metavar="SECONDS"),
     Option("llmsim_max_retries", "Retries per LLM request on 429, 5xx, timeouts and connection errors.", "4",
@@ -148,7 +151,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("llmsim_first_speaker", "Who opens the call: client or agent.", "client", kind="choice",
            choices=("client", "agent")),
     Option("llmsim_concurrency", "Conversations in flight at once in one process.", "16",
-           flag="--llmsim-concurrency", kind="int", low=1, local_default="2", metavar="N"),
+           flag="--llmsim-concurrency", kind="int", low=1, local_default="2", metavar="N", env="CONCURRENCY"),
     Option("llmsim_rpm", "Cap on LLM requests per minute per model for the whole run, one budget shared by the "
            "xdist workers (empty: none; the provider's x-ratelimit headers are followed either way).",
            flag="--llmsim-rpm", kind="float", low=0.001, metavar="N"),
@@ -209,21 +212,26 @@ OPTIONS: tuple[Option, ...] = (
     Option("llmsim_min_judge_accuracy", "Judge gate: the session fails if the judge agrees with the human scores "
            "of the calibration set less often than this (a fraction such as 0.8, or a percentage such as 80%).",
            flag="--llmsim-min-judge-accuracy", kind="rate", metavar="X"),
-    # The service and the ``llmsim`` command (``cli.py``, ``service/``); pytest itself does not read these.
+    # The service and the ``llmsim`` command (``cli.py``, ``service/``); pytest itself does not read these
+    # (``pytest=False``: not resolved by pytest, so their environment variables never touch a pytest run).
     Option("llmsim_output_dir", "`llmsim run`: directory of the batch's results (JSON, CSV, NDJSON) and summary; "
-           "`llmsim serve`: where its database goes by default.", "results", kind="path"),
+           "`llmsim serve`: where its database goes by default.", "results", kind="path", pytest=False),
     Option("llmsim_host", "`llmsim serve`: address to bind; any address but loopback needs LLMSIM_API_TOKEN.",
-           "127.0.0.1"),
-    Option("llmsim_port", "`llmsim serve`: port to listen on.", "5000", kind="int", low=0, high=65535),
+           "127.0.0.1", env="HOST", pytest=False),
+    Option("llmsim_port", "`llmsim serve`: port to listen on.", "5000", kind="int", low=0, high=65535, env="PORT",
+           pytest=False),
     Option("llmsim_service_db", "`llmsim serve`: SQLite database of batches, results and usage (default: "
-           "llmsim.sqlite3 in llmsim_output_dir).", kind="path", shown_default="(empty: in llmsim_output_dir)"),
+           "llmsim.sqlite3 in llmsim_output_dir).", kind="path", shown_default="(empty: in llmsim_output_dir)",
+           pytest=False),
     Option("llmsim_log_dir", "`llmsim serve`: directory of the rotated app, error, token-usage and conversation "
-           "logs (`off`: none).", "logs", kind="path"),
-    Option("llmsim_webhook_url", "`llmsim serve`: announce each conversation's start with a POST to this URL."),
-    Option("llmsim_webhook_timeout", "Seconds per webhook POST.", "5", kind="float", low=0.001),
-    Option("llmsim_webhook_retries", "Retries of a failed webhook POST.", "2", kind="int", low=0, high=10),
+           "logs (`off`: none).", "logs", kind="path", pytest=False),
+    Option("llmsim_webhook_url", "`llmsim serve`: announce each conversation's start with a POST to this URL.",
+           env="WEBHOOK_URL", pytest=False),
+    Option("llmsim_webhook_timeout", "Seconds per webhook POST.", "5", kind="float", low=0.001, pytest=False),
+    Option("llmsim_webhook_retries", "Retries of a failed webhook POST.", "2", kind="int", low=0, high=10,
+           pytest=False),
     Option("llmsim_max_request_bytes", "`llmsim serve`: largest request body accepted (larger: 413).", "10000000",
-           kind="int", low=1024),
+           kind="int", low=1024, pytest=False),
 )
 
 ROWS: Mapping[str, Option] = MappingProxyType({row.ini: row for row in OPTIONS})
@@ -276,12 +284,13 @@ class ResolvedOptions:
                                self.invocation_dir, self.ini_dir)
 
 
-def _parse(row: Option, raw: Any, base: Path) -> Any:
-    """``raw`` (a string, or a list for line lists) as the row's type; ConfigError naming the option."""
+def _parse(row: Option, raw: Any, base: Path, source: str = "") -> Any:
+    """``raw`` (a string, or a list for line lists) as the row's type; ConfigError naming the option (and the
+    environment variable the value came from)."""
     if row.kind == "lines":
         return [str(line).strip() for line in raw if str(line).strip()]
     text = str(raw).strip()
-    where = f"{row.ini}" + (f" ({row.flag})" if row.flag else "")
+    where = f"{row.ini}" + (f" ({source})" if source.startswith("env ") else f" ({row.flag})" if row.flag else "")
     if row.kind == "str":
         return text
     if row.kind == "path":
@@ -373,7 +382,7 @@ def resolve_values(
         else:
             raw, source, base = row.default, "default", ini_dir
             unset.append(row)
-        values[row.ini] = _parse(row, raw, base)
+        values[row.ini] = _parse(row, raw, base, source)
         sources[row.ini] = source
     is_local = bool(local(values)) if local is not None else False
     if is_local:

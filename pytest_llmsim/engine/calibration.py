@@ -1,5 +1,8 @@
 """Judge calibration: conversations a person scored, scored again by the suite's judge (no pytest).
 
+Why one module: it is one feature from file to figure (the calibration set's reader, the judge's run over it and the
+report with its gate), small parts that only make sense together.
+
 A calibration set is a folder of files, one conversation each, with the score (1-3) a person gave it. Before
 trusting the judge's scores on a suite, the run asks the same judge (``judge.evaluate``: the same evaluator
 template, role settings, endpoint and disk cache as the scenarios, so a re-run replays) to score each of them and

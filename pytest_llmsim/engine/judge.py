@@ -1,5 +1,9 @@
 """The evaluator: a judge LLM scores a transcript 1-3 with a comment.
 
+Why one module: it is everything between a transcript and a verdict (the judge methods' prompts, the strict parser,
+the blame check, the repeats' policy and the two judge metrics); the parser must accept exactly what the methods ask
+for and nothing more, and that agreement, where a false pass would hide, is kept readable in one place.
+
 The verdict is requested as structured output (see ``client.STRUCTURED_MODES``). Whatever comes back is
 parsed strictly by ``parse_verdict``, which never guesses: a JSON object with ``score`` and ``comment``
 decides when nothing around it names another score; otherwise an explicit ``Score: N`` line does; a score

@@ -1,5 +1,9 @@
 """Runs scenarios: one conversation + one verdict each, many in flight on one asyncio loop.
 
+Why one module: it is the scenario run, from a submitted job to its result, on one event loop (scheduling,
+conversation then verdict, errors turned into results, trials); its parts share the loop's state and one rule, that
+a scenario's own trouble never raises, which is checked here once.
+
 ``run_scenario`` never raises for a scenario's own trouble: endpoint, template, cache-miss, no-agent-reply
 and verdict errors become a result with status ``error`` so no finished work is lost. A conversation in which
 the agent said nothing is never judged. ``Runner`` owns an event loop in a daemon thread; front ends submit

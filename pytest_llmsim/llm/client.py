@@ -1,5 +1,8 @@
 """LLM access: the official ``openai`` async client behind the disk cache, with bounded retries.
 
+Why one module: it is the one path every LLM call takes (replay, cache, transport, retries, the deadline, fail-fast
+and scrubbing); the order of those steps is the contract, and it is read, and tested, as one sequence.
+
 One ``LLMClient`` serves every conversation of a process. Retries use exponential backoff with jitter on
 429, 5xx, timeouts and connection errors and honour ``Retry-After``; a 429 pauses the model through the shared
 ``RateLimiter`` (``rate_limits.py``: adaptive concurrency, pacing from the caps and the provider's rate-limit

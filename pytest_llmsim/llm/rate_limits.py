@@ -1,5 +1,8 @@
 """Throughput at a provider's rate limits: pacing, adaptive concurrency, one budget for the processes of a run.
 
+Why one module: its three mechanisms act on one per-model state (the buckets, the in-flight limit, the file shared
+by the processes), and their interplay is the behaviour; split, that state would be passed between modules.
+
 One ``RateLimiter`` serves an ``LLMClient`` (one endpoint); it keeps one ``_Key`` per model, because providers
 limit each model on its own. Three mechanisms, cheapest first:
 

@@ -1,6 +1,9 @@
 """Built-in deterministic metrics: ``rules`` (checks on the agent's turns, no LLM) and ``rouge`` (ROUGE F1
 against a reference text), plus ``detect_language``, the cheap language detector ``rules`` uses (no pytest).
 
+Why one module: it is the built-in deterministic metrics and the option checking they share; one file lists every
+built-in check a scenario can name, each small.
+
 ``rules`` options (at least one check)::
 
     contains / not_contains: a string or a list of strings (each must / must not appear in an agent turn)

@@ -1,5 +1,8 @@
 """What one scenario run produced, and the record every report is built from (no pytest).
 
+Why one module: it is the one data contract between the engine, xdist and every report (the result and record types
+and their dict forms); a field is added to it in one place, in both directions, or it is lost on the way.
+
 * ``ScenarioResult`` is the engine's answer for one scenario: verdict (``Status``), score, transcript, usage
   and, for an error, its ``ErrorKind``. ``to_dict()`` is what travels on pytest's test report (and so through
   xdist); ``from_dict`` reads it back.

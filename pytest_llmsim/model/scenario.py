@@ -1,5 +1,8 @@
 """Scenario files: parsing, validation and the per-scenario model.
 
+Why one module: it is the scenario model together with the untrusted-input reader that builds it; the strict
+validation rules are what the model's fields mean, so splitting would state each field's rules twice.
+
 A scenario file is JSON or YAML in one of three shapes:
 
 * a list of scenarios ``[{"name": ..., "variables": {...}}, ...]`` (the reference format);

@@ -6,17 +6,22 @@ set. The set is read at configure time: a file that cannot be read is a usage er
 judge scores it once, before the first scenario item runs: at the end of collection without xdist, and under
 xdist just before the workers start (``pytest_xdist_setupnodes``), so the judge's calls never compete with the
 scenarios'. The results are a terminal section of their own, the export's ``calibration`` object and, when the
-accuracy is below the minimum, a missed gate that fails the session.
+accuracy is below the minimum, a missed gate that fails the session: this plugin is a ``ReportContributor`` the
+report plugin is given when both are built (``hooks.pytest_configure``), and asks for them at session end, before
+it writes the export once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_llmsim.model.results import ScenarioRecord
 from pytest_llmsim.plugin.session import SESSION_KEY
+from pytest_llmsim.reporting.terminal import Line
 
 if TYPE_CHECKING:  # the engine (diskcache, the client) is imported only when a calibration set is given
     from pytest_llmsim.engine.calibration import CalibrationCase, CalibrationReport
@@ -88,11 +93,6 @@ class CalibrationPlugin:
             raise pytest.UsageError(str(exc)) from None
         finally:
             llmsim.flush_messages()  # the local model's start-up lines, if the judge started it
-        from pytest_llmsim.plugin.reporting import ReportPlugin
-
-        plugin = self.config.pluginmanager.get_plugin(ReportPlugin.name)
-        if isinstance(plugin, ReportPlugin) and self.missed is not None:  # in the summary's, export's gate lines
-            plugin.extra_missed.append(self.missed)
 
     def _write(self, line: str) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
@@ -100,65 +100,45 @@ class CalibrationPlugin:
             reporter.ensure_newline()
             reporter.write_line(line)
 
-    # -- reporting -----------------------------------------------------------------------------------------------
-    @pytest.hookimpl(tryfirst=True, specname="pytest_sessionfinish")  # before the report plugin reports the gates
-    def pytest_sessionfinish_recorded_judge_gate(self, session: pytest.Session) -> None:
-        """Without a calibration set, a local judge whose accuracy was recorded (``local_model.JUDGE_CALIBRATION``)
-        is held to ``llmsim_min_judge_accuracy`` by that figure: CI refuses the bundled judge without calibrating
-        it in every run."""
-        if self.report is not None or self.min_accuracy is None or self.config.getoption("collectonly", False):
-            return
-        from pytest_llmsim.plugin.report_options import local_judge, recorded_judge_gate
-        from pytest_llmsim.plugin.reporting import ReportPlugin
+    # -- its part of the report (``reporting.ReportContributor``: the report plugin asks, at session end) ----------
+    @property
+    def ran(self) -> bool:
+        """The judge scored the set: a session that collected no test still ran (and is decided by the gate)."""
+        return self.report is not None
 
-        plugin = self.config.pluginmanager.get_plugin(ReportPlugin.name)
-        if not isinstance(plugin, ReportPlugin):
-            return
-        judge = local_judge(self.config, plugin.collector.ordered())
+    def missed_gates(self, records: Sequence[ScenarioRecord]) -> list[str]:
+        """The judge gate: by this run's calibration; without a calibration set, a local judge whose accuracy was
+        recorded (``local_model.JUDGE_CALIBRATION``) is held to ``llmsim_min_judge_accuracy`` by that figure: CI
+        refuses the bundled judge without calibrating it in every run."""
+        if self.report is not None:
+            return [self.missed] if self.missed is not None else []
+        if self.min_accuracy is None:
+            return []
+        from pytest_llmsim.plugin.report_options import local_judge, recorded_judge_gate
+
+        judge = local_judge(self.config, records)
         if judge is None or judge.get("calibration") is None:
-            return
+            return []
         missed = recorded_judge_gate(judge, self.min_accuracy)
         if missed is not None:
-            plugin.extra_missed.append(missed)
             self.note = ""
-        else:
-            self.note = (f"llmsim: judge gate (llmsim_min_judge_accuracy) met by the accuracy recorded for the local "
-                         f"model {judge['model']} ({judge['calibration']['accuracy']:.1%}; no calibration set given)")
+            return [missed]
+        self.note = (f"llmsim: judge gate (llmsim_min_judge_accuracy) met by the accuracy recorded for the local "
+                     f"model {judge['model']} ({judge['calibration']['accuracy']:.1%}; no calibration set given)")
+        return []
 
-    @pytest.hookimpl(trylast=True)  # after the report plugin has written the export
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if self.report is None:
-            return
-        self._export()
-        if session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
-            # A calibration-only run (`-k calibration_only`, or a folder without scenarios): the calibration is
-            # what ran, so its gate decides the exit status, not pytest's "no tests ran" (5).
-            session.exitstatus = pytest.ExitCode.OK if self.missed is None else pytest.ExitCode.TESTS_FAILED
-        elif self.missed is not None and session.exitstatus == pytest.ExitCode.OK:
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    def export_sections(self) -> dict[str, Any]:
+        """The export's ``calibration`` object, when the judge scored a set."""
+        return {"calibration": self.report.to_dict(self.min_accuracy)} if self.report is not None else {}
 
-    def _export(self) -> None:
-        from pytest_llmsim.plugin.reporting import ReportPlugin
-        from pytest_llmsim.reporting.exports import add_to_results
-
-        assert self.report is not None
-        plugin = self.config.pluginmanager.get_plugin(ReportPlugin.name)
-        path = getattr(plugin, "results_path", None)
-        if not isinstance(plugin, ReportPlugin) or path is None:
-            return
-        try:
-            add_to_results(path, "calibration", self.report.to_dict(self.min_accuracy), run_id=plugin.run_id)
-        except OSError as exc:
-            self.note = f"llmsim: could not add the judge calibration to {path}: {exc}"
-
-    @pytest.hookimpl(tryfirst=True)  # before the llmsim summary: the calibration ran first
-    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+    def terminal_lines(self) -> list[Line]:
+        """Its terminal section (the calibration ran first, so it comes before the llmsim summary) and its note."""
+        lines = []
         if self.report is not None:
             from pytest_llmsim.engine.calibration import report_lines
 
-            terminalreporter.write_sep("=", "llmsim judge calibration")
-            for line in report_lines(self.report, min_accuracy=self.min_accuracy):
-                terminalreporter.write_line(line.text, **line.markup)
+            lines = [Line("llmsim judge calibration", {"separator": True}),
+                     *report_lines(self.report, min_accuracy=self.min_accuracy)]
         if self.note:
-            terminalreporter.write_line(self.note, yellow=True)
-
+            lines.append(Line(self.note, {"yellow": True}))
+        return lines

@@ -83,16 +83,23 @@ def pytest_configure(config: pytest.Config) -> None:
 
         slots = resolved["llmsim_concurrency"]
         config.pluginmanager.register(XdistHooks(2 * slots + 1, slots), "llmsim-xdist")
+    # The plugins talk through explicit calls, wired here: the report plugin asks the calibration for its gate,
+    # export section and lines (``ReportContributor``); the recordings line reads the report plugin's records.
+    report: ReportPlugin | None = None
+    calibration: CalibrationPlugin | None = None
+    if not hasattr(config, "workerinput"):  # summary, gates and exports are computed once, on the controller
+        calibration = CalibrationPlugin(config)
+        report = ReportPlugin(config, contributors=[calibration])
     if resolved["llmsim_recordings"] is not None:
         from pytest_llmsim.plugin.recordings import RecordingInventory
 
-        config.pluginmanager.register(RecordingInventory(config, resolved["llmsim_recordings"], config.rootpath),
-                                      RecordingInventory.name)
-    if not hasattr(config, "workerinput"):  # summary, gates and exports are computed once, on the controller
-        config.pluginmanager.register(ReportPlugin(config), ReportPlugin.name)
+        inventory = RecordingInventory(config, resolved["llmsim_recordings"], config.rootpath,
+                                       records=report.records if report is not None else list)
+        config.pluginmanager.register(inventory, RecordingInventory.name)
+    if report is not None and calibration is not None:
+        config.pluginmanager.register(report, ReportPlugin.name)
         config.pluginmanager.register(WorkerLines(config), WorkerLines.name)
-        config.pluginmanager.register(FixtureHtml(config), FixtureHtml.name)
-        config.pluginmanager.register(CalibrationPlugin(config), CalibrationPlugin.name)
+        config.pluginmanager.register(calibration, CalibrationPlugin.name)
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
@@ -112,7 +119,7 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     return None
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def pytest_report_header(config: pytest.Config) -> list[str]:
     from pytest_llmsim.config.options import endpoint_chosen
     from pytest_llmsim.model.settings import RecordMode, resolve_http_backend
 
@@ -126,9 +133,13 @@ def pytest_report_header(config: pytest.Config) -> str:
     else:
         endpoint = redact_url(resolved["llmsim_base_url"] or "https://api.openai.com/v1")
     http = resolve_http_backend(resolved["llmsim_http_backend"], resolved["llmsim_base_url"] or None)
-    return (f"llmsim: record mode={resolved['llmsim_record_mode']}, cache={resolved['llmsim_cache_dir']}, "
-            f"seed={resolved['llmsim_seed']}, concurrency={resolved['llmsim_concurrency']}, http={http}, "
-            f"endpoint={endpoint}")
+    lines = [f"llmsim: record mode={resolved['llmsim_record_mode']}, cache={resolved['llmsim_cache_dir']}, "
+             f"seed={resolved['llmsim_seed']}, concurrency={resolved['llmsim_concurrency']}, http={http}, "
+             f"endpoint={endpoint}"]
+    from_env = [f"{name} ({source[4:]})" for name, source in resolved.sources.items() if source.startswith("env ")]
+    if from_env:  # generic names (MAX_TURNS, CONCURRENCY, ...) may be set in a shell for something else
+        lines.append(f"llmsim: from the environment: {', '.join(from_env)}")
+    return lines
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -206,28 +217,6 @@ class WorkerLines:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if lines and reporter is not None:
             write_lines_apart(reporter, lines)
-
-
-class FixtureHtml:
-    """On the controller: the chats of a test's second and later ``llmsim`` fixture conversations
-    (``report.llmsim_more``) as pytest-html extras of the test's row, after the report plugin (tryfirst) has
-    recorded them and before pytest-html (trylast) reads the extras. The first one is attached by the report
-    plugin itself, like a scenario item's."""
-
-    name = "llmsim-fixture-html"
-
-    def __init__(self, config: pytest.Config) -> None:
-        self.config = config
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        more = getattr(report, "llmsim_more", None)
-        plugin = self.config.pluginmanager.get_plugin(ReportPlugin.name)
-        if not more or not isinstance(plugin, ReportPlugin) or plugin.html is None:
-            return
-        for data in more:
-            record = plugin.collector.get(str(data.get("nodeid", ""))) if isinstance(data, dict) else None
-            if record is not None:
-                plugin.html.attach_extras(report, record)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -23,6 +23,14 @@ INVALID_FILE_ITEM = "invalid-file"
 _WAIT_SLICE_S = 0.2
 
 
+def _llmsim_paths(config: pytest.Config) -> list[str]:
+    """``llmsim_paths`` as the option table resolved it (``config.resolve``), as ``llmsim run FOLDER`` reads it."""
+    from pytest_llmsim.plugin.session import SESSION_KEY
+
+    paths: list[str] = config.stash[SESSION_KEY].options["llmsim_paths"]
+    return paths
+
+
 def is_scenario_file(config: pytest.Config, file_path: Path) -> bool:
     """True for .json/.yaml/.yml files under ``llmsim_paths`` or named explicitly on the command line."""
     if file_path.suffix not in SCENARIO_SUFFIXES:
@@ -36,7 +44,7 @@ def is_scenario_file(config: pytest.Config, file_path: Path) -> bool:
         rel = file_path.resolve().relative_to(config.rootpath.resolve()).as_posix()
     except ValueError:
         return False
-    return under_llmsim_paths(rel, config.getini("llmsim_paths"))
+    return under_llmsim_paths(rel, _llmsim_paths(config))
 
 
 # -- scenario-like files that are not collected ----------------------------------------------------------------
@@ -95,7 +103,7 @@ def uncollected_scenarios_line(config: pytest.Config) -> str | None:
     except ValueError:
         where = str(common)
     where = "./" if where == "." else where.rstrip("/") + "/"
-    configured = ", ".join(p.strip() for p in config.getini("llmsim_paths") if p.strip()) or "(none)"
+    configured = ", ".join(p.strip() for p in _llmsim_paths(config) if p.strip()) or "(none)"
     count = len(paths)
     files, verb, they = ("file", "was", "it is") if count == 1 else ("files", "were", "they are")
     return (f"llmsim: {count} scenario-like {files} under {where} {verb} not collected: {they} outside "

@@ -9,10 +9,13 @@ controller prints it and prunes.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from pytest_llmsim.model.results import ScenarioRecord
 
 _WORKER_KEY = "llmsim_unused_recordings"
 _SHOWN = 20
@@ -21,8 +24,11 @@ _SHOWN = 20
 class RecordingInventory:
     name = "llmsim-recordings"
 
-    def __init__(self, config: pytest.Config, root: Path, rootdir: Path) -> None:
+    def __init__(self, config: pytest.Config, root: Path, rootdir: Path, *,
+                 records: Callable[[], Sequence[ScenarioRecord]]) -> None:
+        """``records``: the run's records at session end (the report plugin's; none in an xdist worker)."""
         self.config = config
+        self.records = records
         self.root = root
         self.rootdir = rootdir
         self.expected: set[Path] = set()
@@ -123,7 +129,7 @@ class RecordingInventory:
         if hasattr(self.config, "workerinput") or self.config.getoption("collectonly", default=False):
             return
         write = terminalreporter.write_line
-        states = _recording_states(self.config)
+        states = recording_states(self.records())
         if states:
             counts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()) if not state.startswith("not "))
             if counts:
@@ -133,7 +139,7 @@ class RecordingInventory:
                     write(f"llmsim: {n} recording(s) {state}", red=True)
         from pytest_llmsim.replay.recordings import changed_conversations
 
-        changed = changed_conversations(_records(self.config))
+        changed = changed_conversations(list(self.records()))
         if changed is not None:  # record mode changed: what a pull request's reviewer needs to know
             write(f"llmsim --llmsim-record=changed: {changed.text()}", red=bool(changed.unjudged),
                   yellow=bool(changed.judged) and not changed.unjudged)
@@ -156,18 +162,11 @@ class RecordingInventory:
             return str(path)
 
 
-def _records(config: pytest.Config) -> list[Any]:
-    from pytest_llmsim.plugin.reporting import ReportPlugin
-
-    plugin = config.pluginmanager.get_plugin(ReportPlugin.name)
-    return plugin.collector.ordered() if isinstance(plugin, ReportPlugin) else []
-
-
-def _recording_states(config: pytest.Config) -> dict[str, int]:
+def recording_states(records: Sequence[ScenarioRecord]) -> dict[str, int]:
     """How many recordings (one per scenario, or per trial) were written, unchanged, replayed or not written, from
     the run's records."""
     states: dict[str, int] = {}
-    for record in _records(config):
+    for record in records:
         trials = record.result.trials or [{"recording_state": record.result.recording_state}]
         for trial in trials:  # each trial of a scenario has its own recording
             state = str(trial.get("recording_state") or "")

@@ -12,7 +12,13 @@ Who does what:
 * ``terminal_report``: the llmsim terminal summary as lines; ``html_hooks`` + ``html_report``: pytest-html;
 * this module: the pytest hooks that feed the collector and, at session end, compute the summary once, compare
   with the baseline, check the gates, write the exports and the histogram, set the exit status and print the
-  summary; plus the JUnit transcript.
+  summary; plus the JUnit transcript and the pytest-html extras of every conversation of a test.
+
+Other plugins add to the report through one explicit interface, ``ReportContributor``, handed to the
+``ReportPlugin`` when ``hooks.pytest_configure`` builds both (the judge calibration is one): at session end the
+report plugin asks each for its missed gates and its export sections *before* it writes anything, so every
+report and the export (written once) hold them, and prints each one's terminal lines before its own summary. No
+plugin reaches into another's lists, and none depends on the order pytest calls their hooks in.
 
 Only the controller (the process without ``config.workerinput``) has a ``ReportPlugin``. Workers only price
 their own items for the JUnit ``cost_usd`` property (``scenario_cost_usd``).
@@ -25,8 +31,9 @@ import datetime
 import os
 import uuid
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -62,7 +69,30 @@ from pytest_llmsim.reporting.summary import (
 )
 from pytest_llmsim.reporting.terminal import Line, backend_messages, one_line, record_text, summary_lines
 
-__all__ = ["ReportPlugin", "junit_transcript", "scenario_cost_usd"]
+__all__ = ["ReportContributor", "ReportPlugin", "junit_transcript", "scenario_cost_usd"]
+
+
+class ReportContributor(Protocol):
+    """A part of the run's report that another plugin decides (the judge calibration's gate, section and lines).
+
+    The report plugin asks, at session end and in this order: ``missed_gates`` (with the run's records), then
+    ``export_sections``; then, when it prints, ``terminal_lines``. ``ran``: the contributor ran work of its own, so
+    a session that collected no test is not an empty run: its exit status is the contributors' gates'."""
+
+    @property
+    def ran(self) -> bool: ...
+
+    def missed_gates(self, records: Sequence[ScenarioRecord]) -> list[str]:
+        """The gates this contributor decides that the run missed (``llmsim gate missed: <line>``)."""
+        ...
+
+    def export_sections(self) -> dict[str, Any]:
+        """Top-level objects of the export (the JSON document, or the summary file of a CSV/NDJSON export)."""
+        ...
+
+    def terminal_lines(self) -> list[Line]:
+        """Lines printed before the llmsim summary (also under ``--collect-only``)."""
+        ...
 
 
 def junit_transcript(config: pytest.Config, report: pytest.TestReport, record: ScenarioRecord, *,
@@ -102,8 +132,9 @@ class ReportPlugin:
 
     name = "llmsim-report"
 
-    def __init__(self, config: pytest.Config) -> None:
+    def __init__(self, config: pytest.Config, contributors: Sequence[ReportContributor] = ()) -> None:
         self.config = config
+        self.contributors = tuple(contributors)
         gates = gates_from_config(config)
         self.notes: list[Line] = []
         # A bad baseline is a usage error now, before anything runs; its recordings are priced with this run's table.
@@ -133,7 +164,6 @@ class ReportPlugin:
         self.shard_block: dict[str, Any] | None = None  # --llmsim-shard: the export's ``llmsim_shard`` object
         # Files this run was asked to write and could not: one line each, printed even under -q; the run fails.
         self.write_failures: list[Line] = []
-        self.extra_missed: list[str] = []  # gates other plugins decide (the judge calibration's), in every report
         self.backend: list[str] = []
         self.junit_figures: set[str] = set()  # items that reported a conversation and are not torn down yet
         self.html: HtmlHooks | None = None
@@ -144,6 +174,10 @@ class ReportPlugin:
     @property
     def run_id(self) -> str:
         return self.collector.run_id
+
+    def records(self) -> list[ScenarioRecord]:
+        """The run's records so far, in collection order."""
+        return self.collector.ordered()
 
     @property
     def summary(self) -> RunSummary:
@@ -211,6 +245,7 @@ class ReportPlugin:
             self.junit_figures.add(report.nodeid)
         if record is not None and self.html is not None and data is not None:
             self.html.attach_extras(report, record, self._changed_delta(record))
+            self._attach_more_chats(report)
         if record is not None and isinstance(data, dict):
             report.llmsim = trimmed_report_data(data)  # type: ignore[attr-defined]  # plugin data rides on the report
         if report.when == "teardown":
@@ -218,6 +253,15 @@ class ReportPlugin:
             if record is not None:
                 junit_transcript(self.config, report, record, figures=report.nodeid in self.junit_figures)
             self.junit_figures.discard(report.nodeid)
+
+    def _attach_more_chats(self, report: pytest.TestReport) -> None:
+        """The chats of a test's second and later ``llmsim`` fixture conversations (``report.llmsim_more``, stored
+        by the collector with the first) as pytest-html extras of the test's row, after the first one's."""
+        assert self.html is not None
+        for more in getattr(report, "llmsim_more", None) or []:
+            record = self.collector.get(str(more.get("nodeid", ""))) if isinstance(more, dict) else None
+            if record is not None:
+                self.html.attach_extras(report, record)
 
     def _changed_delta(self, record: ScenarioRecord) -> ScenarioDelta | None:
         """``record`` compared with its baseline record, when there is one and something changed."""
@@ -240,19 +284,21 @@ class ReportPlugin:
         known = [r.nodeid for r in records if r.nodeid in self.known_failures and r.outcome == Outcome.XFAILED]
         summary = self.final = dataclasses.replace(summary, local_judge=local_judge(self.config, records),
                                                    known_failures=known)
+        # The contributors' gates before anything is written: every report below, and the export, holds them.
+        contributed = [line for contributor in self.contributors for line in contributor.missed_gates(records)]
         if self.baseline is not None:
             self.comparison = compare(records, self.baseline)
         shard = self.shard
         if shard is None:
-            self.missed = run_missed(summary, self.gates, self.comparison, self.extra_missed)
+            self.missed = run_missed(summary, self.gates, self.comparison, contributed)
         else:  # the suite and baseline gates are the whole suite's: ``llmsim merge`` checks them over every shard
-            self.missed = list(self.extra_missed)
+            self.missed = list(contributed)
             if self.gates.any:
                 self.notes.append(Line(f"llmsim: shard {shard.shard}: the suite and baseline gates are checked by "
                                        "llmsim merge over every shard's export, not here", {"yellow": True}))
         self.backend = backend_messages(records)
         self.shard_block = None if shard is None else shard.block(
-            self.worker_shard, exit_status=items_status, extra_missed=self.extra_missed,
+            self.worker_shard, exit_status=items_status, extra_missed=contributed,
             rate_limits=self._rate_limit_stats().to_dict(),
             baseline=None if self.baseline is None else baseline_identity(self.baseline))
         if self.results_path is not None:
@@ -261,6 +307,10 @@ class ReportPlugin:
             self._histogram(summary)
         self._markdown(records, summary)
         self._chat_files(records)
+        if session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and any(c.ran for c in self.contributors):
+            # A calibration-only run (`-k calibration_only`, or a folder without scenarios): what ran decides the
+            # exit status, not pytest's "no tests ran" (5).
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED if contributed else pytest.ExitCode.OK
         if self.backend or (self.write_failures and session.exitstatus == pytest.ExitCode.OK):
             session.exitstatus = pytest.ExitCode.USAGE_ERROR
         elif self.missed and session.exitstatus == pytest.ExitCode.OK:
@@ -273,15 +323,18 @@ class ReportPlugin:
     def _export(self, records: list[ScenarioRecord], summary: RunSummary) -> None:
         assert self.results_path is not None
         generated = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        sections = {name: value for contributor in self.contributors
+                    for name, value in contributor.export_sections().items()}
         try:
             comparison = self.comparison
             document = summary_dict(summary, self.gates, self.missed,
                                     comparison.summary_dict() if comparison is not None else None)
             if self.shard_block is not None:
                 document["gates"]["checked"] = False  # checked by llmsim merge (``reporting.merge``)
+                sections[SHARD_FIELD] = self.shard_block
             written = write_results(self.results_path, records, document, run_id=self.run_id,
                                     generated_at=generated, comparison=comparison, baseline_field=True,
-                                    extra=None if self.shard_block is None else {SHARD_FIELD: self.shard_block})
+                                    sections=sections)
         except OSError as exc:
             self._write_failed("results", self.results_path, exc)
             return
@@ -343,6 +396,8 @@ class ReportPlugin:
         self.comparison = None
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        for contributor in self.contributors:  # what ran before the scenarios, printed before their summary
+            _write_lines(terminalreporter, contributor.terminal_lines())
         if self.config.getoption("collectonly", default=False):
             return
         summary = self.summary
@@ -360,11 +415,15 @@ class ReportPlugin:
                               backend=self.backend, comparison=self.comparison)
         if quiet and lines:
             lines.extend(judge_lines)
-        for line in [*lines, *self.write_failures]:  # a file not written is said even under -q
-            if line.markup.get("separator"):
-                terminalreporter.write_sep("=", line.text)
-            else:
-                terminalreporter.write_line(line.text, **line.markup)
+        _write_lines(terminalreporter, [*lines, *self.write_failures])  # a file not written is said even under -q
+
+
+def _write_lines(terminalreporter: Any, lines: Sequence[Line]) -> None:
+    for line in lines:
+        if line.markup.get("separator"):
+            terminalreporter.write_sep("=", line.text)
+        else:
+            terminalreporter.write_line(line.text, **line.markup)
 
 
 def junit_properties(result: ScenarioResult, cost_usd: str) -> list[tuple[str, Any]]:

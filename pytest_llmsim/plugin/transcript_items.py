@@ -26,7 +26,9 @@ INI = "llmsim_transcripts"
 
 def is_transcript_path(config: pytest.Config, file_path: Path) -> bool:
     """A .json/.jsonl file, or a transcript's sidecar (``*.meta.yaml``...), under ``llmsim_transcripts``."""
-    patterns = [p.strip().strip("/") for p in config.getini(INI) if p.strip().strip("/")]
+    from pytest_llmsim.plugin.session import SESSION_KEY
+
+    patterns = [p.strip().strip("/") for p in config.stash[SESSION_KEY].options[INI] if p.strip().strip("/")]
     if not patterns:  # the default: no transcripts, and no engine import for a plain suite
         return False
     from pytest_llmsim.engine.transcripts import SIDECAR_SUFFIXES, TRANSCRIPT_SUFFIXES

@@ -1,5 +1,8 @@
 """Seeded disk cache of LLM calls (diskcache, safe across processes, data only).
 
+Why one module: the cache key, the stored format and the checks of an untrusted cache directory change together (a
+format bump touches all three), so they are one unit.
+
 The key is a SHA-256 of everything that decides a reply: cache format version, endpoint identity, model,
 messages, temperature, seed, max tokens, response format, tools and attempt index. Credentials never enter
 the key or the stored value: every value is passed through the run's scrubber (``scrub``, see

@@ -1,5 +1,9 @@
 """Readable recordings: one JSON file per scenario, the layer replayed before the disk cache (no pytest).
 
+Why one module: it is the recording format's one writer and one reader (the layout, its parser and checks, the
+recorder that decides when a file is rewritten, and the inventory of unused files); a byte-stable format is only
+stable while its writer and its reader change together, so they stay side by side.
+
 A recording holds what a reviewer reads in a pull request and what a replay needs, and nothing volatile
 (no timestamps, latencies or cache flags), with a fixed key order and a fixed layout (``render``: a value on
 one line when it fits in 100 columns, one item per line otherwise; a text of several lines as a list of its

@@ -1,5 +1,8 @@
 """Baselines: compare this run with an earlier one, scenario by scenario (no pytest).
 
+Why one module: loading a baseline and comparing this run with it read the same record shape under the same counting
+conventions (listed below), which are stated once here.
+
 A baseline is a previous run's JSON export (``--llmsim-results run.json``; an NDJSON export works too) or a
 recordings directory (e.g. the main branch's ``recordings/``, checked out elsewhere). Scenarios are matched by
 node id.

@@ -17,9 +17,9 @@ status, outcome and score in the baseline, its score, turns, tokens and cost del
 in the baseline (and for every record of a run without one); the CSV gets the columns of ``BASELINE_CSV_FIELDS``
 after the others, only when a baseline was given; the summary has a ``baseline`` block.
 
-With a judge calibration set (``--llmsim-calibrate``), the JSON document (or the summary file of a CSV/NDJSON
-export) gets a top-level ``calibration`` object (``calibration.CalibrationReport.to_dict``), added after the
-export is written (``add_to_results``).
+Other top-level objects come in as ``sections`` of the one write: with a judge calibration set
+(``--llmsim-calibrate``), the JSON document (or the summary file of a CSV/NDJSON export) gets a ``calibration``
+object (``calibration.CalibrationReport.to_dict``). Each export file is written once.
 
 Every file is written to a temporary file in the target directory and renamed over the target, so a reader
 never sees a half-written export. The temporary file is created with mode 0666 minus the umask, as
@@ -205,20 +205,25 @@ def export_rows(records: Iterable[ScenarioRecord], comparison: Comparison | None
 
 def write_results(path: Path, records: Sequence[ScenarioRecord], summary: Mapping[str, Any], *,
                   run_id: str, generated_at: str, comparison: Comparison | None = None,
-                  baseline_field: bool = False, extra: Mapping[str, Any] | None = None) -> list[Path]:
+                  baseline_field: bool = False, sections: Mapping[str, Any] | None = None) -> list[Path]:
     """Write ``records`` and ``summary`` (``summary.summary_dict``) to ``path`` in the format its extension
     names; return the files written. ``comparison``: the run compared with its baseline, if any;
     ``baseline_field``: give every JSON/NDJSON record a ``baseline`` key even without a baseline (null), as the
-    plugin does, so a run's records have the same keys with or without one. Plain rows otherwise. Rows are
-    made and written one at a time. ``extra``: more top-level objects (a shard's ``llmsim_shard``), after the
-    summary, in the JSON document or the summary file of a CSV/NDJSON export."""
+    plugin does, so a run's records have the same keys with or without one. Plain rows otherwise. ``sections``:
+    more top-level objects (e.g. ``calibration``) of the JSON document, or of the summary file beside a CSV/NDJSON
+    export. Rows are made and written one at a time."""
+    extra = dict(sections or {})
+    clash = sorted(set(extra) & {"run_id", "generated_at", "interrupted", "complete", "summary", "results",
+                                 "total_results", *summary})
+    if clash:
+        raise ValueError(f"export sections {clash} would overwrite the export's own keys")
     fmt = export_format(path)
     rows = export_rows(records, comparison, baseline_field=baseline_field)
     if fmt == "json":
         interrupted = bool(summary.get("interrupted"))
         complete = not interrupted and not summary.get("unfinished_scenarios")
         head = {"run_id": run_id, "generated_at": generated_at, "interrupted": interrupted,
-                "complete": complete, "summary": dict(summary), **(extra or {})}
+                "complete": complete, "summary": dict(summary), **extra}
         atomic_write_chunks(path, _json_document_chunks(head, rows))
         return [path]
     if fmt == "csv":
@@ -226,22 +231,6 @@ def write_results(path: Path, records: Sequence[ScenarioRecord], summary: Mappin
     else:
         atomic_write_chunks(path, ndjson_chunks(rows))
     side = summary_path_for(path)
-    atomic_write_text(side, _json({**summary_document(summary, run_id=run_id, generated_at=generated_at),
-                                   **(extra or {})}, indent=2) + "\n")
+    atomic_write_text(side, _json({**summary_document(summary, run_id=run_id, generated_at=generated_at), **extra},
+                                  indent=2) + "\n")
     return [path, side]
-
-
-def add_to_results(path: Path, name: str, data: Mapping[str, Any], *, run_id: str) -> Path | None:
-    """Add a top-level ``name`` object (e.g. ``calibration``) to this run's export: to the JSON document, or to the
-    summary file beside a CSV/NDJSON export; rewritten atomically. None when that file is missing, unreadable or
-    another run's (``run_id`` differs: this run's export was not written), so nothing stale is touched."""
-    target = path if export_format(path) == "json" else summary_path_for(path)
-    try:
-        document = json.loads(target.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(document, dict) or document.get("run_id") != run_id:
-        return None
-    document[name] = dict(data)
-    atomic_write_text(target, _json(document, indent=2) + "\n")
-    return target

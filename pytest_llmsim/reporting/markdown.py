@@ -1,5 +1,8 @@
 """A GitHub-flavoured markdown summary of a run, for a pull request or a job's step summary (no pytest).
 
+Why one module: it is one renderer with one escaping discipline; the escapers and every section that uses them stay
+side by side, so no text reaches the page without passing one of them.
+
 ``render_markdown`` writes, in order: a title with the verdict, the totals, the suite gates, the known failures
 (``--llmsim-gate=regressions``), (with a baseline) the changes since the baseline as a table, regressions first,
 and then collapsible transcripts of the failed and errored scenarios and of those whose conversation changed since

@@ -1,5 +1,5 @@
-"""CI shards merged into one run (no pytest): ``llmsim merge shard-*.json`` (``apps/merge.py``) over the JSON exports
-that ``--llmsim-shard=K/N --llmsim-results shard-K.json`` wrote.
+"""CI shards merged into one run (no pytest): ``llmsim merge shard-*.json`` (``apps/cli/merge.py``) over the JSON
+exports that ``--llmsim-shard=K/N --llmsim-results shard-K.json`` wrote.
 
 A shard's export carries, besides its records and summary, an ``llmsim_shard`` object (``plugin.shards``): its
 ``index`` and ``count``, the ``commit`` (``GITHUB_SHA`` or ``git rev-parse HEAD``; null when unknown), the

@@ -1,5 +1,8 @@
 """Plain-text renderings of a run: transcripts and the llmsim terminal summary, as lines (no pytest).
 
+Why one module: it is the plain-text wording of a run (transcripts, metric lines, status words, totals, baseline
+lines, the summary), which the other renderers reuse so that every report words a result alike.
+
 Every function returns text; the pytest layer only writes it (``TerminalReporter.write_line(text, **markup)``),
 so the renderings are tested without a pytest session and a CLI can print the same lines.
 """

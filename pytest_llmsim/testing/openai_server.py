@@ -1,5 +1,8 @@
 """A scripted, deterministic OpenAI-compatible chat server on 127.0.0.1, over real HTTP.
 
+Why one module: it is a self-contained test server (script matching, answers, rate-limit emulation, the HTTP
+handler); a test's author reads this one file to know what the scripted endpoint does.
+
 Tests and benchmarks point the plugin at it instead of a model. A *script* is a list of rules; the first rule
 whose ``match`` fits a request decides the response::
 

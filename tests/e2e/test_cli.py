@@ -152,17 +152,18 @@ def test_exit_codes_and_one_line_input_errors(sim: SimProject) -> None:
     assert not_export.returncode == 2 and "results" in not_export.stderr
 
 
-def test_the_references_generic_environment_variables_are_read_by_llmsim_only(sim: SimProject,
-                                                                              monkeypatch: Any) -> None:
-    """PORT, HOST or MAX_TURNS set in a shell for something else must not change or break a pytest run."""
+def test_the_service_only_environment_variables_never_touch_a_pytest_run(sim: SimProject, monkeypatch: Any) -> None:
+    """PORT, HOST or WEBHOOK_URL set in a shell for something else must not change or break a pytest run: they name
+    options only ``llmsim`` and its service read (pytest does not resolve them), while the option table's variables of
+    the settings both fronts share (MAX_TURNS, ...) are read by both alike (``tests/plugin/test_settings_path.py``)."""
     from pytest_llmsim.apps.cli import resolve_options
 
-    for name, value in (("PORT", "not-a-port"), ("HOST", "0.0.0.0"), ("MAX_TURNS", "x"), ("WEBHOOK_URL", "y")):
+    for name, value in (("PORT", "not-a-port"), ("HOST", "0.0.0.0"), ("WEBHOOK_URL", "y")):
         monkeypatch.setenv(name, value)
     sim.write_scenarios("s.json", [scenario("a")])
     sim.run().assert_outcomes(passed=1)
-    resolved = resolve_options(sim.path, {}, env={"PORT": "6001", "HOST": "::1", "MAX_TURNS": "7",
-                                                  "WEBHOOK_URL": "http://127.0.0.1:9/hook"})
+    resolved = resolve_options([], {}, env={"PORT": "6001", "HOST": "::1", "MAX_TURNS": "7",
+                                            "WEBHOOK_URL": "http://127.0.0.1:9/hook"}, invocation_dir=sim.path)
     assert (resolved["llmsim_port"], resolved["llmsim_host"], resolved["llmsim_max_turns"]) == (6001, "::1", 7)
     assert resolved["llmsim_webhook_url"] == "http://127.0.0.1:9/hook"
 

@@ -357,3 +357,32 @@ def test_the_judge_gate_in_the_ini_refuses_the_bundled_judge_by_its_recorded_acc
     assert met.ret == pytest.ExitCode.OK
     met.stdout.fnmatch_lines(["llmsim: judge gate (llmsim_min_judge_accuracy) met by the accuracy recorded for the "
                               "local model SmolLM2-135M-Instruct.Q4_1.gguf (29.2%; no calibration set given)"])
+
+
+@pytest.mark.parametrize("export", ["out.json", "out.ndjson"])
+def test_the_export_is_written_once_with_the_calibration_and_its_missed_gate(
+        sim: SimProject, monkeypatch: pytest.MonkeyPatch, export: str) -> None:
+    """The report plugin asks the calibration for its gate and section before it writes: every export file is
+    written once (it was written, then read back and rewritten with the calibration added), and it holds the
+    calibration object and the judge gate among the summary's missed gates."""
+    from pytest_llmsim.reporting import exports
+
+    writes: list[str] = []
+    real = exports._atomic_write
+
+    def counted(path: Path, blocks: Any) -> None:  # every export file is written through here, atomically
+        writes.append(Path(path).name)
+        real(path, blocks)
+
+    monkeypatch.setattr(exports, "_atomic_write", counted)
+    write_set(sim, [case("low_a", 3)])
+    sim.write_scenarios("s.json", [scenario("fine")])
+    result = sim.run("--llmsim-calibrate=calibration", "--llmsim-min-judge-accuracy=1.0", f"--llmsim-results={export}")
+    assert result.ret == 1
+    files = ["out.json"] if export == "out.json" else ["out.ndjson", "out.summary.json"]
+    assert sorted(writes) == sorted(files)
+    document = json.loads((sim.path / files[-1]).read_text())
+    line = document["calibration"]["gate"]["missed"][0]
+    assert line.startswith("judge accuracy 0.0% (0 of 1 ")
+    summary = document["summary"] if export == "out.json" else document  # the summary file is the summary
+    assert summary["gates"]["missed"] == [line]

@@ -139,3 +139,13 @@ def test_the_packages_import_each_other_in_one_direction() -> None:
                 edges.setdefault(own, set()).add(module.split(".")[1])
     both_ways = sorted((a, b) for a, targets in edges.items() for b in targets if a in edges.get(b, set()))
     assert both_ways == []
+
+
+def test_no_module_above_500_lines_without_a_reason_in_its_docstring() -> None:
+    """A module past 500 lines says in its docstring why it is one unit (``Why one module: ...``), or is split."""
+    unexplained = []
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        if text.count("\n") > 500 and "Why one module:" not in (ast.get_docstring(ast.parse(text)) or ""):
+            unexplained.append(str(path.relative_to(PACKAGE)))
+    assert unexplained == []

@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pytest_llmsim.apps.cli.common import USAGE
 from pytest_llmsim.errors import ConfigError
 
-USAGE = 2  # the ``llmsim`` command's usage-error exit code (``cli.USAGE``)
 GATE_FLAGS = (  # (flag, ``Gates`` field, option-table row whose parsing it uses)
     ("--min-mean-score", "min_mean_score", "llmsim_min_mean_score"),
     ("--min-pass-rate", "min_pass_rate", "llmsim_min_pass_rate"),
@@ -33,7 +33,7 @@ GATE_FLAGS = (  # (flag, ``Gates`` field, option-table row whose parsing it uses
 )
 
 
-def add_merge_parser(commands: Any, parser_class: type[argparse.ArgumentParser] | None = None) -> None:
+def add_command(commands: Any) -> None:
     """The ``merge`` subcommand, on the ``llmsim`` command's subparsers."""
     merge = commands.add_parser("merge", help="merge the JSON exports of CI shards (--llmsim-shard) into one run")
     merge.add_argument("files", nargs="+", metavar="SHARD_EXPORT", help="each shard's --llmsim-results JSON export")
@@ -93,7 +93,7 @@ def _baseline(args: argparse.Namespace, exports: list[Any]) -> Any:
 
 
 def command_merge(args: argparse.Namespace) -> int:
-    from pytest_llmsim.reporting.exports import add_to_results, write_results
+    from pytest_llmsim.reporting.exports import write_results
     from pytest_llmsim.reporting.markdown import STEP_SUMMARY_ENV, append_step_summary, run_markdown, write_markdown
     from pytest_llmsim.reporting.merge import check_shards, load_shard_export, merge_shards
     from pytest_llmsim.reporting.summary import summary_dict
@@ -116,9 +116,9 @@ def command_merge(args: argparse.Namespace) -> int:
             document = summary_dict(run.summary, run.gates, run.missed,
                                     comparison.summary_dict() if comparison is not None else None)
             write_results(path, run.records, document, run_id=run.run_id, generated_at=generated,
-                          comparison=comparison, baseline_field=True, extra={"merged_from": run.merged_from})
-            if run.calibration is not None:
-                add_to_results(path, "calibration", run.calibration, run_id=run.run_id)
+                          comparison=comparison, baseline_field=True,
+                          sections={"merged_from": run.merged_from,
+                                    **({} if run.calibration is None else {"calibration": run.calibration})})
             written.append(f"results written to {path}")
         step_summary = bool(os.environ.get(STEP_SUMMARY_ENV)) and bool(run.records)
         if args.markdown or step_summary:
