@@ -1,5 +1,8 @@
 """The option table: every flag and ini key of pytest-llmsim, declared once, resolved once.
 
+Why one module: the table is the one place an option is declared; the rows, the value parsers they name and the
+resolution into ``ResolvedOptions`` must be read together to know what a setting means and where it came from.
+
 Each ``Option`` row names its ini key, command-line flag, environment variable, type and bounds, default,
 local-model default, and help text. ``plugin.options`` registers the rows with pytest and reads them
 once, at ``pytest_configure``, into a frozen ``ResolvedOptions`` that every other part reads (with where each

@@ -2,8 +2,8 @@
 
 One module a subcommand: ``run`` (``llmsim run FILE_OR_FOLDER``: a batch on the engine pytest uses), ``summarise``
 (the summary of any export), ``merge`` (CI shards' exports as one run), ``remote`` (``serve``, and
-``status``/``fetch`` asking the service); ``common`` holds what they share (exit codes, ``UsageError``, the settings, the common flags) and ``main`` the parser and the entry
-point (``llmsim = "pytest_llmsim.apps.cli:main"``).
+``status``/``fetch`` asking the service); ``common`` holds what they share (exit codes, ``UsageError``, the
+settings, the common flags) and ``main`` the parser and the entry point (``llmsim = "pytest_llmsim.apps.cli:main"``).
 
 Settings come from the option table pytest reads, through the one resolver pytest uses too (``config.resolve``):
 the ini file ``pytest`` would find from the same paths and folder (pytest.ini, pyproject.toml, tox.ini or
