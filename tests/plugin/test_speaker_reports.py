@@ -180,3 +180,17 @@ def test_a_bad_name_in_a_recorded_conversation_is_a_problem_naming_the_field(tmp
 def test_the_customer_hears_who_answered() -> None:
     assert heard_text(TEAM_TURN) == "Triage: Routing you.\n\nBilling: Refund issued."
     assert heard_text({"role": "agent", "text": "plain"}) == "plain"
+
+
+def test_llmsim_run_single_streams_a_line_per_speaker(capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_llmsim.apps.cli import _print_turn
+
+    _print_turn(Turn("agent", TEAM_TURN["text"], tool_calls=[REFUND], messages=TEAM_TURN["messages"],
+                     handoffs=TEAM_TURN["handoffs"]))
+    _print_turn(Turn("agent", "Bye."))
+    assert capsys.readouterr().out.splitlines() == [
+        "Agent [Triage]: Routing you.",
+        'Agent [Billing]: [tool refund({"order": 7}) -> {"ok": true}] Refund issued.',
+        "Handoffs: Triage -> Billing (refund request)",
+        "Agent: Bye.",
+    ]
