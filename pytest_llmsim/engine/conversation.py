@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_llmsim.errors import AgentError, EndpointError, NoAgentReplyError
 from pytest_llmsim.llm.client import RETRYING, Completer, LLMRequest
 from pytest_llmsim.model.prompts import OPENING_CUE, PromptRenderer, template_context
+from pytest_llmsim.model.results import heard_text
 from pytest_llmsim.model.scenario import Scenario
 from pytest_llmsim.model.settings import RunSettings
 from pytest_llmsim.model.transcript import Transcript, Turn, visible
@@ -118,13 +119,29 @@ def strip_end_marker(text: str, marker: str) -> tuple[str, bool]:
     return " ".join(p.strip() for p in parts if p.strip()), True
 
 
+def _speakers_text(messages: list[dict[str, Any]], marker: str) -> tuple[str, bool, list[dict[str, Any]]]:
+    """A multi-agent turn's text (its messages' contents, each stripped of the end marker, joined by a blank
+    line; invisible ones left out), whether any message held the marker, and the messages so stripped (new
+    dicts: the reply's own may be what the cache and the recording keep)."""
+    texts, ended, shown = [], False, []
+    for message in messages:
+        content, found = strip_end_marker(str(message.get("content") or "").strip(), marker)
+        content = content if visible(content) else ""
+        shown.append({**message, "content": content})
+        ended = ended or found
+        if content:
+            texts.append(content)
+    return "\n\n".join(texts), ended, shown
+
+
 def _messages_for(side: str, system_prompt: str, turns: list[Turn]) -> tuple[dict[str, str], ...]:
     """Chat history from ``side``'s point of view: its own turns are 'assistant', the other's 'user'."""
     messages = [{"role": "system", "content": system_prompt}]
     if not turns or turns[0].role == side:
         messages.append({"role": "user", "content": OPENING_CUE})
     for turn in turns:
-        messages.append({"role": "assistant" if turn.role == side else "user", "content": turn.text})
+        messages.append({"role": "assistant" if turn.role == side else "user",
+                         "content": heard_text(vars(turn)) if turn.messages else turn.text})
     return tuple(messages)
 
 
@@ -186,6 +203,8 @@ async def simulate(
     }
     recorder = RECORDER.get()
     recorder_key = recorder.marker_key(timeout_payload) if recorder is not None else ""
+    if recorder is not None:
+        recorder.watch(transcript.turns)  # where a replay leaves the recording is told turn by turn
     replay_stop = recorder.lookup_timeout(recorder_key) if recorder is not None else None
     if replay_stop is None and cache is not None and (recorder is None or recorder.existing is None):
         recorded_timeout = cache.lookup_marker(marker_key("conversation_timeout", timeout_payload), label=label)
@@ -206,15 +225,21 @@ async def simulate(
             reply = await session.reply(list(agent_messages), label=f"{label} agent turn {number}")
             # The ignore below: spec is asserted not None where the session is opened (outside this closure)
             too_large = reply_size_error(reply.text, reply.tool_calls,
-                                         f"{label} agent turn {number}: the {describe_spec(spec)}")  # type: ignore[arg-type]
+                                         f"{label} agent turn {number}: the {describe_spec(spec)}",  # type: ignore[arg-type]
+                                         handoffs=reply.handoffs)
             if too_large is not None:
                 raise AgentError(too_large)
-            text, ended = strip_end_marker(reply.text.strip(), settings.end_marker)
+            spoken = reply.messages
+            if spoken:
+                text, ended, spoken = _speakers_text(spoken, settings.end_marker)
+            else:
+                text, ended = strip_end_marker(reply.text.strip(), settings.end_marker)
             if not visible(text):
                 text = ""  # only invisible characters: no reply (a judge would score a blank turn)
             ended = ended or reply.end
             transcript.turns.append(Turn("agent", text, reply.prompt_tokens, reply.completion_tokens,
-                                         reply.latency_s, reply.cached, tool_calls=reply.tool_calls))
+                                         reply.latency_s, reply.cached, tool_calls=reply.tool_calls,
+                                         messages=spoken, handoffs=reply.handoffs))
             if reply.metered and add_usage is not None:
                 add_usage("agent", reply.model, reply.prompt_tokens, reply.completion_tokens, reply.cached)
         else:
@@ -235,7 +260,7 @@ async def simulate(
         if session is not None:
             last = transcript.turns[-1]
             agent_messages.extend(agent_view(last.role, last.text, last.tool_calls, number,
-                                             results_only=results_only))
+                                             results_only=results_only, messages=last.messages))
         if on_turn is not None:
             on_turn(transcript.turns[-1])
         if ended:

@@ -30,10 +30,18 @@ from typing import Any, TypedDict
 from pytest_llmsim.agents.runtime import AgentRuntime
 from pytest_llmsim.engine.conversation import no_agent_reply_error, simulate
 from pytest_llmsim.engine.judge import CriteriaMetric, JudgeMetric, check_judge_sees_criteria
-from pytest_llmsim.errors import ErrorKind, LlmsimError, MetricError, ScenarioError, VerdictError
+from pytest_llmsim.errors import ConfigError, ErrorKind, LlmsimError, MetricError, ScenarioError, VerdictError
 from pytest_llmsim.llm.client import LLMClient, LLMReply, LLMRequest
 from pytest_llmsim.llm.rate_limits import RateLimiter
 from pytest_llmsim.llm.scrubbing import LogScrubber, RunSecrets, scrub_data
+from pytest_llmsim.metrics.agents import (
+    EXPECTED_AGENTS,
+    ExpectedAgentsMetric,
+    agent_conversation,
+    never_spoke,
+    target_agent,
+    without_agent_option,
+)
 from pytest_llmsim.metrics.api import (
     Conversation,
     Metric,
@@ -142,8 +150,9 @@ async def _run_scenario(
         specs = metric_specs(scenario, settings.evaluate)
         registry = settings.metrics if settings.metrics is not None else default_registry()
         # Made before the conversation: an unknown metric or a bad option costs no call.
-        metrics = [make_metric(name, _with_base_dir(options, job.source), registry, label=job.label)
-                   for name, options in specs]
+        targets = [_target(options, job.label, name) for name, options in specs]
+        metrics = [make_metric(name, _with_base_dir(without_agent_option(options), job.source), registry,
+                               label=job.label) for name, options in specs]
         for metric, (name, _) in zip(metrics, specs, strict=True):
             check_metric(metric, name, scenario, label=job.label)
         _check_a_metric_decides(metrics, specs, scenario, job.label)
@@ -165,7 +174,7 @@ async def _run_scenario(
             raise refusal
         _phase("metrics")
         outcomes = await _evaluate(metrics, specs, conversation_of(transcript, scenario, result.transcript),
-                                   scenario, settings, metered, renderer, job.label)
+                                   scenario, settings, metered, renderer, job.label, targets)
         if all(outcome.passed is None for outcome in outcomes):
             result.metrics = [outcome.to_dict() for outcome in outcomes]  # shown with the error
             raise MetricError(no_deciding_metric(scenario.name, job.label, [o.name for o in outcomes]))
@@ -221,23 +230,41 @@ def _with_base_dir(options: dict[str, Any], source: str) -> dict[str, Any]:
 
 async def _evaluate(metrics: list[Metric], specs: list[tuple[str, dict[str, Any]]], conversation: Conversation,
                     scenario: Scenario, settings: RunSettings, client: MeteredClient, renderer: PromptRenderer,
-                    label: str) -> list[MetricResult]:
+                    label: str, targets: list[str | None]) -> list[MetricResult]:
     """Every metric's result, in the scenario's order (each LLM metric metered with the scenario).
 
     Each metric gets as long as the conversation (the scenario's ``timeout``), except the built-in judge and
-    criteria metrics: their every LLM call has its own deadline and bounded retries."""
+    criteria metrics: their every LLM call has its own deadline and bounded retries. A metric with a target
+    agent (its ``agent`` option) reads only that agent's messages, and fails, unrun, when it never spoke."""
     outcomes = []
     deadline = scenario.timeout or settings.timeout
-    for metric, (name, _) in zip(metrics, specs, strict=True):
+    for metric, (name, _), target in zip(metrics, specs, targets, strict=True):
+        seen = conversation
+        if target is not None:
+            own = agent_conversation(conversation, target)
+            if own is None:
+                outcomes.append(never_spoke(name, target, conversation))
+                continue
+            seen = own
         bind = getattr(metric, "bind", None)
         if callable(bind):  # an LLMMetric (duck-typed, as make_metric checks metrics)
             bind(client, settings, scenario, label)
         if isinstance(metric, JudgeMetric):
             metric.bind_renderer(renderer)
         bounded = type(metric) in (JudgeMetric, CriteriaMetric)
-        outcomes.append(await run_metric(metric, name, conversation, scenario, label=label,
-                                         timeout=None if bounded else deadline))
+        outcome = await run_metric(metric, name, seen, scenario, label=label, timeout=None if bounded else deadline)
+        if target is not None:
+            outcome.details = {**outcome.details, "agent": target}
+            outcome.reason = f"agent {target!r}: {outcome.reason}" if outcome.reason else f"agent {target!r}"
+        outcomes.append(outcome)
     return outcomes
+
+
+def _target(options: dict[str, Any], label: str, name: str) -> str | None:
+    try:
+        return target_agent(options, label, name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _check_a_metric_decides(metrics: list[Metric], specs: list[tuple[str, dict[str, Any]]], scenario: Scenario,
@@ -279,7 +306,8 @@ _REGISTRY: dict[str, Any] = {}
 
 
 def builtin_metrics() -> dict[str, Any]:
-    return {"judge": JudgeMetric, "criteria": CriteriaMetric, "rules": RulesMetric, "rouge": RougeMetric}
+    return {"judge": JudgeMetric, "criteria": CriteriaMetric, "rules": RulesMetric, "rouge": RougeMetric,
+            EXPECTED_AGENTS: ExpectedAgentsMetric}
 
 
 def default_registry() -> dict[str, Any]:

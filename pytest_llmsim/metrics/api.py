@@ -149,10 +149,16 @@ def entry_point_metrics() -> dict[str, MetricFactory]:
 
 
 def metric_specs(scenario: Scenario, default: Sequence[str] = DEFAULT_METRICS) -> list[tuple[str, dict[str, Any]]]:
-    """The scenario's metrics as (name, options), in order: its ``evaluate`` or ``default``."""
+    """The scenario's metrics as (name, options), in order: its ``evaluate`` or ``default``; then
+    ``expected_agents`` when the scenario has that field (deterministic agent selection)."""
     if scenario.evaluate is not None:
-        return [(name, dict(options)) for name, options in scenario.evaluate]
-    return [(name, {}) for name in default]
+        specs = [(name, dict(options)) for name, options in scenario.evaluate]
+    else:
+        specs = [(name, {}) for name in default]
+    expected = getattr(scenario, "expected_agents", None)
+    if expected is not None:
+        specs.append(("expected_agents", dict(expected)))
+    return specs
 
 
 def make_metric(name: str, options: Mapping[str, Any], registry: Mapping[str, MetricFactory], *,

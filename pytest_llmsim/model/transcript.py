@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_llmsim.model.results import tool_call_text
+from pytest_llmsim.model.results import spoken_lines, with_tool_calls
 
 
 @dataclass
@@ -19,6 +19,11 @@ class Turn:
     scripted: bool = False
     # The agent's tool calls in this turn: ``{"name", "arguments", "result"}`` (result None when not reported).
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    # A multi-agent turn: each speaker's message ``{"agent", "content", "tool_calls"?}`` in order, and the handoffs
+    # ``{"from", "to", "reason"?}``; then ``text`` is the contents joined by a blank line and ``tool_calls`` all
+    # of theirs. Empty for a single-speaker turn (left out of ``to_dicts``: such turns read as they always did).
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    handoffs: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -33,18 +38,30 @@ class Transcript:
         for turn in self.turns:
             data = dict(vars(turn))
             data["tool_calls"] = [dict(call) for call in turn.tool_calls]
+            for name in ("messages", "handoffs"):
+                if data[name]:
+                    data[name] = [dict(item) for item in data[name]]
+                else:
+                    del data[name]
             dicts.append(data)
         return dicts
 
     def as_text(self, last: int | None = None, *, client_name: str = "Customer",
                 agent_name: str = "Agent") -> str:
-        """The conversation as the judge reads it; an agent turn's tool calls come before its text."""
+        """The conversation as the judge reads it; an agent turn's tool calls come before its text. A multi-agent
+        turn is one line per speaker's message (``  2. Agent [Billing]: ...``), then its handoffs
+        (``  2. Handoffs: Triage -> Billing (refund request)``), all numbered with the turn."""
         turns = self.turns if last is None else self.turns[-last:]
         first = len(self.turns) - len(turns) + 1
-        return "\n".join(
-            f"{first + i:>3}. {client_name if t.role == 'client' else agent_name}: {judged_turn_text(t)}"
-            for i, t in enumerate(turns)
-        )
+        lines: list[str] = []
+        for i, t in enumerate(turns):
+            if t.messages or t.handoffs:
+                lines.extend(f"{first + i:>3}. {speaker}: {text}"
+                             for speaker, text in spoken_lines(vars(t), client_name, agent_name))
+            else:
+                lines.append(f"{first + i:>3}. {client_name if t.role == 'client' else agent_name}: "
+                             f"{judged_turn_text(t)}")
+        return "\n".join(lines)
 
     @property
     def agent_replied(self) -> bool:
@@ -71,8 +88,5 @@ def visible(text: str) -> bool:
 
 
 def judged_turn_text(turn: Turn) -> str:
-    if not turn.tool_calls:
-        return turn.text
-    calls = " ".join(f"[tool {tool_call_text(call)}]" for call in turn.tool_calls)
-    return f"{calls} {turn.text}" if turn.text else calls
+    return with_tool_calls(turn.text, turn.tool_calls)
 

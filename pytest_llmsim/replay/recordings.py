@@ -17,7 +17,9 @@ lines), so that re-recording an unchanged conversation rewrites no byte and a ch
       "roles": {"agent": {"model": ..., "temperature": ..., "max_tokens": ...}, "client": ..., "evaluator": ...},
       "verdict": {"status", "score", "min_score", "comment"}    (an error: {"status", "error_kind", "error"})
       "ended_by", "end_reason", "timeout": {"turns", "key"} (a conversation that timed out),
-      "transcript": [{"role", "text", "tool_calls"?, "scripted"?}, ...],
+      "transcript": [{"role", "text", "tool_calls"?, "scripted"?, "messages"?, "handoffs"?}, ...],
+                    (a multi-agent turn: "messages": [{"agent", "content", "tool_calls"?}], "handoffs": [{"from",
+                    "to", "reason"?}])
       "prompts": {"agent": <system prompt>, "client": ..., "evaluator": ...},
       "calls": [{"call", "role", "model", "temperature", "max_tokens", "seed", "format"?, "attempt"?, "messages",
                  "key", "reply", "tool_calls"?, "usage": {"prompt_tokens", "completion_tokens", "cached_input_tokens"?},
@@ -49,7 +51,15 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pytest_llmsim.errors import CacheError, ErrorKind, RecordingError
-from pytest_llmsim.model.results import ModelUsage, ScenarioResult, Status, tool_call_text, turn_tool_calls
+from pytest_llmsim.model.results import (
+    ModelUsage,
+    ScenarioResult,
+    Status,
+    heard_text,
+    routing_text,
+    tool_call_text,
+    turn_tool_calls,
+)
 from pytest_llmsim.model.settings import RecordMode
 from pytest_llmsim.replay.cache import marker_key, request_key
 from pytest_llmsim.safe_files import UnreadableFile, read_bounded
@@ -224,7 +234,8 @@ _STR, _INT, _NUMBER, _BOOL, _DICT, _LIST = (str,), (int,), (int, float), (bool,)
 _CALL_FIELDS = (("role", _STR, False), ("model", _STR, False), ("call", _STR, True), ("format", _STR, True),
                 ("reply_model", _STR, True), ("endpoint", _STR, True), ("temperature", _NUMBER, True),
                 ("max_tokens", _INT, True), ("seed", _INT, True), ("attempt", _INT, True), ("messages", _INT, True),
-                ("tool_calls", _LIST, True), ("end", _BOOL, True))
+                ("tool_calls", _LIST, True), ("end", _BOOL, True), ("agent_messages", _LIST, True),
+                ("handoffs", _LIST, True), ("name", _STR, True))
 
 
 def _text(mapping: dict[str, Any], name: str, where: str, *, optional: bool = False) -> str | None:
@@ -289,7 +300,8 @@ def _check_recording(data: Any, path: Path) -> Recording:
             raise _Problem("timeout.key is not a SHA-256 hex digest")
     for i, turn in enumerate(_need(data, "transcript", (list,), "", optional=True) or []):
         if type(turn) is dict and turn.get("role") in ("client", "agent") and type(turn.get("text")) is str \
-                and type(turn.get("tool_calls", [])) is list and type(turn.get("scripted", False)) is bool:
+                and type(turn.get("tool_calls", [])) is list and type(turn.get("scripted", False)) is bool \
+                and "messages" not in turn and "handoffs" not in turn:
             continue  # the common case, checked at once
         where = f"transcript[{i}]."
         if not isinstance(turn, dict):
@@ -299,6 +311,17 @@ def _check_recording(data: Any, path: Path) -> Recording:
         _text(turn, "text", where)
         _need(turn, "tool_calls", (list,), where, optional=True)
         _need(turn, "scripted", (bool,), where, optional=True)
+        for j, message in enumerate(_need(turn, "messages", (list,), where, optional=True) or []):
+            if type(message) is not dict:
+                raise _Problem(f"{where}messages[{j}] is not a mapping")
+            _need(message, "agent", (str,), f"{where}messages[{j}].")
+            _text(message, "content", f"{where}messages[{j}].")
+            _need(message, "tool_calls", (list,), f"{where}messages[{j}].", optional=True)
+        for j, handoff in enumerate(_need(turn, "handoffs", (list,), where, optional=True) or []):
+            if type(handoff) is not dict:
+                raise _Problem(f"{where}handoffs[{j}] is not a mapping")
+            for name in ("from", "to"):
+                _need(handoff, name, (str,), f"{where}handoffs[{j}].")
     prompts = _need(data, "prompts", (dict,), "", optional=True) or {}
     for role in prompts:
         _text(prompts, role, "prompts.")
@@ -336,6 +359,9 @@ def _check_recording(data: Any, path: Path) -> Recording:
             response["tool_calls"] = tool_calls
         if end:
             response["end"] = True
+        for name, types in (("agent_messages", _LIST), ("handoffs", _LIST), ("name", _STR)):
+            if name in call:  # a multi-agent reply (read again by the agent runtime's checks), a speaker's name
+                response[name] = _need(call, name, types, f"calls[{i}].")
         cached_input = usage.get("cached_input_tokens")
         if cached_input is not None:
             if type(cached_input) is not int:
@@ -523,6 +549,7 @@ class ScenarioRecorder:
         self._calls: list[tuple[str, Mapping[str, Any], Mapping[str, Any], str, str, str]] = []
         self._all_replayed = True  # every call so far was answered by the existing recording
         self._timeout: dict[str, Any] | None = None
+        self._live: list[Any] | None = None  # the conversation's turns as they are made (``watch``)
 
     @classmethod
     def open(cls, root: Path, mode: RecordMode, *, nodeid: str, item: str = "", scenario: str,
@@ -565,6 +592,25 @@ class ScenarioRecorder:
     def set_timeout(self, key: str, turns: int) -> None:
         self._timeout = {"turns": turns, "key": key}
 
+    def watch(self, turns: list[Any]) -> None:
+        """Follow the conversation's turns (``model.transcript.Turn``s, appended as they are made), so that a
+        divergence can name the turn where who answered changed."""
+        self._live = turns
+
+    def changed_routing(self) -> tuple[int, str, str] | None:
+        """(turn number, recorded speakers, new speakers) when the first turn of the conversation so far that
+        differs from the recording differs in who spoke or who handed to whom (``results.routing_text``)."""
+        if self.existing is None or not self._live:
+            return None
+        for number, (live, then) in enumerate(zip(self._live, self.existing.transcript, strict=False), start=1):
+            now = live if isinstance(live, Mapping) else vars(live)
+            was_routing, now_routing = routing_text(then), routing_text(now)
+            if was_routing != now_routing:
+                return number, was_routing or "one agent", now_routing or "one agent"
+            if str(now.get("role")) != str(then.get("role")) or str(now.get("text")) != str(then.get("text")):
+                return None  # the text changed first: told by the text
+        return None
+
     def miss_message(self, label: str, descriptor: Mapping[str, Any], role: str) -> str:
         """Why a call is not in the recording, for people: where the conversation left it, if it did."""
         why = self.divergence(descriptor, role) or "no recorded call has the same request"
@@ -575,7 +621,12 @@ class ScenarioRecorder:
     def divergence(self, descriptor: Mapping[str, Any], role: str) -> str | None:
         """Where ``descriptor`` (a customer, agent or judge request) leaves the recording: its settings, its system
         prompt, or the first transcript turn whose text differs (for the judge, the first changed line of the
-        transcript its prompt shows)."""
+        transcript its prompt shows); a turn that another agent answered names the recorded and the new one."""
+        routing = self.changed_routing()
+        if routing is not None and self.changed_setting(descriptor, role) is None:
+            number, was, now = routing
+            return (f"the conversation diverged from the recording at turn {number}: recorded speaker(s) "
+                    f"{_shorten(was)!r}, now {_shorten(now)!r}")
         if role == "evaluator" and self.changed_setting(descriptor, role, prompt=False) is None:
             judged = self._judged_turn_change(descriptor)
             if judged is not None:
@@ -638,9 +689,10 @@ class ScenarioRecorder:
 
         history = [m for m in list(descriptor.get("messages") or [])[1:] if m.get("content") != OPENING_CUE]
         for number, (now, then) in enumerate(zip(history, self.existing.transcript, strict=False), start=1):
-            if str(now.get("content")) != then.get("text"):
+            heard = heard_text(then)  # a multi-agent turn as the other side is sent it: ``Billing: ...``
+            if str(now.get("content")) != heard:
                 speaker = "agent" if then.get("role") == "agent" else "customer"
-                return number, str(then.get("text", "")), str(now.get("content")), speaker
+                return number, heard, str(now.get("content")), speaker
         return None
 
     # -- collecting --
@@ -689,7 +741,8 @@ class ScenarioRecorder:
         for index, (then, now_turn) in enumerate(zip(recorded, replayed, strict=False)):
             for name, was_part, now_part in (("role", str(then.get("role")), str(now_turn.get("role"))),
                                              ("text", str(then.get("text")), str(now_turn.get("text"))),
-                                             ("tool_calls", _calls_seen(then), _calls_seen(now_turn))):
+                                             ("tool_calls", _calls_seen(then), _calls_seen(now_turn)),
+                                             ("messages", routing_text(then), routing_text(now_turn))):
                 if was_part != now_part:
                     speaker = "agent" if now_turn.get("role") == "agent" else "customer"
                     return (f"field 'transcript[{index}].{name}' says {_shorten(was_part)!r} but the recorded "
@@ -754,6 +807,9 @@ class ScenarioRecorder:
                 call["tool_calls"] = response["tool_calls"]
             if response.get("end"):
                 call["end"] = True
+            for name in ("name", "agent_messages", "handoffs"):  # only when present: other files stay as they were
+                if response.get(name):
+                    call[name] = response[name]
             call["usage"] = {"prompt_tokens": int(response.get("prompt_tokens") or 0),
                              "completion_tokens": int(response.get("completion_tokens") or 0)}
             if response.get("cached_input_tokens"):  # (only when the provider reported some: files stay as they were)
@@ -863,6 +919,11 @@ def _turn(turn: Mapping[str, Any]) -> dict[str, Any]:
         data["tool_calls"] = [dict(call) for call in turn["tool_calls"]]
     if turn.get("scripted"):
         data["scripted"] = True
+    if turn.get("messages"):  # a multi-agent turn: who said what, then who handed the turn to whom
+        data["messages"] = [{**message, "content": text_value(str(message.get("content") or ""))}
+                            for message in turn["messages"]]
+    if turn.get("handoffs"):
+        data["handoffs"] = [dict(handoff) for handoff in turn["handoffs"]]
     return data
 
 

@@ -141,6 +141,14 @@ def _csv_value(value: Any) -> Any:
     return value
 
 
+def _no_formula(cell: Any) -> Any:
+    """A text cell that a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``, tab, CR first) with a
+    ``'`` before it, as OWASP advises; other cells as they are."""
+    if isinstance(cell, str) and cell[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + cell
+    return cell
+
+
 def render_csv(records: Iterable[Mapping[str, Any]], *, baseline: bool = False) -> str:
     """CSV of export rows (``ScenarioRecord.to_dict()``); ``baseline`` adds the ``BASELINE_CSV_FIELDS`` columns
     from each row's ``baseline`` object (empty cells for a scenario not in the baseline)."""
@@ -157,6 +165,8 @@ def csv_chunks(records: Iterable[Mapping[str, Any]], *, baseline: bool = False) 
     for record in records:
         row = {name: _csv_value(record.get(name)) for name in RECORD_FIELDS}
         row["metrics"] = metrics_cell(record.get("metrics"))
+        for name in ("agents", "handoffs"):  # names an agent chose: never a formula in a spreadsheet
+            row[name] = _no_formula(row[name])
         old = record.get("baseline") or {}
         row.update({column: _csv_value(old.get(key)) for column, key in extra})
         writer.writerow(row)

@@ -149,3 +149,13 @@ def test_no_module_above_500_lines_without_a_reason_in_its_docstring() -> None:
         if text.count("\n") > 500 and "Why one module:" not in (ast.get_docstring(ast.parse(text)) or ""):
             unexplained.append(str(path.relative_to(PACKAGE)))
     assert unexplained == []
+
+
+def test_no_two_test_files_share_a_name() -> None:
+    """The test folders are not packages (rootdir-relative imports): two ``test_x.py`` in different folders stop
+    the whole run with "import file mismatch", so a new test file needs a name of its own."""
+    tests = Path(__file__).resolve().parent.parent
+    names: dict[str, list[str]] = {}
+    for path in tests.rglob("test_*.py"):
+        names.setdefault(path.name, []).append(str(path.relative_to(tests)))
+    assert {name: paths for name, paths in names.items() if len(paths) > 1} == {}

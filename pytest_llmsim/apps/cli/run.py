@@ -190,6 +190,12 @@ def _folder_items(folder: Path, resolved: ResolvedOptions) -> list[Any]:
 
 def _print_turn(turn: Any) -> None:
     """One turn as it happens (called on the engine's thread; one write per line)."""
+    if getattr(turn, "messages", None) or getattr(turn, "handoffs", None):  # a multi-agent turn: a line per speaker
+        from pytest_llmsim.model.results import spoken_lines
+
+        sys.stdout.write("".join(f"{who}: {text}\n" for who, text in spoken_lines(vars(turn))))
+        sys.stdout.flush()
+        return
     who = "Customer" if turn.role == "client" else "Agent"
     calls = "".join(f" [tool {call.get('name')}]" for call in turn.tool_calls)
     sys.stdout.write(f"{who}:{calls} {turn.text}\n")
