@@ -183,7 +183,7 @@ def test_the_customer_hears_who_answered() -> None:
 
 
 def test_llmsim_run_single_streams_a_line_per_speaker(capsys: pytest.CaptureFixture[str]) -> None:
-    from pytest_llmsim.apps.cli import _print_turn
+    from pytest_llmsim.apps.cli.run import _print_turn
 
     _print_turn(Turn("agent", TEAM_TURN["text"], tool_calls=[REFUND], messages=TEAM_TURN["messages"],
                      handoffs=TEAM_TURN["handoffs"]))
