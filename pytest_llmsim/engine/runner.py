@@ -41,6 +41,7 @@ from pytest_llmsim.metrics.api import (
     metric_specs,
     run_metric,
 )
+from pytest_llmsim.metrics.judged import FactsMetric
 from pytest_llmsim.metrics.rules import RougeMetric, RulesMetric
 from pytest_llmsim.model.prompts import PromptRenderer
 from pytest_llmsim.model.results import ERROR, FAILED, PASSED, ModelUsage, ScenarioResult
@@ -124,6 +125,9 @@ async def _run_scenario(
     result = ScenarioResult(scenario=scenario.name, nodeid=job.report_as or job.nodeid, source=job.source, status=ERROR,
                             min_score=min_score, trial=job.trial, seed=base_seed(scenario, settings))
     metered = MeteredClient(client)
+    # The metrics' results so far; a metric that errors is the last, with ``error`` (its kind): the metrics
+    # summary (``reporting.metrics_summary``) counts it as that metric's error.
+    evaluated: list[dict[str, Any]] = []
     started = time.perf_counter()
     recorder: ScenarioRecorder | None = None
     token = None
@@ -161,14 +165,16 @@ async def _run_scenario(
             raise refusal
         _phase("metrics")
         outcomes = await _evaluate(metrics, specs, conversation_of(transcript, scenario, result.transcript),
-                                   scenario, settings, metered, renderer, job.label)
+                                   scenario, settings, metered, renderer, job.label, evaluated)
         if all(outcome.passed is None for outcome in outcomes):
             result.metrics = [outcome.to_dict() for outcome in outcomes]  # shown with the error
             raise MetricError(no_deciding_metric(scenario.name, job.label, [o.name for o in outcomes]))
     except VerdictError as exc:
         result.error_kind, result.error_message, result.raw_verdict = exc.kind, str(exc), exc.raw_reply
+        result.metrics = result.metrics or evaluated
     except LlmsimError as exc:
         result.error_kind, result.error_message = exc.kind, str(exc)
+        result.metrics = result.metrics or evaluated
     except (Exception, SystemExit, KeyboardInterrupt) as exc:  # a bug or an unexpected library error: an error
         # result. (SystemExit and KeyboardInterrupt on the loop thread come from user code, e.g. a metric's
         # constructor, never from a Ctrl-C; let through, they would kill the loop every item waits on.)
@@ -217,7 +223,7 @@ def _with_base_dir(options: dict[str, Any], source: str) -> dict[str, Any]:
 
 async def _evaluate(metrics: list[Metric], specs: list[tuple[str, dict[str, Any]]], conversation: Conversation,
                     scenario: Scenario, settings: RunSettings, client: MeteredClient, renderer: PromptRenderer,
-                    label: str) -> list[MetricResult]:
+                    label: str, evaluated: list[dict[str, Any]] | None = None) -> list[MetricResult]:
     """Every metric's result, in the scenario's order (each LLM metric metered with the scenario).
 
     Each metric gets as long as the conversation (the scenario's ``timeout``), except the built-in judge and
@@ -231,8 +237,17 @@ async def _evaluate(metrics: list[Metric], specs: list[tuple[str, dict[str, Any]
         if isinstance(metric, JudgeMetric):
             metric.bind_renderer(renderer)
         bounded = type(metric) in (JudgeMetric, CriteriaMetric)
-        outcomes.append(await run_metric(metric, name, conversation, scenario, label=label,
-                                         timeout=None if bounded else deadline))
+        try:
+            outcome = await run_metric(metric, name, conversation, scenario, label=label,
+                                       timeout=None if bounded else deadline)
+        except LlmsimError as exc:
+            if evaluated is not None:
+                evaluated.append({"name": name, "score": None, "passed": None, "reason": str(exc).split("\n")[0],
+                                  "details": {}, "error": str(exc.kind)})
+            raise
+        outcomes.append(outcome)
+        if evaluated is not None:
+            evaluated.append(outcome.to_dict())
     return outcomes
 
 
@@ -275,7 +290,8 @@ _REGISTRY: dict[str, Any] = {}
 
 
 def builtin_metrics() -> dict[str, Any]:
-    return {"judge": JudgeMetric, "criteria": CriteriaMetric, "rules": RulesMetric, "rouge": RougeMetric}
+    return {"judge": JudgeMetric, "criteria": CriteriaMetric, "rules": RulesMetric, "rouge": RougeMetric,
+            "facts": FactsMetric}
 
 
 def default_registry() -> dict[str, Any]:
