@@ -41,7 +41,7 @@ from pytest_llmsim.metrics.api import (
     metric_specs,
     run_metric,
 )
-from pytest_llmsim.metrics.judged import FactsMetric
+from pytest_llmsim.metrics.judged import AgentSelectionJudge, FactsMetric, InformationAggregationJudge
 from pytest_llmsim.metrics.rules import RougeMetric, RulesMetric
 from pytest_llmsim.model.prompts import PromptRenderer
 from pytest_llmsim.model.results import ERROR, FAILED, PASSED, ModelUsage, ScenarioResult
@@ -291,7 +291,8 @@ _REGISTRY: dict[str, Any] = {}
 
 def builtin_metrics() -> dict[str, Any]:
     return {"judge": JudgeMetric, "criteria": CriteriaMetric, "rules": RulesMetric, "rouge": RougeMetric,
-            "facts": FactsMetric}
+            "facts": FactsMetric, "agent_selection_judge": AgentSelectionJudge,
+            "information_aggregation_judge": InformationAggregationJudge}
 
 
 def default_registry() -> dict[str, Any]:
