@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_llmsim.errors import AgentError, EndpointError, NoAgentReplyError
 from pytest_llmsim.llm.client import RETRYING, Completer, LLMRequest
 from pytest_llmsim.model.prompts import OPENING_CUE, PromptRenderer, template_context
+from pytest_llmsim.model.results import heard_text
 from pytest_llmsim.model.scenario import Scenario
 from pytest_llmsim.model.settings import RunSettings
 from pytest_llmsim.model.transcript import Transcript, Turn, visible
@@ -139,7 +140,8 @@ def _messages_for(side: str, system_prompt: str, turns: list[Turn]) -> tuple[dic
     if not turns or turns[0].role == side:
         messages.append({"role": "user", "content": OPENING_CUE})
     for turn in turns:
-        messages.append({"role": "assistant" if turn.role == side else "user", "content": turn.text})
+        messages.append({"role": "assistant" if turn.role == side else "user",
+                         "content": heard_text(vars(turn)) if turn.messages else turn.text})
     return tuple(messages)
 
 
@@ -205,6 +207,8 @@ async def simulate(
     }
     recorder = RECORDER.get()
     recorder_key = recorder.marker_key(timeout_payload) if recorder is not None else ""
+    if recorder is not None:
+        recorder.watch(transcript.turns)  # where a replay leaves the recording is told turn by turn
     replay_stop = recorder.lookup_timeout(recorder_key) if recorder is not None else None
     if replay_stop is None and cache is not None and (recorder is None or recorder.existing is None):
         recorded_timeout = cache.lookup_marker(marker_key("conversation_timeout", timeout_payload), label=label)

@@ -26,10 +26,18 @@ from typing import Any, TypedDict
 from pytest_llmsim.agents.runtime import AgentRuntime
 from pytest_llmsim.engine.conversation import no_agent_reply_error, simulate
 from pytest_llmsim.engine.judge import CriteriaMetric, JudgeMetric, check_judge_sees_criteria
-from pytest_llmsim.errors import ErrorKind, LlmsimError, MetricError, ScenarioError, VerdictError
+from pytest_llmsim.errors import ConfigError, ErrorKind, LlmsimError, MetricError, ScenarioError, VerdictError
 from pytest_llmsim.llm.client import LLMClient, LLMReply, LLMRequest
 from pytest_llmsim.llm.rate_limits import RateLimiter
 from pytest_llmsim.llm.scrubbing import LogScrubber, RunSecrets, scrub_data
+from pytest_llmsim.metrics.agents import (
+    EXPECTED_AGENTS,
+    ExpectedAgentsMetric,
+    agent_conversation,
+    never_spoke,
+    target_agent,
+    without_agent_option,
+)
 from pytest_llmsim.metrics.api import (
     Conversation,
     Metric,
@@ -142,8 +150,13 @@ async def _run_scenario(
         specs = metric_specs(scenario, settings.evaluate)
         registry = settings.metrics if settings.metrics is not None else default_registry()
         # Made before the conversation: an unknown metric or a bad option costs no call.
-        metrics = [make_metric(name, _with_base_dir(options, job.source), registry, label=job.label)
-                   for name, options in specs]
+        # A metric that reads its ``agent`` option itself (``Metric.reads_agent_option``) keeps it and sees the
+        # whole conversation; any other is given only the target agent's messages.
+        own = [bool(getattr(registry.get(name), "reads_agent_option", False)) for name, _ in specs]
+        targets = [None if reads else _target(options, job.label, name)
+                   for reads, (name, options) in zip(own, specs, strict=True)]
+        metrics = [make_metric(name, _with_base_dir(options if reads else without_agent_option(options), job.source),
+                               registry, label=job.label) for reads, (name, options) in zip(own, specs, strict=True)]
         for metric, (name, _) in zip(metrics, specs, strict=True):
             check_metric(metric, name, scenario, label=job.label)
         _check_a_metric_decides(metrics, specs, scenario, job.label)
@@ -165,7 +178,7 @@ async def _run_scenario(
             raise refusal
         _phase("metrics")
         outcomes = await _evaluate(metrics, specs, conversation_of(transcript, scenario, result.transcript),
-                                   scenario, settings, metered, renderer, job.label, evaluated)
+                                   scenario, settings, metered, renderer, job.label, targets, evaluated)
         if all(outcome.passed is None for outcome in outcomes):
             result.metrics = [outcome.to_dict() for outcome in outcomes]  # shown with the error
             raise MetricError(no_deciding_metric(scenario.name, job.label, [o.name for o in outcomes]))
@@ -223,14 +236,25 @@ def _with_base_dir(options: dict[str, Any], source: str) -> dict[str, Any]:
 
 async def _evaluate(metrics: list[Metric], specs: list[tuple[str, dict[str, Any]]], conversation: Conversation,
                     scenario: Scenario, settings: RunSettings, client: MeteredClient, renderer: PromptRenderer,
-                    label: str, evaluated: list[dict[str, Any]] | None = None) -> list[MetricResult]:
+                    label: str, targets: list[str | None],
+                    evaluated: list[dict[str, Any]] | None = None) -> list[MetricResult]:
     """Every metric's result, in the scenario's order (each LLM metric metered with the scenario).
 
     Each metric gets as long as the conversation (the scenario's ``timeout``), except the built-in judge and
-    criteria metrics: their every LLM call has its own deadline and bounded retries."""
+    criteria metrics: their every LLM call has its own deadline and bounded retries. A metric with a target
+    agent (its ``agent`` option) reads only that agent's messages, and fails, unrun, when it never spoke."""
     outcomes = []
     deadline = scenario.timeout or settings.timeout
-    for metric, (name, _) in zip(metrics, specs, strict=True):
+    for metric, (name, _), target in zip(metrics, specs, targets, strict=True):
+        seen = conversation
+        if target is not None:
+            own = agent_conversation(conversation, target)
+            if own is None:
+                outcomes.append(never_spoke(name, target, conversation))
+                if evaluated is not None:
+                    evaluated.append(outcomes[-1].to_dict())
+                continue
+            seen = own
         bind = getattr(metric, "bind", None)
         if callable(bind):  # an LLMMetric (duck-typed, as make_metric checks metrics)
             bind(client, settings, scenario, label)
@@ -238,17 +262,27 @@ async def _evaluate(metrics: list[Metric], specs: list[tuple[str, dict[str, Any]
             metric.bind_renderer(renderer)
         bounded = type(metric) in (JudgeMetric, CriteriaMetric)
         try:
-            outcome = await run_metric(metric, name, conversation, scenario, label=label,
+            outcome = await run_metric(metric, name, seen, scenario, label=label,
                                        timeout=None if bounded else deadline)
         except LlmsimError as exc:
             if evaluated is not None:
                 evaluated.append({"name": name, "score": None, "passed": None, "reason": str(exc).split("\n")[0],
                                   "details": {}, "error": str(exc.kind)})
             raise
+        if target is not None:
+            outcome.details = {**outcome.details, "agent": target}
+            outcome.reason = f"agent {target!r}: {outcome.reason}" if outcome.reason else f"agent {target!r}"
         outcomes.append(outcome)
         if evaluated is not None:
             evaluated.append(outcome.to_dict())
     return outcomes
+
+
+def _target(options: dict[str, Any], label: str, name: str) -> str | None:
+    try:
+        return target_agent(options, label, name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _check_a_metric_decides(metrics: list[Metric], specs: list[tuple[str, dict[str, Any]]], scenario: Scenario,
@@ -292,7 +326,7 @@ _REGISTRY: dict[str, Any] = {}
 def builtin_metrics() -> dict[str, Any]:
     return {"judge": JudgeMetric, "criteria": CriteriaMetric, "rules": RulesMetric, "rouge": RougeMetric,
             "facts": FactsMetric, "agent_selection_judge": AgentSelectionJudge,
-            "information_aggregation_judge": InformationAggregationJudge}
+            "information_aggregation_judge": InformationAggregationJudge, EXPECTED_AGENTS: ExpectedAgentsMetric}
 
 
 def default_registry() -> dict[str, Any]:

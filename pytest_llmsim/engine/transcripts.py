@@ -74,7 +74,7 @@ _ROLES = ("user", "assistant", "system", "developer", "tool")
 # The fields of an OpenAI chat message; ``name``, ``annotations`` and ``audio`` are accepted and not scored.
 _MESSAGE_FIELDS = frozenset({"role", "content", "name", "tool_calls", "tool_call_id", "refusal", "annotations",
                              "audio"})
-_CHAT_TURN_FIELDS = frozenset({"role", "text", "tool_calls", "scripted"})
+_CHAT_TURN_FIELDS = frozenset({"role", "text", "tool_calls", "scripted", "messages", "handoffs"})
 _TOOL_CALL_FIELDS = frozenset({"name", "arguments", "result"})
 _CHAT_READ = frozenset({"scenario", "seed", "ended_by", "end_reason", "turns"})
 
@@ -286,6 +286,7 @@ def _message_turns(messages: Any, field: str) -> list[Turn]:
         shown = "the file" if not field else f"field {field!r}"
         raise _Problem(f"{shown} must be a non-empty list of messages (got {_shown(messages)})")
     turns: list[Turn] = []
+    named: set[int] = set()  # the agent turns with a named speaker (``id`` of the Turn)
     waiting: dict[str, dict[str, Any]] = {}  # tool_call_id -> a call of the current agent turn with no result yet
     for index, message in enumerate(messages):
         at = f"{field}[{index}]"
@@ -320,6 +321,10 @@ def _message_turns(messages: Any, field: str) -> list[Turn]:
                 raise _Problem(f"{at}.refusal must be a string or null (got {_shown(refusal)})")
             text = text or refusal or ""
             turn = _side_turn(turns, "agent")
+            spoken = _speaker_message(message, text, at)
+            turn.messages.append(spoken)
+            if message.get("name") is not None:
+                named.add(id(turn))
             calls = message.get("tool_calls") or []
             if not isinstance(calls, list):
                 raise _Problem(f"{at}.tool_calls must be a list of tool calls (got {_shown(calls)})")
@@ -329,6 +334,7 @@ def _message_turns(messages: Any, field: str) -> list[Turn]:
                 except TypeError as exc:
                     raise _Problem(f"{at}.tool_calls[{number}]: {exc}") from None
                 turn.tool_calls.append(call)
+                spoken.setdefault("tool_calls", []).append(call)  # the same object: its result is filled in below
                 call_id = raw.get("id")
                 if isinstance(call_id, str):
                     if call_id in waiting:
@@ -336,7 +342,25 @@ def _message_turns(messages: Any, field: str) -> list[Turn]:
                     waiting[call_id] = call
         if text.strip():
             turn.text = f"{turn.text}\n{text}" if turn.text else text
+    for turn in turns:  # OpenAI's ``name`` on assistant messages is the speaker: such a turn is multi-agent
+        if id(turn) in named:
+            turn.text = "\n\n".join(m["content"] for m in turn.messages if m["content"].strip())
+        else:
+            turn.messages = []
     return turns
+
+
+def _speaker_message(message: Mapping[str, Any], text: str, at: str) -> dict[str, Any]:
+    """An assistant message as a speaker's message of its turn: ``name`` (OpenAI's field) is the agent, else
+    ``assistant``."""
+    from pytest_llmsim.agents.base import agent_name
+
+    name = message.get("name")
+    try:
+        speaker = "assistant" if name is None else agent_name(name, f"{at}.name")
+    except TypeError as exc:
+        raise _Problem(str(exc)) from None
+    return {"agent": speaker, "content": text.strip() and text}
 
 
 def _tool_result(text: str) -> Any:
@@ -400,7 +424,19 @@ def _chat_turns(turns: Any) -> list[Turn]:
                                f"(got {_shown(call)})")
             _check_fields(call, _TOOL_CALL_FIELDS, "a tool call", f"{at}.tool_calls[{number}]")
             checked.append({"name": call["name"], "arguments": call.get("arguments", {}), "result": call.get("result")})
-        result.append(Turn(role, text, tool_calls=checked, scripted=turn.get("scripted") is True))
+        spoken = Turn(role, text, tool_calls=checked, scripted=turn.get("scripted") is True)
+        if turn.get("messages") or turn.get("handoffs"):  # a multi-agent turn: checked as an agent's reply is
+            if role != "agent":
+                raise _Problem(f"{at}: only an agent turn has 'messages' and 'handoffs'")
+            from pytest_llmsim.agents.base import read_multi_agent
+
+            try:
+                multi = read_multi_agent({"messages": turn.get("messages") or [],
+                                          "handoffs": turn.get("handoffs") or []})
+            except TypeError as exc:
+                raise _Problem(f"{at}: {exc}") from None
+            spoken.messages, spoken.handoffs = multi.messages, multi.handoffs
+        result.append(spoken)
     return result
 
 
@@ -432,7 +468,8 @@ def recorded_conversation(transcript: Transcript, scenario: Scenario, settings: 
                           renderer: PromptRenderer, *, label: str) -> Transcript:
     """The runner's conversation step for a recorded conversation: a copy of it (nothing is simulated), after the
     checks whose message must speak of the recording, not of a simulation."""
-    turns = [dataclasses.replace(turn, tool_calls=[dict(call) for call in turn.tool_calls])
+    turns = [dataclasses.replace(turn, tool_calls=[dict(call) for call in turn.tool_calls],
+                                 messages=[dict(m) for m in turn.messages], handoffs=[dict(h) for h in turn.handoffs])
              for turn in transcript.turns]
     copy = Transcript(turns, ended_by=transcript.ended_by, end_reason=transcript.end_reason)
     if not copy.agent_replied:  # nothing the agent said: an error, never a verdict

@@ -102,6 +102,16 @@ def _recording_miss(recorder: ScenarioRecorder, descriptor: dict[str, Any], labe
     """Why the scenario's recording file has no reply for this call. When the conversation left it at a turn
     whose text changed, that is told as the cache tells it (``diverged_message``); otherwise the recording's own
     explanation (a setting or a prompt changed, nothing alike), followed by the cache's (``cache_miss``)."""
+    routing = None if recorder.changed_setting(descriptor, role) else recorder.changed_routing()
+    if routing is not None:  # another agent answered a turn (a multi-agent system routed it elsewhere)
+        number, was, now = routing
+        return (f"{label}: the conversation diverged from the recording at turn {number}: another agent answered, "
+                f"so this request is new and record mode is '{recorder.mode}'.\n"
+                f"  recorded speaker(s): {_shorten(was)!r}\n"
+                f"  new speaker(s):      {_shorten(now)!r}\n"
+                f"The recording {recorder.path} has no reply for this request, and record mode "
+                f"'{recorder.mode}' never changes an existing recording. If the change is intended, re-record "
+                "it with --llmsim-record=once (needs the endpoint) and commit it.")
     turn = None if recorder.changed_setting(descriptor, role) else recorder.changed_turn(descriptor, role)
     if turn is not None:
         number, was, now, speaker = turn

@@ -96,6 +96,9 @@ class Metric:
     """
 
     name: ClassVar[str] = ""
+    # True: the metric reads its ``agent`` option itself and sees the whole conversation (the multi-agent judged
+    # metrics need the other agents' messages); False: the runner gives it only that agent's messages.
+    reads_agent_option: ClassVar[bool] = False
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         self.options: Mapping[str, Any] = dict(options or {})
@@ -149,10 +152,16 @@ def entry_point_metrics() -> dict[str, MetricFactory]:
 
 
 def metric_specs(scenario: Scenario, default: Sequence[str] = DEFAULT_METRICS) -> list[tuple[str, dict[str, Any]]]:
-    """The scenario's metrics as (name, options), in order: its ``evaluate`` or ``default``."""
+    """The scenario's metrics as (name, options), in order: its ``evaluate`` or ``default``; then
+    ``expected_agents`` when the scenario has that field (deterministic agent selection)."""
     if scenario.evaluate is not None:
-        return [(name, dict(options)) for name, options in scenario.evaluate]
-    return [(name, {}) for name in default]
+        specs = [(name, dict(options)) for name, options in scenario.evaluate]
+    else:
+        specs = [(name, {}) for name in default]
+    expected = getattr(scenario, "expected_agents", None)
+    if expected is not None:
+        specs.append(("expected_agents", dict(expected)))
+    return specs
 
 
 def make_metric(name: str, options: Mapping[str, Any], registry: Mapping[str, MetricFactory], *,

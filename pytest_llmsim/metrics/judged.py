@@ -242,7 +242,7 @@ class FactsMetric(JudgedMetric):
     """``facts``: precision, recall and F1 of the answer's atomic facts against a reference's (TBFact's spirit)."""
 
     name = "facts"
-    OPTIONS = ("reference", "reference_file", "base_dir", "threshold", "score", "target", "agent")
+    OPTIONS = ("reference", "reference_file", "base_dir", "threshold", "score", "target")
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(options)
@@ -253,13 +253,12 @@ class FactsMetric(JudgedMetric):
         if ("reference" in opts) == ("reference_file" in opts):
             raise ValueError("the 'facts' metric needs exactly one of the options 'reference' (the text) and "
                              "'reference_file' (a path)")
-        for key in ("reference", "reference_file", "agent"):
+        for key in ("reference", "reference_file"):
             if key in opts and (not isinstance(opts[key], str) or not opts[key].strip()):
                 raise ValueError(f"option {key!r} must be a non-blank string (got {_shown(opts[key])})")
         self.threshold = threshold_option(opts)
         self.score_on = choice_option(opts, "score", SCORE_KINDS)
         self.target = choice_option(opts, "target", TARGETS)
-        self.agent: str | None = opts.get("agent")
         source = "reference" if "reference" in opts else "reference_file"
         self.reference: str = opts["reference"] if source == "reference" else \
             _read_reference(opts["reference_file"], opts.get("base_dir"))
@@ -267,11 +266,9 @@ class FactsMetric(JudgedMetric):
             raise ValueError(f"option {source!r}: the reference text is empty")
 
     def answer(self, conversation: Conversation) -> str | None:
-        """The agent's text judged (``target``; only ``agent``'s messages when set), or None when it said nothing."""
-        if self.agent:
-            turns = [said.content for said in spoken(conversation) if said.agent == self.agent]
-        else:
-            turns = [str(turn.get("text") or "") for turn in conversation.agent_turns]
+        """The agent's text judged (``target``), or None when it said nothing. (With ``agent: NAME`` the runner gives
+        the metric only that agent's messages, and fails it unrun when that agent never spoke.)"""
+        turns = [str(turn.get("text") or "") for turn in conversation.agent_turns]
         turns = [text for text in turns if text.strip()]
         if not turns:
             return None
@@ -280,9 +277,7 @@ class FactsMetric(JudgedMetric):
     async def evaluate(self, conversation: Conversation, scenario: Scenario) -> MetricResult:
         answer = self.answer(conversation)
         if answer is None:
-            who = f"agent {self.agent!r}" if self.agent else "the agent"
-            return MetricResult(self.name, 0.0, False, f"{who} said nothing to check against the reference"
-                                + (f" (agents that spoke: {_names(conversation)})" if self.agent else ""),
+            return MetricResult(self.name, 0.0, False, "the agent said nothing to check against the reference",
                                 {"reference": self.reference, "agent_response": "", "threshold": self.threshold})
 
         def extracted(data: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -318,8 +313,6 @@ class FactsMetric(JudgedMetric):
                                    for fact, ok in zip(answer_facts, supported, strict=True)],
             "score": self.score_on, "threshold": self.threshold, "target": self.target,
         }
-        if self.agent:
-            details["agent"] = self.agent
         if self.threshold is None:
             return MetricResult(self.name, round(score, 4), None, explanation, details)
         passed = score >= self.threshold - 1e-9
@@ -450,7 +443,9 @@ AGGREGATION_SCHEMA: dict[str, Any] = {
 
 class MultiAgentJudge(JudgedMetric):
     """The options of the multi-agent judged metrics: ``agent``, ``agents`` (the roster shown to the judge) and
-    ``threshold`` (default 1)."""
+    ``threshold`` (default 1). They read ``agent`` themselves: they need the whole conversation."""
+
+    reads_agent_option = True
 
     OPTIONS = ("agent", "agents", "threshold")
 

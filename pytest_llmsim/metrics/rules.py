@@ -10,6 +10,10 @@ against a reference text), plus ``detect_language``, the cheap language detector
     case_sensitive: false (default) | true            (for the four text checks above)
     tool_called: a tool name, or a list of names and {name: ..., arguments: {subset that must match}}
     tool_order: true                                  (the tool_called entries, in that order)
+    tool_match: subset (default) | in_order | any_order | exact
+                 (``metrics.sequences``: every entry called | the entries in that order, others between |
+                 exactly the entries' calls in any order | exactly the entries' calls in that order); arguments
+                 always match by subset
     ended_by: client | agent | script | max_turns | timeout, or a list of them
     max_agent_turns / min_agent_turns: an int
     language: en | ru | uk | de | fr | es | it | pt   (every agent turn whose language can be told)
@@ -33,6 +37,8 @@ import regex  # re-compatible, with a time limit and the GIL released
 
 from pytest_llmsim.errors import MetricError
 from pytest_llmsim.metrics.api import Conversation, Metric, MetricResult
+from pytest_llmsim.metrics.sequences import MATCH_MODES, first_mismatch
+from pytest_llmsim.model.results import turn_tool_calls
 
 if TYPE_CHECKING:
     from pytest_llmsim.model.scenario import Scenario
@@ -284,7 +290,7 @@ class RulesMetric(Metric):
 
     name = "rules"
     OPTIONS = ("contains", "not_contains", "regex", "not_regex", "case_sensitive", "tool_called", "tool_order",
-               "ended_by", "max_agent_turns", "min_agent_turns", "language")
+               "tool_match", "ended_by", "max_agent_turns", "min_agent_turns", "language")
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(options)
@@ -302,6 +308,15 @@ class RulesMetric(Metric):
         self.tool_order = _bool(opts, "tool_order", False)
         if self.tool_order and len(self.tools) < 2:
             raise ValueError("option 'tool_order' needs 'tool_called' to list at least two tools")
+        self.tool_match = opts.get("tool_match", "subset")
+        if self.tool_match not in MATCH_MODES:
+            raise ValueError(f"option 'tool_match' must be one of {', '.join(MATCH_MODES)} "
+                             f"(got {_shown(self.tool_match)})")
+        if "tool_match" in opts and not self.tools:
+            raise ValueError("option 'tool_match' needs 'tool_called' (the calls to match)")
+        if self.tool_order and self.tool_match != "subset":
+            raise ValueError("options 'tool_order' and 'tool_match' both say how calls are matched; keep "
+                             "tool_match (tool_order: true is tool_match: in_order)")
         self.ended_by = _choices(opts, "ended_by", ENDED_BY_VALUES) if "ended_by" in opts else []
         self.max_agent_turns = _int(opts, "max_agent_turns")
         self.min_agent_turns = _int(opts, "min_agent_turns")
@@ -379,6 +394,8 @@ class RulesMetric(Metric):
                 else f"not_regex {shown} matched no agent turn")
         if self.tools:
             self._check_tools(conversation.tool_calls, add)
+            if self.tool_match != "subset":
+                self._check_tool_match(conversation, add)
         if self.ended_by:
             actual = conversation.ended_by or "unknown"
             ok = conversation.ended_by in self.ended_by
@@ -425,6 +442,31 @@ class RulesMetric(Metric):
             called = ", ".join(names) if names else "none"
             add("tool_order", ok, f"tools called in order {expected}" if ok
                 else f"tool_order {expected} not followed (calls: {called})")
+
+    def _check_tool_match(self, conversation: Conversation, add: _Add) -> None:
+        """The calls against the entries under ``tool_match``, naming the first wrong, missing or unexpected call
+        and its turn."""
+        calls = [(number, call) for number, turn in enumerate(conversation.turns, 1) if turn.get("role") == "agent"
+                 for call in turn_tool_calls(turn)]
+        mismatch = first_mismatch(self.tools, calls, lambda entry, numbered: entry.matches(numbered[1]),
+                                  self.tool_match)
+        expected = ", ".join(entry.label for entry in self.tools)
+        called = ", ".join(f"{call.get('name', '?')} (turn {n})" for n, call in calls) or "none"
+        check = f"tool_match {self.tool_match}"
+        if mismatch is None:
+            add(check, True, f"tool calls match {expected} ({self.tool_match})")
+            return
+        if mismatch.kind == "wrong" and mismatch.actual is not None and mismatch.expected is not None:
+            number, call = calls[mismatch.actual]
+            detail = (f"wrong tool call at turn {number}: {call.get('name', '?')}({_json(call.get('arguments'))}), "
+                      f"expected {self.tools[mismatch.expected].label}")
+        elif mismatch.kind == "unexpected" and mismatch.actual is not None:
+            number, call = calls[mismatch.actual]
+            detail = f"unexpected tool call at turn {number}: {call.get('name', '?')}({_json(call.get('arguments'))})"
+        else:
+            assert mismatch.expected is not None
+            detail = f"missing tool call {self.tools[mismatch.expected].label}"
+        add(check, False, f"{detail} (tool_match {self.tool_match} of {expected}; calls: {called})")
 
     def _check_language(self, agent: Sequence[tuple[int, str]], add: _Add) -> None:
         wrong, skipped = [], 0

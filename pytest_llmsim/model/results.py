@@ -10,6 +10,9 @@
 A transcript turn is ``{"role": "client" | "agent", "text": ...}``; an agent turn may carry ``"tool_calls"``, a
 list of ``{"name", "arguments", "result"}`` (missing or empty: none). ``turn_tool_calls`` reads them,
 ``tool_call_text`` renders one for every report, and ``ScenarioResult.tool_calls`` lists the names in call order.
+A multi-agent turn also has ``"messages"`` (``{"agent", "content", "tool_calls"?}`` per speaker's message) and
+``"handoffs"`` (``{"from", "to", "reason"?}``); ``turn_messages``, ``turn_handoffs`` read them and ``spoken_lines``
+is how every report shows a turn (one line per speaker).
 
 ``Status`` is the scenario's own verdict (score against the minimum); ``Outcome`` is pytest's: an
 xfail-marked scenario that scored below its minimum has status ``failed`` and outcome ``xfailed``. The run
@@ -89,12 +92,93 @@ def turn_tool_calls(turn: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [call for call in calls if isinstance(call, Mapping)]
 
 
+def turn_messages(turn: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The speakers' messages of a multi-agent turn (entries that are not objects with a string ``agent`` are left
+    out); none for a customer turn or a single-speaker one."""
+    return [m for m in _turn_entries(turn, "messages") if isinstance(m.get("agent"), str)]
+
+
+def turn_handoffs(turn: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The handoffs of a multi-agent turn (``{"from", "to", "reason"?}``), in order."""
+    return _turn_entries(turn, "handoffs")
+
+
+def _turn_entries(turn: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
+    """The objects in an agent turn's list ``key`` (not a list, or a customer turn: none)."""
+    entries = turn.get(key) if turn.get("role") != "client" else None
+    if not isinstance(entries, list | tuple):
+        return []
+    return [entry for entry in entries if isinstance(entry, Mapping)]
+
+
+def handoff_text(handoff: Mapping[str, Any]) -> str:
+    """``Triage -> Billing (refund request)``."""
+    reason = handoff.get("reason")
+    return f"{handoff.get('from', '?')} -> {handoff.get('to', '?')}" + (f" ({reason})" if reason else "")
+
+
+def turn_speakers(turn: Mapping[str, Any]) -> list[str]:
+    """Who spoke in an agent turn, in order (a name once per message); none for a single-speaker turn."""
+    return [str(message["agent"]) for message in turn_messages(turn)]
+
+
+def with_tool_calls(text: str, calls: Iterable[Mapping[str, Any]]) -> str:
+    """``text`` with the tool calls before it: ``[tool issue_refund({"order_id": 7}) -> {"ok": true}] Done.``."""
+    shown = [f"[tool {tool_call_text(call)}]" for call in calls]
+    if not shown:
+        return text
+    return " ".join([*shown, text] if text else shown)
+
+
+def heard_text(turn: Mapping[str, Any]) -> str:
+    """A turn as the other side hears it: its text; a multi-agent turn each message that says something as
+    ``Billing: ...``, joined by a blank line (so the customer knows who answered, and a changed routing changes
+    what the customer is sent)."""
+    messages = turn_messages(turn)
+    if not messages:
+        return str(turn.get("text") or "")
+    return "\n\n".join(f"{m['agent']}: {m.get('content')}" for m in messages if m.get("content"))
+
+
+def routing_text(turn: Mapping[str, Any]) -> str:
+    """Who spoke in a turn and who handed it to whom, as a divergence names it: ``Triage, Billing (handoff
+    Triage -> Billing)``; "" for a single-speaker turn."""
+    speakers = ", ".join(turn_speakers(turn))
+    handoffs = "; ".join(handoff_text(h) for h in turn_handoffs(turn))
+    if handoffs:
+        return f"{speakers} (handoff {handoffs})" if speakers else f"handoff {handoffs}"
+    return speakers
+
+
+def spoken_lines(turn: Mapping[str, Any], client_name: str = "Customer",
+                 agent_name: str = "Agent") -> list[tuple[str, str]]:
+    """A turn as ``(speaker, text)`` lines, tool calls before the text: one line for a customer or single-speaker
+    turn (``Agent``); one per message of a multi-agent turn (``Agent [Billing]``), then the handoffs (``Handoffs``:
+    ``Triage -> Billing (refund request); ...``). Every text report shows turns through this."""
+    if turn.get("role") == "client":
+        return [(client_name, str(turn.get("text") or ""))]
+    messages = turn_messages(turn)
+    if not messages:
+        return [(agent_name, with_tool_calls(str(turn.get("text") or ""), turn_tool_calls(turn)))]
+    lines = [(f"{agent_name} [{message['agent']}]", with_tool_calls(
+        str(message.get("content") or ""),
+        [c for c in message.get("tool_calls") or [] if isinstance(c, Mapping)]))
+        for message in messages]
+    handoffs = turn_handoffs(turn)
+    if handoffs:
+        lines.append(("Handoffs", "; ".join(handoff_text(h) for h in handoffs)))
+    return lines
+
+
 def turn_key(turn: Mapping[str, Any]) -> tuple[str, str, str]:
     """What comparing two transcripts looks at in a turn: role, text and the tool calls in full (flags such as
     ``cached`` and ``scripted`` are not compared: a replayed turn equals the live one)."""
     calls = json.dumps([dict(call) for call in turn_tool_calls(turn)], sort_keys=True, ensure_ascii=False,
                        default=str)
     text = turn.get("text")
+    if turn_messages(turn) or turn_handoffs(turn):  # who spoke and who handed to whom: a changed routing differs
+        calls += json.dumps([turn_speakers(turn), [dict(h) for h in turn_handoffs(turn)]], sort_keys=True,
+                            ensure_ascii=False, default=str)
     return str(turn.get("role") or ""), "" if text is None else str(text), calls
 
 
@@ -275,6 +359,17 @@ class ScenarioResult:
     def tool_calls(self) -> list[str]:
         """The names of the tools the agent called, in call order over every agent turn (repeats kept)."""
         return [f"{call.get('name', '?')}" for turn in self.transcript for call in turn_tool_calls(turn)]
+
+    @property
+    def agents(self) -> list[str]:
+        """The agents that spoke, in order of their first message (a multi-agent system; none for one agent)."""
+        return list(dict.fromkeys(name for turn in self.transcript for name in turn_speakers(turn)))
+
+    @property
+    def handoffs(self) -> list[str]:
+        """The handoffs in order, ``Triage -> Billing`` each."""
+        return [f"{h.get('from', '?')} -> {h.get('to', '?')}" for turn in self.transcript
+                for h in turn_handoffs(turn)]
 
     @property
     def blame(self) -> str:
@@ -465,6 +560,8 @@ class ScenarioRecord:
             "trial": r.trial,
             "seed": r.seed,
             **self.trial_figures(),
+            "agents": r.agents,
+            "handoffs": r.handoffs,
             "raw_verdict": r.raw_verdict,
             "transcript": [dict(turn) for turn in r.transcript],
             "usage": [dict(vars(usage)) for usage in r.usage],

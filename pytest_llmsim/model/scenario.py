@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -209,6 +209,36 @@ class AgentSpec(RoleOverride):
         return next((kind for kind in _CODE_KINDS if getattr(self, kind) is not None), "prompt")
 
 
+MATCH_MODES = ("exact", "in_order", "any_order", "subset")  # how expected agents or tool calls are matched
+DEFAULT_AGENTS_MODE = "in_order"
+
+
+def agent_names(value: Any, where: str) -> list[str]:
+    """A list of agent names (non-empty strings); ValueError naming ``where`` otherwise."""
+    if isinstance(value, str) or not isinstance(value, list | tuple) or not value:
+        raise ValueError(f"{where} must be a non-empty list of agent names (got {_shown(value)})")
+    for i, name in enumerate(value):
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"{where}[{i}] must be an agent's name, a non-empty string (got {_shown(name)})")
+    return [name.strip() for name in value]
+
+
+def expected_agents_options(value: Any) -> dict[str, Any]:
+    """``expected_agents`` as the metric's options ``{"agents": [...], "mode": ...}``: a list of names (mode
+    in_order) or a mapping with ``agents`` and ``mode``; ValueError naming what is wrong otherwise."""
+    if isinstance(value, Mapping):
+        unknown = [key for key in value if key not in ("agents", "mode")]
+        if unknown:
+            raise ValueError(f"unknown key {_shown(unknown[0])}; expected_agents has 'agents' and 'mode'")
+        agents, mode = value.get("agents"), value.get("mode", DEFAULT_AGENTS_MODE)
+    else:
+        agents, mode = value, DEFAULT_AGENTS_MODE
+    names = agent_names(agents, "'agents'" if isinstance(value, Mapping) else "expected_agents")
+    if mode not in MATCH_MODES:
+        raise ValueError(f"'mode' must be one of {', '.join(MATCH_MODES)} (got {_shown(mode)})")
+    return {"agents": names, "mode": mode}
+
+
 class Scenario(BaseModel):
     """One conversation to simulate and judge."""
 
@@ -239,6 +269,10 @@ class Scenario(BaseModel):
     # The metrics, in order: (name, options). Written as a list of names and one-key mappings of a name to its
     # options (``[judge, {rules: {not_contains: [refund]}}]``); None: the run's default (``llmsim_evaluate``).
     evaluate: tuple[tuple[str, dict[str, Any]], ...] | None = None
+    # Deterministic agent selection of a multi-agent system (``metrics.agents``): the agents the conversation must
+    # go through, ``[Triage, Billing]`` (in order) or ``{agents: [...], mode: exact|in_order|any_order|subset}``;
+    # held as the ``expected_agents`` metric's options, run after the ``evaluate`` metrics.
+    expected_agents: dict[str, Any] | None = None
     # Trials (``trials.py``): conversations of this scenario, each with its own seed, and the share that must pass.
     trials: StrictInt | None = Field(default=None, ge=1, le=100)
     min_pass_rate: FiniteFloat | StrictInt | None = Field(default=None, ge=0, le=1)
@@ -252,7 +286,7 @@ class Scenario(BaseModel):
             raise ValueError("must be a non-empty list of metric names, or of one-key mappings of a metric name to "
                              f"its options (got {_shown(value)})")
         specs = []
-        names = set()
+        names: set[tuple[str, str | None]] = set()
         for i, entry in enumerate(value):
             if isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], str) \
                     and isinstance(entry[1], dict):
@@ -269,11 +303,19 @@ class Scenario(BaseModel):
                                  f"(got {_shown(entry)})")
             if not isinstance(name, str) or not _METRIC_NAME_RE.fullmatch(name):
                 raise ValueError(f"entry #{i}: {_shown(name)} is not a metric name (letters, digits, '_', '-')")
-            if name in names:
-                raise ValueError(f"metric {name!r} is listed twice; list it once with all its options")
-            names.add(name)
+            # One entry per metric and agent (``agent: NAME``: the metric for one agent of a multi-agent system).
+            target = options.get("agent") if isinstance(options.get("agent"), str) else None
+            if (name, target) in names:
+                twice = f"metric {name!r}" + (f" for agent {target!r}" if target is not None else "")
+                raise ValueError(f"{twice} is listed twice; list it once with all its options")
+            names.add((name, target))
             specs.append((name, dict(options)))
         return tuple(specs)
+
+    @field_validator("expected_agents", mode="before")
+    @classmethod
+    def _expected_agents(cls, value: Any) -> Any:
+        return None if value is None else expected_agents_options(value)
 
     @field_validator("name")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_llmsim.model.results import tool_call_text
+from pytest_llmsim.model.results import spoken_lines, with_tool_calls
 
 
 @dataclass
@@ -48,13 +48,20 @@ class Transcript:
 
     def as_text(self, last: int | None = None, *, client_name: str = "Customer",
                 agent_name: str = "Agent") -> str:
-        """The conversation as the judge reads it; an agent turn's tool calls come before its text."""
+        """The conversation as the judge reads it; an agent turn's tool calls come before its text. A multi-agent
+        turn is one line per speaker's message (``  2. Agent [Billing]: ...``), then its handoffs
+        (``  2. Handoffs: Triage -> Billing (refund request)``), all numbered with the turn."""
         turns = self.turns if last is None else self.turns[-last:]
         first = len(self.turns) - len(turns) + 1
-        return "\n".join(
-            f"{first + i:>3}. {client_name if t.role == 'client' else agent_name}: {judged_turn_text(t)}"
-            for i, t in enumerate(turns)
-        )
+        lines: list[str] = []
+        for i, t in enumerate(turns):
+            if t.messages or t.handoffs:
+                lines.extend(f"{first + i:>3}. {speaker}: {text}"
+                             for speaker, text in spoken_lines(vars(t), client_name, agent_name))
+            else:
+                lines.append(f"{first + i:>3}. {client_name if t.role == 'client' else agent_name}: "
+                             f"{judged_turn_text(t)}")
+        return "\n".join(lines)
 
     @property
     def agent_replied(self) -> bool:
@@ -81,8 +88,5 @@ def visible(text: str) -> bool:
 
 
 def judged_turn_text(turn: Turn) -> str:
-    if not turn.tool_calls:
-        return turn.text
-    calls = " ".join(f"[tool {tool_call_text(call)}]" for call in turn.tool_calls)
-    return f"{calls} {turn.text}" if turn.text else calls
+    return with_tool_calls(turn.text, turn.tool_calls)
 

@@ -47,7 +47,15 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pytest_llmsim.errors import CacheError, ErrorKind, RecordingError
-from pytest_llmsim.model.results import ModelUsage, ScenarioResult, Status, tool_call_text, turn_tool_calls
+from pytest_llmsim.model.results import (
+    ModelUsage,
+    ScenarioResult,
+    Status,
+    heard_text,
+    routing_text,
+    tool_call_text,
+    turn_tool_calls,
+)
 from pytest_llmsim.model.settings import RecordMode
 from pytest_llmsim.replay.cache import marker_key, request_key
 from pytest_llmsim.safe_files import UnreadableFile, read_bounded
@@ -511,6 +519,7 @@ class ScenarioRecorder:
         self._calls: list[tuple[str, Mapping[str, Any], Mapping[str, Any], str, str, str]] = []
         self._all_replayed = True  # every call so far was answered by the existing recording
         self._timeout: dict[str, Any] | None = None
+        self._live: list[Any] | None = None  # the conversation's turns as they are made (``watch``)
 
     @classmethod
     def open(cls, root: Path, mode: RecordMode, *, nodeid: str, item: str = "", scenario: str,
@@ -553,6 +562,25 @@ class ScenarioRecorder:
     def set_timeout(self, key: str, turns: int) -> None:
         self._timeout = {"turns": turns, "key": key}
 
+    def watch(self, turns: list[Any]) -> None:
+        """Follow the conversation's turns (``model.transcript.Turn``s, appended as they are made), so that a
+        divergence can name the turn where who answered changed."""
+        self._live = turns
+
+    def changed_routing(self) -> tuple[int, str, str] | None:
+        """(turn number, recorded speakers, new speakers) when the first turn of the conversation so far that
+        differs from the recording differs in who spoke or who handed to whom (``results.routing_text``)."""
+        if self.existing is None or not self._live:
+            return None
+        for number, (live, then) in enumerate(zip(self._live, self.existing.transcript, strict=False), start=1):
+            now = live if isinstance(live, Mapping) else vars(live)
+            was_routing, now_routing = routing_text(then), routing_text(now)
+            if was_routing != now_routing:
+                return number, was_routing or "one agent", now_routing or "one agent"
+            if str(now.get("role")) != str(then.get("role")) or str(now.get("text")) != str(then.get("text")):
+                return None  # the text changed first: told by the text
+        return None
+
     def miss_message(self, label: str, descriptor: Mapping[str, Any], role: str) -> str:
         """Why a call is not in the recording, for people: where the conversation left it, if it did."""
         why = self.divergence(descriptor, role) or "no recorded call has the same request"
@@ -563,7 +591,12 @@ class ScenarioRecorder:
     def divergence(self, descriptor: Mapping[str, Any], role: str) -> str | None:
         """Where ``descriptor`` (a customer, agent or judge request) leaves the recording: its settings, its system
         prompt, or the first transcript turn whose text differs (for the judge, the first changed line of the
-        transcript its prompt shows)."""
+        transcript its prompt shows); a turn that another agent answered names the recorded and the new one."""
+        routing = self.changed_routing()
+        if routing is not None and self.changed_setting(descriptor, role) is None:
+            number, was, now = routing
+            return (f"the conversation diverged from the recording at turn {number}: recorded speaker(s) "
+                    f"{_shorten(was)!r}, now {_shorten(now)!r}")
         if role == "evaluator" and self.changed_setting(descriptor, role, prompt=False) is None:
             judged = self._judged_turn_change(descriptor)
             if judged is not None:
@@ -626,9 +659,10 @@ class ScenarioRecorder:
 
         history = [m for m in list(descriptor.get("messages") or [])[1:] if m.get("content") != OPENING_CUE]
         for number, (now, then) in enumerate(zip(history, self.existing.transcript, strict=False), start=1):
-            if str(now.get("content")) != then.get("text"):
+            heard = heard_text(then)  # a multi-agent turn as the other side is sent it: ``Billing: ...``
+            if str(now.get("content")) != heard:
                 speaker = "agent" if then.get("role") == "agent" else "customer"
-                return number, str(then.get("text", "")), str(now.get("content")), speaker
+                return number, heard, str(now.get("content")), speaker
         return None
 
     # -- collecting --
@@ -677,7 +711,8 @@ class ScenarioRecorder:
         for index, (then, now_turn) in enumerate(zip(recorded, replayed, strict=False)):
             for name, was_part, now_part in (("role", str(then.get("role")), str(now_turn.get("role"))),
                                              ("text", str(then.get("text")), str(now_turn.get("text"))),
-                                             ("tool_calls", _calls_seen(then), _calls_seen(now_turn))):
+                                             ("tool_calls", _calls_seen(then), _calls_seen(now_turn)),
+                                             ("messages", routing_text(then), routing_text(now_turn))):
                 if was_part != now_part:
                     speaker = "agent" if now_turn.get("role") == "agent" else "customer"
                     return (f"field 'transcript[{index}].{name}' says {_shorten(was_part)!r} but the recorded "

@@ -53,6 +53,9 @@ def _turn(turn: dict[str, Any]) -> dict[str, Any]:
     data = {"role": turn.get("role"), "text": turn.get("text", ""), "tool_calls": list(turn.get("tool_calls") or [])}
     if turn.get("scripted"):
         data["scripted"] = True
+    for name in ("messages", "handoffs"):  # a multi-agent turn: who said what, who handed to whom
+        if turn.get(name):
+            data[name] = [dict(item) for item in turn[name]]
     return data
 
 

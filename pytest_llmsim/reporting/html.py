@@ -17,7 +17,16 @@ from html import escape
 from typing import TYPE_CHECKING, Any, Literal
 
 from pytest_llmsim.llm.pricing import sources_text
-from pytest_llmsim.model.results import ScenarioRecord, ScenarioResult, tool_call_parts, turn_key, turn_tool_calls
+from pytest_llmsim.model.results import (
+    ScenarioRecord,
+    ScenarioResult,
+    handoff_text,
+    tool_call_parts,
+    turn_handoffs,
+    turn_key,
+    turn_messages,
+    turn_tool_calls,
+)
 from pytest_llmsim.reporting.summary import (
     Gates,
     RunSummary,
@@ -32,6 +41,7 @@ from pytest_llmsim.reporting.terminal import (
     blame_text,
     judge_agreement_text,
     metric_entries,
+    metric_label,
     metric_min_score,
     metric_score_text,
     metric_verdict,
@@ -74,6 +84,10 @@ STYLE = """<style>
 .llmsim-client .llmsim-bubble{background:#e3eefc;border:1px solid #b9d2f3;border-top-left-radius:2px}
 .llmsim-agent .llmsim-bubble{background:#e4f5e1;border:1px solid #bfe3b8;border-top-right-radius:2px}
 .llmsim-tag{font-size:10px;color:#888;margin-left:4px}
+.llmsim-speaker{display:inline-block;font-size:11px;font-weight:bold;background:#e8eaf6;border-radius:3px;
+  padding:0 4px;margin-right:6px}
+.llmsim-message+.llmsim-message{margin-top:6px}
+.llmsim-handoff{font-size:11px;color:#555;font-style:italic;margin-top:4px}
 .llmsim-tool{font-family:monospace;font-size:11px;background:#f6f8fa;border:1px solid #d0d7de;border-radius:6px;
   padding:3px 6px;margin:2px 0 4px;white-space:pre-wrap;word-break:break-word;text-align:left}
 .llmsim-tool-label{color:#777}.llmsim-tool-name{font-weight:bold}.llmsim-tool-result{color:#2b6a2b}
@@ -152,6 +166,22 @@ def tool_call_html(call: Mapping[str, Any]) -> str:
     return shown + "</div>"
 
 
+def turn_body_html(turn: Mapping[str, Any]) -> str:
+    """A turn's tool calls and text; a multi-agent turn one block per message with its speaker's label, then the
+    handoffs. Every name and text escaped (no whitespace between blocks: the bubble keeps its text's breaks)."""
+    messages = turn_messages(turn)
+    if not messages:
+        return "".join(tool_call_html(call) for call in turn_tool_calls(turn)) + _e(turn.get("text"))
+    parts = []
+    for message in messages:
+        tools = "".join(tool_call_html(call) for call in message.get("tool_calls") or [] if isinstance(call, Mapping))
+        parts.append(f'<div class="llmsim-message"><span class="llmsim-speaker">{_e(message["agent"])}</span>'
+                     f'{tools}{_e(message.get("content") or "")}</div>')
+    parts.extend(f'<div class="llmsim-handoff">handoff {_e(handoff_text(handoff))}</div>'
+                 for handoff in turn_handoffs(turn))
+    return "".join(parts)
+
+
 def metric_chip(metric: Mapping[str, Any]) -> str:
     """One metric as a chip: name, score (and minimum), passed / failed / info by colour and word; the reason is
     the chip's title and, for a failed metric, shown after it. Every value escaped."""
@@ -166,7 +196,7 @@ def metric_chip(metric: Mapping[str, Any]) -> str:
     title = f' title="{_e(reason)}"' if reason else ""
     shown = f'<span class="llmsim-metric-reason">: {_e(reason)}</span>' if reason and verdict == "failed" else ""
     return (f'<span class="llmsim-metric llmsim-metric-{verdict}"{title}><span class="llmsim-metric-name">'
-            f'{_e(metric.get("name", "?"))}</span>{score} <span class="llmsim-metric-verdict">{verdict}</span>'
+            f'{_e(metric_label(metric))}</span>{score} <span class="llmsim-metric-verdict">{verdict}</span>'
             f"{shown}</span>")
 
 
@@ -226,10 +256,9 @@ def chat_html(transcript: Sequence[Mapping[str, Any]], ended_by: str, end_reason
                 tags.append("replayed")
             tag_html = "".join(f'<span class="llmsim-tag">{t}</span>' for t in tags)
             # No whitespace between the blocks: the bubble keeps its text's line breaks (pre-wrap).
-            tools = "".join(tool_call_html(call) for call in turn_tool_calls(turn))
             parts.append(f'<div class="llmsim-turn llmsim-{role}"><div class="llmsim-who">#{number} '
-                         f'{SPEAKERS[role]}{tag_html}</div><div class="llmsim-bubble">{tools}'
-                         f'{_e(turn.get("text"))}</div></div>')
+                         f'{SPEAKERS[role]}{tag_html}</div><div class="llmsim-bubble">{turn_body_html(turn)}'
+                         '</div></div>')
         parts.append("</div>")
     if ended_by:
         parts.append(f'<div class="llmsim-end">Call ended by {_e(ended_by)}: {_e(end_reason)}</div>')
@@ -372,9 +401,8 @@ def _diff_cell(turn: Mapping[str, Any] | None, side: str) -> str:
     if turn is None:
         return f'<td class="llmsim-diff-side llmsim-diff-{side}"></td>'
     role = "client" if turn.get("role") == "client" else "agent"
-    tools = "".join(tool_call_html(call) for call in turn_tool_calls(turn))
     return (f'<td class="llmsim-diff-side llmsim-diff-{side}"><div class="llmsim-who">{SPEAKERS[role]}</div>'
-            f'{tools}<div class="llmsim-diff-text">{_e(turn.get("text"))}</div></td>')
+            f'<div class="llmsim-diff-text">{turn_body_html(turn)}</div></td>')
 
 
 def _score_text(score: float | None) -> str:

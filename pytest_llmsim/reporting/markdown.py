@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_llmsim.llm.pricing import sources_text
-from pytest_llmsim.model.results import Outcome, ScenarioRecord
+from pytest_llmsim.model.results import Outcome, ScenarioRecord, spoken_lines
 from pytest_llmsim.reporting.exports import atomic_write_text
 from pytest_llmsim.reporting.html import TurnPair, diff_turns
 from pytest_llmsim.reporting.summary import (
@@ -54,7 +54,6 @@ from pytest_llmsim.reporting.terminal import (
     judge_agreement_text,
     record_text,
     trials_text,
-    turn_text,
 )
 
 if TYPE_CHECKING:  # only for annotations: no import-time dependency on the baseline comparison
@@ -320,9 +319,12 @@ def changes_intro(deltas: Sequence[ScenarioDelta], *, baseline_label: str, new: 
 
 # -- transcripts ---------------------------------------------------------------------------------------------
 def _turn_lines(marker: str, number: int | None, turn: Mapping[str, Any]) -> list[str]:
-    speaker = SPEAKERS.get(str(turn.get("role")), "Agent")
-    text = f"{'' if number is None else number}. {speaker}: {turn_text(turn)}"
-    return [f"{marker} {line}" for line in _LINE_BREAKS.split(text)]
+    """A turn as diff lines, one per speaker of a multi-agent turn (``spoken_lines``)."""
+    lines: list[str] = []
+    for speaker, said in spoken_lines(turn, SPEAKERS["client"], SPEAKERS["agent"]):
+        text = f"{'' if number is None else number}. {speaker}: {said}"
+        lines.extend(f"{marker} {line}" for line in _LINE_BREAKS.split(text))
+    return lines
 
 
 def diff_lines(pairs: Sequence[TurnPair], *, context: int = DIFF_CONTEXT) -> list[str]:

@@ -21,8 +21,7 @@ from pytest_llmsim.model.results import (
     Status,
     failure_reason,
     judge_details,
-    tool_call_text,
-    turn_tool_calls,
+    spoken_lines,
 )
 from pytest_llmsim.reporting.summary import (
     Gates,
@@ -53,23 +52,14 @@ class Line(NamedTuple):
 
 
 # -- transcripts ---------------------------------------------------------------------------------------------
-def turn_text(turn: Mapping[str, Any]) -> str:
-    """A turn's text, an agent turn's tool calls before it: ``[tool issue_refund({"order_id": 7}) -> {"ok":
-    true}] Your refund is on its way.`` (a turn with tool calls and no text: just the calls)."""
-    text = f"{turn.get('text', '')}"
-    calls = [f"[tool {tool_call_text(call)}]" for call in turn_tool_calls(turn)]
-    if not calls:
-        return text
-    return " ".join([*calls, text] if turn.get("text") else calls)
-
-
 def transcript_lines(transcript: Sequence[Mapping[str, Any]], ended_by: str, end_reason: str, *,
                      last: int | None = None) -> list[str]:
-    """Numbered turns (``  3. Customer: ...``), then who ended the call; ``last`` keeps only the last turns."""
+    """Numbered turns (``  3. Customer: ...``; a multi-agent turn one line per speaker, ``  4. Agent [Billing]:
+    ...``, then its handoffs), then who ended the call; ``last`` keeps only the last turns."""
     turns = list(transcript) if last is None else list(transcript)[-last:]
     first = len(transcript) - len(turns) + 1
-    lines = [f"{first + i:>3}. {SPEAKERS.get(str(t.get('role')), 'Agent')}: {turn_text(t)}"
-             for i, t in enumerate(turns)]
+    lines = [f"{first + i:>3}. {speaker}: {text}" for i, t in enumerate(turns)
+             for speaker, text in spoken_lines(t, SPEAKERS["client"], SPEAKERS["agent"])]
     if ended_by:
         lines.append(f"     [call ended by {ended_by}: {end_reason}]")
     return lines
@@ -127,11 +117,19 @@ def one_line(text: Any) -> str:
     return _LINE_BREAKS.sub(" ", "" if text is None else str(text)).strip()
 
 
+def metric_label(metric: Mapping[str, Any]) -> str:
+    """A metric's name, and the agent it reads when it targets one: ``rules [Billing]``."""
+    details = metric.get("details")
+    agent = details.get("agent") if isinstance(details, Mapping) else None
+    name = f"{metric.get('name', '?')}"
+    return f"{name} [{agent}]" if isinstance(agent, str) else name
+
+
 def metric_line(metric: Mapping[str, Any]) -> str:
     """``metric judge: 1 (min 2) FAILED - The agent was rude.``, ``metric rouge: 0.41 passed``, ``metric tone:
     0.8 info - friendly``: name, score, the minimum when the metric has one, the verdict and, for a failed or
     informational metric, its reason (on one line)."""
-    text = f"metric {metric.get('name', '?')}:"
+    text = f"metric {metric_label(metric)}:"
     if metric.get("score") is not None:
         text += f" {metric_score_text(metric.get('score'))}"
     minimum = metric_min_score(metric)

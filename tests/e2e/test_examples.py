@@ -118,6 +118,53 @@ def test_python_agent_example_passes_and_catches_a_dropped_tool_call(project: py
     assert row["tool_calls"] == [] and row["score"] == 1 and row["comment"] == REFUND_COMMENT
 
 
+# -- a multi-agent system -------------------------------------------------------------------------------------------
+REFUND_ASK = ["Hi, my parcel is a week late and I would like a refund.", "It is order 1042.",
+              "Thank you, goodbye! [END_CALL]"]
+PARCEL_ASK = ["Hello, where is my parcel? Order 1043.", "Great, thanks. Bye!"]
+
+
+def team_script() -> dict[str, Any]:
+    """A judge that is content with any polite answer: the routing is what the deterministic metrics check."""
+    return {"rules": [
+        {"match": {"system_contains": GENERIC_JUDGE}, "reply": verdict(3, "Polite and helpful throughout.")},
+        {"match": {"system_contains": "hiking boots"}, "replies": REFUND_ASK},
+        {"match": {"system_contains": "rain jacket"}, "replies": PARCEL_ASK},
+    ]}
+
+
+def test_multi_agent_example_passes_and_catches_a_refund_sent_to_the_wrong_specialist(
+        project: pytest.Pytester) -> None:
+    example = copy_example(project, "multi_agent")
+    with ScriptedOpenAIServer(team_script()) as server:
+        out = run(project, "multi_agent", server)
+    assert out.ret == 0, out.stdout.str()
+    rows = {row["scenario"]: row for row in map(json.loads, (project.path / "out.ndjson").read_text().splitlines())}
+    refund = rows["refund_request"]
+    assert refund["agents"] == ["Triage", "Billing"] and refund["handoffs"] == ["Triage -> Billing"]
+    assert refund["transcript"][1]["messages"][0] == {"agent": "Triage", "content": "Let me hand you to our Billing "
+                                                                                    "team."}
+    assert refund["tool_calls"] == ["issue_refund"]
+    assert rows["where_is_my_parcel"]["agents"] == ["Triage", "Shipping"]
+
+    # The regression: the orchestrator's routes change order, and a refund request goes to Shipping.
+    billing = '    ("Billing", "refund request", ("refund", "money back", "charged", "invoice")),\n'
+    shipping = '    ("Shipping", "delivery question", ("where is", "track", "delivery", "arrive", "parcel")),\n'
+    edit(example / "support_team.py", billing + shipping, shipping + billing)
+    with ScriptedOpenAIServer(team_script()) as server:
+        out = run(project, "multi_agent", server)
+    assert out.ret == 1, out.stdout.str()
+    out.stdout.fnmatch_lines([
+        "*support.yaml::refund_request FAILED*",
+        "*metric expected_agents: 0 FAILED - wrong handoff at turn 2: Triage -> Shipping, expected Triage -> "
+        "Billing*",
+    ])
+    out.stdout.fnmatch_lines(["*metric rules [[]Billing[]]: FAILED - agent 'Billing' never spoke*"])
+    out.stdout.fnmatch_lines(["*support.yaml::where_is_my_parcel PASSED*"])
+    rows = {row["scenario"]: row for row in map(json.loads, (project.path / "out.ndjson").read_text().splitlines())}
+    assert rows["refund_request"]["score"] == 3  # the judge was content: the routing metric caught it
+
+
 # -- an HTTP agent ---------------------------------------------------------------------------------------------------
 TRACKING_GOOD = ('[tool track_order({"order_id": 2077}) -> {"eta": "Friday 14 June", "state": "held at the Leipzig '
                  'depot"}] Sorry for the delay! Order 2077 is held at the Leipzig depot and will arrive on Friday 14 '

@@ -185,3 +185,89 @@ def test_multi_agent_recordings_are_readable_and_byte_identical_when_re_recorded
     sim.write_scenarios("s.json", [scenario("c", agent={"python": "bots.shop:reply"}, agent_cache=True)])
     sim.run("--llmsim-record=none", "--llmsim-results=out.json").assert_outcomes(passed=1)
     assert results(sim)["c"]["transcript"][1]["handoffs"][0]["to"] == "Billing"
+
+
+@pytest.mark.slow
+def test_a_changed_routing_diverges_from_the_recording_at_its_turn_naming_both_speakers(sim: SimProject) -> None:
+    write_bot(sim, TEAM_BOT)
+    sim.write_scenarios("s.json", [scenario("a", agent={"python": "bots.shop:reply"})])
+    sim.run().assert_outcomes(passed=1)
+    sim.server.reset()
+    sim.run("--llmsim-record=none").assert_outcomes(passed=1)  # unchanged: replayed
+    assert sim.server.stats()["requests"] == 0
+    # the same words, but the orchestrator hands the refund to another specialist
+    write_bot(sim, TEAM_BOT.replace('"Billing"', '"Refunds"').replace("== [\"Triage\", \"Refunds\"]", ""))
+    out = sim.run("--llmsim-record=none", "--llmsim-results=out.json")
+    out.assert_outcomes(errors=1)
+    message = results(sim)["a"]["error_message"]
+    assert "the conversation diverged from the recording at turn 2: another agent answered" in message
+    assert ("recorded speaker(s): 'Triage, Billing (handoff Triage -> Billing (refund request))'" in message)
+    assert "new speaker(s):      'Triage, Refunds (handoff Triage -> Refunds (refund request))'" in message
+    assert sim.server.stats()["requests"] == 0
+
+
+# -- metrics per agent, agent selection ------------------------------------------------------------------------------
+COUNTER_CONFTEST = '''
+from pytest_llmsim import Conversation, Metric, MetricResult
+
+
+class Words(Metric):
+    name = "words"
+
+    def evaluate(self, conversation, scenario):
+        count = len(conversation.agent_text.split())
+        return MetricResult(self.name, count, count <= int(self.options.get("max", 100)), f"{count} words")
+
+
+def pytest_llmsim_metrics():
+    return [Words]
+'''
+
+
+@pytest.mark.slow
+def test_metrics_target_one_agent_and_expected_agents_checks_the_routing(sim: SimProject) -> None:
+    (sim.path / "conftest.py").write_text(COUNTER_CONFTEST)
+    write_bot(sim, TEAM_BOT)
+    sim.write_scenarios("s.yaml", [
+        scenario("per_agent", agent={"python": "bots.shop:reply"}, evaluate=[
+            {"judge": {"agent": "Billing"}},
+            {"rules": {"agent": "Billing", "not_contains": ["get billing"], "tool_called": ["refund"]}},
+            {"rules": {"agent": "Triage", "contains": "get billing", "max_agent_turns": 1}},
+            {"rouge": {"agent": "Billing", "reference": "Refund issued. Anything else? Goodbye", "threshold": 0.5}},
+            {"words": {"agent": "Triage", "max": 6}},
+        ], expected_agents=["Triage", "Billing"]),
+        scenario("ghost", agent={"python": "bots.shop:reply"},
+                 evaluate=[{"rules": {"agent": "Ghost", "contains": "x"}}, "judge"],
+                 expected_agents={"agents": ["Triage", "Ghost"], "mode": "exact"}),
+    ])
+    out = sim.run("--llmsim-results=out.json")
+    out.assert_outcomes(passed=1, failed=1)
+    records = results(sim)
+    metrics = {(m["name"], m["details"].get("agent")): m for m in records["per_agent"]["metrics"]}
+    assert all(m["passed"] for m in metrics.values()), metrics
+    assert metrics[("words", "Triage")]["score"] == 6 and metrics[("words", "Triage")]["reason"] == \
+        "agent 'Triage': 6 words"
+    assert metrics[("expected_agents", None)]["details"]["route"] == [{"agent": "Triage", "turn": 2},
+                                                                      {"agent": "Billing", "turn": 2}]
+    # the judge read only Billing's messages
+    judged = [m["content"] for r in sim.server.requests_log() for m in r["body"]["messages"]
+              if m["role"] == "system" and m["content"].startswith("EVALUATOR for per_agent")]
+    assert judged and "Agent [Billing]: [tool refund" in judged[0] and "[Triage]" not in judged[0]
+    ghost = {m["name"]: m for m in records["ghost"]["metrics"]}
+    assert ghost["rules"]["passed"] is False
+    assert ghost["rules"]["reason"].startswith("agent 'Ghost' never spoke in this conversation (agents that spoke: "
+                                               "Triage, Billing)")
+    assert ghost["expected_agents"]["reason"].startswith("wrong handoff at turn 2: Triage -> Billing, expected "
+                                                         "Triage -> Ghost")
+    assert records["ghost"]["status"] == "failed"  # failed, not an error: the run said who never spoke
+
+
+def test_a_bad_agent_option_or_expected_agents_is_a_scenario_error_before_any_call(sim: SimProject) -> None:
+    sim.write_scenarios("s.yaml", [scenario("a", evaluate=[{"rules": {"agent": 3, "contains": "x"}}]),
+                                   scenario("b", expected_agents={"agents": ["A"], "mode": "fuzzy"}),
+                                   scenario("c")])
+    out = sim.run("--llmsim-results=out.json")
+    out.assert_outcomes(passed=1, errors=2)
+    records = results(sim)
+    assert "metric 'rules': option 'agent' must be an agent's name" in records["a"]["error_message"]
+    out.stdout.fnmatch_lines(["*'mode' must be one of exact, in_order, any_order, subset*"])

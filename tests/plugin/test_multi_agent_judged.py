@@ -175,6 +175,7 @@ def test_facts_with_an_agent_judges_only_that_agent_s_messages(sim: SimProject) 
                                           "threshold": 1}}], extract=extract, match=match)
     result.assert_outcomes(passed=1)
     assert record["metrics"][0]["details"]["agent_response"] == "Order 7 was paid 10 EUR."
+    assert record["metrics"][0]["details"]["agent"] == "Billing"
     (prompt,) = judge_prompts(sim, "You extract atomic facts")
     assert "Parcel 7" not in prompt and "Routing you" not in prompt
 
@@ -182,8 +183,8 @@ def test_facts_with_an_agent_judges_only_that_agent_s_messages(sim: SimProject) 
 def test_facts_with_an_agent_that_never_spoke_fails_naming_it(sim: SimProject) -> None:
     result, record = run(sim, [{"facts": {"reference": "x", "agent": "Refunds", "threshold": 0.5}}])
     result.assert_outcomes(failed=1)
-    assert record["metrics"][0]["reason"] == ("agent 'Refunds' said nothing to check against the reference (agents "
-                                              "that spoke: Orchestrator, Billing, Shipping)")
+    assert record["metrics"][0]["reason"] == ("agent 'Refunds' never spoke in this conversation (agents that spoke: "
+                                              "Orchestrator, Billing, Shipping); the metric reads only its messages")
     assert judge_prompts(sim, "You extract atomic facts") == []
 
 
