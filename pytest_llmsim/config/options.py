@@ -177,6 +177,9 @@ OPTIONS: tuple[Option, ...] = (
            flag="--llmsim-readable", kind="bool"),
     Option("llmsim_results", "Write one record per scenario and the run summary to this file; the format follows "
            "the extension: .json, .csv or .ndjson/.jsonl.", flag="--llmsim-results", kind="path", metavar="PATH"),
+    Option("llmsim_metrics_summary", "Write the evaluation module's metrics summary JSON to this file: per metric "
+           "average_score, num_evaluations, num_errors and results (score, explanation, details), with a timestamp.",
+           flag="--llmsim-metrics-summary", kind="path", metavar="PATH"),
     Option("llmsim_histogram", "Draw the score distribution to this PNG file (needs the histogram extra).",
            flag="--llmsim-histogram", kind="path", metavar="PATH"),
     Option("llmsim_prices", "Price file (JSON or YAML: model -> {input, output} in USD per 1M tokens, or model -> "

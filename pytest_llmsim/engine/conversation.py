@@ -145,6 +145,10 @@ def _messages_for(side: str, system_prompt: str, turns: list[Turn]) -> tuple[dic
     return tuple(messages)
 
 
+PROCEED = "proceed"
+"""What a ``customer: proceed`` customer says once its scripted turns are said."""
+
+
 async def simulate(
     scenario: Scenario,
     settings: RunSettings,
@@ -196,7 +200,7 @@ async def simulate(
     # request of the conversation (two scenarios with identical prompts must not share a marker).
     timeout_payload = {
         "scenario": scenario.name, "timeout": timeout, "prompts": prompts, "seed": seed, "max_turns": max_turns,
-        "first_speaker": speaker, "script": script,
+        "first_speaker": speaker, "script": script, **({"customer": scenario.customer} if scenario.customer else {}),
         "roles": {side: [r.model, r.temperature, r.max_tokens] for side, r in roles.items()},
         "end_marker": settings.end_marker, "endpoint": settings.endpoint.identity,
         **({"agent": f"{spec.kind}:{driver.identity}"} if code_agent else {}),  # type: ignore[union-attr]  # as above
@@ -216,10 +220,11 @@ async def simulate(
         if replay_stop is not None and len(transcript.turns) >= replay_stop:
             raise _ReplayedTimeout
         if side == "client" and script is not None:
-            if not script:
+            if not script and scenario.customer != "proceed":
                 transcript.ended_by, transcript.end_reason = "script", "scripted customer turns exhausted"
                 return True
-            text, ended = strip_end_marker(script.pop(0), settings.end_marker)
+            # ``customer: proceed``: past the script, "proceed" (the evaluation module's ProceedUser)
+            text, ended = strip_end_marker(script.pop(0) if script else PROCEED, settings.end_marker)
             transcript.turns.append(Turn("client", text, scripted=True))
         elif side == "agent" and session is not None:
             reply = await session.reply(list(agent_messages), label=f"{label} agent turn {number}")

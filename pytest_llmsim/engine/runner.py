@@ -53,6 +53,7 @@ from pytest_llmsim.metrics.api import (
     metric_specs,
     run_metric,
 )
+from pytest_llmsim.metrics.judged import AgentSelectionJudge, FactsMetric, InformationAggregationJudge
 from pytest_llmsim.metrics.rules import RougeMetric, RulesMetric
 from pytest_llmsim.model.prompts import PromptRenderer
 from pytest_llmsim.model.results import ERROR, FAILED, PASSED, ModelUsage, ScenarioResult
@@ -136,6 +137,9 @@ async def _run_scenario(
     result = ScenarioResult(scenario=scenario.name, nodeid=job.report_as or job.nodeid, source=job.source, status=ERROR,
                             min_score=min_score, trial=job.trial, seed=base_seed(scenario, settings))
     metered = MeteredClient(client)
+    # The metrics' results so far; a metric that errors is the last, with ``error`` (its kind): the metrics
+    # summary (``reporting.metrics_summary``) counts it as that metric's error.
+    evaluated: list[dict[str, Any]] = []
     started = time.perf_counter()
     recorder: ScenarioRecorder | None = None
     token = None
@@ -150,9 +154,13 @@ async def _run_scenario(
         specs = metric_specs(scenario, settings.evaluate)
         registry = settings.metrics if settings.metrics is not None else default_registry()
         # Made before the conversation: an unknown metric or a bad option costs no call.
-        targets = [_target(options, job.label, name) for name, options in specs]
-        metrics = [make_metric(name, _with_base_dir(without_agent_option(options), job.source), registry,
-                               label=job.label) for name, options in specs]
+        # A metric that reads its ``agent`` option itself (``Metric.reads_agent_option``) keeps it and sees the
+        # whole conversation; any other is given only the target agent's messages.
+        own = [bool(getattr(registry.get(name), "reads_agent_option", False)) for name, _ in specs]
+        targets = [None if reads else _target(options, job.label, name)
+                   for reads, (name, options) in zip(own, specs, strict=True)]
+        metrics = [make_metric(name, _with_base_dir(options if reads else without_agent_option(options), job.source),
+                               registry, label=job.label) for reads, (name, options) in zip(own, specs, strict=True)]
         for metric, (name, _) in zip(metrics, specs, strict=True):
             check_metric(metric, name, scenario, label=job.label)
         _check_a_metric_decides(metrics, specs, scenario, job.label)
@@ -174,14 +182,16 @@ async def _run_scenario(
             raise refusal
         _phase("metrics")
         outcomes = await _evaluate(metrics, specs, conversation_of(transcript, scenario, result.transcript),
-                                   scenario, settings, metered, renderer, job.label, targets)
+                                   scenario, settings, metered, renderer, job.label, targets, evaluated)
         if all(outcome.passed is None for outcome in outcomes):
             result.metrics = [outcome.to_dict() for outcome in outcomes]  # shown with the error
             raise MetricError(no_deciding_metric(scenario.name, job.label, [o.name for o in outcomes]))
     except VerdictError as exc:
         result.error_kind, result.error_message, result.raw_verdict = exc.kind, str(exc), exc.raw_reply
+        result.metrics = result.metrics or evaluated
     except LlmsimError as exc:
         result.error_kind, result.error_message = exc.kind, str(exc)
+        result.metrics = result.metrics or evaluated
     except (Exception, SystemExit, KeyboardInterrupt) as exc:  # a bug or an unexpected library error: an error
         # result. (SystemExit and KeyboardInterrupt on the loop thread come from user code, e.g. a metric's
         # constructor, never from a Ctrl-C; let through, they would kill the loop every item waits on.)
@@ -230,7 +240,8 @@ def _with_base_dir(options: dict[str, Any], source: str) -> dict[str, Any]:
 
 async def _evaluate(metrics: list[Metric], specs: list[tuple[str, dict[str, Any]]], conversation: Conversation,
                     scenario: Scenario, settings: RunSettings, client: MeteredClient, renderer: PromptRenderer,
-                    label: str, targets: list[str | None]) -> list[MetricResult]:
+                    label: str, targets: list[str | None],
+                    evaluated: list[dict[str, Any]] | None = None) -> list[MetricResult]:
     """Every metric's result, in the scenario's order (each LLM metric metered with the scenario).
 
     Each metric gets as long as the conversation (the scenario's ``timeout``), except the built-in judge and
@@ -244,6 +255,8 @@ async def _evaluate(metrics: list[Metric], specs: list[tuple[str, dict[str, Any]
             own = agent_conversation(conversation, target)
             if own is None:
                 outcomes.append(never_spoke(name, target, conversation))
+                if evaluated is not None:
+                    evaluated.append(outcomes[-1].to_dict())
                 continue
             seen = own
         bind = getattr(metric, "bind", None)
@@ -252,11 +265,20 @@ async def _evaluate(metrics: list[Metric], specs: list[tuple[str, dict[str, Any]
         if isinstance(metric, JudgeMetric):
             metric.bind_renderer(renderer)
         bounded = type(metric) in (JudgeMetric, CriteriaMetric)
-        outcome = await run_metric(metric, name, seen, scenario, label=label, timeout=None if bounded else deadline)
+        try:
+            outcome = await run_metric(metric, name, seen, scenario, label=label,
+                                       timeout=None if bounded else deadline)
+        except LlmsimError as exc:
+            if evaluated is not None:
+                evaluated.append({"name": name, "score": None, "passed": None, "reason": str(exc).split("\n")[0],
+                                  "details": {}, "error": str(exc.kind)})
+            raise
         if target is not None:
             outcome.details = {**outcome.details, "agent": target}
             outcome.reason = f"agent {target!r}: {outcome.reason}" if outcome.reason else f"agent {target!r}"
         outcomes.append(outcome)
+        if evaluated is not None:
+            evaluated.append(outcome.to_dict())
     return outcomes
 
 
@@ -307,7 +329,8 @@ _REGISTRY: dict[str, Any] = {}
 
 def builtin_metrics() -> dict[str, Any]:
     return {"judge": JudgeMetric, "criteria": CriteriaMetric, "rules": RulesMetric, "rouge": RougeMetric,
-            EXPECTED_AGENTS: ExpectedAgentsMetric}
+            "facts": FactsMetric, "agent_selection_judge": AgentSelectionJudge,
+            "information_aggregation_judge": InformationAggregationJudge, EXPECTED_AGENTS: ExpectedAgentsMetric}
 
 
 def default_registry() -> dict[str, Any]:

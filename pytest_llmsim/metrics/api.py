@@ -96,6 +96,9 @@ class Metric:
     """
 
     name: ClassVar[str] = ""
+    # True: the metric reads its ``agent`` option itself and sees the whole conversation (the multi-agent judged
+    # metrics need the other agents' messages); False: the runner gives it only that agent's messages.
+    reads_agent_option: ClassVar[bool] = False
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         self.options: Mapping[str, Any] = dict(options or {})

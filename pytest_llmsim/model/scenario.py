@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -258,6 +258,9 @@ class Scenario(BaseModel):
     xfail: bool | str = False
     first_speaker: Literal["client", "agent"] | None = None
     turns: tuple[StrictStr, ...] | None = None
+    # ``proceed``: once the scripted ``turns`` are said, the customer answers every agent turn with "proceed" (the
+    # evaluation module's ProceedUser) until the agent ends the call or max_turns; None: the script ends the call.
+    customer: Literal["proceed"] | None = None
     persona: StrictStr | None = None
     goal: StrictStr | None = None
     criteria: tuple[StrictStr, ...] | None = None
@@ -358,6 +361,13 @@ class Scenario(BaseModel):
         if value is not None and not value:
             raise ValueError("must list at least one customer message (or be left out)")
         return value
+
+    @model_validator(mode="after")
+    def _proceed_needs_turns(self) -> Scenario:
+        if self.customer == "proceed" and self.turns is None:
+            raise ValueError("'customer: proceed' answers \"proceed\" after the scripted 'turns'; list the "
+                             "customer's opening message (and follow-ups) under 'turns'")
+        return self
 
     @field_validator("persona", "goal", "language")
     @classmethod
@@ -665,31 +675,31 @@ def _no_scenarios(path: Path, why: str) -> ScenarioError:
                          "'name' and 'variables'")
 
 
-def _split_document(path: Path, data: Any) -> tuple[dict[str, Any], list[Any]]:
-    """Return (defaults, raw scenarios) for the three accepted shapes."""
+def _split_document(path: Path, data: Any) -> tuple[dict[str, Any], list[Any], Any]:
+    """Return (defaults, raw scenarios, the ``queries`` value or None) for the three accepted shapes."""
     if data is None:
         raise _no_scenarios(path, "it is empty")
     if isinstance(data, list):
         if not data:
             raise _no_scenarios(path, "an empty list")
-        return {}, data
+        return {}, data, None
     if isinstance(data, dict):
         if not data:
             raise _no_scenarios(path, "an empty object")
-        if "scenarios" not in data:
-            return {}, [data]
-        unknown = sorted(set(data) - {"scenarios", "defaults"}, key=str)
+        if "scenarios" not in data and "queries" not in data:
+            return {}, [data], None
+        unknown = sorted(set(data) - {"scenarios", "defaults", "queries"}, key=str)
         if unknown:
             raise ScenarioError(
                 f"{path}: unknown top-level field(s) {', '.join(map(_shown, unknown))}; "
-                "a suite object may only have 'scenarios' and 'defaults'"
+                "a suite object may only have 'scenarios', 'defaults' and 'queries'"
             )
-        scenarios = data["scenarios"]
+        scenarios = data.get("scenarios", [])
         defaults = data.get("defaults", {})
         if not isinstance(scenarios, list):
             raise ScenarioError(f"{path}: field 'scenarios' must be a list of scenario objects "
                                 f"(got {_shown(scenarios)})")
-        if not scenarios:
+        if not scenarios and "queries" not in data:
             raise _no_scenarios(path, "'scenarios' is an empty list")
         if not isinstance(defaults, dict):
             raise ScenarioError(f"{path}: field 'defaults' must be an object of scenario fields "
@@ -697,10 +707,11 @@ def _split_document(path: Path, data: Any) -> tuple[dict[str, Any], list[Any]]:
         if "name" in defaults:
             raise ScenarioError(f"{path}: field 'defaults.name' is not allowed; names are per scenario")
         try:
-            Scenario.model_validate({**defaults, "name": "defaults"})
+            # (a placeholder script: 'customer: proceed' in the defaults needs the 'turns' each scenario gives)
+            Scenario.model_validate({"turns": ["-"], **defaults, "name": "defaults"})
         except ValidationError as exc:
             raise ScenarioError(f"{path}: {_describe_validation_error(exc, prefix='defaults.')}") from None
-        return defaults, scenarios
+        return defaults, scenarios, data.get("queries")
     raise ScenarioError(
         f"{path}: expected a list of scenarios, an object with 'scenarios', or one scenario object; "
         f"got {type(data).__name__}"
@@ -751,7 +762,7 @@ def _item_name(base: str, index: int, taken: set[str]) -> str:
 
 def load_scenario_file(path: Path) -> list[ScenarioEntry]:
     """Load every scenario slot of ``path``. Raises ScenarioError only if the whole file is unusable."""
-    defaults, raw_scenarios = _split_document(path, read_scenario_data(path))
+    defaults, raw_scenarios, queries = _split_document(path, read_scenario_data(path))
     if len(raw_scenarios) > MAX_SCENARIOS_PER_FILE:
         raise ScenarioError(f"{path}: {len(raw_scenarios):,} scenarios, over the limit of "
                             f"{MAX_SCENARIOS_PER_FILE:,} per file (MAX_SCENARIOS_PER_FILE); split the file")
@@ -783,4 +794,57 @@ def load_scenario_file(path: Path) -> list[ScenarioEntry]:
                 problem = _describe_validation_error(exc)
         entries.append(ScenarioEntry(index, item_name, scenario,
                                      None if problem is None else f"{path}: scenario {label}: {problem}"))
+    if queries is not None:
+        entries.extend(_query_entries(path, queries, defaults, len(entries), taken | used))
     return entries
+
+
+def _problem_name(base: str, index: int, used: set[str]) -> str:
+    """The item name of a bad row of a CSV of queries (``queries.csv:12``), not used yet (added to ``used``)."""
+    name = base if base not in used else _item_name(base, index, used)
+    used.add(name)
+    return name
+
+
+def _query_entries(path: Path, queries: Any, defaults: dict[str, Any], first: int,
+                   used: set[str]) -> Iterator[ScenarioEntry]:
+    """One entry per conversation of the CSV the file's ``queries`` names (``queries_csv``), valid or not; a bad
+    ``queries`` field is one entry naming it. ``used``: the names taken so far (updated)."""
+    from pytest_llmsim.model.queries_csv import QueriesSpec, RowProblem, iter_query_rows
+
+    try:
+        spec = QueriesSpec.parse(queries, path.parent)
+    except ValueError as exc:
+        yield ScenarioEntry(first, _item_name("queries", first, used), None, f"{path}: field 'queries': {exc}")
+        return
+    index = first
+    repeats: dict[str, int] = {}
+    for row in iter_query_rows(spec):
+        if isinstance(row, RowProblem):
+            name = _problem_name(f"{spec.csv.name}:{row.line}" if row.line else spec.csv.name, index, used)
+            yield ScenarioEntry(index, name, None, f"{path}: queries: {row.message}")
+            index += 1
+            continue
+        problem = name_problem(row.id)
+        name = row.id
+        if name in used:  # a later conversation of the same id: <id>#2, <id>#3, ...
+            n = repeats.get(row.id, 1) + 1
+            while f"{row.id}#{n}" in used:
+                n += 1
+            repeats[row.id] = n
+            name = f"{row.id}#{n}"
+        used.add(name)
+        scenario: Scenario | None = None
+        message: str | None = None
+        if problem is not None:
+            message = (f"{path}: queries: {spec.csv}:{row.line}: column {spec.id!r}: the id {_shown(row.id)} "
+                       f"{problem}")
+            name = _problem_name(f"{spec.csv.name}:{row.line}", index, used)
+        else:
+            raw = {"name": name, "turns": [row.query, *row.followups], "first_speaker": "client"}
+            try:
+                scenario = Scenario.model_validate(_merge_defaults(defaults, raw))
+            except ValidationError as exc:
+                message = f"{path}: queries: {spec.csv}:{row.line}: {_describe_validation_error(exc)}"
+        yield ScenarioEntry(index, name, scenario, message)
+        index += 1

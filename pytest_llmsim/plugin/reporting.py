@@ -152,6 +152,7 @@ class ReportPlugin:
                 export_format(self.results_path)
             except ValueError as exc:
                 raise pytest.UsageError(f"llmsim: llmsim_results: {exc}") from None
+        self.metrics_summary_path = path_option(config, "llmsim_metrics_summary")
         self.markdown_path = path_option(config, "llmsim_markdown")
         self.histogram_path = path_option(config, "llmsim_histogram")
         self.prices_path = path_option(config, "llmsim_prices")
@@ -303,6 +304,8 @@ class ReportPlugin:
             baseline=None if self.baseline is None else baseline_identity(self.baseline))
         if self.results_path is not None:
             self._export(records, summary)
+        if self.metrics_summary_path is not None:
+            self._metrics_summary(records, interrupted)
         if self.histogram_path is not None:
             self._histogram(summary)
         self._markdown(records, summary)
@@ -342,6 +345,19 @@ class ReportPlugin:
         partial = "" if summary.complete else " (a partial run, marked as such)"
         self.notes.append(Line(f"llmsim: {len(records)} results written to {written[0]}{extra}{partial}",
                                {} if summary.complete else {"yellow": True}))
+
+    def _metrics_summary(self, records: list[ScenarioRecord], interrupted: bool) -> None:
+        from pytest_llmsim.reporting.metrics_summary import write_metrics_summary
+
+        assert self.metrics_summary_path is not None
+        timestamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        try:
+            written = write_metrics_summary(self.metrics_summary_path, records, timestamp=timestamp,
+                                            run_id=self.run_id, interrupted=interrupted)
+        except OSError as exc:
+            self._write_failed("the metrics summary", self.metrics_summary_path, exc)
+            return
+        self.notes.append(Line(f"llmsim: metrics summary written to {written}"))
 
     def _chat_files(self, records: list[ScenarioRecord]) -> None:
         """Say where ``--llmsim-chats-dir`` wrote the conversations, and how many could not be written."""

@@ -131,22 +131,36 @@ def _json(data: Any, *, indent: int | None = None) -> str:
     return json.dumps(data, ensure_ascii=False, indent=indent, allow_nan=False)
 
 
+# A cell a spreadsheet would run as a formula (``=cmd|' /C calc'!A0``, ``+1+1``, ``-2+3``, ``@SUM(...)``; tab and
+# carriage return too): OWASP's CSV-injection list. Scenario names, comments, reasons and error messages hold text
+# from scenario files, CSVs of queries and the models, so any text cell may start with one.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: Any) -> Any:
+    """``value`` for a CSV cell: a text starting as a formula gets a leading ``'`` (a spreadsheet then shows it as
+    text, the quote hidden); numbers (a score delta of -1) are written as they are. A text that already starts
+    with quotes before a formula character gets one more, so ``csv_unescaped`` gives back every text exactly."""
+    if isinstance(value, str) and value.lstrip("'").startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def csv_unescaped(cell: str) -> str:
+    """The text ``csv_safe`` escaped, from its cell (reading an export back)."""
+    if cell.startswith("'") and cell.lstrip("'").startswith(FORMULA_STARTS):
+        return cell[1:]
+    return cell
+
+
 def _csv_value(value: Any) -> Any:
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list | tuple):
-        return ";".join(str(v) for v in value)
-    return value
-
-
-def _no_formula(cell: Any) -> Any:
-    """A text cell that a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``, tab, CR first) with a
-    ``'`` before it, as OWASP advises; other cells as they are."""
-    if isinstance(cell, str) and cell[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + cell
-    return cell
+        return csv_safe(";".join(str(v) for v in value))
+    return csv_safe(value)
 
 
 def render_csv(records: Iterable[Mapping[str, Any]], *, baseline: bool = False) -> str:
@@ -160,13 +174,11 @@ def csv_chunks(records: Iterable[Mapping[str, Any]], *, baseline: bool = False) 
     extra = BASELINE_CSV_FIELDS if baseline else ()
     buffer = io.StringIO(newline="")
     writer = csv.DictWriter(buffer, fieldnames=[*RECORD_FIELDS, *(column for column, _ in extra)],
-                            extrasaction="ignore", lineterminator="\n")
+                            extrasaction="ignore", lineterminator="\r\n")
     writer.writeheader()
     for record in records:
         row = {name: _csv_value(record.get(name)) for name in RECORD_FIELDS}
-        row["metrics"] = metrics_cell(record.get("metrics"))
-        for name in ("agents", "handoffs"):  # names an agent chose: never a formula in a spreadsheet
-            row[name] = _no_formula(row[name])
+        row["metrics"] = csv_safe(metrics_cell(record.get("metrics")))
         old = record.get("baseline") or {}
         row.update({column: _csv_value(old.get(key)) for column, key in extra})
         writer.writerow(row)

@@ -73,6 +73,7 @@ STYLE = """<style>
 .llmsim-metric-failed{background:#f2dede;border-color:#e4b9b9;color:#a94442}
 .llmsim-metric-failed .llmsim-metric-verdict{font-weight:bold}
 .llmsim-metric-info{background:#eef1f4;border-color:#d5dbe1;color:#555}
+.llmsim-metric-error{background:#fcf8e3;border-color:#e8d9a0;color:#8a6d3b;font-weight:bold}
 .llmsim-judge{background:#fcf8e3;border-left:4px solid #d58512;padding:6px 10px;margin:6px 0;white-space:pre-wrap}
 .llmsim-error{background:#f2dede;border-left:4px solid #c9302c;padding:6px 10px;margin:6px 0;
   white-space:pre-wrap;font-family:monospace}

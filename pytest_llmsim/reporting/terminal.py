@@ -102,7 +102,10 @@ def metric_score_text(score: Any) -> str:
 
 
 def metric_verdict(metric: Mapping[str, Any]) -> str:
-    """``passed``, ``failed`` or ``info`` (``passed`` None: no threshold, the metric only informs)."""
+    """``passed``, ``failed``, ``info`` (``passed`` None: no threshold, the metric only informs) or ``error`` (the
+    metric raised: the scenario is an error)."""
+    if metric.get("error"):
+        return "error"
     passed = metric.get("passed")
     return "passed" if passed is True else "failed" if passed is False else "info"
 

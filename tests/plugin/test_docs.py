@@ -183,6 +183,10 @@ def _kind_of(language: str, text: str) -> str:
     data = json.loads(text) if language == "json" else yaml.safe_load(text)
     if isinstance(data, list) or (isinstance(data, dict) and ("scenarios" in data or "persona" in data)):
         return "scenarios"
+    if isinstance(data, dict) and "queries" in data:
+        return "queries"
+    if isinstance(data, dict) and {"timestamp", "metrics"} <= set(data):
+        return "metrics_summary"
     if isinstance(data, dict) and "llmsim_recording" in data:
         return "recording"
     if isinstance(data, dict) and "human_score" in data:
@@ -222,6 +226,22 @@ def test_every_data_block_in_the_docs_loads(where: str, language: str, text: str
     if kind == "scenarios":
         entries = load_scenario_file(path)
         assert entries and all(entry.problem is None for entry in entries), [entry.problem for entry in entries]
+    elif kind == "queries":  # a suite naming a CSV of queries: given a CSV with the columns it names, every row loads
+        spec = yaml.safe_load(text)["queries"]
+        columns = [spec.get("id", "id"), spec.get("query", "query"), *([spec["followups"]] if isinstance(
+            spec.get("followups"), str) else spec.get("followups", []))]
+        delimiter = spec.get("delimiter", ",")
+        header, row = delimiter.join(columns), delimiter.join(f"{column} 1" for column in columns)
+        (tmp_path / spec["csv"]).write_text(f"{header}\n{row}\n", encoding="utf-8")
+        entries = load_scenario_file(path)
+        assert entries and all(entry.problem is None for entry in entries), [entry.problem for entry in entries]
+    elif kind == "metrics_summary":  # the shape --llmsim-metrics-summary writes (reporting.metrics_summary)
+        data = json.loads(text)
+        assert set(data) == {"timestamp", "run_id", "interrupted", "num_conversations", "unscored", "metrics"}
+        for block in data["metrics"].values():
+            assert set(block) == {"average_score", "num_evaluations", "num_errors", "results"}
+            assert all({"id", "scenario", "score", "passed", "explanation", "details"} <= set(r)
+                       for r in block["results"])
     elif kind == "ini":
         parser = configparser.ConfigParser()
         parser.read_string(text)

@@ -255,3 +255,38 @@ def test_a_run_whose_tests_failed_keeps_its_exit_status_when_a_file_cannot_be_wr
     result = sim.run("-q", "--llmsim-results=r.json")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["llmsim: could not write results to *r.json: *it is a folder, not a file*"])
+
+
+HOSTILE_CELLS = ["=cmd|' /C calc'!A0", "+1+1", "-2+3", "@SUM(A1:A9)", "\t=1", "\r=1", "'=already quoted", "''+x"]
+
+
+@pytest.mark.parametrize("text", HOSTILE_CELLS)
+def test_a_formula_in_any_text_never_reaches_an_exported_csv_unescaped(tmp_path: Path, text: str) -> None:
+    """Scenario names (from a CSV of queries), comments and errors are text a spreadsheet would run as a formula;
+    each such cell starts with a quote, numbers (a negative delta) stay numbers, and reading the export back gives
+    the text exactly."""
+    from pytest_llmsim.apps.cli import read_export
+
+    result = ScenarioResult(scenario=text, nodeid=f"s.yaml::{text}", source="s.yaml", status="error",
+                            min_score=2, comment=text, error_kind="metric", error_message=text,
+                            metrics=[{"name": "judge", "score": -1.5, "passed": False, "reason": text, "details": {}}])
+    record = make_record(result, scenario_cost(result.to_dict(), PriceTable.default()), run_id="r", outcome="error")
+    path = tmp_path / "out.csv"
+    write_results(path, [record], summarize([record]).to_dict(), run_id="r", generated_at="2026-01-01T00:00:00+00:00")
+    with path.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.reader(handle))
+    formula_cells = [cell for row in rows[1:] for cell in row if cell.startswith(("=", "+", "-", "@", "\t", "\r"))]
+    assert formula_cells == []
+    row = dict(zip(rows[0], rows[1], strict=True))
+    assert row["scenario"] == "'" + text and row["comment"] == "'" + text
+    assert row["metrics"] == "judge=-1.5:failed"
+    back = read_export(path)[0]
+    assert back["scenario"] == text and back["comment"] == text and back["error_message"] == text
+
+
+def test_a_negative_number_in_a_csv_export_stays_a_number() -> None:
+    from pytest_llmsim.reporting.exports import csv_safe, csv_unescaped
+
+    assert csv_safe(-1) == -1 and csv_safe(-0.5) == -0.5 and csv_safe("plain") == "plain"
+    for text in [*HOSTILE_CELLS, "plain", "'quoted", ""]:
+        assert csv_unescaped(csv_safe(text)) == text

@@ -144,8 +144,9 @@ def test_an_unknown_metric_or_a_bad_option_is_an_error_before_any_call(sim: SimP
     result = sim.run()
     result.assert_outcomes(errors=2)
     result.stdout.fnmatch_lines([
-        "*unknown metric 'sentiment' in 'evaluate'; known metrics: criteria, expected_agents, judge, rouge, rules "
-        "(register your own with the pytest_llmsim_metrics hook or the pytest_llmsim.metrics.api entry point)*",
+        "*unknown metric 'sentiment' in 'evaluate'; known metrics: agent_selection_judge, criteria, expected_agents, "
+        "facts, information_aggregation_judge, judge, rouge, rules (register your own with the pytest_llmsim_metrics "
+        "hook or the pytest_llmsim.metrics.api entry point)*",
         "*metric 'judge': min_score must be 1, 2 or 3 (got 5)*"])
     assert sim.server.stats()["requests"] == requests
 

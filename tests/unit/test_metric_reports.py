@@ -299,3 +299,14 @@ def test_html_badge_is_the_outcome_never_green_on_a_failed_row() -> None:
     assert '<span class="llmsim-pill llmsim-score">score 3 / min 2</span>' in fragment
     assert "llmsim-score-3" not in fragment and "llmsim-verdict-passed" not in fragment
     assert ".llmsim-verdict-passed{background:#449d44}" in STYLE and ".llmsim-verdict-failed," in STYLE
+
+
+def test_a_metric_that_raised_reads_as_an_error_everywhere() -> None:
+    """A metric the runner kept with ``error`` (it raised; the scenario is an error) is never shown as info."""
+    errored = {"name": "facts", "score": None, "passed": None, "reason": "the judge's reply is not valid",
+               "details": {}, "error": "invalid_verdict"}
+    assert metric_line(errored) == "metric facts: error - the judge's reply is not valid"
+    assert metrics_cell([errored]) == "facts=:error"
+    chip = metric_chip(errored)
+    assert 'class="llmsim-metric llmsim-metric-error"' in chip and ">error<" in chip
+    assert ".llmsim-metric-error{" in STYLE

@@ -29,7 +29,8 @@ def read_export(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise UsageError(f"{path}: no such results file")
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open(encoding="utf-8", newline="") as handle:  # a CSV cell's own line breaks kept as written
+            text = handle.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: cannot read the results ({exc})") from None
     suffix = path.suffix.lower()
@@ -42,14 +43,17 @@ def read_export(path: Path) -> list[dict[str, Any]]:
         elif suffix in (".ndjson", ".jsonl"):
             rows = [json.loads(line) for line in text.splitlines() if line.strip()]
         elif suffix == ".csv":
-            reader = csv.DictReader(io.StringIO(text))
+            reader = csv.DictReader(io.StringIO(text, newline=""))
             missing = [name for name in _CSV_COLUMNS if name not in (reader.fieldnames or ())]
             if missing:
                 first = text.splitlines()[0][:60] if text.strip() else "(empty file)"
                 raise UsageError(f"{path}: not a pytest-llmsim CSV export: the header has no "
                                  f"{' and '.join(map(repr, missing))} column{'' if len(missing) == 1 else 's'} "
                                  f"(first line: {first!r})")
-            rows = [_with_csv_usage(row) for row in reader]
+            from pytest_llmsim.reporting.exports import csv_unescaped
+
+            rows = [_with_csv_usage({key: csv_unescaped(value) if isinstance(value, str) else value
+                                     for key, value in row.items()}) for row in reader]
         else:
             raise UsageError(f"{path}: unsupported extension {suffix or '(none)'!r}; use .json, .csv or .ndjson")
     except json.JSONDecodeError as exc:
@@ -117,9 +121,11 @@ def command_summarise(args: argparse.Namespace) -> int:
     if args.format == "csv":
         buffer = io.StringIO()
         flat = flat_summary(data)
-        writer = csv.DictWriter(buffer, fieldnames=list(flat), lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=list(flat), lineterminator="\r\n")
         writer.writeheader()
-        writer.writerow(flat)
+        from pytest_llmsim.reporting.exports import csv_safe
+
+        writer.writerow({key: csv_safe(value) for key, value in flat.items()})
         text = buffer.getvalue()
     else:
         text = json.dumps(data, ensure_ascii=False, indent=2) + "\n"
