@@ -265,7 +265,7 @@ def test_a_formula_in_any_text_never_reaches_an_exported_csv_unescaped(tmp_path:
     """Scenario names (from a CSV of queries), comments and errors are text a spreadsheet would run as a formula;
     each such cell starts with a quote, numbers (a negative delta) stay numbers, and reading the export back gives
     the text exactly."""
-    from pytest_llmsim.apps.cli import read_export
+    from pytest_llmsim.apps.cli.summarise import read_export
 
     result = ScenarioResult(scenario=text, nodeid=f"s.yaml::{text}", source="s.yaml", status="error",
                             min_score=2, comment=text, error_kind="metric", error_message=text,
