@@ -593,6 +593,10 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--format", choices=("json", "csv", "ndjson"), default="json")
             sub.add_argument("--output", metavar="FILE")
         sub.set_defaults(handler=command_status if name == "status" else command_fetch)
+
+    from pytest_llmsim.apps.history_cli import add_history_commands  # history, compare
+
+    add_history_commands(commands, lambda: resolve_options(Path.cwd(), {})["llmsim_history"])
     return parser
 
 

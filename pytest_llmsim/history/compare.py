@@ -188,15 +188,42 @@ class RunComparison:
     def figure(self, name: str) -> SuiteFigure:
         return next(f for f in self.suite if f.name == name)
 
+    def marks(self) -> dict[str, str]:
+        """What a report adds to a changed scenario's row: a significant change, noise."""
+        marks = {}
+        for s in self.scenarios:
+            parts = []
+            if s.significant:
+                parts.append(f"significant {'drop' if s.dropped else 'rise'}, adjusted p = "
+                             f"{format_p(s.p_adjusted or 0)}")
+            if s.noisy:
+                parts.append("noisy: flips with no change to the agent")
+            if parts:
+                marks[s.nodeid] = "; ".join(parts)
+        return marks
+
     def statistics_line(self) -> str:
-        """The one line a pull-request summary shows."""
-        parts = [f.text() for f in self.suite]
-        drops = [s for s in self.significant if s.dropped]
-        rises = [s for s in self.significant if not s.dropped]
-        tail = (f"; {len(drops)} scenario(s) significantly worse, {len(rises)} significantly better "
-                f"({PER_SCENARIO_METHOD}, alpha {self.alpha:g})")
-        noisy = f"; {len(self.noisy)} noisy" if self.noisy else ""
-        return "; ".join(parts) + tail + noisy
+        """The one line a pull-request summary shows: ``pass rate 0.82 -> 0.71 (-0.11, 95% interval -0.19 to -0.03,
+        p = 0.008, significant); mean score ...; paired exact sign-flip permutation test over 40 scenarios; 2
+        scenarios significantly worse (Fisher, Benjamini-Hochberg)``."""
+        parts = []
+        for figure in self.suite:
+            if figure.delta is None or figure.old is None or figure.new is None:
+                continue
+            interval = "" if figure.interval is None else \
+                f", 95% interval {figure.interval[0]:+.2f} to {figure.interval[1]:+.2f}"
+            verdict = ", significant" if figure.significant else ""
+            parts.append(f"{figure.name} {figure.old:.2f} -> {figure.new:.2f} ({figure.delta:+.2f}{interval}, "
+                         f"p = {format_p(figure.p_value if figure.p_value is not None else 1)}{verdict})")
+        if not parts:
+            return "no scenario ran in both runs"
+        methods = sorted({f.method for f in self.suite if f.method})
+        worse = sum(1 for s in self.significant if s.dropped)
+        better = len(self.significant) - worse
+        line = (f"{'; '.join(parts)}; paired {' / '.join(methods)} over {self.suite[0].scenarios} scenarios, "
+                f"alpha {self.alpha:g}; per scenario (Fisher, Benjamini-Hochberg): {worse} significantly worse, "
+                f"{better} better")
+        return line + (f"; {len(self.noisy)} noisy" if self.noisy else "")
 
     def lines(self, *, every: bool = False) -> list[str]:
         """The comparison as text: the suite figures, then the scenarios that changed (``every``: all)."""
@@ -386,7 +413,7 @@ class Flakiness:
         return self.passed / self.runs if self.runs else 0.0
 
     def text(self) -> str:
-        since = f", failing since run {self.failing_since[:12]} ({self.failing_since_at})" \
+        since = f", failing since run {self.failing_since[:8]} ({self.failing_since_at})" \
             if self.failing_since is not None else ""
         noisy = ", noisy (flips with no change to the agent)" if self.noisy else ""
         return (f"{self.nodeid}: passed {self.passed} of the last {self.runs} runs ({self.pass_rate:.0%}), "

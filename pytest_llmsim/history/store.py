@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_llmsim.errors import ConfigError
-from pytest_llmsim.model.results import ScenarioRecord
+from pytest_llmsim.errors import HistoryError
+from pytest_llmsim.history.compare import RunVerdicts
+from pytest_llmsim.model.results import Outcome, ScenarioRecord
 
 SCHEMA_VERSION = 2
 COMPLETED, INTERRUPTED = "completed", "interrupted"
@@ -62,8 +63,23 @@ VERDICT_SETTINGS = (
 )
 
 
-class HistoryError(ConfigError):
-    """The history store cannot be used: one line naming the file and what to do."""
+def verdict_settings(values: Mapping[str, Any], records: Iterable[ScenarioRecord]) -> dict[str, Any]:
+    """What a run stores of its settings: the options that change verdicts (``VERDICT_SETTINGS``, as resolved)
+    and the models each role actually called (a replay takes its recordings' models)."""
+    settings: dict[str, Any] = {}
+    for name in VERDICT_SETTINGS:
+        value = values.get(name)
+        settings[name] = str(value) if isinstance(value, Path) else value
+    models: dict[str, set[str]] = {}
+    for record in records:
+        for usage in record.result.usage:
+            models.setdefault(usage.role, set()).add(usage.model)
+    settings["models"] = {role: sorted(names) for role, names in sorted(models.items())}
+    return settings
+
+
+_VERDICTS = {Outcome.PASSED.value: True, Outcome.XPASSED.value: True, Outcome.FAILED.value: False,
+             Outcome.ERROR.value: False}
 
 
 def now() -> str:
@@ -282,9 +298,22 @@ class HistoryStore:
         except (ValueError, TypeError, KeyError) as exc:
             raise HistoryError(f"{self.where}: run {run_id}: a record cannot be read ({exc})") from None
 
-    def verdict_rows(self, run_ids: Iterable[str]) -> dict[str, list[ScenarioRecord]]:
-        """The records of several runs (for flakiness), by run id."""
-        return {run_id: self.records(run_id) for run_id in run_ids}
+    def run_verdicts(self, last: int | None = None) -> list[RunVerdicts]:
+        """Each run's scenario verdicts (passed or not; skipped and xfailed left out), oldest first: the last
+        ``last`` runs, from the outcome column alone (no record is parsed)."""
+        runs = self.runs()
+        if last is not None:
+            runs = runs[-last:] if last > 0 else []
+        verdicts: dict[str, dict[str, bool]] = {run.run_id: {} for run in runs}
+        with self._connect(write=False) as db:
+            for run in runs:
+                for nodeid, outcome in db.execute(
+                        "SELECT COALESCE(NULLIF(nodeid, ''), json_extract(record, '$.nodeid')), outcome FROM results "
+                        "WHERE batch_id = ? ORDER BY idx", (run.run_id,)):
+                    if outcome in _VERDICTS and nodeid:
+                        verdicts[run.run_id][nodeid] = _VERDICTS[outcome]
+        return [RunVerdicts(run.run_id, run.created_at, run.git_commit, bool(run.git_clean), run.settings_key,
+                            verdicts[run.run_id]) for run in runs]
 
 
 def _run_info(row: sqlite3.Row) -> RunInfo:

@@ -30,8 +30,11 @@ from typing import Any
 
 import pytest
 
+from pytest_llmsim.history.compare import RunComparison, significant_regressions
+from pytest_llmsim.history.store import now
 from pytest_llmsim.model.results import Outcome, ScenarioRecord, ScenarioResult, Status
 from pytest_llmsim.plugin.gate import is_known_failure
+from pytest_llmsim.plugin.history import FLAKY_SHOWN, FLAKY_WINDOW, RunHistory, statistics
 from pytest_llmsim.plugin.html_hooks import HtmlHooks
 from pytest_llmsim.plugin.report_options import (
     WORKER_BASELINE,
@@ -42,6 +45,7 @@ from pytest_llmsim.plugin.report_options import (
     local_judge,
     path_option,
     price_table,
+    resolved_options,
     scenario_cost_usd,
 )
 from pytest_llmsim.reporting.baseline import Comparison, ScenarioDelta, compare, regression_gates, scenario_delta
@@ -108,11 +112,18 @@ class ReportPlugin:
         # A bad baseline is a usage error now, before anything runs; its recordings are priced with this run's table.
         self.baseline = baseline_from_config(config)
         if self.baseline is None and gates.baseline_gates:
-            self.notes.append(Line("llmsim: baseline gates (llmsim_fail_on_regression, llmsim_max_score_drop) not "
-                                   "checked: no baseline given (--llmsim-baseline)", {"yellow": True}))
-            gates = dataclasses.replace(gates, fail_on_regression=False, max_score_drop=None)
+            self.notes.append(Line("llmsim: baseline gates (llmsim_fail_on_regression, llmsim_max_score_drop, "
+                                   "llmsim_fail_on_significant_regression) not checked: no baseline given "
+                                   "(--llmsim-baseline)", {"yellow": True}))
+            gates = dataclasses.replace(gates, fail_on_regression=False, max_score_drop=None,
+                                        significant_regression_alpha=None)
         self.gates = gates
         self.comparison: Comparison | None = None
+        self.statistics: RunComparison | None = None  # the comparison's statistics (history.compare)
+        self.started_at = now()
+        history_path = path_option(config, "llmsim_history")
+        self.history = RunHistory(history_path, resolved_options(config), config.rootpath) \
+            if history_path is not None else None
         self.known_failures: set[str] = set()  # --llmsim-gate=regressions: reports made xfailed (gate_plugin)
         self.results_path = path_option(config, "llmsim_results")
         if self.results_path is not None:
@@ -224,12 +235,19 @@ class ReportPlugin:
         self.missed = missed_gates(summary, self.gates) + self.extra_missed
         if self.baseline is not None:
             self.comparison = compare(records, self.baseline)
+            self.statistics = statistics(records, self.baseline, alpha=self.gates.significant_regression_alpha,
+                                         history=self.history)
+            self.notes.append(Line(f"llmsim: statistics: {self.statistics.statistics_line()}"))
             if gates_unchecked_reason(summary) is None:
                 self.missed += regression_gates(self.comparison, fail_on_regression=self.gates.fail_on_regression,
                                                 max_score_drop=self.gates.max_score_drop)
+                if self.gates.significant_regression_alpha is not None:
+                    self.missed += significant_regressions(self.statistics)
         self.backend = backend_messages(records)
         if self.results_path is not None:
             self._export(records, summary)
+        if self.history is not None:
+            self._append_history(records, summary)
         if self.histogram_path is not None:
             self._histogram(summary)
         self._markdown(records, summary)
@@ -248,9 +266,7 @@ class ReportPlugin:
         generated = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         try:
             comparison = self.comparison
-            written = write_results(self.results_path, records,
-                                    summary_dict(summary, self.gates, self.missed,
-                                                 comparison.summary_dict() if comparison is not None else None),
+            written = write_results(self.results_path, records, self._summary_document(summary),
                                     run_id=self.run_id, generated_at=generated, comparison=comparison,
                                     baseline_field=True)
         except OSError as exc:
@@ -260,6 +276,23 @@ class ReportPlugin:
         partial = "" if summary.complete else " (a partial run, marked as such)"
         self.notes.append(Line(f"llmsim: {len(records)} results written to {written[0]}{extra}{partial}",
                                {} if summary.complete else {"yellow": True}))
+
+    def _summary_document(self, summary: RunSummary) -> dict[str, Any]:
+        """The summary exports and the history store: totals, gates, the baseline comparison with its
+        statistics."""
+        comparison = None
+        if self.comparison is not None:
+            comparison = self.comparison.summary_dict()
+            if self.statistics is not None:
+                comparison["statistics"] = self.statistics.to_dict()
+        return summary_dict(summary, self.gates, self.missed, comparison)
+
+    def _append_history(self, records: list[ScenarioRecord], summary: RunSummary) -> None:
+        assert self.history is not None
+        note = self.history.append(run_id=self.run_id, records=records, summary=summary,
+                                   summary_document=self._summary_document(summary), started_at=self.started_at)
+        if note is not None:
+            self.notes.append(Line(note))
 
     def _chat_files(self, records: list[ScenarioRecord]) -> None:
         """Say where ``--llmsim-chats-dir`` wrote the conversations, and how many could not be written."""
@@ -278,12 +311,18 @@ class ReportPlugin:
         if self.markdown_path is None and not step_summary:
             return
         comparison = self.comparison
+        stats = self.statistics
+        flaky = self.history.flaky() if self.history is not None else []
         text = render_markdown(
             summary, self.gates, self.missed, records, comparison.deltas if comparison is not None else None,
             baseline_label=comparison.baseline_label if comparison is not None else "",
             new=comparison.new if comparison is not None else (),
             missing=comparison.missing if comparison is not None else (),
-            mean_score_delta=comparison.mean_score_delta if comparison is not None else None)
+            mean_score_delta=comparison.mean_score_delta if comparison is not None else None,
+            statistics=stats.statistics_line() if stats is not None else "",
+            marks=stats.marks() if stats is not None else None,
+            flaky=[f.text() for f in flaky[:FLAKY_SHOWN]],
+            flaky_title=f"Flaky scenarios (last {FLAKY_WINDOW} runs of the history)")
         if self.markdown_path is not None:
             try:
                 write_markdown(self.markdown_path, text)
@@ -336,7 +375,8 @@ class ReportPlugin:
                               backend=self.backend, comparison=self.comparison)
         if quiet and lines:
             lines.extend(judge_lines)
-        for line in [*lines, *self.write_failures]:  # a file not written is said even under -q
+        history_warnings = [Line(text, {"yellow": True}) for text in (self.history.warnings if self.history else [])]
+        for line in [*lines, *self.write_failures, *history_warnings]:  # said even under -q
             if line.markup.get("separator"):
                 terminalreporter.write_sep("=", line.text)
             else:

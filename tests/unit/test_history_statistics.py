@@ -138,7 +138,7 @@ def test_a_comparison_of_records_names_its_methods_and_flags_a_significant_drop(
     assert rate.method == "exact sign-flip permutation test" and not rate.significant  # one scenario of 12 moved
     lines = significant_regressions(comparison)
     assert len(lines) == 1 and "s.yaml::11" in lines[0] and "Fisher" in lines[0]
-    assert "Fisher's exact test" in comparison.statistics_line()
+    assert "per scenario (Fisher, Benjamini-Hochberg): 1 significantly worse, 0 better" in comparison.statistics_line()
 
 
 def test_same_agent_flips_are_noisy_and_a_rise_never_fails_the_gate() -> None:

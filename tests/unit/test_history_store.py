@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from pytest_llmsim.errors import HistoryError
 from pytest_llmsim.history.store import (
     SCHEMA_VERSION,
     GitInfo,
-    HistoryError,
     HistoryStore,
     git_info,
     schema_version,
