@@ -37,6 +37,7 @@ from pytest_llmsim.reporting.summary import RunSummary
 INCOMPLETE = "incomplete"
 FLAKY_WINDOW = 20  # runs of the history the markdown summary's flakiness looks at
 FLAKY_SHOWN = 10
+NOISE_WINDOW = 100  # runs of the history searched for verdicts that flip with no change to the agent
 
 
 def run_status(summary: RunSummary) -> str:
@@ -79,7 +80,7 @@ class RunHistory:
         if not self.store.path.exists():
             return set()
         try:
-            return noisy_scenarios(self.store.run_verdicts())
+            return noisy_scenarios(self.store.run_verdicts(NOISE_WINDOW))
         except HistoryError as exc:
             self._warn(exc)
             return set()
