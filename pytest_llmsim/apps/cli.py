@@ -596,7 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from pytest_llmsim.apps.history_cli import add_history_commands  # history, compare
 
-    add_history_commands(commands, lambda: resolve_options(Path.cwd(), {})["llmsim_history"])
+    add_history_commands(commands, lambda flags: resolve_options(Path.cwd(), flags))
     return parser
 
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pytest_llmsim.config.options import ResolvedOptions
 from pytest_llmsim.errors import ConfigError, HistoryError
 from pytest_llmsim.history.compare import (
     DEFAULT_ALPHA,
@@ -35,13 +36,19 @@ from pytest_llmsim.history.store import HistoryStore, RunInfo
 from pytest_llmsim.model.results import ScenarioRecord
 
 OK, FAILED_EXIT, USAGE = 0, 1, 2
-HistoryPath = Callable[[], "Path | None"]  # the ini's llmsim_history, resolved as the ``llmsim`` command does
+Resolve = Callable[[dict[str, str]], ResolvedOptions]  # the options, resolved as the ``llmsim`` command does
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "": 86400}
 
 
-def add_history_commands(commands: Any, history_path: HistoryPath) -> None:
-    """Add ``history`` and ``compare`` to the ``llmsim`` subcommands (``commands``: argparse's subparsers)."""
+def add_history_commands(commands: Any, resolve: Resolve) -> None:
+    """Add ``history``, ``compare`` and ``view`` to the ``llmsim`` subcommands (``commands``: argparse's
+    subparsers)."""
+
+    def history_path() -> Path | None:
+        value: Path | None = resolve({})["llmsim_history"]
+        return value
+
     history = commands.add_parser("history", help="list, prune or check for flakiness the runs of a history store")
     history.add_argument("--path", metavar="PATH", help="the history (default: the ini's llmsim_history)")
     history.add_argument("--format", choices=("text", "json"), default="text")
@@ -67,6 +74,12 @@ def add_history_commands(commands: Any, history_path: HistoryPath) -> None:
     compare.add_argument("--all", action="store_true", help="list every scenario, not only those that changed")
     compare.set_defaults(handler=_guarded(lambda args: command_compare(args, history_path)))
 
+    view = commands.add_parser("view", help="serve the history viewer (the service's app, /view)")
+    view.add_argument("path", nargs="?", metavar="PATH", help="a history or service database (default: the ini's "
+                      "llmsim_history, else the service's database)")
+    view.add_argument("--port", type=int, help="port (default 5000)")
+    view.set_defaults(handler=_guarded(lambda args: command_view(args, resolve, history_path)))
+
 
 def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """A bad history, run or argument: one line on stderr and exit 2."""
@@ -79,7 +92,7 @@ def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse
     return run
 
 
-def _store(given: str | None, history_path: HistoryPath) -> HistoryStore:
+def _store(given: str | None, history_path: Callable[[], Path | None]) -> HistoryStore:
     path = Path(given) if given else history_path()
     if path is None:
         raise ConfigError("no history: give --path PATH (or --history PATH), or set llmsim_history in the ini file")
@@ -95,7 +108,7 @@ def parse_age(text: str) -> datetime.timedelta:
     return datetime.timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
 
 
-def command_history(args: argparse.Namespace, history_path: HistoryPath) -> int:
+def command_history(args: argparse.Namespace, history_path: Callable[[], Path | None]) -> int:
     store = _store(args.path, history_path)
     if args.action == "prune":
         if args.keep is None and args.older_than is None:
@@ -182,7 +195,7 @@ def same_agent(a: RunInfo | None, b: RunInfo | None) -> bool:
             and a.git_clean is True and b.git_clean is True and a.settings_key == b.settings_key)
 
 
-def command_compare(args: argparse.Namespace, history_path: HistoryPath) -> int:
+def command_compare(args: argparse.Namespace, history_path: Callable[[], Path | None]) -> int:
     store: HistoryStore | None
     try:
         store = _store(args.history, history_path)
@@ -216,3 +229,20 @@ def _text(comparison: RunComparison, *, every: bool) -> list[str]:
     if comparison.same_agent:
         lines.append("  both runs ran one commit with the same settings: every verdict flip is noise")
     return lines
+
+
+def command_view(args: argparse.Namespace, resolve: Resolve, history_path: Callable[[], Path | None]) -> int:
+    """``llmsim view [PATH]``: the service's app on PATH, its viewer at ``/view``."""
+    try:
+        from pytest_llmsim.apps.service.app import serve
+    except ImportError as exc:
+        raise ConfigError(f"llmsim view needs the service extra: pip install 'pytest-llmsim[service]' ({exc})") \
+            from None
+    path = Path(args.path) if args.path else history_path()
+    flags = {"llmsim_service_db": str(path)} if path is not None else {}
+    if args.port is not None:
+        flags["llmsim_port"] = str(args.port)
+    resolved = resolve(flags)
+    print(f"llmsim: the viewer is at http://{resolved['llmsim_host']}:{resolved['llmsim_port']}/view",
+          file=sys.stderr, flush=True)
+    return serve(resolved)

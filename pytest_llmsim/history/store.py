@@ -205,7 +205,9 @@ class HistoryStore:
             db = sqlite3.connect(uri, uri=True, timeout=self.timeout, isolation_level=None)
             db.row_factory = sqlite3.Row
             if write:
-                db.execute("PRAGMA journal_mode=WAL")
+                # The journal mode is the file's (the service makes its database WAL); a history of its own keeps
+                # SQLite's rollback journal, which writes an appended run once. NORMAL: no sync per statement.
+                db.execute("PRAGMA synchronous=NORMAL")
                 ensure_schema(db, self.where)
             else:
                 version = schema_version(db)
