@@ -73,3 +73,53 @@ def test_a_run_lists_its_scenarios_with_filters_and_escapes_everything(client: o
     blamed = client.get("/view/runs/run-1-xxxxxxxx", params={"blame": "agent"}).text  # type: ignore[attr-defined]
     assert "2 of 5 scenario(s)" in blamed
     assert client.get("/view/runs/nope").status_code == 404  # type: ignore[attr-defined]
+
+
+def test_two_runs_side_by_side_with_significance_and_the_first_diverging_turn(client: object) -> None:
+    page = client.get("/view/compare", params={"a": "run-0", "b": "run-1"}).text  # type: ignore[attr-defined]
+    assert "pass rate 1.000 -&gt; 0.600 (-0.400" in page and "exact sign-flip permutation test" in page
+    assert "passed 1/1 -&gt; 0/1" in page and "same conversation" in page
+    runs = client.get("/view").text  # type: ignore[attr-defined]
+    assert "href='/view/compare?a=run-1-xxxxxxxx&amp;b=run-2-xxxxxxxx'>vs previous</a>" in runs
+    missing = client.get("/view/compare", params={"a": "nope", "b": "run-1"})  # type: ignore[attr-defined]
+    assert missing.status_code == 404 and "History unavailable" in missing.text and "no run" in missing.text
+
+
+def test_the_first_diverging_turn() -> None:
+    from pytest_llmsim.apps.service.viewer import first_divergence
+
+    same = [{"role": "client", "text": "hi"}, {"role": "agent", "text": "hello"}]
+    assert first_divergence(same, same) is None
+    assert first_divergence(same, [same[0], {"role": "agent", "text": "bye"}]) == 1
+    assert first_divergence(same, same[:1]) == 1
+    tool = [{"role": "agent", "text": "x", "tool_calls": [{"name": "a", "arguments": {"q": 1}}]}]
+    other = [{"role": "agent", "text": "x", "tool_calls": [{"name": "a", "arguments": {"q": 2}}]}]
+    assert first_divergence(tool, other) == 0
+
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+@pytest.mark.slow
+def test_hostile_values_never_run_in_a_real_browser(client: object, tmp_path: Path) -> None:
+    """Each page, saved and loaded in headless Chromium (no Content-Security-Policy from a file: the escaping alone
+    must hold): a payload that ran would have changed the title."""
+    import shutil
+    import subprocess
+
+    browser = next((path for path in map(shutil.which, BROWSERS) if path), None)
+    if browser is None:
+        pytest.skip("headless Chromium is not installed")
+    for name, url in (("runs", "/view"), ("run", "/view/runs/run-1-xxxxxxxx"),
+                      ("compare", "/view/compare?a=run-0&b=run-1")):
+        html = client.get(url).text  # type: ignore[attr-defined]
+        html = html.replace("<title>", "<title>SAFE", 1)  # payloads: alert( made non-blocking, title-changing
+        page = tmp_path / f"{name}.html"
+        page.write_text(html.replace("alert(", "document.title+=('PWNED'),void("), encoding="utf-8")
+        done = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                               f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=3000",
+                               "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=180,
+                              check=False)
+        assert done.returncode == 0 and "</html>" in done.stdout, done.stderr[-1000:]
+        title = done.stdout.split("<title>", 1)[1].split("</title>", 1)[0]
+        assert title.startswith("SAFE") and "PWNED" not in title, (name, title)

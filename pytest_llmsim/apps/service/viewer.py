@@ -3,7 +3,10 @@
 ``GET /view`` lists the runs of the service's database (which is a history store: pytest runs appended with
 ``--llmsim-history`` and service batches side by side) with a pass-rate chart over time, a page at a time;
 ``GET /view/runs/{run_id}`` is one run's scenario table, filtered by status and blame and paged, each scenario's
-conversation (speakers, tool calls), metric results, judge comment and cost one click away (``<details>``).
+conversation (speakers, tool calls), metric results, judge comment and cost one click away (``<details>``);
+``GET /view/compare?a=RUN&b=RUN`` puts two runs side by side: the statistics (``history.compare``), each
+scenario's pass counts, deltas and significance, and its two conversations turn by turn, the first turn where
+they diverge highlighted.
 
 Pages are rendered on the server, with every value from the store escaped (``html.escape``) and no script at all:
 a name, transcript or comment with HTML or JavaScript in it shows as text. The chart is inline SVG. Served as the
@@ -12,6 +15,7 @@ API is (loopback only unless a token is set; with a token, the browser must send
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Mapping, Sequence
 from html import escape
@@ -23,19 +27,21 @@ from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import HTMLResponse
 
 from pytest_llmsim.errors import HistoryError
+from pytest_llmsim.history.compare import RunComparison, compare_runs, format_p, noisy_scenarios, scenario_text
 from pytest_llmsim.history.store import HistoryStore, RunInfo
-from pytest_llmsim.model.results import ScenarioRecord
+from pytest_llmsim.model.results import ScenarioRecord, turn_key
 
 PAGE_SIZE = 100
 _STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse}
 td,th{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top}th{background:#f3f3f3}
 .passed{color:#176f2c}.failed,.error{color:#b00020}.turn{margin:.2em 0;white-space:pre-wrap}
+.diverged{background:#fff3c4}
 .client{color:#0b4f8a}.agent{color:#5b2c83}.tool{color:#666;font-family:monospace}nav a{margin-right:1em}"""
 
 
-def _page(title: str, body: str) -> HTMLResponse:
+def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
-                        f"<style>{_STYLE}</style></head><body>{body}</body></html>",
+                        f"<style>{_STYLE}</style></head><body>{body}</body></html>", status_code=status,
                         headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
                                  "X-Content-Type-Options": "nosniff"})
 
@@ -65,8 +71,12 @@ def runs_page(store: HistoryStore, page: int) -> HTMLResponse:
     pages = max(1, -(-len(runs) // PAGE_SIZE))
     page = min(max(1, page), pages)
     shown = newest_first[(page - 1) * PAGE_SIZE:page * PAGE_SIZE]
+    previous = {later.run_id: earlier.run_id for earlier, later in itertools.pairwise(runs)}
     rows = []
     for run in shown:
+        before = previous.get(run.run_id)
+        compare_link = "" if before is None else \
+            f"<a href='/view/compare?{escape(urlencode({'a': before, 'b': run.run_id}))}'>vs previous</a>"
         stats = run.figure("score_statistics")
         mean = stats.get("mean") if isinstance(stats, Mapping) else None
         git = escape((run.git_commit or "")[:10] + (f" {run.git_branch}" if run.git_branch else ""))
@@ -74,12 +84,13 @@ def runs_page(store: HistoryStore, page: int) -> HTMLResponse:
                     f"<td>{escape(run.created_at[:19].replace('T', ' '))}</td><td>{escape(run.status)}</td>"
                     f"<td>{escape(run.source)}</td><td>{run.scenarios}</td>"
                     f"<td>{_number(run.figure('success_rate'), '{:.1%}')}</td><td>{_number(mean, '{:.2f}')}</td>"
-                    f"<td>{_number(run.figure('total_cost_usd'), '{:.6f}')}</td><td>{git}</td></tr>")
+                    f"<td>{_number(run.figure('total_cost_usd'), '{:.6f}')}</td><td>{git}</td>"
+                    f"<td>{compare_link}</td></tr>")
     nav = _pager("/view", {}, page, pages)
     body = (f"<h1>Runs</h1><p>{len(runs)} run(s) in {escape(str(store.path))}</p><h2>Pass rate over the runs</h2>"
             f"{runs_chart(runs)}<h2>Runs, newest first</h2>{nav}<table><tr><th>run</th><th>created (UTC)</th>"
             "<th>status</th><th>source</th><th>scenarios</th><th>pass rate</th><th>mean score</th><th>cost $</th>"
-            f"<th>git</th></tr>{''.join(rows)}</table>{nav}")
+            f"<th>git</th><th></th></tr>{''.join(rows)}</table>{nav}")
     return _page("llmsim runs", body)
 
 
@@ -158,6 +169,55 @@ def _scenario_row(record: ScenarioRecord) -> str:
             f"<td>{_number(record.cost_usd, '{:.6f}')}</td><td>{details}</td></tr>")
 
 
+def first_divergence(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]) -> int | None:
+    """The index of the first turn where two conversations differ (role, text or tool calls); None: the same."""
+    for index in range(max(len(old), len(new))):
+        if index >= len(old) or index >= len(new) or turn_key(old[index]) != turn_key(new[index]):
+            return index
+    return None
+
+
+def _diff(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]) -> str:
+    diverged = first_divergence(old, new)
+    rows = []
+    for index in range(max(len(old), len(new))):
+        mark = " class='diverged'" if index == diverged else ""
+        cells = "".join(f"<td>{_turns([side[index]]) if index < len(side) else ''}</td>" for side in (old, new))
+        rows.append(f"<tr{mark}><td>{index + 1}</td>{cells}</tr>")
+    head = "same conversation" if diverged is None else f"first diverging turn: {diverged + 1}"
+    return (f"<details><summary>{head}</summary><table><tr><th>turn</th><th>A</th><th>B</th></tr>"
+            f"{''.join(rows)}</table></details>")
+
+
+def compare_page(store: HistoryStore, a: str, b: str, *, page: int) -> HTMLResponse:
+    run_a, run_b = store.resolve(a), store.resolve(b)
+    records_a = {r.nodeid: r for r in store.records(run_a.run_id)}
+    records_b = {r.nodeid: r for r in store.records(run_b.run_id)}
+    comparison: RunComparison = compare_runs(records_a.values(), records_b.values(),
+                                             noisy=noisy_scenarios(store.run_verdicts(100)),
+                                             old_label=run_a.run_id[:8], new_label=run_b.run_id[:8])
+    figures = "".join(f"<li>{escape(f.text())}{' <b>significant</b>' if f.significant else ''}</li>"
+                      for f in comparison.suite)
+    scenarios = comparison.scenarios
+    pages = max(1, -(-len(scenarios) // PAGE_SIZE))
+    page = min(max(1, page), pages)
+    rows = []
+    for s in scenarios[(page - 1) * PAGE_SIZE:page * PAGE_SIZE]:
+        old, new = records_a.get(s.nodeid), records_b.get(s.nodeid)
+        significance = ("significant " + ("drop" if s.dropped else "rise")) if s.significant else ""
+        rows.append(
+            f"<tr><td>{escape(s.nodeid)}</td><td>{escape(scenario_text(s).partition(': ')[2])}</td>"
+            f"<td>{'' if s.p_adjusted is None else escape(format_p(s.p_adjusted))}</td>"
+            f"<td><b>{escape(significance)}</b>{' noisy' if s.noisy else ''}</td>"
+            f"<td>{_diff(old.result.transcript if old else [], new.result.transcript if new else [])}</td></tr>")
+    nav = _pager("/view/compare", {"a": run_a.run_id, "b": run_b.run_id}, page, pages)
+    body = (f"<nav><a href='/view'>all runs</a></nav><h1>{escape(run_a.run_id[:8])} (A) → "
+            f"{escape(run_b.run_id[:8])} (B)</h1><ul>{figures}</ul><p>{escape(comparison.statistics_line())}</p>"
+            f"{nav}<table><tr><th>scenario</th><th>A → B</th><th>adjusted p</th><th>significance</th>"
+            f"<th>conversation</th></tr>{''.join(rows)}</table>{nav}")
+    return _page("llmsim compare", body)
+
+
 def add_viewer(app: FastAPI, database: Path) -> None:
     """The viewer's pages on ``app``, reading ``database`` (the service's database, a history store)."""
     store = HistoryStore(database)
@@ -166,7 +226,8 @@ def add_viewer(app: FastAPI, database: Path) -> None:
         try:
             response: HTMLResponse = render(store, *args, **kwargs)
         except HistoryError as exc:
-            return _page("llmsim history", f"<h1>History unavailable</h1><p>{escape(str(exc))}</p>")
+            # a run the history does not hold, or a history that cannot be read: one line, as the CLI says it
+            return _page("llmsim history", f"<h1>History unavailable</h1><p>{escape(str(exc))}</p>", status=404)
         return response
 
     @app.get("/view", response_class=HTMLResponse, include_in_schema=False)
@@ -177,3 +238,7 @@ def add_viewer(app: FastAPI, database: Path) -> None:
     def view_run(run_id: str, status: str = Query(""), blame: str = Query(""), page: int = Query(1)
                  ) -> HTMLResponse:
         return guarded(run_page, run_id, status=status, blame=blame, page=page)
+
+    @app.get("/view/compare", response_class=HTMLResponse, include_in_schema=False)
+    def view_compare(a: str = Query(...), b: str = Query(...), page: int = Query(1)) -> HTMLResponse:
+        return guarded(compare_page, a, b, page=page)
