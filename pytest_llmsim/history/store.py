@@ -128,6 +128,7 @@ def ensure_schema(db: sqlite3.Connection, where: str = "the store") -> None:
             db.execute("DELETE FROM schema_version")
             db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
             db.execute("CREATE INDEX IF NOT EXISTS batches_created ON batches (created_at)")
+            db.execute("CREATE INDEX IF NOT EXISTS results_nodeid ON results (nodeid)")
 
 
 # -- git ----------------------------------------------------------------------------------------------------------
@@ -299,6 +300,18 @@ class HistoryStore:
             return [ScenarioRecord.from_dict(json.loads(row[0])) for row in rows]
         except (ValueError, TypeError, KeyError) as exc:
             raise HistoryError(f"{self.where}: run {run_id}: a record cannot be read ({exc})") from None
+
+    def scenario_history(self, nodeid: str, last: int = 50) -> list[tuple[RunInfo, ScenarioRecord]]:
+        """One scenario's record in each of the last ``last`` runs that ran it, newest first."""
+        runs = {run.run_id: run for run in self.runs()}
+        with self._connect(write=False) as db:
+            rows = db.execute("SELECT batch_id, record FROM results WHERE nodeid = ?", (nodeid,)).fetchall()
+        found = sorted(((runs[row[0]], row[1]) for row in rows if row[0] in runs),
+                       key=lambda pair: (pair[0].created_at, pair[0].run_id), reverse=True)[:last]
+        try:
+            return [(run, ScenarioRecord.from_dict(json.loads(text))) for run, text in found]
+        except (ValueError, TypeError, KeyError) as exc:
+            raise HistoryError(f"{self.where}: scenario {nodeid}: a record cannot be read ({exc})") from None
 
     def run_verdicts(self, last: int | None = None) -> list[RunVerdicts]:
         """Each run's scenario verdicts (passed or not; skipped and xfailed left out), oldest first: the last

@@ -4,6 +4,7 @@ conversation, metrics, judge comment, cost), hostile names and transcripts shown
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -75,6 +76,17 @@ def test_a_run_lists_its_scenarios_with_filters_and_escapes_everything(client: o
     assert client.get("/view/runs/nope").status_code == 404  # type: ignore[attr-defined]
 
 
+def test_a_scenarios_history_lists_its_verdicts_over_the_runs(client: object) -> None:
+    nodeid = f"s.yaml::case_1{HOSTILE}"
+    run = client.get("/view/runs/run-1-xxxxxxxx").text  # type: ignore[attr-defined]
+    assert "href='/view/scenario?nodeid=s.yaml%3A%3Acase_1%3Cscript%3E" in run
+    page = client.get("/view/scenario", params={"nodeid": nodeid}).text  # type: ignore[attr-defined]
+    assert "its last 3 run(s), newest first" in page and "<script" not in page
+    outcomes = [cell.split("'>", 1)[1] for cell in page.split("<td class='")[1:]]
+    assert [o.split("<", 1)[0] for o in outcomes] == ["passed", "failed", "passed"]  # run-2, run-1, run-0
+    assert client.get("/view/scenario", params={"nodeid": "nope"}).status_code == 404  # type: ignore[attr-defined]
+
+
 def test_two_runs_side_by_side_with_significance_and_the_first_diverging_turn(client: object) -> None:
     page = client.get("/view/compare", params={"a": "run-0", "b": "run-1"}).text  # type: ignore[attr-defined]
     assert "pass rate 1.000 -&gt; 0.600 (-0.400" in page and "exact sign-flip permutation test" in page
@@ -111,7 +123,8 @@ def test_hostile_values_never_run_in_a_real_browser(client: object, tmp_path: Pa
     if browser is None:
         pytest.skip("headless Chromium is not installed")
     for name, url in (("runs", "/view"), ("run", "/view/runs/run-1-xxxxxxxx"),
-                      ("compare", "/view/compare?a=run-0&b=run-1")):
+                      ("compare", "/view/compare?a=run-0&b=run-1"),
+                      ("scenario", f"/view/scenario?nodeid=s.yaml::case_1{quote(HOSTILE)}")):
         html = client.get(url).text  # type: ignore[attr-defined]
         html = html.replace("<title>", "<title>SAFE", 1)  # payloads: alert( made non-blocking, title-changing
         page = tmp_path / f"{name}.html"

@@ -6,7 +6,8 @@
 conversation (speakers, tool calls), metric results, judge comment and cost one click away (``<details>``);
 ``GET /view/compare?a=RUN&b=RUN`` puts two runs side by side: the statistics (``history.compare``), each
 scenario's pass counts, deltas and significance, and its two conversations turn by turn, the first turn where
-they diverge highlighted.
+they diverge highlighted; ``GET /view/scenario?nodeid=...`` is a scenario's verdicts over the runs, each with its
+conversation one click away.
 
 Pages are rendered on the server, with every value from the store escaped (``html.escape``) and no script at all:
 a name, transcript or comment with HTML or JavaScript in it shows as text. The chart is inline SVG. Served as the
@@ -164,7 +165,9 @@ def _scenario_row(record: ScenarioRecord) -> str:
                f"<p><b>Judge:</b> {escape(result.comment)}</p>"
                + (f"<p><b>Error:</b> {escape(result.error_message)}</p>" if result.error_message else "")
                + f"{_metrics(result.metrics)}</details>")
-    return (f"<tr><td>{escape(record.nodeid)}</td><td class='{escape(outcome)}'>{escape(outcome)}</td>"
+    history = f"/view/scenario?{escape(urlencode({'nodeid': record.nodeid}))}"
+    return (f"<tr><td><a href='{history}'>{escape(record.nodeid)}</a></td>"
+            f"<td class='{escape(outcome)}'>{escape(outcome)}</td>"
             f"<td>{_number(result.score, '{}')}</td><td>{escape(result.blame)}</td>"
             f"<td>{_number(record.cost_usd, '{:.6f}')}</td><td>{details}</td></tr>")
 
@@ -218,6 +221,26 @@ def compare_page(store: HistoryStore, a: str, b: str, *, page: int) -> HTMLRespo
     return _page("llmsim compare", body)
 
 
+def scenario_page(store: HistoryStore, nodeid: str) -> HTMLResponse:
+    rows = []
+    for run, record in store.scenario_history(nodeid):
+        result, outcome = record.result, str(record.outcome)
+        stats = record.trial_figures()
+        trials = f"{stats['passed_trials']}/{stats['trials']}" if stats.get("trials") else "-"
+        rows.append(f"<tr><td><a href='/view/runs/{quote(run.run_id, safe='')}'>{escape(run.run_id[:8])}</a></td>"
+                    f"<td>{escape(run.created_at[:19].replace('T', ' '))}</td>"
+                    f"<td>{escape((run.git_commit or '')[:10])}</td><td class='{escape(outcome)}'>{escape(outcome)}"
+                    f"</td><td>{_number(result.score, '{}')}</td><td>{escape(trials)}</td>"
+                    f"<td><details><summary>{len(result.transcript)} turn(s)</summary>{_turns(result.transcript)}"
+                    f"<p><b>Judge:</b> {escape(result.comment)}</p></details></td></tr>")
+    if not rows:
+        raise HTTPException(404, "no run of the history has this scenario")
+    body = (f"<nav><a href='/view'>all runs</a></nav><h1>{escape(nodeid)}</h1><p>its last {len(rows)} run(s), "
+            "newest first</p><table><tr><th>run</th><th>created (UTC)</th><th>commit</th><th>outcome</th>"
+            f"<th>score</th><th>trials passed</th><th>conversation</th></tr>{''.join(rows)}</table>")
+    return _page("llmsim scenario", body)
+
+
 def add_viewer(app: FastAPI, database: Path) -> None:
     """The viewer's pages on ``app``, reading ``database`` (the service's database, a history store)."""
     store = HistoryStore(database)
@@ -238,6 +261,10 @@ def add_viewer(app: FastAPI, database: Path) -> None:
     def view_run(run_id: str, status: str = Query(""), blame: str = Query(""), page: int = Query(1)
                  ) -> HTMLResponse:
         return guarded(run_page, run_id, status=status, blame=blame, page=page)
+
+    @app.get("/view/scenario", response_class=HTMLResponse, include_in_schema=False)
+    def view_scenario(nodeid: str = Query(...)) -> HTMLResponse:
+        return guarded(scenario_page, nodeid)
 
     @app.get("/view/compare", response_class=HTMLResponse, include_in_schema=False)
     def view_compare(a: str = Query(...), b: str = Query(...), page: int = Query(1)) -> HTMLResponse:
