@@ -1,4 +1,4 @@
-"""``llmsim history`` and ``llmsim compare``: the run history from the command line (no pytest).
+"""``llmsim history``, ``llmsim compare`` and ``llmsim view``: the run history from the command line (no pytest).
 
 * ``llmsim history [--path PATH]`` lists the runs (pytest runs and service batches) of a history store;
   ``llmsim history prune --keep N | --older-than D`` deletes old ones; ``llmsim history flaky [--last N]`` shows
@@ -6,6 +6,8 @@
 * ``llmsim compare RUN_A RUN_B`` compares two runs with statistics (``history.compare``): each run a JSON or
   NDJSON export, a recordings directory, or a run of the history (an id, a unique prefix, ``latest``,
   ``latest~N``). ``--fail-on-significant-regression[=ALPHA]``: exit 1 when B dropped significantly from A.
+* ``llmsim view [PATH]`` serves the service's app on a history (or service database), its viewer at ``/view``
+  (``apps/service/viewer.py``; needs the service extra).
 
 The history path: ``--path``/``--history``, else the ini's ``llmsim_history`` (as pytest reads it). Exit codes as
 ``llmsim``'s: 0, 1 (a significant regression with the gate), 2 usage error (one line).
