@@ -83,6 +83,11 @@ class ConfigError(LlmsimError):
     kind = ErrorKind.CONFIG
 
 
+class HistoryError(ConfigError):
+    """The run history store cannot be used (corrupt, locked too long, a newer schema, not writable): one line
+    naming the file and what to do (``history.store``)."""
+
+
 class EndpointError(LlmsimError):
     kind = ErrorKind.ENDPOINT
 

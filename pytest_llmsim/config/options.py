@@ -60,6 +60,7 @@ class Option:
     metavar: str | None = None
     shown_default: str | None = None  # the README's wording when the default is not a plain value
     pytest: bool = True  # False: only ``llmsim`` and its service read it; pytest registers the ini key, no more
+    const: str | None = None  # the flag's value when given bare (``--flag`` = ``--flag=const``); ``true`` too
 
     @property
     def dest(self) -> str:
@@ -202,6 +203,15 @@ OPTIONS: tuple[Option, ...] = (
            "newly fails.", "false", flag="--llmsim-fail-on-regression", kind="bool"),
     Option("llmsim_max_score_drop", "Baseline gate: the session fails if the mean score dropped by more than this.",
            flag="--llmsim-max-score-drop", kind="float", low=0, metavar="X"),
+    Option("llmsim_fail_on_significant_regression", "Baseline gate: the session fails if the pass rate or mean "
+           "score dropped significantly at this level (paired tests over the scenarios, Holm over the two), or a "
+           "scenario's pass count did (Fisher's exact test, Benjamini-Hochberg over the scenarios); a bare flag or "
+           "true means 0.05 (empty: off).", flag="--llmsim-fail-on-significant-regression", kind="float",
+           low=0.0001, high=0.5, const="0.05", metavar="ALPHA"),
+    Option("llmsim_history", "Append each run (when, git commit and branch, the settings that change verdicts, "
+           "every record with transcript, metrics and cost) to this SQLite history, the service's database format; "
+           "`llmsim history` lists it, `llmsim compare` compares its runs.", flag="--llmsim-history", kind="path",
+           metavar="PATH"),
     Option("llmsim_gate", "Which failing scenarios fail the run: all (any failed item) or regressions (needs "
            "llmsim_baseline: a scenario that failed on the baseline too, with no significant score drop, is a known "
            "failure, reported as xfailed; a new failure, a significant drop or any error still fails).", "all",
@@ -316,6 +326,10 @@ def _parse(row: Option, raw: Any, base: Path, source: str = "") -> Any:
         if value not in row.choices:
             raise ConfigError(f"{where} must be one of {', '.join(row.choices)}, got {text!r}")
         return value
+    if row.const is not None and text.lower() in ("true", "yes", "on"):
+        text = row.const
+    elif row.const is not None and text.lower() in ("false", "no", "off"):
+        return None
     if text == "":
         return None
     if row.kind == "shard":

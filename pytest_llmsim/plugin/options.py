@@ -30,6 +30,8 @@ def add_options(parser: pytest.Parser, rows: Iterable[Option] = OPTIONS) -> None
                 extra = {"action": "store_const", "const": "true"}
             else:
                 extra["metavar"] = row.metavar or "VALUE"
+            if row.const is not None:  # --flag alone means --flag=const
+                extra.update(nargs="?", const=row.const)
             text = f"{row.help} Default {default_text}; ini {row.ini}" + (f"; env {row.env}" if row.env else "")
             group.addoption(row.flag, dest=row.dest, default=None,
                             help=(text + ".").replace("%", "%%"), **extra)  # argparse %-formats help

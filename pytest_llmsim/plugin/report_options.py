@@ -47,7 +47,8 @@ def gates_from_config(config: pytest.Config) -> Gates:
                  max_cost_usd=resolved["llmsim_max_cost_usd"],
                  fail_on_regression=bool(resolved["llmsim_fail_on_regression"]),
                  max_score_drop=resolved["llmsim_max_score_drop"], min_pass_hat_k=resolved["llmsim_min_pass_hat_k"],
-                 gate=gate_mode(config))
+                 gate=gate_mode(config),
+                 significant_regression_alpha=resolved["llmsim_fail_on_significant_regression"])
 
 
 def gate_mode(config: pytest.Config) -> str:

@@ -37,8 +37,11 @@ from typing import Any, Protocol
 
 import pytest
 
+from pytest_llmsim.history.compare import RunComparison, significant_regressions
+from pytest_llmsim.history.store import now
 from pytest_llmsim.model.results import Outcome, ScenarioRecord, ScenarioResult, Status
 from pytest_llmsim.plugin.gate import is_known_failure
+from pytest_llmsim.plugin.history import FLAKY_SHOWN, FLAKY_WINDOW, RunHistory, statistics
 from pytest_llmsim.plugin.html_hooks import HtmlHooks
 from pytest_llmsim.plugin.report_options import (
     WORKER_BASELINE,
@@ -49,6 +52,7 @@ from pytest_llmsim.plugin.report_options import (
     local_judge,
     path_option,
     price_table,
+    resolved_options,
     scenario_cost_usd,
 )
 from pytest_llmsim.plugin.shards import ShardPlugin
@@ -61,6 +65,7 @@ from pytest_llmsim.reporting.merge import SHARD_FIELD, baseline_identity
 from pytest_llmsim.reporting.summary import (
     Gates,
     RunSummary,
+    gates_unchecked_reason,
     known_failures_text,
     local_judge_baseline_text,
     local_judge_text,
@@ -140,11 +145,18 @@ class ReportPlugin:
         # A bad baseline is a usage error now, before anything runs; its recordings are priced with this run's table.
         self.baseline = baseline_from_config(config)
         if self.baseline is None and gates.baseline_gates:
-            self.notes.append(Line("llmsim: baseline gates (llmsim_fail_on_regression, llmsim_max_score_drop) not "
-                                   "checked: no baseline given (--llmsim-baseline)", {"yellow": True}))
-            gates = dataclasses.replace(gates, fail_on_regression=False, max_score_drop=None)
+            self.notes.append(Line("llmsim: baseline gates (llmsim_fail_on_regression, llmsim_max_score_drop, "
+                                   "llmsim_fail_on_significant_regression) not checked: no baseline given "
+                                   "(--llmsim-baseline)", {"yellow": True}))
+            gates = dataclasses.replace(gates, fail_on_regression=False, max_score_drop=None,
+                                        significant_regression_alpha=None)
         self.gates = gates
         self.comparison: Comparison | None = None
+        self.statistics: RunComparison | None = None  # the comparison's statistics (history.compare)
+        self.started_at = now()
+        history_path = path_option(config, "llmsim_history")
+        self.history = RunHistory(history_path, resolved_options(config), config.rootpath) \
+            if history_path is not None else None
         self.known_failures: set[str] = set()  # --llmsim-gate=regressions: reports made xfailed (gate_plugin)
         self.results_path = path_option(config, "llmsim_results")
         if self.results_path is not None:
@@ -290,8 +302,15 @@ class ReportPlugin:
         if self.baseline is not None:
             self.comparison = compare(records, self.baseline)
         shard = self.shard
+        if self.comparison is not None and self.baseline is not None:
+            self.statistics = statistics(records, self.baseline, alpha=self.gates.significant_regression_alpha,
+                                         history=self.history)
+            self.notes.append(Line(f"llmsim: statistics: {self.statistics.statistics_line()}"))
         if shard is None:
             self.missed = run_missed(summary, self.gates, self.comparison, contributed)
+            if (self.statistics is not None and self.gates.significant_regression_alpha is not None
+                    and gates_unchecked_reason(summary) is None):
+                self.missed += significant_regressions(self.statistics)
         else:  # the suite and baseline gates are the whole suite's: ``llmsim merge`` checks them over every shard
             self.missed = list(contributed)
             if self.gates.any:
@@ -306,6 +325,8 @@ class ReportPlugin:
             self._export(records, summary)
         if self.metrics_summary_path is not None:
             self._metrics_summary(records, interrupted)
+        if self.history is not None:
+            self._append_history(records, summary)
         if self.histogram_path is not None:
             self._histogram(summary)
         self._markdown(records, summary)
@@ -330,8 +351,7 @@ class ReportPlugin:
                     for name, value in contributor.export_sections().items()}
         try:
             comparison = self.comparison
-            document = summary_dict(summary, self.gates, self.missed,
-                                    comparison.summary_dict() if comparison is not None else None)
+            document = self._summary_document(summary)
             if self.shard_block is not None:
                 document["gates"]["checked"] = False  # checked by llmsim merge (``reporting.merge``)
                 sections[SHARD_FIELD] = self.shard_block
@@ -359,6 +379,23 @@ class ReportPlugin:
             return
         self.notes.append(Line(f"llmsim: metrics summary written to {written}"))
 
+    def _summary_document(self, summary: RunSummary) -> dict[str, Any]:
+        """The summary exports and the history store: totals, gates, the baseline comparison with its
+        statistics."""
+        comparison = None
+        if self.comparison is not None:
+            comparison = self.comparison.summary_dict()
+            if self.statistics is not None:
+                comparison["statistics"] = self.statistics.to_dict()
+        return summary_dict(summary, self.gates, self.missed, comparison)
+
+    def _append_history(self, records: list[ScenarioRecord], summary: RunSummary) -> None:
+        assert self.history is not None
+        note = self.history.append(run_id=self.run_id, records=records, summary=summary,
+                                   summary_document=self._summary_document(summary), started_at=self.started_at)
+        if note is not None:
+            self.notes.append(Line(note))
+
     def _chat_files(self, records: list[ScenarioRecord]) -> None:
         """Say where ``--llmsim-chats-dir`` wrote the conversations, and how many could not be written."""
         chats = [record.result.chat_file for record in records if record.result.chat_file]
@@ -376,7 +413,13 @@ class ReportPlugin:
         step_summary = bool(os.environ.get(STEP_SUMMARY_ENV)) and bool(records) and self.shard is None
         if self.markdown_path is None and not step_summary:
             return
-        text = run_markdown(summary, self.gates, self.missed, records, self.comparison)
+        stats = self.statistics
+        flaky = self.history.flaky() if self.history is not None else []
+        text = run_markdown(summary, self.gates, self.missed, records, self.comparison,
+                            statistics=stats.statistics_line() if stats is not None else "",
+                            marks=stats.marks() if stats is not None else None,
+                            flaky=[f.text() for f in flaky[:FLAKY_SHOWN]],
+                            flaky_title=f"Flaky scenarios (last {FLAKY_WINDOW} runs of the history)")
         if self.markdown_path is not None:
             try:
                 write_markdown(self.markdown_path, text)
@@ -431,7 +474,9 @@ class ReportPlugin:
                               backend=self.backend, comparison=self.comparison)
         if quiet and lines:
             lines.extend(judge_lines)
-        _write_lines(terminalreporter, [*lines, *self.write_failures])  # a file not written is said even under -q
+        history_warnings = [Line(text, {"yellow": True}) for text in (self.history.warnings if self.history else [])]
+        # a file not written, or a history store not usable, is said even under -q
+        _write_lines(terminalreporter, [*lines, *self.write_failures, *history_warnings])
 
 
 def _write_lines(terminalreporter: Any, lines: Sequence[Line]) -> None:

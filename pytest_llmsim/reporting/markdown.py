@@ -279,11 +279,14 @@ def _status_change(delta: ScenarioDelta) -> str:
     return f"**{md_text(delta.old_status)} → {md_text(delta.new_status)}**"
 
 
-def delta_row(delta: ScenarioDelta) -> str:
-    """One row of the changes table."""
+def delta_row(delta: ScenarioDelta, mark: str = "") -> str:
+    """One row of the changes table; ``mark``: what the statistics say of the change (bold when significant)."""
+    label = _LABEL_MARKS[change_label(delta)]
+    if mark:
+        label += f" **({md_text(mark)})**" if mark.startswith("significant") else f" ({md_text(mark)})"
     cells = [
         md_text(_shorten(delta.nodeid, CELL_CHARS)),
-        _LABEL_MARKS[change_label(delta)],
+        label,
         md_text(_score_arrow(delta.old_score, delta.new_score)),
         "" if delta.score_delta is None else f"{delta.score_delta:+g}",
         _status_change(delta),
@@ -299,7 +302,7 @@ TABLE_HEADER = ("| Scenario | Change | Score | Δ score | Status | Δ turns | Δ
 
 
 def changes_intro(deltas: Sequence[ScenarioDelta], *, baseline_label: str, new: Sequence[str],
-                  missing: Sequence[str], mean_score_delta: float | None) -> str:
+                  missing: Sequence[str], mean_score_delta: float | None, statistics: str = "") -> str:
     """The heading and counts above the changes table."""
     title = "### Changes since the baseline"
     if baseline_label:
@@ -313,6 +316,8 @@ def changes_intro(deltas: Sequence[ScenarioDelta], *, baseline_label: str, new: 
     lines = [title, "", f"Scenarios: {', '.join(counts)}."]
     if mean_score_delta is not None:
         lines.append(f"Mean score delta: **{mean_score_delta:+.4g}**.")
+    if statistics:
+        lines.append(f"Statistics: {md_text(statistics)}.")
     if missing:
         shown = ", ".join(md_text(_shorten(name, NOTE_NAME_CHARS)) for name in list(missing)[:NOTE_NAMES])
         more = f" and {len(missing) - NOTE_NAMES} more" if len(missing) > NOTE_NAMES else ""
@@ -527,10 +532,15 @@ def _fit_table(head: str, rows: Sequence[str], tail: str, budget: int) -> tuple[
 def render_markdown(summary: RunSummary, gates: Gates, missed: Sequence[str], records: Sequence[ScenarioRecord],
                     deltas: Sequence[ScenarioDelta] | None, *, baseline_label: str = "", new: Sequence[str] = (),
                     missing: Sequence[str] = (), mean_score_delta: float | None = None,
-                    limit_bytes: int = DEFAULT_LIMIT_BYTES) -> str:
+                    limit_bytes: int = DEFAULT_LIMIT_BYTES, statistics: str = "",
+                    marks: Mapping[str, str] | None = None, flaky: Sequence[str] = (),
+                    flaky_title: str = "Flaky scenarios") -> str:
     """The run as GitHub-flavoured markdown: verdict title, totals, gates, changes since the baseline (when
     ``deltas`` is not None) and collapsible transcripts, in at most ``limit_bytes`` UTF-8 bytes (unless the
-    title, totals and gates alone are longer). See the module docstring for escaping and truncation."""
+    title, totals and gates alone are longer). See the module docstring for escaping and truncation.
+
+    ``statistics``: the comparison's one statistics line; ``marks``: node id -> what the statistics say of that
+    scenario's change (significant, noisy); ``flaky``: one line per flaky scenario of the history."""
     regressed = sum(1 for d in deltas or () if d.regressed)
     blocks = _blocks(records, deltas or ())
     known = known_failures_markdown(summary, deltas or ())
@@ -541,17 +551,20 @@ def render_markdown(summary: RunSummary, gates: Gates, missed: Sequence[str], re
     if deltas is not None:
         changed = sorted((d for d in deltas if _changed(d)), key=delta_sort_key)
         intro = changes_intro(deltas, baseline_label=baseline_label, new=new, missing=missing,
-                              mean_score_delta=mean_score_delta) + "\n\n"
+                              mean_score_delta=mean_score_delta, statistics=statistics) + "\n\n"
         caveat = local_judge_baseline_text(summary)
         if caveat is not None:
             intro += f"> ⚠️ {md_text(caveat[0].upper() + caveat[1:])}.\n\n"
         if changed:
             # With transcripts to show, a full table leaves room for their heading and truncation note.
-            rows, note = _fit_table(head + intro, [delta_row(d) for d in changed], "\n\n",
+            rows, note = _fit_table(head + intro, [delta_row(d, (marks or {}).get(d.nodeid, "")) for d in changed],
+                                    "\n\n",
                                     limit_bytes - (NOTE_RESERVE + 32 if blocks else 0))
             table = intro + rows + note + "\n\n"
         else:
             table = intro + "No scenario changed since the baseline.\n\n"
+    if flaky:
+        table += f"### {md_text(flaky_title)}\n\n" + "".join(f"- {md_text(line)}\n" for line in flaky) + "\n"
     document = head + table
     if blocks:
         title = "### Transcripts\n\n"
@@ -562,14 +575,17 @@ def render_markdown(summary: RunSummary, gates: Gates, missed: Sequence[str], re
 
 # -- writing -------------------------------------------------------------------------------------------------
 def run_markdown(summary: RunSummary, gates: Gates, missed: Sequence[str], records: Sequence[ScenarioRecord],
-                 comparison: Comparison | None) -> str:
-    """``render_markdown`` of a run, with its baseline comparison if any (the pytest run's and ``llmsim merge``'s)."""
+                 comparison: Comparison | None, *, statistics: str = "", marks: Mapping[str, str] | None = None,
+                 flaky: Sequence[str] = (), flaky_title: str = "Flaky scenarios") -> str:
+    """``render_markdown`` of a run, with its baseline comparison if any (the pytest run's and ``llmsim merge``'s)
+    and, from the run history, the statistics line, the significance marks and the flaky scenarios."""
     return render_markdown(
         summary, gates, missed, records, comparison.deltas if comparison is not None else None,
         baseline_label=comparison.baseline_label if comparison is not None else "",
         new=comparison.new if comparison is not None else (),
         missing=comparison.missing if comparison is not None else (),
-        mean_score_delta=comparison.mean_score_delta if comparison is not None else None)
+        mean_score_delta=comparison.mean_score_delta if comparison is not None else None,
+        statistics=statistics, marks=marks, flaky=flaky, flaky_title=flaky_title)
 
 
 def write_markdown(path: Path, text: str) -> None:

@@ -321,8 +321,9 @@ def _verdict_quality(rows: Sequence[ScenarioRecord]) -> dict[str, Any]:
 class Gates:
     """Suite-level thresholds; None = not set. ``min_pass_rate`` is a fraction (0.9 = 90 %).
 
-    ``fail_on_regression`` and ``max_score_drop`` are the baseline gates (checked by
-    ``baseline.regression_gates``, only when a baseline is given; ``missed_gates`` leaves them out). ``gate`` is
+    ``fail_on_regression``, ``max_score_drop`` and ``significant_regression_alpha`` are the baseline gates (checked
+    by ``baseline.regression_gates`` and ``history.compare.significant_regressions``, only when a baseline is given;
+    ``missed_gates`` leaves them out). ``gate`` is
     ``llmsim_gate``: ``all`` (any failed item fails the run) or ``regressions`` (a known failure, one that failed
     on the baseline too, is xfailed: ``baseline.known_failure_reason``)."""
 
@@ -333,16 +334,18 @@ class Gates:
     max_score_drop: float | None = None
     min_pass_hat_k: float | None = None
     gate: str = "all"
+    significant_regression_alpha: float | None = None
 
     @property
     def any(self) -> bool:
         return self.fail_on_regression or any(
             v is not None for v in (self.min_mean_score, self.min_pass_rate, self.max_cost_usd, self.max_score_drop,
-                                    self.min_pass_hat_k))
+                                    self.min_pass_hat_k, self.significant_regression_alpha))
 
     @property
     def baseline_gates(self) -> bool:
-        return self.fail_on_regression or self.max_score_drop is not None
+        return (self.fail_on_regression or self.max_score_drop is not None
+                or self.significant_regression_alpha is not None)
 
     def to_dict(self) -> dict[str, float | bool | str | None]:
         return asdict(self)

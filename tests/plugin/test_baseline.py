@@ -193,8 +193,9 @@ def test_baseline_gates_without_a_baseline_are_a_note(sim: SimProject) -> None:
     sim.write_scenarios("s.json", [scenario("a")])
     result = sim.run("--llmsim-fail-on-regression", "--llmsim-results=r.csv")
     assert result.ret == pytest.ExitCode.OK
-    result.stdout.fnmatch_lines(["llmsim: baseline gates (llmsim_fail_on_regression, llmsim_max_score_drop) not "
-                                 "checked: no baseline given (--llmsim-baseline)"])
+    result.stdout.fnmatch_lines(["llmsim: baseline gates (llmsim_fail_on_regression, llmsim_max_score_drop, "
+                                 "llmsim_fail_on_significant_regression) not checked: no baseline given "
+                                 "(--llmsim-baseline)"])
     assert "changes since the baseline" not in result.stdout.str()
     header = (sim.path / "r.csv").read_text(encoding="utf-8").splitlines()[0]
     assert "baseline" not in header  # today's CSV columns without a baseline

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 PACKAGE = Path(pytest_llmsim.__file__).resolve().parent
 FRONT = "plugin"  # the only package that may import pytest
-PYTEST_FREE = ("engine", "metrics", "config", "llm", "agents", "replay", "reporting", "apps")
+PYTEST_FREE = ("engine", "metrics", "config", "llm", "agents", "replay", "reporting", "history", "apps")
 
 
 def _modules(package: str) -> list[str]:

@@ -1,7 +1,8 @@
 """``llmsim``: run scenario files without pytest, summarise exports, serve the API and talk to it.
 
 One module a subcommand: ``run`` (``llmsim run FILE_OR_FOLDER``: a batch on the engine pytest uses), ``summarise``
-(the summary of any export), ``merge`` (CI shards' exports as one run), ``remote`` (``serve``, and
+(the summary of any export), ``merge`` (CI shards' exports as one run),
+``history`` (``history``, ``compare``, ``view``: the run history), ``remote`` (``serve``, and
 ``status``/``fetch`` asking the service); ``common`` holds what they share (exit codes, ``UsageError``, the
 settings, the common flags) and ``main`` the parser and the entry point (``llmsim = "pytest_llmsim.apps.cli:main"``).
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pytest_llmsim.apps.cli.common import FAILED_EXIT, INTERNAL, USAGE, Parser, UsageError
+from pytest_llmsim.apps.cli.history import add_command as add_history
 from pytest_llmsim.apps.cli.merge import add_command as add_merge
 from pytest_llmsim.apps.cli.remote import add_serve, add_status_and_fetch
 from pytest_llmsim.apps.cli.run import add_command as add_run
@@ -20,8 +21,8 @@ from pytest_llmsim.apps.cli.summarise import add_command as add_summarise
 # The subcommands, in the order ``llmsim --help`` lists them. Each adds its parser to the subparsers it is given and
 # sets ``handler`` (a function of the parsed arguments that returns the exit code, and raises ``UsageError`` for bad
 # input). A new subcommand: a module beside this one with such a function, and its entry here.
-SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (add_run, add_summarise, add_merge, add_serve,
-                                                  add_status_and_fetch)
+SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (add_run, add_summarise, add_merge, add_history,
+                                                  add_serve, add_status_and_fetch)
 
 
 def build_parser() -> argparse.ArgumentParser:

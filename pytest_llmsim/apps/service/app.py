@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from pytest_llmsim.apps.service import store as states
 from pytest_llmsim.apps.service.manager import BatchManager
+from pytest_llmsim.apps.service.viewer import add_viewer
 from pytest_llmsim.config.options import ResolvedOptions
 from pytest_llmsim.model.scenario import MAX_SCENARIOS_PER_FILE, Scenario
 from pytest_llmsim.reporting.exports import render_csv, render_ndjson
@@ -252,6 +253,7 @@ def create_app(resolved: ResolvedOptions, *, token: str | None = None) -> FastAP
         holder.pop("manager").close()
 
     app = FastAPI(title="LLM Simulation Service", version=VERSION, lifespan=lifespan)
+    add_viewer(app, db_path(resolved))  # /view: the runs and batches of this database (viewer.py)
 
     def manager() -> BatchManager:
         return holder["manager"]

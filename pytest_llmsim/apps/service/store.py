@@ -1,5 +1,7 @@
 """The service's SQLite store: batches, their scenarios and one row per finished scenario (record, transcript and
-usage in the record's JSON). WAL mode, so readers (results streamed to clients) never wait for the batch writing.
+usage in the record's JSON). The schema is the run history's (``history.store``: pytest runs sit beside the batches
+in one file; ``ensure_schema`` creates and upgrades it). WAL mode, so readers (results streamed to clients) never
+wait for the batch writing.
 
 Writes go through one connection under a lock; each reader opens its own connection and reads in chunks, so a
 10 000-scenario batch streams out without being loaded. No secret is ever written: records are scrubbed by the
@@ -16,21 +18,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from pytest_llmsim.history.store import ensure_schema
+
 LAUNCHED, RUNNING, COMPLETED, CANCELLED, INTERRUPTED = "launched", "running", "completed", "cancelled", "interrupted"
 ACTIVE = (LAUNCHED, RUNNING)
 CHUNK = 200
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS batches (
-    batch_id TEXT PRIMARY KEY, status TEXT NOT NULL, total_scenarios INTEGER NOT NULL, created_at TEXT NOT NULL,
-    started_at TEXT, completed_at TEXT, run_id TEXT NOT NULL, webhook_deliveries INTEGER NOT NULL DEFAULT 0,
-    webhook_failures INTEGER NOT NULL DEFAULT 0, summary TEXT);
-CREATE TABLE IF NOT EXISTS scenarios (
-    batch_id TEXT NOT NULL, idx INTEGER NOT NULL, data TEXT NOT NULL, PRIMARY KEY (batch_id, idx));
-CREATE TABLE IF NOT EXISTS results (
-    batch_id TEXT NOT NULL, idx INTEGER NOT NULL, outcome TEXT NOT NULL, record TEXT NOT NULL,
-    finished_at TEXT NOT NULL, PRIMARY KEY (batch_id, idx));
-"""
 
 
 def now() -> str:
@@ -44,8 +37,7 @@ class Store:
         self._lock = threading.Lock()
         self._db = self._connect()
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
-        self._db.commit()
+        ensure_schema(self._db, f"service database {path}")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
@@ -62,7 +54,7 @@ class Store:
         with self._lock, self._db:
             count = 0
             for index, data in enumerate(scenarios):
-                self._db.execute("INSERT INTO scenarios VALUES (?, ?, ?)",
+                self._db.execute("INSERT INTO scenarios (batch_id, idx, data) VALUES (?, ?, ?)",
                                  (batch_id, index, json.dumps(data, ensure_ascii=False)))
                 count += 1
             self._db.execute("INSERT INTO batches (batch_id, status, total_scenarios, created_at, run_id) "
@@ -87,8 +79,10 @@ class Store:
 
     def add_result(self, batch_id: str, index: int, outcome: str, record: dict[str, Any]) -> None:
         with self._lock, self._db:
-            self._db.execute("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?)",
-                             (batch_id, index, outcome, json.dumps(record, ensure_ascii=False), now()))
+            self._db.execute("INSERT OR REPLACE INTO results (batch_id, idx, outcome, record, finished_at, nodeid) "
+                             "VALUES (?, ?, ?, ?, ?, ?)", (batch_id, index, outcome,
+                                                           json.dumps(record, ensure_ascii=False), now(),
+                                                           str(record.get("nodeid") or "")))
 
     def count_webhook(self, batch_id: str, delivered: bool) -> None:
         column = "webhook_deliveries" if delivered else "webhook_failures"

@@ -1,0 +1,103 @@
+"""``llmsim history`` (list, prune, flaky) and ``llmsim compare`` over a real history store and exports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pytest_llmsim.apps.cli import main
+from pytest_llmsim.history.store import GitInfo, HistoryStore
+from pytest_llmsim.model.results import Outcome, ScenarioRecord, ScenarioResult, Status
+from pytest_llmsim.reporting.exports import write_results
+from pytest_llmsim.reporting.summary import summarize
+
+
+def _run(passing: int, total: int = 12, trials: int = 1) -> list[ScenarioRecord]:
+    """``total`` scenarios of which the first ``passing`` pass every trial and the others fail every one."""
+    records = []
+    for i in range(total):
+        status = Status.PASSED if i < passing else Status.FAILED
+        score = 3 if status == Status.PASSED else 1
+        rows = [{"scenario": f"case_{i}", "nodeid": f"s.yaml::case_{i}", "source": "s.yaml", "status": str(status),
+                 "min_score": 2, "score": score, "trial": t} for t in range(1, trials + 1)] if trials > 1 else []
+        result = ScenarioResult(scenario=f"case_{i}", nodeid=f"s.yaml::case_{i}", source="s.yaml", status=status,
+                                min_score=2, score=score, comment="A comment of words.", trials=rows,
+                                transcript=[{"role": "client", "text": "<script>alert(1)</script>"}])
+        records.append(ScenarioRecord(result=result, outcome=Outcome(status.value), cost_usd=0.001))
+    return records
+
+
+def _store(path: Path, runs: list[tuple[str, list[ScenarioRecord], str]]) -> HistoryStore:
+    store = HistoryStore(path)
+    for run_id, records, created in runs:
+        store.append_run(run_id=run_id, status="completed", records=records,
+                         summary=summarize(records).to_dict(), started_at=created,
+                         git=GitInfo("c0ffee" * 6 + "abcd", "main", True), settings={"llmsim_trials": 1})
+    return store
+
+
+def test_history_lists_runs_and_prunes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "h.sqlite"
+    _store(path, [(f"run{n}-0000", _run(12 - n), f"2026-01-0{n + 1}T10:00:00.000+00:00") for n in range(3)])
+    assert main(["history", "--path", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("run0-000  2026-01-01 10:00:00  completed    pytest       12  100.0%   3.00")
+    assert "c0ffeec0ff main" in out[1] and out[-1] == f"3 run(s) in {path}"
+    assert main(["history", "--path", str(path), "--format", "json"]) == 0
+    assert [run["run_id"] for run in json.loads(capsys.readouterr().out)] == ["run0-0000", "run1-0000", "run2-0000"]
+    assert main(["history", "--path", str(path), "prune", "--keep", "1"]) == 0
+    assert capsys.readouterr().out.strip() == f"llmsim: 2 run(s) deleted from {path}"
+    assert [run.run_id for run in HistoryStore(path).runs()] == ["run2-0000"]
+
+
+def test_history_flaky_names_the_run_a_scenario_started_failing(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "h.sqlite"
+    _store(path, [("aaaa0000", _run(12), "2026-01-01T00:00:00.000+00:00"),
+                  ("bbbb0000", _run(11), "2026-01-02T00:00:00.000+00:00"),
+                  ("cccc0000", _run(11), "2026-01-03T00:00:00.000+00:00")])
+    assert main(["history", "--path", str(path), "flaky"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["s.yaml::case_11: passed 1 of the last 3 runs (33%), 1 flip(s), failing since run bbbb0000 "
+                     "(2026-01-02T00:00:00.000+00:00), noisy (flips with no change to the agent)"]
+
+
+def test_compare_two_runs_of_the_history_gates_a_significant_drop(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "h.sqlite"
+    store = _store(path, [("good0000", _run(12, trials=5), "2026-01-01T00:00:00.000+00:00"),
+                          ("bad00000", _run(2, trials=5), "2026-01-02T00:00:00.000+00:00")])
+    store.append_run(run_id="head0000", status="completed", records=_run(2, trials=5), summary={},
+                     started_at="2026-01-03T00:00:00.000+00:00", git=GitInfo("other", "pr", True))
+    code = main(["compare", "good", "head", "--history", str(path), "--fail-on-significant-regression"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "pass rate 1.000 -> 0.167 (-0.833, 95% interval" in out
+    assert "exact sign-flip permutation test p = 0.002 over 12 scenarios" in out
+    assert "s.yaml::case_5: passed 5/5 -> 0/5 (-1.00, 95% interval" in out and "SIGNIFICANT drop" in out
+    assert "significant regression: 10 scenario(s) significantly worse" in out
+    assert main(["compare", "good", "head", "--history", str(path)]) == 0  # no gate asked: report only
+    capsys.readouterr()
+    # Two runs of one clean commit: every flip is noise, and said so.
+    assert main(["compare", "good0000", "bad0000", "--history", str(path), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["same_agent"] is True and sum(s["noisy"] for s in data["scenarios"]) == 10
+
+
+def test_compare_an_export_with_a_run_and_bad_references(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    export = tmp_path / "base.json"
+    records = _run(12)
+    write_results(export, records, summarize(records).to_dict(), run_id="x", generated_at="2026-01-01T00:00:00")
+    path = tmp_path / "h.sqlite"
+    _store(path, [("run00000", _run(11), "2026-01-01T00:00:00.000+00:00")])
+    assert main(["compare", str(export), "latest", "--history", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "s.yaml::case_11: passed 1/1 -> 0/1" in out and "one trial per scenario" in out
+    assert main(["compare", str(export), "nope", "--history", str(path)]) == 2
+    assert "no run 'nope'" in capsys.readouterr().err
+    assert main(["compare", str(export), "latest"]) == 2  # no history anywhere: one line
+    assert "no history to find a run 'latest' in" in capsys.readouterr().err
+    assert main(["history", "--path", str(path), "prune"]) == 2
+    assert "give --keep N or --older-than D" in capsys.readouterr().err
