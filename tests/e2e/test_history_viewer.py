@@ -49,7 +49,8 @@ def client(tmp_path: Path) -> object:
         store.append_run(run_id=f"run-{n}-{'x' * 8}", status="completed", records=records,
                          summary=summarize(records).to_dict(), started_at=f"2026-01-0{n + 1}T00:00:00.000+00:00",
                          git=GitInfo("f" * 40, "main", True))
-    resolved = resolve_options(tmp_path, {"llmsim_service_db": str(database), "llmsim_log_dir": "off"})
+    resolved = resolve_options([], {"llmsim_service_db": str(database), "llmsim_log_dir": "off"},
+                               invocation_dir=tmp_path)
     with TestClient(create_app(resolved), base_url="http://127.0.0.1:5000") as test_client:
         yield test_client
 
