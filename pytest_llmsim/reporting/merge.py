@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llmsim.errors import ConfigError
+from pytest_llmsim.history.compare import DEFAULT_ALPHA, RunComparison, compare_runs, significant_regressions
 from pytest_llmsim.model.results import ScenarioRecord
 from pytest_llmsim.reporting.baseline import Baseline, Comparison, compare, run_missed
-from pytest_llmsim.reporting.summary import Gates, RunSummary, plural, summarize
+from pytest_llmsim.reporting.summary import Gates, RunSummary, gates_unchecked_reason, plural, summarize
 from pytest_llmsim.safe_files import UnreadableFile, read_bounded
 
 SHARD_FIELD = "llmsim_shard"
@@ -229,6 +230,7 @@ class MergedRun:
     missed: list[str]
     comparison: Comparison | None
     exit_status: int
+    statistics: RunComparison | None = None  # the comparison's statistics (``history.compare``), as pytest's
     backend: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     calibration: dict[str, Any] | None = None
@@ -286,8 +288,14 @@ def merge_shards(exports: Sequence[ShardExport], *, baseline: Baseline | None = 
                      "given (--baseline)")
         gates = dataclasses.replace(gates, fail_on_regression=False, max_score_drop=None)
     comparison = compare(records, baseline) if baseline is not None else None
+    statistics = None if baseline is None else compare_runs(
+        baseline.records.values(), records, old_label=baseline.label, new_label="this run",
+        alpha=gates.significant_regression_alpha if gates.significant_regression_alpha is not None else DEFAULT_ALPHA)
     extra = list(ordered[0].block.get("extra_missed") or [])
     missed = run_missed(summary, gates, comparison, extra)
+    if (statistics is not None and gates.significant_regression_alpha is not None
+            and gates_unchecked_reason(summary) is None):
+        missed += significant_regressions(statistics)
     backend = backend_messages(records)
     statuses = [export.block["exit_status"] for export in ordered]
     if sum(export.block["collected"] for export in ordered) == 0:
@@ -300,7 +308,8 @@ def merge_shards(exports: Sequence[ShardExport], *, baseline: Baseline | None = 
         status = TESTS_FAILED
     calibration = ordered[0].document.get("calibration")
     return MergedRun(run_id=run_id, records=records, summary=summary, gates=gates, missed=missed,
-                     comparison=comparison, exit_status=status, backend=backend, notes=notes,
+                     comparison=comparison, statistics=statistics, exit_status=status, backend=backend,
+                     notes=notes,
                      calibration=calibration if isinstance(calibration, dict) else None,
                      merged_from=[{"file": str(e.path), "shard": f"{e.index}/{e.count}",
                                    "run_id": e.document.get("run_id"), "commit": e.block.get("commit")}

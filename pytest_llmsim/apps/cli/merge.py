@@ -113,8 +113,10 @@ def command_merge(args: argparse.Namespace) -> int:
         if args.results:
             path = Path(args.results)
             comparison = run.comparison
-            document = summary_dict(run.summary, run.gates, run.missed,
-                                    comparison.summary_dict() if comparison is not None else None)
+            compared = comparison.summary_dict() if comparison is not None else None
+            if compared is not None and run.statistics is not None:
+                compared["statistics"] = run.statistics.to_dict()
+            document = summary_dict(run.summary, run.gates, run.missed, compared)
             write_results(path, run.records, document, run_id=run.run_id, generated_at=generated,
                           comparison=comparison, baseline_field=True,
                           sections={"merged_from": run.merged_from,
@@ -122,7 +124,10 @@ def command_merge(args: argparse.Namespace) -> int:
             written.append(f"results written to {path}")
         step_summary = bool(os.environ.get(STEP_SUMMARY_ENV)) and bool(run.records)
         if args.markdown or step_summary:
-            text = run_markdown(run.summary, run.gates, run.missed, run.records, run.comparison)
+            stats = run.statistics
+            text = run_markdown(run.summary, run.gates, run.missed, run.records, run.comparison,
+                                statistics=stats.statistics_line() if stats is not None else "",
+                                marks=stats.marks() if stats is not None else None)
             if args.markdown:
                 write_markdown(Path(args.markdown), text)
                 written.append(f"markdown summary written to {args.markdown}")
