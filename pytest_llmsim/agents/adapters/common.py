@@ -19,8 +19,8 @@ from pytest_llmsim.agents.base import (
     AgentDriver,
     AgentReply,
     AgentSession,
+    normalize_tool_calls,
     positional_arity,
-    read_reply,
 )
 from pytest_llmsim.agents.python import PythonDriver, agent_raised
 from pytest_llmsim.agents.specs import shorten
@@ -122,8 +122,10 @@ class Turn:
 
 def reply_from_turn(turn: dict[str, Any]) -> AgentReply:
     """The engine's reply from a turn dict (``Turn.as_dict``), read as any agent's reply is."""
-    text, calls, end = read_reply(turn)
-    return AgentReply(text, calls, end)
+    messages = turn["messages"]
+    text = "\n\n".join(m["content"] for m in messages if m["content"])
+    calls = normalize_tool_calls([call for m in messages for call in m.get("tool_calls") or []])
+    return AgentReply(text, calls, bool(turn.get("end")))
 
 
 def last_customer_message(messages: list[dict[str, Any]], what: str, label: str) -> str:
