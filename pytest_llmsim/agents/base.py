@@ -48,7 +48,12 @@ def agent_factory(function: Callable[..., Any]) -> Callable[..., Any]:
 
 @dataclass
 class AgentReply:
-    """One agent turn: its text, tool calls (``{"name", "arguments", "result"}``) and whether it ends the call."""
+    """One agent turn: its text, tool calls (``{"name", "arguments", "result"}``) and whether it ends the call.
+
+    A multi-agent turn also has ``messages`` (``{"agent", "content", "tool_calls"?}``, one per speaker's message,
+    in order) and ``handoffs`` (``{"from", "to", "reason"?}``); then ``text`` is the messages' contents joined by a
+    blank line and ``tool_calls`` all their tool calls in order, so single-speaker code reads it as before. A
+    single-speaker reply has neither (empty lists)."""
 
     text: str
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
@@ -59,6 +64,8 @@ class AgentReply:
     cached: bool = False
     model: str = ""
     metered: bool = False  # an LLM call (openai agents): counted in the scenario's usage
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    handoffs: list[dict[str, Any]] = field(default_factory=list)
 
 
 # -- replies and tool calls ---------------------------------------------------------------------------------------
@@ -133,13 +140,15 @@ def end_flag(value: Any, where: str = "'end'") -> bool:
 
 
 def reply_size_error(text: str, tool_calls: list[dict[str, Any]], what: str,
-                     limit: int = MAX_AGENT_REPLY_BYTES) -> str | None:
-    """Why an agent turn is too large to keep (its text and tool calls over ``limit`` UTF-8 bytes), or None.
+                     limit: int = MAX_AGENT_REPLY_BYTES, handoffs: list[dict[str, Any]] | None = None) -> str | None:
+    """Why an agent turn is too large to keep (its text, tool calls and handoffs over ``limit`` UTF-8 bytes), or None.
     A reply that size would be copied into the transcript, the customer's and the judge's prompts, the cache
     and every report: many times its size in memory."""
     size = len(text) if len(text) * 4 <= limit else len(text.encode("utf-8", "surrogatepass"))
     if tool_calls and size <= limit:
         size += len(json.dumps(tool_calls, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    if handoffs and size <= limit:
+        size += len(json.dumps(handoffs, ensure_ascii=False).encode("utf-8", "surrogatepass"))
     if size <= limit:
         return None
     return (f"{what} replied with {size:,} bytes (text and tool calls), more than the {limit:,} bytes an agent "
@@ -179,6 +188,161 @@ def normalize_tool_calls(calls: Any, results: Mapping[str, Any] | None = None) -
     return [normalize_tool_call(call, results, index=i) for i, call in enumerate(calls)]
 
 
+# -- multi-agent turns --------------------------------------------------------------------------------------------
+MAX_TURN_MESSAGES = 256  # messages (and handoffs) in one agent turn: more is a loop between agents
+MAX_AGENT_NAME = 200  # characters of an agent's name
+_MULTI_KEYS = frozenset({"messages", "handoffs", "end"})
+_MESSAGE_KEYS = frozenset({"agent", "content", "tool_calls"})
+_HANDOFF_KEYS = frozenset({"from", "to", "reason"})
+_NAME_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def is_multi_agent(value: Any) -> bool:
+    """Whether ``value`` is a multi-agent reply: a mapping with ``messages``."""
+    return isinstance(value, Mapping) and "messages" in value
+
+
+def agent_name(value: Any, where: str) -> str:
+    """An agent's name as a message or handoff gives it: a non-empty string of at most MAX_AGENT_NAME characters
+    on one line (no control characters), valid Unicode; TypeError naming ``where`` otherwise."""
+    if not isinstance(value, str):
+        raise TypeError(f"{where} must be an agent's name (a string), got {type(value).__name__} "
+                        f"{shorten(reprlib.repr(value), 60)}")
+    name = value.strip()
+    if not name:
+        raise TypeError(f"{where} is empty: name the agent")
+    if len(name) > MAX_AGENT_NAME:
+        raise TypeError(f"{where} is {len(name):,} characters long, more than the {MAX_AGENT_NAME} an agent's name "
+                        "may have")
+    if _NAME_CONTROL.search(name):
+        raise TypeError(f"{where} {shorten(repr(name), 60)} holds a line break or control character; an agent's "
+                        "name is one line")
+    problem = _lone_surrogate(name)
+    if problem is not None:
+        raise TypeError(f"{where} holds {problem} (not valid Unicode text)")
+    return str(name)
+
+
+def _an_object(value: Any, allowed: frozenset[str], where: str) -> None:
+    """TypeError unless ``value`` is a mapping with only ``allowed`` keys."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{where} must be an object with {', '.join(sorted(allowed))}, got {type(value).__name__}")
+    _unknown_keys(value, allowed, where)
+
+
+def _unknown_keys(value: Mapping[Any, Any], allowed: frozenset[str], where: str) -> None:
+    unknown = [key for key in value if key not in allowed]
+    if unknown:
+        raise TypeError(f"{where} has unknown key(s) {', '.join(shorten(repr(k), 40) for k in unknown[:3])}; "
+                        f"allowed: {', '.join(sorted(allowed))}")
+
+
+def read_multi_agent(value: Mapping[str, Any], results: Mapping[str, Any] | None = None) -> AgentReply:
+    """A multi-agent reply ``{"messages": [{"agent", "content", "tool_calls"}], "handoffs": [{"from", "to",
+    "reason"}], "end"}`` checked field by field: TypeError naming the field (``messages[2].agent``) otherwise.
+    At most MAX_TURN_MESSAGES messages and as many handoffs."""
+    _unknown_keys(value, _MULTI_KEYS, "the reply")
+    raw_messages, raw_handoffs = value.get("messages"), value.get("handoffs")
+    if not isinstance(raw_messages, list | tuple):
+        raise TypeError(f"'messages' must be a list of {{\"agent\", \"content\", \"tool_calls\"}}, got "
+                        f"{type(raw_messages).__name__}")
+    if raw_handoffs is None:
+        raw_handoffs = []
+    if not isinstance(raw_handoffs, list | tuple):
+        raise TypeError(f"'handoffs' must be a list of {{\"from\", \"to\", \"reason\"}}, got "
+                        f"{type(raw_handoffs).__name__}")
+    for name, items in (("messages", raw_messages), ("handoffs", raw_handoffs)):
+        if len(items) > MAX_TURN_MESSAGES:
+            raise TypeError(f"'{name}' has {len(items):,} entries, more than the {MAX_TURN_MESSAGES} one agent turn "
+                            "may have; agents handing a turn back and forth that often is a bug (a loop)")
+    messages: list[dict[str, Any]] = []
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for i, message in enumerate(raw_messages):
+        where = f"messages[{i}]"
+        _an_object(message, _MESSAGE_KEYS, where)
+        if "agent" not in message:
+            raise TypeError(f"{where} has no 'agent': name the agent that said it")
+        speaker = agent_name(message["agent"], f"{where}.agent")
+        content = message.get("content")
+        if content is not None and not isinstance(content, str):
+            raise TypeError(f"{where}.content must be a string or null, got {type(content).__name__}")
+        content = strict_json(content or "", f"{where}.content")
+        try:
+            message_calls = normalize_tool_calls(message.get("tool_calls"), results)
+        except TypeError as exc:
+            raise TypeError(f"{where}.tool_calls: {exc}") from None
+        entry: dict[str, Any] = {"agent": speaker, "content": content}
+        if message_calls:
+            entry["tool_calls"] = message_calls
+            calls.extend(message_calls)
+        messages.append(entry)
+        if content:
+            texts.append(content)
+    handoffs: list[dict[str, Any]] = []
+    for i, handoff in enumerate(raw_handoffs):
+        where = f"handoffs[{i}]"
+        _an_object(handoff, _HANDOFF_KEYS, where)
+        for key in ("from", "to"):
+            if key not in handoff:
+                raise TypeError(f"{where} has no '{key}': name the agent the turn was handed {key}")
+        entry = {"from": agent_name(handoff["from"], f"{where}.from"), "to": agent_name(handoff["to"], f"{where}.to")}
+        reason = handoff.get("reason")
+        if reason is not None:
+            if not isinstance(reason, str):
+                raise TypeError(f"{where}.reason must be a string or null, got {type(reason).__name__}")
+            if reason:
+                entry["reason"] = strict_json(reason, f"{where}.reason")
+        handoffs.append(entry)
+    return AgentReply("\n\n".join(texts), calls, end_flag(value.get("end")), messages=messages, handoffs=handoffs)
+
+
+def scrub_reply(reply: AgentReply, scrub: Callable[[str], str]) -> AgentReply:
+    """``reply`` with ``scrub`` applied to every text it holds: its text, tool calls, messages (names and contents)
+    and handoffs (names and reasons); the run's secrets never reach the cache, recordings or reports."""
+    from pytest_llmsim.llm.scrubbing import scrub_data
+
+    reply.text = scrub(reply.text)
+    if reply.tool_calls:
+        reply.tool_calls = scrub_data(reply.tool_calls, scrub)
+    if reply.messages:
+        reply.messages = scrub_data(reply.messages, scrub)
+    if reply.handoffs:
+        reply.handoffs = scrub_data(reply.handoffs, scrub)
+    return reply
+
+
+def parse_reply(value: Any) -> AgentReply:
+    """What an agent returned as an AgentReply: a multi-agent reply (``read_multi_agent``) or any shape
+    ``read_reply`` reads (a list of OpenAI messages whose assistant messages carry ``name`` gives one message per
+    named speaker). TypeError says what is wrong."""
+    if is_multi_agent(value):
+        return read_multi_agent(value)
+    if isinstance(value, Mapping) and value.get("name") is not None:
+        return named_messages([value])
+    if isinstance(value, list | tuple) and value and all(isinstance(m, Mapping) for m in value) \
+            and any(m.get("name") is not None and m.get("role", "assistant") == "assistant" for m in value):
+        return named_messages(value)
+    text, calls, end = read_reply(value)
+    return AgentReply(text, calls, end)
+
+
+def named_messages(value: list[Any] | tuple[Any, ...]) -> AgentReply:
+    """OpenAI messages whose assistant messages carry ``name`` (OpenAI's field for the speaker; one without it is
+    "assistant") as a multi-agent reply, tool results matched by id; the checks of ``read_multi_agent``."""
+    results = {m.get("tool_call_id"): m.get("content") for m in value if m.get("role") == "tool"}
+    shaped = []
+    end = False
+    for i, message in enumerate(value):
+        if message.get("role", "assistant") != "assistant":
+            continue
+        name = message.get("name")
+        shaped.append({"agent": agent_name(name, f"messages[{i}].name") if name is not None else "assistant",
+                       "content": message.get("content"), "tool_calls": message.get("tool_calls")})
+        end = end or end_flag(message.get("end"), f"messages[{i}].end")
+    return read_multi_agent({"messages": shaped, "end": end}, results)
+
+
 def read_reply(value: Any) -> tuple[str, list[dict[str, Any]], bool]:
     """``(text, tool_calls, end)`` from what an agent returned: a string; a message ``{"content", "tool_calls",
     "end"}``; or a list of messages (assistant messages with ``tool_calls``, ``tool`` messages with their results,
@@ -204,28 +368,45 @@ def read_reply(value: Any) -> tuple[str, list[dict[str, Any]], bool]:
                     f"list of messages; got {type(value).__name__} {shorten(reprlib.repr(value))}")
 
 
-def openai_tool_calls(turn_number: int, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Our tool calls in the OpenAI shape (ids are stable: ``call_<turn>_<i>``, so requests stay cacheable)."""
+def openai_tool_calls(turn_number: int, calls: list[dict[str, Any]], start: int = 0) -> list[dict[str, Any]]:
+    """Our tool calls in the OpenAI shape (ids are stable: ``call_<turn>_<i>``, so requests stay cacheable;
+    ``start``: the index of the first, for the later messages of a multi-agent turn)."""
     return [{"id": f"call_{turn_number}_{i}", "type": "function",
              "function": {"name": c["name"], "arguments": c["arguments"] if isinstance(c["arguments"], str)
                           else json.dumps(c["arguments"], ensure_ascii=False, sort_keys=True)}}
-            for i, c in enumerate(calls)]
+            for i, c in enumerate(calls, start)]
 
 
 def agent_view(role: str, text: str, tool_calls: list[dict[str, Any]], turn_number: int, *,
-               results_only: bool = False) -> list[dict[str, Any]]:
+               results_only: bool = False, messages: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """The OpenAI-style messages one transcript turn adds to the agent's side of the conversation: a customer
     turn is ``user``; an agent turn ``assistant`` (with its ``tool_calls`` and one ``tool`` message per reported
     result). ``results_only`` leaves out tool calls without a result (an OpenAI endpoint rejects a tool call
-    that no tool message answers)."""
+    that no tool message answers). A multi-agent turn (``messages``) is one ``assistant`` message per speaker's
+    message, with OpenAI's ``name`` field naming the speaker."""
     if role != "agent":
         return [{"role": "user", "content": text}]
+    if messages:
+        view: list[dict[str, Any]] = []
+        start = 0
+        for message in messages:
+            calls = message.get("tool_calls") or []
+            part = _assistant_view(str(message.get("content") or ""), calls, turn_number, results_only, start)
+            part[0]["name"] = message["agent"]
+            view.extend(part)
+            start += len(calls)
+        return view
+    return _assistant_view(text, tool_calls, turn_number, results_only, 0)
+
+
+def _assistant_view(text: str, tool_calls: list[dict[str, Any]], turn_number: int, results_only: bool,
+                    start: int) -> list[dict[str, Any]]:
     if not tool_calls:
         return [{"role": "assistant", "content": text}]
     shown = [c for c in tool_calls if c.get("result") is not None] if results_only else tool_calls
     if not shown:
         return [{"role": "assistant", "content": text}]
-    wire = openai_tool_calls(turn_number, shown)
+    wire = openai_tool_calls(turn_number, shown, start)
     messages: list[dict[str, Any]] = [{"role": "assistant", "content": text or None, "tool_calls": wire}]
     for call, sent in zip(shown, wire, strict=True):
         if call.get("result") is not None:

@@ -20,7 +20,10 @@ from pytest_llmsim.agents.base import (
     AgentReply,
     AgentSession,
     end_flag,
+    is_multi_agent,
     normalize_tool_calls,
+    read_multi_agent,
+    scrub_reply,
 )
 from pytest_llmsim.agents.specs import shorten
 from pytest_llmsim.errors import AgentError
@@ -242,7 +245,16 @@ class HttpDriver(AgentDriver):
         try:
             text = _lookup(data, self.http.reply)
         except KeyError as exc:
-            raise bad(f"has no {exc.args[0]!r} on the reply path {self.http.reply!r}") from None
+            if not is_multi_agent(data):
+                raise bad(f"has no {exc.args[0]!r} on the reply path {self.http.reply!r}") from None
+            text = data  # the body is a multi-agent reply
+        if is_multi_agent(text):
+            try:
+                reply = read_multi_agent(text)
+            except TypeError as exc:
+                raise bad(f"its multi-agent reply is unusable: {exc}") from None
+            reply.latency_s = round(latency, 4)
+            return scrub_reply(reply, self.scrub)
         if text is None:
             text = ""
         if not isinstance(text, str):

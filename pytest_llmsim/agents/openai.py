@@ -7,7 +7,14 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from pytest_llmsim.agents.base import AgentContext, AgentDriver, AgentReply, AgentSession, normalize_tool_calls
+from pytest_llmsim.agents.base import (
+    AgentContext,
+    AgentDriver,
+    AgentReply,
+    AgentSession,
+    agent_name,
+    normalize_tool_calls,
+)
 from pytest_llmsim.errors import AgentError, EndpointError
 from pytest_llmsim.llm.scrubbing import RunSecrets
 from pytest_llmsim.model.settings import EndpointSettings, redact_url
@@ -95,11 +102,18 @@ class OpenAIDriver(AgentDriver):
             raise AgentError(f"the agent's OpenAI-compatible endpoint failed: {exc}") from None
         try:
             calls = normalize_tool_calls(reply.tool_calls)
+            messages = []
+            if reply.name:  # OpenAI's ``name`` on the assistant message: the speaker
+                message: dict[str, Any] = {"agent": agent_name(reply.name, "the assistant message's name"),
+                                           "content": reply.text}
+                if calls:
+                    message["tool_calls"] = calls
+                messages.append(message)
         except TypeError as exc:
-            raise AgentError(f"{label}: the agent's endpoint {redact_url(self.openai.base_url)} returned unusable "
-                             f"tool calls: {exc}") from None
+            raise AgentError(f"{label}: the agent's endpoint {redact_url(self.openai.base_url)} returned an unusable "
+                             f"reply: {exc}") from None
         return AgentReply(reply.text, calls, False, reply.prompt_tokens, reply.completion_tokens, reply.latency_s,
-                          reply.cached, reply.model, metered=True)
+                          reply.cached, reply.model, metered=True, messages=messages)
 
     async def open(self, context: AgentContext, *, label: str) -> AgentSession:
         return _OpenAISession(self, context)

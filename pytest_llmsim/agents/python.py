@@ -20,8 +20,8 @@ from pytest_llmsim.agents.base import (
     AgentReply,
     AgentSession,
     is_async_callable,
+    parse_reply,
     positional_arity,
-    read_reply,
     run_in_daemon_thread,
     user_traceback,
 )
@@ -71,11 +71,12 @@ class _PythonSession(AgentSession):
         except BaseException as exc:  # sys.exit() and KeyboardInterrupt too: see ``agent_raised``
             raise agent_raised(f"{label}: the python agent {self.driver.identity!r}", exc) from None
         try:
-            text, calls, end = read_reply(value)
+            reply = parse_reply(value)
         except (TypeError, ValueError, RecursionError) as exc:
             raise AgentError(f"{label}: the python agent {self.driver.identity!r} returned an unusable reply: "
                              f"{exc}") from None
-        return AgentReply(text, calls, end, latency_s=round(time.perf_counter() - started, 4))
+        reply.latency_s = round(time.perf_counter() - started, 4)
+        return reply
 
 
 def agent_raised(what: str, exc: BaseException, doing: str = "raised") -> AgentError:

@@ -24,12 +24,20 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from pytest_llmsim.agents.base import AgentContext, AgentDriver, AgentReply, AgentSession, reply_size_error
+from pytest_llmsim.agents.base import (
+    AgentContext,
+    AgentDriver,
+    AgentReply,
+    AgentSession,
+    read_multi_agent,
+    reply_size_error,
+    scrub_reply,
+)
 from pytest_llmsim.agents.http import HttpDriver
 from pytest_llmsim.agents.openai import OpenAIDriver
 from pytest_llmsim.agents.python import PythonDriver
 from pytest_llmsim.agents.specs import describe_spec, object_agent_target
-from pytest_llmsim.errors import AgentError, CacheMissError, LlmsimError
+from pytest_llmsim.errors import AgentError, CacheError, CacheMissError, LlmsimError
 from pytest_llmsim.llm.scrubbing import RunSecrets
 from pytest_llmsim.model.scenario import ADAPTER_KINDS
 from pytest_llmsim.replay.cache import request_key
@@ -70,6 +78,15 @@ class CachedSession(AgentSession):
         if hit is not None:
             if recorder is not None:
                 recorder.add(key, descriptor, hit, label, "agent")
+            if hit.get("agent_messages") or hit.get("handoffs"):  # a multi-agent reply: checked like a live one
+                try:
+                    multi = read_multi_agent({"messages": hit.get("agent_messages") or [],
+                                              "handoffs": hit.get("handoffs") or [], "end": bool(hit.get("end"))})
+                except TypeError as exc:
+                    raise CacheError(f"{label}: the recorded reply of the {self.what} is unusable: {exc}; delete "
+                                     "it and re-record with --llmsim-record=once") from None
+                multi.latency_s, multi.cached = hit["latency_s"], True
+                return multi
             return AgentReply(hit["text"], [dict(c) for c in hit.get("tool_calls") or []], bool(hit.get("end")),
                               latency_s=hit["latency_s"], cached=True)
         if not self.cache.mode.may_call_agent():
@@ -78,7 +95,8 @@ class CachedSession(AgentSession):
                                  "it with --llmsim-record=once, then commit the recordings/ it writes "
                                  "(.llmsim_cache/ is local: keep it out of git)")
         reply = await self.inner.reply(messages, label=label)
-        too_large = reply_size_error(reply.text, reply.tool_calls, f"{label}: the {self.what}")
+        too_large = reply_size_error(reply.text, reply.tool_calls, f"{label}: the {self.what}",
+                                     handoffs=reply.handoffs)
         if too_large is not None:  # not stored: the conversation errors on it
             raise AgentError(too_large)
         response: dict[str, Any] = {"text": reply.text, "prompt_tokens": 0, "completion_tokens": 0,
@@ -87,6 +105,10 @@ class CachedSession(AgentSession):
             response["tool_calls"] = reply.tool_calls
         if reply.end:
             response["end"] = True
+        if reply.messages:  # only then: entries of single-speaker replies stay as they were
+            response["agent_messages"] = reply.messages
+        if reply.handoffs:
+            response["handoffs"] = reply.handoffs
         self.cache.store(key, descriptor, response, label)
         if recorder is not None:
             recorder.add(key, descriptor, response, label, "agent")
@@ -103,11 +125,7 @@ class _ScrubbedSession(AgentSession):
         self.inner, self.secrets = inner, secrets
 
     async def reply(self, messages: list[dict[str, Any]], *, label: str) -> AgentReply:
-        reply = await self.inner.reply(messages, label=label)
-        reply.text = self.secrets.scrub(reply.text)
-        if reply.tool_calls:
-            reply.tool_calls = self.secrets.scrub_data(reply.tool_calls)
-        return reply
+        return scrub_reply(await self.inner.reply(messages, label=label), self.secrets.scrub)
 
 
 # -- the runtime -----------------------------------------------------------------------------------------------------

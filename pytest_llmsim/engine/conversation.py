@@ -118,6 +118,21 @@ def strip_end_marker(text: str, marker: str) -> tuple[str, bool]:
     return " ".join(p.strip() for p in parts if p.strip()), True
 
 
+def _speakers_text(messages: list[dict[str, Any]], marker: str) -> tuple[str, bool, list[dict[str, Any]]]:
+    """A multi-agent turn's text (its messages' contents, each stripped of the end marker, joined by a blank
+    line; invisible ones left out), whether any message held the marker, and the messages so stripped (new
+    dicts: the reply's own may be what the cache and the recording keep)."""
+    texts, ended, shown = [], False, []
+    for message in messages:
+        content, found = strip_end_marker(str(message.get("content") or "").strip(), marker)
+        content = content if visible(content) else ""
+        shown.append({**message, "content": content})
+        ended = ended or found
+        if content:
+            texts.append(content)
+    return "\n\n".join(texts), ended, shown
+
+
 def _messages_for(side: str, system_prompt: str, turns: list[Turn]) -> tuple[dict[str, str], ...]:
     """Chat history from ``side``'s point of view: its own turns are 'assistant', the other's 'user'."""
     messages = [{"role": "system", "content": system_prompt}]
@@ -206,15 +221,21 @@ async def simulate(
             reply = await session.reply(list(agent_messages), label=f"{label} agent turn {number}")
             # The ignore below: spec is asserted not None where the session is opened (outside this closure)
             too_large = reply_size_error(reply.text, reply.tool_calls,
-                                         f"{label} agent turn {number}: the {describe_spec(spec)}")  # type: ignore[arg-type]
+                                         f"{label} agent turn {number}: the {describe_spec(spec)}",  # type: ignore[arg-type]
+                                         handoffs=reply.handoffs)
             if too_large is not None:
                 raise AgentError(too_large)
-            text, ended = strip_end_marker(reply.text.strip(), settings.end_marker)
+            spoken = reply.messages
+            if spoken:
+                text, ended, spoken = _speakers_text(spoken, settings.end_marker)
+            else:
+                text, ended = strip_end_marker(reply.text.strip(), settings.end_marker)
             if not visible(text):
                 text = ""  # only invisible characters: no reply (a judge would score a blank turn)
             ended = ended or reply.end
             transcript.turns.append(Turn("agent", text, reply.prompt_tokens, reply.completion_tokens,
-                                         reply.latency_s, reply.cached, tool_calls=reply.tool_calls))
+                                         reply.latency_s, reply.cached, tool_calls=reply.tool_calls,
+                                         messages=spoken, handoffs=reply.handoffs))
             if reply.metered and add_usage is not None:
                 add_usage("agent", reply.model, reply.prompt_tokens, reply.completion_tokens, reply.cached)
         else:
@@ -235,7 +256,7 @@ async def simulate(
         if session is not None:
             last = transcript.turns[-1]
             agent_messages.extend(agent_view(last.role, last.text, last.tool_calls, number,
-                                             results_only=results_only))
+                                             results_only=results_only, messages=last.messages))
         if on_turn is not None:
             on_turn(transcript.turns[-1])
         if ended:

@@ -169,6 +169,7 @@ class LLMReply:
     model: str
     tool_calls: list[dict[str, Any]] | None = None  # as the endpoint sent them (OpenAI shape), when it did
     cached_input_tokens: int = 0  # of prompt_tokens, read from the provider's prompt cache (priced cheaper)
+    name: str = ""  # the assistant message's ``name`` (OpenAI's field for who spoke), when the endpoint sent one
 
 
 # Set while a call waits to retry after a failed attempt, in the task (conversation) that made it: a
@@ -441,9 +442,10 @@ class LLMClient:
         alike (the cache and the recordings keep the scrubbed reply, and the next request is keyed on it)."""
         text = self._scrub(reply.text)
         calls = scrub_data(reply.tool_calls, self._scrub) if reply.tool_calls else reply.tool_calls
-        if text == reply.text and calls == reply.tool_calls:
+        name = self._scrub(reply.name) if reply.name else reply.name
+        if text == reply.text and calls == reply.tool_calls and name == reply.name:
             return reply
-        return dataclasses.replace(reply, text=text, tool_calls=calls)
+        return dataclasses.replace(reply, text=text, tool_calls=calls, name=name)
 
     def _error(self, message: str) -> EndpointError:
         return EndpointError(self._scrub(message))
@@ -484,7 +486,7 @@ class LLMClient:
                 recorder.add(match, descriptor, hit, label, request.role, self._recorded_endpoint())
             return LLMReply(hit["text"], hit["prompt_tokens"], hit["completion_tokens"],
                             hit["latency_s"], True, hit["model"], hit.get("tool_calls"),
-                            _token_count(hit, "cached_input_tokens"))
+                            _token_count(hit, "cached_input_tokens"), str(hit.get("name") or ""))
         mode = self.cache.mode
         if not mode.may_call_network(self.endpoint.configured):
             if mode is RecordMode.CHANGED:
@@ -510,6 +512,8 @@ class LLMClient:
             response["tool_calls"] = reply.tool_calls
         if reply.cached_input_tokens:  # the same: older entries read it as 0
             response["cached_input_tokens"] = reply.cached_input_tokens
+        if reply.name:  # the same
+            response["name"] = reply.name
         self.cache.store(key, descriptor, response, label)
         if recorder is not None:
             recorder.add(match, descriptor, response, label, request.role, self._recorded_endpoint())
@@ -834,6 +838,9 @@ class LLMClient:
             tool_calls = message.get("tool_calls") or None
             if tool_calls is not None and not isinstance(tool_calls, list):
                 raise TypeError(f"tool_calls is {type(tool_calls).__name__}")
+            name = message.get("name") or ""
+            if not isinstance(name, str):
+                raise TypeError(f"name is {type(name).__name__}")
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
             raise self._error(f"{label}: malformed completion from {self._where()}: no choices[0].message "
                               f"with text content ({type(exc).__name__}: {self._scrub(str(exc))[:100]}); "
@@ -849,6 +856,7 @@ class LLMClient:
             tool_calls=tool_calls,
             cached_input_tokens=_token_count(usage.get("prompt_tokens_details") if isinstance(usage, dict) else None,
                                              "cached_tokens"),
+            name=name,
         )
 
     async def aclose(self) -> None:

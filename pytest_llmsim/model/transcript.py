@@ -19,6 +19,11 @@ class Turn:
     scripted: bool = False
     # The agent's tool calls in this turn: ``{"name", "arguments", "result"}`` (result None when not reported).
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    # A multi-agent turn: each speaker's message ``{"agent", "content", "tool_calls"?}`` in order, and the handoffs
+    # ``{"from", "to", "reason"?}``; then ``text`` is the contents joined by a blank line and ``tool_calls`` all
+    # of theirs. Empty for a single-speaker turn (left out of ``to_dicts``: such turns read as they always did).
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    handoffs: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -33,6 +38,11 @@ class Transcript:
         for turn in self.turns:
             data = dict(vars(turn))
             data["tool_calls"] = [dict(call) for call in turn.tool_calls]
+            for name in ("messages", "handoffs"):
+                if data[name]:
+                    data[name] = [dict(item) for item in data[name]]
+                else:
+                    del data[name]
             dicts.append(data)
         return dicts
 

@@ -13,7 +13,9 @@ lines), so that re-recording an unchanged conversation rewrites no byte and a ch
       "roles": {"agent": {"model": ..., "temperature": ..., "max_tokens": ...}, "client": ..., "evaluator": ...},
       "verdict": {"status", "score", "min_score", "comment"}    (an error: {"status", "error_kind", "error"})
       "ended_by", "end_reason", "timeout": {"turns", "key"} (a conversation that timed out),
-      "transcript": [{"role", "text", "tool_calls"?, "scripted"?}, ...],
+      "transcript": [{"role", "text", "tool_calls"?, "scripted"?, "messages"?, "handoffs"?}, ...],
+                    (a multi-agent turn: "messages": [{"agent", "content", "tool_calls"?}], "handoffs": [{"from",
+                    "to", "reason"?}])
       "prompts": {"agent": <system prompt>, "client": ..., "evaluator": ...},
       "calls": [{"call", "role", "model", "temperature", "max_tokens", "seed", "format"?, "attempt"?, "messages",
                  "key", "reply", "tool_calls"?, "usage": {"prompt_tokens", "completion_tokens", "cached_input_tokens"?},
@@ -220,7 +222,8 @@ _STR, _INT, _NUMBER, _BOOL, _DICT, _LIST = (str,), (int,), (int, float), (bool,)
 _CALL_FIELDS = (("role", _STR, False), ("model", _STR, False), ("call", _STR, True), ("format", _STR, True),
                 ("reply_model", _STR, True), ("endpoint", _STR, True), ("temperature", _NUMBER, True),
                 ("max_tokens", _INT, True), ("seed", _INT, True), ("attempt", _INT, True), ("messages", _INT, True),
-                ("tool_calls", _LIST, True), ("end", _BOOL, True))
+                ("tool_calls", _LIST, True), ("end", _BOOL, True), ("agent_messages", _LIST, True),
+                ("handoffs", _LIST, True), ("name", _STR, True))
 
 
 def _text(mapping: dict[str, Any], name: str, where: str, *, optional: bool = False) -> str | None:
@@ -285,7 +288,8 @@ def _check_recording(data: Any, path: Path) -> Recording:
             raise _Problem("timeout.key is not a SHA-256 hex digest")
     for i, turn in enumerate(_need(data, "transcript", (list,), "", optional=True) or []):
         if type(turn) is dict and turn.get("role") in ("client", "agent") and type(turn.get("text")) is str \
-                and type(turn.get("tool_calls", [])) is list and type(turn.get("scripted", False)) is bool:
+                and type(turn.get("tool_calls", [])) is list and type(turn.get("scripted", False)) is bool \
+                and "messages" not in turn and "handoffs" not in turn:
             continue  # the common case, checked at once
         where = f"transcript[{i}]."
         if not isinstance(turn, dict):
@@ -295,6 +299,17 @@ def _check_recording(data: Any, path: Path) -> Recording:
         _text(turn, "text", where)
         _need(turn, "tool_calls", (list,), where, optional=True)
         _need(turn, "scripted", (bool,), where, optional=True)
+        for j, message in enumerate(_need(turn, "messages", (list,), where, optional=True) or []):
+            if type(message) is not dict:
+                raise _Problem(f"{where}messages[{j}] is not a mapping")
+            _need(message, "agent", (str,), f"{where}messages[{j}].")
+            _text(message, "content", f"{where}messages[{j}].")
+            _need(message, "tool_calls", (list,), f"{where}messages[{j}].", optional=True)
+        for j, handoff in enumerate(_need(turn, "handoffs", (list,), where, optional=True) or []):
+            if type(handoff) is not dict:
+                raise _Problem(f"{where}handoffs[{j}] is not a mapping")
+            for name in ("from", "to"):
+                _need(handoff, name, (str,), f"{where}handoffs[{j}].")
     prompts = _need(data, "prompts", (dict,), "", optional=True) or {}
     for role in prompts:
         _text(prompts, role, "prompts.")
@@ -332,6 +347,9 @@ def _check_recording(data: Any, path: Path) -> Recording:
             response["tool_calls"] = tool_calls
         if end:
             response["end"] = True
+        for name, types in (("agent_messages", _LIST), ("handoffs", _LIST), ("name", _STR)):
+            if name in call:  # a multi-agent reply (read again by the agent runtime's checks), a speaker's name
+                response[name] = _need(call, name, types, f"calls[{i}].")
         cached_input = usage.get("cached_input_tokens")
         if cached_input is not None:
             if type(cached_input) is not int:
@@ -724,6 +742,9 @@ class ScenarioRecorder:
                 call["tool_calls"] = response["tool_calls"]
             if response.get("end"):
                 call["end"] = True
+            for name in ("name", "agent_messages", "handoffs"):  # only when present: other files stay as they were
+                if response.get(name):
+                    call[name] = response[name]
             call["usage"] = {"prompt_tokens": int(response.get("prompt_tokens") or 0),
                              "completion_tokens": int(response.get("completion_tokens") or 0)}
             if response.get("cached_input_tokens"):  # (only when the provider reported some: files stay as they were)
@@ -833,6 +854,11 @@ def _turn(turn: Mapping[str, Any]) -> dict[str, Any]:
         data["tool_calls"] = [dict(call) for call in turn["tool_calls"]]
     if turn.get("scripted"):
         data["scripted"] = True
+    if turn.get("messages"):  # a multi-agent turn: who said what, then who handed the turn to whom
+        data["messages"] = [{**message, "content": text_value(str(message.get("content") or ""))}
+                            for message in turn["messages"]]
+    if turn.get("handoffs"):
+        data["handoffs"] = [dict(handoff) for handoff in turn["handoffs"]]
     return data
 
 
