@@ -19,8 +19,8 @@ from pytest_llmsim.agents.base import (
     AgentDriver,
     AgentReply,
     AgentSession,
-    normalize_tool_calls,
     positional_arity,
+    read_multi_agent,
 )
 from pytest_llmsim.agents.python import PythonDriver, agent_raised
 from pytest_llmsim.agents.specs import shorten
@@ -121,11 +121,8 @@ class Turn:
 
 
 def reply_from_turn(turn: dict[str, Any]) -> AgentReply:
-    """The engine's reply from a turn dict (``Turn.as_dict``), read as any agent's reply is."""
-    messages = turn["messages"]
-    text = "\n\n".join(m["content"] for m in messages if m["content"])
-    calls = normalize_tool_calls([call for m in messages for call in m.get("tool_calls") or []])
-    return AgentReply(text, calls, bool(turn.get("end")))
+    """The engine's reply from a turn dict (``Turn.as_dict``), checked as any agent's multi-agent reply is."""
+    return read_multi_agent(turn)
 
 
 def last_customer_message(messages: list[dict[str, Any]], what: str, label: str) -> str:
