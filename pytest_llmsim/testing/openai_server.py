@@ -63,6 +63,7 @@ threads are daemonic and at most ``max_threads`` at once (further connections wa
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import socket
@@ -589,10 +590,11 @@ class ScriptedOpenAIServer:
             usage["prompt_tokens_details"] = {"cached_tokens": min(int(rule["cached_tokens"]), prompt_tokens)}
         message: dict[str, Any] = {"role": "assistant", "content": text}
         finish = "stop"
-        if rule.get("tool_calls"):
+        if rule.get("tool_calls"):  # ids: distinct per request, the same for the same request
+            digest = hashlib.sha256(json.dumps(messages, sort_keys=True, default=str).encode()).hexdigest()[:12]
             message["content"] = text or None
             message["tool_calls"] = [
-                {"id": f"call_scripted_{n_assistant}_{i}", "type": "function",
+                {"id": f"call_{digest}_{i}", "type": "function",
                  "function": {"name": str(call["name"]), "arguments": call.get("arguments", {})
                               if isinstance(call.get("arguments"), str)
                               else json.dumps(call.get("arguments") or {})}}

@@ -71,7 +71,7 @@ class Turn:
     def __init__(self) -> None:
         self.messages: list[dict[str, Any]] = []
         self.handoffs: list[dict[str, Any]] = []
-        self._calls: dict[str, dict[str, Any]] = {}
+        self._calls: dict[str, list[dict[str, Any]]] = {}  # call id -> its calls awaiting a result, innermost last
 
     def _message(self, agent: str) -> dict[str, Any]:
         if not self.messages or self.messages[-1]["agent"] != agent:
@@ -88,12 +88,14 @@ class Turn:
         call = {"name": name, "arguments": _json_text(arguments) if arguments is not None else {}, "result": None}
         self._message(agent).setdefault("tool_calls", []).append(call)
         if call_id:
-            self._calls[call_id] = call
+            self._calls.setdefault(call_id, []).append(call)
 
     def result(self, call_id: str | None, result: Any) -> None:
-        call = self._calls.get(call_id or "")
-        if call is not None:
-            call["result"] = _json_text(result)
+        """The result of the call ``call_id``: of the latest such call still waiting (ids need only be unique
+        within one agent's run: a delegate's call answered inside its caller's may reuse its id)."""
+        waiting = self._calls.get(call_id or "")
+        if waiting:
+            waiting.pop()["result"] = _json_text(result)
 
     def drop_call(self, agent: str, name: str) -> None:
         """Forget ``agent``'s last call of tool ``name``, in any case (a handoff the framework made through a
