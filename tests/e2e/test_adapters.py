@@ -31,6 +31,8 @@ FRAMEWORKS: dict[str, tuple[str, str, str, str]] = {
     "langgraph": ("langgraph/shop_graph.py", "shop_graph:make_graph", "langgraph_supervisor", "langgraph"),
     "autogen": ("autogen/shop_team.py", "shop_team:make_team", "autogen_agentchat", "autogen"),
     "pydantic_ai": ("pydantic_ai/shop_agent.py", "shop_agent:make_triage", "pydantic_ai", "pydantic-ai"),
+    "semantic_kernel": ("semantic_kernel/shop_kernel.py", "shop_kernel:make_orchestration", "semantic_kernel",
+                        "semantic-kernel"),
 }
 
 REFUND = "I want a refund for order 1042"
@@ -38,14 +40,19 @@ THANKS = "thanks, that is all"
 LOOKUP = {"name": "lookup_order", "arguments": {"order_id": "1042"}}
 ORDER = {"item": "hiking boots", "total": "59.90 EUR", "state": "late"}
 REFUNDED = "Refunded 59.90 EUR for order 1042."
+SK_LOOKUP = {**LOOKUP, "name": "Orders-lookup_order"}
 
 
 def agent_rules(framework: str) -> list[dict[str, Any]]:
     """The model behind every agent of the examples: triage hands a refund to billing, billing looks the order up
     with its tool and answers; the judge and the customer are scripted too."""
     to_billing = {"tool_calls": [{"name": "transfer_to_billing", "arguments": {}}]}
+    lookup = LOOKUP
     if framework == "pydantic_ai":  # delegation: a tool of the triage agent that runs the billing agent
         to_billing = {"tool_calls": [{"name": "transfer_to_billing", "arguments": {"request": "refund 1042"}}]}
+    if framework == "semantic_kernel":  # its functions are named Plugin-function
+        to_billing = {"tool_calls": [{"name": "Handoff-transfer_to_Billing", "arguments": {}}]}
+        lookup = SK_LOOKUP
     thanks: dict[str, Any] = {"reply": "You are welcome."}
     if framework == "autogen":  # a Swarm agent hands the customer back to the user when it has answered
         thanks["tool_calls"] = [{"name": "transfer_to_user", "arguments": {}}]
@@ -61,7 +68,7 @@ def agent_rules(framework: str) -> list[dict[str, Any]]:
         {"match": {"system_contains": "BILLING_AGENT", "last_role": "assistant"},
          "tool_calls": [{"name": "transfer_to_user", "arguments": {}}]},
         {"match": {"system_contains": "BILLING_AGENT", "last_user_contains": "thanks"}, **thanks},
-        {"match": {"system_contains": "BILLING_AGENT"}, "tool_calls": [LOOKUP]},
+        {"match": {"system_contains": "BILLING_AGENT"}, "tool_calls": [lookup]},
     ]
 
 
@@ -84,6 +91,12 @@ EXPECTED: dict[str, list[dict[str, Any]]] = {
         {"messages": [{"agent": "Billing", "content": REFUNDED, "tool_calls": [{**LOOKUP, "result": PY_ORDER}]}],
          "handoffs": [{"from": "Triage", "to": "Billing"}], "end": False},
         {"messages": [{"agent": "Billing", "content": "You are welcome."}], "handoffs": [], "end": False},
+    ],
+    "semantic_kernel": [  # each turn is one invoke of the handoff orchestration, which starts at its first agent
+        {"messages": [{"agent": "Billing", "content": REFUNDED, "tool_calls": [{**SK_LOOKUP, "result": ORDER}]}],
+         "handoffs": [{"from": "Triage", "to": "Billing"}], "end": False},
+        {"messages": [{"agent": "Triage", "content": "Anything else?"}],
+         "handoffs": [{"from": "Billing", "to": "Triage"}], "end": False},
     ],
     "pydantic_ai": [
         {"messages": [{"agent": "Triage", "content": "", "tool_calls": [{
