@@ -31,6 +31,7 @@ FRAMEWORKS: dict[str, tuple[str, str, str, str]] = {
     "langgraph": ("langgraph/shop_graph.py", "shop_graph:make_graph", "langgraph_supervisor", "langgraph"),
     "autogen": ("autogen/shop_team.py", "shop_team:make_team", "autogen_agentchat", "autogen"),
     "pydantic_ai": ("pydantic_ai/shop_agent.py", "shop_agent:make_triage", "pydantic_ai", "pydantic-ai"),
+    "google_adk": ("google_adk/shop_adk.py", "shop_adk:make_triage", "google.adk", "google-adk"),
     "semantic_kernel": ("semantic_kernel/shop_kernel.py", "shop_kernel:make_orchestration", "semantic_kernel",
                         "semantic-kernel"),
 }
@@ -50,6 +51,8 @@ def agent_rules(framework: str) -> list[dict[str, Any]]:
     lookup = LOOKUP
     if framework == "pydantic_ai":  # delegation: a tool of the triage agent that runs the billing agent
         to_billing = {"tool_calls": [{"name": "transfer_to_billing", "arguments": {"request": "refund 1042"}}]}
+    if framework == "google_adk":  # ADK's one transfer tool, naming the agent
+        to_billing = {"tool_calls": [{"name": "transfer_to_agent", "arguments": {"agent_name": "Billing"}}]}
     if framework == "semantic_kernel":  # its functions are named Plugin-function
         to_billing = {"tool_calls": [{"name": "Handoff-transfer_to_Billing", "arguments": {}}]}
         lookup = SK_LOOKUP
@@ -89,6 +92,11 @@ EXPECTED: dict[str, list[dict[str, Any]]] = {
     ],
     "autogen": [
         {"messages": [{"agent": "Billing", "content": REFUNDED, "tool_calls": [{**LOOKUP, "result": PY_ORDER}]}],
+         "handoffs": [{"from": "Triage", "to": "Billing"}], "end": False},
+        {"messages": [{"agent": "Billing", "content": "You are welcome."}], "handoffs": [], "end": False},
+    ],
+    "google_adk": [
+        {"messages": [{"agent": "Billing", "content": REFUNDED, "tool_calls": [{**LOOKUP, "result": ORDER}]}],
          "handoffs": [{"from": "Triage", "to": "Billing"}], "end": False},
         {"messages": [{"agent": "Billing", "content": "You are welcome."}], "handoffs": [], "end": False},
     ],
