@@ -121,7 +121,11 @@ def need(framework: str) -> None:
     """Skip unless the framework is installed: looked up, not imported (pytester's runs restore sys.modules, and a
     framework imported here would be half-dropped by the next one)."""
     module, extra = FRAMEWORKS[framework][2], FRAMEWORKS[framework][3]
-    if importlib.util.find_spec(module) is None:
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is missing too (google.adk without google)
+        found = False
+    if not found:
         pytest.skip(f"the {framework} adapter's framework is not installed: pip install 'pytest-llmsim[{extra}]'")
 
 

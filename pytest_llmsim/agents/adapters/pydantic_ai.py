@@ -56,15 +56,14 @@ def _marker() -> Any:
     runs a tool starts."""
     from pydantic_ai.capabilities import AbstractCapability
 
-    class ToolCallMarker(AbstractCapability[Any]):
-        async def wrap_tool_execute(self, ctx: Any, *, call: Any, tool_def: Any, args: Any, handler: Any) -> Any:
-            token = _TOOL_CALL.set(call.tool_call_id)
-            try:
-                return await handler(args)
-            finally:
-                _TOOL_CALL.reset(token)
+    async def wrap_tool_execute(self: Any, ctx: Any, *, call: Any, tool_def: Any, args: Any, handler: Any) -> Any:
+        token = _TOOL_CALL.set(call.tool_call_id)
+        try:
+            return await handler(args)
+        finally:
+            _TOOL_CALL.reset(token)
 
-    return ToolCallMarker()
+    return type("ToolCallMarker", (AbstractCapability,), {"wrap_tool_execute": wrap_tool_execute})()
 
 
 def _record_runs() -> None:
@@ -91,7 +90,7 @@ def _record_runs() -> None:
             yield run
 
     setattr(iter, WRAPPED, True)
-    Agent.iter = iter  # type: ignore[method-assign]
+    setattr(Agent, "iter", iter)  # noqa: B010  # the framework's class, patched once
 
 
 def read_run(turn: Turn, record: _Run, by_call: dict[str, list[_Run]]) -> None:
