@@ -269,3 +269,37 @@ def test_a_missing_framework_is_one_line_naming_the_extra(sim: SimProject) -> No
     message = record(sim)["error_message"]
     assert message.count("\n") == 0, message
     assert "needs LangGraph" in message and "pip install 'pytest-llmsim[langgraph]'" in message
+
+
+# -- the example projects, as shipped ----------------------------------------------------------------------------------
+GENERIC_CUSTOMER = "role-playing a CUSTOMER"  # the package's own customer and judge templates
+GENERIC_JUDGE = "strict reviewer of a conversation"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("framework", list(FRAMEWORKS))
+def test_each_example_project_runs_as_shipped(framework: str, pytester: pytest.Pytester,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pytest examples/multi_agent/<framework>`` from a checkout: the LLM customer (scripted) asks for the
+    refund, the agents route it to Billing, and the judge (scripted) is shown every speaker by name."""
+    need(framework)
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    shutil.copytree(EXAMPLES / framework, pytester.path / framework,
+                    ignore=shutil.ignore_patterns(".llmsim_cache", "__pycache__", ".pytest_cache"))
+    rules = [{"match": {"system_contains": GENERIC_JUDGE}, "reply": verdict(3, "Billing handled the refund.")},
+             {"match": {"system_contains": GENERIC_CUSTOMER}, "replies": [REFUND, f"{THANKS} [END_CALL]"]},
+             *agent_rules(framework)]
+    with ScriptedOpenAIServer({"rules": rules}) as server:
+        out = pytester.runpytest_subprocess(framework, "-v", "-p", "no:randomly", "-p", "no:cacheprovider",
+                                            f"--llmsim-base-url={server.base_url}", "--llmsim-results=out.json",
+                                            timeout=300)
+        judge = [m["content"] for r in server.requests_log() for m in r["body"]["messages"]
+                 if m["role"] == "system" and GENERIC_JUDGE in m["content"]]
+    assert out.ret == 0, out.stdout.str()
+    out.stdout.fnmatch_lines(["*refunds.yaml::refund_goes_to_billing PASSED*"])
+    (row,) = json.loads((pytester.path / "out.json").read_text())["results"]
+    first = next(t for t in row["transcript"] if t["role"] == "agent")
+    assert first["messages"] == EXPECTED[framework][0]["messages"]
+    (prompt,) = judge
+    assert "Billing" in prompt and REFUNDED in prompt
