@@ -187,6 +187,43 @@ def test_the_adapter_reads_speakers_handoffs_and_tool_calls_from_the_framework(f
     assert any(REFUND in str(m.get("content")) for m in last) and THANKS in str(last)
 
 
+SINGLE_GRAPH = """
+import os
+
+from langchain.agents import create_agent
+from langchain_openai import ChatOpenAI
+
+def lookup_order(order_id: str) -> dict:
+    \"\"\"The order's item, total and delivery state.\"\"\"
+    return {"item": "hiking boots", "total": "59.90 EUR", "state": "late"}
+
+# a ready-made graph, no checkpointer, its model built at import: the adapter runs it as it is
+graph = create_agent(ChatOpenAI(model="own-model", base_url=os.environ["SHOP_BASE_URL"], api_key="own-key",
+                                use_responses_api=False),
+                     tools=[lookup_order], name="Billing", system_prompt="You are BILLING_AGENT.")
+"""
+
+
+@pytest.mark.slow
+def test_a_ready_made_graph_without_checkpointer_runs_as_it_is_and_keeps_the_conversation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    need("langgraph")
+    (tmp_path / "single_graph.py").write_text(SINGLE_GRAPH, encoding="utf-8")
+    with ScriptedOpenAIServer({"rules": agent_rules("langgraph")}) as server:
+        monkeypatch.setenv("SHOP_BASE_URL", server.base_url)
+        turns = run_turns("langgraph", "single_graph:graph", "http://127.0.0.1:9/unused", tmp_path, [REFUND, THANKS])
+        requests = server.requests_log()
+    assert turns == [
+        {"messages": [{"agent": "Billing", "content": REFUNDED, "tool_calls": [{**LOOKUP, "result": ORDER}]}],
+         "handoffs": [], "end": False},
+        {"messages": [{"agent": "Billing", "content": "You are welcome."}], "handoffs": [], "end": False}]
+    # its own model client, not the scenario's endpoint; the second turn carries the first
+    assert {r["body"]["model"] for r in requests} == {"own-model"}
+    assert {r["headers"]["authorization"] for r in requests} == {"Bearer own-key"}
+    last = requests[-1]["body"]["messages"]
+    assert [m["role"] for m in last] == ["system", "user", "assistant", "tool", "assistant", "user"]
+
+
 # -- through pytest ---------------------------------------------------------------------------------------------------
 def adapter_project(sim: SimProject, framework: str, target: str | None = None) -> None:
     copy_example(framework, sim.path)
