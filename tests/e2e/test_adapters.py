@@ -155,10 +155,13 @@ print(json.dumps(asyncio.run(converse())))
 """
 
 
-def run_turns(framework: str, target: str, base_url: str, rootdir: Path, texts: list[str]) -> list[dict[str, Any]]:
-    """The adapter's turn dicts for ``texts``, one conversation, in a fresh interpreter (the framework is never
-    imported into this one, where pytester's runs restore sys.modules)."""
-    done = subprocess.run([sys.executable, "-c", DRIVE, json.dumps([framework, target, base_url, str(rootdir), texts])],
+def run_turns(framework: str, target: str, base_url: str, rootdir: Path, texts: list[str], *,
+              two_conversations: bool = False) -> list[dict[str, Any]]:
+    """The adapter's turn dicts for ``texts``, one conversation (or, with ``two_conversations``, the first text in
+    conversation a, then in b, then the second in a), in a fresh interpreter (the framework is never imported
+    into this one, where pytester's runs restore sys.modules)."""
+    code = DRIVE.replace("\nprint(", f"{TWO_CONVERSATIONS}\nprint(") if two_conversations else DRIVE
+    done = subprocess.run([sys.executable, "-c", code, json.dumps([framework, target, base_url, str(rootdir), texts])],
                           capture_output=True, text=True, timeout=300, cwd=rootdir)
     assert done.returncode == 0, done.stderr
     turns: list[dict[str, Any]] = json.loads(done.stdout.splitlines()[-1])
@@ -222,6 +225,50 @@ def test_a_ready_made_graph_without_checkpointer_runs_as_it_is_and_keeps_the_con
     assert {r["headers"]["authorization"] for r in requests} == {"Bearer own-key"}
     last = requests[-1]["body"]["messages"]
     assert [m["role"] for m in last] == ["system", "user", "assistant", "tool", "assistant", "user"]
+
+
+SHARED_TEAM = """
+import os
+
+from autogen_agentchat.agents import AssistantAgent
+from autogen_agentchat.conditions import MaxMessageTermination
+from autogen_agentchat.teams import RoundRobinGroupChat
+from autogen_core.models import ModelFamily
+from autogen_ext.models.openai import OpenAIChatCompletionClient
+
+client = OpenAIChatCompletionClient(model="own-model", base_url=os.environ["SHOP_BASE_URL"], api_key="own-key",
+                                    model_info={"vision": False, "function_calling": True, "json_output": False,
+                                                "family": ModelFamily.UNKNOWN, "structured_output": False})
+# one group chat object for every conversation: the adapter keeps each conversation's state apart
+team = RoundRobinGroupChat([AssistantAgent("Billing", model_client=client, system_message="You are BILLING_AGENT."),
+                            AssistantAgent("Reviewer", model_client=client, system_message="You are REVIEWER.")],
+                           termination_condition=MaxMessageTermination(6), max_turns=2)
+"""
+TWO_CONVERSATIONS = """
+async def converse():
+    driver = make_driver(AgentSpec.model_validate({framework: target}), Settings())
+    first = await driver.open(new_context("a", {}, 1), label="a")
+    second = await driver.open(new_context("b", {}, 1), label="b")
+    return [await first.run_turn(texts[0]), await second.run_turn(texts[0]), await first.run_turn(texts[1])]
+"""
+
+
+@pytest.mark.slow
+def test_one_group_chat_object_serves_each_conversation_with_its_own_state(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    need("autogen")
+    (tmp_path / "shared_team.py").write_text(SHARED_TEAM, encoding="utf-8")
+    rules = [{"match": {"system_contains": "REVIEWER"}, "reply": "Seen {n_assistant} answers of mine."},
+             {"match": {"system_contains": "BILLING_AGENT"}, "reply": "Billing here."}]
+    with ScriptedOpenAIServer({"rules": rules}) as server:
+        monkeypatch.setenv("SHOP_BASE_URL", server.base_url)
+        turns = run_turns("autogen", "shared_team:team", "http://127.0.0.1:9/unused", tmp_path, [REFUND, THANKS],
+                          two_conversations=True)
+    said = [[(m["agent"], m["content"]) for m in turn["messages"]] for turn in turns]
+    assert said == [[("Billing", "Billing here."), ("Reviewer", "Seen 0 answers of mine.")],  # conversation a
+                    [("Billing", "Billing here."), ("Reviewer", "Seen 0 answers of mine.")],  # b: none of a's
+                    [("Billing", "Billing here."), ("Reviewer", "Seen 1 answers of mine.")]]  # a again: its own
+    assert turns[0]["handoffs"] == [{"from": "Billing", "to": "Reviewer"}]  # the group chat gave the floor
 
 
 # -- through pytest ---------------------------------------------------------------------------------------------------
