@@ -39,6 +39,7 @@ from pytest_llmsim.agents.python import PythonDriver
 from pytest_llmsim.agents.specs import describe_spec, object_agent_target
 from pytest_llmsim.errors import AgentError, CacheError, CacheMissError, LlmsimError
 from pytest_llmsim.llm.scrubbing import RunSecrets
+from pytest_llmsim.model.scenario import ADAPTER_KINDS
 from pytest_llmsim.replay.cache import request_key
 from pytest_llmsim.replay.recordings import CURRENT as RECORDER
 
@@ -166,6 +167,10 @@ class AgentRuntime:
             return HttpDriver(spec, self.settings, self._secrets)
         if spec.openai is not None:
             return OpenAIDriver(spec, self.settings, self.cache, use_cache=agent_cache, secrets=self._secrets)
+        if spec.kind in ADAPTER_KINDS:  # a framework adapter: its module (and the framework) imported only now
+            from pytest_llmsim.agents.adapters import make_driver
+
+            return make_driver(spec, self.settings)
         raise LlmsimError(f"not a code agent: {spec!r}")
 
     async def open(self, spec: AgentSpec, context: AgentContext, *, agent_cache: bool, label: str
@@ -175,7 +180,7 @@ class AgentRuntime:
         except AgentError as exc:
             raise AgentError(f"{label}: {exc}") from None
         session = await driver.open(context, label=label)
-        if driver.kind == "python":  # http and openai replies are scrubbed as they arrive, python ones here
+        if driver.kind not in ("http", "openai"):  # those are scrubbed as they arrive; python and adapters here
             session = _ScrubbedSession(session, self._secrets)
         if agent_cache and driver.kind != "openai":  # the openai agent caches through its own LLM client
             session = CachedSession(session, driver, self.cache, context.seed)

@@ -43,7 +43,8 @@ def parse_agent_spec(text: str, where: str = "llmsim_agent") -> AgentSpec | None
                              f"{err['msg'].removeprefix('Value error, ')}" for err in exc.errors())
         raise ConfigError(f"{where}: {problems}") from None
     if spec.kind == "prompt":
-        raise ConfigError(f"{where} must name one of python, http or openai; the prompt agent is set with "
+        raise ConfigError(f"{where} must name one of python, http, openai or a framework adapter "
+                          "(openai_agents, langgraph, ...); the prompt agent is set with "
                           "llmsim_agent_model / llmsim_agent_template / llmsim_agent_temperature / "
                           "llmsim_agent_max_tokens")
     return spec
@@ -88,6 +89,9 @@ def spec_identity(spec: AgentSpec) -> str:
     """What names the agent in cache keys and messages: never a header value or a key."""
     if spec.python is not None:
         return spec.python
+    adapter = getattr(spec, spec.kind, None)
+    if isinstance(adapter, str):  # a framework adapter: the import path of the user's object
+        return adapter
     if spec.http is not None:
         return redact_url(spec.http.url)
     assert spec.openai is not None

@@ -172,18 +172,27 @@ class OpenAIAgentSpec(BaseModel):
 
 
 _PROMPT_FIELDS = ("model", "template", "temperature", "max_tokens")
-_CODE_KINDS = ("python", "http", "openai")
+# The framework adapters (``agents/adapters/``): each names the user's framework object as "package.module:name".
+ADAPTER_KINDS = ("openai_agents", "langgraph", "pydantic_ai", "semantic_kernel", "autogen", "google_adk")
+CODE_KINDS = ("python", "http", "openai", *ADAPTER_KINDS)
 
 
 class AgentSpec(RoleOverride):
     """The scenario's ``agent``: the prompt agent's overrides (today's form), or exactly one of ``python``
-    (``"package.module:name"``), ``http`` or ``openai``."""
+    (``"package.module:name"``), ``http``, ``openai`` or a framework adapter (``openai_agents: "pkg.mod:agent"``,
+    ``langgraph``, ``pydantic_ai``, ``semantic_kernel``, ``autogen``, ``google_adk``)."""
 
     python: StrictStr | None = None
     http: HttpAgentSpec | None = None
     openai: OpenAIAgentSpec | None = None
+    openai_agents: StrictStr | None = None
+    langgraph: StrictStr | None = None
+    pydantic_ai: StrictStr | None = None
+    semantic_kernel: StrictStr | None = None
+    autogen: StrictStr | None = None
+    google_adk: StrictStr | None = None
 
-    @field_validator("python")
+    @field_validator("python", *ADAPTER_KINDS)
     @classmethod
     def _import_path(cls, value: str | None) -> str | None:
         if value is None:
@@ -196,10 +205,10 @@ class AgentSpec(RoleOverride):
 
     @model_validator(mode="after")
     def _one_kind(self) -> AgentSpec:
-        kinds = [kind for kind in _CODE_KINDS if getattr(self, kind) is not None]
+        kinds = [kind for kind in CODE_KINDS if getattr(self, kind) is not None]
         if len(kinds) > 1:
-            raise ValueError(f"sets {' and '.join(map(repr, kinds))}; an agent is exactly one of python, http or "
-                             "openai (or the prompt fields model/template/temperature/max_tokens)")
+            raise ValueError(f"sets {' and '.join(map(repr, kinds))}; an agent is exactly one of "
+                             f"{', '.join(CODE_KINDS)} (or the prompt fields model/template/temperature/max_tokens)")
         prompt = [name for name in _PROMPT_FIELDS if getattr(self, name) is not None]
         if kinds and prompt:
             raise ValueError(f"{', '.join(map(repr, prompt))} only apply to the prompt agent, not to "
@@ -208,8 +217,8 @@ class AgentSpec(RoleOverride):
 
     @property
     def kind(self) -> str:
-        """``prompt``, ``python``, ``http`` or ``openai``."""
-        return next((kind for kind in _CODE_KINDS if getattr(self, kind) is not None), "prompt")
+        """``prompt``, ``python``, ``http``, ``openai`` or a framework adapter's name (``ADAPTER_KINDS``)."""
+        return next((kind for kind in CODE_KINDS if getattr(self, kind) is not None), "prompt")
 
 
 MATCH_MODES = ("exact", "in_order", "any_order", "subset")  # how expected agents or tool calls are matched

@@ -13,7 +13,12 @@ whose ``match`` fits a request decides the response::
     ]}
 
 Match keys (all optional, all must hold): ``model``, ``seed`` (a number or a list of them),
-``system_contains``, ``last_user_contains``, ``response_format_type``. Actions: ``reply`` (fixed text) or
+``system_contains``, ``last_user_contains``, ``response_format_type``; for agent frameworks (several agents on one
+endpoint, tool loops): ``last_role`` (the role of the request's last message: ``user``, ``tool``, ...),
+``last_tool_contains`` (the content of the last ``tool`` message), ``tool_offered`` (a tool of that name is in
+``tools``), ``no_tools: true`` (the request offers none). Actions: ``tool_calls`` (a list of ``{"name",
+"arguments"}``; arguments a JSON object or text) answers with those calls (``finish_reason: tool_calls``) and
+``reply`` as the message's content if given; ``reply`` (fixed text) or
 ``replies`` (indexed by the number of assistant messages already in the request, the last one repeating),
 ``status`` (an HTTP error), ``error`` (fields merged into that error's body, e.g. ``{"message": "This model's
 maximum context length is ...", "code": "context_length_exceeded"}``), ``retry_after`` (seconds, sent as the
@@ -49,6 +54,9 @@ the latency, with OpenAI's error body (``code: rate_limit_exceeded``, ``type: re
 ``x-ratelimit-remaining-*`` and ``x-ratelimit-reset-*`` for both. ``stats()["limits"]`` counts the admitted
 requests, their tokens and the 429s; ``admitted_log()`` lists ``(time, model, tokens)`` per admitted request.
 
+A request with ``stream: true`` is answered as server-sent events (``chat.completion.chunk`` deltas, the tool
+calls in one delta, a usage chunk when ``stream_options.include_usage`` is set, then ``data: [DONE]``).
+
 Every request waits ``latency`` seconds. :meth:`ScriptedOpenAIServer.stats` counts requests, completions, status
 codes, faults, the peak number of requests in flight and requests per model. Usage is counted in words. Handler
 threads are daemonic and at most ``max_threads`` at once (further connections wait in the listen backlog);
@@ -58,6 +66,7 @@ threads are daemonic and at most ``max_threads`` at once (further connections wa
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import socket
@@ -155,7 +164,12 @@ class _Handler(BaseHTTPRequestHandler):
         # Count the request as answered before the client can see the answer, so statistics read right
         # after a client call are exact.
         owner._finish(answer.status)
-        if isinstance(answer.payload, str):
+        if body.get("stream") and answer.status == 200 and isinstance(answer.payload, dict) \
+                and answer.payload.get("object") == "chat.completion":
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            self._send_raw(200, _sse(answer.payload, include_usage).encode(),
+                           {**answer.headers, "Content-Type": "text/event-stream"})
+        elif isinstance(answer.payload, str):
             self._send_raw(answer.status, answer.payload.encode(), answer.headers)
         else:
             self._send_json(answer.status, answer.payload, answer.headers)
@@ -193,7 +207,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_head(self, status: int, length: int, extra_headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        if "Content-Type" not in (extra_headers or {}):
+            self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(length))
         for key, value in (extra_headers or {}).items():
             self.send_header(key, value)
@@ -309,7 +324,19 @@ def _matches(match: dict[str, Any], body: dict[str, Any]) -> bool:
         return False
     if "last_user_contains" in match and (not users or match["last_user_contains"] not in users[-1]):
         return False
-    return not ("response_format_type" in match and response_format != match["response_format_type"])
+    if "response_format_type" in match and response_format != match["response_format_type"]:
+        return False
+    if "last_role" in match and (not messages or messages[-1].get("role") != match["last_role"]):
+        return False
+    if "last_tool_contains" in match:
+        tools = [str(m.get("content", "")) for m in messages if m.get("role") == "tool"]
+        if not tools or match["last_tool_contains"] not in tools[-1]:
+            return False
+    offered = {str((tool.get("function") or {}).get("name", tool.get("name", ""))) for tool in body.get("tools") or []
+               if isinstance(tool, dict)}
+    if "tool_offered" in match and match["tool_offered"] not in offered:
+        return False
+    return not (match.get("no_tools") and offered)
 
 
 class ScriptedOpenAIServer:
@@ -564,15 +591,44 @@ class ScriptedOpenAIServer:
                                  "total_tokens": prompt_tokens + completion_tokens}
         if "cached_tokens" in rule:  # a provider's prompt cache: that many of the prompt tokens (at most all)
             usage["prompt_tokens_details"] = {"cached_tokens": min(int(rule["cached_tokens"]), prompt_tokens)}
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        finish = "stop"
+        if rule.get("tool_calls"):  # ids: distinct per request, the same for the same request
+            digest = hashlib.sha256(json.dumps(messages, sort_keys=True, default=str).encode()).hexdigest()[:12]
+            message["content"] = text or None
+            message["tool_calls"] = [
+                {"id": f"call_{digest}_{i}", "type": "function",
+                 "function": {"name": str(call["name"]), "arguments": call.get("arguments", {})
+                              if isinstance(call.get("arguments"), str)
+                              else json.dumps(call.get("arguments") or {})}}
+                for i, call in enumerate(rule["tool_calls"])]
+            finish = "tool_calls"
         return {
             "id": f"chatcmpl-scripted-{n_assistant}",
             "object": "chat.completion",
             "created": 0,
             "model": body.get("model") or "scripted",
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": text}}],
+            "choices": [{"index": 0, "finish_reason": finish, "message": message}],
             "usage": usage,
         }
+
+
+def _sse(completion: dict[str, Any], include_usage: bool) -> str:
+    """A completion as the server-sent events of a streamed one: a role delta, the content, the tool calls, the
+    finish reason, the usage (when asked for) and ``[DONE]``."""
+    base = {"id": completion["id"], "object": "chat.completion.chunk", "created": 0, "model": completion["model"]}
+    choice = completion["choices"][0]
+    message = choice["message"]
+    deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
+    if message.get("content"):
+        deltas.append({"content": message["content"]})
+    if message.get("tool_calls"):
+        deltas.append({"tool_calls": [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]})
+    chunks = [{**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]} for delta in deltas]
+    chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}]})
+    if include_usage:
+        chunks.append({**base, "choices": [], "usage": completion["usage"]})
+    return "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks) + "data: [DONE]\n\n"
 
 
 _NO_RULE: dict[str, Any] = {}

@@ -281,6 +281,7 @@ def test_bad_requests_are_422_404_413_and_no_request_names_a_server_path(
     for body, loc in (([], ["body"]), ({"scenario": []}, ["body", "scenario"]), ("text", ["body"]),
                       ([scenario("a"), scenario("a")], ["body", 1, "name"]),
                       ([scenario("a", agent={"python": "os:system"})], ["body", 0, "agent", "python"]),
+                      ([scenario("a", agent={"langgraph": "os:system"})], ["body", 0, "agent", "langgraph"]),
                       ([scenario("a", evaluate=[{"rouge": {"reference_file": "/etc/passwd"}}])],
                        ["body", 0, "evaluate", 0, "rouge", "reference_file"]),
                       ([scenario("a", client={"template": "../../secret.j2"})], ["body", 0, "client", "template"])):

@@ -239,3 +239,56 @@ def test_command_line_server(tmp_path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+AGENT_SCRIPT = {"rules": [
+    {"match": {"last_role": "tool", "last_tool_contains": "boots"}, "reply": "Your boots cost 59.90."},
+    {"match": {"tool_offered": "lookup_order"}, "tool_calls": [{"name": "lookup_order", "arguments": {"id": 7}}],
+     "reply": "Let me look."},
+    {"match": {"no_tools": True}, "reply": "no tools offered"},
+]}
+LOOKUP_TOOL = {"type": "function", "function": {"name": "lookup_order", "parameters": {"type": "object"}}}
+
+
+def test_agent_framework_rules_answer_with_tool_calls_and_match_the_tool_loop() -> None:
+    with ScriptedOpenAIServer(AGENT_SCRIPT) as server:
+        status, _, first = post(server, {**chat("S", "where are my boots?"), "tools": [LOOKUP_TOOL]})
+        assert status == 200 and first["choices"][0]["finish_reason"] == "tool_calls"
+        message = first["choices"][0]["message"]
+        (call,) = message["tool_calls"]
+        assert message["content"] == "Let me look."
+        assert call["function"] == {"name": "lookup_order", "arguments": '{"id": 7}'} and call["type"] == "function"
+        follow = chat("S", "where are my boots?")
+        follow["messages"] += [message, {"role": "tool", "tool_call_id": call["id"], "content": '{"item": "boots"}'}]
+        _, _, second = post(server, {**follow, "tools": [LOOKUP_TOOL]})
+        assert second["choices"][0]["message"] == {"role": "assistant", "content": "Your boots cost 59.90."}
+        _, _, again = post(server, {**chat("S", "other"), "tools": [LOOKUP_TOOL]})
+        assert again["choices"][0]["message"]["tool_calls"][0]["id"] != call["id"]  # ids distinct per request
+        _, _, bare = post(server, chat("S", "hi"))
+        assert bare["choices"][0]["message"]["content"] == "no tools offered"
+
+
+def test_a_streamed_request_gets_server_sent_events_the_openai_client_reads() -> None:
+    import asyncio
+
+    import openai
+
+    with ScriptedOpenAIServer(AGENT_SCRIPT) as server:
+        async def stream() -> tuple[str, list[Any], Any]:
+            client = openai.AsyncOpenAI(base_url=server.base_url, api_key="x", max_retries=0)
+            chunks = await client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "boots?"}], tools=[LOOKUP_TOOL],  # type: ignore[list-item]
+                stream=True, stream_options={"include_usage": True})
+            text, calls, usage = "", [], None
+            async for chunk in chunks:
+                usage = chunk.usage or usage
+                for choice in chunk.choices:
+                    text += choice.delta.content or ""
+                    calls += choice.delta.tool_calls or []
+            await client.close()
+            return text, calls, usage
+
+        text, calls, usage = asyncio.run(stream())
+    assert text == "Let me look."
+    assert [(c.function.name, c.function.arguments) for c in calls] == [("lookup_order", '{"id": 7}')]
+    assert usage is not None and usage.completion_tokens == 3

@@ -129,7 +129,9 @@ def _server_paths(raw: dict[str, Any], loc: tuple[Any, ...]) -> list[dict[str, A
     problems = []
     agent = raw.get("agent")
     if isinstance(agent, dict):
-        for kind in ("python", "http", "openai"):
+        from pytest_llmsim.model.scenario import CODE_KINDS
+
+        for kind in CODE_KINDS:
             if kind in agent:
                 problems.append({"type": "value_error", "loc": (*loc, "agent", kind), "input": None,
                                  "msg": f"a {kind} agent cannot be sent to the service (it runs or reaches code of "
