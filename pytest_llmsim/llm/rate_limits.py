@@ -434,6 +434,10 @@ class _Key:
     next_slot: float = 0.0
     last_rate_cut: int = 0
     done: deque[float] = field(default_factory=lambda: deque(maxlen=512))  # monotonic times of successes
+    # Paced requests of this process not answered yet: their budget mark -> their tokens. A window's count from a
+    # reply leaves out those of them reserved earlier that had not reached the provider yet.
+    unanswered: dict[float, float] = field(default_factory=dict)
+    probe_after: float = PROBE_AFTER_S  # a spent window of unknown reset: the next probe (a 429's pause, if less)
 
 
 class RateLimiter:
@@ -510,6 +514,7 @@ class RateLimiter:
         """A request's outcome: ``status`` 200 with the reply's ``body``, an HTTP error status, or 0 (no reply)."""
         key = ticket.key
         self._release(key)
+        key.unanswered.pop(ticket.mark, None)
         observed = read_headers(headers) if status else None
         if observed is not None and (observed.limit_requests or observed.limit_tokens):
             key.announced = True
@@ -556,6 +561,7 @@ class RateLimiter:
             keys = [self._new_key(model)]
         for key in keys:
             key.paced = True
+            key.probe_after = min(PROBE_AFTER_S, max(0.01, seconds))
             budget = key.store.load()
             budget.pause_until = max(budget.pause_until, until)
             key.store.save(budget)
@@ -671,7 +677,7 @@ class RateLimiter:
                             # The announced reset has passed: one request probes what the window holds now; its
                             # reply's headers tell the rest (or, without them, another probe after a while).
                             setattr(budget, level, need)
-                            setattr(budget, reset_at, now + PROBE_AFTER_S)
+                            setattr(budget, reset_at, now + key.probe_after)
                     if rate_r or window_r:
                         budget.level_requests -= 1.0
                     if rate_t or window_t:
@@ -679,6 +685,7 @@ class RateLimiter:
                     budget.reserved_requests += 1.0
                     budget.reserved_tokens += ticket.tokens
                     ticket.mark, ticket.tokens_mark = budget.reserved_requests, budget.reserved_tokens
+                    key.unanswered[ticket.mark] = ticket.tokens
                     store.save(budget)
                     break
                 store.unlock()
@@ -712,18 +719,24 @@ class RateLimiter:
             # (about a round trip's worth) in reserve; the rate, and so the throughput, is unchanged.
             later_requests = budget.reserved_requests - ticket.mark
             later_tokens = budget.reserved_tokens - ticket.tokens_mark
+            if window_r or window_t:
+                # A window refills only at its reset: a request reserved before this one but still on its way
+                # (the provider may not have counted it) would be one too many. Keep them in reserve until answered.
+                earlier = [tokens for mark, tokens in key.unanswered.items() if mark < ticket.mark]
+                later_requests += len(earlier)
+                later_tokens += sum(earlier)
             if observed.remaining_requests is not None and (rate_r or window_r):
                 budget.cap_requests = max(budget.cap_requests, observed.remaining_requests + 1.0)
                 level = observed.remaining_requests - later_requests
                 budget.level_requests = min(budget.cap_requests, level)
                 if window_r:
-                    budget.reset_at_requests = now + _or(observed.reset_requests, PROBE_AFTER_S)
+                    budget.reset_at_requests = now + _or(observed.reset_requests, key.probe_after)
             if observed.remaining_tokens is not None and (rate_t or window_t):
                 budget.cap_tokens = max(budget.cap_tokens, observed.remaining_tokens + ticket.tokens)
                 level = observed.remaining_tokens - later_tokens
                 budget.level_tokens = min(budget.cap_tokens, level)
                 if window_t:
-                    budget.reset_at_tokens = now + _or(observed.reset_tokens, PROBE_AFTER_S)
+                    budget.reset_at_tokens = now + _or(observed.reset_tokens, key.probe_after)
             for remaining, later, reset, windowed in (
                     (observed.remaining_requests, later_requests, observed.reset_requests, budget.window_requests),
                     (observed.remaining_tokens, later_tokens, observed.reset_tokens, budget.window_tokens)):
