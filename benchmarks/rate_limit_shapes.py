@@ -126,9 +126,10 @@ def _share(admitted: list[tuple[float, str, float]], skip: float, rpm: float) ->
 
 def _bucket_share(admitted: list[tuple[float, str, float]], rpm: float, capacity: float) -> float | None:
     """For a bucket (refilled at ``rpm``, holding ``capacity``): the requests admitted once its initial content
-    was spent (the first moment it held less than one request), as a share of what it let through from then on
-    (what it held then plus the refill until the last admitted request). 100%: the run used every request the
-    limit allowed; the initial minute's allowance, which a long run does not have, is left out."""
+    was spent (the first moment it held less than 5% of its capacity: the limiter keeps a round trip's worth in
+    reserve, so it never quite empties), as a share of what it let through from then on (what it held then plus
+    the refill until the last admitted request). 100%: the run used every request the limit allowed; the initial
+    minute's allowance, which a long run does not have, is left out."""
     if not admitted:
         return None
     rate = rpm / 60.0
@@ -136,7 +137,7 @@ def _bucket_share(admitted: list[tuple[float, str, float]], rpm: float, capacity
     for index, (moment, _, _) in enumerate(admitted):
         level = min(capacity, level + (moment - stamp) * rate) - 1.0
         stamp = moment
-        if level < 1.0:
+        if level < max(1.0, 0.05 * capacity):
             rest = admitted[index + 1:]
             if not rest or rest[-1][0] - moment <= 0.5:
                 return None

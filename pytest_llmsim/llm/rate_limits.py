@@ -304,7 +304,8 @@ def throughput_fields(stats: LimitStats) -> dict[str, Any]:
 # -- the budget: buckets for requests and tokens, in memory or in a file shared by processes -------------------
 _FIELDS = ("learned_requests", "learned_tokens", "level_requests", "level_tokens", "cap_requests", "cap_tokens",
            "stamp", "pause_until", "reserved_requests", "reserved_tokens", "applied_mark", "initialised",
-           "window_requests", "window_tokens", "reset_at_requests", "reset_at_tokens")
+           "window_requests", "window_tokens", "reset_at_requests", "reset_at_tokens", "implied_requests",
+           "implied_tokens")
 _LAYOUT = struct.Struct(f"<{len(_FIELDS)}d")
 
 
@@ -332,6 +333,9 @@ class Budget:
     window_tokens: float = 0.0
     reset_at_requests: float = 0.0
     reset_at_tokens: float = 0.0
+    # The capacity the first reply implied (``_implied_capacity``; 0: none yet): a bucket's stays the same.
+    implied_requests: float = 0.0
+    implied_tokens: float = 0.0
 
     def pack(self) -> bytes:
         return _LAYOUT.pack(*(getattr(self, name) for name in _FIELDS))
@@ -704,12 +708,19 @@ class RateLimiter:
             budget.learned_requests = observed.limit_requests / 60.0
         if observed.limit_tokens:
             budget.learned_tokens = observed.limit_tokens / 60.0
-        if observed.remaining_requests is not None and not _bucket_like(
-                observed.limit_requests, observed.remaining_requests, observed.reset_requests):
-            budget.window_requests = 1.0
-        if observed.remaining_tokens is not None and not _bucket_like(
-                observed.limit_tokens, observed.remaining_tokens, observed.reset_tokens):
-            budget.window_tokens = 1.0
+        for name, limit, remaining, reset in (
+                ("requests", observed.limit_requests, observed.remaining_requests, observed.reset_requests),
+                ("tokens", observed.limit_tokens, observed.remaining_tokens, observed.reset_tokens)):
+            if remaining is None:
+                continue
+            implied = _implied_capacity(limit, remaining, reset)
+            reference = getattr(budget, f"implied_{name}")
+            if implied is None and not limit:
+                setattr(budget, f"window_{name}", 1.0)  # only counts (Azure): a window of unknown length
+            elif implied is not None and not reference:
+                setattr(budget, f"implied_{name}", implied)
+            elif implied is not None and abs(implied - reference) > _capacity_tolerance(reference, limit):
+                setattr(budget, f"window_{name}", 1.0)
         rate_r, rate_t = self._refill(budget, now)
         window_r, window_t = self._windowed(budget)
         if ticket.mark and ticket.mark > budget.applied_mark:
@@ -762,17 +773,21 @@ def _shortfall(level: float, need: float, rate: float, window: bool, reset_at: f
     return (need - level) / rate if rate else 0.0
 
 
-def _bucket_like(limit: float | None, remaining: float, reset: float | None) -> bool:
-    """Whether a reply's counts are those of OpenAI's bucket, refilled continuously at ``limit`` per minute and
-    holding a minute of it: then ``reset`` (time until full) is ``(limit - remaining) / rate``. A fixed window's
-    reset is the time to its end, a sliding window's until its oldest request leaves, whatever remains."""
-    if not limit:
-        return False  # only counts (Azure): a window of unknown length
-    if reset is None:
-        return True  # a per-minute limit and no reset to tell otherwise: refilled at its rate
-    rate = limit / 60.0
-    expected = max(0.0, limit - remaining) / rate
-    return abs(reset - expected) <= 1.5 / rate + 0.05 + 0.1 * max(reset, expected)
+def _implied_capacity(limit: float | None, remaining: float, reset: float | None) -> float | None:
+    """The capacity a reply implies if the provider's count is a bucket refilled continuously at ``limit`` per
+    minute: what remains plus what refills until ``reset`` (its time until full). A bucket's is the same in every
+    reply (OpenAI's: the limit itself); a fixed window's reset is the time to its end and a sliding window's
+    until its oldest request leaves, whatever remains, so theirs drifts as requests are counted. None: no limit
+    or no reset announced (then a limit alone is taken for a bucket, counts alone for a window)."""
+    if not limit or reset is None:
+        return None
+    return remaining + reset * limit / 60.0
+
+
+def _capacity_tolerance(reference: float, limit: float | None) -> float:
+    """How far a bucket's implied capacity may stray from the first one: rounding of the counts (1) and of the
+    reset (1 s of refill, for providers that round it to seconds), plus 3%."""
+    return 2.0 + (limit or 0.0) / 60.0 + 0.03 * reference
 
 
 def _int(value: Any) -> int:

@@ -18,7 +18,8 @@ from pytest_llmsim.llm.rate_limits import (
     LimitClock,
     RateLimiter,
     RateLimitWaitExceeded,
-    _bucket_like,
+    _capacity_tolerance,
+    _implied_capacity,
 )
 from pytest_llmsim.testing.rate_shapes import SHAPES, Limits
 
@@ -79,12 +80,31 @@ def test_an_unknown_shape_is_refused() -> None:
 
 
 # -- the limiter's reading of them -------------------------------------------------------------------------------
-def test_only_openai_s_continuous_bucket_reads_as_a_bucket() -> None:
-    assert _bucket_like(1200, 1190, 0.5)  # 10 taken, refilled at 20 a second: full in 0.5 s
-    assert _bucket_like(1200, 0, 60.0)
-    assert not _bucket_like(1200, 1199, 59.0)  # a fixed window that just began
-    assert not _bucket_like(1200, 0, 0.05)  # a full sliding window whose oldest request leaves soon
-    assert not _bucket_like(None, 5, None)  # only counts (Azure): a window of unknown length
+def test_a_bucket_s_counts_imply_one_capacity_a_window_s_drift() -> None:
+    """remaining + reset x rate is a bucket's capacity in every reply; a window's reset does not follow its count."""
+    bucket = [_implied_capacity(1200, remaining, reset) for remaining, reset in ((1190, 0.5), (0, 60.0), (600, 30.0))]
+    assert bucket == [1200, 1200, 1200]
+    assert _implied_capacity(6000, 1000, 2.0) == 1200  # a bucket holding 12 s of 6000 a minute
+    fixed = [_implied_capacity(1200, remaining, reset) for remaining, reset in ((1199, 59.9), (900, 58.0))]
+    assert abs(fixed[1] - fixed[0]) > _capacity_tolerance(fixed[0], 1200)
+    assert _implied_capacity(None, 5, None) is None
+
+
+def test_a_fixed_window_is_told_from_a_bucket_by_its_drifting_counts() -> None:
+    async def main() -> tuple[float, float]:
+        limiter = RateLimiter()
+        flags = []
+        for replies in (((1199, "59.9s"), (900, "58s")), ((1190, "500ms"), (900, "15s"))):  # a window, a bucket
+            limiter = RateLimiter()
+            for remaining, reset in replies:
+                ticket = await limiter.acquire("m", MESSAGES, 10)
+                limiter.finish(ticket, 200, {"x-ratelimit-limit-requests": "1200",
+                                             "x-ratelimit-remaining-requests": str(remaining),
+                                             "x-ratelimit-reset-requests": reset})
+            flags.append(ticket.key.store.load().window_requests)
+        return flags[0], flags[1]
+
+    assert run(main()) == (1.0, 0.0)
 
 
 def test_a_spent_window_waits_for_its_announced_reset_not_for_the_rate() -> None:
