@@ -584,7 +584,12 @@ class RateLimiter:
             except OSError:
                 store = _MemoryStore()  # no shared folder: this process paces on its own
         limit = self.concurrency if self.concurrency else 1 << 30
-        key = _Key(model, store, float(limit), limit, paced=bool(self.rpm or self.tpm))
+        paced = bool(self.rpm or self.tpm)
+        if isinstance(store, _FileStore):  # a worker starting late: the others may have learned the limit already
+            budget = store.load()
+            store.unlock()
+            paced = paced or bool(budget.applied_mark or budget.pause_until)
+        key = _Key(model, store, float(limit), limit, paced=paced)
         self._keys[model] = key
         return key
 
