@@ -79,7 +79,8 @@ class OpenAIDriver(AgentDriver):
         self.endpoint = EndpointSettings(
             base_url=self.openai.base_url, api_key=key, request_timeout=base.request_timeout,
             max_retries=base.max_retries, backoff_base=base.backoff_base, backoff_max=base.backoff_max,
-            description=f"the agent's endpoint {redact_url(self.openai.base_url)}", http_backend=base.http_backend)
+            rate_limit_wait=base.rate_limit_wait, http_backend=base.http_backend,
+            description=f"the agent's endpoint {redact_url(self.openai.base_url)}")
         # The run's secrets: this client adds its key and URL query values, and scrubs the agent's replies.
         self.client: LLMClient = LLMClient(self.endpoint, cache, RateLimiter(), own_endpoint=False, secrets=secrets)
         self.temperature = self.openai.temperature if self.openai.temperature is not None \

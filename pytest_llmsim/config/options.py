@@ -126,8 +126,13 @@ OPTIONS: tuple[Option, ...] = (
            env="TIMEOUT_SEC"),
     Option("llmsim_request_timeout", "Seconds per LLM request, reading the whole reply included.", "30",
            flag="--llmsim-request-timeout", kind="float", low=0.001, local_default="300", metavar="SECONDS"),
-    Option("llmsim_max_retries", "Retries per LLM request on 429, 5xx, timeouts and connection errors.", "4",
+    Option("llmsim_max_retries", "Retries per LLM request on 5xx, timeouts and connection errors (a 429 is "
+           "retried without counting: see llmsim_rate_limit_wait).", "4",
            flag="--llmsim-max-retries", kind="int", low=0, metavar="N"),
+    Option("llmsim_rate_limit_wait", "Seconds a scenario's requests may wait on a provider's rate limit in all "
+           "(queued for the limiter, sitting out 429s) before it errors naming the limit; that waiting does not "
+           "count against llmsim_timeout.", "600", flag="--llmsim-rate-limit-wait", kind="float", low=0.001,
+           metavar="SECONDS"),
     Option("llmsim_trials", "Conversations per scenario (each with its own seed) when a scenario sets no "
            "'trials'.", "1", flag="--llmsim-trials", kind="int", low=1, high=100, metavar="K"),
     Option("llmsim_scenario_min_pass_rate", "Share of a scenario's trials that must pass for it to pass, when "
@@ -454,6 +459,7 @@ def build_settings(
         endpoint_id=endpoint_id or resolved["llmsim_endpoint_id"],
         request_timeout=resolved["llmsim_request_timeout"],
         max_retries=resolved["llmsim_max_retries"],
+        rate_limit_wait=resolved["llmsim_rate_limit_wait"],
         connect=connect,
         description=description,
         http_backend=resolved["llmsim_http_backend"],

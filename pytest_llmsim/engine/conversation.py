@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_llmsim.errors import AgentError, EndpointError, NoAgentReplyError
 from pytest_llmsim.llm.client import RETRYING, Completer, LLMRequest
+from pytest_llmsim.llm.rate_limits import LIMIT_CLOCK
 from pytest_llmsim.model.prompts import OPENING_CUE, PromptRenderer, template_context
 from pytest_llmsim.model.results import heard_text
 from pytest_llmsim.model.scenario import Scenario
@@ -279,13 +280,25 @@ async def simulate(
         return False
 
     deadline = asyncio.timeout(timeout)
+    # Waiting on a rate limit stops this deadline (``rate_limits.LimitClock``): the timeout bounds the
+    # conversation's own progress; the clock's bound ends a conversation stuck behind the limit.
+    clock = LIMIT_CLOCK.get()
     try:
         async with deadline:
-            while not await one_turn(speaker):
-                speaker = "agent" if speaker == "client" else "client"
+            if clock is not None:
+                clock.bind(deadline)
+            try:
+                while not await one_turn(speaker):
+                    speaker = "agent" if speaker == "client" else "client"
+            finally:
+                if clock is not None:
+                    clock.bind(None)
     except (TimeoutError, _ReplayedTimeout) as exc:
         if isinstance(exc, TimeoutError) and not deadline.expired():
             raise  # a TimeoutError from below (not this conversation's deadline) is trouble, not a timeout
+        if isinstance(exc, TimeoutError) and clock is not None and clock.exhausted():
+            raise EndpointError(clock.message(f"{label} turn {len(transcript.turns) + 1}",
+                                              settings.endpoint.describe())) from None
         if isinstance(exc, TimeoutError) and (retrying := RETRYING.get()):
             # The endpoint used up the time (429s, 5xx, dropped connections), not the conversation: judging the
             # transcript as it stands would score the endpoint's trouble as the agent's.

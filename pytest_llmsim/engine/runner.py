@@ -32,7 +32,7 @@ from pytest_llmsim.engine.conversation import no_agent_reply_error, simulate
 from pytest_llmsim.engine.judge import CriteriaMetric, JudgeMetric, check_judge_sees_criteria
 from pytest_llmsim.errors import ConfigError, ErrorKind, LlmsimError, MetricError, ScenarioError, VerdictError
 from pytest_llmsim.llm.client import LLMClient, LLMReply, LLMRequest
-from pytest_llmsim.llm.rate_limits import RateLimiter
+from pytest_llmsim.llm.rate_limits import LIMIT_CLOCK, LimitClock, RateLimiter
 from pytest_llmsim.llm.scrubbing import LogScrubber, RunSecrets, scrub_data
 from pytest_llmsim.metrics.agents import (
     EXPECTED_AGENTS,
@@ -143,6 +143,9 @@ async def _run_scenario(
     started = time.perf_counter()
     recorder: ScenarioRecorder | None = None
     token = None
+    # This scenario's waiting on rate limits: its place in the limiter's queues (it started now: older
+    # conversations go first) and the bound on that waiting, which the conversation's timeout leaves out.
+    clock_token = LIMIT_CLOCK.set(LimitClock(settings.endpoint.rate_limit_wait))
     try:
         if settings.recordings_dir is not None:
             recorder = ScenarioRecorder.open(
@@ -207,6 +210,7 @@ async def _run_scenario(
             result.min_score = judge.min_score(scenario)
         result.status = FAILED if any(outcome.passed is False for outcome in outcomes) else PASSED
     finally:
+        LIMIT_CLOCK.reset(clock_token)
         if token is not None:
             RECORDER.reset(token)
     scrub = _scrubber(settings, client.secrets.values() | (agents.secrets() if agents is not None else frozenset()))

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from pytest_llmsim.errors import BackendMissingError, CacheMissError, ConfigError, EndpointError, UnjudgedError
-from pytest_llmsim.llm.rate_limits import RateLimiter, Ticket
+from pytest_llmsim.llm.rate_limits import LIMIT_CLOCK, LimitClock, RateLimiter, RateLimitWaitExceeded, Ticket
 from pytest_llmsim.llm.scrubbing import RunSecrets, scrub_data
 from pytest_llmsim.model.settings import (
     EndpointSettings,
@@ -66,9 +66,9 @@ _OTHER_CAUSES = ("context length", "context_length", "context window", "context 
                  "too many tokens", "too long", "max_tokens", "rate limit", "rate_limit", "quota")
 _FORMAT_CONFIRMATIONS = 3
 _RETRYABLE = {408, 409, 429, 500, 502, 503, 504}
-# A request answered 429 is retried this many times before its 429s count against llmsim_max_retries: at a
-# provider's limit the limiter paces the retries, and a 429 is the limit speaking, not the endpoint failing.
-_RATE_LIMIT_RETRIES = 8
+# A request answered 429 is retried without counting against llmsim_max_retries: at a provider's limit the limiter
+# paces the retries, and a 429 is the limit speaking, not the endpoint failing. What bounds them is the scenario's
+# time spent waiting on the limit (``rate_limits.LimitClock``, llmsim_rate_limit_wait).
 
 # openai's marker for "return the raw response" (``with_raw_response``): the reply's rate-limit headers are read
 _RAW_RESPONSE: openai.RequestOptions = {"headers": {"X-Stainless-Raw-Response": "true"}}
@@ -678,12 +678,23 @@ class LLMClient:
             self._format_strikes[key] = strikes
 
     async def _call_with_retries(self, request: LLMRequest, label: str) -> LLMReply:
+        clock = LIMIT_CLOCK.get()
+        if clock is not None:
+            return await self._attempts(request, label, clock)
+        # Called outside a scenario's run: this request's own wait on the limit is bounded.
+        clock = LimitClock(self.endpoint.rate_limit_wait)
+        token = LIMIT_CLOCK.set(clock)
+        try:
+            return await self._attempts(request, label, clock)
+        finally:
+            LIMIT_CLOCK.reset(token)
+
+    async def _attempts(self, request: LLMRequest, label: str, clock: LimitClock) -> LLMReply:
         import openai
 
         RETRYING.set(None)
         last_failure = ""
         attempt = 0
-        limited = 0  # 429s retried outside max_retries (``_RATE_LIMIT_RETRIES``)
         api = await self._api(label)
         timeout = self.endpoint.request_timeout
         # While trying the next weaker structured format after a rejection: the rejected format's index and
@@ -695,7 +706,10 @@ class LLMClient:
             mode_index = self._mode_index(request)
             if probe is not None:
                 mode_index = max(mode_index, probe[0] + 1)
-            ticket = await self.limiter.acquire(request.model, request.messages, request.max_tokens)
+            try:
+                ticket = await self.limiter.acquire(request.model, request.messages, request.max_tokens)
+            except RateLimitWaitExceeded:
+                raise self._error(clock.message(label, self._where(), request.model)) from None
             if self._hung:
                 self.limiter.finish(ticket, 0)
                 raise self._error(f"{label}: not sent: {self._where()} did not answer within {timeout:g}s on an "
@@ -723,16 +737,19 @@ class LLMClient:
                       and request.json_schema is not None and mode_index < len(STRUCTURED_MODES) - 1):
                     probe, probed = (mode_index, exc), True
                     continue
-                free = status == 429 and limited < _RATE_LIMIT_RETRIES  # paced by the limiter: not a failure
-                if status not in _RETRYABLE or (attempt >= self.endpoint.max_retries and not free):
+                if status == 429:
+                    # The limit speaking: the limiter holds the model for the pause (the retry waits for it in
+                    # the scenario's order, off the conversation's deadline); no attempt is used up.
+                    clock.rate_limited += 1
+                    self.stats.retries += 1
+                    self.limiter.back_off(self._backoff(0, _retry_after_seconds(exc)), request.model)
+                    if clock.exhausted():
+                        raise self._error(clock.message(label, self._where(), request.model)) from None
+                    continue
+                if status not in _RETRYABLE or attempt >= self.endpoint.max_retries:
                     raise self._error(self._status_message(label, exc, attempt, format_note)) from None
                 delay = self._backoff(attempt, _retry_after_seconds(exc))
                 last_failure = f"HTTP {status}"
-                if status == 429:
-                    self.limiter.back_off(delay, request.model)
-                    if free:
-                        limited += 1
-                        attempt -= 1  # this retry is free: the ``attempt += 1`` below gives it back
             except Exception as exc:
                 failure = _transport_failure(exc)
                 if failure is None:

@@ -196,6 +196,9 @@ class EndpointSettings:
     prices: Path | None = None  # the price file (``llmsim_prices``) the cap is counted with
     backoff_base: float = 0.5
     backoff_max: float = 20.0
+    # Seconds a scenario's requests may wait on a rate limit in all (queued for the limiter, sitting out 429s);
+    # that time does not count against the conversation's timeout. None: no bound.
+    rate_limit_wait: float | None = 600.0
     connect: Callable[[], str] | None = field(default=None, repr=False, compare=False)
     description: str = ""
     http_backend: str = "auto"  # auto | aiohttp | httpx: the openai client's HTTP transport

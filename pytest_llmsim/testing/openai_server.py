@@ -44,15 +44,15 @@ given (a flaky endpoint); later matching requests get the rule's normal reply.
 ``cached_tokens: N`` reports N of the prompt tokens (at most all of them) as read from a prompt cache, in
 ``usage.prompt_tokens_details.cached_tokens`` as OpenAI does.
 
-Rate limits, as OpenAI enforces them (``limits`` argument or script key ``"limits": {"rpm": 600, "tpm": 150000,
-"burst": 60}``): per model, a bucket of requests and one of tokens, each refilled continuously at its per-minute
-limit and holding ``burst`` seconds of it (default 60: a full minute, as OpenAI; a small burst makes the limit
-strict over short spans). A request costs 1 request and its prompt tokens (words, as the usage counts them) plus
-its ``max_tokens``, reserved on arrival as OpenAI does. One that does not fit is answered 429 at once, without
-the latency, with OpenAI's error body (``code: rate_limit_exceeded``, ``type: requests`` or ``tokens``) and
-``retry-after-ms``; rejected requests cost nothing. Every answer carries ``x-ratelimit-limit-*``,
-``x-ratelimit-remaining-*`` and ``x-ratelimit-reset-*`` for both. ``stats()["limits"]`` counts the admitted
-requests, their tokens and the 429s; ``admitted_log()`` lists ``(time, model, tokens)`` per admitted request.
+Rate limits (``limits`` argument or script key ``"limits": {"rpm": 600, "tpm": 150000, "burst": 60}``): per
+model, one counter of requests and one of tokens, by default OpenAI's bucket (refilled continuously at its
+per-minute limit, holding ``burst`` seconds of it; default 60, a full minute) and with ``"shape"`` a fixed,
+sliding or per-second window, a provider that sends only ``retry-after``, or one that sends bare 429s
+(``rate_shapes.py`` says which headers each sends). A request costs 1 request and its prompt tokens (words, as the
+usage counts them) plus its ``max_tokens``, charged on arrival as OpenAI does. One that does not fit is answered
+429 at once, without the latency, with OpenAI's error body (``code: rate_limit_exceeded``, ``type: requests`` or
+``tokens``); rejected requests cost nothing. ``stats()["limits"]`` counts the admitted requests, their tokens and
+the 429s; ``admitted_log()`` lists ``(time, model, tokens)`` per admitted request.
 
 A request with ``stream: true`` is answered as server-sent events (``chat.completion.chunk`` deltas, the tool
 calls in one delta, a usage chunk when ``stream_options.include_usage`` is set, then ``data: [DONE]``).
@@ -68,7 +68,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import socket
 import threading
 import time
@@ -79,6 +78,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
+
+from pytest_llmsim.testing.rate_shapes import Limits, duration_text
 
 FAULTS = ("hang", "drip", "close_before_reply", "close_mid_body")
 
@@ -230,86 +231,6 @@ def _words(text: Any) -> int:
     return len(str(text or "").split())
 
 
-def _duration(seconds: float) -> str:
-    """A reset time as OpenAI writes it: ``120ms``, ``1.5s``, ``6m0s``."""
-    if seconds < 1:
-        return f"{max(0, math.ceil(seconds * 1000))}ms"
-    if seconds < 60:
-        return f"{round(seconds, 3):g}s"
-    minutes, rest = divmod(seconds, 60)
-    return f"{int(minutes)}m{round(rest, 3):g}s"
-
-
-class _Bucket:
-    """One resource of one model: refilled at ``limit`` per minute, holding ``burst`` seconds of it."""
-
-    def __init__(self, limit: float, burst: float, now: float) -> None:
-        self.limit = limit
-        self.rate = limit / 60.0
-        self.capacity = max(1.0, self.rate * burst)
-        self.level = self.capacity
-        self.stamp = now
-
-    def refill(self, now: float) -> None:
-        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
-        self.stamp = now
-
-    def wait_for(self, cost: float) -> float:
-        """Seconds until ``cost`` fits (a cost above the capacity needs a full bucket)."""
-        need = min(cost, self.capacity)
-        return 0.0 if self.level >= need else (need - self.level) / self.rate
-
-    def headers(self, name: str) -> dict[str, str]:
-        return {f"x-ratelimit-limit-{name}": str(int(self.limit)),
-                f"x-ratelimit-remaining-{name}": str(max(0, int(self.level))),
-                f"x-ratelimit-reset-{name}": _duration((self.capacity - self.level) / self.rate)}
-
-
-class _Limits:
-    """Requests-per-minute and tokens-per-minute limits per model (see the module docstring)."""
-
-    def __init__(self, spec: dict[str, Any]) -> None:
-        unknown = set(spec) - {"rpm", "tpm", "burst"}
-        if unknown:
-            raise ValueError(f"unknown limits key(s) {', '.join(sorted(unknown))}; known: rpm, tpm, burst")
-        self.rpm = float(spec["rpm"]) if spec.get("rpm") else None
-        self.tpm = float(spec["tpm"]) if spec.get("tpm") else None
-        self.burst = float(spec.get("burst", 60.0))
-        if self.burst <= 0 or any(v is not None and v <= 0 for v in (self.rpm, self.tpm)):
-            raise ValueError("limits: rpm, tpm and burst must be positive")
-        self._buckets: dict[str, tuple[_Bucket | None, _Bucket | None]] = {}
-
-    def admit(self, model: str, cost: float, now: float) -> tuple[str | None, float, dict[str, str]]:
-        """``(None, 0, headers)`` when the request fits (and is charged), else ``(resource, wait, headers)``."""
-        buckets = self._buckets.get(model)
-        if buckets is None:
-            buckets = self._buckets[model] = (
-                _Bucket(self.rpm, self.burst, now) if self.rpm else None,
-                _Bucket(self.tpm, self.burst, now) if self.tpm else None)
-        requests, tokens = buckets
-        refused, wait = None, 0.0
-        for name, bucket, units in (("requests", requests, 1.0), ("tokens", tokens, cost)):
-            if bucket is None:
-                continue
-            bucket.refill(now)
-            needed = bucket.wait_for(units)
-            if needed > wait:
-                refused, wait = name, needed
-        if refused is None:
-            if requests is not None:
-                requests.level -= 1.0
-            if tokens is not None:
-                tokens.level -= cost
-        headers: dict[str, str] = {}
-        for name, bucket in (("requests", requests), ("tokens", tokens)):
-            if bucket is not None:
-                headers.update(bucket.headers(name))
-        return refused, wait, headers
-
-    def limit(self, resource: str) -> float:
-        return (self.rpm if resource == "requests" else self.tpm) or 0.0
-
-
 def _matches(match: dict[str, Any], body: dict[str, Any]) -> bool:
     messages = body.get("messages") or []
     system = "\n".join(str(m.get("content", "")) for m in messages if m.get("role") == "system")
@@ -346,7 +267,7 @@ class ScriptedOpenAIServer:
                  port: int = 0, log_requests: bool = True, max_threads: int = 256,
                  limits: dict[str, Any] | None = None) -> None:
         self.latency = latency
-        self._limits: _Limits | None = _Limits(limits) if limits else None
+        self._limits: Limits | None = Limits(limits) if limits else None
         self._limits_from_script = False
         self.max_threads = max_threads
         self._stopping = threading.Event()
@@ -426,7 +347,7 @@ class ScriptedOpenAIServer:
             self._script = script
             self._rule_hits = Counter()
             if limits is not None:  # the script's limits replace the constructor's (a new script: fresh buckets)
-                self._limits, self._limits_from_script = (_Limits(limits) if limits else None), True
+                self._limits, self._limits_from_script = (Limits(limits) if limits else None), True
             elif self._limits_from_script:
                 self._limits, self._limits_from_script = None, False
 
@@ -558,9 +479,7 @@ class ScriptedOpenAIServer:
         requested = 1 if refused == "requests" else int(cost)
         message = (f"Rate limit reached for {model} in organization org-scripted on {unit} per min ({short}): "
                    f"Limit {int(limit)}, Used {int(limit)}, Requested {requested}. Please try again in "
-                   f"{_duration(wait)}. Visit https://platform.openai.com/account/rate-limits to learn more.")
-        headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000)))
-        headers["retry-after"] = str(max(1, math.ceil(wait)))
+                   f"{duration_text(wait)}. Visit https://platform.openai.com/account/rate-limits to learn more.")
         return _Answer(status=429, headers=headers, payload={"error": {
             "message": message, "type": unit, "param": None, "code": "rate_limit_exceeded"}})
 

@@ -96,7 +96,7 @@ def test_a_static_rpm_spaces_requests_evenly() -> None:
             times.append(time.monotonic())
             limiter.finish(ticket, 200, None, {"usage": {"prompt_tokens": 5, "completion_tokens": 2}})
         assert limiter.stats.requests == 11 and limiter.stats.tokens == 77
-        assert limiter.stats.wait_seconds == pytest.approx(0.5, abs=0.1)
+        assert 0.4 <= limiter.stats.wait_seconds <= times[-1] - times[0] + 0.1  # (wall clock: a loaded CI machine)
         return times
 
     times = run(main())
