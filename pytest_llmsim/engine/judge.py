@@ -58,10 +58,14 @@ POLICIES = ("majority", "min", "mean")
 #   model, else ``verdict``);
 # * ``score``: the evaluator template's prompt, the reply constrained to {"score": 1 | 2 | 3} and nothing else:
 #   the score never comes from free text and no reason is asked for (the comment says so);
+# * ``logprobs`` (G-Eval style): the evaluator template's prompt, the reply constrained to {"score": 1 | 2 | 3}
+#   with the tokens' log probabilities asked for; the score comes from the probabilities of "1", "2" and "3" at
+#   the score's token (``score_probabilities``, ``logprob_score``), never from the text; an endpoint that sends no
+#   log probabilities is a ConfigError naming the method and the endpoint, never a guessed score;
 # * ``auto`` (the default): ``criteria`` for the bundled local backend's model (``score`` for a scenario without
 #   criteria: under ``constrained`` SmolLM2 still copied a line of the transcript as its comment, an invalid
 #   verdict, in 1 of the sample suite's 8 conversations), ``verdict`` for an endpoint.
-JUDGE_METHODS = ("auto", "verdict", "constrained", "criteria", "score")
+JUDGE_METHODS = ("auto", "verdict", "constrained", "criteria", "score", "logprobs")
 _COMMENT_CHARS = (20, 120)
 _COMMENT_LETTERS = "A-Za-zА-Яа-яЁё"
 _CONSTRAINED_COMMENT: dict[str, Any] = {
@@ -98,6 +102,9 @@ SCORE_SCHEMA: dict[str, Any] = {
 }
 
 
+DIGIT_SCHEMA: dict[str, Any] = {"type": "integer", "enum": [1, 2, 3]}
+
+
 def _score_only(raw: str, cached: bool, prompt_tokens: int, completion_tokens: int, attempts: int) -> Verdict:
     """The ``score`` method's verdict from a ``{"score": N}`` reply; ValueError for anything else."""
     try:
@@ -109,6 +116,79 @@ def _score_only(raw: str, cached: bool, prompt_tokens: int, completion_tokens: i
         raise ValueError(f"the reply {raw[:80]!r} has no 'score' of 1, 2 or 3")
     comment = f"Score {score}, answered alone under a grammar (judge method 'score' asks for no reason)."
     return Verdict(score, comment, raw, prompt_tokens, completion_tokens, cached, attempts, None, "score")
+
+
+# The ``logprobs`` method: how many alternatives per token it asks for (OpenAI's maximum), and how the expected
+# score E = 1 p(1) + 2 p(2) + 3 p(3) becomes a score: 1 below the first threshold, 3 from the second on, else 2.
+LOGPROB_ALTERNATIVES = 20
+LOGPROB_THRESHOLDS = (1.5, 2.5)
+_SCORE_DIGITS = ("1", "2", "3")
+
+
+@dataclass(frozen=True)
+class ScoreProbabilities:
+    """What the ``logprobs`` judge read at the score's token: the probability of each score among the three
+    (normalised), and ``mass``, the share of the whole distribution the three digits held there."""
+
+    p: dict[int, float]
+    mass: float
+    token: str  # the token the judge wrote there
+
+    @property
+    def expected(self) -> float:
+        return sum(score * share for score, share in self.p.items())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"p": {str(k): round(v, 4) for k, v in sorted(self.p.items())}, "mass": round(self.mass, 4),
+                "expected": round(self.expected, 4), "token": self.token}
+
+
+def score_probabilities(logprobs: list[dict[str, Any]]) -> ScoreProbabilities:
+    """The score's probabilities from a reply's per-token log probabilities (``client.read_logprobs``): at the
+    first generated token that is a score digit ("3" or " 3"), the alternatives that are "1", "2" or "3" (blanks
+    around them merged), normalised to sum to 1. ValueError when no generated token is a score digit or the
+    digits hold no probability there (never guessed)."""
+    for position in logprobs:
+        if position["token"].strip() not in _SCORE_DIGITS:
+            continue
+        found: dict[int, float] = {}
+        alternatives = [*position.get("top_logprobs", []), {"token": position["token"],
+                                                             "logprob": position["logprob"]}]
+        seen: set[str] = set()
+        for alternative in alternatives:
+            token = alternative["token"]
+            digit = token.strip()
+            if digit in _SCORE_DIGITS and token not in seen:
+                seen.add(token)  # the chosen token is usually among the alternatives too: counted once
+                found[int(digit)] = found.get(int(digit), 0.0) + math.exp(float(alternative["logprob"]))
+        mass = sum(found.values())
+        if mass <= 0:
+            raise ValueError(f"the score token {position['token']!r} has no probability on 1, 2 or 3")
+        return ScoreProbabilities({k: found.get(k, 0.0) / mass for k in (1, 2, 3)}, min(mass, 1.0),
+                                  position["token"])
+    shown = "".join(position["token"] for position in logprobs)[:80]
+    raise ValueError(f"no generated token is a score 1, 2 or 3 (the reply's tokens: {shown!r})")
+
+
+def logprob_score(probabilities: ScoreProbabilities,
+                  thresholds: tuple[float, float] = LOGPROB_THRESHOLDS) -> int:
+    """1, 2 or 3 from the expected score: 1 below ``thresholds[0]``, 3 at ``thresholds[1]`` or above, else 2."""
+    expected = probabilities.expected
+    return 1 if expected < thresholds[0] else 3 if expected >= thresholds[1] else 2
+
+
+def _logprob_verdict(raw: str, logprobs: list[dict[str, Any]], cached: bool, prompt_tokens: int,
+                     completion_tokens: int, attempts: int) -> Verdict:
+    """The ``logprobs`` method's verdict from one reply; ValueError when its tokens hold no score."""
+    probabilities = score_probabilities(logprobs)
+    score = logprob_score(probabilities)
+    p = probabilities.p
+    comment = (f"Score {score} from the judge's token probabilities: p(1)={p[1]:.3f}, p(2)={p[2]:.3f}, "
+               f"p(3)={p[3]:.3f}, expected score {probabilities.expected:.3f} (1 below "
+               f"{LOGPROB_THRESHOLDS[0]:g}, 3 from {LOGPROB_THRESHOLDS[1]:g}); judge method 'logprobs' asks for no "
+               "reason.")
+    return Verdict(score, comment, raw, prompt_tokens, completion_tokens, cached, attempts, None, "logprobs",
+                   probabilities.to_dict())
 
 
 def resolve_method(method: str, model: str) -> str:
@@ -212,6 +292,7 @@ class Verdict:
     attempts: int
     blame: str | None = None  # who the judge blames (``BLAMES``); None when the reply does not say
     method: str = "verdict"  # the judging method that gave it (``JUDGE_METHODS``, never "auto")
+    probabilities: dict[str, Any] | None = None  # the ``logprobs`` method's (``ScoreProbabilities.to_dict``)
 
 
 def _coerce_score(value: Any) -> int | None:
@@ -628,9 +709,11 @@ async def evaluate(
                                transcript_text=transcript.as_text(), ended_by=transcript.ended_by,
                                end_reason=transcript.end_reason)
     prompt = renderer.render(role.template, context, scenario_label=scenario_label)
-    schema = {"constrained": CONSTRAINED_VERDICT_SCHEMA, "score": SCORE_SCHEMA}.get(method, VERDICT_SCHEMA)
+    schema = {"constrained": CONSTRAINED_VERDICT_SCHEMA, "score": SCORE_SCHEMA,
+              "logprobs": DIGIT_SCHEMA}.get(method, VERDICT_SCHEMA)
     minimum = min_score or scenario.min_score or settings.min_score
-    ask = "Return the verdict as JSON now."
+    ask = "Answer with the score alone: one digit, 1, 2 or 3." if method == "logprobs" else \
+        "Return the verdict as JSON now."
     problems: list[str] = []
     raw = ""
     prompt_tokens = completion_tokens = 0
@@ -640,12 +723,23 @@ async def evaluate(
             messages=({"role": "system", "content": prompt}, {"role": "user", "content": ask}),
             temperature=role.temperature, max_tokens=role.max_tokens, seed=seed,
             json_schema=schema, attempt=attempt,
+            top_logprobs=LOGPROB_ALTERNATIVES if method == "logprobs" else None,
         )
         reply = await client.complete(request, label=f"{label} evaluator attempt {attempt + 1}")
         raw = reply.text
         prompt_tokens += reply.prompt_tokens
         completion_tokens += reply.completion_tokens
+        if method == "logprobs" and reply.logprobs is None:
+            raise ConfigError(
+                f"{label}: judge method 'logprobs' needs the tokens' log probabilities, and "
+                f"{settings.endpoint.describe()} sent none for the evaluator model {role.model!r} (asked with "
+                f"logprobs=true, top_logprobs={LOGPROB_ALTERNATIVES}); use an endpoint that returns them "
+                "(llama.cpp's server, vLLM, OpenAI's chat models) or another llmsim_judge_method")
         try:
+            if method == "logprobs":
+                assert reply.logprobs is not None
+                return _logprob_verdict(raw, reply.logprobs, reply.cached, prompt_tokens, completion_tokens,
+                                        attempt + 1)
             if method == "score":
                 return _score_only(raw, reply.cached, prompt_tokens, completion_tokens, attempt + 1)
             score, comment = parse_verdict(raw, prompt=f"{prompt}\n{ask}")
@@ -762,6 +856,8 @@ class JudgeMetric(LLMMetric):
         if verdict.blame is not None:
             details["blame"] = verdict.blame
         details["judge_method"] = verdict.method
+        if verdict.probabilities is not None:
+            details["probabilities"] = verdict.probabilities
         return MetricResult("judge", verdict.score, passed, verdict.comment, details)
 
 
