@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_llmsim.engine.conversation import no_agent_reply_error
-from pytest_llmsim.errors import ConfigError, PromptError, VerdictError
+from pytest_llmsim.errors import ConfigError, EndpointError, PromptError, VerdictError
 from pytest_llmsim.llm.client import Completer, LLMRequest
 from pytest_llmsim.metrics.api import Conversation, LLMMetric, MetricResult
 from pytest_llmsim.model.prompts import PromptRenderer, template_context
@@ -123,6 +123,8 @@ def _score_only(raw: str, cached: bool, prompt_tokens: int, completion_tokens: i
 LOGPROB_ALTERNATIVES = 20
 LOGPROB_THRESHOLDS = (1.5, 2.5)
 _SCORE_DIGITS = ("1", "2", "3")
+_LOGPROBS_HINT = ("use an endpoint that returns them (llama.cpp's server, the local model's default engine; vLLM; "
+                  "OpenAI's chat models) or another llmsim_judge_method")
 
 
 @dataclass(frozen=True)
@@ -725,7 +727,14 @@ async def evaluate(
             json_schema=schema, attempt=attempt,
             top_logprobs=LOGPROB_ALTERNATIVES if method == "logprobs" else None,
         )
-        reply = await client.complete(request, label=f"{label} evaluator attempt {attempt + 1}")
+        try:
+            reply = await client.complete(request, label=f"{label} evaluator attempt {attempt + 1}")
+        except EndpointError as exc:
+            # llama-cpp-python's server without --logits_all answers HTTP 500 "logprobs is not supported ..."
+            if method == "logprobs" and "logprob" in str(exc).lower():
+                raise ConfigError(f"{label}: judge method 'logprobs' needs the tokens' log probabilities, and the "
+                                  f"endpoint refused to send them: {exc}; {_LOGPROBS_HINT}") from None
+            raise
         raw = reply.text
         prompt_tokens += reply.prompt_tokens
         completion_tokens += reply.completion_tokens
@@ -733,8 +742,7 @@ async def evaluate(
             raise ConfigError(
                 f"{label}: judge method 'logprobs' needs the tokens' log probabilities, and "
                 f"{settings.endpoint.describe()} sent none for the evaluator model {role.model!r} (asked with "
-                f"logprobs=true, top_logprobs={LOGPROB_ALTERNATIVES}); use an endpoint that returns them "
-                "(llama.cpp's server, vLLM, OpenAI's chat models) or another llmsim_judge_method")
+                f"logprobs=true, top_logprobs={LOGPROB_ALTERNATIVES}); {_LOGPROBS_HINT}")
         try:
             if method == "logprobs":
                 assert reply.logprobs is not None

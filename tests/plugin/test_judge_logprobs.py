@@ -131,3 +131,18 @@ def test_another_method_asks_for_no_logprobs(sim: SimProject) -> None:
     sim.run("--llmsim-judge-method=verdict").assert_outcomes(passed=1)
     (body,) = _judge_bodies(sim)
     assert "logprobs" not in body and "top_logprobs" not in body
+
+
+def test_an_endpoint_that_refuses_logprobs_is_a_config_error(sim: SimProject) -> None:
+    """As llama-cpp-python's server started without --logits_all answers a request for them."""
+    sim.server.set_script({"rules": [
+        {"match": {"system_contains": "EVALUATOR"}, "status": 400,
+         "error": {"message": "logprobs is not supported for models created with logits_all=False"}},
+        *default_script()["rules"]]})
+    sim.write_scenarios("s.json", [scenario("fine")])
+    sim.run("--llmsim-judge-method=logprobs", "--llmsim-results=out.json")
+    record = _record(sim)
+    assert (record["status"], record["error_kind"]) == ("error", "config_error")
+    assert ("judge method 'logprobs' needs the tokens' log probabilities, and the endpoint refused to send them"
+            in record["error_message"])
+    assert "logits_all=False" in record["error_message"]
