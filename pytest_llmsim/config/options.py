@@ -136,8 +136,8 @@ OPTIONS: tuple[Option, ...] = (
            "same under a grammar that rules out most invalid verdicts: llama.cpp, vLLM, Ollama), criteria (each "
            "scenario criterion a yes/no question: 3 all yes, 2 one no, 1 otherwise), score (the score alone under a "
            "grammar, no reason), logprobs (the score from the probabilities of 1, 2 and 3 at the score's token; "
-           "needs an endpoint that returns logprobs) or auto (criteria on the local model, score there without "
-           "criteria, else verdict).",
+           "needs an endpoint that returns logprobs) or auto (logprobs on the local model's llama.cpp server, "
+           "criteria on llama-cpp-python's, score there without criteria; verdict for an endpoint).",
            "auto", flag="--llmsim-judge-method", kind="choice",
            choices=("auto", "verdict", "constrained", "criteria", "score", "logprobs")),
     Option("llmsim_judge_attempts", "Evaluator attempts before an unparsable verdict is an error.", "3",

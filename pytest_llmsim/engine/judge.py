@@ -62,9 +62,11 @@ POLICIES = ("majority", "min", "mean")
 #   with the tokens' log probabilities asked for; the score comes from the probabilities of "1", "2" and "3" at
 #   the score's token (``score_probabilities``, ``logprob_score``), never from the text; an endpoint that sends no
 #   log probabilities is a ConfigError naming the method and the endpoint, never a guessed score;
-# * ``auto`` (the default): ``criteria`` for the bundled local backend's model (``score`` for a scenario without
-#   criteria: under ``constrained`` SmolLM2 still copied a line of the transcript as its comment, an invalid
-#   verdict, in 1 of the sample suite's 8 conversations), ``verdict`` for an endpoint.
+# * ``auto`` (the default): ``logprobs`` for the bundled local backend's model on llama.cpp's own server
+#   (``xllamacpp``, the default engine: held out, 16 of 48 and no false pass against 14 and 15 of 16 for
+#   ``criteria``); on llama-cpp-python's server, which sends no log probabilities, ``criteria`` (``score`` for a
+#   scenario without criteria: under ``constrained`` SmolLM2 still copied a line of the transcript as its
+#   comment, an invalid verdict, in 1 of the sample suite's 8 conversations); ``verdict`` for an endpoint.
 JUDGE_METHODS = ("auto", "verdict", "constrained", "criteria", "score", "logprobs")
 _COMMENT_CHARS = (20, 120)
 _COMMENT_LETTERS = "A-Za-zА-Яа-яЁё"
@@ -193,17 +195,21 @@ def _logprob_verdict(raw: str, logprobs: list[dict[str, Any]], cached: bool, pro
                    probabilities.to_dict())
 
 
-def resolve_method(method: str, model: str) -> str:
-    """The judging method a run uses for the evaluator ``model``: ``auto`` is ``criteria`` for the bundled local
-    backend's model (its holistic scores were mostly 3: 69% false passes on the dev half, against none for the
-    one-word answers) and ``verdict`` for any other."""
+def resolve_method(method: str, model: str, local_engine: str | None = None) -> str:
+    """The judging method a run uses for the evaluator ``model``: ``auto`` is ``logprobs`` for the bundled local
+    backend's model when its server is llama.cpp's own (``local_engine`` "xllamacpp", which sends log
+    probabilities; held out it agreed on 16 of 48 and passed none of the 16 bad conversations, against 14 and 15
+    of 16 for ``criteria``), ``criteria`` for that model on any other engine or served as an endpoint, and
+    ``verdict`` for any other model."""
     if method not in JUDGE_METHODS:
         raise ConfigError(f"llmsim_judge_method must be one of {', '.join(JUDGE_METHODS)} (got {method!r})")
     if method != "auto":
         return method
-    from pytest_llmsim.llm.local_model import LOCAL_MODEL_NAME
+    from pytest_llmsim.llm.local_model import LOCAL_MODEL_NAME, XLLAMACPP
 
-    return "criteria" if model == LOCAL_MODEL_NAME else "verdict"
+    if model != LOCAL_MODEL_NAME:
+        return "verdict"
+    return "logprobs" if local_engine == XLLAMACPP else "criteria"
 
 
 def criteria_rule(answers: list[bool]) -> int:
@@ -662,8 +668,8 @@ def check_judge_sees_criteria(scenario: Scenario, settings: RunSettings, rendere
                               label: str) -> None:
     """PromptError when the scenario has ``criteria`` that its evaluator template never shows the judge. Checked
     before the conversation too, so a template that would drop them costs no calls."""
-    if not scenario.criteria or resolve_method(settings.judge_method,
-                                               settings.role("evaluator", scenario).model) == "criteria":
+    if not scenario.criteria or resolve_method(settings.judge_method, settings.role("evaluator", scenario).model,
+                                               settings.local_engine) == "criteria":
         return  # the criteria method asks each criterion itself
     template = settings.role("evaluator", scenario).template
     used = renderer.variables_used(template)
@@ -694,7 +700,7 @@ async def evaluate(
     if refusal is not None:
         raise refusal
     role = settings.role("evaluator", scenario)
-    method = resolve_method(settings.judge_method, role.model)
+    method = resolve_method(settings.judge_method, role.model, settings.local_engine)
     scenario_label = label
     seed = scenario.seed if scenario.seed is not None else settings.default_seed
     if repeat:

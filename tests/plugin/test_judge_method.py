@@ -199,10 +199,13 @@ def test_the_constrained_method_sends_the_grammar_schema(sim: SimProject) -> Non
     assert body["response_format"]["json_schema"]["schema"] == CONSTRAINED_VERDICT_SCHEMA
 
 
-def test_auto_is_criteria_on_the_local_model_only() -> None:
-    assert resolve_method("auto", LOCAL_MODEL_NAME) == "criteria"
+def test_auto_is_logprobs_on_the_local_models_llama_cpp_server_and_criteria_where_it_sends_none() -> None:
+    assert resolve_method("auto", LOCAL_MODEL_NAME, "xllamacpp") == "logprobs"
+    assert resolve_method("auto", LOCAL_MODEL_NAME, "llama-cpp-python") == "criteria"
+    assert resolve_method("auto", LOCAL_MODEL_NAME) == "criteria"  # the local model's name on an endpoint
     assert resolve_method("auto", "gpt-4o-mini") == "verdict"
-    assert resolve_method("criteria", LOCAL_MODEL_NAME) == "criteria"
+    assert resolve_method("auto", "gpt-4o-mini", "xllamacpp") == "verdict"
+    assert resolve_method("criteria", LOCAL_MODEL_NAME, "xllamacpp") == "criteria"
 
 
 @pytest.mark.parametrize(("reply", "met"), [("Yes", True), ("no.", False), ("**No**, it did not.", False),

@@ -76,3 +76,25 @@ def test_asking_for_logprobs_changes_the_key_and_nothing_else_does() -> None:
         "7443fa800f55e2836b3d8dbf05d867fec59c7afb2ab56dfbe7b691d79456394d"
     assert request_key(_descriptor(logprobs=20)) not in (plain, request_key(_descriptor(logprobs=5)))
     assert describe_difference(_descriptor(logprobs=20), _descriptor()) == ["logprobs: wanted 20, recorded None"]
+
+
+@pytest.mark.parametrize("engine", ["xllamacpp", "llama-cpp-python"])
+def test_a_local_run_knows_its_engine_and_auto_follows_it(engine: str, tmp_path: Any,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local model's settings carry the server engine that will serve it, so ``auto`` asks for token
+    probabilities only where the server sends them (llama.cpp's own server), and an endpoint run has none."""
+    from pytest_llmsim.apps.batch import local_settings
+    from pytest_llmsim.config.options import OPTIONS, build_settings, resolve_values
+    from pytest_llmsim.engine.judge import resolve_method
+    from pytest_llmsim.llm import local_model
+
+    monkeypatch.setenv(local_model.ENGINE_ENV, engine)
+    resolved = resolve_values(OPTIONS, cli={}, env={}, ini={}, invocation_dir=tmp_path, ini_dir=tmp_path,
+                              local=lambda values: True)
+    settings = local_settings(resolved, tmp_path, tmp_path / "state", 1, log=lambda line: None)
+    assert settings.local_engine == local_model.server_engine()  # None where that engine is not installed
+    expected = "logprobs" if settings.local_engine == "xllamacpp" else "criteria"
+    assert resolve_method("auto", settings.evaluator.model, settings.local_engine) == expected
+    endpoint = build_settings(resolve_values(OPTIONS, cli={"llmsim_base_url": "http://127.0.0.1:9/v1"}, env={},
+                                             ini={}, invocation_dir=tmp_path, ini_dir=tmp_path))
+    assert endpoint.local_engine is None
