@@ -288,7 +288,10 @@ CAVEAT_LINE = ("llmsim: the score deltas since the baseline come from the local 
 def _local_judge_recordings(sim: SimProject) -> None:
     """Recordings whose every call went to the local model's name (``local-gguf``): a run without an endpoint
     replays them (role settings adopted from the recordings), so its judge is the local model, without starting
-    it. The scripted server stands in for the model when recording."""
+    it. The scripted server stands in for the model when recording. The judge method is pinned: ``auto`` on the
+    local model follows its server's engine (``logprobs`` on llama.cpp's), which recording against the scripted
+    server has not, so the replay would ask other calls than those recorded."""
+    sim.write_ini(llmsim_judge_method="score")
     sim.write_scenarios("s.json", [scenario("fine"), scenario("low_b")])
     sim.run("--llmsim-model=local-gguf", "--llmsim-results=base.json").assert_outcomes(passed=1, failed=1)
 
