@@ -146,9 +146,10 @@ def local_settings(resolved: ResolvedOptions, rootdir: Path, state_dir: Path, ow
         return local_model.ensure_local_server(model_path, state_dir, owner_pid, log=log).base_url
 
     name = model_path.name if model_path is not None else "missing-model"
-    return options.build_settings(resolved, rootdir=rootdir, endpoint_id=f"local:{name}",
-                                  default_model=local_model.LOCAL_MODEL_NAME, connect=connect,
-                                  description=f"local model {model_path}")
+    settings = options.build_settings(resolved, rootdir=rootdir, endpoint_id=f"local:{name}",
+                                      default_model=local_model.LOCAL_MODEL_NAME, connect=connect,
+                                      description=f"local model {model_path}")
+    return dataclasses.replace(settings, local_engine=local_model.server_engine())
 
 
 def engine_settings(resolved: ResolvedOptions, rootdir: Path, *, log: Callable[[str], None] = lambda line: None,

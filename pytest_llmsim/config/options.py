@@ -148,9 +148,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("llmsim_judge_method", "How the judge scores: verdict (a 1-3 verdict with a comment), constrained (the "
            "same under a grammar that rules out most invalid verdicts: llama.cpp, vLLM, Ollama), criteria (each "
            "scenario criterion a yes/no question: 3 all yes, 2 one no, 1 otherwise), score (the score alone under a "
-           "grammar, no reason) or auto (criteria on the local model, score there without criteria, else verdict).",
+           "grammar, no reason), logprobs (the score from the probabilities of 1, 2 and 3 at the score's token; "
+           "needs an endpoint that returns logprobs) or auto (logprobs on the local model's llama.cpp server, "
+           "criteria on llama-cpp-python's, score there without criteria; verdict for an endpoint).",
            "auto", flag="--llmsim-judge-method", kind="choice",
-           choices=("auto", "verdict", "constrained", "criteria", "score")),
+           choices=("auto", "verdict", "constrained", "criteria", "score", "logprobs")),
     Option("llmsim_judge_attempts", "Evaluator attempts before an unparsable verdict is an error.", "3",
            kind="int", low=1),
     Option("llmsim_language", "Language of the evaluator's comment.", "English", flag="--llmsim-language",

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_llmsim.engine.conversation import no_agent_reply_error
-from pytest_llmsim.errors import ConfigError, PromptError, VerdictError
+from pytest_llmsim.errors import ConfigError, EndpointError, PromptError, VerdictError
 from pytest_llmsim.llm.client import Completer, LLMRequest
 from pytest_llmsim.metrics.api import Conversation, LLMMetric, MetricResult
 from pytest_llmsim.model.prompts import PromptRenderer, template_context
@@ -62,10 +62,16 @@ POLICIES = ("majority", "min", "mean")
 #   model, else ``verdict``);
 # * ``score``: the evaluator template's prompt, the reply constrained to {"score": 1 | 2 | 3} and nothing else:
 #   the score never comes from free text and no reason is asked for (the comment says so);
-# * ``auto`` (the default): ``criteria`` for the bundled local backend's model (``score`` for a scenario without
-#   criteria: under ``constrained`` SmolLM2 still copied a line of the transcript as its comment, an invalid
-#   verdict, in 1 of the sample suite's 8 conversations), ``verdict`` for an endpoint.
-JUDGE_METHODS = ("auto", "verdict", "constrained", "criteria", "score")
+# * ``logprobs`` (G-Eval style): the evaluator template's prompt, the reply constrained to {"score": 1 | 2 | 3}
+#   with the tokens' log probabilities asked for; the score comes from the probabilities of "1", "2" and "3" at
+#   the score's token (``score_probabilities``, ``logprob_score``), never from the text; an endpoint that sends no
+#   log probabilities is a ConfigError naming the method and the endpoint, never a guessed score;
+# * ``auto`` (the default): ``logprobs`` for the bundled local backend's model on llama.cpp's own server
+#   (``xllamacpp``, the default engine: held out, 16 of 48 and no false pass against 14 and 15 of 16 for
+#   ``criteria``); on llama-cpp-python's server, which sends no log probabilities, ``criteria`` (``score`` for a
+#   scenario without criteria: under ``constrained`` SmolLM2 still copied a line of the transcript as its
+#   comment, an invalid verdict, in 1 of the sample suite's 8 conversations); ``verdict`` for an endpoint.
+JUDGE_METHODS = ("auto", "verdict", "constrained", "criteria", "score", "logprobs")
 _COMMENT_CHARS = (20, 120)
 _COMMENT_LETTERS = "A-Za-zА-Яа-яЁё"
 _CONSTRAINED_COMMENT: dict[str, Any] = {
@@ -102,6 +108,9 @@ SCORE_SCHEMA: dict[str, Any] = {
 }
 
 
+DIGIT_SCHEMA: dict[str, Any] = {"type": "integer", "enum": [1, 2, 3]}
+
+
 def _score_only(raw: str, cached: bool, prompt_tokens: int, completion_tokens: int, attempts: int) -> Verdict:
     """The ``score`` method's verdict from a ``{"score": N}`` reply; ValueError for anything else."""
     try:
@@ -115,17 +124,96 @@ def _score_only(raw: str, cached: bool, prompt_tokens: int, completion_tokens: i
     return Verdict(score, comment, raw, prompt_tokens, completion_tokens, cached, attempts, None, "score")
 
 
-def resolve_method(method: str, model: str) -> str:
-    """The judging method a run uses for the evaluator ``model``: ``auto`` is ``criteria`` for the bundled local
-    backend's model (its holistic scores were mostly 3: 69% false passes on the dev half, against none for the
-    one-word answers) and ``verdict`` for any other."""
+# The ``logprobs`` method: how many alternatives per token it asks for (OpenAI's maximum), and how the expected
+# score E = 1 p(1) + 2 p(2) + 3 p(3) becomes a score: 1 below the first threshold, 3 from the second on, else 2.
+LOGPROB_ALTERNATIVES = 20
+LOGPROB_THRESHOLDS = (1.5, 2.5)
+_SCORE_DIGITS = ("1", "2", "3")
+_LOGPROBS_HINT = ("use an endpoint that returns them (llama.cpp's server, the local model's default engine; vLLM; "
+                  "OpenAI's chat models) or another llmsim_judge_method")
+
+
+@dataclass(frozen=True)
+class ScoreProbabilities:
+    """What the ``logprobs`` judge read at the score's token: the probability of each score among the three
+    (normalised), and ``mass``, the share of the whole distribution the three digits held there."""
+
+    p: dict[int, float]
+    mass: float
+    token: str  # the token the judge wrote there
+
+    @property
+    def expected(self) -> float:
+        return sum(score * share for score, share in self.p.items())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"p": {str(k): round(v, 4) for k, v in sorted(self.p.items())}, "mass": round(self.mass, 4),
+                "expected": round(self.expected, 4), "token": self.token}
+
+
+def score_probabilities(logprobs: list[dict[str, Any]]) -> ScoreProbabilities:
+    """The score's probabilities from a reply's per-token log probabilities (``client.read_logprobs``): at the
+    first generated token that is a score digit ("3" or " 3"), the alternatives that are "1", "2" or "3" (blanks
+    around them merged), normalised to sum to 1. ValueError when no generated token is a score digit or the
+    digits hold no probability there (never guessed)."""
+    for position in logprobs:
+        if position["token"].strip() not in _SCORE_DIGITS:
+            continue
+        found: dict[int, float] = {}
+        alternatives = [*position.get("top_logprobs", []), {"token": position["token"],
+                                                             "logprob": position["logprob"]}]
+        seen: set[str] = set()
+        for alternative in alternatives:
+            token = alternative["token"]
+            digit = token.strip()
+            if digit in _SCORE_DIGITS and token not in seen:
+                seen.add(token)  # the chosen token is usually among the alternatives too: counted once
+                found[int(digit)] = found.get(int(digit), 0.0) + math.exp(float(alternative["logprob"]))
+        mass = sum(found.values())
+        if mass <= 0:
+            raise ValueError(f"the score token {position['token']!r} has no probability on 1, 2 or 3")
+        return ScoreProbabilities({k: found.get(k, 0.0) / mass for k in (1, 2, 3)}, min(mass, 1.0),
+                                  position["token"])
+    shown = "".join(position["token"] for position in logprobs)[:80]
+    raise ValueError(f"no generated token is a score 1, 2 or 3 (the reply's tokens: {shown!r})")
+
+
+def logprob_score(probabilities: ScoreProbabilities,
+                  thresholds: tuple[float, float] = LOGPROB_THRESHOLDS) -> int:
+    """1, 2 or 3 from the expected score: 1 below ``thresholds[0]``, 3 at ``thresholds[1]`` or above, else 2."""
+    expected = probabilities.expected
+    return 1 if expected < thresholds[0] else 3 if expected >= thresholds[1] else 2
+
+
+def _logprob_verdict(raw: str, logprobs: list[dict[str, Any]], cached: bool, prompt_tokens: int,
+                     completion_tokens: int, attempts: int) -> Verdict:
+    """The ``logprobs`` method's verdict from one reply; ValueError when its tokens hold no score."""
+    probabilities = score_probabilities(logprobs)
+    score = logprob_score(probabilities)
+    p = probabilities.p
+    comment = (f"Score {score} from the judge's token probabilities: p(1)={p[1]:.3f}, p(2)={p[2]:.3f}, "
+               f"p(3)={p[3]:.3f}, expected score {probabilities.expected:.3f} (1 below "
+               f"{LOGPROB_THRESHOLDS[0]:g}, 3 from {LOGPROB_THRESHOLDS[1]:g}); judge method 'logprobs' asks for no "
+               "reason.")
+    return Verdict(score, comment, raw, prompt_tokens, completion_tokens, cached, attempts, None, "logprobs",
+                   probabilities.to_dict())
+
+
+def resolve_method(method: str, model: str, local_engine: str | None = None) -> str:
+    """The judging method a run uses for the evaluator ``model``: ``auto`` is ``logprobs`` for the bundled local
+    backend's model when its server is llama.cpp's own (``local_engine`` "xllamacpp", which sends log
+    probabilities; held out it agreed on 16 of 48 and passed none of the 16 bad conversations, against 14 and 15
+    of 16 for ``criteria``), ``criteria`` for that model on any other engine or served as an endpoint, and
+    ``verdict`` for any other model."""
     if method not in JUDGE_METHODS:
         raise ConfigError(f"llmsim_judge_method must be one of {', '.join(JUDGE_METHODS)} (got {method!r})")
     if method != "auto":
         return method
-    from pytest_llmsim.llm.local_model import LOCAL_MODEL_NAME
+    from pytest_llmsim.llm.local_model import LOCAL_MODEL_NAME, XLLAMACPP
 
-    return "criteria" if model == LOCAL_MODEL_NAME else "verdict"
+    if model != LOCAL_MODEL_NAME:
+        return "verdict"
+    return "logprobs" if local_engine == XLLAMACPP else "criteria"
 
 
 def criteria_rule(answers: list[bool]) -> int:
@@ -216,6 +304,7 @@ class Verdict:
     attempts: int
     blame: str | None = None  # who the judge blames (``BLAMES``); None when the reply does not say
     method: str = "verdict"  # the judging method that gave it (``JUDGE_METHODS``, never "auto")
+    probabilities: dict[str, Any] | None = None  # the ``logprobs`` method's (``ScoreProbabilities.to_dict``)
 
 
 def _coerce_score(value: Any) -> int | None:
@@ -583,8 +672,8 @@ def check_judge_sees_criteria(scenario: Scenario, settings: RunSettings, rendere
                               label: str) -> None:
     """PromptError when the scenario has ``criteria`` that its evaluator template never shows the judge. Checked
     before the conversation too, so a template that would drop them costs no calls."""
-    if not scenario.criteria or resolve_method(settings.judge_method,
-                                               settings.role("evaluator", scenario).model) == "criteria":
+    if not scenario.criteria or resolve_method(settings.judge_method, settings.role("evaluator", scenario).model,
+                                               settings.local_engine) == "criteria":
         return  # the criteria method asks each criterion itself
     template = settings.role("evaluator", scenario).template
     used = renderer.variables_used(template)
@@ -615,7 +704,7 @@ async def evaluate(
     if refusal is not None:
         raise refusal
     role = settings.role("evaluator", scenario)
-    method = resolve_method(settings.judge_method, role.model)
+    method = resolve_method(settings.judge_method, role.model, settings.local_engine)
     scenario_label = label
     seed = scenario.seed if scenario.seed is not None else settings.default_seed
     if repeat:
@@ -632,9 +721,11 @@ async def evaluate(
                                transcript_text=transcript.as_text(), ended_by=transcript.ended_by,
                                end_reason=transcript.end_reason)
     prompt = renderer.render(role.template, context, scenario_label=scenario_label)
-    schema = {"constrained": CONSTRAINED_VERDICT_SCHEMA, "score": SCORE_SCHEMA}.get(method, VERDICT_SCHEMA)
+    schema = {"constrained": CONSTRAINED_VERDICT_SCHEMA, "score": SCORE_SCHEMA,
+              "logprobs": DIGIT_SCHEMA}.get(method, VERDICT_SCHEMA)
     minimum = min_score or scenario.min_score or settings.min_score
-    ask = "Return the verdict as JSON now."
+    ask = "Answer with the score alone: one digit, 1, 2 or 3." if method == "logprobs" else \
+        "Return the verdict as JSON now."
     problems: list[str] = []
     raw = ""
     prompt_tokens = completion_tokens = 0
@@ -644,12 +735,29 @@ async def evaluate(
             messages=({"role": "system", "content": prompt}, {"role": "user", "content": ask}),
             temperature=role.temperature, max_tokens=role.max_tokens, seed=seed,
             json_schema=schema, attempt=attempt,
+            top_logprobs=LOGPROB_ALTERNATIVES if method == "logprobs" else None,
         )
-        reply = await client.complete(request, label=f"{label} evaluator attempt {attempt + 1}")
+        try:
+            reply = await client.complete(request, label=f"{label} evaluator attempt {attempt + 1}")
+        except EndpointError as exc:
+            # llama-cpp-python's server without --logits_all answers HTTP 500 "logprobs is not supported ..."
+            if method == "logprobs" and "logprob" in str(exc).lower():
+                raise ConfigError(f"{label}: judge method 'logprobs' needs the tokens' log probabilities, and the "
+                                  f"endpoint refused to send them: {exc}; {_LOGPROBS_HINT}") from None
+            raise
         raw = reply.text
         prompt_tokens += reply.prompt_tokens
         completion_tokens += reply.completion_tokens
+        if method == "logprobs" and reply.logprobs is None:
+            raise ConfigError(
+                f"{label}: judge method 'logprobs' needs the tokens' log probabilities, and "
+                f"{settings.endpoint.describe()} sent none for the evaluator model {role.model!r} (asked with "
+                f"logprobs=true, top_logprobs={LOGPROB_ALTERNATIVES}); {_LOGPROBS_HINT}")
         try:
+            if method == "logprobs":
+                assert reply.logprobs is not None
+                return _logprob_verdict(raw, reply.logprobs, reply.cached, prompt_tokens, completion_tokens,
+                                        attempt + 1)
             if method == "score":
                 return _score_only(raw, reply.cached, prompt_tokens, completion_tokens, attempt + 1)
             score, comment = parse_verdict(raw, prompt=f"{prompt}\n{ask}")
@@ -766,6 +874,8 @@ class JudgeMetric(LLMMetric):
         if verdict.blame is not None:
             details["blame"] = verdict.blame
         details["judge_method"] = verdict.method
+        if verdict.probabilities is not None:
+            details["probabilities"] = verdict.probabilities
         return MetricResult("judge", verdict.score, passed, verdict.comment, details)
 
 

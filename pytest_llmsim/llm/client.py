@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dataclasses
+import math
 import random
 import re
 import socket
@@ -170,6 +171,9 @@ class LLMRequest:
     seed: int | None
     json_schema: dict[str, Any] | None = None
     attempt: int = 0
+    # Ask for the tokens' log probabilities with this many alternatives per token (OpenAI's ``logprobs: true``,
+    # ``top_logprobs: N``); None: not asked (and not part of the cache key, so other requests' keys are unchanged).
+    top_logprobs: int | None = None
 
 
 @dataclass
@@ -183,11 +187,43 @@ class LLMReply:
     tool_calls: list[dict[str, Any]] | None = None  # as the endpoint sent them (OpenAI shape), when it did
     cached_input_tokens: int = 0  # of prompt_tokens, read from the provider's prompt cache (priced cheaper)
     name: str = ""  # the assistant message's ``name`` (OpenAI's field for who spoke), when the endpoint sent one
+    # Per generated token, when the request asked for them and the endpoint sent them (``read_logprobs``):
+    # ``{"token", "logprob", "top_logprobs": [{"token", "logprob"}, ...]}``; None when the endpoint sent none.
+    logprobs: list[dict[str, Any]] | None = None
 
 
 # Set while a call waits to retry after a failed attempt, in the task (conversation) that made it: a
 # conversation whose deadline falls then ended because of the endpoint, not because of the conversation.
 RETRYING: contextvars.ContextVar[str | None] = contextvars.ContextVar("llmsim_retrying", default=None)
+
+
+def read_logprobs(choice: Any) -> list[dict[str, Any]] | None:
+    """The per-token log probabilities of a completion's choice as OpenAI-compatible endpoints send them
+    (``choices[0].logprobs.content``: llama.cpp's server, vLLM, OpenAI), kept as ``{"token", "logprob",
+    "top_logprobs": [{"token", "logprob"}]}`` (ids and bytes dropped); None when the choice has none (an endpoint
+    that ignores ``logprobs``, or ``"logprobs": null``). Entries that are not of that shape are skipped."""
+    data = choice.get("logprobs") if isinstance(choice, dict) else None
+    content = data.get("content") if isinstance(data, dict) else None
+    if not isinstance(content, list):
+        return None
+
+    def entry(item: Any) -> dict[str, Any] | None:
+        if not isinstance(item, dict) or not isinstance(item.get("token"), str):
+            return None
+        value = item.get("logprob")
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            return None
+        return {"token": item["token"], "logprob": float(value)}
+
+    tokens = []
+    for item in content:
+        token = entry(item)
+        if token is None:
+            continue
+        top = item.get("top_logprobs")
+        token["top_logprobs"] = [t for t in map(entry, top) if t is not None] if isinstance(top, list) else []
+        tokens.append(token)
+    return tokens
 
 
 class Completer(Protocol):
@@ -456,9 +492,10 @@ class LLMClient:
         text = self._scrub(reply.text)
         calls = scrub_data(reply.tool_calls, self._scrub) if reply.tool_calls else reply.tool_calls
         name = self._scrub(reply.name) if reply.name else reply.name
-        if text == reply.text and calls == reply.tool_calls and name == reply.name:
+        logprobs = scrub_data(reply.logprobs, self._scrub) if reply.logprobs else reply.logprobs
+        if text == reply.text and calls == reply.tool_calls and name == reply.name and logprobs == reply.logprobs:
             return reply
-        return dataclasses.replace(reply, text=text, tool_calls=calls, name=name)
+        return dataclasses.replace(reply, text=text, tool_calls=calls, name=name, logprobs=logprobs)
 
     def _error(self, message: str) -> EndpointError:
         return EndpointError(self._scrub(message))
@@ -474,6 +511,7 @@ class LLMClient:
             "response_format": {"json_schema": request.json_schema} if request.json_schema else None,
             "tools": None,
             "attempt": request.attempt,
+            **({"logprobs": request.top_logprobs} if request.top_logprobs is not None else {}),
         }
 
     async def complete(self, request: LLMRequest, *, label: str, use_cache: bool = True) -> LLMReply:
@@ -499,7 +537,7 @@ class LLMClient:
                 recorder.add(match, descriptor, hit, label, request.role, self._recorded_endpoint())
             return LLMReply(hit["text"], hit["prompt_tokens"], hit["completion_tokens"],
                             hit["latency_s"], True, hit["model"], hit.get("tool_calls"),
-                            _token_count(hit, "cached_input_tokens"), str(hit.get("name") or ""))
+                            _token_count(hit, "cached_input_tokens"), str(hit.get("name") or ""), hit.get("logprobs"))
         mode = self.cache.mode
         if not mode.may_call_network(self.endpoint.configured):
             if mode is RecordMode.CHANGED:
@@ -527,6 +565,8 @@ class LLMClient:
             response["cached_input_tokens"] = reply.cached_input_tokens
         if reply.name:  # the same
             response["name"] = reply.name
+        if reply.logprobs is not None:  # asked for and sent: replayed with the reply (an empty list included)
+            response["logprobs"] = reply.logprobs
         self.cache.store(key, descriptor, response, label)
         if recorder is not None:
             recorder.add(match, descriptor, response, label, request.role, self._recorded_endpoint())
@@ -643,6 +683,9 @@ class LLMClient:
         }
         if request.seed is not None:
             kwargs["seed"] = request.seed + request.attempt
+        if request.top_logprobs is not None:
+            kwargs["logprobs"] = True
+            kwargs["top_logprobs"] = request.top_logprobs
         if request.json_schema is not None and mode == "json_schema":
             kwargs["response_format"] = {
                 "type": "json_schema",
@@ -887,6 +930,7 @@ class LLMClient:
             cached_input_tokens=_token_count(usage.get("prompt_tokens_details") if isinstance(usage, dict) else None,
                                              "cached_tokens"),
             name=name,
+            logprobs=read_logprobs(response["choices"][0]) if request.top_logprobs is not None else None,
         )
 
     async def aclose(self) -> None:

@@ -270,6 +270,9 @@ class RunSettings:
     judge_repeats: int = 1  # independent verdicts per transcript (``judge.JudgeMetric``)
     judge_policy: str = "majority"  # how they decide: majority | min | mean
     judge_method: str = "auto"  # how a verdict is asked for: ``judge.JUDGE_METHODS``
+    # The local model's server engine when it serves this run (``local_model.server_engine``: "xllamacpp" or
+    # "llama-cpp-python"); None with an endpoint. ``auto`` judges by token probabilities only where they are sent.
+    local_engine: str | None = None
     concurrency: int = 16
     # The suite-wide agent under test (ini ``llmsim_agent`` / ``--llmsim-agent``): a validated
     # ``scenario.AgentSpec``, or None for the prompt agent. A scenario's own ``agent:`` naming a kind (or only

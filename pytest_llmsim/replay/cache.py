@@ -56,6 +56,9 @@ from pytest_llmsim.model.settings import RecordMode
 CACHE_FORMAT_VERSION = 2
 _KEY_FIELDS = ("endpoint", "model", "messages", "temperature", "seed", "max_tokens",
                "response_format", "tools", "attempt")
+# Key fields hashed only when a request sets them, so that the keys of every other request stay as they were:
+# ``logprobs`` (the number of top log probabilities asked for) changes what the reply holds.
+_OPTIONAL_KEY_FIELDS = ("logprobs",)
 _MAX_VALUE_BYTES = 64 * 2**20  # a decompressed entry larger than this is corrupt (zlib bomb guard)
 _DISKCACHE_SETTINGS = {
     "size_limit": 2**34,
@@ -82,6 +85,9 @@ _MARKER_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False).encode
 def request_key(descriptor: dict[str, Any]) -> str:
     get = descriptor.get
     payload = {"v": CACHE_FORMAT_VERSION, **{k: get(k) for k in _KEY_FIELDS}}
+    for name in _OPTIONAL_KEY_FIELDS:
+        if get(name) is not None:
+            payload[name] = get(name)
     return hashlib.sha256(_KEY_JSON(payload).encode("utf-8")).hexdigest()
 
 
@@ -94,7 +100,7 @@ def marker_key(kind: str, payload: dict[str, Any]) -> str:
 def describe_difference(wanted: dict[str, Any], recorded: dict[str, Any]) -> list[str]:
     """Human-readable list of key fields that differ between two request descriptors."""
     diffs = []
-    for name in _KEY_FIELDS:
+    for name in _KEY_FIELDS + _OPTIONAL_KEY_FIELDS:
         a, b = wanted.get(name), recorded.get(name)
         if a == b:
             continue
@@ -225,6 +231,8 @@ def _check_entry(entry: Any, kind: str) -> dict[str, Any]:
         field = response.get(name)
         if not isinstance(field, types) or (isinstance(field, bool) and bool not in types):
             raise CorruptEntry(f"its 'response.{name}' is missing or not a {types[0].__name__}")
+    if "logprobs" in response and not isinstance(response["logprobs"], list):
+        raise CorruptEntry("its 'response.logprobs' is not a list")
     return entry
 
 

@@ -22,8 +22,8 @@ lines), so that re-recording an unchanged conversation rewrites no byte and a ch
                     "to", "reason"?}])
       "prompts": {"agent": <system prompt>, "client": ..., "evaluator": ...},
       "calls": [{"call", "role", "model", "temperature", "max_tokens", "seed", "format"?, "attempt"?, "messages",
-                 "key", "reply", "tool_calls"?, "usage": {"prompt_tokens", "completion_tokens", "cached_input_tokens"?},
-                 ...}, ...]
+                 "key", "reply", "tool_calls"?, "logprobs"?, "usage": {"prompt_tokens", "completion_tokens",
+                 "cached_input_tokens"?}, ...}, ...]
     }
 
 A call is matched by ``key``: the SHA-256 of everything that decides its reply (``cache.request_key``) except the
@@ -248,6 +248,26 @@ def _text(mapping: dict[str, Any], name: str, where: str, *, optional: bool = Fa
     return text
 
 
+def _check_logprobs(value: Any, where: str) -> list[dict[str, Any]]:
+    """A call's ``logprobs`` (``client.read_logprobs``: per token ``{"token", "logprob", "top_logprobs"}``), checked;
+    a replayed verdict of the ``logprobs`` judge is computed from them."""
+    def token(item: Any, at: str) -> None:
+        if (type(item) is not dict or type(item.get("token")) is not str
+                or type(item.get("logprob")) not in (int, float)):
+            raise _Problem(f"{at} is not a {{'token': text, 'logprob': number}} mapping")
+
+    if type(value) is not list:
+        raise _Problem(f"{where}logprobs is not a list")
+    for i, item in enumerate(value):
+        token(item, f"{where}logprobs[{i}]")
+        top = item.get("top_logprobs", [])
+        if type(top) is not list:
+            raise _Problem(f"{where}logprobs[{i}].top_logprobs is not a list")
+        for j, alternative in enumerate(top):
+            token(alternative, f"{where}logprobs[{i}].top_logprobs[{j}]")
+    return value
+
+
 def _call_problem(call: dict[str, Any], where: str) -> NoReturn:
     """Raise the problem of a call that failed the quick check, worded field by field."""
     key = call.get("key")
@@ -357,6 +377,8 @@ def _check_recording(data: Any, path: Path) -> Recording:
                                     "model": served_by or call["model"]}
         if tool_calls:
             response["tool_calls"] = tool_calls
+        if "logprobs" in call:
+            response["logprobs"] = _check_logprobs(call["logprobs"], f"calls[{i}].")
         if end:
             response["end"] = True
         for name, types in (("agent_messages", _LIST), ("handoffs", _LIST), ("name", _STR)):
@@ -805,6 +827,8 @@ class ScenarioRecorder:
             call["reply"] = text_value(scrub(str(response.get("text", ""))))
             if response.get("tool_calls"):
                 call["tool_calls"] = response["tool_calls"]
+            if response.get("logprobs") is not None:  # (only when asked for and sent: files stay as they were)
+                call["logprobs"] = response["logprobs"]
             if response.get("end"):
                 call["end"] = True
             for name in ("name", "agent_messages", "handoffs"):  # only when present: other files stay as they were

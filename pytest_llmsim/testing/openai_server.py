@@ -41,6 +41,13 @@ Faults, for the transport-level trouble a real endpoint causes (``"fault": name`
 ``status``, ``fault`` and ``echo_auth`` apply to the first ``times`` matching requests only when ``times`` is
 given (a flaky endpoint); later matching requests get the rule's normal reply.
 
+``logprobs``: the tokens' probabilities, sent only when the request asks (``"logprobs": true``), as OpenAI sends
+them (``choices[0].logprobs.content``, at most ``top_logprobs`` alternatives per token, most probable first): a
+mapping ``{"1": 0.2, "2": 0.3, "3": 0.5}`` of the alternatives of one generated token, or a list of such mappings,
+one per token; each token generated is the most probable of its alternatives (a probability of 0 is left out, as
+the server never lists it). A rule without ``logprobs`` sends none even when asked, as an endpoint that ignores
+the parameter does.
+
 ``cached_tokens: N`` reports N of the prompt tokens (at most all of them) as read from a prompt cache, in
 ``usage.prompt_tokens_details.cached_tokens`` as OpenAI does.
 
@@ -68,6 +75,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import socket
 import threading
 import time
@@ -522,12 +530,15 @@ class ScriptedOpenAIServer:
                               else json.dumps(call.get("arguments") or {})}}
                 for i, call in enumerate(rule["tool_calls"])]
             finish = "tool_calls"
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "message": message}
+        if body.get("logprobs") and rule.get("logprobs") is not None:
+            choice["logprobs"] = {"content": _token_logprobs(rule["logprobs"], body.get("top_logprobs"))}
         return {
             "id": f"chatcmpl-scripted-{n_assistant}",
             "object": "chat.completion",
             "created": 0,
             "model": body.get("model") or "scripted",
-            "choices": [{"index": 0, "finish_reason": finish, "message": message}],
+            "choices": [choice],
             "usage": usage,
         }
 
@@ -551,6 +562,22 @@ def _sse(completion: dict[str, Any], include_usage: bool) -> str:
 
 
 _NO_RULE: dict[str, Any] = {}
+
+
+def _token_logprobs(spec: Any, top: Any) -> list[dict[str, Any]]:
+    """A rule's ``logprobs`` (one mapping of token -> probability, or a list of them, one per generated token) as
+    OpenAI's ``logprobs.content``, with at most ``top`` alternatives per token."""
+    positions = spec if isinstance(spec, list) else [spec]
+    limit = int(top) if isinstance(top, int) and not isinstance(top, bool) else 0
+    content = []
+    for position in positions:
+        ranked = sorted(((str(token), float(p)) for token, p in dict(position).items() if float(p) > 0),
+                        key=lambda item: -item[1])
+        token, probability = ranked[0]
+        content.append({"token": token, "logprob": math.log(probability), "bytes": list(token.encode()),
+                        "top_logprobs": [{"token": t, "logprob": math.log(p), "bytes": list(t.encode())}
+                                         for t, p in ranked[:limit]]})
+    return content
 
 
 def main(argv: list[str] | None = None) -> None:

