@@ -1,6 +1,10 @@
 """What every agent kind shares (no pytest): the context and reply types, tool-call normalisation at the
 agent boundary (strict JSON, size bounds), the session and driver base classes, and the thread helpers that
-run user code off the event loop."""
+run user code off the event loop.
+
+Why one module: the reply types and their checks at the agent boundary are the one contract every agent kind
+(python, http, openai, the framework adapters) returns through; splitting them would let two kinds check a reply
+two ways."""
 
 
 from __future__ import annotations

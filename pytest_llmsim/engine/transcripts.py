@@ -1,6 +1,9 @@
 """Recorded conversations (transcript files) scored like simulated ones: the metrics only, nothing simulated
 (no pytest).
 
+Why one module: reading a transcript file, checking it field by field and scoring it are one path whose error
+messages must name the same file, line and field; the format is defined here and nowhere else.
+
 A transcript file is ``.json`` (one conversation) or ``.jsonl`` (one conversation a line). A conversation is:
 
 * an OpenAI-style message list ``[{"role": "user" | "assistant" | "system" | "tool", "content": ...}, ...]``:

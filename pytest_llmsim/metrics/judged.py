@@ -3,6 +3,9 @@ TBFact: precision, recall and F1 of atomic facts), ``agent_selection_judge`` (di
 agent: its AgentSelectionEvaluator) and ``information_aggregation_judge`` (was the final answer synthesised from
 what the specialists said: its InformationAggregationEvaluator).
 
+Why one module: the three metrics share one strict protocol with the judge model (ask, parse exactly, ask again,
+then ``invalid_verdict``), and the protocol is most of the code; apart, each would carry its own copy.
+
 Each asks the run's judge model (the ``evaluator`` role: cached, recorded, metered with the scenario) for one
 strict JSON object per call and parses it strictly: a reply that is not exactly the object asked for (not JSON,
 a fact number missing, answered twice or out of range, a non-boolean where true/false is asked, an empty list

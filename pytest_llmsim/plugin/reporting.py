@@ -1,5 +1,8 @@
 """The controller's reporting plugin: a thin pytest front over the reporting engine.
 
+Why one module: it is the one place that orders the session end (gates, then every file, then the terminal),
+and that order is what makes every report agree; each step it calls lives in ``reporting/``.
+
 Who does what:
 
 * ``report_options``: the report options' values (gates, output paths, the baseline, the price table), from the
