@@ -217,6 +217,10 @@ def test_each_conversation_resumes_from_its_own_prefix_in_a_bounded_cache(tmp_pa
             before = len(_PROMPT_EVAL.findall(log_path.read_text(errors="replace")))
             reply = _chat(base_url, "", messages=messages, max_tokens=12)
             counts = _PROMPT_EVAL.findall(log_path.read_text(errors="replace"))
+            deadline = time.monotonic() + 30  # the server may answer before its log line reaches the file
+            while len(counts) == before and time.monotonic() < deadline:
+                time.sleep(0.1)
+                counts = _PROMPT_EVAL.findall(log_path.read_text(errors="replace"))
             assert len(counts) == before + 1, "llama.cpp prints one count per completion"
             return int(counts[-1]), reply["choices"][0]["message"]["content"]
 
@@ -409,10 +413,13 @@ def test_xdist_n8_on_the_local_model_gives_the_outcomes_of_n0(repo_suite: tuple[
 @needs_backend
 def test_same_seeds_give_the_same_scores_with_fresh_caches(pytester: pytest.Pytester,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """One conversation at a time: llama.cpp batches concurrent requests together, and the batch a token is
+    computed in changes its floating-point result, so concurrent live runs may differ (docs/known-limits.md;
+    seen in 1 of 2 runs at concurrency 2). Replays are exact at any concurrency: they come from the recordings."""
     _sample_project(pytester, ["calm_reorder", "impatient_customer"])
     runs = []
     for n in range(2):
-        result = _run(pytester, monkeypatch, "scenarios/", f"--llmsim-cache-dir=cache{n}",
+        result = _run(pytester, monkeypatch, "scenarios/", "--llmsim-concurrency=1", f"--llmsim-cache-dir=cache{n}",
                       f"--llmsim-recordings=rec{n}", f"--junitxml=r{n}.xml", "-o", "junit_family=xunit1",
                       "-rA")
         assert result.ret in (0, 1), result.stdout.str()  # 1: scored below the minimum; the scores are compared
