@@ -354,7 +354,11 @@ def _suite_figures(pairs: Sequence[tuple[str, Side, Side]], alpha: float, interv
 
 def significant_regressions(comparison: RunComparison) -> list[str]:
     """One line per significant drop (a suite figure, then the scenarios): the gate
-    ``llmsim_fail_on_significant_regression``. Rises and changes that are not significant never fail."""
+    ``llmsim_fail_on_significant_regression``. Rises and changes that are not significant never fail; two runs
+    that share no scenario fail it (nothing was compared, so no drop was ruled out)."""
+    if not comparison.paired:
+        return [f"no scenario ran in both {comparison.old_label} and {comparison.new_label}: nothing was compared, so "
+                f"a significant drop cannot be ruled out ({GATE_OPTION})"]
     missed = []
     for figure in comparison.suite:
         if figure.dropped:

@@ -31,7 +31,7 @@ from typing import Any
 
 from pytest_llmsim.errors import ConfigError
 from pytest_llmsim.history.compare import DEFAULT_ALPHA, RunComparison, compare_runs, significant_regressions
-from pytest_llmsim.model.results import ScenarioRecord
+from pytest_llmsim.model.results import Outcome, ScenarioRecord
 from pytest_llmsim.reporting.baseline import Baseline, Comparison, compare, run_missed
 from pytest_llmsim.reporting.summary import Gates, RunSummary, gates_unchecked_reason, plural, summarize
 from pytest_llmsim.safe_files import UnreadableFile, read_bounded
@@ -110,6 +110,12 @@ def load_shard_export(path: Path) -> ShardExport:
         if not isinstance(block.get(name), kind) or isinstance(block.get(name), bool):
             raise ConfigError(f"{path}: {SHARD_FIELD}.{name} is missing or not a {kind.__name__}: the export is "
                               "damaged or from another version; rerun the shard")
+    collected = block["collected"]
+    for nodeid, position in block["items"].items():
+        if not isinstance(position, int) or isinstance(position, bool) or not 0 <= position < collected:
+            raise ConfigError(f"{path}: {SHARD_FIELD}.items gives {nodeid!r} the place {_value(position)[:40]}, not "
+                              f"a place among the {collected} collected items: the export is damaged or was edited; "
+                              "rerun the shard")
     return ShardExport(path, document)
 
 
@@ -172,7 +178,33 @@ def check_shards(exports: Sequence[ShardExport]) -> None:
         raise ConfigError(problem)
     for export in ordered:
         _check_finished(export)
+        _check_gates(export)
     _check_partition(ordered)
+
+
+# Each gate of a shard's summary and the setting it comes from (``plugin.report_options.gates_from_config``).
+_GATE_SETTINGS = {"min_mean_score": "llmsim_min_mean_score", "min_pass_rate": "llmsim_min_pass_rate",
+                  "max_cost_usd": "llmsim_max_cost_usd", "fail_on_regression": "llmsim_fail_on_regression",
+                  "max_score_drop": "llmsim_max_score_drop", "min_pass_hat_k": "llmsim_min_pass_hat_k",
+                  "gate": "llmsim_gate", "significant_regression_alpha": "llmsim_fail_on_significant_regression"}
+_BASELINE_GATES = {"fail_on_regression": False, "max_score_drop": None, "significant_regression_alpha": None}
+
+
+def _check_gates(export: ShardExport) -> None:
+    """The gates of a shard's summary (which the merge checks) are those its settings set: a gate dropped from the
+    summary alone would pass a run the single run fails."""
+    recorded = export.summary.get("gates")
+    recorded = recorded if isinstance(recorded, dict) else {}
+    settings = export.block["settings"]
+    expected = {name: settings.get(key) for name, key in _GATE_SETTINGS.items()}
+    expected["fail_on_regression"] = bool(expected["fail_on_regression"])
+    if export.block.get("baseline") is None:  # no baseline: the shard dropped its baseline gates, as pytest does
+        expected.update(_BASELINE_GATES)
+    differ = [f"{name}: {_value(recorded.get(name))} in its summary, {_value(value)} in its settings"
+              for name, value in expected.items() if recorded.get(name) != value]
+    if differ:
+        raise ConfigError(f"{export.label}: its summary's gates are not those its settings set "
+                          f"({'; '.join(differ)}): the export is damaged or was edited; rerun that shard")
 
 
 def _settings_problem(exports: Sequence[ShardExport]) -> str | None:
@@ -274,6 +306,11 @@ def merge_shards(exports: Sequence[ShardExport], *, baseline: Baseline | None = 
                 record = ScenarioRecord.from_dict(row)
             except (ValueError, TypeError, KeyError) as exc:
                 raise ConfigError(f"{export.path}: result #{number} cannot be read: {exc}") from None
+            if record.nodeid not in export.block["items"] \
+                    and record.nodeid.rpartition("[llmsim-")[0] not in export.block["items"]:
+                raise ConfigError(f"{export.label} holds a result for {record.nodeid}, an item it did not run "
+                                  f"(not in its {SHARD_FIELD}.items): the export is damaged or was edited; rerun "
+                                  "that shard")
             rows.append((place(record.nodeid), export.index, number, dataclasses.replace(record, run_id=run_id)))
     records = [record for *_, record in sorted(rows, key=lambda row: row[:3])]
     known_set = {nodeid for export in ordered for nodeid in export.summary.get("known_failures") or []}
@@ -302,6 +339,8 @@ def merge_shards(exports: Sequence[ShardExport], *, baseline: Baseline | None = 
         status = NO_TESTS_COLLECTED
     else:
         status = TESTS_FAILED if TESTS_FAILED in statuses else 0
+    if any(record.outcome in (Outcome.FAILED, Outcome.ERROR) for record in records):
+        status = TESTS_FAILED  # whatever a shard's exit status says: a failed record is a failed run
     if backend:
         status = USAGE_ERROR
     elif missed and status == 0:

@@ -101,3 +101,25 @@ def test_compare_an_export_with_a_run_and_bad_references(tmp_path: Path, capsys:
     assert "no history to find a run 'latest' in" in capsys.readouterr().err
     assert main(["history", "--path", str(path), "prune"]) == 2
     assert "give --keep N or --older-than D" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--fail-on-significant-regression", "--alpha"])
+@pytest.mark.parametrize("level", ["0", "-1", "1", "nan"])
+def test_compare_refuses_a_level_outside_0_to_1_rather_than_using_the_default(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, level: str) -> None:
+    export = tmp_path / "base.json"
+    write_results(export, _run(12), summarize(_run(12)).to_dict(), run_id="x", generated_at="2026-01-01T00:00:00")
+    assert main(["compare", str(export), str(export), f"{flag}={level}"]) == 2
+    assert f"alpha {level}: give a level between 0 and 1" in capsys.readouterr().err
+
+
+def test_compare_gate_over_runs_sharing_no_scenario_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    write_results(old, _run(12), summarize(_run(12)).to_dict(), run_id="x", generated_at="2026-01-01T00:00:00")
+    renamed = json.loads(old.read_text())
+    for row in renamed["results"]:
+        row["nodeid"] = row["nodeid"].replace("case_", "renamed_")
+    new.write_text(json.dumps(renamed))
+    assert main(["compare", str(old), str(new), "--fail-on-significant-regression"]) == 1
+    assert "significant regression: no scenario ran in both" in capsys.readouterr().out
+    assert main(["compare", str(old), str(new)]) == 0  # no gate asked: report only

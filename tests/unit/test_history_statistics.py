@@ -196,3 +196,12 @@ def test_sign_flip_false_alarm_rate_is_at_most_alpha() -> None:
         patterns = list(itertools.product((-1, 1), repeat=n))
         rejected = sum(sign_flip_test(list(p)).p_value < 0.05 for p in patterns)
         assert rejected / len(patterns) <= 0.05
+
+
+def test_runs_that_share_no_scenario_fail_the_gate_rather_than_pass_it_unchecked() -> None:
+    old = [_record(f"s.yaml::old_{i}", ["passed"] * 3, [3] * 3) for i in range(5)]
+    new = [_record(f"s.yaml::new_{i}", ["failed"] * 3, [1] * 3) for i in range(5)]
+    lines = significant_regressions(compare_runs(old, new, old_label="main", new_label="this run"))
+    assert lines == ["no scenario ran in both main and this run: nothing was compared, so a significant drop cannot "
+                     "be ruled out (llmsim_fail_on_significant_regression)"]
+    assert significant_regressions(compare_runs([], [])) != []

@@ -211,7 +211,8 @@ def command_compare(args: argparse.Namespace, history_path: Callable[[], Path | 
             noisy = noisy_scenarios(store.run_verdicts())
         except HistoryError:
             noisy = set()
-    alpha = args.fail_on_significant_regression or args.alpha or DEFAULT_ALPHA
+    # ``is not None``, not ``or``: a level of 0 is refused below, never read as the default
+    alpha = next(a for a in (args.fail_on_significant_regression, args.alpha, DEFAULT_ALPHA) if a is not None)
     if not 0 < alpha < 1:
         raise ConfigError(f"alpha {alpha:g}: give a level between 0 and 1, such as 0.05")
     comparison = compare_runs(records_a, records_b, alpha=alpha, noisy=noisy, same_agent=same_agent(run_a, run_b),
