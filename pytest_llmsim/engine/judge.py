@@ -128,6 +128,8 @@ def _score_only(raw: str, cached: bool, prompt_tokens: int, completion_tokens: i
 # score E = 1 p(1) + 2 p(2) + 3 p(3) becomes a score: 1 below the first threshold, 3 from the second on, else 2.
 LOGPROB_ALTERNATIVES = 20
 LOGPROB_THRESHOLDS = (1.5, 2.5)
+# Above this a "log probability" is not one (servers round; 0.0 is a certainty)
+_MAX_LOGPROB = 1e-3
 _SCORE_DIGITS = ("1", "2", "3")
 _LOGPROBS_HINT = ("use an endpoint that returns them (llama.cpp's server, the local model's default engine; vLLM; "
                   "OpenAI's chat models) or another llmsim_judge_method")
@@ -168,7 +170,11 @@ def score_probabilities(logprobs: list[dict[str, Any]]) -> ScoreProbabilities:
             digit = token.strip()
             if digit in _SCORE_DIGITS and token not in seen:
                 seen.add(token)  # the chosen token is usually among the alternatives too: counted once
-                found[int(digit)] = found.get(int(digit), 0.0) + math.exp(float(alternative["logprob"]))
+                logprob = float(alternative["logprob"])
+                if not logprob <= _MAX_LOGPROB:  # also NaN; +inf would make every probability NaN, a score of 2
+                    raise ValueError(f"the endpoint sent {logprob:g} as the log probability of {token!r}: a log "
+                                     "probability is at most 0; the endpoint's logprobs cannot be trusted")
+                found[int(digit)] = found.get(int(digit), 0.0) + math.exp(logprob)
         mass = sum(found.values())
         if mass <= 0:
             raise ValueError(f"the score token {position['token']!r} has no probability on 1, 2 or 3")

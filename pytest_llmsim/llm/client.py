@@ -213,7 +213,9 @@ def read_logprobs(choice: Any) -> list[dict[str, Any]] | None:
         value = item.get("logprob")
         if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
             return None
-        return {"token": item["token"], "logprob": float(value)}
+        # JSON (cache, recordings) holds no infinity: -inf (probability 0) becomes -1e9, still 0 once exponentiated;
+        # +inf becomes 1e9, a value no log probability has, which the judge refuses (``judge.score_probabilities``)
+        return {"token": item["token"], "logprob": max(-1e9, min(1e9, float(value)))}
 
     tokens = []
     for item in content:

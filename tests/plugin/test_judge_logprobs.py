@@ -94,6 +94,17 @@ def test_a_reply_whose_tokens_hold_no_score_is_an_invalid_verdict(sim: SimProjec
     assert len(_judge_bodies(sim)) == 3  # every attempt, then the error
 
 
+@pytest.mark.parametrize("bad", [float("inf"), 1e6, 2.0])
+def test_a_lying_log_probability_is_an_invalid_verdict_never_a_score(sim: SimProject, bad: float) -> None:
+    """A probability above 1 is a positive "log probability"; +inf once made every p NaN and the verdict a pass (2)."""
+    sim.server.set_script(_script({"2": bad, "1": 0.1}, reply="2"))
+    sim.write_scenarios("s.json", [scenario("fine")])
+    sim.run("--llmsim-judge-method=logprobs", "--llmsim-results=out.json").assert_outcomes(errors=1)
+    record = _record(sim)
+    assert (record["status"], record["error_kind"], record["score"]) == ("error", "invalid_verdict", None)
+    assert "a log probability is at most 0" in record["error_message"]
+
+
 def test_a_replay_from_the_cache_makes_no_call_and_gives_the_same_verdict(sim: SimProject) -> None:
     sim.server.set_script(_script(PROBS))
     sim.write_scenarios("s.json", [scenario("fine")])

@@ -98,3 +98,21 @@ def test_a_local_run_knows_its_engine_and_auto_follows_it(engine: str, tmp_path:
     endpoint = build_settings(resolve_values(OPTIONS, cli={"llmsim_base_url": "http://127.0.0.1:9/v1"}, env={},
                                              ini={}, invocation_dir=tmp_path, ini_dir=tmp_path))
     assert endpoint.local_engine is None
+
+
+@pytest.mark.parametrize(("sent", "kept"), [(float("inf"), 1e9), (float("-inf"), -1e9), (-0.5, -0.5)])
+def test_infinite_log_probabilities_are_kept_finite_for_json(sent: float, kept: float) -> None:
+    choice = {"logprobs": {"content": [{"token": "2", "logprob": sent, "top_logprobs": []}]}}
+    assert read_logprobs(choice) == [{"token": "2", "logprob": kept, "top_logprobs": []}]
+
+
+@pytest.mark.parametrize("logprob", [1e9, 0.5, float("nan")])
+def test_a_log_probability_above_0_is_refused_never_scored(logprob: float) -> None:
+    tokens = [{"token": "2", "logprob": logprob, "top_logprobs": [{"token": "3", "logprob": -0.1}]}]
+    with pytest.raises(ValueError, match="a log probability is at most 0"):
+        score_probabilities(tokens)
+
+
+def test_a_probability_of_0_counts_as_0() -> None:
+    tokens = [{"token": "2", "logprob": 0.0, "top_logprobs": [{"token": "3", "logprob": -1e9}]}]
+    assert score_probabilities(tokens).p == pytest.approx({1: 0.0, 2: 1.0, 3: 0.0})
