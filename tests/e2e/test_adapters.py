@@ -75,6 +75,37 @@ def agent_rules(framework: str) -> list[dict[str, Any]]:
     ]
 
 
+# The routing regression: triage's model hands the refund to Shipping (a changed prompt or model does exactly this;
+# the framework routes on the model's tool call), and Shipping answers politely.
+TO_SHIPPING: dict[str, dict[str, Any]] = {
+    "openai_agents": {"name": "transfer_to_shipping", "arguments": {}},
+    "langgraph": {"name": "transfer_to_shipping", "arguments": {}},
+    "autogen": {"name": "transfer_to_shipping", "arguments": {}},
+    "pydantic_ai": {"name": "transfer_to_shipping", "arguments": {"request": "refund 1042"}},
+    "google_adk": {"name": "transfer_to_agent", "arguments": {"agent_name": "Shipping"}},
+    "semantic_kernel": {"name": "Handoff-transfer_to_Shipping", "arguments": {}},
+}
+PARCEL = "Your parcel is on its way and arrives on Friday."
+# What expected_agents says, per example: the wrong handoff and its turn (the customer's first message is turn 1)
+WRONG_HANDOFF = {framework: "wrong handoff at turn 2: Triage -> Shipping, expected Triage -> Billing"
+                 for framework in FRAMEWORKS}
+WRONG_HANDOFF["langgraph"] = "wrong handoff at turn 2: supervisor -> shipping, expected supervisor -> billing"
+
+
+def misrouting_rules(framework: str) -> list[dict[str, Any]]:
+    """``agent_rules`` with triage's model handing the refund to Shipping, which answers it as a delivery."""
+    rules = agent_rules(framework)
+    index = next(i for i, rule in enumerate(rules) if rule["match"].get("last_user_contains") == "refund")
+    rules[index] = {**rules[index], "tool_calls": [TO_SHIPPING[framework]]}
+    shipping: list[dict[str, Any]] = [{"match": {"system_contains": "SHIPPING_AGENT"}, "reply": PARCEL}]
+    if framework == "autogen":  # a Swarm agent answers, then hands the customer back to the user
+        back = {"tool_calls": [{"name": "transfer_to_user", "arguments": {}}]}
+        shipping[:0] = [{"match": {"system_contains": "SHIPPING_AGENT", "last_role": "assistant"}, **back},
+                        {"match": {"system_contains": "SHIPPING_AGENT", "last_user_contains": "thanks"},
+                         "reply": "You are welcome.", **back}]
+    return [*rules, *shipping]
+
+
 # The turns each framework's run reads into, exactly.
 PY_ORDER = "{'item': 'hiking boots', 'total': '59.90 EUR', 'state': 'late'}"  # AutoGen returns str(result)
 EXPECTED: dict[str, list[dict[str, Any]]] = {
@@ -360,30 +391,72 @@ GENERIC_CUSTOMER = "role-playing a CUSTOMER"  # the package's own customer and j
 GENERIC_JUDGE = "strict reviewer of a conversation"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("framework", list(FRAMEWORKS))
-def test_each_example_project_runs_as_shipped(framework: str, pytester: pytest.Pytester,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """``pytest examples/multi_agent/<framework>`` from a checkout: the LLM customer (scripted) asks for the
-    refund, the agents route it to Billing, and the judge (scripted) is shown every speaker by name."""
-    need(framework)
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
+def run_example(framework: str, pytester: pytest.Pytester, agent_script: list[dict[str, Any]]
+                ) -> tuple[pytest.RunResult, dict[str, Any], list[str]]:
+    """``pytest examples/multi_agent/<framework>`` from a checkout, its agents' model scripted by ``agent_script``,
+    an LLM customer (scripted) asking for the refund and a judge (scripted) content with any answer (score 3):
+    the run's outcome, its results row and the judge's prompts."""
     shutil.copytree(EXAMPLES / framework, pytester.path / framework,
                     ignore=shutil.ignore_patterns(".llmsim_cache", "__pycache__", ".pytest_cache"))
-    rules = [{"match": {"system_contains": GENERIC_JUDGE}, "reply": verdict(3, "Billing handled the refund.")},
+    rules = [{"match": {"system_contains": GENERIC_JUDGE}, "reply": verdict(3, "The customer was answered politely.")},
              {"match": {"system_contains": GENERIC_CUSTOMER}, "replies": [REFUND, f"{THANKS} [END_CALL]"]},
-             *agent_rules(framework)]
+             *agent_script]
     with ScriptedOpenAIServer({"rules": rules}) as server:
         out = pytester.runpytest_subprocess(framework, "-v", "-p", "no:randomly", "-p", "no:cacheprovider",
                                             f"--llmsim-base-url={server.base_url}", "--llmsim-results=out.json",
                                             timeout=300)
         judge = [m["content"] for r in server.requests_log() for m in r["body"]["messages"]
                  if m["role"] == "system" and GENERIC_JUDGE in m["content"]]
+    (row,) = json.loads((pytester.path / "out.json").read_text())["results"]
+    return out, row, judge
+
+
+def metrics_of(row: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {m["name"]: m for m in row["metrics"]}
+
+
+@pytest.fixture
+def no_openai_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("no_openai_env")
+@pytest.mark.parametrize("framework", list(FRAMEWORKS))
+def test_each_example_project_runs_as_shipped(framework: str, pytester: pytest.Pytester) -> None:
+    """The agents route the refund to Billing: the judge (scripted) is shown every speaker by name and the
+    example's ``expected_agents`` passes."""
+    need(framework)
+    out, row, judge = run_example(framework, pytester, agent_rules(framework))
     assert out.ret == 0, out.stdout.str()
     out.stdout.fnmatch_lines(["*refunds.yaml::refund_goes_to_billing PASSED*"])
-    (row,) = json.loads((pytester.path / "out.json").read_text())["results"]
     first = next(t for t in row["transcript"] if t["role"] == "agent")
     assert first["messages"] == EXPECTED[framework][0]["messages"]
     (prompt,) = judge
     assert "Billing" in prompt and REFUNDED in prompt
+    routed = metrics_of(row)["expected_agents"]
+    assert routed["passed"] is True and routed["score"] == 1.0, routed
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("no_openai_env")
+@pytest.mark.parametrize("framework", list(FRAMEWORKS))
+def test_each_example_project_catches_a_refund_routed_to_the_wrong_specialist(framework: str,
+                                                                             pytester: pytest.Pytester) -> None:
+    """The routing regression: triage's model hands the refund to Shipping, which answers politely. The judge is
+    content (score 3: alone it would pass the run); the example's ``expected_agents`` fails it, naming the wrong
+    handoff and its turn."""
+    need(framework)
+    out, row, _ = run_example(framework, pytester, misrouting_rules(framework))
+    assert out.ret == 1, out.stdout.str()
+    out.stdout.fnmatch_lines(["*refunds.yaml::refund_goes_to_billing FAILED*",
+                              f"*metric expected_agents: 0 FAILED - {WRONG_HANDOFF[framework]}*"])
+    assert (row["outcome"], row["error_kind"], row["decided_by"]) == ("failed", "", "expected_agents")
+    metrics = metrics_of(row)
+    assert metrics["expected_agents"]["passed"] is False
+    assert WRONG_HANDOFF[framework] in metrics["expected_agents"]["reason"]
+    # the judge alone would have passed it: it scored 3 and its metric passed
+    assert row["score"] == 3 and metrics["judge"]["passed"] is True
+    shipping = "shipping" if framework == "langgraph" else "Shipping"
+    assert shipping in row["agents"] and PARCEL in str(row["transcript"])

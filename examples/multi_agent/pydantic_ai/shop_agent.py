@@ -1,5 +1,6 @@
-"""A triage agent that delegates refund requests to a billing agent through a tool (pydantic-ai's multi-agent
-pattern); the billing agent looks the order up with its own function tool.
+"""A triage agent that delegates refund requests to a billing agent and delivery questions to a shipping agent,
+each through a tool (pydantic-ai's multi-agent pattern); the billing agent looks the order up with its own
+function tool.
 
 ``make_triage`` is the factory the scenario names: pytest-llmsim calls it once per conversation with the
 scenario's agent endpoint (``ctx.base_url``, ``ctx.api_key``, ``ctx.model``).
@@ -24,13 +25,21 @@ def make_triage(ctx):  # type: ignore[no-untyped-def]
         """The order's item, total and delivery state."""
         return ORDERS.get(order_id, {"error": f"no order {order_id}"})
 
+    shipping = Agent(model, name="Shipping", instructions="You are SHIPPING_AGENT: deliveries and tracking.")
     triage = Agent(model, name="Triage",
-                   instructions="You are TRIAGE_AGENT: hand refund questions to billing with transfer_to_billing.")
+                   instructions="You are TRIAGE_AGENT: hand refund questions to billing with transfer_to_billing, "
+                                "delivery questions to shipping with transfer_to_shipping.")
 
     @triage.tool
     async def transfer_to_billing(run: RunContext[None], request: str) -> str:
         """Let the billing agent answer a refund or payment request."""
         answer = await billing.run(request, usage=run.usage)
+        return answer.output
+
+    @triage.tool
+    async def transfer_to_shipping(run: RunContext[None], request: str) -> str:
+        """Let the shipping agent answer a delivery or tracking question."""
+        answer = await shipping.run(request, usage=run.usage)
         return answer.output
 
     return triage

@@ -1,5 +1,5 @@
 """A handoff orchestration: a triage agent hands refund requests to a billing agent, which looks the order up with
-a plugin function.
+a plugin function, and delivery questions to a shipping agent.
 
 ``make_orchestration`` is the factory the scenario names: pytest-llmsim calls it once per conversation with the
 scenario's agent endpoint (``ctx.base_url``, ``ctx.api_key``, ``ctx.model``). Without a
@@ -26,9 +26,14 @@ def make_orchestration(ctx):  # type: ignore[no-untyped-def]
     service = OpenAIChatCompletion(ai_model_id=ctx.model,
                                    async_client=AsyncOpenAI(base_url=ctx.base_url, api_key=ctx.api_key or "-"))
     triage = ChatCompletionAgent(service=service, name="Triage", description="Routes the customer.",
-                                 instructions="You are TRIAGE_AGENT: send refunds to Billing.")
+                                 instructions="You are TRIAGE_AGENT: send refunds to Billing, deliveries to "
+                                              "Shipping.")
     billing = ChatCompletionAgent(service=service, name="Billing", description="Refunds and payments.",
                                   instructions="You are BILLING_AGENT: refunds. Look the order up first.",
                                   plugins=[Orders()])
-    handoffs = OrchestrationHandoffs().add(triage, billing, "Transfer to Billing for refunds and payments")
-    return HandoffOrchestration(members=[triage, billing], handoffs=handoffs)
+    shipping = ChatCompletionAgent(service=service, name="Shipping", description="Deliveries and tracking.",
+                                   instructions="You are SHIPPING_AGENT: deliveries and tracking.")
+    handoffs = (OrchestrationHandoffs()
+                .add(triage, billing, "Transfer to Billing for refunds and payments")
+                .add(triage, shipping, "Transfer to Shipping for deliveries and tracking"))
+    return HandoffOrchestration(members=[triage, billing, shipping], handoffs=handoffs)
