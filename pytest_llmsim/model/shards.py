@@ -36,6 +36,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 SLACK = 0.1  # a shard's capacity: the mean cost plus this share of it
+MAX_SHARDS = 1000  # the split ranks every shard for every key: a typo's billion shards would hang collection
 TRIAL_SUFFIX = "[trial-"
 
 
@@ -61,6 +62,8 @@ def parse_shard(text: str) -> Shard:
         raise ValueError(f"must be K/N with whole numbers, shard K of N (e.g. 2/4), got {text!r}")
     if not 1 <= index <= count:
         raise ValueError(f"must be K/N with 1 <= K <= N (shards are numbered from 1), got {text!r}")
+    if count > MAX_SHARDS:
+        raise ValueError(f"must be K/N with N at most {MAX_SHARDS} (one CI job per shard), got {text!r}")
     return Shard(index, count)
 
 

@@ -196,7 +196,7 @@ def test_merges_that_are_not_one_run_are_one_clear_error(sim: SimProject) -> Non
     assert result.returncode == 2 and "plain.json: not a shard's export (no 'llmsim_shard' object)" in result.stderr
 
 
-@pytest.mark.parametrize("value", ["0/4", "5/4", "x", "2", "1/0"])
+@pytest.mark.parametrize("value", ["0/4", "5/4", "x", "2", "1/0", "1/1000000000"])
 def test_a_bad_shard_value_is_a_usage_error_naming_the_option(sim: SimProject, value: str) -> None:
     sim.write_scenarios("shop.json", [scenario("good_1")])
     result = sim.run(f"--llmsim-shard={value}")

@@ -56,7 +56,7 @@ def test_parse_shard(text: str, index: int, count: int) -> None:
     assert (shard.index, shard.count, str(shard)) == (index, count, f"{index}/{count}")
 
 
-@pytest.mark.parametrize("text", ["0/4", "5/4", "x", "2", "1/0", "-1/4", "a/b", "1/4/2"])
+@pytest.mark.parametrize("text", ["0/4", "5/4", "x", "2", "1/0", "-1/4", "a/b", "1/4/2", "1/1001", "1/1000000000"])
 def test_a_bad_shard_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match="must be K/N"):
         parse_shard(text)
