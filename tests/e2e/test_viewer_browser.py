@@ -5,7 +5,8 @@ Covered: the four views (runs with their charts per model, a run with its filter
 first diverging turn highlighted, a scenario's history), the speakers of multi-agent turns, hostile HTML/JS in
 every name and text never running (no dialog, no console error from a payload, no injected element, with the
 Content-Security-Policy bypassed so the escaping alone is tested), and the token cookie. Each test writes its
-screenshots to its tmp dir; with ``LLMSIM_SCREENSHOTS`` set to a folder (``docs/gen_screenshots.py``) also there.
+screenshots to its tmp dir; with ``LLMSIM_SCREENSHOTS`` set to a folder also there (``LLMSIM_SCREENSHOTS=docs/images``
+refreshes the images of docs/history.md).
 """
 
 from __future__ import annotations
@@ -134,6 +135,8 @@ class Watched:
         self.page.on("dialog", lambda dialog: (self.events.append(f"dialog {dialog.message}"), dialog.dismiss()))
         self.page.on("console", lambda message: self.events.append(f"console {message.type} {message.text}"))
         self.page.on("pageerror", lambda error: self.events.append(f"pageerror {error}"))
+        self.requests: list[str] = []  # every URL the page asked for (assets from elsewhere would show here)
+        self.page.on("request", lambda request: self.requests.append(request.url))
 
     def goto(self, url: str) -> Any:
         response = self.page.goto(url)
@@ -175,6 +178,8 @@ def test_the_runs_view_charts_pass_rate_score_and_cost_per_model(viewer: str, wa
     rows = page.locator("table#runs > tbody > tr").all_inner_texts()
     assert len(rows) == 5 and "run-3-xx" in rows[1] and MODELS[1] in rows[1] and "80.0%" in rows[1]
     _shot(page, tmp_path, "runs")
+    # no asset from anywhere but the viewer itself (no CDN): styles and charts are inline
+    assert watched.requests and all(url.startswith(f"{viewer}/") for url in watched.requests), watched.requests
     page.click("text=vs previous >> nth=0")
     assert "/view/compare?a=run-2" in page.url
     assert not [e for e in watched.events if "error" in e or "dialog" in e], watched.events
@@ -244,6 +249,7 @@ def test_two_runs_side_by_side_highlight_the_first_diverging_turn(viewer: str, w
     assert changed.locator(".speaker").count() == 4  # both sides show who spoke in the multi-agent turn
     same = next(row for row in rows if "case_0" in row.inner_text().split("\t")[0])
     assert same.locator("summary").inner_text() == "same conversation"
+    highlighted.scroll_into_view_if_needed()
     _shot(page, tmp_path, "compare")
 
 
