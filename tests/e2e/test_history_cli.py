@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SimProject, scenario
 from pytest_llmsim.apps.cli import main
 from pytest_llmsim.history.store import GitInfo, HistoryStore
 from pytest_llmsim.model.results import Outcome, ScenarioRecord, ScenarioResult, Status
@@ -199,8 +200,19 @@ def test_view_says_in_one_line_what_is_wrong_with_a_store(tmp_path: Path,
     notes.write_text("just notes")
     expected = {corrupt: "not a readable SQLite history", newer: "has schema version 99, newer than this",
                 tmp_path / "missing.sqlite": "does not exist; a run writes it with --llmsim-history PATH",
-                notes: f"llmsim view {notes} is not valid JSON"}
+                notes: f"llmsim view {notes} is not valid JSON",
+                tmp_path / "missing.json": "does not exist; give a JSON export (--llmsim-results run.json)"}
     for path, message in expected.items():
         assert main(["view", str(path), "--port", "9"]) == 2, path
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1 and err.startswith("llmsim: "), err
+
+
+@pytest.mark.slow
+def test_view_opens_a_recordings_folder_as_a_run(sim: SimProject) -> None:
+    pytest.importorskip("fastapi")
+    sim.write_scenarios("s.json", [scenario("refund"), scenario("greeting")])
+    sim.run("--llmsim-recordings=rec").assert_outcomes(passed=2)
+    said, pages = _serve_view(sim.path / "rec")
+    assert f"(history {sim.path / 'rec'} (" in said and "2 of 2 scenario(s)" in pages
+    assert "s.json::refund" in pages and "s.json::greeting" in pages

@@ -238,10 +238,16 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 STORE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
 
 
+EXPORT_SUFFIXES = (".json", ".ndjson", ".jsonl")
+
+
 def is_store(path: Path) -> bool:
-    """``path`` is (or is meant as) a SQLite history: it starts with SQLite's header, or is named like one."""
-    if path.suffix.lower() in STORE_SUFFIXES or not path.exists():
+    """``path`` is (or is meant as) a SQLite history: it starts with SQLite's header, or is named like one, or is
+    missing and not named like an export (so the message that it is missing names the right kind of file)."""
+    if path.suffix.lower() in STORE_SUFFIXES:
         return True
+    if not path.exists():
+        return path.suffix.lower() not in EXPORT_SUFFIXES
     if path.is_dir():
         return False
     try:
