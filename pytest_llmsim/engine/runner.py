@@ -135,7 +135,8 @@ async def _run_scenario(
     client.secrets.add_spec(settings.agent_for(scenario))  # known before any reply can echo them
     min_score = scenario.min_score or settings.min_score
     result = ScenarioResult(scenario=scenario.name, nodeid=job.report_as or job.nodeid, source=job.source, status=ERROR,
-                            min_score=min_score, trial=job.trial, seed=base_seed(scenario, settings))
+                            min_score=min_score, trial=job.trial, seed=base_seed(scenario, settings),
+                            tags=list(scenario.tags))
     metered = MeteredClient(client)
     # The metrics' results so far; a metric that errors is the last, with ``error`` (its kind): the metrics
     # summary (``reporting.metrics_summary``) counts it as that metric's error.
@@ -505,7 +506,7 @@ class Runner:
         job = state.job
         result = ScenarioResult(scenario=job.scenario.name, nodeid=job.report_as or job.nodeid, source=job.source,
                                 status=ERROR, min_score=job.scenario.min_score, trial=job.trial,
-                                error_kind=kind, error_message=message)
+                                error_kind=kind, error_message=message, tags=list(job.scenario.tags))
         with contextlib.suppress(concurrent.futures.InvalidStateError):
             future.set_result(result)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import sqlite3
 import subprocess
 from collections.abc import Iterable, Iterator, Mapping
@@ -192,6 +193,16 @@ class HistoryStore:
         self.timeout = timeout
         self.where = f"history {shown or path}"
 
+    def read_only_disk(self) -> bool:
+        """The store's folder cannot be written (a read-only disk or mount, or no permission)."""
+        return self.path.is_file() and not os.access(self.path.parent, os.W_OK)
+
+    def check(self) -> int:
+        """Open the store for reading and count its runs: ``HistoryError`` (one line) for a missing, corrupt,
+        newer or unreadable store, so a front says so before serving anything."""
+        with self._connect(write=False) as db:
+            return int(db.execute("SELECT COUNT(*) FROM batches").fetchone()[0])
+
     @contextmanager
     def _connect(self, *, write: bool) -> Iterator[sqlite3.Connection]:
         """A connection with the schema checked (created or upgraded when writing); every sqlite or file error
@@ -203,7 +214,18 @@ class HistoryStore:
             elif not self.path.is_file():
                 raise HistoryError(f"{self.where} does not exist; a run writes it with --llmsim-history PATH")
             uri = self.path.resolve().as_uri() + ("" if write else "?mode=ro")
-            db = sqlite3.connect(uri, uri=True, timeout=self.timeout, isolation_level=None)
+            try:
+                db = sqlite3.connect(uri, uri=True, timeout=self.timeout, isolation_level=None)
+                if not write:
+                    db.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+            except sqlite3.OperationalError:
+                if write or not self.read_only_disk():
+                    raise
+                # A WAL file on a read-only disk: SQLite cannot make its shared-memory file, so it is read as an
+                # immutable file (nobody can write it there), as it is.
+                if db is not None:
+                    db.close()
+                db = sqlite3.connect(uri + "&immutable=1", uri=True, timeout=self.timeout, isolation_level=None)
             db.row_factory = sqlite3.Row
             if write:
                 # The journal mode is the file's (the service makes its database WAL); a history of its own keeps
@@ -272,9 +294,7 @@ class HistoryStore:
     def runs(self) -> list[RunInfo]:
         """Every run and batch, oldest first."""
         with self._connect(write=False) as db:
-            return [_run_info(row) for row in db.execute(
-                "SELECT b.*, (SELECT COUNT(*) FROM results r WHERE r.batch_id = b.batch_id) AS stored "
-                "FROM batches b ORDER BY created_at, batch_id")]
+            return [_run_info(row) for row in db.execute(f"{_RUN_SELECT} ORDER BY created_at, batch_id")]
 
     def resolve(self, ref: str) -> RunInfo:
         """A run by id, unique id prefix, ``latest`` or ``latest~N`` (N runs before the latest)."""
@@ -298,6 +318,60 @@ class HistoryStore:
             rows = db.execute("SELECT record FROM results WHERE batch_id = ? ORDER BY idx", (run_id,)).fetchall()
         try:
             return [ScenarioRecord.from_dict(json.loads(row[0])) for row in rows]
+        except (ValueError, TypeError, KeyError) as exc:
+            raise HistoryError(f"{self.where}: run {run_id}: a record cannot be read ({exc})") from None
+
+    def run(self, run_id: str) -> RunInfo:
+        """One run by its exact id (``HistoryError`` when the history does not hold it)."""
+        with self._connect(write=False) as db:
+            row = db.execute(f"{_RUN_SELECT} WHERE b.batch_id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise HistoryError(f"{self.where}: no run {run_id!r}; llmsim history lists the runs")
+        return _run_info(row)
+
+    def filter_values(self, run_id: str) -> dict[str, list[str]]:
+        """The values a run's scenarios can be filtered by: ``status`` (outcomes), ``blame``, ``metric`` (names of
+        the metrics evaluated) and ``tag``, each sorted, from SQL over the stored JSON (no record is parsed)."""
+        queries = {
+            "status": "SELECT DISTINCT outcome FROM results WHERE batch_id = ?",
+            "blame": "SELECT DISTINCT json_extract(record, '$.blame') FROM results WHERE batch_id = ?",
+            "metric": "SELECT DISTINCT json_extract(m.value, '$.name') FROM results, json_each(results.record, "
+                      "'$.metrics') AS m WHERE batch_id = ? AND json_valid(record)",
+            "tag": "SELECT DISTINCT t.value FROM results, json_each(results.record, '$.tags') AS t "
+                   "WHERE batch_id = ? AND json_type(record, '$.tags') = 'array'",
+        }
+        with self._connect(write=False) as db:
+            return {name: sorted(str(row[0]) for row in db.execute(sql, (run_id,)) if row[0] not in (None, ""))
+                    for name, sql in queries.items()}
+
+    def records_page(self, run_id: str, *, status: str = "", blame: str = "", metric: str = "", tag: str = "",
+                     offset: int = 0, limit: int = 100) -> tuple[int, list[ScenarioRecord]]:
+        """A run's records that match the filters (each "": any), in run order: how many match, and the
+        ``limit`` of them from ``offset`` (only those are parsed). ``metric``: the scenarios where that metric
+        did not pass; ``tag``: the scenarios with that tag."""
+        where, params = ["batch_id = ?"], [run_id]
+        if status:
+            where.append("outcome = ?")
+            params.append(status)
+        if blame:
+            where.append("json_extract(record, '$.blame') = ?")
+            params.append(blame)
+        if metric:
+            where.append("EXISTS (SELECT 1 FROM json_each(results.record, '$.metrics') AS m WHERE "
+                         "json_extract(m.value, '$.name') = ? AND COALESCE(json_extract(m.value, '$.passed'), 0) "
+                         "!= 1)")
+            params.append(metric)
+        if tag:
+            where.append("json_type(record, '$.tags') = 'array' AND EXISTS (SELECT 1 FROM "
+                         "json_each(results.record, '$.tags') AS t WHERE t.value = ?)")
+            params.append(tag)
+        condition = " AND ".join(where)
+        with self._connect(write=False) as db:
+            total = int(db.execute(f"SELECT COUNT(*) FROM results WHERE {condition}", params).fetchone()[0])
+            rows = db.execute(f"SELECT record FROM results WHERE {condition} ORDER BY idx LIMIT ? OFFSET ?",
+                              (*params, max(0, limit), max(0, offset))).fetchall()
+        try:
+            return total, [ScenarioRecord.from_dict(json.loads(row[0])) for row in rows]
         except (ValueError, TypeError, KeyError) as exc:
             raise HistoryError(f"{self.where}: run {run_id}: a record cannot be read ({exc})") from None
 
@@ -329,6 +403,9 @@ class HistoryStore:
                         verdicts[run.run_id][nodeid] = _VERDICTS[outcome]
         return [RunVerdicts(run.run_id, run.created_at, run.git_commit, bool(run.git_clean), run.settings_key,
                             verdicts[run.run_id]) for run in runs]
+
+
+_RUN_SELECT = "SELECT b.*, (SELECT COUNT(*) FROM results r WHERE r.batch_id = b.batch_id) AS stored FROM batches b"
 
 
 def _run_info(row: sqlite3.Row) -> RunInfo:

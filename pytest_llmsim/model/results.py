@@ -353,6 +353,7 @@ class ScenarioResult:
     trials: list[dict[str, Any]] = field(default_factory=list)
     shown_trial: int = 0
     min_pass_rate: float | None = None
+    tags: list[str] = field(default_factory=list)  # the scenario's tags (the viewer filters by them)
 
     @property
     def total_turns(self) -> int:
@@ -438,6 +439,7 @@ class ScenarioResult:
         data["transcript"] = [dict(turn) for turn in self.transcript]
         data["usage"] = [dict(vars(usage)) for usage in self.usage]
         data["trials"] = [dict(trial) for trial in self.trials]
+        data["tags"] = list(self.tags)
         decided_by, reason = self.failure
         data.update(total_turns=self.total_turns, tool_calls=self.tool_calls, prompt_tokens=self.prompt_tokens,
                     completion_tokens=self.completion_tokens, live_calls=self.live_calls,
@@ -468,6 +470,9 @@ class ScenarioResult:
             values[name] = int(values.get(name) or 0)
         values["seed"] = None if values.get("seed") in ("", None) else int(values["seed"])
         values["min_pass_rate"] = None if values.get("min_pass_rate") in ("", None) else float(values["min_pass_rate"])
+        tags = data.get("tags")
+        values["tags"] = [t for t in tags.split(";") if t] if isinstance(tags, str) else \
+            [str(t) for t in tags] if isinstance(tags, list | tuple) else []
         return cls(**values)
 
 
@@ -566,6 +571,7 @@ class ScenarioRecord:
             **self.trial_figures(),
             "agents": r.agents,
             "handoffs": r.handoffs,
+            "tags": list(r.tags),
             "raw_verdict": r.raw_verdict,
             "transcript": [dict(turn) for turn in r.transcript],
             "usage": [dict(vars(usage)) for usage in r.usage],

@@ -109,7 +109,7 @@ def combine(trials: Sequence[ScenarioResult], required_rate: float) -> ScenarioR
         recording_state=shown.recording_state, chat_file=shown.chat_file, trial=0, seed=shown.seed,
         shown_trial=shown.trial, min_pass_rate=required_rate,
         duration_seconds=round(math.fsum(t.duration_seconds for t in trials), 4),
-        usage=_merged_usage(trials), trials=[t.to_dict() for t in trials],
+        usage=_merged_usage(trials), trials=[t.to_dict() for t in trials], tags=list(shown.tags),
     )
     if errored is not None:
         combined.status = ERROR

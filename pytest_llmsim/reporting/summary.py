@@ -60,7 +60,7 @@ RECORD_COST_DECIMALS = 8
 # ``tool_calls`` (the agent's tool names in call order) and ``unpriced_models`` are lists: ``;``-joined in CSV.
 # ``metrics`` is the list of metric results in JSON/NDJSON, ``judge=3:passed;rules=0.5:failed`` in CSV.
 # ``agents`` (who spoke, in order of first message) and ``handoffs`` (``Triage -> Billing`` each) are lists too:
-# empty unless the agent is a multi-agent system.
+# empty unless the agent is a multi-agent system. ``tags``: the scenario's tags, a list (``;``-joined in CSV).
 RECORD_FIELDS = (
     "session_id", "nodeid", "scenario", "source", "status", "outcome", "score", "min_score", "comment", "metrics",
     "total_turns", "ended_by", "end_reason", "tool_calls", "duration_seconds", "prompt_tokens", "completion_tokens",
@@ -68,7 +68,7 @@ RECORD_FIELDS = (
     "saved_cost_usd", "unpriced_models", "error_kind", "error_message", "decided_by", "failure_reason", "worker",
     "blame", "judge_scores", "judge_unstable", "trial", "seed", "trials",
     "passed_trials", "failed_trials", "errored_trials", "pass_rate", "pass_hat_k", "pass_at_k", "flaky", "mean_score",
-    "trial_scores", "min_pass_rate", "agents", "handoffs",
+    "trial_scores", "min_pass_rate", "agents", "handoffs", "tags",
 )
 
 # Outcomes that count towards the pass rate and the score statistics, and those of them that are passes.

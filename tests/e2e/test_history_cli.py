@@ -1,12 +1,22 @@
-"""``llmsim history`` (list, prune, flaky) and ``llmsim compare`` over a real history store and exports."""
+"""``llmsim history`` (list, prune, flaky), ``llmsim compare`` and ``llmsim view`` over a real history store and
+exports."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from conftest import SimProject, scenario
 from pytest_llmsim.apps.cli import main
 from pytest_llmsim.history.store import GitInfo, HistoryStore
 from pytest_llmsim.model.results import Outcome, ScenarioRecord, ScenarioResult, Status
@@ -123,3 +133,108 @@ def test_compare_gate_over_runs_sharing_no_scenario_fails(tmp_path: Path, capsys
     assert main(["compare", str(old), str(new), "--fail-on-significant-regression"]) == 1
     assert "significant regression: no scenario ran in both" in capsys.readouterr().out
     assert main(["compare", str(old), str(new)]) == 0  # no gate asked: report only
+
+
+def _serve_view(path: Path, *prefix: str) -> tuple[str, str]:
+    """``llmsim view PATH`` in a process of its own: what it says before serving, and its runs page and first run's
+    page (fetched over HTTP), then it is stopped."""
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([*prefix, sys.executable, "-m", "pytest_llmsim.apps.cli", "view", str(path), "--port",
+                                str(port)], stderr=subprocess.PIPE, text=True, cwd=path.parent)
+    try:
+        said = []
+        assert process.stderr is not None
+        for line in process.stderr:
+            said.append(line)
+            if "the viewer is at" in line:
+                break
+        assert "the viewer is at" in "".join(said), "".join(said)
+        deadline, page = time.monotonic() + 30, None
+        while page is None:
+            try:
+                page = httpx.get(f"http://127.0.0.1:{port}/view", timeout=10)
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and process.poll() is None, "".join(said)
+                time.sleep(0.1)
+        assert page.status_code == 200, page.text
+        run = re.search(r"href='(/view/runs/[^']+)'", page.text)
+        assert run is not None, page.text
+        return "".join(said), page.text + httpx.get(f"http://127.0.0.1:{port}{run.group(1)}", timeout=10).text
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["run.json", "run.ndjson"])
+def test_view_opens_an_export_as_a_history_of_one_run(tmp_path: Path, name: str) -> None:
+    pytest.importorskip("fastapi")
+    export = tmp_path / name
+    records = _run(9)
+    write_results(export, records, summarize(records).to_dict(), run_id="x", generated_at="2026-01-01T00:00:00")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    said, pages = _serve_view(export)
+    assert f"(history {export} (export))" in said and "1 run(s) in history" in pages
+    assert "9 of 12 scenario(s)" not in pages and "12 of 12 scenario(s)" in pages and "s.yaml::case_11" in pages
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in pages and "<script>" not in pages
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # the export is read, nothing written beside it
+
+
+@pytest.mark.slow
+def test_view_shows_a_store_on_a_read_only_disk_and_says_so(tmp_path: Path) -> None:
+    pytest.importorskip("fastapi")
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    path = folder / "h.sqlite"
+    _store(path, [("run00000", _run(11), "2026-01-01T00:00:00.000+00:00")])
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA journal_mode=WAL")  # as the service's database: a plain read-only open fails there
+    prefix: tuple[str, ...] = ()
+    if os.geteuid() == 0:  # root writes through file permissions: drop that power, so the folder is as a RO disk
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("root writes through file permissions and setpriv (util-linux) is not there to drop that")
+        prefix = (setpriv, "--bounding-set=-dac_override,-dac_read_search")
+    folder.chmod(0o555)
+    try:
+        said, pages = _serve_view(path, *prefix)
+    finally:
+        folder.chmod(0o755)
+    assert said.splitlines()[0] == f"llmsim: history {path} is on a read-only disk: shown as it is, read-only"
+    assert "11 of 12 scenario(s)" not in pages and "12 of 12 scenario(s)" in pages
+
+
+def test_view_says_in_one_line_what_is_wrong_with_a_store(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Before anything is served: a missing, corrupt or newer store, or an export that is none, is one line."""
+    pytest.importorskip("fastapi")
+    corrupt = tmp_path / "corrupt.sqlite"
+    corrupt.write_bytes(b"this is no database, just some text" * 100)
+    newer = tmp_path / "newer.sqlite"
+    _store(newer, [("run00000", _run(3), "2026-01-01T00:00:00.000+00:00")])
+    with sqlite3.connect(newer) as db:
+        db.execute("UPDATE schema_version SET version = 99")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("just notes")
+    expected = {corrupt: "not a readable SQLite history", newer: "has schema version 99, newer than this",
+                tmp_path / "missing.sqlite": "does not exist; a run writes it with --llmsim-history PATH",
+                notes: f"llmsim view {notes} is not valid JSON",
+                tmp_path / "missing.json": "does not exist; give a JSON export (--llmsim-results run.json)"}
+    for path, message in expected.items():
+        assert main(["view", str(path), "--port", "9"]) == 2, path
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and err.startswith("llmsim: "), err
+
+
+@pytest.mark.slow
+def test_view_opens_a_recordings_folder_as_a_run(sim: SimProject) -> None:
+    pytest.importorskip("fastapi")
+    sim.write_scenarios("s.json", [scenario("refund"), scenario("greeting")])
+    sim.run("--llmsim-recordings=rec").assert_outcomes(passed=2)
+    said, pages = _serve_view(sim.path / "rec")
+    assert f"(history {sim.path / 'rec'} (" in said and "2 of 2 scenario(s)" in pages
+    assert "s.json::refund" in pages and "s.json::greeting" in pages

@@ -60,7 +60,8 @@ def test_the_runs_list_shows_each_run_and_the_chart(client: object) -> None:
     assert response.status_code == 200 and response.headers["content-security-policy"].startswith("default-src")
     page = response.text
     assert "3 run(s) in" in page and "<svg" in page and "<polyline" in page
-    assert page.index("run-2-xx") < page.index("run-0-xx")  # newest first
+    table = page[page.index("<table id='runs'>"):]
+    assert table.index("run-2-xx") < table.index("run-0-xx")  # newest first (the charts, oldest left, precede it)
     assert "<td>60.0%</td>" in page and "<td>100.0%</td>" in page and "ffffffffff main" in page
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -79,6 +80,14 @@ def test_tags_become_markers(sim: SimProject) -> None:
     result.stdout.fnmatch_lines(["*s.json::a PASSED*"])
     result = sim.run("-m", "llmsim", "--collect-only", "-q")
     result.stdout.fnmatch_lines(["*2 tests collected*"])
+    # the tags ride on each record (the viewer filters by them): a JSON list, ``;``-joined in CSV
+    sim.write_scenarios("s.json", [scenario("a", tags=["impatient", "billing"]), scenario("b")])
+    sim.run("--llmsim-results=out.json").assert_outcomes(passed=2)
+    sim.run("--llmsim-results=out.csv").assert_outcomes(passed=2)
+    records = {r["scenario"]: r for r in json.loads((sim.path / "out.json").read_text())["results"]}
+    assert (records["a"]["tags"], records["b"]["tags"]) == (["impatient", "billing"], [])
+    with (sim.path / "out.csv").open(newline="") as handle:
+        assert [row["tags"] for row in csv.DictReader(handle)] == ["impatient;billing", ""]
 
 
 @pytest.mark.slow

@@ -6,8 +6,12 @@ from __future__ import annotations
 import datetime
 import multiprocessing
 import os
+import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -204,3 +208,65 @@ def test_git_info_inside_and_outside_a_repository(tmp_path: Path) -> None:
     info = git_info(Path(__file__).parent)
     if info.commit is not None:
         assert len(info.commit) == 40 and info.clean in (True, False)
+
+
+def test_a_runs_records_are_filtered_and_paged_in_sql(tmp_path: Path) -> None:
+    store = HistoryStore(tmp_path / "h.sqlite")
+    records = _records(7, failing=3)
+    records[3].result.metrics = [{"name": "judge", "score": 1, "passed": False, "details": {"blame": "agent"}},
+                                 {"name": "rules", "passed": True}]
+    records[5].result.metrics = [{"name": "rules", "score": 0.0, "passed": False}]
+    for i in (1, 3, 5):
+        records[i].result.tags = ["billing", "odd"] if i != 5 else ["odd"]
+    _append(store, "run-1", records)
+    assert store.run("run-1").scenarios == 7
+    with pytest.raises(HistoryError, match="no run 'run-9'"):
+        store.run("run-9")
+    assert store.filter_values("run-1") == {"status": ["failed", "passed"], "blame": ["agent"],
+                                            "metric": ["judge", "rules"], "tag": ["billing", "odd"]}
+
+    def names(**filters: Any) -> tuple[int, list[str]]:
+        total, page = store.records_page("run-1", **filters)
+        return total, [r.result.scenario for r in page]
+
+    assert names(status="failed") == (1, ["s3"])
+    assert names(blame="agent") == (1, ["s3"])
+    assert names(metric="rules") == (1, ["s5"])  # the scenarios where that metric did not pass
+    assert names(metric="judge") == (1, ["s3"])
+    assert names(tag="odd") == (3, ["s1", "s3", "s5"])
+    assert names(tag="odd", status="passed") == (2, ["s1", "s5"])
+    assert names(tag="od") == (0, [])  # a tag is matched whole
+    assert names(offset=2, limit=3) == (7, ["s2", "s3", "s4"])  # in run order, a page at a time
+    assert names(offset=6, limit=3) == (7, ["s6"])
+
+
+def test_a_wal_store_on_a_read_only_disk_is_read_as_it_is(tmp_path: Path) -> None:
+    """The service's database is WAL; on a read-only disk SQLite cannot make its shared-memory file, so a plain
+    read-only open fails: the store is read as an immutable file. The reader runs without the power to write
+    through file permissions (as root: with CAP_DAC_OVERRIDE dropped), so the folder is as a read-only disk."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    path = folder / "h.sqlite"
+    _append(HistoryStore(path), "run-1", _records(3))
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+    folder.chmod(0o555)
+    code = ("import sys; from pathlib import Path; from pytest_llmsim.history.store import HistoryStore; "
+            "s = HistoryStore(Path(sys.argv[1])); print(s.check(), s.read_only_disk(), [r.run_id for r in s.runs()],"
+            " len(s.records('run-1')))")
+    command = [sys.executable, "-c", code, str(path)]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("root writes through file permissions and setpriv (util-linux) is not there to drop that")
+        command = [setpriv, "--bounding-set=-dac_override,-dac_read_search", *command]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        plain = subprocess.run([*command[:-3], "-c", "import sqlite3, sys; db = sqlite3.connect(sys.argv[1], uri=True);"
+                                " db.execute('SELECT 1 FROM sqlite_master')", path.as_uri() + "?mode=ro"],
+                               capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        folder.chmod(0o755)
+    assert done.returncode == 0 and done.stdout.split("\n")[0] == "1 True ['run-1'] 3", done.stderr[-2000:]
+    assert plain.returncode != 0 and "readonly" in plain.stderr  # the control: a plain read-only open fails there
+    assert sorted(p.name for p in folder.iterdir()) == ["h.sqlite"]

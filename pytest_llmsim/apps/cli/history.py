@@ -6,8 +6,8 @@
 * ``llmsim compare RUN_A RUN_B`` compares two runs with statistics (``history.compare``): each run a JSON or
   NDJSON export, a recordings directory, or a run of the history (an id, a unique prefix, ``latest``,
   ``latest~N``). ``--fail-on-significant-regression[=ALPHA]``: exit 1 when B dropped significantly from A.
-* ``llmsim view [PATH]`` serves the service's app on a history (or service database), its viewer at ``/view``
-  (``apps/service/viewer.py``; needs the service extra).
+* ``llmsim view [PATH]`` serves the viewer (``apps/service/viewer.py``, on the service's stack; needs the service
+  extra) on a history store, a service database or an export file (JSON, NDJSON, a recordings folder), read-only.
 
 The history path: ``--path``/``--history``, else the ini's ``llmsim_history`` (as pytest reads it). Exit codes as
 ``llmsim``'s: 0, 1 (a significant regression with the gate), 2 usage error (one line).
@@ -77,8 +77,9 @@ def add_history_commands(commands: Any, resolve: Resolve) -> None:
     compare.set_defaults(handler=_guarded(lambda args: command_compare(args, history_path)))
 
     view = commands.add_parser("view", help="serve the history viewer (the service's app, /view)")
-    view.add_argument("path", nargs="?", metavar="PATH", help="a history or service database (default: the ini's "
-                      "llmsim_history, else the service's database)")
+    view.add_argument("path", nargs="?", metavar="PATH", help="a history store, a service database or an export "
+                      "(JSON, NDJSON, recordings folder; default: the ini's llmsim_history, else the service's "
+                      "database)")
     view.add_argument("--port", type=int, help="port (default 5000)")
     view.set_defaults(handler=_guarded(lambda args: command_view(args, resolve, history_path)))
 
@@ -234,21 +235,71 @@ def _text(comparison: RunComparison, *, every: bool) -> list[str]:
     return lines
 
 
-def command_view(args: argparse.Namespace, resolve: Resolve, history_path: Callable[[], Path | None]) -> int:
-    """``llmsim view [PATH]``: the service's app on PATH, its viewer at ``/view``."""
+SQLITE_HEADER = b"SQLite format 3\x00"
+STORE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
+
+
+EXPORT_SUFFIXES = (".json", ".ndjson", ".jsonl")
+
+
+def is_store(path: Path) -> bool:
+    """``path`` is (or is meant as) a SQLite history: it starts with SQLite's header, or is named like one, or is
+    missing and not named like an export (so the message that it is missing names the right kind of file)."""
+    if path.suffix.lower() in STORE_SUFFIXES:
+        return True
+    if not path.exists():
+        return path.suffix.lower() not in EXPORT_SUFFIXES
+    if path.is_dir():
+        return False
     try:
-        from pytest_llmsim.apps.service.app import serve
+        with path.open("rb") as handle:
+            return handle.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+    except OSError:
+        return True  # the store's own check says what is wrong with it
+
+
+def export_history(path: Path, folder: Path) -> HistoryStore:
+    """An export file (JSON, NDJSON) or a recordings folder as a history of one run, in ``folder``."""
+    from pytest_llmsim.history.store import COMPLETED, INTERRUPTED, verdict_settings
+    from pytest_llmsim.llm.pricing import load_price_table
+    from pytest_llmsim.reporting.baseline import load_baseline
+    from pytest_llmsim.reporting.summary import summarize
+
+    try:
+        baseline = load_baseline(path, load_price_table(None))
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("llmsim_baseline ", "llmsim view ", 1)) from None
+    records = list(baseline.records.values())
+    started = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.UTC).isoformat(timespec="milliseconds")
+    store = HistoryStore(folder / "export.sqlite", shown=f"{path} ({baseline.source})")
+    run_id = next((r.run_id for r in records if r.run_id), "") or path.stem
+    store.append_run(run_id=run_id, status=INTERRUPTED if baseline.partial else COMPLETED, records=records,
+                     summary=summarize(records, interrupted=baseline.partial).to_dict(), started_at=started,
+                     completed_at=started, settings=verdict_settings({}, records), source=baseline.source)
+    return store
+
+
+def command_view(args: argparse.Namespace, resolve: Resolve, history_path: Callable[[], Path | None]) -> int:
+    """``llmsim view [PATH]``: the viewer (``/view``) on a history store, a service database or an export file,
+    read-only. A store that cannot be read is one line and exit 2 before anything is served."""
+    import tempfile
+
+    try:
+        from pytest_llmsim.apps.service.app import db_path, serve_viewer
     except ImportError as exc:
         raise ConfigError(f"llmsim view needs the service extra: pip install 'pytest-llmsim[service]' ({exc})") \
             from None
-    path = Path(args.path) if args.path else history_path()
-    flags = {"llmsim_service_db": str(path)} if path is not None else {}
-    if args.port is not None:
-        flags["llmsim_port"] = str(args.port)
+    flags = {"llmsim_port": str(args.port)} if args.port is not None else {}
     resolved = resolve(flags)
-    print(f"llmsim: the viewer is at http://{resolved['llmsim_host']}:{resolved['llmsim_port']}/view",
-          file=sys.stderr, flush=True)
-    return serve(resolved)
+    path = Path(args.path) if args.path else history_path() or db_path(resolved)
+    with tempfile.TemporaryDirectory(prefix="llmsim-view-") as folder:
+        store = HistoryStore(path) if is_store(path) else export_history(path, Path(folder))
+        runs = store.check()
+        if store.read_only_disk():
+            print(f"llmsim: {store.where} is on a read-only disk: shown as it is, read-only", file=sys.stderr)
+        if runs == 0:
+            print(f"llmsim: {store.where} holds no run yet; runs appear as they are stored", file=sys.stderr)
+        return serve_viewer(store, str(resolved["llmsim_host"]), int(resolved["llmsim_port"]))
 
 
 def add_command(commands: Any) -> None:

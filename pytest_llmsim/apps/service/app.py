@@ -17,16 +17,18 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from pydantic import ValidationError
 
 from pytest_llmsim.apps.service import store as states
 from pytest_llmsim.apps.service.manager import BatchManager
 from pytest_llmsim.apps.service.viewer import add_viewer
 from pytest_llmsim.config.options import ResolvedOptions
+from pytest_llmsim.history.store import HistoryStore
 from pytest_llmsim.model.scenario import MAX_SCENARIOS_PER_FILE, Scenario
 from pytest_llmsim.reporting.exports import render_csv, render_ndjson
 
@@ -113,6 +115,71 @@ class RequestGuard:
                 return JSONResponse({"detail": f"the body must be JSON sent with 'Content-Type: application/json' "
                                                f"(got {media or 'no Content-Type'!r})"}, status_code=415)
         return None
+
+
+VIEW_COOKIE = "llmsim_token"
+
+
+def _same(given: str | None, token: str) -> bool:
+    return given is not None and hmac.compare_digest(given.encode(), token.encode())
+
+
+def guard_requests(app: FastAPI, guard: RequestGuard, token: str | None) -> None:
+    """Every request of ``app`` passes ``guard`` and, with a ``token``, carries it (``/api/health`` and the empty
+    ``/favicon.ico`` excepted): as ``Authorization: Bearer <token>``, or, for the viewer's pages (``/view``), as the
+    cookie a browser gets by opening a page once with ``?token=<token>`` (then sent back without the token in the
+    address; HttpOnly, SameSite=Strict, so no other site's page can make the browser send it)."""
+
+    @app.middleware("http")
+    async def guarded(request: Request, call_next: Any) -> Any:
+        refused = guard.problem(request)
+        if refused is not None:
+            return refused
+        if token and request.url.path not in ("/api/health", "/favicon.ico"):
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            viewer = request.url.path == "/view" or request.url.path.startswith("/view/")
+            if viewer and _same(request.query_params.get("token"), token):
+                rest = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
+                response = RedirectResponse(request.url.path + (f"?{rest}" if rest else ""), status_code=303)
+                response.set_cookie(VIEW_COOKIE, token, httponly=True, samesite="strict", path="/view")
+                return response
+            if not (scheme.lower() == "bearer" and _same(given, token)) and \
+                    not (viewer and _same(request.cookies.get(VIEW_COOKIE), token)):
+                hint = "; open /view?token=<token> once in the browser" if viewer else ""
+                return JSONResponse({"detail": f"missing or wrong bearer token{hint}"}, status_code=401,
+                                    headers={"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
+
+
+def create_viewer_app(store: HistoryStore, host: str, port: int, *, token: str | None = None) -> FastAPI:
+    """The viewer alone (``llmsim view``): its pages on ``store``, read-only, behind the API's guard and token;
+    no batch manager, so nothing writes the store (an export's or a read-only disk's)."""
+    app = FastAPI(title="llmsim viewer", version=VERSION, docs_url=None, redoc_url=None, openapi_url=None)
+    add_viewer(app, store)
+    guard_requests(app, RequestGuard(host, port), token)
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/view", status_code=307)
+
+    return app
+
+
+def serve_viewer(store: HistoryStore, host: str, port: int) -> int:
+    """``llmsim view``: as ``serve`` (loopback only unless a token is set), the viewer on ``store``."""
+    import uvicorn
+
+    token = os.environ.get(TOKEN_ENV) or None
+    if not is_loopback(host) and token is None:
+        print(f"llmsim: refusing to bind {host}: any address but loopback needs a token; set {TOKEN_ENV} (a "
+              "browser then opens /view?token=<token> once), or bind 127.0.0.1", file=sys.stderr)
+        return 2
+    shown = _shown_host(host, port)
+    print(f"llmsim: the viewer is at http://{shown}/view" + ("?token=<token>" if token else "")
+          + f" ({store.where})", file=sys.stderr, flush=True)
+    uvicorn.run(create_viewer_app(store, host, port, token=token), host=host, port=port, log_level="warning",
+                timeout_graceful_shutdown=5)
+    return 0
 
 
 def db_path(resolved: ResolvedOptions) -> Path:
@@ -266,19 +333,7 @@ def create_app(resolved: ResolvedOptions, *, token: str | None = None) -> FastAP
             raise HTTPException(404, f"batch {batch_id!r} not found")
         return info
 
-    guard = RequestGuard(str(resolved["llmsim_host"]), int(resolved["llmsim_port"]))
-
-    @app.middleware("http")
-    async def guard_requests(request: Request, call_next: Any) -> Any:
-        refused = guard.problem(request)
-        if refused is not None:
-            return refused
-        if token and request.url.path != "/api/health":
-            scheme, _, given = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-                return JSONResponse({"detail": "missing or wrong bearer token"}, status_code=401,
-                                    headers={"WWW-Authenticate": "Bearer"})
-        return await call_next(request)
+    guard_requests(app, RequestGuard(str(resolved["llmsim_host"]), int(resolved["llmsim_port"])), token)
 
     @app.get("/api/health")
     def health() -> dict[str, str]:
