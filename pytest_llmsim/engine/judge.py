@@ -186,14 +186,16 @@ def logprob_score(probabilities: ScoreProbabilities,
 
 
 def _logprob_verdict(raw: str, logprobs: list[dict[str, Any]], cached: bool, prompt_tokens: int,
-                     completion_tokens: int, attempts: int) -> Verdict:
-    """The ``logprobs`` method's verdict from one reply; ValueError when its tokens hold no score."""
+                     completion_tokens: int, attempts: int,
+                     thresholds: tuple[float, float] = LOGPROB_THRESHOLDS) -> Verdict:
+    """The ``logprobs`` method's verdict from one reply, cut at ``thresholds``; ValueError when its tokens hold no
+    score."""
     probabilities = score_probabilities(logprobs)
-    score = logprob_score(probabilities)
+    score = logprob_score(probabilities, thresholds)
     p = probabilities.p
     comment = (f"Score {score} from the judge's token probabilities: p(1)={p[1]:.3f}, p(2)={p[2]:.3f}, "
                f"p(3)={p[3]:.3f}, expected score {probabilities.expected:.3f} (1 below "
-               f"{LOGPROB_THRESHOLDS[0]:g}, 3 from {LOGPROB_THRESHOLDS[1]:g}); judge method 'logprobs' asks for no "
+               f"{thresholds[0]:g}, 3 from {thresholds[1]:g}); judge method 'logprobs' asks for no "
                "reason.")
     return Verdict(score, comment, raw, prompt_tokens, completion_tokens, cached, attempts, None, "logprobs",
                    probabilities.to_dict())
@@ -757,7 +759,7 @@ async def evaluate(
             if method == "logprobs":
                 assert reply.logprobs is not None
                 return _logprob_verdict(raw, reply.logprobs, reply.cached, prompt_tokens, completion_tokens,
-                                        attempt + 1)
+                                        attempt + 1, settings.logprob_thresholds or LOGPROB_THRESHOLDS)
             if method == "score":
                 return _score_only(raw, reply.cached, prompt_tokens, completion_tokens, attempt + 1)
             score, comment = parse_verdict(raw, prompt=f"{prompt}\n{ask}")

@@ -146,3 +146,36 @@ def test_an_endpoint_that_refuses_logprobs_is_a_config_error(sim: SimProject) ->
     assert ("judge method 'logprobs' needs the tokens' log probabilities, and the endpoint refused to send them"
             in record["error_message"])
     assert "logits_all=False" in record["error_message"]
+
+
+def test_the_cut_points_option_recuts_the_same_probabilities_without_a_call(sim: SimProject) -> None:
+    """``--llmsim-logprob-thresholds`` moves the cuts; the probabilities are the cached reply's, so a replay with
+    other cuts gives another score and makes no call."""
+    sim.server.set_script(_script(PROBS))  # expected score 2.375
+    sim.write_scenarios("s.json", [scenario("fine")])
+    sim.write_ini(llmsim_recordings="off")
+    sim.run("--llmsim-judge-method=logprobs", "--llmsim-results=first.json").assert_outcomes(passed=1)
+    requests = sim.server.stats()["requests"]
+    replay = sim.run("--llmsim-judge-method=logprobs", "--llmsim-record=none", "--llmsim-logprob-thresholds=2.4,2.45",
+                     "--llmsim-results=second.json")
+    replay.assert_outcomes(failed=1)
+    assert sim.server.stats()["requests"] == requests
+    record = _record(sim, "second.json")
+    assert record["score"] == 1 and "expected score 2.375 (1 below 2.4, 3 from 2.45)" in record["comment"]
+    bad = sim.run("--llmsim-judge-method=logprobs", "--llmsim-logprob-thresholds=2.5,1.5")
+    assert bad.ret == 4
+    bad.stderr.fnmatch_lines(["*llmsim_logprob_thresholds (--llmsim-logprob-thresholds) must satisfy 1 <= LOW <= "
+                              "HIGH <= 3*"])
+
+
+def test_a_calibration_export_holds_each_cases_probabilities_for_the_fit(sim: SimProject) -> None:
+    from pytest_llmsim.engine.cutpoints import cases_from_export
+    from tests.plugin.test_calibration import case, write_set
+
+    sim.server.set_script(_script(PROBS))
+    write_set(sim, [case("low_a", 1), case("good_b", 3)])
+    sim.run("-k", "calibration_only", "--llmsim-calibrate=calibration", "--llmsim-judge-method=logprobs",
+            "--llmsim-results=out.json")
+    export = json.loads((sim.path / "out.json").read_text(encoding="utf-8"))
+    assert [c["probabilities"]["expected"] for c in export["calibration"]["cases"]] == [2.375, 2.375]
+    assert [(c.expected, c.human) for c in cases_from_export(export)] == [(2.375, 3), (2.375, 1)]  # good_b, low_a
