@@ -149,10 +149,11 @@ OPTIONS: tuple[Option, ...] = (
            "same under a grammar that rules out most invalid verdicts: llama.cpp, vLLM, Ollama), criteria (each "
            "scenario criterion a yes/no question: 3 all yes, 2 one no, 1 otherwise), score (the score alone under a "
            "grammar, no reason), logprobs (the score from the probabilities of 1, 2 and 3 at the score's token; "
-           "needs an endpoint that returns logprobs) or auto (logprobs on the local model's llama.cpp server, "
+           "needs an endpoint that returns logprobs), criteria_logprobs (the criteria questions scored by p(yes), "
+           "cut like logprobs) or auto (logprobs on the local model's llama.cpp server, "
            "criteria on llama-cpp-python's, score there without criteria; verdict for an endpoint).",
            "auto", flag="--llmsim-judge-method", kind="choice",
-           choices=("auto", "verdict", "constrained", "criteria", "score", "logprobs")),
+           choices=("auto", "verdict", "constrained", "criteria", "score", "logprobs", "criteria_logprobs")),
     Option("llmsim_logprob_thresholds", "Cut-points LOW,HIGH of the logprobs judge's expected score (1 below LOW, "
            "3 from HIGH on, else 2). Empty: the ones recorded for the local model file (local_model.JUDGE_CALIBRATION"
            "), else 1.5,2.5.", flag="--llmsim-logprob-thresholds", kind="cuts", metavar="LOW,HIGH",

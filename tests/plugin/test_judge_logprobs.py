@@ -179,3 +179,44 @@ def test_a_calibration_export_holds_each_cases_probabilities_for_the_fit(sim: Si
     export = json.loads((sim.path / "out.json").read_text(encoding="utf-8"))
     assert [c["probabilities"]["expected"] for c in export["calibration"]["cases"]] == [2.375, 2.375]
     assert [(c.expected, c.human) for c in cases_from_export(export)] == [(2.375, 3), (2.375, 1)]  # good_b, low_a
+
+
+CRITERIA = ["Greet the customer.", "Confirm the delivery city.", "Say goodbye."]
+
+
+def _criteria_script(p_yes: dict[str, float]) -> dict[str, Any]:
+    """Each criterion answered "Yes" in text, with p(yes) ``p_yes[criterion]`` (the rest on " No")."""
+    rules = [{"match": {"last_user_contains": f"do this: {c}"}, "reply": "Yes",
+              "logprobs": {"Yes": p, " No": round(1 - p, 6)}} for c, p in p_yes.items()]
+    return {"rules": [*rules, *default_script()["rules"]]}
+
+
+@pytest.mark.parametrize(("cuts", "score"), [("1.5,2.5", 2), ("2.25,2.3", 1), ("1.5,2.1", 3)])
+def test_criteria_logprobs_scores_the_mean_probability_of_yes_not_the_words(sim: SimProject, cuts: str,
+                                                                           score: int) -> None:
+    """Every answer reads "Yes"; p(yes) 0.9, 0.2 and 0.7 give the expected score 1 + 2 * 0.6 = 2.2, cut at the
+    run's thresholds."""
+    sim.server.set_script(_criteria_script(dict(zip(CRITERIA, (0.9, 0.2, 0.7), strict=True))))
+    sim.write_scenarios("s.json", [scenario("fine", criteria=CRITERIA)])
+    sim.run("--llmsim-judge-method=criteria_logprobs", f"--llmsim-logprob-thresholds={cuts}",
+            "--llmsim-results=out.json")
+    record = _record(sim)
+    assert record["score"] == score
+    low, high = cuts.split(",")
+    assert record["comment"] == (f"Score {score} from p(yes) per criterion (1. 0.90, 2. 0.20, 3. 0.70): expected "
+                                 f"score 2.200 (1 below {float(low):g}, 3 from {float(high):g}); judge method "
+                                 "'criteria_logprobs' asks for no reason.")
+    (judge,) = [m for m in record["metrics"] if m["name"] == "judge"]
+    assert judge["details"]["probabilities"] == {"p_yes": [0.9, 0.2, 0.7], "expected": 2.2, "criteria": 3}
+    bodies = [e["body"] for e in sim.server.requests_log() if "Did the AGENT" in json.dumps(e["body"]["messages"])]
+    assert len(bodies) == 3 and all(b["top_logprobs"] == LOGPROB_ALTERNATIVES for b in bodies)
+
+
+def test_criteria_logprobs_without_logprobs_is_a_config_error(sim: SimProject) -> None:
+    sim.server.set_script({"rules": [{"match": {"last_user_contains": "Did the AGENT"}, "reply": "Yes"},
+                                     *default_script()["rules"]]})
+    sim.write_scenarios("s.json", [scenario("fine", criteria=CRITERIA)])
+    sim.run("--llmsim-judge-method=criteria_logprobs", "--llmsim-results=out.json")
+    record = _record(sim)
+    assert (record["status"], record["error_kind"]) == ("error", "config_error")
+    assert "judge method 'criteria_logprobs' needs the tokens' log probabilities" in record["error_message"]

@@ -170,3 +170,23 @@ def test_a_local_run_takes_the_cut_points_recorded_for_its_model_file_unless_the
     endpoint = build_settings(resolve_values(OPTIONS, cli={"llmsim_base_url": "http://127.0.0.1:9/v1"}, env={},
                                              ini={}, invocation_dir=tmp_path, ini_dir=tmp_path))
     assert endpoint.logprob_thresholds is None
+
+
+def _answer(*tokens: tuple[str, dict[str, float]]) -> list[dict[str, Any]]:
+    return [{"token": token, "logprob": math.log(max(top.values())),
+             "top_logprobs": [{"token": t, "logprob": math.log(p)} for t, p in top.items()]} for token, top in tokens]
+
+
+def test_yes_probability_at_the_first_word_token() -> None:
+    from pytest_llmsim.engine.judge import yes_probability
+
+    # blanks and emphasis before the word are skipped; " yes" and "Yes" both count for yes, "N" (a start of no) for no
+    tokens = _answer(("**", {"**": 0.9}), ("Yes", {"Yes": 0.5, " yes": 0.1, "N": 0.2, "The": 0.2}))
+    assert yes_probability(tokens) == pytest.approx(0.6 / 0.8)
+    assert yes_probability(_answer(("Нет", {"Нет": 0.6, "Да": 0.2}))) == pytest.approx(0.25)
+    # another word written: the probabilities of yes and no at its place still answer
+    assert yes_probability(_answer(("The", {"The": 0.7, "Yes": 0.1, "No": 0.3}))) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="no probability on yes or no"):
+        yes_probability(_answer(("The", {"The": 0.9, "It": 0.1})))
+    with pytest.raises(ValueError, match="no generated token is a word"):
+        yes_probability(_answer((".", {".": 1.0})))
