@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if thresholds is not None:
         applied = apply_cutpoints(cases, thresholds, args.min_score)
-        print(json.dumps(applied.to_dict()) if args.json else "\n".join(describe("given", applied)))
+        print(json.dumps(applied.to_dict()) if args.json else "\n".join([*spread(cases), *describe("given", applied)]))
         return 0
     fit = fit_cutpoints(cases, min_score=args.min_score, max_false_pass_rate=args.max_false_pass_rate)
     loo = leave_one_out(cases, min_score=args.min_score, max_false_pass_rate=args.max_false_pass_rate)
