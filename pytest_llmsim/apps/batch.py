@@ -149,7 +149,8 @@ def local_settings(resolved: ResolvedOptions, rootdir: Path, state_dir: Path, ow
     settings = options.build_settings(resolved, rootdir=rootdir, endpoint_id=f"local:{name}",
                                       default_model=local_model.LOCAL_MODEL_NAME, connect=connect,
                                       description=f"local model {model_path}")
-    return dataclasses.replace(settings, local_engine=local_model.server_engine())
+    thresholds = settings.logprob_thresholds or local_model.judge_thresholds(name)
+    return dataclasses.replace(settings, local_engine=local_model.server_engine(), logprob_thresholds=thresholds)
 
 
 def engine_settings(resolved: ResolvedOptions, rootdir: Path, *, log: Callable[[str], None] = lambda line: None,

@@ -51,7 +51,7 @@ class Option:
     help: str
     default: str | list[str] = ""
     flag: str | None = None
-    kind: str = "str"  # str | int | float | rate | path | lines | choice | bool | shard
+    kind: str = "str"  # str | int | float | rate | path | lines | choice | bool | shard | cuts
     low: float | None = None
     high: float | None = None
     choices: tuple[str, ...] = ()
@@ -149,10 +149,15 @@ OPTIONS: tuple[Option, ...] = (
            "same under a grammar that rules out most invalid verdicts: llama.cpp, vLLM, Ollama), criteria (each "
            "scenario criterion a yes/no question: 3 all yes, 2 one no, 1 otherwise), score (the score alone under a "
            "grammar, no reason), logprobs (the score from the probabilities of 1, 2 and 3 at the score's token; "
-           "needs an endpoint that returns logprobs) or auto (logprobs on the local model's llama.cpp server, "
+           "needs an endpoint that returns logprobs), criteria_logprobs (the criteria questions scored by p(yes), "
+           "cut like logprobs) or auto (logprobs on the local model's llama.cpp server, "
            "criteria on llama-cpp-python's, score there without criteria; verdict for an endpoint).",
            "auto", flag="--llmsim-judge-method", kind="choice",
-           choices=("auto", "verdict", "constrained", "criteria", "score", "logprobs")),
+           choices=("auto", "verdict", "constrained", "criteria", "score", "logprobs", "criteria_logprobs")),
+    Option("llmsim_logprob_thresholds", "Cut-points LOW,HIGH of the logprobs judge's expected score (1 below LOW, "
+           "3 from HIGH on, else 2). Empty: the ones recorded for the local model file (local_model.JUDGE_CALIBRATION"
+           "), else 1.5,2.5.", flag="--llmsim-logprob-thresholds", kind="cuts", metavar="LOW,HIGH",
+           shown_default="(empty: recorded for the local model, else `1.5,2.5`)"),
     Option("llmsim_judge_attempts", "Evaluator attempts before an unparsable verdict is an error.", "3",
            kind="int", low=1),
     Option("llmsim_language", "Language of the evaluator's comment.", "English", flag="--llmsim-language",
@@ -346,6 +351,8 @@ def _parse(row: Option, raw: Any, base: Path, source: str = "") -> Any:
             raise ConfigError(f"{where} {exc}") from None
     if row.kind == "rate":
         return _parse_rate(where, text)
+    if row.kind == "cuts":
+        return parse_cuts(where, text)
     try:
         number = int(text) if row.kind == "int" else float(text)
     except ValueError:
@@ -380,6 +387,20 @@ def _parse_rate(where: str, text: str) -> float:
     if not (math.isfinite(value) and 0 <= value <= 1):
         raise ConfigError(f"{where} must be a fraction between 0 and 1 or a percentage such as 90%, got {text!r}")
     return value
+
+
+def parse_cuts(where: str, text: str) -> tuple[float, float]:
+    """Two cut-points of the expected score 1-3, ``LOW,HIGH`` (``1.5,2.5``): 1 below LOW, 3 from HIGH on, else 2."""
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        low, high = (float(part) for part in parts) if len(parts) == 2 else (math.nan, math.nan)
+    except ValueError:
+        low = high = math.nan
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ConfigError(f"{where} must be two numbers LOW,HIGH such as 1.5,2.5, got {text!r}")
+    if not 1 <= low <= high <= 3:
+        raise ConfigError(f"{where} must satisfy 1 <= LOW <= HIGH <= 3 (the expected score's range), got {text!r}")
+    return low, high
 
 
 def _is_set(raw: Any) -> bool:
@@ -488,6 +509,7 @@ def build_settings(
         judge_repeats=resolved["llmsim_judge_repeats"],
         judge_policy=resolved["llmsim_judge_policy"],
         judge_method=resolved["llmsim_judge_method"],
+        logprob_thresholds=resolved["llmsim_logprob_thresholds"],
         concurrency=resolved["llmsim_concurrency"],
         agent_spec=agent_spec,
         rootdir=rootdir if rootdir is not None else resolved.ini_dir,

@@ -271,6 +271,9 @@ class CaseOutcome:
     error_kind: str = ""
     error: str = ""
     raw_verdict: str = ""
+    # The ``logprobs`` judge's p(1), p(2), p(3) and expected score (``judge.ScoreProbabilities.to_dict``): what
+    # ``calibration/fit_cutpoints.py`` fits cut-points on; None for the other methods.
+    probabilities: dict[str, Any] | None = None
 
     @property
     def match(self) -> bool:
@@ -279,7 +282,8 @@ class CaseOutcome:
     def to_dict(self) -> dict[str, Any]:
         return {"file": self.file, "name": self.name, "human_score": self.human_score,
                 "judge_score": self.judge_score, "match": self.match, "comment": self.comment, "note": self.note,
-                "error_kind": self.error_kind, "error": self.error, "raw_verdict": self.raw_verdict}
+                "error_kind": self.error_kind, "error": self.error, "raw_verdict": self.raw_verdict,
+                "probabilities": self.probabilities}
 
 
 class _CaseFields(TypedDict):
@@ -309,7 +313,7 @@ async def judge_case(case: CalibrationCase, settings: RunSettings, client: Compl
         return CaseOutcome(**base, judge_score=None, error_kind=ErrorKind.INTERNAL,
                            error=scrub(f"internal error {type(exc).__name__}: {exc}\n{where}"))
     return CaseOutcome(**base, judge_score=verdict.score, comment=scrub(verdict.comment),
-                       raw_verdict=scrub(verdict.raw_reply))
+                       raw_verdict=scrub(verdict.raw_reply), probabilities=verdict.probabilities)
 
 
 async def judge_cases(cases: Sequence[CalibrationCase], settings: RunSettings, client: Completer,

@@ -71,7 +71,11 @@ POLICIES = ("majority", "min", "mean")
 #   ``criteria``); on llama-cpp-python's server, which sends no log probabilities, ``criteria`` (``score`` for a
 #   scenario without criteria: under ``constrained`` SmolLM2 still copied a line of the transcript as its
 #   comment, an invalid verdict, in 1 of the sample suite's 8 conversations); ``verdict`` for an endpoint.
-JUDGE_METHODS = ("auto", "verdict", "constrained", "criteria", "score", "logprobs")
+# * ``criteria_logprobs``: the ``criteria`` questions, each scored by p(yes) from the probabilities of the answer
+#   token (``yes_probability``) rather than the word written; the expected score 1 + 2 * mean p(yes) is cut like
+#   ``logprobs``'s (``logprob_score``). Needs log probabilities, as ``logprobs`` does.
+JUDGE_METHODS = ("auto", "verdict", "constrained", "criteria", "score", "logprobs", "criteria_logprobs")
+CRITERIA_METHODS = ("criteria", "criteria_logprobs")
 _COMMENT_CHARS = (20, 120)
 _COMMENT_LETTERS = "A-Za-zА-Яа-яЁё"
 _CONSTRAINED_COMMENT: dict[str, Any] = {
@@ -192,14 +196,16 @@ def logprob_score(probabilities: ScoreProbabilities,
 
 
 def _logprob_verdict(raw: str, logprobs: list[dict[str, Any]], cached: bool, prompt_tokens: int,
-                     completion_tokens: int, attempts: int) -> Verdict:
-    """The ``logprobs`` method's verdict from one reply; ValueError when its tokens hold no score."""
+                     completion_tokens: int, attempts: int,
+                     thresholds: tuple[float, float] = LOGPROB_THRESHOLDS) -> Verdict:
+    """The ``logprobs`` method's verdict from one reply, cut at ``thresholds``; ValueError when its tokens hold no
+    score."""
     probabilities = score_probabilities(logprobs)
-    score = logprob_score(probabilities)
+    score = logprob_score(probabilities, thresholds)
     p = probabilities.p
     comment = (f"Score {score} from the judge's token probabilities: p(1)={p[1]:.3f}, p(2)={p[2]:.3f}, "
                f"p(3)={p[3]:.3f}, expected score {probabilities.expected:.3f} (1 below "
-               f"{LOGPROB_THRESHOLDS[0]:g}, 3 from {LOGPROB_THRESHOLDS[1]:g}); judge method 'logprobs' asks for no "
+               f"{thresholds[0]:g}, 3 from {thresholds[1]:g}); judge method 'logprobs' asks for no "
                "reason.")
     return Verdict(score, comment, raw, prompt_tokens, completion_tokens, cached, attempts, None, "logprobs",
                    probabilities.to_dict())
@@ -241,6 +247,36 @@ def criterion_messages(scenario: Scenario, transcript: Transcript, criterion: st
 
 
 _ANSWER_RE = re.compile(r"[\s*_`\"']*(yes|no|да|нет)(?![^\W_])", re.IGNORECASE)
+
+
+_YES, _NO = ("yes", "да"), ("no", "нет")
+
+
+def yes_probability(logprobs: list[dict[str, Any]]) -> float:
+    """p(yes) among yes and no at the answer's first word token (the first generated token with a letter): the
+    alternatives there that begin "yes"/"да" against those that begin "no"/"нет" (a token that is a start of one of
+    them, "Y" or "Д", counts for it; case and blanks ignored), whatever word was written there (SmolLM2 wrote "The"
+    in 3 of 192 answers on the dev half, with yes and no among the alternatives). ValueError when yes and no hold
+    no probability there (never guessed)."""
+    for position in logprobs:
+        if not any(ch.isalpha() for ch in position["token"]):
+            continue
+        found = {True: 0.0, False: 0.0}
+        seen: set[str] = set()
+        for alternative in [*position.get("top_logprobs", []), {"token": position["token"],
+                                                                 "logprob": position["logprob"]}]:
+            token = alternative["token"]
+            word = token.strip().strip("*_`\"'").lower()
+            side = (True if any(w.startswith(word) for w in _YES) else
+                    False if any(w.startswith(word) for w in _NO) else None) if word else None
+            if side is not None and token not in seen:
+                seen.add(token)
+                found[side] += math.exp(float(alternative["logprob"]))
+        total = found[True] + found[False]
+        if total <= 0:
+            raise ValueError(f"the answer token {position['token']!r} has no probability on yes or no")
+        return found[True] / total
+    raise ValueError("no generated token is a word")
 
 
 def parse_answer(raw: str) -> bool:
@@ -679,7 +715,7 @@ def check_judge_sees_criteria(scenario: Scenario, settings: RunSettings, rendere
     """PromptError when the scenario has ``criteria`` that its evaluator template never shows the judge. Checked
     before the conversation too, so a template that would drop them costs no calls."""
     if not scenario.criteria or resolve_method(settings.judge_method, settings.role("evaluator", scenario).model,
-                                               settings.local_engine) == "criteria":
+                                               settings.local_engine) in CRITERIA_METHODS:
         return  # the criteria method asks each criterion itself
     template = settings.role("evaluator", scenario).template
     used = renderer.variables_used(template)
@@ -718,11 +754,14 @@ async def evaluate(
 
         seed = derive_seed(seed, repeat + 1, salt="judge")
         label = f"{label} judge repeat {repeat + 1}"
-    if method == "criteria":
+    if method in CRITERIA_METHODS:
         if scenario.criteria:
-            return await _criteria_verdict(scenario, transcript, settings, client, seed=seed, label=label)
-        # Nothing to ask one by one: the holistic verdict (the score alone on the local model).
-        method = "score" if resolve_method("auto", role.model) == "criteria" else "verdict"
+            return await _criteria_verdict(scenario, transcript, settings, client, seed=seed, label=label,
+                                           by_probability=method == "criteria_logprobs")
+        # Nothing to ask one by one: the holistic verdict (the score alone on the local model; by probability
+        # for ``criteria_logprobs``).
+        method = ("logprobs" if method == "criteria_logprobs" else
+                  "score" if resolve_method("auto", role.model) == "criteria" else "verdict")
     context = template_context(scenario, settings, transcript=transcript.to_dicts(),
                                transcript_text=transcript.as_text(), ended_by=transcript.ended_by,
                                end_reason=transcript.end_reason)
@@ -763,7 +802,7 @@ async def evaluate(
             if method == "logprobs":
                 assert reply.logprobs is not None
                 return _logprob_verdict(raw, reply.logprobs, reply.cached, prompt_tokens, completion_tokens,
-                                        attempt + 1)
+                                        attempt + 1, settings.logprob_thresholds or LOGPROB_THRESHOLDS)
             if method == "score":
                 return _score_only(raw, reply.cached, prompt_tokens, completion_tokens, attempt + 1)
             score, comment = parse_verdict(raw, prompt=f"{prompt}\n{ask}")
@@ -784,13 +823,16 @@ async def evaluate(
 
 
 async def _criteria_verdict(scenario: Scenario, transcript: Transcript, settings: RunSettings, client: Completer,
-                            *, seed: int | None, label: str) -> Verdict:
+                            *, seed: int | None, label: str, by_probability: bool = False) -> Verdict:
     """The ``criteria`` method: one yes/no question per criterion, scored by ``criteria_rule``; the comment names
     every criterion answered no. An answer that is not yes or no is re-asked (``judge_attempts``), then a
-    VerdictError: never a guessed answer."""
+    VerdictError: never a guessed answer. ``by_probability`` (``criteria_logprobs``): each answer is p(yes) from
+    the answer token's probabilities (``yes_probability``), and the score is the expected score 1 + 2 * mean
+    p(yes) cut at the run's thresholds (``logprob_score``)."""
     role = settings.role("evaluator", scenario)
     criteria = list(scenario.criteria or ())
     answers: list[bool] = []
+    p_yes: list[float] = []
     raws: list[str] = []
     prompt_tokens = completion_tokens = attempts = 0
     cached = True
@@ -801,24 +843,38 @@ async def _criteria_verdict(scenario: Scenario, transcript: Transcript, settings
             request = LLMRequest(role="evaluator", model=role.model,
                                  messages=criterion_messages(scenario, transcript, criterion),
                                  temperature=role.temperature, max_tokens=min(role.max_tokens, 8), seed=seed,
-                                 attempt=attempt)
+                                 attempt=attempt, top_logprobs=LOGPROB_ALTERNATIVES if by_probability else None)
             reply = await client.complete(request, label=f"{label} evaluator criterion {number} attempt "
                                                          f"{attempt + 1}")
             raw = reply.text
+            if by_probability and reply.logprobs is None:
+                raise ConfigError(
+                    f"{label}: judge method 'criteria_logprobs' needs the tokens' log probabilities, and "
+                    f"{settings.endpoint.describe()} sent none for the evaluator model {role.model!r}; "
+                    f"{_LOGPROBS_HINT}")
             prompt_tokens += reply.prompt_tokens
             completion_tokens += reply.completion_tokens
             cached = cached and reply.cached
             attempts = max(attempts, attempt + 1)
             try:
-                answers.append(parse_answer(raw))
+                if by_probability:
+                    assert reply.logprobs is not None
+                    p_yes.append(yes_probability(reply.logprobs))
+                    answers.append(p_yes[-1] >= 0.5)
+                else:
+                    answers.append(parse_answer(raw))
             except ValueError as exc:
                 problems.append(str(exc))
                 continue
-            raws.append(json.dumps({"criterion": number, "answer": "yes" if answers[-1] else "no"}))
+            raws.append(json.dumps({"criterion": number, "answer": "yes" if answers[-1] else "no"}
+                                   | ({"p_yes": round(p_yes[-1], 4)} if by_probability else {})))
             break
         else:
             raise VerdictError(f"{label}: the evaluator's answer to criterion {number} ({criterion!r}) is not yes or "
                                f"no after {settings.judge_attempts} attempt(s): {problems[-1]}", raw_reply=raw)
+    if by_probability:
+        return _yes_probability_verdict(criteria, p_yes, raws, settings, prompt_tokens, completion_tokens, cached,
+                                        attempts)
     score = criteria_rule(answers)
     missed = [f"{number}. {criterion}" for number, (criterion, met) in enumerate(zip(criteria, answers,
                                                                                        strict=True), start=1)
@@ -827,6 +883,21 @@ async def _criteria_verdict(scenario: Scenario, transcript: Transcript, settings
                f"{len(missed)} of {len(criteria)} criteria answered no: " + " ".join(missed))
     return Verdict(score, comment, "\n".join(raws), prompt_tokens, completion_tokens, cached, attempts,
                    "none" if not missed else "agent", "criteria")
+
+
+def _yes_probability_verdict(criteria: list[str], p_yes: list[float], raws: list[str], settings: RunSettings,
+                             prompt_tokens: int, completion_tokens: int, cached: bool, attempts: int) -> Verdict:
+    """The ``criteria_logprobs`` verdict: expected score 1 + 2 * mean p(yes), cut at the run's thresholds."""
+    thresholds = settings.logprob_thresholds or LOGPROB_THRESHOLDS
+    expected = 1 + 2 * sum(p_yes) / len(p_yes)
+    score = 1 if expected < thresholds[0] else 3 if expected >= thresholds[1] else 2
+    shown = ", ".join(f"{number}. {p:.2f}" for number, p in enumerate(p_yes, start=1))
+    comment = (f"Score {score} from p(yes) per criterion ({shown}): expected score {expected:.3f} (1 below "
+               f"{thresholds[0]:g}, 3 from {thresholds[1]:g}); judge method 'criteria_logprobs' asks for no reason.")
+    probabilities = {"p_yes": [round(p, 4) for p in p_yes], "expected": round(expected, 4),
+                     "criteria": len(criteria)}
+    return Verdict(score, comment, "\n".join(raws), prompt_tokens, completion_tokens, cached, attempts,
+                   "none" if score == 3 else "agent", "criteria_logprobs", probabilities)
 
 
 # -- the judge and the criteria as metrics -------------------------------------------------------------------------

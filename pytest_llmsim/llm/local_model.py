@@ -71,6 +71,11 @@ class JudgeCalibration:
     measured: str  # ISO date
     false_passes: int | None = None
     should_fail: int | None = None
+    # The ``logprobs`` judge's cut-points of the expected score for this model file, fitted on ``calibration/dev``
+    # (``calibration/fit_cutpoints.py``) and used when the judge runs on it and the user set no
+    # ``llmsim_logprob_thresholds`` (by every method that cuts an expected score, so fit them for the method ``auto``
+    # picks); None: the scale's 1.5 and 2.5. The figures above were measured with them.
+    thresholds: tuple[float, float] | None = None
 
     @property
     def accuracy(self) -> float:
@@ -82,13 +87,15 @@ class JudgeCalibration:
         return {"agreed": self.agreed, "cases": self.cases, "accuracy": self.accuracy,
                 "mean_absolute_error": self.mean_absolute_error, "false_passes": self.false_passes,
                 "should_fail": self.should_fail, "false_pass_rate": rate, "command": self.command,
-                "measured": self.measured}
+                "measured": self.measured, "thresholds": list(self.thresholds) if self.thresholds else None}
 
 
 # By GGUF file name. Re-measure with the command on a fresh cache (it replays from the cache once run: clear the
 # cache, or use --llmsim-record=all) and update the row. The judging method is what ``auto`` picks on the default
 # engine (llama.cpp's server from ``xllamacpp``): ``logprobs``. (``criteria``, auto's method on llama-cpp-python's
-# server, agreed on 14 of 48 with 15 of 16 false passes, measured the same way on 2026-12-07.)
+# server, agreed on 14 of 48 with 15 of 16 false passes, measured the same way on 2026-12-07.) No ``thresholds``:
+# cut-points fitted on the dev half (``calibration/fit_cutpoints.py``) held out no better, 16 of 48 with 1 false pass
+# for ``criteria_logprobs`` at 2.26215/2.27195 (docs/evaluation.md, "Cut-points fitted on dev: a negative result").
 JUDGE_CALIBRATION: dict[str, JudgeCalibration] = {
     BUNDLED_MODEL_FILE: JudgeCalibration(
         agreed=16, cases=48, mean_absolute_error=1.0, measured="2026-12-07",
@@ -101,6 +108,12 @@ JUDGE_CALIBRATION: dict[str, JudgeCalibration] = {
 def judge_calibration(model_file: str) -> JudgeCalibration | None:
     """The recorded calibration of the local model in ``model_file`` (a file name); None: never measured."""
     return JUDGE_CALIBRATION.get(model_file)
+
+
+def judge_thresholds(model_file: str) -> tuple[float, float] | None:
+    """The ``logprobs`` judge's cut-points recorded for the local model in ``model_file``; None: none recorded."""
+    calibration = JUDGE_CALIBRATION.get(model_file)
+    return calibration.thresholds if calibration is not None else None
 
 
 class LocalModelError(RuntimeError):

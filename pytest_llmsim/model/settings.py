@@ -270,6 +270,9 @@ class RunSettings:
     judge_repeats: int = 1  # independent verdicts per transcript (``judge.JudgeMetric``)
     judge_policy: str = "majority"  # how they decide: majority | min | mean
     judge_method: str = "auto"  # how a verdict is asked for: ``judge.JUDGE_METHODS``
+    # The ``logprobs`` method's cut-points of the expected score (``judge.logprob_score``); None: 1.5 and 2.5.
+    # The user's setting, else (local model) the ones recorded for its model file (``local_model.JUDGE_CALIBRATION``).
+    logprob_thresholds: tuple[float, float] | None = None
     # The local model's server engine when it serves this run (``local_model.server_engine``: "xllamacpp" or
     # "llama-cpp-python"); None with an endpoint. ``auto`` judges by token probabilities only where they are sent.
     local_engine: str | None = None

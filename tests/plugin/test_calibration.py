@@ -314,7 +314,7 @@ def test_the_bundled_local_judge_is_named_with_its_recorded_accuracy_everywhere(
                         "command": "python -m pytest scenarios/ -k calibration_only --llmsim-calibrate "
                                    "calibration/heldout -o llmsim_prompts_dir=pytest_llmsim/templates "
                                    "--llmsim-judge-method logprobs",
-                        "measured": "2026-12-07"}}
+                        "measured": "2026-12-07", "thresholds": None}}
     markdown = (sim.path / "summary.md").read_text(encoding="utf-8")
     assert "> ⚠️ **Judge:** The judge is the bundled local model SmolLM2\\-135M\\-Instruct\\.Q4\\_1\\.gguf" in markdown
     assert "> ⚠️ The score deltas since the baseline come from the local judge" in markdown

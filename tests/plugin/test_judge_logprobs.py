@@ -157,3 +157,77 @@ def test_an_endpoint_that_refuses_logprobs_is_a_config_error(sim: SimProject) ->
     assert ("judge method 'logprobs' needs the tokens' log probabilities, and the endpoint refused to send them"
             in record["error_message"])
     assert "logits_all=False" in record["error_message"]
+
+
+def test_the_cut_points_option_recuts_the_same_probabilities_without_a_call(sim: SimProject) -> None:
+    """``--llmsim-logprob-thresholds`` moves the cuts; the probabilities are the cached reply's, so a replay with
+    other cuts gives another score and makes no call."""
+    sim.server.set_script(_script(PROBS))  # expected score 2.375
+    sim.write_scenarios("s.json", [scenario("fine")])
+    sim.write_ini(llmsim_recordings="off")
+    sim.run("--llmsim-judge-method=logprobs", "--llmsim-results=first.json").assert_outcomes(passed=1)
+    requests = sim.server.stats()["requests"]
+    replay = sim.run("--llmsim-judge-method=logprobs", "--llmsim-record=none", "--llmsim-logprob-thresholds=2.4,2.45",
+                     "--llmsim-results=second.json")
+    replay.assert_outcomes(failed=1)
+    assert sim.server.stats()["requests"] == requests
+    record = _record(sim, "second.json")
+    assert record["score"] == 1 and "expected score 2.375 (1 below 2.4, 3 from 2.45)" in record["comment"]
+    bad = sim.run("--llmsim-judge-method=logprobs", "--llmsim-logprob-thresholds=2.5,1.5")
+    assert bad.ret == 4
+    bad.stderr.fnmatch_lines(["*llmsim_logprob_thresholds (--llmsim-logprob-thresholds) must satisfy 1 <= LOW <= "
+                              "HIGH <= 3*"])
+
+
+def test_a_calibration_export_holds_each_cases_probabilities_for_the_fit(sim: SimProject) -> None:
+    from pytest_llmsim.engine.cutpoints import cases_from_export
+    from tests.plugin.test_calibration import case, write_set
+
+    sim.server.set_script(_script(PROBS))
+    write_set(sim, [case("low_a", 1), case("good_b", 3)])
+    sim.run("-k", "calibration_only", "--llmsim-calibrate=calibration", "--llmsim-judge-method=logprobs",
+            "--llmsim-results=out.json")
+    export = json.loads((sim.path / "out.json").read_text(encoding="utf-8"))
+    assert [c["probabilities"]["expected"] for c in export["calibration"]["cases"]] == [2.375, 2.375]
+    assert [(c.expected, c.human) for c in cases_from_export(export)] == [(2.375, 3), (2.375, 1)]  # good_b, low_a
+
+
+CRITERIA = ["Greet the customer.", "Confirm the delivery city.", "Say goodbye."]
+
+
+def _criteria_script(p_yes: dict[str, float]) -> dict[str, Any]:
+    """Each criterion answered "Yes" in text, with p(yes) ``p_yes[criterion]`` (the rest on " No")."""
+    rules = [{"match": {"last_user_contains": f"do this: {c}"}, "reply": "Yes",
+              "logprobs": {"Yes": p, " No": round(1 - p, 6)}} for c, p in p_yes.items()]
+    return {"rules": [*rules, *default_script()["rules"]]}
+
+
+@pytest.mark.parametrize(("cuts", "score"), [("1.5,2.5", 2), ("2.25,2.3", 1), ("1.5,2.1", 3)])
+def test_criteria_logprobs_scores_the_mean_probability_of_yes_not_the_words(sim: SimProject, cuts: str,
+                                                                           score: int) -> None:
+    """Every answer reads "Yes"; p(yes) 0.9, 0.2 and 0.7 give the expected score 1 + 2 * 0.6 = 2.2, cut at the
+    run's thresholds."""
+    sim.server.set_script(_criteria_script(dict(zip(CRITERIA, (0.9, 0.2, 0.7), strict=True))))
+    sim.write_scenarios("s.json", [scenario("fine", criteria=CRITERIA)])
+    sim.run("--llmsim-judge-method=criteria_logprobs", f"--llmsim-logprob-thresholds={cuts}",
+            "--llmsim-results=out.json")
+    record = _record(sim)
+    assert record["score"] == score
+    low, high = cuts.split(",")
+    assert record["comment"] == (f"Score {score} from p(yes) per criterion (1. 0.90, 2. 0.20, 3. 0.70): expected "
+                                 f"score 2.200 (1 below {float(low):g}, 3 from {float(high):g}); judge method "
+                                 "'criteria_logprobs' asks for no reason.")
+    (judge,) = [m for m in record["metrics"] if m["name"] == "judge"]
+    assert judge["details"]["probabilities"] == {"p_yes": [0.9, 0.2, 0.7], "expected": 2.2, "criteria": 3}
+    bodies = [e["body"] for e in sim.server.requests_log() if "Did the AGENT" in json.dumps(e["body"]["messages"])]
+    assert len(bodies) == 3 and all(b["top_logprobs"] == LOGPROB_ALTERNATIVES for b in bodies)
+
+
+def test_criteria_logprobs_without_logprobs_is_a_config_error(sim: SimProject) -> None:
+    sim.server.set_script({"rules": [{"match": {"last_user_contains": "Did the AGENT"}, "reply": "Yes"},
+                                     *default_script()["rules"]]})
+    sim.write_scenarios("s.json", [scenario("fine", criteria=CRITERIA)])
+    sim.run("--llmsim-judge-method=criteria_logprobs", "--llmsim-results=out.json")
+    record = _record(sim)
+    assert (record["status"], record["error_kind"]) == ("error", "config_error")
+    assert "judge method 'criteria_logprobs' needs the tokens' log probabilities" in record["error_message"]
