@@ -157,6 +157,16 @@ class ScoreProbabilities:
                 "expected": round(self.expected, 4), "token": self.token}
 
 
+def _probability(alternative: dict[str, Any]) -> float:
+    """The probability of one alternative token; ValueError for a "log probability" above 0 (or NaN): +inf would
+    make every probability NaN (a score of 2), a positive value a probability above 1."""
+    logprob = float(alternative["logprob"])
+    if not logprob <= _MAX_LOGPROB:
+        raise ValueError(f"the endpoint sent {logprob:g} as the log probability of {alternative['token']!r}: a log "
+                         "probability is at most 0; the endpoint's logprobs cannot be trusted")
+    return math.exp(logprob)
+
+
 def score_probabilities(logprobs: list[dict[str, Any]]) -> ScoreProbabilities:
     """The score's probabilities from a reply's per-token log probabilities (``client.read_logprobs``): at the
     first generated token that is a score digit ("3" or " 3"), the alternatives that are "1", "2" or "3" (blanks
@@ -174,11 +184,7 @@ def score_probabilities(logprobs: list[dict[str, Any]]) -> ScoreProbabilities:
             digit = token.strip()
             if digit in _SCORE_DIGITS and token not in seen:
                 seen.add(token)  # the chosen token is usually among the alternatives too: counted once
-                logprob = float(alternative["logprob"])
-                if not logprob <= _MAX_LOGPROB:  # also NaN; +inf would make every probability NaN, a score of 2
-                    raise ValueError(f"the endpoint sent {logprob:g} as the log probability of {token!r}: a log "
-                                     "probability is at most 0; the endpoint's logprobs cannot be trusted")
-                found[int(digit)] = found.get(int(digit), 0.0) + math.exp(logprob)
+                found[int(digit)] = found.get(int(digit), 0.0) + _probability(alternative)
         mass = sum(found.values())
         if mass <= 0:
             raise ValueError(f"the score token {position['token']!r} has no probability on 1, 2 or 3")
@@ -271,7 +277,7 @@ def yes_probability(logprobs: list[dict[str, Any]]) -> float:
                     False if any(w.startswith(word) for w in _NO) else None) if word else None
             if side is not None and token not in seen:
                 seen.add(token)
-                found[side] += math.exp(float(alternative["logprob"]))
+                found[side] += _probability(alternative)
         total = found[True] + found[False]
         if total <= 0:
             raise ValueError(f"the answer token {position['token']!r} has no probability on yes or no")

@@ -116,3 +116,11 @@ def test_a_log_probability_above_0_is_refused_never_scored(logprob: float) -> No
 def test_a_probability_of_0_counts_as_0() -> None:
     tokens = [{"token": "2", "logprob": 0.0, "top_logprobs": [{"token": "3", "logprob": -1e9}]}]
     assert score_probabilities(tokens).p == pytest.approx({1: 0.0, 2: 1.0, 3: 0.0})
+
+
+def test_a_yes_probability_from_a_log_probability_above_0_is_refused() -> None:
+    from pytest_llmsim.engine.judge import yes_probability
+
+    tokens = [{"token": "Yes", "logprob": 3.0, "top_logprobs": [{"token": "No", "logprob": -0.1}]}]
+    with pytest.raises(ValueError, match="a log probability is at most 0"):
+        yes_probability(tokens)
