@@ -753,8 +753,8 @@ class LLMClient:
                 mode_index = max(mode_index, probe[0] + 1)
             try:
                 ticket = await self.limiter.acquire(request.model, request.messages, request.max_tokens)
-            except RateLimitWaitExceeded:
-                raise self._error(clock.message(label, self._where(), request.model)) from None
+            except RateLimitWaitExceeded as exc:
+                raise self._error(clock.message(label, self._where(), request.model, exc.announced)) from None
             if self._hung:
                 self.limiter.finish(ticket, 0)
                 raise self._error(f"{label}: not sent: {self._where()} did not answer within {timeout:g}s on an "
@@ -787,7 +787,12 @@ class LLMClient:
                     # the scenario's order, off the conversation's deadline); no attempt is used up.
                     clock.rate_limited += 1
                     self.stats.retries += 1
-                    self.limiter.back_off(self._backoff(0, _retry_after_seconds(exc)), request.model)
+                    retry_after = _retry_after_seconds(exc)
+                    left = clock.left()
+                    if retry_after is not None and left is not None and retry_after > left + 1.0:
+                        # the provider asks for longer than this scenario may still wait: no use sitting it out
+                        raise self._error(clock.message(label, self._where(), request.model, retry_after)) from None
+                    self.limiter.back_off(self._backoff(0, retry_after), request.model)
                     if clock.exhausted():
                         raise self._error(clock.message(label, self._where(), request.model)) from None
                     continue

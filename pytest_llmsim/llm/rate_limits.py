@@ -197,10 +197,14 @@ class LimitClock:
         if deadline is not None and left is not None and not deadline.expired():
             deadline.reschedule(asyncio.get_running_loop().time() + left)
 
-    def message(self, label: str, where: str, model: str = "") -> str:
-        """The error of a scenario whose waiting reached ``bound``."""
+    def message(self, label: str, where: str, model: str = "", announced: float | None = None) -> str:
+        """The error of a scenario whose waiting reached ``bound``, or (``announced``: the seconds a provider's
+        reset or Retry-After asked for) would have before the limit opens."""
         which = f" (model {model!r})" if model else ""
-        return (f"{label}: gave up waiting for the rate limit of {where}{which}: this scenario's "
+        ahead = ("" if announced is None else
+                 f"the limit announced a wait of {announced:.0f}s, more than the {max(0.0, self.left() or 0.0):.0f}s "
+                 "this scenario may still wait, so it stopped at once; ")
+        return (f"{label}: gave up waiting for the rate limit of {where}{which}: {ahead}this scenario's "
                 f"requests waited {self.total():.0f}s in all (queued for the limiter or sitting out a 429's pause; "
                 f"{self.rate_limited} answered 429), llmsim_rate_limit_wait={self.bound:g}s. That time does not "
                 "count against the conversation's timeout; the limit let too few requests through: check the "
@@ -211,7 +215,12 @@ LIMIT_CLOCK: contextvars.ContextVar[LimitClock | None] = contextvars.ContextVar(
 
 
 class RateLimitWaitExceeded(Exception):
-    """A request's wait for the limiter outlasted its scenario's ``LimitClock.bound`` (the client names it)."""
+    """A request's wait for the limiter outlasted its scenario's ``LimitClock.bound`` (the client names it), or
+    the provider announced a wait longer than what is left of it (``announced``, seconds)."""
+
+    def __init__(self, announced: float | None = None) -> None:
+        super().__init__(announced)
+        self.announced = announced
 
 
 async def _queued(heap: list[tuple[float, int, asyncio.Future[None]]], priority: float,
@@ -701,6 +710,10 @@ class RateLimiter:
                     store.save(budget)
                     break
                 store.unlock()
+                clock = LIMIT_CLOCK.get()
+                left = clock.left() if clock is not None else None
+                if left is not None and delay > left + 1.0:
+                    raise RateLimitWaitExceeded(delay)  # a reset announced past the bound: waiting cannot reach it
                 await asyncio.sleep(max(delay, 0.001))
         finally:
             key.pacer.release()

@@ -262,3 +262,32 @@ def test_a_limit_that_never_opens_ends_in_an_error_naming_it(sim: Any) -> None:
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*gave up waiting for the rate limit of *: this scenario's requests waited *s in "
                                  "all*answered 429), llmsim_rate_limit_wait=2s*"])
+
+
+@pytest.mark.slow
+def test_a_retry_after_longer_than_the_wait_left_ends_at_once_naming_it(sim: Any) -> None:
+    """Retry-After: 3600 with llmsim_rate_limit_wait=600: sitting out 600 s would end in the same error."""
+    sim.server.set_script({"rules": [{"status": 429, "retry_after": 3600}]})
+    sim.write_scenarios("one.json", [scenario("stuck")])
+    started = time.monotonic()
+    result = sim.run("--llmsim-rate-limit-wait=600", "--llmsim-timeout=60")
+    result.assert_outcomes(errors=1)
+    assert time.monotonic() - started < 30
+    result.stdout.fnmatch_lines(["*gave up waiting for the rate limit of *: the limit announced a wait of 3600s, "
+                                 "more than the 600s this scenario may still wait, so it stopped at once; *"])
+
+
+@pytest.mark.slow
+def test_a_window_whose_announced_reset_is_past_the_wait_left_ends_at_once(sim: Any) -> None:
+    """A fixed window of 10 requests per 600 s: the second scenario finds it spent, its reset ~600 s away, more
+    than the 20 s it may wait; the first scenario is scored, the second errors at once instead of after 20 s."""
+    sim.server.set_script({**default_script(), "limits": {"shape": "fixed", "rpm": 1, "window": 600}})
+    sim.write_scenarios("two.json", [scenario("first"), scenario("second")])
+    started = time.monotonic()
+    sim.run("--llmsim-concurrency=1", "--llmsim-rate-limit-wait=20", "--llmsim-timeout=60",
+             "--llmsim-results=out.json")
+    assert time.monotonic() - started < 15
+    results = {r["scenario"]: r for r in json.loads((sim.path / "out.json").read_text())["results"]}
+    assert results["first"]["status"] == "passed"
+    assert results["second"]["status"] == "error"
+    assert "the limit announced a wait of" in results["second"]["error_message"]
