@@ -70,6 +70,9 @@ def test_a_python_agent_returns_messages_with_speakers_and_handoffs(sim: SimProj
     ({"messages": [{"agent": "A", "content": "x"}] * 1000}, "'messages' has 1,000 entries, more than the 256"),
     ({"messages": [{"agent": "A", "content": "x", "tool_calls": [{"name": ""}]}]},
      "messages[0].tool_calls: a tool call needs a non-empty 'name'"),
+    ({"messages": [{"agent": "\u200b", "content": "x"}]}, "messages[0].agent is empty (only invisible characters)"),
+    ({"messages": [{"agent": "A", "content": "x"}], "handoffs": [{"from": "A", "to": "\ufeff \u200b"}]},
+     "handoffs[0].to is empty (only invisible characters)"),
 ])
 def test_a_bad_multi_agent_reply_is_one_agent_error_naming_scenario_turn_and_field(
         sim: SimProject, reply: dict[str, Any], field: str) -> None:
