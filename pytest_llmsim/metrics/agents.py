@@ -203,5 +203,7 @@ def never_spoke(name: str, agent: str, conversation: Conversation) -> MetricResu
     """The failed result of metric ``name`` targeting ``agent``, which never spoke."""
     spoke = list(dict.fromkeys(a for turn in conversation.turns for a in turn_speakers(turn)))
     shown = ", ".join(spoke) if spoke else "none named (the agent's replies carry no 'messages' with 'agent')"
+    alike = [a for a in spoke if a.casefold() == agent.casefold()]
+    hint = f"; names are compared exactly: did you mean {alike[0]!r}?" if alike else ""
     return MetricResult(name, None, False, f"agent {agent!r} never spoke in this conversation (agents that spoke: "
-                        f"{shown}); the metric reads only its messages", {"agent": agent})
+                        f"{shown}); the metric reads only its messages{hint}", {"agent": agent})

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pytest_llmsim.metrics.agents import ExpectedAgentsMetric, agent_conversation, route
+from pytest_llmsim.metrics.agents import ExpectedAgentsMetric, agent_conversation, never_spoke, route
 from pytest_llmsim.metrics.api import Conversation
 from pytest_llmsim.metrics.rules import RulesMetric
 from pytest_llmsim.metrics.sequences import first_mismatch
@@ -186,3 +186,12 @@ def test_a_handoff_to_an_agent_that_never_speaks_does_not_pass() -> None:
 def test_names_are_compared_without_invisible_ends(name: str) -> None:
     assert expected_agents_options([name])["agents"] == ["Billing"]
     assert verdict(team((["Billing"], [])), [name], "exact")[0] is True
+
+
+def test_a_metric_for_an_agent_named_in_another_case_fails_and_says_which_name_spoke() -> None:
+    result = never_spoke("rules", "billing", conversation(team((["Triage", "Billing"], []))))
+    assert result.passed is False
+    assert result.reason == ("agent 'billing' never spoke in this conversation (agents that spoke: Triage, Billing); "
+                             "the metric reads only its messages; names are compared exactly: did you mean "
+                             "'Billing'?")
+    assert "did you mean" not in never_spoke("rules", "Ghost", conversation(team((["Triage"], [])))).reason
