@@ -39,6 +39,9 @@ MAX_CELL_CHARS = 1_000_000
 """Longest cell of a CSV of queries (the csv module's own limit is raised to this)."""
 MAX_LINE_CHARS = 4 * MAX_CELL_CHARS
 """Longest line of a CSV of queries: a longer one is skipped (read in bounded pieces) and named as a problem."""
+MAX_SHOWN_COLUMNS = 20
+"""Header cells a missing-column problem shows (each at most SHOWN_NAME_CHARS characters)."""
+SHOWN_NAME_CHARS = 40
 DEFAULT_COLUMNS = {"id": "id", "query": "query"}
 _OPTIONS = ("csv", "id", "query", "followups", "delimiter")
 _SURROGATE_RE = re.compile("[\udc80-\udcff]")  # a byte that is not UTF-8, read with surrogateescape
@@ -103,6 +106,12 @@ class RowProblem:
 
     line: int
     message: str
+
+
+def _short(name: str) -> str:
+    """A header cell as a problem shows it: at most SHOWN_NAME_CHARS characters (a file that is no CSV of queries
+    must not be copied into the reports through its first line)."""
+    return name if len(name) <= SHOWN_NAME_CHARS else name[:SHOWN_NAME_CHARS] + "..."
 
 
 def _bad_bytes(text: str) -> str:
@@ -173,6 +182,10 @@ def _rows(reader: Any, lines: _BoundedLines,  # Any: csv's reader type is privat
                             f"({spec.id!r}, {spec.query!r}, ...)")
         return
     header = [name.strip() for name in header]
+    if any("\x00" in name for name in header):  # /proc/self/environ, a binary file: never echoed into a report
+        yield RowProblem(1, f"{where}:1: the header holds a NUL byte: not a CSV text file; give a UTF-8 CSV of "
+                            "queries")
+        return
     bad = next((name for name in header if _SURROGATE_RE.search(name)), None)
     if bad is not None:
         yield RowProblem(1, f"{where}:1: the header is not UTF-8 text (bytes {_bad_bytes(bad)}); save the file as "
@@ -181,9 +194,11 @@ def _rows(reader: Any, lines: _BoundedLines,  # Any: csv's reader type is privat
     needed = [spec.id, spec.query, *spec.followups]
     missing = [name for name in needed if name not in header]
     if missing:
+        shown = ", ".join(repr(_short(name)) for name in header[:MAX_SHOWN_COLUMNS])
+        more = f" and {len(header) - MAX_SHOWN_COLUMNS:,} more" if len(header) > MAX_SHOWN_COLUMNS else ""
         yield RowProblem(1, f"{where}:1: column(s) {', '.join(map(repr, missing))} not in the header (its columns: "
-                            f"{', '.join(map(repr, header))}); name the columns under 'queries' (id, query, "
-                            "followups) or fix the header")
+                            f"{shown}{more}); name the columns under 'queries' (id, query, followups) or fix the "
+                            "header")
         return
     index = {name: header.index(name) for name in needed}
     pending: QueryRow | None = None
@@ -247,6 +262,8 @@ def _row_problem(cells: list[str], header: list[str], index: Mapping[str, int], 
         if column >= len(cells):
             return (f"{where}: column {name!r}: the cell is missing (the row has {len(cells)} of the header's "
                     f"{len(header)} cells)")
+        if "\x00" in cells[column]:
+            return f"{where}: column {name!r}: holds a NUL byte (not text); save the file as a UTF-8 CSV"
         if _SURROGATE_RE.search(cells[column]):
             return (f"{where}: column {name!r}: not UTF-8 text (bytes {_bad_bytes(cells[column])}); save the file "
                     "as UTF-8")

@@ -192,3 +192,28 @@ def test_a_line_without_end_is_read_in_bounded_pieces_and_skipped(tmp_path: Path
     assert rows[0].line == 2 and rows[2].line == 4
     assert f"{path}:2: cannot be read as CSV (the line is longer than" in rows[0].message
     assert peak < 40_000_000, f"peak {peak:,} bytes"
+
+
+def test_a_file_with_nul_bytes_is_never_echoed_into_the_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                  ) -> None:
+    """``csv: /proc/self/environ`` (NUL-separated) put the whole environment, secrets included, into the missing
+    column problem, and from there into every report."""
+    monkeypatch.setenv("LLMSIM_TEST_SECRET", "hunter2-do-not-print")
+    path = tmp_path / "s.yaml"
+    path.write_text("queries: {csv: /proc/self/environ}\n", encoding="utf-8")
+    (entry,) = load_scenario_file(path)
+    assert "the header holds a NUL byte: not a CSV text file" in str(entry.problem)
+    assert "hunter2" not in str(entry.problem)
+    entries = load_scenario_file(suite(tmp_path, HEADER.encode() + b"p1,hel\x00lo,\np2,fine,\n"))
+    assert [e.item_name for e in entries] == ["q.csv:2", "p2"]
+    assert "column 'Initial Query': holds a NUL byte (not text)" in str(entries[0].problem)
+
+
+def test_a_missing_column_shows_at_most_20_header_cells_of_40_characters(tmp_path: Path) -> None:
+    header = ",".join(f"c{i}" for i in range(30)) + ",API_KEY=sk-0123456789abcdefghijklmnopqrstuvwxyz\n"
+    entries = load_scenario_file(suite(tmp_path, header.encode() + b"a,b\n"))
+    problem = str(entries[0].problem)
+    assert "'c19' and 11 more); name the columns" in problem and "'c20'" not in problem
+    header = "Patient ID,API_KEY=sk-0123456789abcdefghijklmnopqrstuvwxyz\n"
+    problem = str(load_scenario_file(suite(tmp_path, header.encode() + b"a,b\n"))[0].problem)
+    assert "'API_KEY=sk-0123456789abcdefghijklmnopqrs...'" in problem and "tuvwxyz" not in problem
