@@ -265,6 +265,23 @@ def test_metrics_target_one_agent_and_expected_agents_checks_the_routing(sim: Si
     assert records["ghost"]["status"] == "failed"  # failed, not an error: the run said who never spoke
 
 
+def test_a_handoff_to_an_agent_that_never_answers_fails_the_scenario(sim: SimProject) -> None:
+    """Triage says it hands the customer to Billing; Billing never says a word: the scenario must not pass."""
+    write_bot(sim, """
+        def reply(messages, context):
+            return {"messages": [{"agent": "Triage", "content": "Billing will take it from here. [END_CALL]"}],
+                    "handoffs": [{"from": "Triage", "to": "Billing", "reason": "refund request"}]}
+    """)
+    sim.write_scenarios("s.yaml", [scenario("silent", agent={"python": "bots.shop:reply"},
+                                            expected_agents=["Triage", "Billing"]), scenario("other")])
+    sim.run("--llmsim-results=out.json").assert_outcomes(passed=1, failed=1)
+    record = results(sim)["silent"]
+    assert record["status"] == "failed"
+    [check] = [m for m in record["metrics"] if m["name"] == "expected_agents"]
+    assert check["reason"].startswith("agent 'Billing' never spoke in this conversation: the route reaches it only "
+                                      "through a handoff (turn 2: Triage -> Billing)")
+
+
 def test_a_bad_agent_option_or_expected_agents_is_a_scenario_error_before_any_call(sim: SimProject) -> None:
     sim.write_scenarios("s.yaml", [scenario("a", evaluate=[{"rules": {"agent": 3, "contains": "x"}}]),
                                    scenario("b", expected_agents={"agents": ["A"], "mode": "fuzzy"}),
