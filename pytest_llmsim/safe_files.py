@@ -5,6 +5,7 @@ read forever, ``/dev/zero`` would fill the memory, a directory cannot be read), 
 the opened file again (it may have been swapped since the ``stat``) and reads at most ``limit`` bytes: a file
 that grows past the limit while it is read is refused as well. Problems are :class:`UnreadableFile` with a
 message fragment (``"is a FIFO, not a regular file"``) the caller words into its own error, naming its file.
+``open_regular(path)`` makes the same checks for a file read as a stream (the caller bounds its reads).
 No pytest, no engine imports.
 """
 
@@ -43,11 +44,10 @@ def _mib(size: int) -> str:
     return f"{size // 2**20} MiB" if size >= 2**20 else f"{size} bytes"
 
 
-def read_bounded(path: Path | str, limit: int) -> bytes:
-    """The bytes of the regular file at ``path`` (symlinks followed), at most ``limit`` of them.
-
-    ``FileNotFoundError`` and other ``OSError`` as ``open`` raises them; ``UnreadableFile`` for a file that is
-    not regular (directory, FIFO, device, socket) or holds more than ``limit`` bytes."""
+def open_regular(path: Path | str) -> int:
+    """A file descriptor open for reading on the regular file at ``path`` (symlinks followed); the caller closes
+    it. ``OSError`` as ``open`` raises it; ``UnreadableFile`` for a directory, FIFO, device or socket (checked
+    before the open and again on the opened file, which may have been swapped since the ``stat``)."""
     mode = os.stat(path).st_mode  # follows symlinks: a link to /dev/zero is a character device
     if not stat.S_ISREG(mode):
         raise _refuse(mode)
@@ -57,6 +57,20 @@ def read_bounded(path: Path | str, limit: int) -> bytes:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise _refuse(info.st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_bounded(path: Path | str, limit: int) -> bytes:
+    """The bytes of the regular file at ``path`` (symlinks followed), at most ``limit`` of them.
+
+    ``FileNotFoundError`` and other ``OSError`` as ``open`` raises them; ``UnreadableFile`` for a file that is
+    not regular (directory, FIFO, device, socket) or holds more than ``limit`` bytes."""
+    fd = open_regular(path)
+    try:
+        info = os.fstat(fd)
         if info.st_size > limit:
             raise UnreadableFile(f"is {info.st_size} bytes, larger than the {_mib(limit)} allowed", too_large=True)
         chunks = []

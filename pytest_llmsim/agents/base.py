@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_llmsim.agents.specs import shorten, spec_identity
+from pytest_llmsim.model.names import strip_invisible
 
 if TYPE_CHECKING:
     from pytest_llmsim.model.scenario import AgentSpec
@@ -207,14 +208,15 @@ def is_multi_agent(value: Any) -> bool:
 
 
 def agent_name(value: Any, where: str) -> str:
-    """An agent's name as a message or handoff gives it: a non-empty string of at most MAX_AGENT_NAME characters
-    on one line (no control characters), valid Unicode; TypeError naming ``where`` otherwise."""
+    """An agent's name as a message or handoff gives it (``strip_invisible``: a zero-width space alone is empty): a
+    non-empty string of at most MAX_AGENT_NAME characters on one line (no control characters), valid Unicode;
+    TypeError naming ``where`` otherwise."""
     if not isinstance(value, str):
         raise TypeError(f"{where} must be an agent's name (a string), got {type(value).__name__} "
                         f"{shorten(reprlib.repr(value), 60)}")
-    name = value.strip()
+    name = strip_invisible(value)
     if not name:
-        raise TypeError(f"{where} is empty: name the agent")
+        raise TypeError(f"{where} is empty{' (only invisible characters)' if value.strip() else ''}: name the agent")
     if len(name) > MAX_AGENT_NAME:
         raise TypeError(f"{where} is {len(name):,} characters long, more than the {MAX_AGENT_NAME} an agent's name "
                         "may have")

@@ -32,6 +32,7 @@ from fractions import Fraction
 from typing import Any
 
 from pytest_llmsim.history.statistics import (
+    BOOTSTRAP_MAX_PAIRS,
     BOOTSTRAP_RESAMPLES,
     benjamini_hochberg,
     bootstrap_interval,
@@ -46,7 +47,8 @@ from pytest_llmsim.model.trials import scenario_groups
 DEFAULT_ALPHA = 0.05
 GATE_OPTION = "llmsim_fail_on_significant_regression"
 PER_SCENARIO_METHOD = "Fisher's exact test on pass counts, Benjamini-Hochberg adjusted over the scenarios"
-INTERVAL_METHOD = f"paired bootstrap percentile interval ({BOOTSTRAP_RESAMPLES} resamples)"
+INTERVAL_METHOD = (f"paired bootstrap percentile interval ({BOOTSTRAP_RESAMPLES} resamples; normal approximation "
+                   f"above {BOOTSTRAP_MAX_PAIRS} pairs)")
 NAMED = 10
 
 

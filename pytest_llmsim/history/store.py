@@ -32,6 +32,7 @@ from typing import Any
 from pytest_llmsim.errors import HistoryError
 from pytest_llmsim.history.compare import RunVerdicts
 from pytest_llmsim.model.results import Outcome, ScenarioRecord
+from pytest_llmsim.safe_files import file_kind
 
 SCHEMA_VERSION = 2
 COMPLETED, INTERRUPTED = "completed", "interrupted"
@@ -106,7 +107,8 @@ def immediate(db: sqlite3.Connection) -> Iterator[None]:
         yield
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:  # SQLite may have rolled back itself (an I/O error): the cause, not "no transaction"
+            db.execute("ROLLBACK")
         raise
 
 
@@ -209,6 +211,9 @@ class HistoryStore:
         becomes one ``HistoryError`` line."""
         db: sqlite3.Connection | None = None
         try:
+            if self.path.exists() and not self.path.is_file():  # a folder, /dev/zero, a FIFO
+                raise HistoryError(f"{self.where} is {file_kind(self.path.stat().st_mode)}, not a file; give the "
+                                   "path of a history file (created when missing)")
             if write:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             elif not self.path.is_file():

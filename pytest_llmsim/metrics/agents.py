@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_llmsim.metrics.api import Conversation, Metric, MetricResult
 from pytest_llmsim.metrics.sequences import Mismatch, first_mismatch
+from pytest_llmsim.model.names import strip_invisible
 from pytest_llmsim.model.results import turn_handoffs, turn_speakers
 from pytest_llmsim.model.scenario import expected_agents_options
 
@@ -92,10 +93,17 @@ class ExpectedAgentsMetric(Metric):
         details = {"mode": self.mode, "expected": list(self.agents),
                    "route": [{"agent": s.agent, "turn": s.turn} for s in steps]}
         if mismatch is None:
+            silent = _silent_agent(self.agents, steps, conversation)
+            if silent is not None:
+                return MetricResult(self.name, 0.0, False, f"{silent}; {self._went(steps)}", details)
             shown = " -> ".join(s.agent for s in steps)
             return MetricResult(self.name, 1.0, True, f"agents {shown} ({self.mode} of {', '.join(self.agents)})",
                                 details)
         return MetricResult(self.name, 0.0, False, self._problem(mismatch, steps), details)
+
+    def _went(self, steps: list[Step]) -> str:
+        went = " -> ".join(s.agent for s in steps) if steps else "no agent named (no message with 'agent')"
+        return f"route {went}; expected {', '.join(self.agents)} ({self.mode})"
 
     def _problem(self, mismatch: Mismatch, steps: list[Step]) -> str:
         expected = f"expected {', '.join(self.agents)} ({self.mode})"
@@ -122,16 +130,33 @@ class ExpectedAgentsMetric(Metric):
         return f"missing handoff to {want!r}{where}; route {went}; {expected}"
 
 
+def _silent_agent(agents: Sequence[str], steps: Sequence[Step], conversation: Conversation) -> str | None:
+    """Why the route's match does not count, or None: an expected agent the route reaches only as the target of a
+    handoff, that never said a word nor handed the conversation on. A handoff to an agent that never answers is
+    not the conversation going through that agent (an agent that hands on without a word, as a triage agent does,
+    has acted)."""
+    acted = {name for turn in conversation.turns for name in turn_speakers(turn)}
+    acted.update(str(h.get("from")) for turn in conversation.turns for h in turn_handoffs(turn))
+    for name in dict.fromkeys(agents):
+        if name in acted:
+            continue
+        step = next((s for s in steps if s.agent == name), None)
+        where = f" (turn {step.turn}: {step.handoff})" if step is not None else ""
+        return (f"agent {name!r} never spoke in this conversation: the route reaches it only through a "
+                f"handoff{where}, and a handoff to an agent that never answers does not count")
+    return None
+
+
 # -- agent: NAME on any metric -------------------------------------------------------------------------------------
 def target_agent(options: Mapping[str, Any], label: str, metric: str) -> str | None:
     """A metric's ``agent`` option (None without one); ValueError naming it when it is not an agent's name."""
     if AGENT_OPTION not in options:
         return None
     name = options[AGENT_OPTION]
-    if not isinstance(name, str) or not name.strip():
+    if not isinstance(name, str) or not strip_invisible(name):
         raise ValueError(f"{label}: metric {metric!r}: option 'agent' must be an agent's name, a non-empty string "
                          f"(got {name!r:.80})")
-    return name.strip()
+    return strip_invisible(name)
 
 
 def without_agent_option(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -178,5 +203,7 @@ def never_spoke(name: str, agent: str, conversation: Conversation) -> MetricResu
     """The failed result of metric ``name`` targeting ``agent``, which never spoke."""
     spoke = list(dict.fromkeys(a for turn in conversation.turns for a in turn_speakers(turn)))
     shown = ", ".join(spoke) if spoke else "none named (the agent's replies carry no 'messages' with 'agent')"
+    alike = [a for a in spoke if a.casefold() == agent.casefold()]
+    hint = f"; names are compared exactly: did you mean {alike[0]!r}?" if alike else ""
     return MetricResult(name, None, False, f"agent {agent!r} never spoke in this conversation (agents that spoke: "
-                        f"{shown}); the metric reads only its messages", {"agent": agent})
+                        f"{shown}); the metric reads only its messages{hint}", {"agent": agent})

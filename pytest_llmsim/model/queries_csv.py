@@ -24,16 +24,24 @@ the other rows still run.
 from __future__ import annotations
 
 import csv
+import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
+
+from pytest_llmsim.safe_files import UnreadableFile, open_regular
 
 MAX_CSV_ROWS = 1_000_000
 """Most rows read from one CSV of queries."""
 MAX_CELL_CHARS = 1_000_000
 """Longest cell of a CSV of queries (the csv module's own limit is raised to this)."""
+MAX_LINE_CHARS = 4 * MAX_CELL_CHARS
+"""Longest line of a CSV of queries: a longer one is skipped (read in bounded pieces) and named as a problem."""
+MAX_SHOWN_COLUMNS = 20
+"""Header cells a missing-column problem shows (each at most SHOWN_NAME_CHARS characters)."""
+SHOWN_NAME_CHARS = 40
 DEFAULT_COLUMNS = {"id": "id", "query": "query"}
 _OPTIONS = ("csv", "id", "query", "followups", "delimiter")
 _SURROGATE_RE = re.compile("[\udc80-\udcff]")  # a byte that is not UTF-8, read with surrogateescape
@@ -100,6 +108,12 @@ class RowProblem:
     message: str
 
 
+def _short(name: str) -> str:
+    """A header cell as a problem shows it: at most SHOWN_NAME_CHARS characters (a file that is no CSV of queries
+    must not be copied into the reports through its first line)."""
+    return name if len(name) <= SHOWN_NAME_CHARS else name[:SHOWN_NAME_CHARS] + "..."
+
+
 def _bad_bytes(text: str) -> str:
     """The bytes a surrogate-escaped text stands for that are not UTF-8, as ``0xff 0xfe``."""
     return " ".join(f"0x{ord(ch) - 0xDC00:02x}" for ch in _SURROGATE_RE.findall(text)[:4])
@@ -109,24 +123,58 @@ def iter_query_rows(spec: QueriesSpec) -> Iterator[QueryRow | RowProblem]:
     """The CSV's conversations and bad rows, in file order, read one row at a time."""
     where = spec.csv
     try:
-        # surrogateescape: a byte that is not UTF-8 spoils its row only (found per cell below), not the file
-        handle = spec.csv.open(encoding="utf-8-sig", errors="surrogateescape", newline="")
-    except OSError as exc:
-        yield RowProblem(0, f"{where}: cannot read the CSV of queries: {exc.strerror or exc}")
+        # a regular file only: a link to /dev/zero or a FIFO would never end (or never start)
+        fd = open_regular(spec.csv)
+    except (OSError, UnreadableFile) as exc:
+        problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        yield RowProblem(0, f"{where}: cannot read the CSV of queries: {problem}")
         return
-    with handle:
+    # surrogateescape: a byte that is not UTF-8 spoils its row only (found per cell below), not the file
+    with os.fdopen(fd, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
         old_limit = csv.field_size_limit(MAX_CELL_CHARS)
         try:
-            yield from _rows(csv.reader(handle, delimiter=spec.delimiter), spec)
+            lines = _BoundedLines(handle, MAX_LINE_CHARS)
+            yield from _rows(csv.reader(lines, delimiter=spec.delimiter), lines, spec)
         finally:
             csv.field_size_limit(old_limit)
 
 
-def _rows(reader: Any, spec: QueriesSpec) -> Iterator[QueryRow | RowProblem]:  # Any: csv's reader type is private
+class _LineTooLong(Exception):
+    """A line of the CSV longer than MAX_LINE_CHARS (skipped)."""
+
+
+class _BoundedLines:
+    """The lines of ``handle``, each read at most ``limit`` characters at a time: a longer line is read to its end
+    in pieces, dropped, and raises ``_LineTooLong`` (the next line follows on the next call). ``count``: the lines
+    read so far (the csv reader's ``line_num`` does not count a dropped line)."""
+
+    def __init__(self, handle: TextIO, limit: int) -> None:
+        self.handle = handle
+        self.limit = limit
+        self.count = 0
+
+    def __iter__(self) -> _BoundedLines:
+        return self
+
+    def __next__(self) -> str:
+        line = self.handle.readline(self.limit)
+        if not line:
+            raise StopIteration
+        self.count += 1
+        if len(line) == self.limit and not line.endswith(("\n", "\r")):
+            while line and not line.endswith(("\n", "\r")):
+                line = self.handle.readline(1 << 20)
+            raise _LineTooLong(f"the line is longer than {self.limit:,} characters (a cell holds at most "
+                               f"{MAX_CELL_CHARS:,}); it was skipped")
+        return line
+
+
+def _rows(reader: Any, lines: _BoundedLines,  # Any: csv's reader type is private
+          spec: QueriesSpec) -> Iterator[QueryRow | RowProblem]:
     where = spec.csv
     try:
         header = next(reader, None)
-    except csv.Error as exc:
+    except (csv.Error, _LineTooLong) as exc:
         yield RowProblem(1, f"{where}:1: the header cannot be read as CSV: {exc}")
         return
     if header is None:
@@ -134,6 +182,10 @@ def _rows(reader: Any, spec: QueriesSpec) -> Iterator[QueryRow | RowProblem]:  #
                             f"({spec.id!r}, {spec.query!r}, ...)")
         return
     header = [name.strip() for name in header]
+    if any("\x00" in name for name in header):  # /proc/self/environ, a binary file: never echoed into a report
+        yield RowProblem(1, f"{where}:1: the header holds a NUL byte: not a CSV text file; give a UTF-8 CSV of "
+                            "queries")
+        return
     bad = next((name for name in header if _SURROGATE_RE.search(name)), None)
     if bad is not None:
         yield RowProblem(1, f"{where}:1: the header is not UTF-8 text (bytes {_bad_bytes(bad)}); save the file as "
@@ -142,32 +194,35 @@ def _rows(reader: Any, spec: QueriesSpec) -> Iterator[QueryRow | RowProblem]:  #
     needed = [spec.id, spec.query, *spec.followups]
     missing = [name for name in needed if name not in header]
     if missing:
+        shown = ", ".join(repr(_short(name)) for name in header[:MAX_SHOWN_COLUMNS])
+        more = f" and {len(header) - MAX_SHOWN_COLUMNS:,} more" if len(header) > MAX_SHOWN_COLUMNS else ""
         yield RowProblem(1, f"{where}:1: column(s) {', '.join(map(repr, missing))} not in the header (its columns: "
-                            f"{', '.join(map(repr, header))}); name the columns under 'queries' (id, query, "
-                            "followups) or fix the header")
+                            f"{shown}{more}); name the columns under 'queries' (id, query, followups) or fix the "
+                            "header")
         return
     index = {name: header.index(name) for name in needed}
     pending: QueryRow | None = None
-    line = reader.line_num
+    line = lines.count
     rows = 0
     while True:
         start = line + 1
         try:
             cells = next(reader, None)
-        except csv.Error as exc:
+        except (csv.Error, _LineTooLong) as exc:
+            rows += 1
             if pending is not None:
                 yield pending
                 pending = None
-            if reader.line_num == line:  # no progress: the reader cannot go on
+            if lines.count == line:  # no progress: the reader cannot go on
                 yield RowProblem(start, f"{where}:{start}: cannot be read as CSV ({exc}); the rest of the file "
                                         "was not read")
                 break
-            line = reader.line_num
+            line = lines.count
             yield RowProblem(start, f"{where}:{start}: cannot be read as CSV ({exc})")
             continue
         if cells is None:
             break
-        line = reader.line_num
+        line = lines.count
         if not cells or (len(cells) == 1 and not cells[0].strip()):
             continue  # a blank line
         rows += 1
@@ -192,6 +247,9 @@ def _rows(reader: Any, spec: QueriesSpec) -> Iterator[QueryRow | RowProblem]:  #
         pending = row
     if pending is not None:
         yield pending
+    if rows == 0:  # a header and nothing else: no conversation would run, and nothing would say so
+        yield RowProblem(2, f"{where}: the CSV of queries has a header and no rows; add a row per conversation "
+                            "(or remove the 'queries' field)")
 
 
 def _row_problem(cells: list[str], header: list[str], index: Mapping[str, int], spec: QueriesSpec,
@@ -204,6 +262,8 @@ def _row_problem(cells: list[str], header: list[str], index: Mapping[str, int], 
         if column >= len(cells):
             return (f"{where}: column {name!r}: the cell is missing (the row has {len(cells)} of the header's "
                     f"{len(header)} cells)")
+        if "\x00" in cells[column]:
+            return f"{where}: column {name!r}: holds a NUL byte (not text); save the file as a UTF-8 CSV"
         if _SURROGATE_RE.search(cells[column]):
             return (f"{where}: column {name!r}: not UTF-8 text (bytes {_bad_bytes(cells[column])}); save the file "
                     "as UTF-8")

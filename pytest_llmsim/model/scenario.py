@@ -44,6 +44,7 @@ from pydantic import (
 )
 
 from pytest_llmsim.errors import ScenarioError
+from pytest_llmsim.model.names import strip_invisible
 
 # -- limits: far above any sane scenario file; each violation names its limit ----------------------------------
 MAX_FILE_BYTES = 10 * 1024 * 1024
@@ -230,9 +231,9 @@ def agent_names(value: Any, where: str) -> list[str]:
     if isinstance(value, str) or not isinstance(value, list | tuple) or not value:
         raise ValueError(f"{where} must be a non-empty list of agent names (got {_shown(value)})")
     for i, name in enumerate(value):
-        if not isinstance(name, str) or not name.strip():
+        if not isinstance(name, str) or not strip_invisible(name):
             raise ValueError(f"{where}[{i}] must be an agent's name, a non-empty string (got {_shown(name)})")
-    return [name.strip() for name in value]
+    return [strip_invisible(name) for name in value]
 
 
 def expected_agents_options(value: Any) -> dict[str, Any]:

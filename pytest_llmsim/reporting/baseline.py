@@ -270,10 +270,16 @@ def _load_ndjson(path: Path, text: str, where: str) -> Baseline:
 
 def _records(rows: Sequence[Any], where: str, what: str) -> dict[str, ScenarioRecord]:
     records: dict[str, ScenarioRecord] = {}
+    first: dict[str, str] = {}
     for index, row in enumerate(rows):
         name = f"results[{index}]" if what == "results" else f"line {index + 1}"
         if not isinstance(row, dict) or not isinstance(row.get("nodeid"), str) or not row["nodeid"]:
             raise ConfigError(f"{where}: {name} is not a scenario record (no nodeid)")
+        if row["nodeid"] in first:  # which of the two verdicts would count is a guess: refuse, never pick one
+            raise ConfigError(f"{where}: {name} ({row['nodeid']}): the node id is also {first[row['nodeid']]}'s; "
+                              "an export has one row per scenario; give an export pytest-llmsim wrote, as it "
+                              "wrote it")
+        first[row["nodeid"]] = name
         problem = _row_problem(row)
         if problem is not None:
             raise ConfigError(f"{where}: {name} ({row['nodeid']}): {problem}; give an export pytest-llmsim wrote, "
@@ -282,7 +288,7 @@ def _records(rows: Sequence[Any], where: str, what: str) -> dict[str, ScenarioRe
             record = ScenarioRecord.from_dict(row)
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise ConfigError(f"{where}: {name} ({row['nodeid']}) cannot be read: {_one_line(exc)}") from None
-        records.setdefault(record.nodeid, record)
+        records[record.nodeid] = record
     return records
 
 
@@ -310,9 +316,17 @@ def _count_problem(value: Any, field_name: str) -> str | None:
     return f"field '{field_name}' is {value!r}, not a non-negative integer"
 
 
+def _cost_problem(value: Any, field_name: str) -> str | None:
+    """Why ``value`` is no cost in USD (None: a finite non-negative number, or absent)."""
+    if value is None or (type(value) in (int, float) and math.isfinite(value) and value >= 0):
+        return None
+    return f"field '{field_name}' is {value!r}, not a non-negative number of USD"
+
+
 def _row_problem(row: Mapping[str, Any]) -> str | None:
     """The first value of an export row a comparison would read that is out of range: a score off the judge's
-    scale (a baseline score of 99 would make every scenario look regressed), a negative token count."""
+    scale (a baseline score of 99 would make every scenario look regressed), a negative token count, a negative
+    or NaN cost (a cost delta of NaN would reach every report)."""
     checks = [_score_problem(row.get(name), name) for name in ("score", "min_score", "mean_score")]
     for key in ("trial_results", "trials"):
         trials = row.get(key)
@@ -320,6 +334,7 @@ def _row_problem(row: Mapping[str, Any]) -> str | None:
             if isinstance(trial, Mapping):
                 checks.append(_score_problem(trial.get("score"), f"{key}[{index}].score"))
     checks += [_count_problem(row.get(name), name) for name in _ROW_COUNTS]
+    checks += [_cost_problem(row.get(name), name) for name in ("cost_usd", "saved_cost_usd")]
     usage = row.get("usage")
     for index, entry in enumerate(usage if isinstance(usage, list) else []):
         if isinstance(entry, Mapping):

@@ -230,6 +230,14 @@ def _bad_recording(sim: SimProject, fields: str = '"nodeid": 3') -> str:
         '{"results": [{"nodeid": "a", "usage": [{"role": "agent", "model": "m", "prompt_tokens": -5}]}]}')
      and "x.json",
      "llmsim_baseline */x.json: results[[]0] (a): field 'usage[[]0].prompt_tokens' is -5, not a non-negative integer*"),
+    (lambda sim: (sim.path / "x.json").write_text('{"results": [{"nodeid": "a", "cost_usd": -5}]}') and "x.json",
+     "llmsim_baseline */x.json: results[[]0] (a): field 'cost_usd' is -5, not a non-negative number of USD*"),
+    (lambda sim: (sim.path / "x.json").write_text('{"results": [{"nodeid": "a", "saved_cost_usd": NaN}]}')
+     and "x.json", "llmsim_baseline */x.json: results[[]0] (a): field 'saved_cost_usd' is nan, not a non-negative *"),
+    (lambda sim: (sim.path / "x.json").write_text(
+        json.dumps({"results": [{"nodeid": n, "scenario": n, "source": "s", "status": "passed", "score": score}
+                                for n, score in (("a", 1), ("b", 3), ("a", 3))]})) and "x.json",
+     "llmsim_baseline */x.json: results[[]2] (a): the node id is also results[[]0]'s; an export has one row per *"),
     (lambda sim: _bad_recording(sim, '"verdict": {"status": "passed", "score": 99}'),
      "llmsim_baseline */main_recordings: bad recording file: llmsim recording */a.json: verdict.score is 99, not a "
      "score from 1 to 3*"),
@@ -237,7 +245,7 @@ def _bad_recording(sim: SimProject, fields: str = '"nodeid": 3') -> str:
     (_bad_recording, "llmsim_baseline */main_recordings: bad recording file: llmsim recording */a.json: nodeid is "
                      "not a str*"),
 ], ids=["missing", "bad-json", "not-an-export", "bad-row", "score-99", "trial-score-0", "negative-tokens",
-        "recording-score-99", "empty-folder", "bad-recording"])
+        "negative-cost", "nan-cost", "duplicate-nodeid", "recording-score-99", "empty-folder", "bad-recording"])
 def test_a_bad_baseline_is_a_one_line_usage_error(sim: SimProject, make: Any, message: str) -> None:
     sim.write_scenarios("s.json", [scenario("a")])
     result = sim.run(f"--llmsim-baseline={make(sim)}")

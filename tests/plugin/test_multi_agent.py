@@ -70,6 +70,9 @@ def test_a_python_agent_returns_messages_with_speakers_and_handoffs(sim: SimProj
     ({"messages": [{"agent": "A", "content": "x"}] * 1000}, "'messages' has 1,000 entries, more than the 256"),
     ({"messages": [{"agent": "A", "content": "x", "tool_calls": [{"name": ""}]}]},
      "messages[0].tool_calls: a tool call needs a non-empty 'name'"),
+    ({"messages": [{"agent": "\u200b", "content": "x"}]}, "messages[0].agent is empty (only invisible characters)"),
+    ({"messages": [{"agent": "A", "content": "x"}], "handoffs": [{"from": "A", "to": "\ufeff \u200b"}]},
+     "handoffs[0].to is empty (only invisible characters)"),
 ])
 def test_a_bad_multi_agent_reply_is_one_agent_error_naming_scenario_turn_and_field(
         sim: SimProject, reply: dict[str, Any], field: str) -> None:
@@ -260,6 +263,23 @@ def test_metrics_target_one_agent_and_expected_agents_checks_the_routing(sim: Si
     assert ghost["expected_agents"]["reason"].startswith("wrong handoff at turn 2: Triage -> Billing, expected "
                                                          "Triage -> Ghost")
     assert records["ghost"]["status"] == "failed"  # failed, not an error: the run said who never spoke
+
+
+def test_a_handoff_to_an_agent_that_never_answers_fails_the_scenario(sim: SimProject) -> None:
+    """Triage says it hands the customer to Billing; Billing never says a word: the scenario must not pass."""
+    write_bot(sim, """
+        def reply(messages, context):
+            return {"messages": [{"agent": "Triage", "content": "Billing will take it from here. [END_CALL]"}],
+                    "handoffs": [{"from": "Triage", "to": "Billing", "reason": "refund request"}]}
+    """)
+    sim.write_scenarios("s.yaml", [scenario("silent", agent={"python": "bots.shop:reply"},
+                                            expected_agents=["Triage", "Billing"]), scenario("other")])
+    sim.run("--llmsim-results=out.json").assert_outcomes(passed=1, failed=1)
+    record = results(sim)["silent"]
+    assert record["status"] == "failed"
+    [check] = [m for m in record["metrics"] if m["name"] == "expected_agents"]
+    assert check["reason"].startswith("agent 'Billing' never spoke in this conversation: the route reaches it only "
+                                      "through a handoff (turn 2: Triage -> Billing)")
 
 
 def test_a_bad_agent_option_or_expected_agents_is_a_scenario_error_before_any_call(sim: SimProject) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pytest_llmsim.metrics.agents import ExpectedAgentsMetric, agent_conversation, route
+from pytest_llmsim.metrics.agents import ExpectedAgentsMetric, agent_conversation, never_spoke, route
 from pytest_llmsim.metrics.api import Conversation
 from pytest_llmsim.metrics.rules import RulesMetric
 from pytest_llmsim.metrics.sequences import first_mismatch
@@ -162,3 +162,36 @@ def test_a_metric_for_one_agent_reads_only_its_messages() -> None:
     assert [c["name"] for c in own.tool_calls] == ["refund"]
     assert own.transcript is not None and "Agent [Triage]" not in own.transcript.as_text()
     assert agent_conversation(conversation(turns), "Ghost") is None
+
+
+def test_a_handoff_to_an_agent_that_never_speaks_does_not_pass() -> None:
+    """Triage says it hands over to Billing, and Billing never answers: the customer never reached Billing."""
+    handed_only = team((["Triage"], [("Triage", "Billing")]))
+    for mode in ("exact", "in_order", "any_order", "subset"):
+        passed, reason = verdict(handed_only, ["Triage", "Billing"], mode)
+        assert passed is False, mode
+        assert reason.startswith("agent 'Billing' never spoke in this conversation: the route reaches it only "
+                                 "through a handoff (turn 2: Triage -> Billing)"), reason
+    # handoffs between agents none of whom spoke: the one handing on acted, the one handed to did not
+    passed, reason = verdict(team((["Triage"], [("X", "Y")])), ["X", "Y"], "exact")
+    assert passed is False and "agent 'Y' never spoke" in reason
+    # a triage agent that hands on without a word (as the frameworks' triage agents do) took the conversation
+    assert verdict(team((["Billing"], [("Triage", "Billing")])), ["Triage", "Billing"], "exact")[0] is True
+    # the same route with Billing answering on the next turn passes
+    assert verdict(team((["Triage"], [("Triage", "Billing")]), (["Billing"], [])), ["Triage", "Billing"],
+                   "exact")[0] is True
+
+
+@pytest.mark.parametrize("name", ["Billing\u200b", "\ufeffBilling ", " Billing"])
+def test_names_are_compared_without_invisible_ends(name: str) -> None:
+    assert expected_agents_options([name])["agents"] == ["Billing"]
+    assert verdict(team((["Billing"], [])), [name], "exact")[0] is True
+
+
+def test_a_metric_for_an_agent_named_in_another_case_fails_and_says_which_name_spoke() -> None:
+    result = never_spoke("rules", "billing", conversation(team((["Triage", "Billing"], []))))
+    assert result.passed is False
+    assert result.reason == ("agent 'billing' never spoke in this conversation (agents that spoke: Triage, Billing); "
+                             "the metric reads only its messages; names are compared exactly: did you mean "
+                             "'Billing'?")
+    assert "did you mean" not in never_spoke("rules", "Ghost", conversation(team((["Triage"], [])))).reason

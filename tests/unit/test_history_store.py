@@ -21,6 +21,7 @@ from pytest_llmsim.history.store import (
     GitInfo,
     HistoryStore,
     git_info,
+    immediate,
     schema_version,
 )
 from pytest_llmsim.model.results import Outcome, ScenarioRecord, ScenarioResult, Status
@@ -134,6 +135,29 @@ def test_a_corrupt_store_is_one_clear_line(tmp_path: Path) -> None:
         _append(HistoryStore(path), "run-1", _records(1))
     assert "\n" not in str(info.value)
     assert path.read_bytes().startswith(b"this is no database")
+
+
+@pytest.mark.parametrize("kind", ["folder", "/dev/zero"])
+def test_a_store_that_is_a_folder_or_a_device_is_one_clear_line(tmp_path: Path, kind: str) -> None:
+    """A link to /dev/zero said "cannot rollback - no transaction is active" (the rollback hid the cause)."""
+    path = tmp_path / "h.sqlite"
+    if kind == "folder":
+        path.mkdir()
+    else:
+        path.symlink_to("/dev/zero")
+    expected = "a directory" if kind == "folder" else "a character device"
+    for action in (lambda: _append(HistoryStore(path), "run-1", _records(1)), HistoryStore(path).runs):
+        with pytest.raises(HistoryError, match=f"h.sqlite is {expected}, not a file; give the path of a history "
+                                               "file"):
+            action()
+
+
+def test_a_failed_transaction_that_sqlite_rolled_back_keeps_its_cause() -> None:
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"), immediate(db):
+        db.execute("ROLLBACK")  # as SQLite does by itself on some errors (an I/O error, a full disk)
+        raise sqlite3.OperationalError("disk I/O error")
+    assert not db.in_transaction
 
 
 def test_a_store_locked_too_long_is_one_clear_line(tmp_path: Path) -> None:

@@ -153,3 +153,67 @@ def test_the_bound_holds_with_bad_rows_too(tmp_path: Path) -> None:
     finally:
         tracemalloc.stop()
     assert problems == 20_000 and peak < 1_000_000
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "a folder"])
+def test_a_link_to_dev_zero_or_a_folder_is_one_problem_not_a_hang(tmp_path: Path, target: str) -> None:
+    """/dev/zero has no line end: read as a text file it filled the memory, line after endless line."""
+    if target == "a folder":
+        (tmp_path / "folder").mkdir()
+        target = str(tmp_path / "folder")
+    (tmp_path / "q.csv").symlink_to(target)
+    path = tmp_path / "s.yaml"
+    path.write_text("queries: {csv: q.csv}\n", encoding="utf-8")
+    (entry,) = load_scenario_file(path)
+    assert entry.scenario is None and "cannot read the CSV of queries: is a" in str(entry.problem)
+    assert "not a regular file" in str(entry.problem)
+
+
+def test_a_header_only_csv_is_a_problem_not_zero_conversations(tmp_path: Path) -> None:
+    entries = load_scenario_file(suite(tmp_path, HEADER.encode() + b"\n\n", extra="scenarios: [{name: own}]\n"))
+    assert [e.item_name for e in entries] == ["own", "q.csv:2"]
+    assert "the CSV of queries has a header and no rows" in str(entries[1].problem)
+
+
+def test_a_line_without_end_is_read_in_bounded_pieces_and_skipped(tmp_path: Path) -> None:
+    """A 10 MB cell (and a 50 MB file without a line break) costs a bounded piece, not the whole line."""
+    path = tmp_path / "q.csv"
+    with path.open("w", encoding="utf-8") as handle:
+        handle.write("id,query\np1," + "x" * 10_000_000 + "\np2,fine\np3," + "y" * 50_000_000)
+    spec = QueriesSpec(path, "id", "query", (), ",")
+    tracemalloc.start()
+    try:
+        rows = list(iter_query_rows(spec))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [type(r).__name__ for r in rows] == ["RowProblem", "QueryRow", "RowProblem"]
+    assert isinstance(rows[1], QueryRow) and (rows[1].line, rows[1].id) == (3, "p2")
+    assert rows[0].line == 2 and rows[2].line == 4
+    assert f"{path}:2: cannot be read as CSV (the line is longer than" in rows[0].message
+    assert peak < 40_000_000, f"peak {peak:,} bytes"
+
+
+def test_a_file_with_nul_bytes_is_never_echoed_into_the_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                  ) -> None:
+    """``csv: /proc/self/environ`` (NUL-separated) put the whole environment, secrets included, into the missing
+    column problem, and from there into every report."""
+    monkeypatch.setenv("LLMSIM_TEST_SECRET", "hunter2-do-not-print")
+    path = tmp_path / "s.yaml"
+    path.write_text("queries: {csv: /proc/self/environ}\n", encoding="utf-8")
+    (entry,) = load_scenario_file(path)
+    assert "the header holds a NUL byte: not a CSV text file" in str(entry.problem)
+    assert "hunter2" not in str(entry.problem)
+    entries = load_scenario_file(suite(tmp_path, HEADER.encode() + b"p1,hel\x00lo,\np2,fine,\n"))
+    assert [e.item_name for e in entries] == ["q.csv:2", "p2"]
+    assert "column 'Initial Query': holds a NUL byte (not text)" in str(entries[0].problem)
+
+
+def test_a_missing_column_shows_at_most_20_header_cells_of_40_characters(tmp_path: Path) -> None:
+    header = ",".join(f"c{i}" for i in range(30)) + ",API_KEY=sk-0123456789abcdefghijklmnopqrstuvwxyz\n"
+    entries = load_scenario_file(suite(tmp_path, header.encode() + b"a,b\n"))
+    problem = str(entries[0].problem)
+    assert "'c19' and 11 more); name the columns" in problem and "'c20'" not in problem
+    header = "Patient ID,API_KEY=sk-0123456789abcdefghijklmnopqrstuvwxyz\n"
+    problem = str(load_scenario_file(suite(tmp_path, header.encode() + b"a,b\n"))[0].problem)
+    assert "'API_KEY=sk-0123456789abcdefghijklmnopqrs...'" in problem and "tuvwxyz" not in problem
