@@ -23,9 +23,9 @@ import dataclasses
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pytest_llmsim.engine.conversation import no_agent_reply_error
 from pytest_llmsim.errors import ConfigError, EndpointError, PromptError, VerdictError
@@ -167,6 +167,24 @@ def _probability(alternative: dict[str, Any]) -> float:
     return math.exp(logprob)
 
 
+_Side = TypeVar("_Side")
+
+
+def _mass_by(position: dict[str, Any], side_of: Callable[[str], _Side | None]) -> dict[_Side, float]:
+    """The probability at one generated position of each side its alternatives fall on (``side_of`` a token, None:
+    neither), the chosen token included and every token counted once (it is usually among the alternatives too)."""
+    found: dict[_Side, float] = {}
+    seen: set[str] = set()
+    for alternative in [*position.get("top_logprobs", []), {"token": position["token"],
+                                                             "logprob": position["logprob"]}]:
+        token = alternative["token"]
+        side = side_of(token)
+        if side is not None and token not in seen:
+            seen.add(token)
+            found[side] = found.get(side, 0.0) + _probability(alternative)
+    return found
+
+
 def score_probabilities(logprobs: list[dict[str, Any]]) -> ScoreProbabilities:
     """The score's probabilities from a reply's per-token log probabilities (``client.read_logprobs``): at the
     first generated token that is a score digit ("3" or " 3"), the alternatives that are "1", "2" or "3" (blanks
@@ -175,16 +193,7 @@ def score_probabilities(logprobs: list[dict[str, Any]]) -> ScoreProbabilities:
     for position in logprobs:
         if position["token"].strip() not in _SCORE_DIGITS:
             continue
-        found: dict[int, float] = {}
-        alternatives = [*position.get("top_logprobs", []), {"token": position["token"],
-                                                             "logprob": position["logprob"]}]
-        seen: set[str] = set()
-        for alternative in alternatives:
-            token = alternative["token"]
-            digit = token.strip()
-            if digit in _SCORE_DIGITS and token not in seen:
-                seen.add(token)  # the chosen token is usually among the alternatives too: counted once
-                found[int(digit)] = found.get(int(digit), 0.0) + _probability(alternative)
+        found = _mass_by(position, lambda token: int(token.strip()) if token.strip() in _SCORE_DIGITS else None)
         mass = sum(found.values())
         if mass <= 0:
             raise ValueError(f"the score token {position['token']!r} has no probability on 1, 2 or 3")
@@ -267,22 +276,20 @@ def yes_probability(logprobs: list[dict[str, Any]]) -> float:
     for position in logprobs:
         if not any(ch.isalpha() for ch in position["token"]):
             continue
-        found = {True: 0.0, False: 0.0}
-        seen: set[str] = set()
-        for alternative in [*position.get("top_logprobs", []), {"token": position["token"],
-                                                                 "logprob": position["logprob"]}]:
-            token = alternative["token"]
-            word = token.strip().strip("*_`\"'").lower()
-            side = (True if any(w.startswith(word) for w in _YES) else
-                    False if any(w.startswith(word) for w in _NO) else None) if word else None
-            if side is not None and token not in seen:
-                seen.add(token)
-                found[side] += _probability(alternative)
-        total = found[True] + found[False]
+        found = _mass_by(position, _yes_or_no)
+        total = found.get(True, 0.0) + found.get(False, 0.0)
         if total <= 0:
             raise ValueError(f"the answer token {position['token']!r} has no probability on yes or no")
-        return found[True] / total
+        return found.get(True, 0.0) / total
     raise ValueError("no generated token is a word")
+
+
+def _yes_or_no(token: str) -> bool | None:
+    """True for a token that is (a start of) yes/да, False for no/нет; case, blanks and emphasis ignored."""
+    word = token.strip().strip("*_`\"'").lower()
+    if not word:
+        return None
+    return True if any(w.startswith(word) for w in _YES) else False if any(w.startswith(word) for w in _NO) else None
 
 
 def parse_answer(raw: str) -> bool:
